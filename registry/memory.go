@@ -1,0 +1,110 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+)
+
+// Memory is an in-process Store for development and tests. Its records die
+// with the process.
+type Memory struct {
+	mu      sync.Mutex
+	records map[string]*Record
+	now     func() time.Time
+}
+
+// NewMemory returns an empty in-memory store.
+func NewMemory() *Memory {
+	return &Memory{records: map[string]*Record{}, now: time.Now}
+}
+
+// Create implements Store.
+func (m *Memory) Create(_ context.Context, r *Record) error {
+	if err := validateRecord(r); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.records[r.ID]; ok {
+		return fmt.Errorf("sandbox %q: %w", r.ID, errdefs.ErrAlreadyExists)
+	}
+	c := r.Clone()
+	c.UpdatedAt = m.now().UTC()
+	m.records[r.ID] = c
+	return nil
+}
+
+// Get implements Store.
+func (m *Memory) Get(_ context.Context, id string) (*Record, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.records[id]
+	if !ok {
+		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
+	}
+	return r.Clone(), nil
+}
+
+// Update implements Store.
+func (m *Memory) Update(_ context.Context, id string, fn func(*Record) error) (*Record, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.records[id]
+	if !ok {
+		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
+	}
+	c := r.Clone()
+	if err := fn(c); err != nil {
+		return nil, err
+	}
+	if c.ID != id {
+		return nil, fmt.Errorf("update may not change the sandbox id: %w", errdefs.ErrInvalidArgument)
+	}
+	c.UpdatedAt = m.now().UTC()
+	m.records[id] = c
+	return c.Clone(), nil
+}
+
+// List implements Store.
+func (m *Memory) List(_ context.Context, f Filter) ([]*Record, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []*Record
+	for _, r := range m.records {
+		if f.match(r) {
+			out = append(out, r.Clone())
+		}
+	}
+	sortRecords(out)
+	return out, nil
+}
+
+// Close implements Store.
+func (m *Memory) Close() error { return nil }
+
+func sortRecords(rs []*Record) {
+	sort.Slice(rs, func(i, j int) bool {
+		if !rs[i].CreatedAt.Equal(rs[j].CreatedAt) {
+			return rs[i].CreatedAt.Before(rs[j].CreatedAt)
+		}
+		return rs[i].ID < rs[j].ID
+	})
+}
+
+func validateRecord(r *Record) error {
+	if r == nil || r.ID == "" {
+		return fmt.Errorf("record needs an id: %w", errdefs.ErrInvalidArgument)
+	}
+	if r.UserID == "" {
+		return fmt.Errorf("record %q needs a user id: %w", r.ID, errdefs.ErrInvalidArgument)
+	}
+	if r.Status == "" {
+		return fmt.Errorf("record %q needs a status: %w", r.ID, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}

@@ -1,0 +1,139 @@
+// Package registry owns the durable record of every sandbox: its id, owner,
+// status, configuration and stop history. It stores and retrieves records and
+// enforces nothing about lifecycle transitions; deciding what a status change
+// means is the sandbox package's job.
+//
+// Two implementations share one contract, checked by registrytest.Run:
+//   - Bolt: a bbolt file under the daemon's state dir (production default);
+//   - Memory: a map, for development (MATRX_SANDBOX_STORE=memory).
+//
+// Records are never deleted by the lifecycle: a destroyed sandbox stays as
+// "stopped" with StoppedAt and StopReason, for audit.
+package registry
+
+import (
+	"context"
+	"time"
+)
+
+// Status is a sandbox's lifecycle state, spelled as the original API spells it.
+type Status string
+
+// The statuses of ORIGINAL.md, in lifecycle order.
+const (
+	StatusCreating     Status = "creating"
+	StatusStarting     Status = "starting"
+	StatusReady        Status = "ready"
+	StatusRunning      Status = "running"
+	StatusShuttingDown Status = "shutting_down"
+	StatusStopped      Status = "stopped"
+	StatusFailed       Status = "failed"
+	StatusExpired      Status = "expired"
+)
+
+// Terminal reports whether no container should exist for a sandbox in s.
+func (s Status) Terminal() bool {
+	return s == StatusStopped || s == StatusFailed || s == StatusExpired
+}
+
+// Live reports whether a sandbox in s accepts exec.
+func (s Status) Live() bool {
+	return s == StatusReady || s == StatusRunning
+}
+
+// Config is the validated, resolved configuration a sandbox was created with.
+type Config struct {
+	Image      string            `json:"image"`
+	CPU        float64           `json:"cpu"`
+	MemoryMB   int64             `json:"memory_mb"`
+	Pids       int64             `json:"pids"`
+	TTLSeconds int64             `json:"ttl_seconds"`
+	Env        map[string]string `json:"env,omitempty"`
+	Labels     map[string]string `json:"labels,omitempty"`
+}
+
+// Record is one sandbox as the registry stores it.
+type Record struct {
+	ID              string     `json:"sandbox_id"`
+	UserID          string     `json:"user_id"`
+	Status          Status     `json:"status"`
+	ContainerID     string     `json:"container_id"`
+	Config          Config     `json:"config"`
+	CreatedAt       time.Time  `json:"created_at"`
+	UpdatedAt       time.Time  `json:"updated_at"`
+	ExpiresAt       time.Time  `json:"expires_at"`
+	LastHeartbeatAt *time.Time `json:"last_heartbeat_at,omitempty"`
+	StoppedAt       *time.Time `json:"stopped_at,omitempty"`
+	StopReason      string     `json:"stop_reason,omitempty"`
+	// Error holds the last failure that moved the sandbox to failed, or a
+	// storage problem (for example a final hot sync that did not complete).
+	Error string `json:"error,omitempty"`
+	// Cwd is the working directory the last exec ended in.
+	Cwd string `json:"cwd,omitempty"`
+}
+
+// Clone returns a deep copy, so callers never share maps or pointers with the
+// store.
+func (r *Record) Clone() *Record {
+	c := *r
+	c.Config.Env = cloneMap(r.Config.Env)
+	c.Config.Labels = cloneMap(r.Config.Labels)
+	if r.LastHeartbeatAt != nil {
+		t := *r.LastHeartbeatAt
+		c.LastHeartbeatAt = &t
+	}
+	if r.StoppedAt != nil {
+		t := *r.StoppedAt
+		c.StoppedAt = &t
+	}
+	return &c
+}
+
+func cloneMap(m map[string]string) map[string]string {
+	if m == nil {
+		return nil
+	}
+	c := make(map[string]string, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
+
+// Filter selects records in List. Zero fields match everything.
+type Filter struct {
+	UserID string
+	// Statuses, when non-empty, keeps only records in one of these statuses.
+	Statuses []Status
+}
+
+func (f Filter) match(r *Record) bool {
+	if f.UserID != "" && r.UserID != f.UserID {
+		return false
+	}
+	if len(f.Statuses) == 0 {
+		return true
+	}
+	for _, s := range f.Statuses {
+		if r.Status == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Store is the contract both implementations satisfy. Errors wrap
+// errdefs.ErrNotFound (unknown id) and errdefs.ErrAlreadyExists (duplicate id).
+type Store interface {
+	// Create inserts a new record.
+	Create(ctx context.Context, r *Record) error
+	// Get returns a copy of the record with this id.
+	Get(ctx context.Context, id string) (*Record, error)
+	// Update applies fn to the stored record atomically and saves the result.
+	// If fn returns an error nothing is saved and the error is returned.
+	Update(ctx context.Context, id string, fn func(*Record) error) (*Record, error)
+	// List returns copies of matching records, oldest first.
+	List(ctx context.Context, f Filter) ([]*Record, error)
+	// Close releases the store.
+	Close() error
+}

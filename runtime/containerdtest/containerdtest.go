@@ -1,0 +1,209 @@
+// Package containerdtest starts a private containerd for integration tests:
+// its own root, state, socket and config under a temp dir, never the host's
+// daemon. It also builds matrx-init and locates the test image archive. It
+// is test support only; production code must not import it.
+//
+// Tests that need it call Start and skip cleanly when the machine lacks
+// root, containerd or the image archive, unless MATRX_REQUIRE_INTEGRATION=1
+// (set by `make test`), which turns every such skip into a failure.
+package containerdtest
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"golang.org/x/sys/unix"
+)
+
+// MinimalImage is the name inside build/images/minimal.tar.
+const MinimalImage = "localhost/matrx/minimal:latest"
+
+// Env is a running private containerd plus what sandboxes need.
+type Env struct {
+	Address   string // containerd socket
+	Dir       string // everything lives below here
+	InitPath  string // built matrx-init
+	ImageTar  string // minimal image archive
+	cmd       *exec.Cmd
+	namespace []string
+}
+
+// Skip skips t (or fails it under MATRX_REQUIRE_INTEGRATION=1).
+func Skip(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if os.Getenv("MATRX_REQUIRE_INTEGRATION") == "1" {
+		t.Fatalf("integration prerequisite missing (MATRX_REQUIRE_INTEGRATION=1): %s", msg)
+	}
+	t.Skipf("integration test skipped: %s", msg)
+}
+
+// RepoRoot finds the module root from this source file.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// Start launches a private containerd for the calling test and registers its
+// teardown, which kills every task in the namespaces the test used, stops
+// containerd and its shims, and unmounts everything under the temp dir.
+func Start(t testing.TB, nsToClean ...string) *Env {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		Skip(t, "needs root")
+	}
+	bin, err := exec.LookPath("containerd")
+	if err != nil {
+		Skip(t, "containerd not installed (run bootstrap/install.sh --packages-only)")
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		Skip(t, "runc not installed")
+	}
+	tar := os.Getenv("MATRX_TEST_IMAGE_ARCHIVE")
+	if tar == "" {
+		tar = filepath.Join(RepoRoot(), "build", "images", "minimal.tar")
+	}
+	if _, err := os.Stat(tar); err != nil {
+		Skip(t, "test image %s missing (run make image-minimal)", tar)
+	}
+	// Short paths: unix socket paths are limited to 108 bytes.
+	dir, err := os.MkdirTemp("", "mtx-ctrd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &Env{Address: filepath.Join(dir, "c.sock"), Dir: dir, ImageTar: tar, namespace: nsToClean}
+	cfg := filepath.Join(dir, "config.toml")
+	conf := fmt.Sprintf("version = 2\nroot = %q\nstate = %q\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = %q\n",
+		filepath.Join(dir, "root"), filepath.Join(dir, "state"), e.Address)
+	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.cmd = exec.Command(bin, "--config", cfg, "--log-level", "warn")
+	e.cmd.Stdout, e.cmd.Stderr = logf, logf
+	e.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := e.cmd.Start(); err != nil {
+		t.Fatalf("start containerd: %v", err)
+	}
+	t.Cleanup(func() { e.stop(t) })
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := containerd.New(e.Address, containerd.WithTimeout(time.Second))
+		if err == nil {
+			_, verr := c.Version(context.Background())
+			c.Close()
+			if verr == nil {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(logf.Name())
+			t.Fatalf("containerd did not come up: %v\n%s", err, b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.InitPath = BuildInit(t, dir)
+	return e
+}
+
+// BuildInit compiles cmd/matrx-init statically into dir.
+func BuildInit(t testing.TB, dir string) string {
+	t.Helper()
+	out := filepath.Join(dir, "matrx-init")
+	cmd := exec.Command("go", "build", "-o", out, "./cmd/matrx-init")
+	cmd.Dir = RepoRoot()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build matrx-init: %v\n%s", err, b)
+	}
+	return out
+}
+
+func (e *Env) stop(t testing.TB) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if c, err := containerd.New(e.Address, containerd.WithTimeout(time.Second)); err == nil {
+		for _, ns := range e.namespace {
+			nctx := namespaces.WithNamespace(ctx, ns)
+			cs, _ := c.Containers(nctx)
+			for _, ctr := range cs {
+				if task, err := ctr.Task(nctx, nil); err == nil {
+					task.Kill(nctx, syscall.SIGKILL, containerd.WithKillAll)
+					task.Delete(nctx, containerd.WithProcessKill)
+				}
+				ctr.Delete(nctx, containerd.WithSnapshotCleanup)
+			}
+		}
+		c.Close()
+	}
+	if e.cmd.Process != nil {
+		syscall.Kill(-e.cmd.Process.Pid, syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { e.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			syscall.Kill(-e.cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+	}
+	killShims(e.Address)
+	unmountUnder(e.Dir)
+	if err := os.RemoveAll(e.Dir); err != nil {
+		t.Logf("containerdtest: leftover %s: %v", e.Dir, err)
+	}
+}
+
+// killShims kills runc shims started by this containerd (they outlive it by
+// design).
+func killShims(address string) {
+	ents, _ := os.ReadDir("/proc")
+	for _, ent := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		cmd := strings.ReplaceAll(string(b), "\x00", " ")
+		if strings.Contains(cmd, "containerd-shim") && strings.Contains(cmd, address) {
+			var pid int
+			fmt.Sscan(ent.Name(), &pid)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// unmountUnder detaches every mount below dir, deepest first.
+func unmountUnder(dir string) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	var mps []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 && strings.HasPrefix(fields[4], dir+"/") {
+			mps = append(mps, fields[4])
+		}
+	}
+	sort.Slice(mps, func(i, j int) bool { return len(mps[i]) > len(mps[j]) })
+	for _, mp := range mps {
+		unix.Unmount(mp, unix.MNT_DETACH)
+	}
+}

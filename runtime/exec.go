@@ -1,0 +1,279 @@
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+)
+
+// ExitTimedOut is the exit code reported for an exec killed at its deadline
+// (the coreutils timeout(1) convention).
+const ExitTimedOut = 124
+
+// ioDrainGrace is how long an exec waits, after its shell exited, for
+// stdout/stderr to reach EOF. A background job that keeps the pipes open
+// ("server &") does not hold the call hostage: its later output is dropped,
+// and the job keeps running.
+const ioDrainGrace = 200 * time.Millisecond
+
+// ExecRequest is one command to run in a sandbox.
+type ExecRequest struct {
+	Command string
+	User    ExecUser
+	// Cwd is where the command starts. If it does not exist the exec fails
+	// with InvalidArgument, unless FallbackCwd is set, which is tried next
+	// (used for a remembered cwd that the agent has since deleted).
+	Cwd         string
+	FallbackCwd string
+	Env         map[string]string
+	Timeout     time.Duration
+	// OutputLimit caps stdout and stderr each; bytes beyond it are read and
+	// discarded, never buffered.
+	OutputLimit int64
+}
+
+// ExecResult is what came back.
+type ExecResult struct {
+	ExitCode        int
+	Stdout, Stderr  []byte
+	StdoutTruncated bool
+	StderrTruncated bool
+	TimedOut        bool
+	// Cwd is the shell's working directory when the command finished, or ""
+	// if it could not be learned (the command replaced the shell, say).
+	Cwd      string
+	Duration time.Duration
+}
+
+// The wrapper runs the user's command in the shell that the cwd is learned
+// from. Positional parameters: $1 cwd file, $2 cwd, $3 fallback cwd, $4 the
+// command. It first waits for one line on stdin: the daemon sends it once
+// the shell has been moved into its exec cgroup, so no child can escape the
+// timeout kill by forking early. The final directory is written to the cwd
+// file by an EXIT trap, out of band: stdout stays byte-exact.
+const execWrapper = `__matrx_f=$1; __matrx_d=$2; __matrx_b=$3; __matrx_c=$4; shift 4
+IFS= read -r __matrx_g
+unset __matrx_g
+if ! cd -- "$__matrx_d" 2>/dev/null; then
+  if [ -z "$__matrx_b" ] || ! cd -- "$__matrx_b" 2>/dev/null; then
+    printf '!nocwd' >"$__matrx_f"; exit 125
+  fi
+fi
+trap '__matrx_s=$?; pwd >"$__matrx_f" 2>/dev/null; exit $__matrx_s' EXIT
+unset __matrx_d __matrx_b
+eval "$__matrx_c"`
+
+// Exec runs req in sandbox id and waits for it, up to req.Timeout.
+func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecResult, error) {
+	start := time.Now()
+	ctx = r.nsCtx(ctx)
+	st, err := r.sandbox(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	// Check the task is running right before exec: a sandbox can die between
+	// the caller's status check and here.
+	status, err := st.task.Status(ctx)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			r.forget(id)
+			return nil, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrFailedPrecondition)
+		}
+		return nil, fmt.Errorf("task status %s: %w", id, err)
+	}
+	if status.Status != containerd.Running {
+		return nil, fmt.Errorf("sandbox %s is %s, not running: %w", id, status.Status, errdefs.ErrFailedPrecondition)
+	}
+
+	execID := newExecID()
+	cwdFile := filepath.Join(ControlDir, execID+".cwd")
+	hostCwdFile := filepath.Join(r.controlDir(id), execID+".cwd")
+	defer os.Remove(hostCwdFile)
+
+	env := append([]string{"PATH=" + defaultPath, "HOME=/home/agent"}, envList(req.Env)...)
+	if req.User == UserRoot {
+		env[1] = "HOME=/root"
+	}
+	args := []string{st.shell, "-c", execWrapper, "matrx-exec", cwdFile, req.Cwd, req.FallbackCwd, req.Command}
+	pspec, err := execProcess(req.User, args, env)
+	if err != nil {
+		return nil, fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
+	}
+
+	stdout := &cappedBuffer{limit: req.OutputLimit}
+	stderr := &cappedBuffer{limit: req.OutputLimit}
+	gateR, gateW := io.Pipe()
+	defer gateW.Close()
+	proc, err := st.task.Exec(ctx, execID, pspec, cio.NewCreator(cio.WithStreams(gateR, stdout, stderr)))
+	if err != nil {
+		return nil, fmt.Errorf("exec in %s: %v: %w", id, err, errdefs.ErrUnavailable)
+	}
+	cleanupCtx := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	}
+	defer func() {
+		c, cancel := cleanupCtx()
+		defer cancel()
+		proc.Delete(c, containerd.WithProcessKill)
+	}()
+	exited, err := proc.Wait(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("wait exec in %s: %w", id, err)
+	}
+	if err := proc.Start(ctx); err != nil {
+		return nil, fmt.Errorf("start exec in %s: %v: %w", id, err, errdefs.ErrUnavailable)
+	}
+	group, err := newExecGroup(int(proc.Pid()), "exec-"+execID)
+	if err != nil {
+		// Without its cgroup a timeout could not kill the whole tree: refuse
+		// to run the command at all.
+		c, cancel := cleanupCtx()
+		proc.Kill(c, syscall.SIGKILL)
+		cancel()
+		return nil, fmt.Errorf("track exec in %s: %w", id, err)
+	}
+	defer group.remove()
+	// Release the gate: the shell is in its cgroup now.
+	gateW.Write([]byte("\n"))
+	gateW.Close()
+	// The shim keeps the stdin FIFO open until told: close it so the command
+	// sees EOF on stdin instead of waiting for input that never comes.
+	if err := proc.CloseIO(ctx, containerd.WithStdinCloser); err != nil {
+		r.log.Debug("close exec stdin", "sandbox_id", id, "error", err)
+	}
+
+	timer := time.NewTimer(req.Timeout)
+	defer timer.Stop()
+	res := &ExecResult{}
+	var exit containerd.ExitStatus
+	select {
+	case exit = <-exited:
+	case <-timer.C:
+		res.TimedOut = true
+	case <-ctx.Done():
+		res.TimedOut = true
+	}
+	if res.TimedOut {
+		if err := group.kill(); err != nil {
+			r.log.Warn("exec timeout kill failed", "sandbox_id", id, "error", err)
+		}
+		select {
+		case exit = <-exited:
+		case <-time.After(2 * time.Second):
+			c, cancel := cleanupCtx()
+			proc.Kill(c, syscall.SIGKILL)
+			cancel()
+			exit = <-exited
+		}
+	}
+	if err := exit.Error(); err != nil {
+		return nil, fmt.Errorf("exec in %s: %w", id, err)
+	}
+	// Let the output reach EOF, but not forever (see ioDrainGrace).
+	drained := make(chan struct{})
+	go func() { proc.IO().Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(ioDrainGrace):
+		proc.IO().Cancel()
+		<-drained
+	}
+
+	res.ExitCode = int(exit.ExitCode())
+	if res.TimedOut {
+		res.ExitCode = ExitTimedOut
+	}
+	res.Stdout, res.StdoutTruncated = stdout.result()
+	res.Stderr, res.StderrTruncated = stderr.result()
+	cwd, cwdErr := readCwdFile(hostCwdFile)
+	if cwdErr == nil && cwd == "!nocwd" {
+		return nil, fmt.Errorf("working directory %q does not exist in sandbox %s: %w", req.Cwd, id, errdefs.ErrInvalidArgument)
+	}
+	if cwdErr == nil && strings.HasPrefix(cwd, "/") {
+		res.Cwd = cwd
+	}
+	res.Duration = time.Since(start)
+	return res, nil
+}
+
+// readCwdFile reads the cwd the wrapper left. The control directory is
+// writable from inside the sandbox, so the file is opened without following
+// symlinks, must be a regular file, and is read up to PATH_MAX only.
+func readCwdFile(path string) (string, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	if !st.Mode().IsRegular() {
+		return "", errors.New("cwd file is not a regular file")
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 4096))
+	if err != nil {
+		return "", err
+	}
+	if bytes.IndexByte(b, 0) >= 0 {
+		return "", errors.New("cwd file holds a NUL byte")
+	}
+	return trimNewline(string(b)), nil
+}
+
+// cappedBuffer keeps the first limit bytes written to it and counts the
+// rest away, so a chatty command cannot grow the daemon's memory.
+type cappedBuffer struct {
+	mu        sync.Mutex
+	limit     int64
+	buf       bytes.Buffer
+	truncated bool
+}
+
+func (c *cappedBuffer) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	room := c.limit - int64(c.buf.Len())
+	if room <= 0 {
+		if len(p) > 0 {
+			c.truncated = true
+		}
+		return len(p), nil
+	}
+	if int64(len(p)) > room {
+		c.buf.Write(p[:room])
+		c.truncated = true
+		return len(p), nil
+	}
+	return c.buf.Write(p)
+}
+
+func (c *cappedBuffer) result() ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]byte{}, c.buf.Bytes()...), c.truncated
+}
+
+func newExecID() string {
+	var b [12]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	return hex.EncodeToString(b[:])
+}

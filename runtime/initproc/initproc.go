@@ -1,0 +1,81 @@
+// Package initproc is the body of matrx-init, the sandbox's PID 1. It owns
+// zombie reaping and the stop contract the runtime relies on:
+//
+//   - SIGCHLD: reap every exited child (orphans are re-parented to PID 1).
+//   - SIGTERM/SIGINT: the runtime has sent the same signal to every process
+//     in the sandbox. PID 1 waits until it is the last process in its PID
+//     namespace and then exits, so workloads get their full grace period; the
+//     runtime's SIGKILL after the shutdown timeout bounds the wait.
+//
+// It must stay tiny: no work beyond signals, wait and a directory listing.
+package initproc
+
+import (
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// Main runs until the sandbox is asked to stop and every other process in
+// it has exited.
+func Main() {
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGCHLD, syscall.SIGHUP)
+	var tick <-chan time.Time
+	for {
+		select {
+		case sig := <-sigs:
+			switch sig {
+			case syscall.SIGCHLD:
+				reap()
+			case syscall.SIGHUP:
+				// Ignored: a sandbox has no controlling terminal to lose.
+			default:
+				if tick == nil {
+					t := time.NewTicker(50 * time.Millisecond)
+					tick = t.C
+				}
+				if alone() {
+					os.Exit(0)
+				}
+			}
+		case <-tick:
+			reap()
+			if alone() {
+				os.Exit(0)
+			}
+		}
+	}
+}
+
+// reap collects every exited child without blocking.
+func reap() {
+	for {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+		if pid <= 0 || err != nil {
+			return
+		}
+	}
+}
+
+// alone reports whether PID 1 is the only process left in its namespace.
+func alone() bool {
+	d, err := os.Open("/proc")
+	if err != nil {
+		return true // no /proc: nothing to wait for that we could see
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return true
+	}
+	for _, n := range names {
+		if pid, err := strconv.Atoi(n); err == nil && pid != 1 {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,444 @@
+// Package runtime owns everything that talks to containerd: the one
+// long-lived client, images, the hardened OCI spec, sandbox containers and
+// their tasks, and exec. It knows nothing about HTTP, users' storage or the
+// registry: callers hand it host paths to bind and get containers back.
+//
+// Decisions recorded here:
+//   - PID 1 of every sandbox is matrx-init (cmd/matrx-init), our own static
+//     binary bind-mounted read-only at /.matrx/init, running as nobody with no
+//     capabilities. It reaps orphans and, on SIGTERM, exits once it is the
+//     last process, so a graceful stop gives workloads their full grace time.
+//   - Each sandbox is one container, one overlay snapshot (writable, but the
+//     root filesystem is mounted read-only) and one task, all named by the
+//     sandbox id, in the daemon's own containerd namespace, labelled with
+//     matrx.sandbox_id, matrx.user_id and matrx.created_at.
+//   - Each exec is tracked in a child cgroup of the sandbox (freezer on
+//     cgroup v1, the unified hierarchy on v2), so a timeout kills the whole
+//     process tree, including children that called setsid.
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/errdefs"
+)
+
+// Label keys on every sandbox container.
+const (
+	LabelSandboxID = "matrx.sandbox_id"
+	LabelUserID    = "matrx.user_id"
+	LabelCreatedAt = "matrx.created_at"
+)
+
+// Config holds the runtime's required dependencies.
+type Config struct {
+	// Address is containerd's socket.
+	Address string
+	// Namespace is the containerd namespace all of matrx's objects live in.
+	Namespace string
+	// StateDir holds per-sandbox control directories.
+	StateDir string
+	// InitPath is the static matrx-init binary on the host.
+	InitPath string
+	Logger   *slog.Logger
+}
+
+// Runtime is the daemon's single containerd client and the state it keeps
+// per running sandbox.
+type Runtime struct {
+	client      *containerd.Client
+	ns          string
+	stateDir    string
+	initPath    string
+	log         *slog.Logger
+	snapshotter string
+	tmpfs       TmpfsSizes
+	swap        bool
+
+	mu    sync.Mutex
+	tasks map[string]*sandboxTask // live handles, rebuilt lazily after a restart
+}
+
+// Option configures optional runtime knobs.
+type Option func(*Runtime)
+
+// WithSnapshotter selects the containerd snapshotter (default overlayfs).
+func WithSnapshotter(name string) Option { return func(r *Runtime) { r.snapshotter = name } }
+
+// WithTmpfsSizes overrides DefaultTmpfsSizes.
+func WithTmpfsSizes(s TmpfsSizes) Option { return func(r *Runtime) { r.tmpfs = s } }
+
+// New connects to containerd and checks it answers. The client is meant to
+// live as long as the daemon; Close releases it.
+func New(ctx context.Context, cfg Config, opts ...Option) (*Runtime, error) {
+	if cfg.Address == "" || cfg.Namespace == "" || cfg.StateDir == "" || cfg.InitPath == "" {
+		return nil, fmt.Errorf("runtime config needs address, namespace, state dir and init path: %w", errdefs.ErrInvalidArgument)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	st, err := os.Stat(cfg.InitPath)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox init binary %s: %w", cfg.InitPath, errdefs.ErrFailedPrecondition)
+	}
+	if !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
+		return nil, fmt.Errorf("sandbox init binary %s is not an executable file: %w", cfg.InitPath, errdefs.ErrFailedPrecondition)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
+		return nil, fmt.Errorf("create runtime state dir: %w", err)
+	}
+	if _, err := os.Stat(cfg.Address); err != nil {
+		return nil, fmt.Errorf("containerd socket %s: %v: %w", cfg.Address, err, errdefs.ErrUnavailable)
+	}
+	client, err := containerd.New(cfg.Address,
+		containerd.WithDefaultNamespace(cfg.Namespace),
+		containerd.WithTimeout(5*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("connect to containerd at %s: %v: %w", cfg.Address, err, errdefs.ErrUnavailable)
+	}
+	r := &Runtime{
+		client:      client,
+		ns:          cfg.Namespace,
+		stateDir:    cfg.StateDir,
+		initPath:    cfg.InitPath,
+		log:         cfg.Logger,
+		snapshotter: "overlayfs",
+		tmpfs:       DefaultTmpfsSizes,
+		swap:        swapAccounting(),
+		tasks:       map[string]*sandboxTask{},
+	}
+	for _, o := range opts {
+		o(r)
+	}
+	vctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := r.Version(vctx); err != nil {
+		client.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// Close releases the containerd connection. Sandboxes keep running.
+func (r *Runtime) Close() error { return r.client.Close() }
+
+// Version reports containerd's version.
+func (r *Runtime) Version(ctx context.Context) (string, error) {
+	v, err := r.client.Version(ctx)
+	if err != nil {
+		return "", fmt.Errorf("containerd did not answer: %v: %w", err, errdefs.ErrUnavailable)
+	}
+	return v.Version, nil
+}
+
+// CreateRequest describes one sandbox container.
+type CreateRequest struct {
+	ID        string
+	UserID    string
+	Image     string
+	Resources Resources
+	Mounts    []Mount
+	Env       map[string]string
+	CreatedAt time.Time
+}
+
+// Create makes the container, snapshot and task for a sandbox and starts it.
+// On any failure everything it made is removed again.
+func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
+	ctx = r.nsCtx(ctx)
+	var undo undoStack
+	defer func() {
+		if err != nil {
+			undo.run(ctx, r.log.With("sandbox_id", req.ID))
+		}
+	}()
+
+	img, err := r.resolveImage(ctx, req.Image)
+	if err != nil {
+		return err
+	}
+	control := r.controlDir(req.ID)
+	if err := os.MkdirAll(filepath.Dir(control), 0o711); err != nil {
+		return fmt.Errorf("create control dir parent: %w", err)
+	}
+	if err := os.Mkdir(control, 0o1777); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("control dir for %s already exists: %w", req.ID, errdefs.ErrAlreadyExists)
+		}
+		return fmt.Errorf("create control dir: %w", err)
+	}
+	undo.push("remove control dir", func(context.Context) error { return os.RemoveAll(control) })
+	// Mkdir honours the umask; the sticky world-writable mode must be exact
+	// so that both agent and root execs can leave their cwd files.
+	if err := os.Chmod(control, 0o1777|os.ModeSticky); err != nil {
+		return fmt.Errorf("chmod control dir: %w", err)
+	}
+
+	env := envList(req.Env)
+	in := SpecInput{
+		ID:              req.ID,
+		Env:             append([]string{"PATH=" + defaultPath}, env...),
+		Resources:       req.Resources,
+		Mounts:          req.Mounts,
+		Tmpfs:           r.tmpfs,
+		InitHostPath:    r.initPath,
+		ControlHostPath: control,
+		SwapAccounting:  r.swap,
+	}
+	labels := map[string]string{
+		LabelSandboxID: req.ID,
+		LabelUserID:    req.UserID,
+		LabelCreatedAt: req.CreatedAt.UTC().Format(time.RFC3339Nano),
+	}
+	container, err := r.client.NewContainer(ctx, req.ID,
+		containerd.WithContainerLabels(labels),
+		containerd.WithImage(img),
+		containerd.WithSnapshotter(r.snapshotter),
+		containerd.WithNewSnapshot(req.ID, img),
+		containerd.WithRuntime("io.containerd.runc.v2", nil),
+		containerd.WithNewSpec(specOpts(in)...),
+	)
+	if err != nil {
+		if errdefs.IsAlreadyExists(err) {
+			return fmt.Errorf("container %s: %w", req.ID, errdefs.ErrAlreadyExists)
+		}
+		return fmt.Errorf("create container %s: %w", req.ID, err)
+	}
+	undo.push("delete container", func(ctx context.Context) error {
+		return container.Delete(ctx, containerd.WithSnapshotCleanup)
+	})
+
+	task, err := container.NewTask(ctx, nullIO)
+	if err != nil {
+		return fmt.Errorf("create task for %s: %v: %w", req.ID, err, errdefs.ErrUnavailable)
+	}
+	undo.push("delete task", func(ctx context.Context) error {
+		_, err := task.Delete(ctx, containerd.WithProcessKill)
+		return err
+	})
+	if err := task.Start(ctx); err != nil {
+		return fmt.Errorf("start task for %s: %v: %w", req.ID, err, errdefs.ErrUnavailable)
+	}
+	st := &sandboxTask{task: task, shell: detectShell(int(task.Pid()))}
+	r.mu.Lock()
+	r.tasks[req.ID] = st
+	r.mu.Unlock()
+	return nil
+}
+
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// Destroy stops and removes a sandbox's task, container and snapshot. With a
+// grace period, every process gets SIGTERM first and SIGKILL once grace runs
+// out; with zero grace it is SIGKILL at once. A sandbox that is already gone
+// is not an error.
+func (r *Runtime) Destroy(ctx context.Context, id string, grace time.Duration) error {
+	ctx = r.nsCtx(ctx)
+	r.forget(id)
+	defer os.RemoveAll(r.controlDir(id))
+	container, err := r.client.LoadContainer(ctx, id)
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load container %s: %w", id, err)
+	}
+	task, err := container.Task(ctx, nil)
+	switch {
+	case errdefs.IsNotFound(err):
+	case err != nil:
+		return fmt.Errorf("load task %s: %w", id, err)
+	default:
+		if err := stopTask(ctx, task, grace); err != nil {
+			return fmt.Errorf("stop task %s: %w", id, err)
+		}
+		if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("delete task %s: %w", id, err)
+		}
+	}
+	if err := container.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("delete container %s: %w", id, err)
+	}
+	return nil
+}
+
+func stopTask(ctx context.Context, task containerd.Task, grace time.Duration) error {
+	st, err := task.Status(ctx)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return nil
+		}
+		return err
+	}
+	if st.Status == containerd.Stopped {
+		return nil
+	}
+	exited, err := task.Wait(ctx)
+	if err != nil {
+		return err
+	}
+	if grace > 0 {
+		if err := task.Kill(ctx, syscall.SIGTERM, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
+			return err
+		}
+		select {
+		case <-exited:
+			return nil
+		case <-time.After(grace):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if err := task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
+		return err
+	}
+	select {
+	case <-exited:
+		return nil
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("task did not exit 10s after SIGKILL: %w", errdefs.ErrUnavailable)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Running reports whether the sandbox's task exists and is running.
+func (r *Runtime) Running(ctx context.Context, id string) (bool, error) {
+	st, err := r.sandbox(r.nsCtx(ctx), id)
+	if errdefs.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	s, err := st.task.Status(r.nsCtx(ctx))
+	if errdefs.IsNotFound(err) {
+		r.forget(id)
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("task status %s: %w", id, err)
+	}
+	return s.Status == containerd.Running, nil
+}
+
+// Info is a sandbox container as containerd knows it.
+type Info struct {
+	ID        string
+	UserID    string
+	CreatedAt time.Time
+}
+
+// List returns every sandbox container in the daemon's namespace.
+func (r *Runtime) List(ctx context.Context) ([]Info, error) {
+	cs, err := r.client.Containers(r.nsCtx(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	var out []Info
+	for _, c := range cs {
+		labels, err := c.Labels(r.nsCtx(ctx))
+		if err != nil {
+			continue
+		}
+		t, _ := time.Parse(time.RFC3339Nano, labels[LabelCreatedAt])
+		out = append(out, Info{ID: c.ID(), UserID: labels[LabelUserID], CreatedAt: t})
+	}
+	return out, nil
+}
+
+// sandboxTask is the cached handle of a running sandbox.
+type sandboxTask struct {
+	task  containerd.Task
+	shell string
+}
+
+// sandbox returns the cached task handle, loading it from containerd after
+// a daemon restart.
+func (r *Runtime) sandbox(ctx context.Context, id string) (*sandboxTask, error) {
+	r.mu.Lock()
+	st, ok := r.tasks[id]
+	r.mu.Unlock()
+	if ok {
+		return st, nil
+	}
+	container, err := r.client.LoadContainer(ctx, id)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return nil, fmt.Errorf("sandbox %s has no container: %w", id, errdefs.ErrNotFound)
+		}
+		return nil, fmt.Errorf("load container %s: %w", id, err)
+	}
+	task, err := container.Task(ctx, nil)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return nil, fmt.Errorf("sandbox %s has no task: %w", id, errdefs.ErrNotFound)
+		}
+		return nil, fmt.Errorf("load task %s: %w", id, err)
+	}
+	st = &sandboxTask{task: task, shell: detectShell(int(task.Pid()))}
+	r.mu.Lock()
+	r.tasks[id] = st
+	r.mu.Unlock()
+	return st, nil
+}
+
+// forget drops in-memory state of a sandbox (the old system leaked it).
+func (r *Runtime) forget(id string) {
+	r.mu.Lock()
+	delete(r.tasks, id)
+	r.mu.Unlock()
+}
+
+func (r *Runtime) controlDir(id string) string {
+	return filepath.Join(r.stateDir, "sandboxes", id)
+}
+
+func (r *Runtime) nsCtx(ctx context.Context) context.Context {
+	return withNamespace(ctx, r.ns)
+}
+
+// undoStack runs cleanup steps in reverse order on a context that survives
+// the caller's cancellation.
+type undoStack struct {
+	steps []undoStep
+}
+
+type undoStep struct {
+	name string
+	fn   func(context.Context) error
+}
+
+func (u *undoStack) push(name string, fn func(context.Context) error) {
+	u.steps = append(u.steps, undoStep{name, fn})
+}
+
+func (u *undoStack) run(ctx context.Context, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	for i := len(u.steps) - 1; i >= 0; i-- {
+		if err := u.steps[i].fn(ctx); err != nil && !errdefs.IsNotFound(err) {
+			log.Warn("undo step failed", "step", u.steps[i].name, "error", err)
+		}
+	}
+}
+
+func swapAccounting() bool {
+	if _, err := os.Stat("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"); err == nil {
+		return true
+	}
+	_, err := os.Stat("/sys/fs/cgroup/cgroup.controllers") // pure cgroup v2
+	return err == nil
+}
+
+func trimNewline(s string) string { return strings.TrimSuffix(s, "\n") }

@@ -141,6 +141,7 @@ func specOpts(in SpecInput) []oci.SpecOpts {
 		oci.WithNoNewPrivileges,
 		withCapabilities(nil), // PID 1 needs no capability at all
 		withRlimits,
+		withOOMScoreAdj,
 		oci.WithCgroup(path.Join("/matrx", in.ID)),
 		oci.WithCPUCFS(cpuQuota, cpuPeriod),
 		oci.WithMemoryLimit(uint64(mem)),
@@ -209,6 +210,16 @@ func withoutMount(dst string) oci.SpecOpts {
 	}
 }
 
+// oomScoreAdj makes sandbox processes the kernel's first choice under host
+// memory pressure, ahead of containerd (-999) and matrxd (-500).
+const oomScoreAdj = 500
+
+func withOOMScoreAdj(_ context.Context, _ oci.Client, _ *containers.Container, s *specs.Spec) error {
+	adj := oomScoreAdj
+	s.Process.OOMScoreAdj = &adj
+	return nil
+}
+
 func withRlimits(_ context.Context, _ oci.Client, _ *containers.Container, s *specs.Spec) error {
 	s.Process.Rlimits = sandboxRlimits()
 	return nil
@@ -246,12 +257,14 @@ const (
 
 // execProcess builds the OCI process of one exec.
 func execProcess(user ExecUser, args, env []string) (*specs.Process, error) {
+	adj := oomScoreAdj
 	p := &specs.Process{
 		Args:            args,
 		Env:             env,
 		Cwd:             "/",
 		NoNewPrivileges: true,
 		Rlimits:         sandboxRlimits(),
+		OOMScoreAdj:     &adj,
 	}
 	switch user {
 	case UserAgent:

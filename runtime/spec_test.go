@@ -85,6 +85,7 @@ func TestSpecBuilder(t *testing.T) {
 		{"home bound read-write, rslave", mountAt(s, "/home/agent") != nil && slices.Contains(mountAt(s, "/home/agent").Options, "rw") && slices.Contains(mountAt(s, "/home/agent").Options, "rslave")},
 		{"cold bound rslave", mountAt(s, "/data/cold") != nil && slices.Contains(mountAt(s, "/data/cold").Options, "rslave")},
 		{"binds are nosuid,nodev", slices.Contains(mountAt(s, "/home/agent").Options, "nosuid") && slices.Contains(mountAt(s, "/home/agent").Options, "nodev")},
+		{"sandbox is the OOM killer's first choice", s.Process.OOMScoreAdj != nil && *s.Process.OOMScoreAdj == 500},
 		{"env passed to PID 1", slices.Contains(s.Process.Env, "SANDBOX_ID=sbx-0123456789ab")},
 	}
 	for _, c := range checks {

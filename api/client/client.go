@@ -1,0 +1,306 @@
+// Package client is the one typed client of the matrxd API, used by the
+// matrx CLI and by the integration tests. It speaks HTTP over the daemon's
+// Unix socket, turns error responses back into errdefs classes (the inverse
+// of api.statusOf), and retries with exponential backoff, but only where a
+// retry cannot do something twice: connection failures before a request
+// was sent, and idempotent calls (GET, DELETE). Create and exec are never
+// retried.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"syscall"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/api"
+)
+
+// DefaultSocket is where matrxd listens by default.
+const DefaultSocket = "/run/matrx/matrxd.sock"
+
+// Client talks to one matrxd.
+type Client struct {
+	http     *http.Client
+	base     string
+	retries  int
+	backoff  time.Duration
+	maxDelay time.Duration
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithRetries sets how many times a retryable call is retried (default 4).
+func WithRetries(n int) Option { return func(c *Client) { c.retries = n } }
+
+// WithBackoff sets the first retry delay (default 100ms, doubling, capped at 2s).
+func WithBackoff(d time.Duration) Option { return func(c *Client) { c.backoff = d } }
+
+// New returns a client for the daemon listening on socket.
+func New(socket string, opts ...Option) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		MaxIdleConns:    4,
+		IdleConnTimeout: 30 * time.Second,
+	}
+	c := &Client{
+		http:    &http.Client{Transport: tr},
+		base:    "http://matrxd",
+		retries: 4, backoff: 100 * time.Millisecond, maxDelay: 2 * time.Second,
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
+}
+
+// Close releases idle connections.
+func (c *Client) Close() { c.http.CloseIdleConnections() }
+
+// Error is an error response from the daemon. It unwraps to the errdefs
+// class of its status code.
+type Error struct {
+	Status int
+	Detail string
+	class  error
+}
+
+func (e *Error) Error() string { return e.Detail }
+func (e *Error) Unwrap() error { return e.class }
+
+// errorFromStatus is the inverse of api.statusOf.
+func errorFromStatus(status int, detail string) error {
+	var class error = errdefs.ErrUnknown
+	switch status {
+	case http.StatusBadRequest:
+		class = errdefs.ErrInvalidArgument
+	case http.StatusNotFound:
+		class = errdefs.ErrNotFound
+	case http.StatusConflict:
+		class = errdefs.ErrFailedPrecondition
+	case http.StatusForbidden:
+		class = errdefs.ErrPermissionDenied
+	case http.StatusUnauthorized:
+		class = errdefs.ErrUnauthenticated
+	case http.StatusTooManyRequests:
+		class = errdefs.ErrResourceExhausted
+	case http.StatusNotImplemented:
+		class = errdefs.ErrNotImplemented
+	case http.StatusServiceUnavailable:
+		class = errdefs.ErrUnavailable
+	case http.StatusGatewayTimeout:
+		class = context.DeadlineExceeded
+	case http.StatusInternalServerError:
+		class = errdefs.ErrInternal
+	}
+	if detail == "" {
+		detail = http.StatusText(status)
+	}
+	return &Error{Status: status, Detail: detail, class: class}
+}
+
+// do sends one request. body may be nil, a []byte (JSON) or an io.Reader
+// (streamed, never retried). out, if non-nil, receives the JSON response.
+func (c *Client) do(ctx context.Context, method, path string, query url.Values, body any, want int, out any) error {
+	var payload []byte
+	var stream io.Reader
+	switch b := body.(type) {
+	case nil:
+	case io.Reader:
+		stream = b
+	default:
+		var err error
+		if payload, err = json.Marshal(b); err != nil {
+			return fmt.Errorf("encode request: %w", errdefs.ErrInvalidArgument)
+		}
+	}
+	u := c.base + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
+	}
+	idempotent := method == http.MethodGet || method == http.MethodDelete
+	delay := c.backoff
+	for attempt := 0; ; attempt++ {
+		var rd io.Reader
+		if stream != nil {
+			rd = stream
+		} else if payload != nil {
+			rd = bytes.NewReader(payload)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, u, rd)
+		if err != nil {
+			return fmt.Errorf("build request: %w", err)
+		}
+		if payload != nil {
+			req.Header.Set("Content-Type", "application/json")
+		} else if stream != nil {
+			req.Header.Set("Content-Type", "application/x-tar")
+		}
+		resp, err := c.http.Do(req)
+		if err != nil {
+			retryable := stream == nil && attempt < c.retries && (idempotent || notSent(err))
+			if !retryable || ctx.Err() != nil {
+				return fmt.Errorf("matrxd %s %s: %v: %w", method, path, err, errdefs.ErrUnavailable)
+			}
+			if err := sleep(ctx, delay); err != nil {
+				return err
+			}
+			delay = min(delay*2, c.maxDelay)
+			continue
+		}
+		err = c.decode(resp, want, out)
+		if errdefs.IsUnavailable(err) && idempotent && stream == nil && attempt < c.retries {
+			if err := sleep(ctx, delay); err != nil {
+				return err
+			}
+			delay = min(delay*2, c.maxDelay)
+			continue
+		}
+		return err
+	}
+}
+
+func (c *Client) decode(resp *http.Response, want int, out any) error {
+	defer resp.Body.Close()
+	if resp.StatusCode != want {
+		var e api.ErrorResponse
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		if json.Unmarshal(b, &e) != nil {
+			e.Detail = string(bytes.TrimSpace(b))
+		}
+		return errorFromStatus(resp.StatusCode, e.Detail)
+	}
+	if out == nil {
+		io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decode response: %v: %w", err, errdefs.ErrUnknown)
+	}
+	return nil
+}
+
+// notSent reports whether a transport error happened before the request
+// could reach the daemon (so retrying cannot run anything twice).
+func notSent(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Health calls GET /health.
+func (c *Client) Health(ctx context.Context) (*api.Health, error) {
+	var h api.Health
+	return &h, c.do(ctx, http.MethodGet, "/health", nil, nil, http.StatusOK, &h)
+}
+
+// Version calls GET /version.
+func (c *Client) Version(ctx context.Context) (*api.Version, error) {
+	var v api.Version
+	return &v, c.do(ctx, http.MethodGet, "/version", nil, nil, http.StatusOK, &v)
+}
+
+// Create calls POST /sandboxes.
+func (c *Client) Create(ctx context.Context, userID string, cfg *api.SandboxConfig) (*api.Sandbox, error) {
+	var s api.Sandbox
+	return &s, c.do(ctx, http.MethodPost, "/sandboxes", nil, api.CreateSandboxRequest{UserID: userID, Config: cfg}, http.StatusCreated, &s)
+}
+
+// List calls GET /sandboxes.
+func (c *Client) List(ctx context.Context, userID string, all bool) (*api.SandboxList, error) {
+	q := url.Values{}
+	if userID != "" {
+		q.Set("user_id", userID)
+	}
+	if all {
+		q.Set("all", "true")
+	}
+	var l api.SandboxList
+	return &l, c.do(ctx, http.MethodGet, "/sandboxes", q, nil, http.StatusOK, &l)
+}
+
+// Get calls GET /sandboxes/{id}.
+func (c *Client) Get(ctx context.Context, id string) (*api.Sandbox, error) {
+	var s api.Sandbox
+	return &s, c.do(ctx, http.MethodGet, "/sandboxes/"+url.PathEscape(id), nil, nil, http.StatusOK, &s)
+}
+
+// Delete calls DELETE /sandboxes/{id}?graceful=...
+func (c *Client) Delete(ctx context.Context, id string, graceful bool) error {
+	q := url.Values{"graceful": {fmt.Sprint(graceful)}}
+	return c.do(ctx, http.MethodDelete, "/sandboxes/"+url.PathEscape(id), q, nil, http.StatusNoContent, nil)
+}
+
+// Exec calls POST /sandboxes/{id}/exec.
+func (c *Client) Exec(ctx context.Context, id string, req api.ExecRequest) (*api.ExecResponse, error) {
+	var r api.ExecResponse
+	return &r, c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/exec", nil, req, http.StatusOK, &r)
+}
+
+// Heartbeat calls POST /sandboxes/{id}/heartbeat.
+func (c *Client) Heartbeat(ctx context.Context, id string) (*api.HeartbeatResponse, error) {
+	var r api.HeartbeatResponse
+	return &r, c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/heartbeat", nil, nil, http.StatusOK, &r)
+}
+
+// Complete calls POST /sandboxes/{id}/complete.
+func (c *Client) Complete(ctx context.Context, id string, result map[string]any) (*api.SignalResponse, error) {
+	var r api.SignalResponse
+	return &r, c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/complete", nil, api.CompleteRequest{Result: result}, http.StatusOK, &r)
+}
+
+// SignalError calls POST /sandboxes/{id}/error.
+func (c *Client) SignalError(ctx context.Context, id, msg string, details map[string]any) (*api.SignalResponse, error) {
+	var r api.SignalResponse
+	return &r, c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/error", nil, api.ErrorSignalRequest{Error: msg, Details: details}, http.StatusOK, &r)
+}
+
+// Images calls GET /images.
+func (c *Client) Images(ctx context.Context) (*api.ImageList, error) {
+	var l api.ImageList
+	return &l, c.do(ctx, http.MethodGet, "/images", nil, nil, http.StatusOK, &l)
+}
+
+// ImportImage streams an OCI archive to POST /images/import.
+func (c *Client) ImportImage(ctx context.Context, archive io.Reader) (*api.ImportResponse, error) {
+	var r api.ImportResponse
+	return &r, c.do(ctx, http.MethodPost, "/images/import", nil, archive, http.StatusOK, &r)
+}
+
+// Raw sends an arbitrary request and returns the status and body, for tests
+// that probe malformed input.
+func (c *Client) Raw(ctx context.Context, method, path string, body []byte) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}

@@ -1,0 +1,36 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"github.com/containerd/errdefs"
+)
+
+// statusOf is the one place where error classes become HTTP status codes.
+// api/client.errorFromStatus is its inverse.
+func statusOf(err error) int {
+	switch {
+	case errdefs.IsInvalidArgument(err), errdefs.IsOutOfRange(err):
+		return http.StatusBadRequest
+	case errdefs.IsNotFound(err):
+		return http.StatusNotFound
+	case errdefs.IsFailedPrecondition(err), errdefs.IsAlreadyExists(err), errdefs.IsConflict(err):
+		return http.StatusConflict
+	case errdefs.IsPermissionDenied(err):
+		return http.StatusForbidden
+	case errdefs.IsUnauthorized(err):
+		return http.StatusUnauthorized
+	case errdefs.IsResourceExhausted(err):
+		return http.StatusTooManyRequests
+	case errdefs.IsNotImplemented(err):
+		return http.StatusNotImplemented
+	case errdefs.IsUnavailable(err):
+		return http.StatusServiceUnavailable
+	case errdefs.IsDeadlineExceeded(err), errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout
+	default:
+		return http.StatusInternalServerError
+	}
+}

@@ -1,0 +1,503 @@
+// Package api owns the HTTP interface of matrxd: routes, JSON types, the
+// mapping of error classes to status codes, request logging with the
+// caller's credentials, and the Unix socket it listens on. Its client half
+// is api/client.
+//
+// It must not hold lifecycle logic: handlers decode and validate the wire
+// format, call the sandbox manager, and encode. Every error body is
+// {"detail": "..."}; no panic reaches a client.
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"regexp"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/registry"
+	"github.com/matrx-dev/matrx/runtime"
+	"github.com/matrx-dev/matrx/sandbox"
+)
+
+// Images is what the API needs for image routes.
+type Images interface {
+	Import(ctx context.Context, archive io.Reader) ([]string, error)
+	Images(ctx context.Context) ([]runtime.ImageInfo, error)
+	Version(ctx context.Context) (string, error)
+}
+
+// Config holds the server's required dependencies.
+type Config struct {
+	Manager *sandbox.Manager
+	Images  Images
+	Logger  *slog.Logger
+	// Version is the daemon's build version.
+	Version string
+}
+
+// Server is the HTTP API.
+type Server struct {
+	mgr       *sandbox.Manager
+	images    Images
+	log       *slog.Logger
+	version   string
+	started   time.Time
+	maxBody   int64
+	maxImport int64
+	handler   http.Handler
+}
+
+// Option configures optional server knobs.
+type Option func(*Server)
+
+// WithMaxBodyBytes caps JSON request bodies (default 1 MiB).
+func WithMaxBodyBytes(n int64) Option { return func(s *Server) { s.maxBody = n } }
+
+// WithMaxImportBytes caps image archive uploads (default 16 GiB).
+func WithMaxImportBytes(n int64) Option { return func(s *Server) { s.maxImport = n } }
+
+// NewServer builds the API handler.
+func NewServer(cfg Config, opts ...Option) (*Server, error) {
+	if cfg.Manager == nil || cfg.Images == nil {
+		return nil, fmt.Errorf("api server needs a manager and an image service: %w", errdefs.ErrInvalidArgument)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{
+		mgr: cfg.Manager, images: cfg.Images, log: cfg.Logger, version: cfg.Version,
+		started: time.Now(), maxBody: 1 << 20, maxImport: 16 << 30,
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", s.health)
+	mux.HandleFunc("GET /version", s.versionInfo)
+	mux.HandleFunc("POST /sandboxes", s.createSandbox)
+	mux.HandleFunc("GET /sandboxes", s.listSandboxes)
+	mux.HandleFunc("GET /sandboxes/{id}", s.getSandbox)
+	mux.HandleFunc("DELETE /sandboxes/{id}", s.deleteSandbox)
+	mux.HandleFunc("POST /sandboxes/{id}/exec", s.exec)
+	mux.HandleFunc("POST /sandboxes/{id}/heartbeat", s.heartbeat)
+	mux.HandleFunc("POST /sandboxes/{id}/complete", s.complete)
+	mux.HandleFunc("POST /sandboxes/{id}/error", s.errorSignal)
+	mux.HandleFunc("GET /images", s.listImages)
+	mux.HandleFunc("POST /images/import", s.importImage)
+	s.handler = s.middleware(mux)
+	return s, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
+
+// --- middleware -------------------------------------------------------------
+
+type ctxKey int
+
+const (
+	keyPeer ctxKey = iota
+	keyRequestID
+)
+
+// Peer is the credential of the process on the other end of the socket.
+type Peer struct {
+	UID, GID uint32
+	PID      int32
+	Known    bool
+}
+
+var requestIDRe = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+type statusWriter struct {
+	http.ResponseWriter
+	status  int
+	written bool
+	// rewrite turns net/http's own plain-text errors (unknown route, wrong
+	// method) into the JSON error shape.
+	swallow bool
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.written {
+		return
+	}
+	w.written = true
+	w.status = code
+	if code >= 400 && strings.HasPrefix(w.Header().Get("Content-Type"), "text/plain") {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Del("X-Content-Type-Options")
+		w.ResponseWriter.WriteHeader(code)
+		msg := strings.ToLower(http.StatusText(code))
+		if code == http.StatusMethodNotAllowed {
+			msg = "method not allowed; allowed: " + w.Header().Get("Allow")
+		}
+		json.NewEncoder(w.ResponseWriter).Encode(ErrorResponse{Detail: msg})
+		w.swallow = true
+		return
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if !w.written {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.swallow {
+		return len(b), nil
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (s *Server) middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rid := r.Header.Get("X-Request-ID")
+		if !requestIDRe.MatchString(rid) {
+			var b [8]byte
+			rand.Read(b[:])
+			rid = hex.EncodeToString(b[:])
+		}
+		w.Header().Set("X-Request-ID", rid)
+		ctx := context.WithValue(r.Context(), keyRequestID, rid)
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		peer, _ := r.Context().Value(keyPeer).(Peer)
+		defer func() {
+			if p := recover(); p != nil {
+				s.log.Error("panic in handler", "request_id", rid, "panic", fmt.Sprint(p), "path", r.URL.Path)
+				if !sw.written {
+					writeJSON(sw, http.StatusInternalServerError, ErrorResponse{Detail: "internal error (request " + rid + ")"})
+				}
+			}
+			attrs := []any{
+				"method", r.Method, "path", r.URL.Path, "status", sw.status,
+				"duration_ms", float64(time.Since(start).Microseconds()) / 1000, "request_id", rid,
+			}
+			if peer.Known {
+				attrs = append(attrs, "peer_uid", peer.UID, "peer_pid", peer.PID)
+			}
+			level := slog.LevelInfo
+			if sw.status >= 500 {
+				level = slog.LevelError
+			}
+			s.log.Log(ctx, level, "request", attrs...)
+		}()
+		next.ServeHTTP(sw, r.WithContext(ctx))
+	})
+}
+
+// ConnContext attaches the peer's SO_PEERCRED credentials to every request
+// on a connection. Use it as http.Server.ConnContext.
+func ConnContext(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, keyPeer, peerOf(c))
+}
+
+// --- helpers ----------------------------------------------------------------
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	code := statusOf(err)
+	detail := err.Error()
+	if code >= 500 {
+		rid, _ := r.Context().Value(keyRequestID).(string)
+		s.log.Error("request failed", "request_id", rid, "path", r.URL.Path, "error", err)
+	}
+	writeJSON(w, code, ErrorResponse{Detail: detail})
+}
+
+// decode reads a size-limited JSON body into v, rejecting unknown fields and
+// trailing data. An empty body decodes as {} when allowEmpty is set.
+func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any, allowEmpty bool) error {
+	body := http.MaxBytesReader(w, r.Body, s.maxBody)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.As(err, &mbe):
+			return fmt.Errorf("request body exceeds %d bytes: %w", s.maxBody, errdefs.ErrInvalidArgument)
+		case errors.Is(err, io.EOF) && allowEmpty:
+			return nil
+		case errors.Is(err, io.EOF):
+			return fmt.Errorf("request body is empty, expected a JSON object: %w", errdefs.ErrInvalidArgument)
+		default:
+			return fmt.Errorf("malformed JSON body: %v: %w", err, errdefs.ErrInvalidArgument)
+		}
+	}
+	if dec.More() {
+		return fmt.Errorf("malformed JSON body: trailing data after the object: %w", errdefs.ErrInvalidArgument)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return fmt.Errorf("request body exceeds %d bytes: %w", s.maxBody, errdefs.ErrInvalidArgument)
+		}
+		return fmt.Errorf("malformed JSON body: trailing data after the object: %w", errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+func sandboxJSON(r *registry.Record) Sandbox {
+	out := Sandbox{
+		SandboxID: r.ID, UserID: r.UserID, Status: string(r.Status), ContainerID: r.ContainerID,
+		CreatedAt: r.CreatedAt, HotPath: sandbox.HotPath, ColdPath: sandbox.ColdPath,
+		Config: SandboxConfig{
+			Image: r.Config.Image, CPU: r.Config.CPU, MemoryMB: r.Config.MemoryMB, Pids: r.Config.Pids,
+			TTLSeconds: r.Config.TTLSeconds, Env: r.Config.Env, Labels: r.Config.Labels,
+		},
+		TTLSeconds: r.Config.TTLSeconds, Image: r.Config.Image, ExpiresAt: r.ExpiresAt,
+		LastHeartbeatAt: r.LastHeartbeatAt, StoppedAt: r.StoppedAt, Error: r.Error,
+	}
+	if r.StopReason != "" {
+		reason := r.StopReason
+		out.StopReason = &reason
+	}
+	return out
+}
+
+// --- handlers ---------------------------------------------------------------
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	n, err := s.mgr.ActiveCount(r.Context())
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	h := Health{Status: "healthy", ActiveSandboxes: n, UptimeSeconds: time.Since(s.started).Seconds(), Version: s.version, ContainerdStatus: "ok"}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if _, err := s.images.Version(ctx); err != nil {
+		h.Status, h.ContainerdStatus = "degraded", err.Error()
+	}
+	writeJSON(w, http.StatusOK, h)
+}
+
+func (s *Server) versionInfo(w http.ResponseWriter, r *http.Request) {
+	v, err := s.images.Version(r.Context())
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, Version{Version: s.version, Containerd: v})
+}
+
+func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
+	var req CreateSandboxRequest
+	if err := s.decode(w, r, &req, false); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	cfg := sandbox.CreateConfig{}
+	if c := req.Config; c != nil {
+		cfg = sandbox.CreateConfig{Image: c.Image, CPU: c.CPU, MemoryMB: c.MemoryMB, Pids: c.Pids, TTLSeconds: c.TTLSeconds, Env: c.Env, Labels: c.Labels}
+	}
+	rec, err := s.mgr.Create(r.Context(), req.UserID, cfg)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, sandboxJSON(rec))
+}
+
+func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	for k := range q {
+		if k != "user_id" && k != "all" {
+			s.fail(w, r, fmt.Errorf("unknown query parameter %q: %w", k, errdefs.ErrInvalidArgument))
+			return
+		}
+	}
+	all := false
+	switch q.Get("all") {
+	case "", "false", "0":
+	case "true", "1":
+		all = true
+	default:
+		s.fail(w, r, fmt.Errorf("query parameter all=%q: want true or false: %w", q.Get("all"), errdefs.ErrInvalidArgument))
+		return
+	}
+	rs, err := s.mgr.List(r.Context(), q.Get("user_id"), all)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out := SandboxList{Sandboxes: []Sandbox{}}
+	for _, rec := range rs {
+		out.Sandboxes = append(out.Sandboxes, sandboxJSON(rec))
+	}
+	out.Total = len(out.Sandboxes)
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) {
+	rec, err := s.mgr.Get(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sandboxJSON(rec))
+}
+
+func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
+	graceful := true
+	switch g := r.URL.Query().Get("graceful"); g {
+	case "", "true", "1":
+	case "false", "0":
+		graceful = false
+	default:
+		s.fail(w, r, fmt.Errorf("query parameter graceful=%q: want true or false: %w", g, errdefs.ErrInvalidArgument))
+		return
+	}
+	reason := sandbox.ReasonUserRequested
+	if _, err := s.mgr.Destroy(r.Context(), r.PathValue("id"), graceful, reason); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if !sandbox.ValidSandboxID(id) {
+		s.fail(w, r, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound))
+		return
+	}
+	var req ExecRequest
+	if err := s.decode(w, r, &req, false); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	in := sandbox.ExecInput{Command: req.Command, User: req.User, Env: req.Env}
+	if req.Timeout != nil {
+		if *req.Timeout < 1 || *req.Timeout > 86400 {
+			s.fail(w, r, fmt.Errorf("timeout %d is out of range [1, %d] seconds: %w", *req.Timeout, int(s.mgr.Limits().MaxCmdTimeout/time.Second), errdefs.ErrInvalidArgument))
+			return
+		}
+		in.Timeout = time.Duration(*req.Timeout) * time.Second
+	}
+	if req.Cwd != nil {
+		if *req.Cwd == "" {
+			s.fail(w, r, fmt.Errorf("cwd is empty: use null for the remembered directory: %w", errdefs.ErrInvalidArgument))
+			return
+		}
+		in.Cwd = *req.Cwd
+	}
+	res, err := s.mgr.Exec(r.Context(), id, in)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out := ExecResponse{
+		ExitCode: res.ExitCode, Stdout: string(res.Stdout), Stderr: string(res.Stderr), Cwd: res.Cwd,
+		TimedOut: res.TimedOut, Truncated: res.StdoutTruncated || res.StderrTruncated,
+		StdoutTruncated: res.StdoutTruncated, StderrTruncated: res.StderrTruncated,
+		DurationMS: res.Duration.Milliseconds(),
+	}
+	if !utf8.Valid(res.Stdout) {
+		out.StdoutBase64 = base64.StdEncoding.EncodeToString(res.Stdout)
+	}
+	if !utf8.Valid(res.Stderr) {
+		out.StderrBase64 = base64.StdEncoding.EncodeToString(res.Stderr)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
+	rec, err := s.mgr.Heartbeat(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, HeartbeatResponse{Acknowledged: true, SandboxID: rec.ID})
+}
+
+func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
+	if !sandbox.ValidSandboxID(r.PathValue("id")) {
+		s.fail(w, r, fmt.Errorf("sandbox %q: %w", r.PathValue("id"), errdefs.ErrNotFound))
+		return
+	}
+	var req CompleteRequest
+	if err := s.decode(w, r, &req, true); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	rec, err := s.mgr.Signal(r.Context(), r.PathValue("id"), sandbox.ReasonGracefulShutdown, "")
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, SignalResponse{Status: string(registry.StatusShuttingDown), SandboxID: rec.ID})
+}
+
+func (s *Server) errorSignal(w http.ResponseWriter, r *http.Request) {
+	if !sandbox.ValidSandboxID(r.PathValue("id")) {
+		s.fail(w, r, fmt.Errorf("sandbox %q: %w", r.PathValue("id"), errdefs.ErrNotFound))
+		return
+	}
+	var req ErrorSignalRequest
+	if err := s.decode(w, r, &req, false); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if req.Error == "" || len(req.Error) > 4096 {
+		s.fail(w, r, fmt.Errorf("error must be 1-4096 characters: %w", errdefs.ErrInvalidArgument))
+		return
+	}
+	rec, err := s.mgr.Signal(r.Context(), r.PathValue("id"), sandbox.ReasonError, req.Error)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, SignalResponse{Status: string(registry.StatusShuttingDown), SandboxID: rec.ID, ErrorReceived: true})
+}
+
+func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {
+	imgs, err := s.images.Images(r.Context())
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out := ImageList{Images: []Image{}}
+	for _, i := range imgs {
+		out.Images = append(out.Images, Image{Name: i.Name, Digest: i.Digest, Size: i.Size, CreatedAt: i.CreatedAt})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) importImage(w http.ResponseWriter, r *http.Request) {
+	body := http.MaxBytesReader(w, r.Body, s.maxImport)
+	names, err := s.images.Import(r.Context(), body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			err = fmt.Errorf("image archive exceeds %d bytes: %w", s.maxImport, errdefs.ErrInvalidArgument)
+		}
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("images imported", "images", names)
+	writeJSON(w, http.StatusOK, ImportResponse{Images: names})
+}

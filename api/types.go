@@ -1,0 +1,139 @@
+package api
+
+import "time"
+
+// The JSON shapes below are the compatibility contract of ORIGINAL.md; extra
+// fields are additive.
+
+// ErrorResponse is every error body.
+type ErrorResponse struct {
+	Detail string `json:"detail"`
+}
+
+// Health answers GET /health.
+type Health struct {
+	Status           string  `json:"status"`
+	ActiveSandboxes  int     `json:"active_sandboxes"`
+	UptimeSeconds    float64 `json:"uptime_seconds"`
+	Version          string  `json:"version,omitempty"`
+	ContainerdStatus string  `json:"containerd,omitempty"`
+}
+
+// SandboxConfig is the create request's config object and the config echoed
+// back on a sandbox. On create, zero values take the daemon's defaults.
+type SandboxConfig struct {
+	Image      string            `json:"image,omitempty"`
+	CPU        float64           `json:"cpu,omitempty"`
+	MemoryMB   int64             `json:"memory_mb,omitempty"`
+	Pids       int64             `json:"pids,omitempty"`
+	TTLSeconds int64             `json:"ttl_seconds,omitempty"`
+	Env        map[string]string `json:"env,omitempty"`
+	Labels     map[string]string `json:"labels,omitempty"`
+}
+
+// CreateSandboxRequest is the body of POST /sandboxes.
+type CreateSandboxRequest struct {
+	UserID string         `json:"user_id"`
+	Config *SandboxConfig `json:"config"`
+}
+
+// Sandbox is one sandbox as the API shows it.
+type Sandbox struct {
+	SandboxID       string        `json:"sandbox_id"`
+	UserID          string        `json:"user_id"`
+	Status          string        `json:"status"`
+	ContainerID     string        `json:"container_id"`
+	CreatedAt       time.Time     `json:"created_at"`
+	HotPath         string        `json:"hot_path"`
+	ColdPath        string        `json:"cold_path"`
+	Config          SandboxConfig `json:"config"`
+	SSHPort         *int          `json:"ssh_port"`
+	TTLSeconds      int64         `json:"ttl_seconds"`
+	Image           string        `json:"image"`
+	ExpiresAt       time.Time     `json:"expires_at"`
+	LastHeartbeatAt *time.Time    `json:"last_heartbeat_at"`
+	StoppedAt       *time.Time    `json:"stopped_at"`
+	StopReason      *string       `json:"stop_reason"`
+	Error           string        `json:"error,omitempty"`
+}
+
+// SandboxList answers GET /sandboxes.
+type SandboxList struct {
+	Sandboxes []Sandbox `json:"sandboxes"`
+	Total     int       `json:"total"`
+}
+
+// ExecRequest is the body of POST /sandboxes/{id}/exec. Timeout is in
+// seconds; Cwd null means "where the last exec ended".
+type ExecRequest struct {
+	Command string            `json:"command"`
+	Timeout *int              `json:"timeout,omitempty"`
+	User    string            `json:"user,omitempty"`
+	Cwd     *string           `json:"cwd,omitempty"`
+	Env     map[string]string `json:"env,omitempty"`
+}
+
+// ExecResponse answers an exec. stdout and stderr are strings as in the
+// original API; bytes that are not valid UTF-8 are carried in
+// stdout_b64/stderr_b64 as well, so binary output survives byte-exact.
+type ExecResponse struct {
+	ExitCode        int    `json:"exit_code"`
+	Stdout          string `json:"stdout"`
+	Stderr          string `json:"stderr"`
+	StdoutBase64    string `json:"stdout_b64,omitempty"`
+	StderrBase64    string `json:"stderr_b64,omitempty"`
+	Cwd             string `json:"cwd"`
+	TimedOut        bool   `json:"timed_out"`
+	Truncated       bool   `json:"truncated"`
+	StdoutTruncated bool   `json:"stdout_truncated"`
+	StderrTruncated bool   `json:"stderr_truncated"`
+	DurationMS      int64  `json:"duration_ms"`
+}
+
+// HeartbeatResponse answers POST /sandboxes/{id}/heartbeat.
+type HeartbeatResponse struct {
+	Acknowledged bool   `json:"acknowledged"`
+	SandboxID    string `json:"sandbox_id"`
+}
+
+// CompleteRequest is the body of POST /sandboxes/{id}/complete.
+type CompleteRequest struct {
+	Result map[string]any `json:"result"`
+}
+
+// ErrorSignalRequest is the body of POST /sandboxes/{id}/error.
+type ErrorSignalRequest struct {
+	Error   string         `json:"error"`
+	Details map[string]any `json:"details"`
+}
+
+// SignalResponse answers complete and error signals.
+type SignalResponse struct {
+	Status        string `json:"status"`
+	SandboxID     string `json:"sandbox_id"`
+	ErrorReceived bool   `json:"error_received,omitempty"`
+}
+
+// Image is one image in the daemon's namespace.
+type Image struct {
+	Name      string    `json:"name"`
+	Digest    string    `json:"digest"`
+	Size      int64     `json:"size"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// ImageList answers GET /images.
+type ImageList struct {
+	Images []Image `json:"images"`
+}
+
+// ImportResponse answers POST /images/import.
+type ImportResponse struct {
+	Images []string `json:"images"`
+}
+
+// Version answers GET /version.
+type Version struct {
+	Version    string `json:"version"`
+	Containerd string `json:"containerd"`
+}

@@ -1,0 +1,102 @@
+# shellcheck shell=bash
+# bootstrap/image/lib.sh — shared by build-minimal.sh and build-sandbox.sh.
+# Sourced, never run. Owns the parts both image builds have in common: the
+# ERR trap that names the failed step, the root check, the temporary work
+# directory under build/ (unmounted and removed on exit, also on failure),
+# building ocipack once into build/bin/, and packing the rootfs with it.
+#
+# The sourcing script sets `set -Eeuo pipefail` itself, then calls
+# image_init NAME "$@" before anything else.
+
+STEP="start"
+IMAGE_T0=$SECONDS
+
+step() {
+  STEP="$1"
+  echo "image: [$((SECONDS - IMAGE_T0))s] ${STEP}"
+}
+
+# image_cleanup unmounts whatever is still mounted under the work directory
+# (a build that died halfway may leave /proc or /dev mounted in a chroot),
+# then removes it without crossing into any file system it could not unmount.
+image_cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [[ -n "${WORK:-}" && -d "$WORK" ]]; then
+    local m
+    while read -r m; do
+      [[ "$m" == "$WORK" || "$m" == "$WORK"/* ]] || continue
+      umount -R "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+    done < <(findmnt -rn -o TARGET | sort -r)
+    rm -rf --one-file-system -- "$WORK"
+  fi
+  exit "$rc"
+}
+
+# image_init NAME OUT.tar — checks, traps, work directory. Sets REPO, OUT
+# (absolute) and WORK.
+image_init() {
+  local name="$1"
+  shift
+  trap 'echo "image: FAILED at step: ${STEP} (line ${LINENO}, exit $?)" >&2' ERR
+  if [[ $# -ne 1 || "$1" != *.tar ]]; then
+    echo "usage: $0 OUT.tar" >&2
+    exit 2
+  fi
+  if [[ $EUID -ne 0 ]]; then
+    echo "image: must run as root (the rootfs has files owned by other users, and ocipack must read them all)" >&2
+    exit 1
+  fi
+  REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+  OUT="$(realpath -m -- "$1")"
+  umask 022
+  export LC_ALL=C TZ=UTC
+  mkdir -p "$REPO/build/tmp"
+  WORK="$(mktemp -d "$REPO/build/tmp/image-${name}.XXXXXX")"
+  trap image_cleanup EXIT
+  chmod 0755 "$WORK" # apt downloads as _apt, which must reach the rootfs
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+# find_go prints the go command to use (root's PATH may lack /usr/local/go/bin).
+find_go() {
+  if command -v go >/dev/null 2>&1; then
+    command -v go
+  elif [[ -x /usr/local/go/bin/go ]]; then
+    echo /usr/local/go/bin/go
+  else
+    echo "image: no go toolchain found (PATH or /usr/local/go/bin)" >&2
+    return 1
+  fi
+}
+
+# build_ocipack builds bootstrap/image/ocipack into build/bin/ocipack (a
+# no-op rebuild when nothing changed) and sets OCIPACK.
+build_ocipack() {
+  step "build ocipack"
+  local go bin
+  go="$(find_go)"
+  bin="$REPO/build/bin/ocipack"
+  mkdir -p "$REPO/build/bin"
+  (cd "$REPO" && nice -n 10 "$go" build -o "$bin" ./bootstrap/image/ocipack)
+  OCIPACK="$bin"
+}
+
+# pack_rootfs ROOTFS NAME [ocipack flags...] — writes $OUT.
+pack_rootfs() {
+  local rootfs="$1" name="$2"
+  shift 2
+  step "pack ${rootfs#"$REPO"/} as ${name}"
+  nice -n 10 "$OCIPACK" --rootfs "$rootfs" --name "$name" --out "$OUT" "$@"
+}
+
+# image_done NAME — the closing summary.
+image_done() {
+  local name="$1" size
+  size="$(du -h --apparent-size -- "$OUT" | cut -f1)"
+  STEP="done"
+  echo "image: built ${name} in $((SECONDS - IMAGE_T0))s"
+  echo "image: ${OUT} (${size})"
+  echo "image: import with: ctr -n NAMESPACE images import ${OUT}"
+}

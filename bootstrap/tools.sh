@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# bootstrap/tools.sh — builds the tools the test suite and the benchmarks need
+# into build/tools/ (relative to the repository root). Idempotent: a tool that is
+# already present at the pinned version is not rebuilt.
+#
+# Tools:
+#   versitygw   S3-compatible server (posix backend) used by mounts/s3test.
+#               Built from the Go module proxy at a pinned version (≈4 min cold).
+#
+# Environment:
+#   TOOLS_DIR   override the output directory (default: <repo>/build/tools)
+#   GO          go binary to use (default: go)
+#
+# Fails loudly: an ERR trap names the step that failed.
+set -Eeuo pipefail
+
+STEP="start"
+trap 'echo "tools: FAILED at step: ${STEP} (line ${LINENO})" >&2' ERR
+
+step() { STEP="$1"; echo "tools: ${STEP}"; }
+
+VERSITYGW_MODULE="github.com/versity/versitygw"
+VERSITYGW_VERSION="v1.8.0"
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS_DIR="${TOOLS_DIR:-${REPO_ROOT}/build/tools}"
+GO="${GO:-go}"
+
+step "check go toolchain"
+command -v "${GO}" >/dev/null || { echo "tools: go not found in PATH" >&2; false; }
+
+step "create ${TOOLS_DIR}"
+mkdir -p "${TOOLS_DIR}"
+
+# module_version BINARY MODULE prints the version of MODULE that BINARY was
+# built from (empty if the binary is missing or was not built from MODULE).
+module_version() {
+  local bin="$1" mod="$2"
+  [[ -x "${bin}" ]] || return 0
+  "${GO}" version -m "${bin}" 2>/dev/null | awk -v m="${mod}" '$1 == "mod" && $2 == m { print $3 }'
+}
+
+# build_go_tool NAME MODULE/CMD MODULE VERSION
+build_go_tool() {
+  local name="$1" pkg="$2" mod="$3" version="$4"
+  local bin="${TOOLS_DIR}/${name}"
+  local have
+  have="$(module_version "${bin}" "${mod}")"
+  if [[ "${have}" == "${version}" ]]; then
+    step "${name} ${version} already present"
+    return 0
+  fi
+  step "build ${name} ${version}${have:+ (replacing ${have})}"
+  # Build into a scratch directory and move into place, so an interrupted build
+  # never leaves a half-written binary that looks installed.
+  local scratch
+  scratch="$(mktemp -d "${TOOLS_DIR}/.build-${name}.XXXXXX")"
+  # GOFLAGS=-mod=mod keeps the repo's go.mod out of it: "go install pkg@version"
+  # builds in module mode from the proxy, with the module's own go.sum.
+  (cd "${scratch}" && GOBIN="${scratch}" GOFLAGS=-mod=mod nice "${GO}" install "${pkg}@${version}") \
+    || { rm -rf "${scratch}"; false; }
+  step "install ${name} into ${TOOLS_DIR}"
+  mv -f "${scratch}/${name}" "${bin}"
+  rmdir "${scratch}"
+  have="$(module_version "${bin}" "${mod}")"
+  step "verify ${name} version"
+  [[ "${have}" == "${version}" ]] || { echo "tools: ${name} reports ${have:-nothing}, want ${version}" >&2; false; }
+}
+
+build_go_tool versitygw "${VERSITYGW_MODULE}/cmd/versitygw" "${VERSITYGW_MODULE}" "${VERSITYGW_VERSION}"
+
+step "done"

@@ -1,0 +1,151 @@
+package daemon
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/sandbox"
+	"github.com/urfave/cli/v2"
+)
+
+// Config is matrxd's whole configuration, built from flags and MATRX_* env.
+type Config struct {
+	Socket              string
+	SocketGroup         string
+	ContainerdAddress   string
+	ContainerdNamespace string
+	StateDir            string
+	InitPath            string
+	Store               string // bolt | memory
+	LogLevel            slog.Level
+	LogFormat           string // json | text
+	ExpiryInterval      time.Duration
+	Limits              sandbox.Limits
+}
+
+// flags are matrxd's command-line flags; each has a MATRX_* twin.
+func flags() []cli.Flag {
+	d := sandbox.DefaultLimits()
+	return []cli.Flag{
+		&cli.StringFlag{Name: "socket", Value: "/run/matrx/matrxd.sock", EnvVars: []string{"MATRX_SOCKET"}, Usage: "API Unix socket (ignored when systemd passes one)"},
+		&cli.StringFlag{Name: "socket-group", Value: "matrx", EnvVars: []string{"MATRX_SOCKET_GROUP"}, Usage: "group allowed to use the socket (name or gid); falls back to root's group if the named group does not exist"},
+		&cli.StringFlag{Name: "containerd-address", Value: "/run/containerd/containerd.sock", EnvVars: []string{"MATRX_CONTAINERD_ADDRESS"}},
+		&cli.StringFlag{Name: "containerd-namespace", Value: "matrx", EnvVars: []string{"MATRX_CONTAINERD_NAMESPACE"}},
+		&cli.StringFlag{Name: "state-dir", Value: "/var/lib/matrx", EnvVars: []string{"MATRX_STATE_DIR"}},
+		&cli.StringFlag{Name: "init-path", EnvVars: []string{"MATRX_INIT_PATH"}, Usage: "static matrx-init binary (default: next to matrxd, else /usr/local/lib/matrx/matrx-init)"},
+		&cli.StringFlag{Name: "image", Value: d.DefaultImage, EnvVars: []string{"MATRX_IMAGE", "MATRX_SANDBOX_IMAGE"}, Usage: "default sandbox image"},
+		&cli.StringFlag{Name: "store", Value: "bolt", EnvVars: []string{"MATRX_SANDBOX_STORE"}, Usage: "registry: bolt (alias persistent) or memory"},
+		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"MATRX_LOG_LEVEL"}, Usage: "debug, info, warn or error"},
+		&cli.StringFlag{Name: "log-format", Value: "json", EnvVars: []string{"MATRX_LOG_FORMAT"}, Usage: "json or text"},
+		&cli.Float64Flag{Name: "default-cpu", Value: d.DefaultCPU, EnvVars: []string{"MATRX_DEFAULT_CPU"}},
+		&cli.Float64Flag{Name: "max-cpu", Value: d.MaxCPU, EnvVars: []string{"MATRX_MAX_CPU"}},
+		&cli.Int64Flag{Name: "default-memory-mb", Value: d.DefaultMemoryMB, EnvVars: []string{"MATRX_DEFAULT_MEMORY_MB"}},
+		&cli.Int64Flag{Name: "max-memory-mb", Value: d.MaxMemoryMB, EnvVars: []string{"MATRX_MAX_MEMORY_MB"}},
+		&cli.Int64Flag{Name: "default-pids", Value: d.DefaultPids, EnvVars: []string{"MATRX_DEFAULT_PIDS"}},
+		&cli.Int64Flag{Name: "max-pids", Value: d.MaxPids, EnvVars: []string{"MATRX_MAX_PIDS"}},
+		&cli.Int64Flag{Name: "default-ttl", Value: int64(d.DefaultTTL / time.Second), EnvVars: []string{"MATRX_DEFAULT_TTL", "MATRX_MAX_SESSION_DURATION"}, Usage: "seconds"},
+		&cli.Int64Flag{Name: "max-ttl", Value: int64(d.MaxTTL / time.Second), EnvVars: []string{"MATRX_MAX_TTL"}, Usage: "seconds"},
+		&cli.Int64Flag{Name: "shutdown-timeout", Value: int64(d.ShutdownTimeout / time.Second), EnvVars: []string{"MATRX_SHUTDOWN_TIMEOUT_SECONDS", "MATRX_SHUTDOWN_TIMEOUT"}, Usage: "seconds of SIGTERM grace on graceful stops"},
+		&cli.IntFlag{Name: "max-command-length", Value: d.MaxCommandLength, EnvVars: []string{"MATRX_MAX_COMMAND_LENGTH"}},
+		&cli.Int64Flag{Name: "command-timeout", Value: int64(d.DefaultCmdTimeout / time.Second), EnvVars: []string{"MATRX_COMMAND_TIMEOUT"}, Usage: "default exec timeout, seconds"},
+		&cli.Int64Flag{Name: "max-command-timeout", Value: int64(d.MaxCmdTimeout / time.Second), EnvVars: []string{"MATRX_MAX_COMMAND_TIMEOUT"}, Usage: "seconds"},
+		&cli.Int64Flag{Name: "output-limit", Value: d.OutputLimit, EnvVars: []string{"MATRX_OUTPUT_LIMIT"}, Usage: "bytes kept of each of stdout and stderr per exec"},
+		&cli.DurationFlag{Name: "expiry-interval", Value: 10 * time.Second, EnvVars: []string{"MATRX_EXPIRY_INTERVAL"}, Usage: "how often TTLs are checked"},
+	}
+}
+
+// configFrom turns parsed flags into a validated Config.
+func configFrom(c *cli.Context) (Config, error) {
+	cfg := Config{
+		Socket:              c.String("socket"),
+		SocketGroup:         c.String("socket-group"),
+		ContainerdAddress:   c.String("containerd-address"),
+		ContainerdNamespace: c.String("containerd-namespace"),
+		StateDir:            c.String("state-dir"),
+		InitPath:            c.String("init-path"),
+		Store:               strings.ToLower(c.String("store")),
+		LogFormat:           strings.ToLower(c.String("log-format")),
+		ExpiryInterval:      c.Duration("expiry-interval"),
+		Limits: sandbox.Limits{
+			DefaultImage:      c.String("image"),
+			DefaultCPU:        c.Float64("default-cpu"),
+			MaxCPU:            c.Float64("max-cpu"),
+			DefaultMemoryMB:   c.Int64("default-memory-mb"),
+			MaxMemoryMB:       c.Int64("max-memory-mb"),
+			DefaultPids:       c.Int64("default-pids"),
+			MaxPids:           c.Int64("max-pids"),
+			DefaultTTL:        time.Duration(c.Int64("default-ttl")) * time.Second,
+			MaxTTL:            time.Duration(c.Int64("max-ttl")) * time.Second,
+			ShutdownTimeout:   time.Duration(c.Int64("shutdown-timeout")) * time.Second,
+			MaxCommandLength:  c.Int("max-command-length"),
+			DefaultCmdTimeout: time.Duration(c.Int64("command-timeout")) * time.Second,
+			MaxCmdTimeout:     time.Duration(c.Int64("max-command-timeout")) * time.Second,
+			OutputLimit:       c.Int64("output-limit"),
+		},
+	}
+	if err := cfg.LogLevel.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		return cfg, fmt.Errorf("log level %q: want debug, info, warn or error: %w", c.String("log-level"), errdefs.ErrInvalidArgument)
+	}
+	if cfg.InitPath == "" {
+		cfg.InitPath = defaultInitPath()
+	}
+	return cfg, cfg.Validate()
+}
+
+// Validate checks every value before anything is started.
+func (c Config) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf(format+": %w", append(args, errdefs.ErrInvalidArgument)...)
+	}
+	switch {
+	case !filepath.IsAbs(c.Socket):
+		return bad("socket %q must be an absolute path", c.Socket)
+	case !filepath.IsAbs(c.StateDir):
+		return bad("state dir %q must be an absolute path", c.StateDir)
+	case c.ContainerdAddress == "":
+		return bad("containerd address is empty")
+	case c.ContainerdNamespace == "" || strings.ContainsAny(c.ContainerdNamespace, "/ \t"):
+		return bad("containerd namespace %q is invalid", c.ContainerdNamespace)
+	case c.Store != "bolt" && c.Store != "persistent" && c.Store != "memory":
+		return bad("store %q: want bolt (persistent) or memory", c.Store)
+	case c.LogFormat != "json" && c.LogFormat != "text":
+		return bad("log format %q: want json or text", c.LogFormat)
+	case c.ExpiryInterval < 100*time.Millisecond:
+		return bad("expiry interval %v is too short (min 100ms)", c.ExpiryInterval)
+	}
+	return c.Limits.Validate()
+}
+
+// socketGID resolves the socket group: a gid, a group name, or root's group
+// when the named group does not exist (a dev machine without bootstrap).
+func (c Config) socketGID() (int, bool, error) {
+	if c.SocketGroup == "" {
+		return 0, false, nil
+	}
+	if gid, err := strconv.Atoi(c.SocketGroup); err == nil {
+		return gid, true, nil
+	}
+	g, err := user.LookupGroup(c.SocketGroup)
+	if err != nil {
+		return 0, false, nil
+	}
+	gid, _ := strconv.Atoi(g.Gid)
+	return gid, true, nil
+}
+
+func defaultInitPath() string {
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "matrx-init")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return "/usr/local/lib/matrx/matrx-init"
+}

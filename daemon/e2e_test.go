@@ -1,0 +1,459 @@
+package daemon_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/api"
+	"github.com/matrx-dev/matrx/api/client"
+	"github.com/matrx-dev/matrx/ctl"
+	"github.com/matrx-dev/matrx/daemon"
+	"github.com/matrx-dev/matrx/runtime/containerdtest"
+	"github.com/matrx-dev/matrx/sandbox"
+	"github.com/urfave/cli/v2"
+)
+
+const testNS = "matrx-e2e"
+
+// harness is one in-process matrxd on a private containerd.
+type harness struct {
+	t      *testing.T
+	env    *containerdtest.Env
+	cfg    daemon.Config
+	cancel context.CancelFunc
+	done   chan error
+	c      *client.Client
+	logs   *bytes.Buffer
+}
+
+func newHarness(t *testing.T) *harness {
+	env := containerdtest.Start(t, testNS)
+	h := &harness{t: t, env: env}
+	limits := sandbox.DefaultLimits()
+	limits.DefaultImage = containerdtest.MinimalImage
+	limits.DefaultMemoryMB = 256
+	limits.DefaultCPU = 1
+	limits.ShutdownTimeout = 2 * time.Second
+	h.cfg = daemon.Config{
+		Socket: filepath.Join(env.Dir, "matrxd.sock"), ContainerdAddress: env.Address,
+		ContainerdNamespace: testNS, StateDir: filepath.Join(env.Dir, "state"), InitPath: env.InitPath,
+		Store: "bolt", LogFormat: "json", ExpiryInterval: time.Second, Limits: limits,
+	}
+	h.start()
+	f, err := os.Open(env.ImageTar)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	res, err := h.c.ImportImage(context.Background(), f)
+	if err != nil || len(res.Images) != 1 || res.Images[0] != containerdtest.MinimalImage {
+		t.Fatalf("import: %v %+v", err, res)
+	}
+	return h
+}
+
+func (h *harness) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	h.done = make(chan error, 1)
+	h.logs = &bytes.Buffer{}
+	log := slog.New(slog.NewJSONHandler(&lockedWriter{w: h.logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	go func() { h.done <- daemon.Run(ctx, h.cfg, log) }()
+	h.c = client.New(h.cfg.Socket, client.WithRetries(50), client.WithBackoff(20*time.Millisecond))
+	if _, err := h.c.Health(context.Background()); err != nil {
+		h.t.Fatalf("daemon did not come up: %v", err)
+	}
+	h.t.Cleanup(h.stop)
+}
+
+func (h *harness) stop() {
+	if h.cancel == nil {
+		return
+	}
+	h.cancel()
+	h.cancel = nil
+	if err := <-h.done; err != nil {
+		h.t.Errorf("daemon exited with %v", err)
+	}
+	h.c.Close()
+}
+
+type lockedWriter struct {
+	mu chan struct{}
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	if l.mu == nil {
+		l.mu = make(chan struct{}, 1)
+	}
+	l.mu <- struct{}{}
+	defer func() { <-l.mu }()
+	return l.w.Write(p)
+}
+
+func (h *harness) create(user string, cfg *api.SandboxConfig) *api.Sandbox {
+	h.t.Helper()
+	s, err := h.c.Create(context.Background(), user, cfg)
+	if err != nil {
+		h.t.Fatalf("create: %v", err)
+	}
+	return s
+}
+
+func (h *harness) exec(id, cmd string) *api.ExecResponse {
+	h.t.Helper()
+	r, err := h.c.Exec(context.Background(), id, api.ExecRequest{Command: cmd})
+	if err != nil {
+		h.t.Fatalf("exec %q: %v", cmd, err)
+	}
+	return r
+}
+
+func TestLifecycle(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	s := h.create("alice", &api.SandboxConfig{Labels: map[string]string{"team": "a"}, Env: map[string]string{"GREETING": "hi"}})
+	if !sandbox.ValidSandboxID(s.SandboxID) || s.Status != "ready" || s.UserID != "alice" || s.HotPath != "/home/agent" ||
+		s.ColdPath != "/data/cold" || s.TTLSeconds != 7200 || s.SSHPort != nil || s.ContainerID == "" || s.Image != containerdtest.MinimalImage {
+		t.Fatalf("created sandbox: %+v", s)
+	}
+	got, err := h.c.Get(ctx, s.SandboxID)
+	if err != nil || got.SandboxID != s.SandboxID || got.Config.Labels["team"] != "a" {
+		t.Fatalf("get: %v %+v", err, got)
+	}
+	r := h.exec(s.SandboxID, `echo "$SANDBOX_ID $USER_ID $HOT_PATH $COLD_PATH $GREETING"; id -u`)
+	if want := fmt.Sprintf("%s alice /home/agent /data/cold hi\n1000\n", s.SandboxID); r.Stdout != want || r.ExitCode != 0 || r.Cwd != "/home/agent" {
+		t.Fatalf("exec: %+v", r)
+	}
+	// The working directory is remembered between calls, overridden by an
+	// explicit cwd, and reported after the command.
+	if r := h.exec(s.SandboxID, "cd /tmp"); r.Cwd != "/tmp" {
+		t.Fatalf("cd: %+v", r)
+	}
+	if r := h.exec(s.SandboxID, "pwd"); r.Stdout != "/tmp\n" {
+		t.Fatalf("remembered cwd: %+v", r)
+	}
+	cwd := "/home/agent"
+	r, err = h.c.Exec(ctx, s.SandboxID, api.ExecRequest{Command: "pwd", Cwd: &cwd})
+	if err != nil || r.Stdout != "/home/agent\n" {
+		t.Fatalf("explicit cwd: %v %+v", err, r)
+	}
+	// byte-exact output without a trailing newline, and binary output
+	if r := h.exec(s.SandboxID, `printf 'a\nb'`); r.Stdout != "a\nb" {
+		t.Fatalf("no trailing newline: %q", r.Stdout)
+	}
+	r = h.exec(s.SandboxID, `printf '\377\000x'`)
+	if b, _ := base64.StdEncoding.DecodeString(r.StdoutBase64); string(b) != "\xff\x00x" {
+		t.Fatalf("binary output: %+v", r)
+	}
+	// root exec
+	if r, err := h.c.Exec(ctx, s.SandboxID, api.ExecRequest{Command: "id -u", User: "root"}); err != nil || r.Stdout != "0\n" {
+		t.Fatalf("root exec: %v %+v", err, r)
+	}
+	// timeout
+	one := 1
+	r, err = h.c.Exec(ctx, s.SandboxID, api.ExecRequest{Command: "sleep 30", Timeout: &one})
+	if err != nil || !r.TimedOut || r.ExitCode != 124 {
+		t.Fatalf("timeout: %v %+v", err, r)
+	}
+	// home persists per user across sandboxes
+	h.exec(s.SandboxID, "echo kept > /home/agent/note")
+	hb, err := h.c.Heartbeat(ctx, s.SandboxID)
+	if err != nil || !hb.Acknowledged || hb.SandboxID != s.SandboxID {
+		t.Fatalf("heartbeat: %v %+v", err, hb)
+	}
+	if got, _ := h.c.Get(ctx, s.SandboxID); got.Status != "running" || got.LastHeartbeatAt == nil {
+		t.Fatalf("after heartbeat: %+v", got)
+	}
+	l, err := h.c.List(ctx, "alice", false)
+	if err != nil || l.Total != 1 || l.Sandboxes[0].SandboxID != s.SandboxID {
+		t.Fatalf("list: %v %+v", err, l)
+	}
+	if err := h.c.Delete(ctx, s.SandboxID, true); err != nil {
+		t.Fatal(err)
+	}
+	got, err = h.c.Get(ctx, s.SandboxID)
+	if err != nil || got.Status != "stopped" || got.StoppedAt == nil || got.StopReason == nil || *got.StopReason != "user_requested" {
+		t.Fatalf("after delete: %v %+v", err, got)
+	}
+	if _, err := h.c.Exec(ctx, s.SandboxID, api.ExecRequest{Command: "true"}); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("exec on destroyed sandbox: %v", err)
+	}
+	if l, _ := h.c.List(ctx, "alice", false); l.Total != 0 {
+		t.Fatalf("stopped sandbox listed as active: %+v", l)
+	}
+	if l, _ := h.c.List(ctx, "alice", true); l.Total != 1 {
+		t.Fatalf("--all misses the stopped sandbox: %+v", l)
+	}
+	// A second delete is a no-op.
+	if err := h.c.Delete(ctx, s.SandboxID, false); err != nil {
+		t.Fatal(err)
+	}
+	s2 := h.create("alice", nil)
+	if r := h.exec(s2.SandboxID, "cat /home/agent/note"); r.Stdout != "kept\n" {
+		t.Fatalf("home did not persist: %+v", r)
+	}
+	health, err := h.c.Health(ctx)
+	if err != nil || health.Status != "healthy" || health.ActiveSandboxes != 1 {
+		t.Fatalf("health: %v %+v", err, health)
+	}
+	// Every request is logged with method, path, status, request id and the
+	// caller's uid from SO_PEERCRED.
+	if !strings.Contains(h.logs.String(), `"peer_uid":0`) || !strings.Contains(h.logs.String(), `"request_id"`) {
+		t.Fatalf("request log lacks peer credentials:\n%s", h.logs.String())
+	}
+}
+
+func TestSignals(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	a := h.create("bob", nil)
+	res, err := h.c.Complete(ctx, a.SandboxID, map[string]any{"ok": true})
+	if err != nil || res.Status != "shutting_down" || res.SandboxID != a.SandboxID {
+		t.Fatalf("complete: %v %+v", err, res)
+	}
+	b := h.create("bob", nil)
+	res, err = h.c.SignalError(ctx, b.SandboxID, "agent crashed", map[string]any{"trace": "x"})
+	if err != nil || !res.ErrorReceived {
+		t.Fatalf("error signal: %v %+v", err, res)
+	}
+	waitStatus(t, h.c, a.SandboxID, "stopped", "graceful_shutdown")
+	got := waitStatus(t, h.c, b.SandboxID, "stopped", "error")
+	if got.Error != "agent crashed" {
+		t.Fatalf("error not recorded: %+v", got)
+	}
+	if _, err := h.c.Complete(ctx, a.SandboxID, nil); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("complete on stopped: %v", err)
+	}
+	if _, err := h.c.Heartbeat(ctx, a.SandboxID); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("heartbeat on stopped: %v", err)
+	}
+}
+
+func waitStatus(t *testing.T, c *client.Client, id, status, reason string) *api.Sandbox {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		s, err := c.Get(context.Background(), id)
+		if err == nil && s.Status == status && (reason == "" || (s.StopReason != nil && *s.StopReason == reason)) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sandbox %s never reached %s/%s: %v %+v", id, status, reason, err, s)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestRestartKeepsRecordsAndSandboxes(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	live := h.create("carol", nil)
+	h.exec(live.SandboxID, "echo before > /tmp/marker")
+	gone := h.create("carol", nil)
+	if err := h.c.Delete(ctx, gone.SandboxID, false); err != nil {
+		t.Fatal(err)
+	}
+	h.stop()
+	// The sandbox keeps running while the daemon is down.
+	h.start()
+	got, err := h.c.Get(ctx, live.SandboxID)
+	if err != nil || got.Status != "running" {
+		t.Fatalf("live sandbox after restart: %v %+v", err, got)
+	}
+	if r := h.exec(live.SandboxID, "cat /tmp/marker"); r.Stdout != "before\n" {
+		t.Fatalf("exec after restart: %+v", r)
+	}
+	got, err = h.c.Get(ctx, gone.SandboxID)
+	if err != nil || got.Status != "stopped" || got.StoppedAt == nil {
+		t.Fatalf("stopped record after restart: %v %+v", err, got)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	s := h.create("dave", nil)
+	long := strings.Repeat("x", 10001)
+	big := `{"user_id":"u","config":{"labels":{"a":"` + strings.Repeat("b", 2<<20) + `"}}}`
+	cases := []struct {
+		name, method, path, body string
+		status                   int
+		detail                   string
+	}{
+		{"malformed json", "POST", "/sandboxes", `{"user_id":`, 400, "malformed JSON"},
+		{"not an object", "POST", "/sandboxes", `[]`, 400, "malformed JSON"},
+		{"empty body", "POST", "/sandboxes", ``, 400, "empty"},
+		{"trailing data", "POST", "/sandboxes", `{"user_id":"u"} {}`, 400, "trailing"},
+		{"unknown field", "POST", "/sandboxes", `{"user_id":"u","bogus":1}`, 400, "unknown field"},
+		{"unknown config key", "POST", "/sandboxes", `{"user_id":"u","config":{"gpu":1}}`, 400, "unknown field"},
+		{"oversized body", "POST", "/sandboxes", big, 400, "exceeds"},
+		{"missing user_id", "POST", "/sandboxes", `{}`, 400, "user_id"},
+		{"invalid user_id", "POST", "/sandboxes", `{"user_id":"a/b"}`, 400, "user_id"},
+		{"dotdot user_id", "POST", "/sandboxes", `{"user_id":".."}`, 400, "user_id"},
+		{"long user_id", "POST", "/sandboxes", `{"user_id":"` + strings.Repeat("a", 256) + `"}`, 400, "user_id"},
+		{"cpu too high", "POST", "/sandboxes", `{"user_id":"u","config":{"cpu":100}}`, 400, "config.cpu"},
+		{"memory too low", "POST", "/sandboxes", `{"user_id":"u","config":{"memory_mb":1}}`, 400, "config.memory_mb"},
+		{"pids too high", "POST", "/sandboxes", `{"user_id":"u","config":{"pids":99999999}}`, 400, "config.pids"},
+		{"ttl too short", "POST", "/sandboxes", `{"user_id":"u","config":{"ttl_seconds":5}}`, 400, "ttl_seconds"},
+		{"bad env key", "POST", "/sandboxes", `{"user_id":"u","config":{"env":{"1A":"x"}}}`, 400, "config.env"},
+		{"reserved env key", "POST", "/sandboxes", `{"user_id":"u","config":{"env":{"SANDBOX_ID":"x"}}}`, 400, "reserved"},
+		{"bad label", "POST", "/sandboxes", `{"user_id":"u","config":{"labels":{"-x":"y"}}}`, 400, "labels"},
+		{"bad image", "POST", "/sandboxes", `{"user_id":"u","config":{"image":"../../x"}}`, 400, "image"},
+		{"wrong type", "POST", "/sandboxes", `{"user_id":5}`, 400, "malformed JSON"},
+		{"unknown image", "POST", "/sandboxes", `{"user_id":"u","config":{"image":"localhost/none:latest"}}`, 404, "not present"},
+		{"unknown sandbox", "GET", "/sandboxes/sbx-doesnotexist", ``, 404, ""},
+		{"unknown well-formed sandbox", "GET", "/sandboxes/sbx-000000000000", ``, 404, ""},
+		{"weird sandbox id", "GET", "/sandboxes/..%2f..%2fetc", ``, 404, ""},
+		{"exec unknown sandbox", "POST", "/sandboxes/sbx-doesnotexist/exec", `{"command":"true"}`, 404, ""},
+		{"delete unknown sandbox", "DELETE", "/sandboxes/sbx-doesnotexist", ``, 404, ""},
+		{"heartbeat unknown", "POST", "/sandboxes/sbx-doesnotexist/heartbeat", ``, 404, ""},
+		{"complete unknown", "POST", "/sandboxes/sbx-doesnotexist/complete", `{}`, 404, ""},
+		{"error unknown", "POST", "/sandboxes/sbx-doesnotexist/error", `{"error":"x"}`, 404, ""},
+		{"empty command", "POST", "/sandboxes/" + s.SandboxID + "/exec", `{"command":""}`, 400, "command"},
+		{"long command", "POST", "/sandboxes/" + s.SandboxID + "/exec", `{"command":"` + long + `"}`, 400, "10000"},
+		{"timeout zero", "POST", "/sandboxes/" + s.SandboxID + "/exec", `{"command":"true","timeout":0}`, 400, "timeout"},
+		{"timeout too long", "POST", "/sandboxes/" + s.SandboxID + "/exec", `{"command":"true","timeout":601}`, 400, "timeout"},
+		{"bad user", "POST", "/sandboxes/" + s.SandboxID + "/exec", `{"command":"true","user":"admin"}`, 400, "user"},
+		{"relative cwd", "POST", "/sandboxes/" + s.SandboxID + "/exec", `{"command":"true","cwd":"tmp"}`, 400, "absolute"},
+		{"missing cwd", "POST", "/sandboxes/" + s.SandboxID + "/exec", `{"command":"true","cwd":"/nonexistent"}`, 400, "does not exist"},
+		{"exec unknown field", "POST", "/sandboxes/" + s.SandboxID + "/exec", `{"command":"true","shell":"zsh"}`, 400, "unknown field"},
+		{"bad graceful", "DELETE", "/sandboxes/" + s.SandboxID + "?graceful=maybe", ``, 400, "graceful"},
+		{"bad list param", "GET", "/sandboxes?owner=x", ``, 400, "owner"},
+		{"bad list user", "GET", "/sandboxes?user_id=a%2Fb", ``, 400, "user_id"},
+		{"error without message", "POST", "/sandboxes/" + s.SandboxID + "/error", `{}`, 400, "error must"},
+		{"unknown route", "GET", "/nope", ``, 404, "not found"},
+		{"wrong method", "PUT", "/sandboxes", ``, 405, "method not allowed"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			status, body, err := h.c.Raw(ctx, c.method, c.path, []byte(c.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var e api.ErrorResponse
+			if jerr := json.Unmarshal(body, &e); jerr != nil || e.Detail == "" {
+				t.Fatalf("error body is not {\"detail\":...}: %s", body)
+			}
+			if status != c.status || !strings.Contains(e.Detail, c.detail) {
+				t.Fatalf("got %d %q, want %d containing %q", status, e.Detail, c.status, c.detail)
+			}
+		})
+	}
+	// Nothing was created by any of it, and the sandbox still works.
+	l, _ := h.c.List(ctx, "", true)
+	for _, sb := range l.Sandboxes {
+		if sb.SandboxID != s.SandboxID && sb.Status != "failed" {
+			t.Fatalf("bad input created a sandbox: %+v", sb)
+		}
+	}
+	if r := h.exec(s.SandboxID, "echo ok"); r.Stdout != "ok\n" {
+		t.Fatalf("sandbox broken by bad input: %+v", r)
+	}
+	// The failed create (unknown image) left a failed record and nothing else.
+	infos, _ := os.ReadDir(filepath.Join(h.cfg.StateDir, "runtime", "sandboxes"))
+	if len(infos) != 1 {
+		t.Fatalf("runtime state dirs: %d, want 1 (the live sandbox)", len(infos))
+	}
+}
+
+func TestSocket(t *testing.T) {
+	h := newHarness(t)
+	st, err := os.Stat(h.cfg.Socket)
+	if err != nil || st.Mode().Perm() != 0o660 || st.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("socket mode: %v %v", err, st.Mode())
+	}
+	// A live daemon's socket is not stolen by a second one.
+	if _, err := api.ListenUnix(h.cfg.Socket, 0o660, 0); !errdefs.IsAlreadyExists(err) {
+		t.Fatalf("second listener on a live socket: %v", err)
+	}
+	// A stale socket left by a crashed daemon is replaced.
+	stale := filepath.Join(h.env.Dir, "stale.sock")
+	l, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	l2, err := api.ListenUnix(stale, 0o660, 0)
+	if err != nil {
+		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	l2.Close()
+	// A regular file at the socket path is never removed.
+	file := filepath.Join(h.env.Dir, "file.sock")
+	os.WriteFile(file, []byte("x"), 0o600)
+	if _, err := api.ListenUnix(file, 0o660, 0); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("regular file at socket path: %v", err)
+	}
+}
+
+func TestCLI(t *testing.T) {
+	h := newHarness(t)
+	run := func(args ...string) (string, string, int) {
+		var out, errOut bytes.Buffer
+		app := ctl.App()
+		app.Writer, app.ErrWriter = &out, &errOut
+		code := 0
+		app.ExitErrHandler = func(*cli.Context, error) {}
+		err := app.Run(append([]string{"matrx", "--socket", h.cfg.Socket}, args...))
+		if ec, ok := err.(interface{ ExitCode() int }); ok {
+			code = ec.ExitCode()
+		} else if err != nil {
+			code = 1
+			errOut.WriteString(err.Error())
+		}
+		return out.String(), errOut.String(), code
+	}
+	out, errOut, code := run("create", "--user", "erin", "--label", "k=v")
+	id := strings.TrimSpace(out)
+	if code != 0 || !sandbox.ValidSandboxID(id) {
+		t.Fatalf("create: %q %q %d", out, errOut, code)
+	}
+	out, errOut, code = run("exec", id, "--cwd", "/tmp", "--", "pwd; echo err >&2; exit 3")
+	if out != "/tmp\n" || errOut != "err\n" || code != 3 {
+		t.Fatalf("exec: %q %q %d", out, errOut, code)
+	}
+	out, _, code = run("ls", "--user", "erin")
+	if code != 0 || !strings.Contains(out, id) || !strings.Contains(out, "running") {
+		t.Fatalf("ls: %q", out)
+	}
+	out, _, _ = run("ls", "--json")
+	var l api.SandboxList
+	if err := json.Unmarshal([]byte(out), &l); err != nil || l.Total != 1 {
+		t.Fatalf("ls --json: %v %q", err, out)
+	}
+	out, _, _ = run("inspect", id)
+	var s api.Sandbox
+	if err := json.Unmarshal([]byte(out), &s); err != nil || s.Config.Labels["k"] != "v" {
+		t.Fatalf("inspect: %v %q", err, out)
+	}
+	out, _, code = run("image", "ls")
+	if code != 0 || !strings.Contains(out, containerdtest.MinimalImage) {
+		t.Fatalf("image ls: %q", out)
+	}
+	out, _, code = run("version")
+	if code != 0 || !strings.Contains(out, "containerd:") {
+		t.Fatalf("version: %q", out)
+	}
+	if _, errOut, code = run("inspect", "sbx-doesnotexist"); code == 0 || errOut == "" {
+		t.Fatalf("inspect unknown: %q %d", errOut, code)
+	}
+	if out, _, code = run("rm", "--force", id); code != 0 || strings.TrimSpace(out) != id {
+		t.Fatalf("rm: %q %d", out, code)
+	}
+}
+

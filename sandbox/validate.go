@@ -1,0 +1,92 @@
+package sandbox
+
+import (
+	"fmt"
+	"path"
+	"regexp"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/containerd/errdefs"
+)
+
+var (
+	userIDRe    = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,255}$`)
+	sandboxIDRe = regexp.MustCompile(`^sbx-[0-9a-f]{12}$`)
+	envKeyRe    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
+	labelKeyRe  = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9._/-]{0,61}[a-zA-Z0-9])?$`)
+	imageRe     = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._/:@-]{0,254}$`)
+)
+
+// reservedEnv are set by matrx on every process; a request may not override
+// them (an agent that could lie about SANDBOX_ID could confuse its SDK).
+var reservedEnv = map[string]bool{"SANDBOX_ID": true, "USER_ID": true, "HOT_PATH": true, "COLD_PATH": true}
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf(format+": %w", append(args, errdefs.ErrInvalidArgument)...)
+}
+
+// ValidateUserID checks a user id as the original API did, and also refuses
+// "." and "..", which the original pattern allowed and which would name the
+// parent of the per-user directory on the host.
+func ValidateUserID(id string) error {
+	if !userIDRe.MatchString(id) || id == "." || id == ".." {
+		return invalid("user_id %q is invalid: want 1-255 of [a-zA-Z0-9._-], not . or ..", id)
+	}
+	return nil
+}
+
+// ValidSandboxID reports whether id has the shape of a sandbox id
+// ("sbx-" + 12 lowercase hex). Anything else is unknown by construction.
+func ValidSandboxID(id string) bool { return sandboxIDRe.MatchString(id) }
+
+func validateEnv(env map[string]string, field string) error {
+	if len(env) > 128 {
+		return invalid("%s has %d entries, at most 128 allowed", field, len(env))
+	}
+	for k, v := range env {
+		if !envKeyRe.MatchString(k) {
+			return invalid("%s key %q is invalid: want [A-Za-z_][A-Za-z0-9_]*, at most 128 chars", field, k)
+		}
+		if reservedEnv[k] {
+			return invalid("%s key %q is reserved by matrx", field, k)
+		}
+		if len(v) > 8192 || strings.IndexByte(v, 0) >= 0 || !utf8.ValidString(v) {
+			return invalid("%s value of %q is invalid: at most 8192 bytes of UTF-8 without NUL", field, k)
+		}
+	}
+	return nil
+}
+
+func validateLabels(labels map[string]string) error {
+	if len(labels) > 32 {
+		return invalid("config.labels has %d entries, at most 32 allowed", len(labels))
+	}
+	for k, v := range labels {
+		if !labelKeyRe.MatchString(k) {
+			return invalid("config.labels key %q is invalid: 1-63 of [a-zA-Z0-9._/-], alphanumeric at both ends", k)
+		}
+		if len(v) > 255 || strings.IndexByte(v, 0) >= 0 || !utf8.ValidString(v) {
+			return invalid("config.labels value of %q is invalid: at most 255 bytes of UTF-8", k)
+		}
+	}
+	return nil
+}
+
+func validateImage(name string) error {
+	if !imageRe.MatchString(name) || strings.Contains(name, "..") {
+		return invalid("config.image %q is not a valid image reference", name)
+	}
+	return nil
+}
+
+// validateCwd checks an exec working directory.
+func validateCwd(cwd string) error {
+	if len(cwd) > 4096 || strings.IndexByte(cwd, 0) >= 0 || !utf8.ValidString(cwd) {
+		return invalid("cwd is invalid: at most 4096 bytes of UTF-8 without NUL")
+	}
+	if !path.IsAbs(cwd) {
+		return invalid("cwd %q must be an absolute path", cwd)
+	}
+	return nil
+}

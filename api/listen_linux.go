@@ -1,11 +1,9 @@
 package api
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -83,25 +81,4 @@ func peerOf(c net.Conn) Peer {
 		return Peer{}
 	}
 	return Peer{UID: cred.Uid, GID: cred.Gid, PID: cred.Pid, Known: true}
-}
-
-// Serve runs srv on l until ctx ends, then shuts down gracefully: no new
-// connections, in-flight requests finish (up to drain).
-func Serve(ctx context.Context, srv *http.Server, l net.Listener, drain time.Duration) error {
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(l) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), drain)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return fmt.Errorf("drain in-flight requests: %w", err)
-	}
-	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
 }

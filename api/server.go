@@ -501,3 +501,24 @@ func (s *Server) importImage(w http.ResponseWriter, r *http.Request) {
 	s.log.Info("images imported", "images", names)
 	writeJSON(w, http.StatusOK, ImportResponse{Images: names})
 }
+
+// Serve runs srv on l until ctx ends, then shuts down gracefully: no new
+// connections, in-flight requests finish (up to drain).
+func Serve(ctx context.Context, srv *http.Server, l net.Listener, drain time.Duration) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("drain in-flight requests: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -176,4 +176,3 @@ func watchdog(ctx context.Context) {
 		}
 	}
 }
-

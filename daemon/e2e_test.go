@@ -1,3 +1,5 @@
+//go:build linux
+
 package daemon_test
 
 import (
@@ -456,4 +458,3 @@ func TestCLI(t *testing.T) {
 		t.Fatalf("rm: %q %d", out, code)
 	}
 }
-

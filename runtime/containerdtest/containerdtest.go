@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package containerdtest starts a private containerd for integration tests:
 // its own root, state, socket and config under a temp dir, never the host's
 // daemon. It also builds matrx-init and locates the test image archive. It

@@ -1,0 +1,56 @@
+package archtest
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/matrx-dev/matrx"
+
+// forbidden maps a package (and its subpackages) to packages it must never
+// import, directly. Why each arrow exists is in the package docs.
+var forbidden = map[string][]string{
+	"runtime":    {"api", "sandbox", "daemon", "ctl", "mounts", "registry"},
+	"mounts":     {"api", "sandbox", "daemon", "ctl", "runtime", "registry"},
+	"registry":   {"api", "sandbox", "daemon", "ctl", "runtime", "mounts"},
+	"sandbox":    {"api", "daemon", "ctl"},
+	"api":        {"daemon", "ctl"},
+	"api/client": {"sandbox", "runtime", "registry", "mounts", "daemon", "ctl"},
+	"ctl":        {"sandbox", "runtime", "registry", "mounts", "daemon"},
+}
+
+func TestImportDirections(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Imports " "}}`, module+"/...").Output()
+	if err != nil {
+		t.Skipf("go list unavailable: %v", err)
+	}
+	checked := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		fields := strings.Fields(line)
+		pkg := strings.TrimPrefix(fields[0], module+"/")
+		for owner, bans := range forbidden {
+			if !within(pkg, owner) || (owner == "api" && within(pkg, "api/client")) {
+				continue
+			}
+			checked++
+			for _, imp := range fields[1:] {
+				if !strings.HasPrefix(imp, module+"/") {
+					continue
+				}
+				dep := strings.TrimPrefix(imp, module+"/")
+				for _, ban := range bans {
+					// api/client may be imported by anyone; its own rule is separate.
+					if within(dep, ban) && !(ban == "api" && within(dep, "api/client")) && !within(dep, owner) {
+						t.Errorf("%s imports %s: %s must not depend on %s", pkg, dep, owner, ban)
+					}
+				}
+			}
+		}
+	}
+	if checked == 0 {
+		t.Fatal("no package was checked: the module path or layout changed")
+	}
+}
+
+func within(pkg, root string) bool { return pkg == root || strings.HasPrefix(pkg, root+"/") }

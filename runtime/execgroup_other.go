@@ -1,0 +1,19 @@
+//go:build !linux
+
+package runtime
+
+import (
+	"fmt"
+
+	"github.com/containerd/errdefs"
+)
+
+// execGroup needs Linux cgroups; elsewhere the runtime cannot run sandboxes.
+type execGroup struct{}
+
+func newExecGroup(int, string) (*execGroup, error) {
+	return nil, fmt.Errorf("exec tracking needs Linux cgroups: not supported on this OS: %w", errdefs.ErrNotImplemented)
+}
+func (*execGroup) kill() error { return nil }
+func (*execGroup) remove()     {}
+func detectShell(int) string   { return "/bin/sh" }

@@ -1,0 +1,171 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"syscall"
+	"testing"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/matrx-dev/matrx/api"
+	"github.com/matrx-dev/matrx/api/client"
+	"github.com/matrx-dev/matrx/daemon"
+	"github.com/matrx-dev/matrx/runtime/containerdtest"
+	"github.com/matrx-dev/matrx/sandbox"
+)
+
+const (
+	nsMatrx = "bench-matrx"
+	nsBare  = "bench-bare"
+	rounds  = 20
+	execs   = 100
+)
+
+type series []time.Duration
+
+func (s series) pct(p float64) time.Duration {
+	c := append(series(nil), s...)
+	sort.Slice(c, func(i, j int) bool { return c[i] < c[j] })
+	return c[int(float64(len(c)-1)*p)]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d.Microseconds())/1000) }
+
+// BenchmarkLifecycle runs create→ready, exec of `true` and destroy through
+// matrxd's API and the bare containerd equivalents (container+task create
+// and start; task exec; task kill+delete and container delete) against one
+// private containerd, interleaved, and prints p50/p90 of each.
+func BenchmarkLifecycle(b *testing.B) {
+	env := containerdtest.Start(b, nsMatrx, nsBare)
+	ctx := context.Background()
+
+	limits := sandbox.DefaultLimits()
+	limits.DefaultImage = containerdtest.MinimalImage
+	limits.DefaultMemoryMB = 512
+	limits.DefaultCPU = 1
+	cfg := daemon.Config{
+		Socket: filepath.Join(env.Dir, "matrxd.sock"), ContainerdAddress: env.Address,
+		ContainerdNamespace: nsMatrx, StateDir: filepath.Join(env.Dir, "state"), InitPath: env.InitPath,
+		Store: "bolt", LogFormat: "json", ExpiryInterval: time.Minute, Limits: limits,
+	}
+	dctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- daemon.Run(dctx, cfg, slog.New(slog.NewJSONHandler(io.Discard, nil))) }()
+	defer func() { stop(); <-done }()
+	c := client.New(cfg.Socket, client.WithRetries(50), client.WithBackoff(20*time.Millisecond))
+	defer c.Close()
+	if _, err := c.Health(ctx); err != nil {
+		b.Fatal(err)
+	}
+	f, err := os.Open(env.ImageTar)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := c.ImportImage(ctx, f); err != nil {
+		b.Fatal(err)
+	}
+	f.Close()
+
+	bare, err := containerd.New(env.Address)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer bare.Close()
+	bctx := namespaces.WithNamespace(ctx, nsBare)
+	f, _ = os.Open(env.ImageTar)
+	imgs, err := bare.Import(bctx, f)
+	f.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	img := containerd.NewImage(bare, imgs[0])
+	if err := img.Unpack(bctx, "overlayfs"); err != nil {
+		b.Fatal(err)
+	}
+
+	var mCreate, mExec, mDestroy, bCreate, bExec, bDestroy series
+	for i := 0; i < b.N*rounds; i++ {
+		// matrxd
+		t0 := time.Now()
+		s, err := c.Create(ctx, "bench", nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		mCreate = append(mCreate, time.Since(t0))
+		// bare containerd
+		id := fmt.Sprintf("bare-%d", i)
+		t0 = time.Now()
+		ctr, err := bare.NewContainer(bctx, id,
+			containerd.WithImage(img), containerd.WithNewSnapshot(id, img),
+			containerd.WithNewSpec(oci.WithImageConfig(img), oci.WithProcessArgs("/bin/sleep", "100000")))
+		if err != nil {
+			b.Fatal(err)
+		}
+		task, err := ctr.NewTask(bctx, cio.NullIO)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := task.Start(bctx); err != nil {
+			b.Fatal(err)
+		}
+		bCreate = append(bCreate, time.Since(t0))
+
+		for j := 0; j < execs/rounds; j++ {
+			t0 = time.Now()
+			r, err := c.Exec(ctx, s.SandboxID, api.ExecRequest{Command: "true"})
+			if err != nil || r.ExitCode != 0 {
+				b.Fatalf("exec: %v %+v", err, r)
+			}
+			mExec = append(mExec, time.Since(t0))
+
+			t0 = time.Now()
+			spec, _ := ctr.Spec(bctx)
+			p := *spec.Process
+			p.Args = []string{"/bin/true"}
+			proc, err := task.Exec(bctx, fmt.Sprintf("e%d", j), &p, cio.NullIO)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ch, _ := proc.Wait(bctx)
+			if err := proc.Start(bctx); err != nil {
+				b.Fatal(err)
+			}
+			<-ch
+			proc.Delete(bctx)
+			bExec = append(bExec, time.Since(t0))
+		}
+
+		t0 = time.Now()
+		if err := c.Delete(ctx, s.SandboxID, false); err != nil {
+			b.Fatal(err)
+		}
+		mDestroy = append(mDestroy, time.Since(t0))
+
+		t0 = time.Now()
+		ch, _ := task.Wait(bctx)
+		task.Kill(bctx, syscall.SIGKILL, containerd.WithKillAll)
+		<-ch
+		task.Delete(bctx)
+		ctr.Delete(bctx, containerd.WithSnapshotCleanup)
+		bDestroy = append(bDestroy, time.Since(t0))
+	}
+	b.StopTimer()
+	fmt.Printf("\nmatrxd vs bare containerd (%d sandboxes, %d execs; minimal image; ms)\n", len(mCreate), len(mExec))
+	fmt.Printf("%-16s %10s %10s %10s %10s %8s\n", "operation", "matrx p50", "matrx p90", "bare p50", "bare p90", "p50 x")
+	row := func(name string, m, bb series) {
+		fmt.Printf("%-16s %10s %10s %10s %10s %8.2f\n", name, ms(m.pct(.5)), ms(m.pct(.9)), ms(bb.pct(.5)), ms(bb.pct(.9)),
+			float64(m.pct(.5))/float64(bb.pct(.5)))
+	}
+	row("create→ready", mCreate, bCreate)
+	row("exec true", mExec, bExec)
+	row("destroy", mDestroy, bDestroy)
+}

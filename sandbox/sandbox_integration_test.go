@@ -1,0 +1,110 @@
+//go:build linux
+
+package sandbox
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/registry"
+	"github.com/matrx-dev/matrx/runtime"
+	"github.com/matrx-dev/matrx/runtime/containerdtest"
+)
+
+func newManager(t *testing.T) (*Manager, *runtime.Runtime) {
+	env := containerdtest.Start(t, "matrx-sbx-test")
+	ctx := context.Background()
+	rt, err := runtime.New(ctx, runtime.Config{Address: env.Address, Namespace: "matrx-sbx-test",
+		StateDir: filepath.Join(env.Dir, "rt"), InitPath: env.InitPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	f, _ := os.Open(env.ImageTar)
+	defer f.Close()
+	if _, err := rt.Import(ctx, f); err != nil {
+		t.Fatal(err)
+	}
+	l := DefaultLimits()
+	l.DefaultImage = containerdtest.MinimalImage
+	l.DefaultMemoryMB = 128
+	l.ShutdownTimeout = time.Second
+	m, err := New(Config{Store: registry.NewMemory(), Runtime: rt, HomeRoot: filepath.Join(env.Dir, "homes"), Limits: l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, rt
+}
+
+func TestExpiry(t *testing.T) {
+	m, rt := newManager(t)
+	ctx := context.Background()
+	short, err := m.Create(ctx, "u", CreateConfig{TTLSeconds: 60})
+	if err != nil {
+		t.Fatal(err)
+	}
+	long, err := m.Create(ctx, "u", CreateConfig{TTLSeconds: 3600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.now = func() time.Time { return time.Now().Add(2 * time.Minute) }
+	m.ExpireDue(ctx)
+	got, _ := m.Get(ctx, short.ID)
+	if got.Status != registry.StatusExpired || got.StopReason != ReasonExpired || got.StoppedAt == nil {
+		t.Fatalf("expired sandbox: %+v", got)
+	}
+	if ok, _ := rt.Running(ctx, short.ID); ok {
+		t.Fatal("expired sandbox still running")
+	}
+	if got, _ := m.Get(ctx, long.ID); !got.Status.Live() {
+		t.Fatalf("sandbox within its TTL was stopped: %+v", got)
+	}
+	m.mu.Lock()
+	_, kept := m.live[short.ID]
+	m.mu.Unlock()
+	if kept {
+		t.Fatal("per-sandbox memory not released on expiry")
+	}
+}
+
+func TestRecoverMarksLostSandboxes(t *testing.T) {
+	m, rt := newManager(t)
+	ctx := context.Background()
+	s, err := m.Create(ctx, "u", CreateConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	alive, err := m.Create(ctx, "u", CreateConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The container vanishes behind the daemon's back (say, a host reboot).
+	if err := rt.Destroy(ctx, s.ID, 0); err != nil {
+		t.Fatal(err)
+	}
+	// A record caught mid-create by a crash.
+	now := time.Now().UTC()
+	stuck := &registry.Record{ID: "sbx-00000000abcd", UserID: "u", Status: registry.StatusStarting, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
+	if err := m.store.Create(ctx, stuck); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{s.ID, stuck.ID} {
+		got, _ := m.Get(ctx, id)
+		if got.Status != registry.StatusFailed || got.Error == "" {
+			t.Fatalf("%s after recover: %+v", id, got)
+		}
+	}
+	if got, _ := m.Get(ctx, alive.ID); !got.Status.Live() {
+		t.Fatalf("running sandbox disturbed by recover: %+v", got)
+	}
+	if _, err := m.Exec(ctx, s.ID, ExecInput{Command: "true"}); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("exec on lost sandbox: %v", err)
+	}
+}

@@ -1,0 +1,114 @@
+package sandbox
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+)
+
+func TestValidateUserID(t *testing.T) {
+	for _, c := range []struct {
+		id string
+		ok bool
+	}{
+		{"alice", true}, {"A.b_c-1", true}, {strings.Repeat("a", 255), true},
+		{"", false}, {".", false}, {"..", false}, {"a/b", false}, {"a b", false}, {"ä", false},
+		{strings.Repeat("a", 256), false}, {"a\x00", false},
+	} {
+		err := ValidateUserID(c.id)
+		if c.ok != (err == nil) || (err != nil && !errdefs.IsInvalidArgument(err)) {
+			t.Errorf("ValidateUserID(%q) = %v", c.id, err)
+		}
+	}
+}
+
+func TestValidSandboxID(t *testing.T) {
+	for id, ok := range map[string]bool{
+		"sbx-0123456789ab": true, "sbx-doesnotexist": false, "sbx-0123456789AB": false,
+		"sbx-0123456789abc": false, "0123456789ab": false, "": false, "sbx-../../etc1": false,
+	} {
+		if ValidSandboxID(id) != ok {
+			t.Errorf("ValidSandboxID(%q) != %v", id, ok)
+		}
+	}
+}
+
+func TestResolveConfig(t *testing.T) {
+	m := &Manager{limits: DefaultLimits()}
+	cases := []struct {
+		name string
+		in   CreateConfig
+		err  string
+	}{
+		{"defaults", CreateConfig{}, ""},
+		{"all set", CreateConfig{Image: "localhost/x:1", CPU: 0.5, MemoryMB: 128, Pids: 64, TTLSeconds: 600,
+			Env: map[string]string{"A": "1"}, Labels: map[string]string{"team": "x"}}, ""},
+		{"cpu low", CreateConfig{CPU: 0.01}, "config.cpu"},
+		{"cpu negative", CreateConfig{CPU: -1}, "config.cpu"},
+		{"cpu high", CreateConfig{CPU: 9}, "config.cpu"},
+		{"memory", CreateConfig{MemoryMB: 10}, "config.memory_mb"},
+		{"memory high", CreateConfig{MemoryMB: 1 << 30}, "config.memory_mb"},
+		{"pids", CreateConfig{Pids: 2}, "config.pids"},
+		{"ttl", CreateConfig{TTLSeconds: 59}, "config.ttl_seconds"},
+		{"ttl high", CreateConfig{TTLSeconds: 1 << 40}, "config.ttl_seconds"},
+		{"image", CreateConfig{Image: "a b"}, "config.image"},
+		{"image traversal", CreateConfig{Image: "a/../b"}, "config.image"},
+		{"env key", CreateConfig{Env: map[string]string{"A-B": "x"}}, "config.env"},
+		{"env reserved", CreateConfig{Env: map[string]string{"USER_ID": "x"}}, "reserved"},
+		{"env NUL", CreateConfig{Env: map[string]string{"A": "\x00"}}, "config.env"},
+		{"label key", CreateConfig{Labels: map[string]string{"": "x"}}, "config.labels"},
+		{"label value", CreateConfig{Labels: map[string]string{"a": strings.Repeat("x", 256)}}, "config.labels"},
+	}
+	for _, c := range cases {
+		out, err := m.resolve(c.in)
+		if c.err == "" {
+			if err != nil {
+				t.Errorf("%s: %v", c.name, err)
+			}
+			if out.CPU == 0 || out.MemoryMB == 0 || out.Pids == 0 || out.TTLSeconds == 0 || out.Image == "" {
+				t.Errorf("%s: defaults not filled: %+v", c.name, out)
+			}
+			continue
+		}
+		if err == nil || !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), c.err) {
+			t.Errorf("%s: got %v, want InvalidArgument mentioning %q", c.name, err, c.err)
+		}
+	}
+}
+
+func TestLimitsValidate(t *testing.T) {
+	if err := DefaultLimits().Validate(); err != nil {
+		t.Fatal(err)
+	}
+	bad := []func(*Limits){
+		func(l *Limits) { l.DefaultImage = "" },
+		func(l *Limits) { l.DefaultCPU = 100 },
+		func(l *Limits) { l.MaxMemoryMB = 1 },
+		func(l *Limits) { l.DefaultPids = 0 },
+		func(l *Limits) { l.DefaultTTL = time.Second },
+		func(l *Limits) { l.ShutdownTimeout = -1 },
+		func(l *Limits) { l.MaxCommandLength = 0 },
+		func(l *Limits) { l.MaxCmdTimeout = time.Second },
+		func(l *Limits) { l.OutputLimit = 1 },
+	}
+	for i, f := range bad {
+		l := DefaultLimits()
+		f(&l)
+		if err := l.Validate(); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("case %d: %v", i, err)
+		}
+	}
+}
+
+func FuzzValidateCwd(f *testing.F) {
+	for _, s := range []string{"/", "/tmp", "rel", "", "/a\x00b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, cwd string) {
+		if err := validateCwd(cwd); err == nil && (cwd == "" || cwd[0] != '/' || strings.IndexByte(cwd, 0) >= 0) {
+			t.Fatalf("accepted %q", cwd)
+		}
+	})
+}

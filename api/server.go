@@ -26,6 +26,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
 	"github.com/matrx-dev/matrx/sandbox"
@@ -56,6 +57,8 @@ type Server struct {
 	started   time.Time
 	maxBody   int64
 	maxImport int64
+	metrics   *metrics.Metrics
+	mux       *http.ServeMux
 	handler   http.Handler
 }
 
@@ -67,6 +70,10 @@ func WithMaxBodyBytes(n int64) Option { return func(s *Server) { s.maxBody = n }
 
 // WithMaxImportBytes caps image archive uploads (default 16 GiB).
 func WithMaxImportBytes(n int64) Option { return func(s *Server) { s.maxImport = n } }
+
+// WithMetrics counts every request by route pattern and status code in m
+// and serves m at GET /metrics (default: no metrics, no route).
+func WithMetrics(m *metrics.Metrics) Option { return func(s *Server) { s.metrics = m } }
 
 // NewServer builds the API handler.
 func NewServer(cfg Config, opts ...Option) (*Server, error) {
@@ -96,6 +103,12 @@ func NewServer(cfg Config, opts ...Option) (*Server, error) {
 	mux.HandleFunc("POST /sandboxes/{id}/error", s.errorSignal)
 	mux.HandleFunc("GET /images", s.listImages)
 	mux.HandleFunc("POST /images/import", s.importImage)
+	mux.HandleFunc("GET /users/{user_id}/storage", s.storageStats)
+	mux.HandleFunc("DELETE /users/{user_id}/storage/{tier}", s.storageClean)
+	if s.metrics != nil {
+		mux.Handle("GET /metrics", s.metrics.Handler())
+	}
+	s.mux = mux
 	s.handler = s.middleware(mux)
 	return s, nil
 }
@@ -180,6 +193,8 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		ctx := context.WithValue(r.Context(), keyRequestID, rid)
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		peer, _ := r.Context().Value(keyPeer).(Peer)
+		// The mux records the matched pattern on this request value.
+		r = r.WithContext(ctx)
 		defer func() {
 			if p := recover(); p != nil {
 				s.log.Error("panic in handler", "request_id", rid, "panic", fmt.Sprint(p), "path", r.URL.Path)
@@ -199,8 +214,9 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 				level = slog.LevelError
 			}
 			s.log.Log(ctx, level, "request", attrs...)
+			s.metrics.ObserveRequest(r.Pattern, sw.status, time.Since(start))
 		}()
-		next.ServeHTTP(sw, r.WithContext(ctx))
+		next.ServeHTTP(sw, r)
 	})
 }
 
@@ -270,6 +286,7 @@ func sandboxJSON(r *registry.Record) Sandbox {
 		},
 		TTLSeconds: r.Config.TTLSeconds, Image: r.Config.Image, ExpiresAt: r.ExpiresAt,
 		LastHeartbeatAt: r.LastHeartbeatAt, StoppedAt: r.StoppedAt, Error: r.Error,
+		HotSyncedAt: r.HotSyncedAt, HotSyncError: r.HotSyncError, HotSyncPending: r.HotSyncPending,
 	}
 	if r.StopReason != "" {
 		reason := r.StopReason

@@ -55,6 +55,11 @@ type Sandbox struct {
 	StoppedAt       *time.Time    `json:"stopped_at"`
 	StopReason      *string       `json:"stop_reason"`
 	Error           string        `json:"error,omitempty"`
+	// Hot storage: when the hot files last reached the bucket, and whether
+	// some are still waiting on the host after a failed sync.
+	HotSyncedAt    *time.Time `json:"hot_synced_at"`
+	HotSyncError   string     `json:"hot_sync_error,omitempty"`
+	HotSyncPending bool       `json:"hot_sync_pending"`
 }
 
 // SandboxList answers GET /sandboxes.
@@ -136,4 +141,24 @@ type ImportResponse struct {
 type Version struct {
 	Version    string `json:"version"`
 	Containerd string `json:"containerd"`
+}
+
+// TierUsage is the size of one storage tier.
+type TierUsage struct {
+	Objects int64 `json:"objects"`
+	Bytes   int64 `json:"bytes"`
+}
+
+// StorageStats answers GET /users/{user_id}/storage.
+type StorageStats struct {
+	UserID string    `json:"user_id"`
+	Hot    TierUsage `json:"hot"`
+	Cold   TierUsage `json:"cold"`
+}
+
+// StorageCleanResponse answers DELETE /users/{user_id}/storage/{tier}.
+type StorageCleanResponse struct {
+	UserID  string `json:"user_id"`
+	Tier    string `json:"tier"`
+	Deleted int64  `json:"deleted"`
 }

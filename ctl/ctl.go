@@ -92,6 +92,21 @@ func App() *cli.App {
 					{Name: "ls", Usage: "list images", Flags: []cli.Flag{jsonFlag}, Action: imageList},
 				},
 			},
+			{
+				Name: "storage", Usage: "a user's stored files",
+				Subcommands: []*cli.Command{
+					{Name: "stats", Usage: "objects and bytes per tier", ArgsUsage: "USER", Flags: []cli.Flag{jsonFlag}, Action: storageStats},
+					{
+						Name: "clean", Usage: "delete every object of one tier of a user (admin; refuses while the user has active sandboxes)", ArgsUsage: "USER",
+						Flags: []cli.Flag{
+							&cli.StringFlag{Name: "tier", Required: true, Usage: "hot or cold"},
+							&cli.BoolFlag{Name: "yes", Usage: "confirm the deletion"},
+							jsonFlag,
+						},
+						Action: storageClean,
+					},
+				},
+			},
 			{Name: "health", Usage: "show daemon health", Flags: []cli.Flag{jsonFlag}, Action: health},
 			{Name: "version", Usage: "show client, daemon and containerd versions", Flags: []cli.Flag{jsonFlag}, Action: versionCmd},
 		},
@@ -387,5 +402,41 @@ func versionCmd(c *cli.Context) error {
 		return printJSON(c.App.Writer, out)
 	}
 	fmt.Fprintf(c.App.Writer, "client:     %s\ndaemon:     %s\ncontainerd: %s\n", out["client"], out["daemon"], out["containerd"])
+	return nil
+}
+
+func storageStats(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return fmt.Errorf("storage stats needs one user id: %w", errdefs.ErrInvalidArgument)
+	}
+	st, err := newClient(c).StorageStats(c.Context, c.Args().First())
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, st)
+	}
+	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIER\tOBJECTS\tBYTES")
+	fmt.Fprintf(tw, "hot\t%d\t%d\n", st.Hot.Objects, st.Hot.Bytes)
+	fmt.Fprintf(tw, "cold\t%d\t%d\n", st.Cold.Objects, st.Cold.Bytes)
+	return tw.Flush()
+}
+
+func storageClean(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return fmt.Errorf("storage clean needs one user id: %w", errdefs.ErrInvalidArgument)
+	}
+	if !c.Bool("yes") {
+		return fmt.Errorf("this deletes every %s object of %s; pass --yes to confirm: %w", c.String("tier"), c.Args().First(), errdefs.ErrInvalidArgument)
+	}
+	res, err := newClient(c).CleanStorage(c.Context, c.Args().First(), c.String("tier"))
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, res)
+	}
+	fmt.Fprintf(c.App.Writer, "deleted %d %s objects of %s\n", res.Deleted, res.Tier, res.UserID)
 	return nil
 }

@@ -3,6 +3,7 @@ package daemon
 import (
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/sandbox"
 	"github.com/urfave/cli/v2"
 )
@@ -28,12 +30,27 @@ type Config struct {
 	LogFormat           string // json | text
 	ExpiryInterval      time.Duration
 	Limits              sandbox.Limits
+	Storage             StorageConfig
+
+	// MetricsAddress, when set, is a loopback HOST:PORT where a second
+	// listener serves only GET /metrics, for a scraper that cannot use the
+	// socket. The socket always serves /metrics.
+	MetricsAddress string
+	// TCPAddress, when set, is where a TCP listener serves the whole API to
+	// clients of the original service; each request must carry the key
+	// held in APIKeyFile (X-API-Key). Off by default: the socket is the
+	// recommended interface.
+	TCPAddress string
+	APIKeyFile string
+	// Metrics receives the daemon's metrics; nil makes Run create its own.
+	// Tests pass one to share it across restarts.
+	Metrics *metrics.Metrics
 }
 
 // flags are matrxd's command-line flags; each has a MATRX_* twin.
 func flags() []cli.Flag {
 	d := sandbox.DefaultLimits()
-	return []cli.Flag{
+	return append(storageFlags(),
 		&cli.StringFlag{Name: "socket", Value: "/run/matrx/matrxd.sock", EnvVars: []string{"MATRX_SOCKET"}, Usage: "API Unix socket (ignored when systemd passes one)"},
 		&cli.StringFlag{Name: "socket-group", Value: "matrx", EnvVars: []string{"MATRX_SOCKET_GROUP"}, Usage: "group allowed to use the socket (name or gid); falls back to root's group if the named group does not exist"},
 		&cli.StringFlag{Name: "containerd-address", Value: "/run/containerd/containerd.sock", EnvVars: []string{"MATRX_CONTAINERD_ADDRESS"}},
@@ -58,7 +75,10 @@ func flags() []cli.Flag {
 		&cli.Int64Flag{Name: "max-command-timeout", Value: int64(d.MaxCmdTimeout / time.Second), EnvVars: []string{"MATRX_MAX_COMMAND_TIMEOUT"}, Usage: "seconds"},
 		&cli.Int64Flag{Name: "output-limit", Value: d.OutputLimit, EnvVars: []string{"MATRX_OUTPUT_LIMIT"}, Usage: "bytes kept of each of stdout and stderr per exec"},
 		&cli.DurationFlag{Name: "expiry-interval", Value: 10 * time.Second, EnvVars: []string{"MATRX_EXPIRY_INTERVAL"}, Usage: "how often TTLs are checked"},
-	}
+		&cli.StringFlag{Name: "metrics-address", EnvVars: []string{"MATRX_METRICS_ADDRESS"}, Usage: "loopback HOST:PORT serving only GET /metrics (default off; the socket always serves /metrics)"},
+		&cli.StringFlag{Name: "tcp-address", EnvVars: []string{"MATRX_TCP_ADDRESS"}, Usage: "HOST:PORT of an optional TCP API listener for old clients, e.g. 127.0.0.1:8000 (default off; needs --api-key-file)"},
+		&cli.StringFlag{Name: "api-key-file", EnvVars: []string{"MATRX_API_KEY_FILE"}, Usage: "file (mode 0600) holding the X-API-Key the TCP listener requires"},
+	)
 }
 
 // configFrom turns parsed flags into a validated Config.
@@ -73,6 +93,9 @@ func configFrom(c *cli.Context) (Config, error) {
 		Store:               strings.ToLower(c.String("store")),
 		LogFormat:           strings.ToLower(c.String("log-format")),
 		ExpiryInterval:      c.Duration("expiry-interval"),
+		MetricsAddress:      c.String("metrics-address"),
+		TCPAddress:          c.String("tcp-address"),
+		APIKeyFile:          c.String("api-key-file"),
 		Limits: sandbox.Limits{
 			DefaultImage:      c.String("image"),
 			DefaultCPU:        c.Float64("default-cpu"),
@@ -89,6 +112,7 @@ func configFrom(c *cli.Context) (Config, error) {
 			MaxCmdTimeout:     time.Duration(c.Int64("max-command-timeout")) * time.Second,
 			OutputLimit:       c.Int64("output-limit"),
 		},
+		Storage: storageConfigFrom(c),
 	}
 	if err := cfg.LogLevel.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		return cfg, fmt.Errorf("log level %q: want debug, info, warn or error: %w", c.String("log-level"), errdefs.ErrInvalidArgument)
@@ -120,6 +144,12 @@ func (c Config) Validate() error {
 	case c.ExpiryInterval < 100*time.Millisecond:
 		return bad("expiry interval %v is too short (min 100ms)", c.ExpiryInterval)
 	}
+	if err := c.Storage.Validate(); err != nil {
+		return err
+	}
+	if err := c.validateListeners(); err != nil {
+		return err
+	}
 	return c.Limits.Validate()
 }
 
@@ -148,4 +178,45 @@ func defaultInitPath() string {
 		}
 	}
 	return "/usr/local/lib/matrx/matrx-init"
+}
+
+// validateListeners checks the optional metrics and TCP listeners. The API
+// key file's content and mode are checked by api.LoadAPIKey when Run starts.
+func (c Config) validateListeners() error {
+	if c.MetricsAddress != "" {
+		host, port, err := net.SplitHostPort(c.MetricsAddress)
+		if err != nil || port == "" {
+			return fmt.Errorf("metrics address %q: want HOST:PORT on loopback, e.g. 127.0.0.1:9464: %w", c.MetricsAddress, errdefs.ErrInvalidArgument)
+		}
+		if !isLoopback(host) {
+			return fmt.Errorf("metrics address %q is not a loopback address: the metrics listener has no authentication, so it binds only 127.0.0.0/8, ::1 or localhost (scrape over the socket or through a proxy instead): %w",
+				c.MetricsAddress, errdefs.ErrInvalidArgument)
+		}
+	}
+	if c.TCPAddress == "" {
+		return nil
+	}
+	if c.APIKeyFile == "" {
+		return fmt.Errorf("tcp address %q is set but no api key file is: every TCP request must carry an X-API-Key (set --api-key-file / MATRX_API_KEY_FILE to a mode 0600 file holding the key): %w",
+			c.TCPAddress, errdefs.ErrInvalidArgument)
+	}
+	host, port, err := net.SplitHostPort(c.TCPAddress)
+	switch {
+	case err != nil || port == "":
+		return fmt.Errorf("tcp address %q: want HOST:PORT, e.g. 127.0.0.1:8000: %w", c.TCPAddress, errdefs.ErrInvalidArgument)
+	case host == "":
+		return fmt.Errorf("tcp address %q has no host: name the interface to bind (127.0.0.1 for loopback only, 0.0.0.0 for every interface): %w", c.TCPAddress, errdefs.ErrInvalidArgument)
+	case c.TCPAddress == c.MetricsAddress:
+		return fmt.Errorf("tcp address and metrics address are both %q: %w", c.TCPAddress, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// isLoopback reports whether host is "localhost" or a loopback IP literal.
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

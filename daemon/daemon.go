@@ -17,12 +17,14 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/activation"
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/matrx-dev/matrx/api"
+	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
 	"github.com/matrx-dev/matrx/sandbox"
@@ -65,6 +67,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	apiKey, err := loadAPIKey(cfg) // metrics & optional listeners: see below Run
+	if err != nil {
+		return err
+	}
 	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
@@ -80,6 +86,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 		store = b
 	}
 	defer store.Close()
+	mx := daemonMetrics(cfg, store, log)
 
 	rt, err := runtime.New(ctx, runtime.Config{
 		Address: cfg.ContainerdAddress, Namespace: cfg.ContainerdNamespace,
@@ -95,8 +102,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 		log.Warn("default image is not imported yet; creates without config.image will fail until it is", "image", cfg.Limits.DefaultImage)
 	}
 
+	storage, closeStorage, err := openStorage(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	// Cold mounts are deliberately not unmounted on exit: running sandboxes
+	// keep using them, and the next start re-acquires them.
+	defer closeStorage()
 	mgr, err := sandbox.New(sandbox.Config{
-		Store: store, Runtime: rt, HomeRoot: filepath.Join(cfg.StateDir, "homes"), Limits: cfg.Limits, Logger: log,
+		Store: store, Runtime: rt, Storage: storage, Limits: cfg.Limits, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -106,7 +120,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	}
 	defer mgr.Wait()
 
-	srv, err := api.NewServer(api.Config{Manager: mgr, Images: rt, Logger: log, Version: version.Version})
+	srv, err := api.NewServer(api.Config{Manager: mgr, Images: rt, Logger: log, Version: version.Version}, api.WithMetrics(mx))
 	if err != nil {
 		return err
 	}
@@ -120,10 +134,19 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	waitListeners, err := serveOptionalListeners(ctx, cfg, srv, mx, apiKey, log)
+	if err != nil {
+		l.Close()
+		return err
+	}
+	defer waitListeners()
 
 	bg, cancelBG := context.WithCancel(ctx)
 	defer cancelBG()
 	go mgr.RunExpiry(bg, cfg.ExpiryInterval)
+	if cfg.Storage.CheckpointInterval > 0 {
+		go mgr.RunCheckpoints(bg, cfg.Storage.CheckpointInterval)
+	}
 	go watchdog(bg)
 
 	log.Info("matrxd serving", "socket", l.Addr().String(), "version", version.Version)
@@ -175,4 +198,97 @@ func watchdog(ctx context.Context) {
 			sddaemon.SdNotify(false, sddaemon.SdNotifyWatchdog)
 		}
 	}
+}
+
+// --- metrics and optional listeners ----------------------------------------
+
+// loadAPIKey reads the TCP listener's key at startup, before anything runs,
+// so that a bad key file fails fast. No TCP listener, no key.
+func loadAPIKey(cfg Config) ([]byte, error) {
+	if cfg.TCPAddress == "" {
+		return nil, nil
+	}
+	key, err := api.LoadAPIKey(cfg.APIKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("tcp listener: %w", err)
+	}
+	return key, nil
+}
+
+// daemonMetrics returns the metrics (cfg.Metrics, or new ones) with
+// matrx_sandboxes counted from the registry at scrape time.
+func daemonMetrics(cfg Config, store registry.Store, log *slog.Logger) *metrics.Metrics {
+	mx := cfg.Metrics
+	if mx == nil {
+		mx = metrics.New(metrics.WithLogger(log))
+	}
+	mx.SetSandboxStatus(func(ctx context.Context) (map[string]int, error) {
+		rs, err := store.List(ctx, registry.Filter{})
+		if err != nil {
+			return nil, err
+		}
+		counts := map[string]int{}
+		for _, s := range []registry.Status{
+			registry.StatusCreating, registry.StatusStarting, registry.StatusReady, registry.StatusRunning,
+			registry.StatusShuttingDown, registry.StatusStopped, registry.StatusFailed, registry.StatusExpired,
+		} {
+			counts[string(s)] = 0 // every status is exported, zero included
+		}
+		for _, r := range rs {
+			counts[string(r.Status)]++
+		}
+		return counts, nil
+	})
+	return mx
+}
+
+// serveOptionalListeners starts the loopback metrics listener and the TCP
+// API listener when they are configured. They stop when ctx ends or when
+// the returned wait func is called, which blocks until they have drained.
+func serveOptionalListeners(ctx context.Context, cfg Config, srv *api.Server, mx *metrics.Metrics, apiKey []byte, log *slog.Logger) (wait func(), err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wait = func() { cancel(); wg.Wait() }
+	serve := func(name string, l net.Listener, h http.Handler, drain time.Duration) {
+		hs := &http.Server{
+			Handler: h, ConnContext: api.ConnContext, ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := api.Serve(ctx, hs, l, drain); err != nil {
+				log.Error(name+" listener stopped", "address", l.Addr().String(), "error", err)
+			}
+		}()
+	}
+	if cfg.MetricsAddress != "" {
+		l, err := api.ListenTCP(cfg.MetricsAddress)
+		if err != nil {
+			wait()
+			return nil, fmt.Errorf("metrics listener: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", mx.Handler())
+		log.Info("metrics listener serving", "address", l.Addr().String())
+		serve("metrics", l, mux, 5*time.Second)
+	}
+	if cfg.TCPAddress != "" {
+		h, err := srv.TCPHandler(apiKey)
+		if err == nil {
+			var l net.Listener
+			if l, err = api.ListenTCP(cfg.TCPAddress); err == nil {
+				if host, _, _ := net.SplitHostPort(cfg.TCPAddress); !isLoopback(host) {
+					log.Warn("tcp api listener is not on loopback: it speaks plain HTTP with a shared key; prefer the unix socket or a TLS proxy", "address", l.Addr().String())
+				}
+				log.Info("tcp api listener serving (X-API-Key required)", "address", l.Addr().String())
+				serve("tcp api", l, h, cfg.Limits.MaxCmdTimeout+5*time.Second)
+			}
+		}
+		if err != nil {
+			wait()
+			return nil, fmt.Errorf("tcp listener: %w", err)
+		}
+	}
+	return wait, nil
 }

@@ -40,7 +40,7 @@ type harness struct {
 	logs   *bytes.Buffer
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T, mods ...func(*daemon.Config)) *harness {
 	env := containerdtest.Start(t, testNS)
 	h := &harness{t: t, env: env}
 	limits := sandbox.DefaultLimits()
@@ -52,6 +52,10 @@ func newHarness(t *testing.T) *harness {
 		Socket: filepath.Join(env.Dir, "matrxd.sock"), ContainerdAddress: env.Address,
 		ContainerdNamespace: testNS, StateDir: filepath.Join(env.Dir, "state"), InitPath: env.InitPath,
 		Store: "bolt", LogFormat: "json", ExpiryInterval: time.Second, Limits: limits,
+		Storage: daemon.StorageConfig{ColdDriver: "auto", CheckpointInterval: time.Hour},
+	}
+	for _, m := range mods {
+		m(&h.cfg)
 	}
 	h.start()
 	f, err := os.Open(env.ImageTar)

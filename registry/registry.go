@@ -70,6 +70,13 @@ type Record struct {
 	Error string `json:"error,omitempty"`
 	// Cwd is the working directory the last exec ended in.
 	Cwd string `json:"cwd,omitempty"`
+	// Hot storage sync state. HotSyncPending means the sandbox's hot files
+	// are on the host but not (all) in the bucket yet: the last sync failed
+	// and the daemon retries it. Fields added after schema version 1 are
+	// optional in JSON, so no migration is needed for them.
+	HotSyncedAt    *time.Time `json:"hot_synced_at,omitempty"`
+	HotSyncError   string     `json:"hot_sync_error,omitempty"`
+	HotSyncPending bool       `json:"hot_sync_pending,omitempty"`
 }
 
 // Clone returns a deep copy, so callers never share maps or pointers with the
@@ -85,6 +92,10 @@ func (r *Record) Clone() *Record {
 	if r.StoppedAt != nil {
 		t := *r.StoppedAt
 		c.StoppedAt = &t
+	}
+	if r.HotSyncedAt != nil {
+		t := *r.HotSyncedAt
+		c.HotSyncedAt = &t
 	}
 	return &c
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/matrx-dev/matrx/mounts"
+	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
 )
@@ -49,6 +50,24 @@ type Runtime interface {
 	Destroy(ctx context.Context, id string, grace time.Duration) error
 	Exec(ctx context.Context, id string, req runtime.ExecRequest) (*runtime.ExecResult, error)
 	Running(ctx context.Context, id string) (bool, error)
+}
+
+// Storage is what the lifecycle needs from host-side storage
+// (mounts.Storage): per-sandbox hot directories synced with the bucket and
+// per-user cold mounts.
+type Storage interface {
+	EnsureUser(ctx context.Context, userID string) error
+	PrepareHot(sandboxID, userID string) (string, error)
+	SyncDown(ctx context.Context, sandboxID, userID string) (hotsync.Result, error)
+	SyncUp(ctx context.Context, sandboxID, userID string) (hotsync.Result, error)
+	FinishHot(ctx context.Context, sandboxID, userID string) (hotsync.Result, error)
+	RemoveHot(sandboxID string) error
+	HasHot(sandboxID string) bool
+	Pending() ([]mounts.PendingHot, error)
+	AcquireCold(ctx context.Context, userID string) (string, error)
+	ReleaseCold(ctx context.Context, userID string) error
+	Stats(ctx context.Context, userID string) (mounts.TierStats, error)
+	Clean(ctx context.Context, userID, tier string) (int64, error)
 }
 
 // Limits are the daemon's defaults and the maximums a request may ask for.
@@ -112,21 +131,21 @@ func (l Limits) Validate() error {
 
 // Config holds the manager's required dependencies.
 type Config struct {
-	Store    registry.Store
-	Runtime  Runtime
-	HomeRoot string // per-user home directories live below here
-	Limits   Limits
-	Logger   *slog.Logger
+	Store   registry.Store
+	Runtime Runtime
+	Storage Storage
+	Limits  Limits
+	Logger  *slog.Logger
 }
 
 // Manager runs sandbox lifecycles.
 type Manager struct {
-	store    registry.Store
-	rt       Runtime
-	homeRoot string
-	limits   Limits
-	log      *slog.Logger
-	now      func() time.Time
+	store   registry.Store
+	rt      Runtime
+	storage Storage
+	limits  Limits
+	log     *slog.Logger
+	now     func() time.Time
 
 	mu   sync.Mutex
 	live map[string]*liveState // in-memory per-sandbox state, dropped on stop
@@ -141,8 +160,8 @@ type liveState struct {
 // New returns a manager. It does not touch existing sandboxes; call Recover
 // once at startup for that.
 func New(cfg Config) (*Manager, error) {
-	if cfg.Store == nil || cfg.Runtime == nil || cfg.HomeRoot == "" {
-		return nil, invalid("sandbox manager needs a store, a runtime and a home root")
+	if cfg.Store == nil || cfg.Runtime == nil || cfg.Storage == nil {
+		return nil, invalid("sandbox manager needs a store, a runtime and storage")
 	}
 	if err := cfg.Limits.Validate(); err != nil {
 		return nil, err
@@ -151,7 +170,7 @@ func New(cfg Config) (*Manager, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Manager{
-		store: cfg.Store, rt: cfg.Runtime, homeRoot: cfg.HomeRoot, limits: cfg.Limits,
+		store: cfg.Store, rt: cfg.Runtime, storage: cfg.Storage, limits: cfg.Limits,
 		log: cfg.Logger, now: time.Now, live: map[string]*liveState{},
 	}, nil
 }
@@ -257,32 +276,78 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 		return nil, err
 	}
 
-	home, err := mounts.HomeDir(m.homeRoot, userID, runtime.AgentUID, runtime.AgentGID)
+	if err := m.storage.EnsureUser(ctx, userID); err != nil {
+		return fail(err)
+	}
+	// Undo steps, run in reverse on failure, on a context that outlives the
+	// request. Hot files may be removed here: the agent never ran.
+	var undo []func(context.Context)
+	undoAll := func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i](cctx)
+		}
+	}
+	home, err := m.storage.PrepareHot(rec.ID, userID)
 	if err != nil {
 		return fail(err)
 	}
+	undo = append(undo, func(context.Context) { m.storage.RemoveHot(rec.ID) })
+	// Hot files download while the cold mount and the container come up.
+	downDone := make(chan error, 1)
+	go func() {
+		res, err := m.storage.SyncDown(ctx, rec.ID, userID)
+		if err == nil {
+			log.Info("hot storage synced down", "files", len(res.Downloaded), "bytes", res.Bytes, "rejected", len(res.Rejected))
+		}
+		downDone <- err
+	}()
+	waitDown := func() error { return <-downDone }
+	coldPath, err := m.storage.AcquireCold(ctx, userID)
+	if err != nil {
+		waitDown()
+		undoAll()
+		return fail(err)
+	}
+	undo = append(undo, func(c context.Context) { m.storage.ReleaseCold(c, userID) })
 	if _, err := m.setStatus(ctx, rec.ID, registry.StatusStarting); err != nil {
+		waitDown()
+		undoAll()
 		return fail(err)
 	}
 	err = m.rt.Create(ctx, runtime.CreateRequest{
 		ID: rec.ID, UserID: userID, Image: cfg.Image,
 		Resources: runtime.Resources{CPU: cfg.CPU, MemoryBytes: cfg.MemoryMB << 20, Pids: cfg.Pids},
-		Mounts:    []runtime.Mount{{Source: home, Destination: HotPath, Slave: true}},
+		Mounts: []runtime.Mount{
+			{Source: home, Destination: HotPath},
+			{Source: coldPath, Destination: ColdPath, Slave: true},
+		},
 		Env:       m.sandboxEnv(rec),
 		CreatedAt: now,
 	})
 	if err != nil {
+		waitDown()
+		undoAll()
 		return fail(err)
+	}
+	undo = append(undo, func(c context.Context) { m.rt.Destroy(c, rec.ID, 0) })
+	if err := waitDown(); err != nil {
+		undoAll()
+		return fail(fmt.Errorf("hot storage sync-down: %w", err))
 	}
 	m.mu.Lock()
 	m.live[rec.ID] = &liveState{cwd: HotPath}
 	m.mu.Unlock()
-	out, err := m.setStatus(ctx, rec.ID, registry.StatusReady)
+	syncedAt := m.now().UTC()
+	out, err := m.store.Update(ctx, rec.ID, func(r *registry.Record) error {
+		r.Status = registry.StatusReady
+		r.HotSyncedAt = &syncedAt
+		return nil
+	})
 	if err != nil {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		m.rt.Destroy(cctx, rec.ID, 0)
 		m.forget(rec.ID)
+		undoAll()
 		return fail(err)
 	}
 	log.Info("sandbox ready")
@@ -540,6 +605,22 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 	defer cancel()
 	derr := m.rt.Destroy(dctx, rec.ID, grace)
 	m.forget(rec.ID)
+	// The processes are gone, so the hot files are quiescent: sync them up.
+	// The directory is removed only if the sync succeeded; otherwise it
+	// stays, the record says so, and the next daemon start retries.
+	var serr error
+	if derr == nil {
+		serr = m.finalSync(dctx, rec.ID, rec.UserID, log)
+		if err := m.storage.ReleaseCold(dctx, rec.UserID); err != nil {
+			log.Warn("cold release failed", "error", err)
+		}
+	} else {
+		// The container may still be running and writing: save what is
+		// there, keep the directory and the mount, and let recovery finish.
+		if _, serr = m.storage.SyncUp(dctx, rec.ID, rec.UserID); serr == nil {
+			serr = fmt.Errorf("sandbox could not be destroyed; hot files kept on the host")
+		}
+	}
 	now := m.now().UTC()
 	out, err := m.store.Update(dctx, rec.ID, func(r *registry.Record) error {
 		if derr != nil {
@@ -550,6 +631,7 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 		}
 		r.StoppedAt = &now
 		r.StopReason = reason
+		recordSync(r, serr, now)
 		return nil
 	})
 	if derr != nil {
@@ -558,6 +640,117 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 	}
 	log.Info("sandbox stopped", "reason", reason)
 	return out, err
+}
+
+// finalSync runs the last hot sync of a stopped sandbox within the
+// shutdown budget (at least 30 s: the container is already gone, so the
+// agent's grace time is not eaten twice).
+func (m *Manager) finalSync(ctx context.Context, id, userID string, log *slog.Logger) error {
+	if !m.storage.HasHot(id) {
+		return nil
+	}
+	budget := max(m.limits.ShutdownTimeout, 30*time.Second)
+	sctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+	res, err := m.storage.FinishHot(sctx, id, userID)
+	if err != nil {
+		log.Error("final hot sync failed; files kept on the host for retry", "error", err)
+		return err
+	}
+	log.Info("hot storage synced up", "uploaded", len(res.Uploaded), "deleted", len(res.Deleted),
+		"conflicts", len(res.Conflicts), "rejected", len(res.Rejected), "bytes", res.Bytes)
+	for _, c := range res.Conflicts {
+		log.Warn("hot sync conflict: kept the other version, saved ours as a conflict copy", "path", c)
+	}
+	return nil
+}
+
+// recordSync stores a sync outcome on a record.
+func recordSync(r *registry.Record, err error, at time.Time) {
+	if err != nil {
+		r.HotSyncPending = true
+		r.HotSyncError = err.Error()
+		return
+	}
+	r.HotSyncPending = false
+	r.HotSyncError = ""
+	r.HotSyncedAt = &at
+}
+
+// Checkpoint syncs the hot files of every live sandbox up, so a host crash
+// loses at most one interval of work.
+func (m *Manager) Checkpoint(ctx context.Context) {
+	rs, err := m.store.List(ctx, registry.Filter{Statuses: []registry.Status{registry.StatusReady, registry.StatusRunning}})
+	if err != nil {
+		m.log.Warn("checkpoint scan failed", "error", err)
+		return
+	}
+	for _, r := range rs {
+		m.checkpointOne(ctx, r)
+	}
+}
+
+func (m *Manager) checkpointOne(ctx context.Context, r *registry.Record) {
+	log := m.log.With("sandbox_id", r.ID, "user_id", r.UserID)
+	res, err := m.storage.SyncUp(ctx, r.ID, r.UserID)
+	if err != nil {
+		log.Warn("hot checkpoint failed", "error", err)
+	} else if len(res.Uploaded)+len(res.Deleted) > 0 {
+		log.Info("hot checkpoint", "uploaded", len(res.Uploaded), "deleted", len(res.Deleted), "conflicts", len(res.Conflicts), "bytes", res.Bytes)
+	}
+	now := m.now().UTC()
+	m.store.Update(ctx, r.ID, func(rec *registry.Record) error {
+		if rec.Status.Live() {
+			recordSync(rec, err, now)
+		}
+		return nil
+	})
+}
+
+// RunCheckpoints calls Checkpoint every interval until ctx ends.
+func (m *Manager) RunCheckpoints(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			m.Checkpoint(ctx)
+		}
+	}
+}
+
+// StorageStats reports a user's stored objects per tier.
+func (m *Manager) StorageStats(ctx context.Context, userID string) (mounts.TierStats, error) {
+	if err := ValidateUserID(userID); err != nil {
+		return mounts.TierStats{}, err
+	}
+	return m.storage.Stats(ctx, userID)
+}
+
+// CleanStorage deletes one tier of a user's stored objects. It is an
+// explicit admin action and refuses while the user has any sandbox that is
+// not stopped (its files would come back, or vanish under it).
+func (m *Manager) CleanStorage(ctx context.Context, userID, tier string) (int64, error) {
+	if err := ValidateUserID(userID); err != nil {
+		return 0, err
+	}
+	if tier != "hot" && tier != "cold" {
+		return 0, invalid("tier %q: want hot or cold", tier)
+	}
+	active, err := m.List(ctx, userID, false)
+	if err != nil {
+		return 0, err
+	}
+	if len(active) > 0 {
+		return 0, fmt.Errorf("user %q has %d active sandbox(es); stop them first: %w", userID, len(active), errdefs.ErrFailedPrecondition)
+	}
+	n, err := m.storage.Clean(ctx, userID, tier)
+	if err == nil {
+		m.log.Warn("admin storage cleanup", "user_id", userID, "tier", tier, "objects", n)
+	}
+	return n, err
 }
 
 // ExpireDue stops every live sandbox whose TTL has passed.
@@ -594,10 +787,18 @@ func (m *Manager) RunExpiry(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// Recover runs once at startup. Sandboxes caught mid-transition by a daemon
-// crash (creating, starting, shutting_down) are stopped and marked failed;
-// ready/running sandboxes whose task is gone are marked failed; the rest
-// keep running and accept exec again.
+// Recover runs once at startup, before the API serves.
+//
+//   - Live sandboxes whose task still runs keep running: their cold mount is
+//     acquired again (the refcount lives in memory) and their hot files are
+//     checkpointed now, so nothing written before a daemon crash waits for
+//     the next interval.
+//   - Sandboxes caught mid-transition (creating, starting, shutting_down) or
+//     whose task is gone are stopped, their hot files synced up, and marked
+//     failed with the reason.
+//   - Hot directories whose final sync failed earlier (or that have no
+//     record at all, e.g. with the in-memory registry) are synced again and
+//     removed only on success.
 func (m *Manager) Recover(ctx context.Context) error {
 	rs, err := m.List(ctx, "", false)
 	if err != nil {
@@ -612,6 +813,10 @@ func (m *Manager) Recover(ctx context.Context) error {
 				continue
 			}
 			if ok {
+				if _, err := m.storage.AcquireCold(ctx, r.UserID); err != nil {
+					log.Warn("recover: cold mount failed", "error", err)
+				}
+				m.checkpointOne(ctx, r)
 				log.Info("recovered running sandbox")
 				continue
 			}
@@ -619,6 +824,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 		if err := m.rt.Destroy(ctx, r.ID, 0); err != nil {
 			log.Warn("recover: destroy leftover failed", "error", err)
 		}
+		serr := m.finalSync(ctx, r.ID, r.UserID, log)
 		now := m.now().UTC()
 		status := r.Status
 		m.store.Update(ctx, r.ID, func(rec *registry.Record) error {
@@ -626,9 +832,32 @@ func (m *Manager) Recover(ctx context.Context) error {
 			rec.Error = fmt.Sprintf("daemon restarted while sandbox was %s", status)
 			rec.StoppedAt = &now
 			rec.StopReason = ReasonError
+			recordSync(rec, serr, now)
 			return nil
 		})
 		log.Warn("recover: sandbox marked failed", "was", status)
+	}
+	pending, err := m.storage.Pending()
+	if err != nil {
+		return err
+	}
+	for _, p := range pending {
+		rec, err := m.store.Get(ctx, p.SandboxID)
+		if err == nil && !rec.Status.Terminal() {
+			continue // a live sandbox: its files stay in use
+		}
+		log := m.log.With("sandbox_id", p.SandboxID, "user_id", p.UserID)
+		serr := m.finalSync(ctx, p.SandboxID, p.UserID, log)
+		if err == nil {
+			now := m.now().UTC()
+			m.store.Update(ctx, p.SandboxID, func(r *registry.Record) error {
+				recordSync(r, serr, now)
+				return nil
+			})
+		}
+		if serr == nil {
+			log.Info("recover: pending hot files synced")
+		}
 	}
 	return nil
 }

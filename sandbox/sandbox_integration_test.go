@@ -33,7 +33,8 @@ func newManager(t *testing.T) (*Manager, *runtime.Runtime) {
 	l.DefaultImage = containerdtest.MinimalImage
 	l.DefaultMemoryMB = 128
 	l.ShutdownTimeout = time.Second
-	m, err := New(Config{Store: registry.NewMemory(), Runtime: rt, HomeRoot: filepath.Join(env.Dir, "homes"), Limits: l})
+	storage, _ := localStorage(t, env.Dir)
+	m, err := New(Config{Store: registry.NewMemory(), Runtime: rt, Storage: storage, Limits: l})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,6 +34,7 @@ type Client struct {
 	retries  int
 	backoff  time.Duration
 	maxDelay time.Duration
+	apiKey   string
 }
 
 // Option configures a Client.
@@ -45,12 +46,26 @@ func WithRetries(n int) Option { return func(c *Client) { c.retries = n } }
 // WithBackoff sets the first retry delay (default 100ms, doubling, capped at 2s).
 func WithBackoff(d time.Duration) Option { return func(c *Client) { c.backoff = d } }
 
+// WithAPIKey sends key in the X-API-Key header of every request, as the
+// daemon's optional TCP listener requires (the Unix socket ignores it).
+func WithAPIKey(key string) Option { return func(c *Client) { c.apiKey = key } }
+
 // New returns a client for the daemon listening on socket.
 func New(socket string, opts ...Option) *Client {
+	return newClient("unix", socket, opts)
+}
+
+// NewTCP returns a client for the daemon's optional TCP listener at address
+// (HOST:PORT); it needs WithAPIKey. Prefer the Unix socket (New).
+func NewTCP(address string, opts ...Option) *Client {
+	return newClient("tcp", address, opts)
+}
+
+func newClient(network, address string, opts []Option) *Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
+			return d.DialContext(ctx, network, address)
 		},
 		MaxIdleConns:    4,
 		IdleConnTimeout: 30 * time.Second,
@@ -64,6 +79,18 @@ func New(socket string, opts ...Option) *Client {
 		o(c)
 	}
 	return c
+}
+
+// newRequest builds a request to the daemon with the client's headers.
+func (c *Client) newRequest(ctx context.Context, method, url string, body io.Reader) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, method, url, body)
+	if err != nil {
+		return nil, err
+	}
+	if c.apiKey != "" {
+		req.Header.Set(api.APIKeyHeader, c.apiKey)
+	}
+	return req, nil
 }
 
 // Close releases idle connections.
@@ -112,7 +139,8 @@ func errorFromStatus(status int, detail string) error {
 }
 
 // do sends one request. body may be nil, a []byte (JSON) or an io.Reader
-// (streamed, never retried). out, if non-nil, receives the JSON response.
+// (streamed, never retried). out, if non-nil, receives the JSON response, or
+// the raw body when it is a *[]byte.
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, body any, want int, out any) error {
 	var payload []byte
 	var stream io.Reader
@@ -139,7 +167,7 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		} else if payload != nil {
 			rd = bytes.NewReader(payload)
 		}
-		req, err := http.NewRequestWithContext(ctx, method, u, rd)
+		req, err := c.newRequest(ctx, method, u, rd)
 		if err != nil {
 			return fmt.Errorf("build request: %w", err)
 		}
@@ -184,6 +212,14 @@ func (c *Client) decode(resp *http.Response, want int, out any) error {
 	}
 	if out == nil {
 		io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if raw, ok := out.(*[]byte); ok {
+		b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+		if err != nil {
+			return fmt.Errorf("read response: %v: %w", err, errdefs.ErrUnavailable)
+		}
+		*raw = b
 		return nil
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
@@ -288,10 +324,16 @@ func (c *Client) ImportImage(ctx context.Context, archive io.Reader) (*api.Impor
 	return &r, c.do(ctx, http.MethodPost, "/images/import", nil, archive, http.StatusOK, &r)
 }
 
+// Metrics calls GET /metrics and returns the Prometheus text exposition.
+func (c *Client) Metrics(ctx context.Context) ([]byte, error) {
+	var b []byte
+	return b, c.do(ctx, http.MethodGet, "/metrics", nil, nil, http.StatusOK, &b)
+}
+
 // Raw sends an arbitrary request and returns the status and body, for tests
 // that probe malformed input.
 func (c *Client) Raw(ctx context.Context, method, path string, body []byte) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, bytes.NewReader(body))
+	req, err := c.newRequest(ctx, method, c.base+path, bytes.NewReader(body))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -303,4 +345,17 @@ func (c *Client) Raw(ctx context.Context, method, path string, body []byte) (int
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, b, err
+}
+
+// StorageStats calls GET /users/{user}/storage.
+func (c *Client) StorageStats(ctx context.Context, userID string) (*api.StorageStats, error) {
+	var s api.StorageStats
+	return &s, c.do(ctx, http.MethodGet, "/users/"+url.PathEscape(userID)+"/storage", nil, nil, http.StatusOK, &s)
+}
+
+// CleanStorage calls DELETE /users/{user}/storage/{tier}?confirm=true.
+func (c *Client) CleanStorage(ctx context.Context, userID, tier string) (*api.StorageCleanResponse, error) {
+	var r api.StorageCleanResponse
+	q := url.Values{"confirm": {"true"}}
+	return &r, c.do(ctx, http.MethodDelete, "/users/"+url.PathEscape(userID)+"/storage/"+url.PathEscape(tier), q, nil, http.StatusOK, &r)
 }

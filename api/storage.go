@@ -1,0 +1,38 @@
+package api
+
+import (
+	"fmt"
+	"net/http"
+
+	"github.com/containerd/errdefs"
+)
+
+func (s *Server) storageStats(w http.ResponseWriter, r *http.Request) {
+	user := r.PathValue("user_id")
+	st, err := s.mgr.StorageStats(r.Context(), user)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, StorageStats{
+		UserID: user,
+		Hot:    TierUsage{Objects: st.Hot.Objects, Bytes: st.Hot.Bytes},
+		Cold:   TierUsage{Objects: st.Cold.Objects, Bytes: st.Cold.Bytes},
+	})
+}
+
+// storageClean is the explicit admin cleanup of one tier. It needs
+// ?confirm=true so that no client deletes a user's files by accident.
+func (s *Server) storageClean(w http.ResponseWriter, r *http.Request) {
+	user, tier := r.PathValue("user_id"), r.PathValue("tier")
+	if r.URL.Query().Get("confirm") != "true" {
+		s.fail(w, r, fmt.Errorf("deleting a user's %s storage needs ?confirm=true: %w", tier, errdefs.ErrInvalidArgument))
+		return
+	}
+	n, err := s.mgr.CleanStorage(r.Context(), user, tier)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, StorageCleanResponse{UserID: user, Tier: tier, Deleted: n})
+}

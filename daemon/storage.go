@@ -1,0 +1,144 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/mounts"
+	"github.com/matrx-dev/matrx/mounts/cold"
+	"github.com/matrx-dev/matrx/mounts/objstore"
+	"github.com/matrx-dev/matrx/runtime"
+	"github.com/urfave/cli/v2"
+)
+
+// StorageConfig selects where users' files live. With no bucket the
+// embedded "local" driver keeps them under <state>/storage; with a bucket,
+// S3 (credentials from the standard AWS chain: the instance role in
+// production).
+type StorageConfig struct {
+	Bucket             string
+	Region             string
+	Endpoint           string
+	PathStyle          bool
+	ColdDriver         string // auto | mount-s3 | s3fs | local
+	CheckpointInterval time.Duration
+	Excludes           []string // nil: hotsync defaults
+}
+
+func storageFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "s3-bucket", EnvVars: []string{"MATRX_S3_BUCKET"}, Usage: "bucket holding users/<user>/{hot,cold}/ (empty: local storage under the state dir)"},
+		&cli.StringFlag{Name: "s3-region", Value: "us-east-1", EnvVars: []string{"MATRX_S3_REGION"}},
+		&cli.StringFlag{Name: "s3-endpoint", EnvVars: []string{"MATRX_S3_ENDPOINT"}, Usage: "S3-compatible endpoint URL (implies path-style addressing)"},
+		&cli.BoolFlag{Name: "s3-path-style", EnvVars: []string{"MATRX_S3_PATH_STYLE"}, Usage: "path-style addressing (default on when --s3-endpoint is set)"},
+		&cli.StringFlag{Name: "cold-driver", Value: "auto", EnvVars: []string{"MATRX_COLD_DRIVER"}, Usage: "auto, mount-s3, s3fs or local"},
+		&cli.DurationFlag{Name: "checkpoint-interval", Value: 5 * time.Minute, EnvVars: []string{"MATRX_CHECKPOINT_INTERVAL"}, Usage: "how often running sandboxes' hot files are synced up"},
+		&cli.StringFlag{Name: "hot-excludes", EnvVars: []string{"MATRX_HOT_EXCLUDES"}, Usage: "comma-separated patterns never synced (default: *.tmp,.DS_Store,__pycache__/,*.pyc,.git/)"},
+	}
+}
+
+func storageConfigFrom(c *cli.Context) StorageConfig {
+	sc := StorageConfig{
+		Bucket: c.String("s3-bucket"), Region: c.String("s3-region"), Endpoint: c.String("s3-endpoint"),
+		PathStyle:  c.Bool("s3-path-style") || (c.String("s3-endpoint") != "" && !c.IsSet("s3-path-style")),
+		ColdDriver: strings.ToLower(c.String("cold-driver")), CheckpointInterval: c.Duration("checkpoint-interval"),
+	}
+	if c.IsSet("hot-excludes") {
+		sc.Excludes = []string{}
+		for _, p := range strings.Split(c.String("hot-excludes"), ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				sc.Excludes = append(sc.Excludes, p)
+			}
+		}
+	}
+	return sc
+}
+
+// Validate checks the storage settings before anything starts.
+func (s StorageConfig) Validate() error {
+	if s.Bucket != "" {
+		if err := objstore.ValidateBucketName(s.Bucket); err != nil {
+			return err
+		}
+	}
+	switch s.ColdDriver {
+	case "", "auto", "mount-s3", "s3fs", "local":
+	default:
+		return fmt.Errorf("cold driver %q: want auto, mount-s3, s3fs or local: %w", s.ColdDriver, errdefs.ErrInvalidArgument)
+	}
+	if s.CheckpointInterval != 0 && s.CheckpointInterval < time.Second {
+		return fmt.Errorf("checkpoint interval %v is too short (min 1s): %w", s.CheckpointInterval, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// openStorage builds the object store, checks the bucket (failing fast with
+// distinct errors for a missing, forbidden or unreachable bucket), picks the
+// cold driver, and returns the host-side storage.
+func openStorage(ctx context.Context, cfg Config, log *slog.Logger) (*mounts.Storage, func(), error) {
+	sc := cfg.Storage
+	var store mounts.ObjectStore
+	closeFn := func() {}
+	localDir := filepath.Join(cfg.StateDir, "storage")
+	if sc.Bucket == "" {
+		l, err := objstore.NewLocal(localDir)
+		if err != nil {
+			return nil, nil, fmt.Errorf("local storage: %w", err)
+		}
+		closeFn = func() { l.Close() }
+		store = l
+		log.Info("storage: local driver (no bucket configured)", "dir", localDir)
+	} else {
+		s3, err := objstore.NewS3(ctx, objstore.S3Config{Bucket: sc.Bucket, Region: sc.Region, Endpoint: sc.Endpoint, PathStyle: sc.PathStyle},
+			objstore.WithLogger(log))
+		if err != nil {
+			return nil, nil, fmt.Errorf("s3 storage: %w", err)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		err = s3.Check(cctx)
+		cancel()
+		if err != nil {
+			return nil, nil, fmt.Errorf("bucket %q: %w", sc.Bucket, err)
+		}
+		store = s3
+		log.Info("storage: s3", "bucket", sc.Bucket, "region", sc.Region, "endpoint", sc.Endpoint)
+	}
+	drv, err := cold.Select(cold.SelectConfig{
+		Mode: sc.ColdDriver,
+		S3: cold.S3Config{Bucket: sc.Bucket, Region: sc.Region, Endpoint: sc.Endpoint, ForcePathStyle: sc.PathStyle,
+			AccessKey: sc.accessKey(), SecretKey: sc.secretKey()},
+		LocalStorageDir: localDir, Logger: log,
+	})
+	if err != nil {
+		closeFn()
+		return nil, nil, err
+	}
+	cm, err := cold.NewManager(ctx, cold.ManagerConfig{Dir: filepath.Join(cfg.StateDir, "cold"), Driver: drv, Logger: log},
+		cold.WithOwner(runtime.AgentUID, runtime.AgentGID))
+	if err != nil {
+		closeFn()
+		return nil, nil, err
+	}
+	st, err := mounts.NewStorage(mounts.StorageConfig{
+		Dir: filepath.Join(cfg.StateDir, "hot"), Store: store, Cold: cm,
+		UID: runtime.AgentUID, GID: runtime.AgentGID, Excludes: sc.Excludes, Logger: log,
+	})
+	if err != nil {
+		closeFn()
+		return nil, nil, err
+	}
+	return st, closeFn, nil
+}
+
+// accessKey and secretKey pass static credentials from the environment
+// (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, part of the standard chain) on
+// to the FUSE client, which cannot read the SDK's chain itself. Without
+// them it uses the instance role.
+func (s StorageConfig) accessKey() string { return os.Getenv("AWS_ACCESS_KEY_ID") }
+func (s StorageConfig) secretKey() string { return os.Getenv("AWS_SECRET_ACCESS_KEY") }

@@ -1,0 +1,248 @@
+//go:build linux
+
+package daemon_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/matrx-dev/matrx/api"
+	"github.com/matrx-dev/matrx/api/client"
+	"github.com/matrx-dev/matrx/daemon"
+	"github.com/matrx-dev/matrx/mounts/s3test"
+	"github.com/matrx-dev/matrx/runtime/containerdtest"
+)
+
+func TestMain(m *testing.M) { s3test.Main(m) }
+
+// s3Env starts (once) the local S3 server, makes a fresh bucket and exports
+// the credentials the way an operator would (standard AWS chain).
+func s3Env(t *testing.T) (*s3test.Server, string) {
+	srv := s3test.Start(t)
+	if _, err := exec.LookPath("s3fs"); err != nil {
+		containerdtest.Skip(t, "s3fs not installed")
+	}
+	bucket := srv.NewBucket(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
+	return srv, bucket
+}
+
+func withS3(srv *s3test.Server, bucket string) func(*daemon.Config) {
+	return func(c *daemon.Config) {
+		c.Storage = daemon.StorageConfig{Bucket: bucket, Region: srv.Region, Endpoint: srv.Endpoint, PathStyle: true,
+			ColdDriver: "s3fs", CheckpointInterval: time.Hour}
+	}
+}
+
+func put(t *testing.T, srv *s3test.Server, bucket, key, body string) {
+	t.Helper()
+	_, err := srv.Client().PutObject(context.Background(), &s3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String(key), Body: strings.NewReader(body)})
+	if err != nil {
+		t.Fatalf("put %s: %v", key, err)
+	}
+}
+
+func get(t *testing.T, srv *s3test.Server, bucket, key string) (string, bool) {
+	t.Helper()
+	out, err := srv.Client().GetObject(context.Background(), &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(key)})
+	if err != nil {
+		return "", false
+	}
+	defer out.Body.Close()
+	b, _ := io.ReadAll(out.Body)
+	return string(b), true
+}
+
+func TestS3HotAndColdStorage(t *testing.T) {
+	srv, bucket := s3Env(t)
+	put(t, srv, bucket, "users/alice/hot/notes/a.txt", "from s3\n")
+	put(t, srv, bucket, "users/alice/cold/data.bin", "cold bytes")
+	h := newHarness(t, withS3(srv, bucket))
+	ctx := context.Background()
+	s := h.create("alice", nil)
+
+	// Hot files are in place, owned by agent, before the sandbox is ready.
+	if r := h.exec(s.SandboxID, "cat /home/agent/notes/a.txt; stat -c %u:%g /home/agent/notes/a.txt"); r.Stdout != "from s3\n1000:1000\n" {
+		t.Fatalf("hot files: %+v", r)
+	}
+	// Cold: an object that existed, one added after the mount, and a write
+	// through the mount that lands in S3.
+	if r := h.exec(s.SandboxID, "cat /data/cold/data.bin"); r.Stdout != "cold bytes" {
+		t.Fatalf("cold read: %+v", r)
+	}
+	put(t, srv, bucket, "users/alice/cold/later.txt", "late")
+	if r := h.exec(s.SandboxID, "cat /data/cold/later.txt"); r.Stdout != "late" {
+		t.Fatalf("cold read of a new object: %+v", r)
+	}
+	if r := h.exec(s.SandboxID, "echo written > /data/cold/out.txt && sync"); r.ExitCode != 0 {
+		t.Fatalf("cold write: %+v", r)
+	}
+	waitObject(t, srv, bucket, "users/alice/cold/out.txt", "written\n")
+
+	// The sandbox has no path to the host's FUSE or credentials.
+	root := "root"
+	r, err := h.c.Exec(ctx, s.SandboxID, api.ExecRequest{User: root, Command: `
+		for f in CapInh CapPrm CapEff CapBnd CapAmb; do
+		  v=$(grep "^$f:" /proc/self/status | cut -f2); [ $(( 0x$v >> 21 & 1 )) -eq 0 ] || echo "SYS_ADMIN in $f"
+		done
+		test -e /dev/fuse && echo "/dev/fuse present"
+		env | grep -i aws
+		grep -rlsF "` + srv.SecretKey + `" /etc /home /tmp /run /var /root /.matrx 2>/dev/null
+		true`})
+	if err != nil || r.Stdout != "" {
+		t.Fatalf("sandbox sees privileges or credentials: %v %+v", err, r)
+	}
+
+	// Changes and deletions reach S3 on shutdown; an object someone else
+	// added meanwhile survives.
+	h.exec(s.SandboxID, "echo new > /home/agent/new.txt; rm /home/agent/notes/a.txt; mkdir -p /home/agent/__pycache__ && echo x > /home/agent/__pycache__/m.pyc")
+	put(t, srv, bucket, "users/alice/hot/foreign.txt", "theirs")
+	if err := h.c.Delete(ctx, s.SandboxID, true); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := get(t, srv, bucket, "users/alice/hot/new.txt"); !ok || v != "new\n" {
+		t.Fatalf("new file not synced up: %q %v", v, ok)
+	}
+	if _, ok := get(t, srv, bucket, "users/alice/hot/notes/a.txt"); ok {
+		t.Fatal("deleted file came back from S3")
+	}
+	if _, ok := get(t, srv, bucket, "users/alice/hot/__pycache__/m.pyc"); ok {
+		t.Fatal("excluded file was uploaded")
+	}
+	if _, ok := get(t, srv, bucket, "users/alice/hot/foreign.txt"); !ok {
+		t.Fatal("an object added by someone else was deleted")
+	}
+	got, _ := h.c.Get(ctx, s.SandboxID)
+	if got.HotSyncPending || got.HotSyncedAt == nil {
+		t.Fatalf("sync state after stop: %+v", got)
+	}
+	st, err := h.c.StorageStats(ctx, "alice")
+	if err != nil || st.Hot.Objects < 2 || st.Cold.Objects < 3 {
+		t.Fatalf("storage stats: %v %+v", err, st)
+	}
+	// No hot directory, FUSE mount or s3fs process is left for alice.
+	if ents, _ := os.ReadDir(filepath.Join(h.cfg.StateDir, "hot")); len(ents) != 0 {
+		t.Fatalf("hot dirs left: %v", ents)
+	}
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); bytes.Contains(b, []byte(filepath.Join(h.cfg.StateDir, "cold"))) && bytes.Contains(b, []byte("fuse")) {
+		t.Fatalf("cold mount left:\n%s", b)
+	}
+}
+
+func waitObject(t *testing.T, srv *s3test.Server, bucket, key, want string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if v, ok := get(t, srv, bucket, key); ok && v == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			v, ok := get(t, srv, bucket, key)
+			t.Fatalf("object %s = %q (exists %v), want %q", key, v, ok, want)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func TestTwoSandboxesOfOneUserConflict(t *testing.T) {
+	srv, bucket := s3Env(t)
+	put(t, srv, bucket, "users/bob/hot/shared.txt", "v0")
+	h := newHarness(t, withS3(srv, bucket))
+	ctx := context.Background()
+	a := h.create("bob", nil)
+	b := h.create("bob", nil)
+	h.exec(a.SandboxID, "printf A > shared.txt")
+	h.exec(b.SandboxID, "printf B > shared.txt")
+	if err := h.c.Delete(ctx, a.SandboxID, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.c.Delete(ctx, b.SandboxID, true); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := get(t, srv, bucket, "users/bob/hot/shared.txt"); v != "A" {
+		t.Fatalf("first writer's version was overwritten: %q", v)
+	}
+	if v, ok := get(t, srv, bucket, "users/bob/hot/shared.txt.conflict-"+b.SandboxID); !ok || v != "B" {
+		t.Fatalf("second writer's version not kept as a conflict copy: %q %v", v, ok)
+	}
+}
+
+// TestCrashRecoverySyncsHotFiles kills -9 a real matrxd process while a
+// sandbox has unsynced hot files, restarts it, and checks the files reach
+// S3 without waiting for a checkpoint interval.
+func TestCrashRecoverySyncsHotFiles(t *testing.T) {
+	srv, bucket := s3Env(t)
+	env := containerdtest.Start(t, testNS)
+	bin := filepath.Join(env.Dir, "matrxd")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/matrxd")
+	build.Dir = containerdtest.RepoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build matrxd: %v\n%s", err, out)
+	}
+	sock := filepath.Join(env.Dir, "d.sock")
+	state := filepath.Join(env.Dir, "state")
+	start := func() *exec.Cmd {
+		cmd := exec.Command(bin, "--socket", sock, "--containerd-address", env.Address, "--containerd-namespace", testNS,
+			"--state-dir", state, "--init-path", env.InitPath, "--image", containerdtest.MinimalImage,
+			"--default-memory-mb", "256", "--default-cpu", "1", "--checkpoint-interval", "1h",
+			"--s3-bucket", bucket, "--s3-endpoint", srv.Endpoint, "--s3-region", srv.Region, "--cold-driver", "s3fs")
+		var logs bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &logs, &logs
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			cmd.Process.Signal(syscall.SIGTERM)
+			cmd.Wait()
+			if t.Failed() {
+				t.Logf("matrxd log:\n%s", logs.String())
+			}
+		})
+		return cmd
+	}
+	d := start()
+	c := client.New(sock, client.WithRetries(60), client.WithBackoff(50*time.Millisecond))
+	defer c.Close()
+	ctx := context.Background()
+	if _, err := c.Health(ctx); err != nil {
+		t.Fatalf("matrxd did not come up: %v", err)
+	}
+	f, _ := os.Open(env.ImageTar)
+	if _, err := c.ImportImage(ctx, f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	s, err := c.Create(ctx, "carol", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := c.Exec(ctx, s.SandboxID, api.ExecRequest{Command: "mkdir -p work && echo precious > work/result.txt"}); err != nil || r.ExitCode != 0 {
+		t.Fatalf("write: %v %+v", err, r)
+	}
+	if _, ok := get(t, srv, bucket, "users/carol/hot/work/result.txt"); ok {
+		t.Fatal("file reached S3 before the crash; the test proves nothing")
+	}
+	d.Process.Signal(syscall.SIGKILL)
+	d.Wait()
+	start()
+	waitObject(t, srv, bucket, "users/carol/hot/work/result.txt", "precious\n")
+	// The sandbox survived the crash and still works.
+	if r, err := c.Exec(ctx, s.SandboxID, api.ExecRequest{Command: "cat work/result.txt"}); err != nil || r.Stdout != "precious\n" {
+		t.Fatalf("exec after crash: %v %+v", err, r)
+	}
+	if err := c.Delete(ctx, s.SandboxID, true); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,468 @@
+package cold
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+)
+
+// stableAfter is how long a generation must have served before its death
+// resets the remount backoff.
+const stableAfter = time.Minute
+
+// FUSEMount is a supervised FUSE mount made by MountS3 or S3FS. Its daemon
+// mounts on Request.StageDir; the mount is then moved on top of
+// Request.Mountpoint. A supervisor goroutine remounts (stacking a new mount on
+// the dead one, see the package comment) when the daemon exits or the mount
+// stops answering.
+type FUSEMount struct {
+	d     fuseDriver
+	req   Request
+	mp    string // resolved Request.Mountpoint
+	stage string // resolved Request.StageDir
+	log   *slog.Logger
+
+	mu   sync.Mutex
+	proc *process // serving generation; nil while remounting
+
+	remounts atomic.Uint64
+	probing  atomic.Bool
+	cancel   context.CancelFunc
+	done     chan struct{}
+
+	unmountOnce sync.Once
+	unmountErr  error
+}
+
+// process is one generation: a daemon and the mount it serves.
+type process struct {
+	cmd     *exec.Cmd
+	pid     int
+	out     *tailBuffer
+	started time.Time
+	exited  chan struct{}
+	err     error // cmd.Wait's result; read after exited is closed
+	mountID int   // the mount this generation put on the mountpoint
+}
+
+func startFUSE(ctx context.Context, d fuseDriver, req Request) (Mount, error) {
+	if err := ValidateUserID(req.UserID); err != nil {
+		return nil, err
+	}
+	mp, err := existingDir("mountpoint", req.Mountpoint)
+	if err != nil {
+		return nil, err
+	}
+	stage, err := existingDir("stage dir", req.StageDir)
+	if err != nil {
+		return nil, err
+	}
+	if mp == stage {
+		return nil, fmt.Errorf("cold: stage dir and mountpoint are both %s: %w", mp, errdefs.ErrInvalidArgument)
+	}
+	mounts, err := readMountinfo()
+	if err != nil {
+		return nil, err
+	}
+	if pm, ok := containingMount(mounts, filepath.Dir(stage)); !ok || pm.shared() {
+		return nil, fmt.Errorf("cold: stage dir %s must be below a private mount (the kernel refuses to move a mount out of a shared parent): %w",
+			stage, errdefs.ErrFailedPrecondition)
+	}
+	m := &FUSEMount{
+		d:     d,
+		req:   req,
+		mp:    mp,
+		stage: stage,
+		log:   d.log.With("user_id", req.UserID, "driver", d.name, "mountpoint", mp),
+		done:  make(chan struct{}),
+	}
+	if pm, ok := containingMount(mounts, filepath.Dir(mp)); ok && !pm.shared() {
+		m.log.Warn("cold mountpoint is not below a shared mount: remounts will not reach running sandboxes")
+	}
+	p, err := m.launch(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m.proc = p
+	m.log.Info("cold mount ready", "pid", p.pid)
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	m.cancel = cancel
+	go m.supervise(sctx)
+	return m, nil
+}
+
+// Path returns the mountpoint.
+func (m *FUSEMount) Path() string { return m.mp }
+
+// Remounts returns how many times the supervisor remounted.
+func (m *FUSEMount) Remounts() uint64 { return m.remounts.Load() }
+
+// PID returns the serving daemon's pid, or 0 while it is being remounted or
+// after Unmount.
+func (m *FUSEMount) PID() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.proc == nil {
+		return 0
+	}
+	return m.proc.pid
+}
+
+// Unmount stops supervision, unmounts every layer on the mountpoint (cleanly,
+// lazily when busy), then stops the daemon: SIGTERM to its process group,
+// SIGKILL after the stop timeout. It is safe to call more than once; later
+// calls return the first call's result.
+func (m *FUSEMount) Unmount(ctx context.Context) error {
+	m.unmountOnce.Do(func() {
+		m.cancel()
+		<-m.done // an in-flight start sees the cancel and undoes itself
+		m.mu.Lock()
+		p := m.proc
+		m.proc = nil
+		m.mu.Unlock()
+		var errs []error
+		if err := unmountStack(m.mp); err != nil {
+			errs = append(errs, err)
+		}
+		if p != nil {
+			p.stop(m.d.o.stopTimeout)
+		}
+		if err := unmountStack(m.stage); err != nil {
+			errs = append(errs, err)
+		}
+		m.unmountErr = errors.Join(errs...)
+		if m.unmountErr != nil {
+			m.log.Error("cold unmount failed", "error", m.unmountErr)
+		} else {
+			m.log.Info("cold mount unmounted", "remounts", m.remounts.Load())
+		}
+	})
+	return m.unmountErr
+}
+
+// launch starts one generation and returns once its mount is on the
+// mountpoint and answers. On failure nothing of it is left: no process, no
+// mount on the stage, no new layer on the mountpoint, no secret file.
+func (m *FUSEMount) launch(ctx context.Context) (_ *process, retErr error) {
+	if err := unmountStack(m.stage); err != nil {
+		return nil, err
+	}
+	cmd, err := m.d.build(m.req, m.stage)
+	if err != nil {
+		return nil, err
+	}
+	defer removeFiles(cmd.Secrets)
+	argv := append([]string{cmd.Path}, cmd.Args...)
+	if m.d.o.wrap != nil {
+		argv = m.d.o.wrap(m.req.UserID, argv)
+	}
+	p, err := m.startProcess(argv, cmd.Env)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			p.stop(m.d.o.stopTimeout)
+			_ = unmountStack(m.stage)
+		}
+	}()
+
+	ctx, cancel := context.WithTimeout(ctx, m.d.o.startTimeout)
+	defer cancel()
+	if err := m.waitStaged(ctx, p); err != nil {
+		return nil, err
+	}
+	if err := unix.Mount(m.stage, m.mp, "", unix.MS_MOVE, ""); err != nil {
+		hint := ""
+		if errors.Is(err, unix.EINVAL) {
+			hint = " (is the stage dir below a private mount?)"
+		}
+		return nil, fmt.Errorf("cold: move %s onto %s%s: %w: %w", m.stage, m.mp, hint, err, errdefs.ErrFailedPrecondition)
+	}
+	mounts, err := readMountinfo()
+	if err != nil {
+		_ = unix.Unmount(m.mp, unix.MNT_DETACH)
+		return nil, err
+	}
+	st := stackAt(mounts, m.mp)
+	if len(st) == 0 || !m.d.o.isMounted(st[len(st)-1].FSType) {
+		return nil, fmt.Errorf("cold: %s mount vanished from %s right after the move; output: %s: %w",
+			m.d.name, m.mp, p.out, errdefs.ErrUnavailable)
+	}
+	p.mountID = st[len(st)-1].ID
+	if err := statWithin(ctx, m.mp); err != nil {
+		// Take our layer off again; the ones below are untouched.
+		_ = unix.Unmount(m.mp, unix.MNT_DETACH)
+		return nil, fmt.Errorf("cold: %s mount of %s does not answer: %w; %s output: %s: %w",
+			m.d.name, m.mp, err, m.d.name, p.out, errdefs.ErrUnavailable)
+	}
+	select {
+	case <-p.exited:
+		_ = unix.Unmount(m.mp, unix.MNT_DETACH)
+		return nil, fmt.Errorf("cold: %s exited right after mounting (%s); output: %s: %w",
+			m.d.name, p.status(), p.out, errdefs.ErrUnavailable)
+	default:
+	}
+	return p, nil
+}
+
+// startProcess runs argv in its own process group with a minimal environment,
+// its stdout and stderr going to a tail buffer and the debug log.
+func (m *FUSEMount) startProcess(argv, env []string) (*process, error) {
+	path := os.Getenv("PATH")
+	if path == "" {
+		path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("cold: pipe: %w: %w", err, errdefs.ErrUnavailable)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append([]string{"PATH=" + path}, env...)
+	cmd.Dir = "/"
+	cmd.Stdout, cmd.Stderr = w, w
+	// Own process group: signals reach whatever the daemon forks. No
+	// parent-death signal: Go delivers it when the forking OS thread exits,
+	// not the process, and a daemon that outlives a crashed matrxd keeps
+	// serving running sandboxes until its mount is removed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		r.Close()
+		w.Close()
+		return nil, fmt.Errorf("cold: start %s: %w: %w", argv[0], err, errdefs.ErrFailedPrecondition)
+	}
+	w.Close()
+	pid := cmd.Process.Pid
+	log := m.log.With("pid", pid)
+	p := &process{
+		cmd:     cmd,
+		pid:     pid,
+		out:     newTailBuffer(4096, func(line string) { log.Debug("fuse daemon output", "line", line) }),
+		started: time.Now(),
+		exited:  make(chan struct{}),
+	}
+	go func() {
+		_, _ = io.Copy(p.out, r)
+		r.Close()
+	}()
+	go func() {
+		p.err = cmd.Wait()
+		close(p.exited)
+	}()
+	log.Debug("fuse daemon started", "argv0", argv[0])
+	return p, nil
+}
+
+// waitStaged waits until a FUSE mount shows on the stage directory.
+func (m *FUSEMount) waitStaged(ctx context.Context, p *process) error {
+	tick := time.NewTicker(25 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		mounts, err := readMountinfo()
+		if err != nil {
+			return err
+		}
+		for _, mi := range stackAt(mounts, m.stage) {
+			if m.d.o.isMounted(mi.FSType) {
+				return nil
+			}
+		}
+		select {
+		case <-p.exited:
+			return fmt.Errorf("cold: %s exited before mounting (%s); output: %s: %w",
+				m.d.name, p.status(), p.out, errdefs.ErrUnavailable)
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return fmt.Errorf("cold: %s did not mount %s within %s; output: %s: %w",
+					m.d.name, m.stage, m.d.o.startTimeout, p.out, errdefs.ErrUnavailable)
+			}
+			return fmt.Errorf("cold: %s mount: %w", m.d.name, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// supervise watches the serving generation and remounts when it breaks,
+// until ctx is cancelled.
+func (m *FUSEMount) supervise(ctx context.Context) {
+	defer close(m.done)
+	tick := time.NewTicker(m.d.o.probeInterval)
+	defer tick.Stop()
+	delay := m.d.o.backoffMin
+	for {
+		m.mu.Lock()
+		p := m.proc
+		m.mu.Unlock()
+		var reason string
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.exited:
+			reason = "fuse daemon exited"
+		case <-tick.C:
+			if reason = m.probe(p); reason == "" {
+				continue
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		m.log.Warn("cold mount broken", "reason", reason, "pid", p.pid, "exit", p.status(), "output", p.out.String())
+		p.stop(m.d.o.stopTimeout)
+		m.mu.Lock()
+		m.proc = nil
+		m.mu.Unlock()
+		if time.Since(p.started) >= stableAfter {
+			delay = m.d.o.backoffMin
+		} else if !sleep(ctx, delay) { // it died young: do not spin
+			return
+		} else {
+			delay = min(2*delay, m.d.o.backoffMax)
+		}
+		if !m.remount(ctx, &delay) {
+			return
+		}
+	}
+}
+
+// remount launches generations until one serves or ctx is cancelled.
+func (m *FUSEMount) remount(ctx context.Context, delay *time.Duration) bool {
+	for attempt := 1; ; attempt++ {
+		p, err := m.launch(ctx)
+		if err == nil {
+			m.mu.Lock()
+			m.proc = p
+			m.mu.Unlock()
+			n := m.remounts.Add(1)
+			m.log.Info("cold mount remounted", "pid", p.pid, "remounts", n, "attempt", attempt)
+			if m.req.OnRemount != nil {
+				m.req.OnRemount()
+			}
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		m.log.Error("cold remount failed", "error", err, "attempt", attempt, "retry_in", *delay)
+		if !sleep(ctx, *delay) {
+			return false
+		}
+		*delay = min(2**delay, m.d.o.backoffMax)
+	}
+}
+
+// probe returns why the generation's mount is broken, or "" when it serves
+// (or cannot be judged right now).
+func (m *FUSEMount) probe(p *process) string {
+	if !m.probing.CompareAndSwap(false, true) {
+		return "" // the last stat still hangs; already logged
+	}
+	mounts, err := readMountinfo()
+	if err != nil {
+		m.probing.Store(false)
+		m.log.Warn("cold mount probe", "error", err)
+		return ""
+	}
+	found := false
+	for _, mi := range mounts {
+		if mi.ID == p.mountID && mi.Mountpoint == m.mp {
+			found = true
+			break
+		}
+	}
+	if !found {
+		m.probing.Store(false)
+		return "mount disappeared from mountinfo"
+	}
+	errc := make(chan error, 1)
+	go func() {
+		defer m.probing.Store(false)
+		var st unix.Stat_t
+		errc <- unix.Stat(m.mp, &st)
+	}()
+	select {
+	case err = <-errc:
+	case <-time.After(m.d.o.probeTimeout):
+		m.log.Warn("cold mount slow to answer stat", "timeout", m.d.o.probeTimeout)
+		return ""
+	}
+	switch {
+	case err == nil:
+		return ""
+	case isDisconnected(err):
+		return "mount not connected: " + err.Error()
+	default:
+		m.log.Warn("cold mount probe", "error", err)
+		return ""
+	}
+}
+
+// status is the process's exit status, or "running".
+func (p *process) status() string {
+	select {
+	case <-p.exited:
+		if p.err == nil {
+			return "exit status 0"
+		}
+		return p.err.Error()
+	default:
+		return "running"
+	}
+}
+
+// stop ends the process: SIGTERM to its group, SIGKILL after timeout, and
+// waits for it to be reaped.
+func (p *process) stop(timeout time.Duration) {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = unix.Kill(-p.pid, unix.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(timeout):
+		_ = unix.Kill(-p.pid, unix.SIGKILL)
+		<-p.exited
+	}
+}
+
+// statWithin stats path, giving up when ctx ends (a hung FUSE daemon blocks
+// stat; the goroutine returns once the mount is torn down).
+func statWithin(ctx context.Context, path string) error {
+	errc := make(chan error, 1)
+	go func() {
+		var st unix.Stat_t
+		errc <- unix.Stat(path, &st)
+	}()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("stat %s: %w", path, ctx.Err())
+	}
+}
+
+// sleep waits d or until ctx ends; it reports whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,31 @@
+//go:build !linux
+
+package cold
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/containerd/errdefs"
+)
+
+// errNotSupported is returned by everything that mounts: FUSE and bind
+// mounts with Linux propagation semantics exist only on Linux.
+var errNotSupported = fmt.Errorf("cold: mounts are not supported on this OS: %w", errdefs.ErrNotImplemented)
+
+func startFUSE(context.Context, fuseDriver, Request) (Mount, error) { return nil, errNotSupported }
+
+func bindCold(context.Context, *Local, Request) (Mount, error) { return nil, errNotSupported }
+
+func ensureDir(string, os.FileMode) error { return errNotSupported }
+
+// NewManager is not supported on this OS.
+func NewManager(context.Context, ManagerConfig, ...ManagerOption) (*Manager, error) {
+	return nil, errNotSupported
+}
+
+// SweepStale is not supported on this OS.
+func (m *Manager) SweepStale(context.Context) error { return errNotSupported }
+
+func (m *Manager) unbindIfEmpty() error { return errNotSupported }

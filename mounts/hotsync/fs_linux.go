@@ -1,0 +1,49 @@
+package hotsync
+
+import (
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// identity returns the inode and the ctime of a file, which catch changes
+// that keep size and mtime (touch -r, mv of another file into place).
+func identity(fi os.FileInfo) (ino uint64, ctimeNs int64) {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Ino, st.Ctim.Nano()
+	}
+	return 0, 0
+}
+
+// syncFS flushes the filesystem holding f, so that a manifest written after
+// it never describes files that a host crash could lose.
+func syncFS(f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.Syncfs(int(fd)) }); err != nil {
+		return err
+	}
+	return serr
+}
+
+// readFlags open a file for upload without blocking on FIFOs.
+const readFlags = os.O_RDONLY | syscall.O_NONBLOCK | syscall.O_NOFOLLOW
+
+// setMtime sets the access and modification times of the open file f.
+func setMtime(f *os.File, t time.Time) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	tv := unix.NsecToTimeval(t.UnixNano())
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.Futimes(int(fd), []unix.Timeval{tv, tv}) }); err != nil {
+		return err
+	}
+	return serr
+}

@@ -1,0 +1,265 @@
+package hotsync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"iter"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/matrx-dev/matrx/mounts/objstore"
+)
+
+// Store is what the syncer needs from an object store; objstore.S3 and
+// objstore.Local implement it.
+type Store interface {
+	List(ctx context.Context, prefix string) iter.Seq2[objstore.ObjectInfo, error]
+	Head(ctx context.Context, key string) (objstore.ObjectInfo, error)
+	Download(ctx context.Context, key string, size int64, w io.WriterAt) (objstore.ObjectInfo, error)
+	Put(ctx context.Context, key string, body io.Reader, size int64, cond objstore.Cond) (objstore.ObjectInfo, error)
+	Delete(ctx context.Context, key string, ifMatch string) error
+}
+
+// Defaults.
+const (
+	DefaultConcurrency = 32
+	DefaultUID         = 1000
+	DefaultGID         = 1000
+)
+
+// Config is what a Syncer needs.
+type Config struct {
+	// Store holds the objects.
+	Store Store
+	// Prefix is the user's hot prefix, "users/USER/hot/" (must end with "/").
+	Prefix string
+	// Dir is the host directory bind-mounted as /home/agent.
+	Dir string
+	// ManifestPath is the manifest file; it must be outside Dir.
+	ManifestPath string
+	// SandboxID names conflict copies (NAME.conflict-SANDBOXID).
+	SandboxID string
+	// Excludes are patterns never synced; nil means DefaultExcludes, an
+	// empty non-nil slice excludes nothing.
+	Excludes []string
+	// Concurrency bounds files transferred in parallel (DefaultConcurrency).
+	Concurrency int
+	// UID and GID own what Down writes; 0 means 1000 (the sandbox's agent
+	// user). With KeepOwner, files keep the daemon's owner.
+	UID, GID  int
+	KeepOwner bool
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Rejection is a file or key that could not be synced, and why.
+type Rejection struct {
+	Path   string // relative to Dir (Up) or the key (Down)
+	Reason string
+}
+
+// Result reports one Down or Up. Paths are relative to Dir, slash-separated,
+// sorted.
+type Result struct {
+	Downloaded []string // Down: files written
+	Uploaded   []string // Up: files uploaded under their own name
+	Deleted    []string // Up: objects deleted because their file is gone
+	// Skipped: excluded by pattern, or the reserved top-level .keep.
+	Skipped []string
+	// Conflicts: the object changed since the last sync; for an upload ours
+	// is saved as NAME.conflict-SANDBOXID and theirs kept; for a delete
+	// theirs is kept.
+	Conflicts []string
+	// Rejected: invalid names, symlinks, special files.
+	Rejected []Rejection
+	// Unchanged counts files that needed no transfer.
+	Unchanged int
+	// Bytes transferred.
+	Bytes int64
+}
+
+// Syncer syncs one sandbox's hot storage. Down and Up are serialized: a
+// checkpoint and the final sync never overlap.
+type Syncer struct {
+	store       Store
+	prefix      string
+	dir         string
+	manifest    string
+	sandboxID   string
+	exclude     excluder
+	concurrency int
+	uid, gid    int
+	keepOwner   bool
+	logger      *slog.Logger
+
+	mu sync.Mutex
+}
+
+// New validates cfg and returns a Syncer. Errors wrap
+// errdefs.ErrInvalidArgument.
+func New(cfg Config) (*Syncer, error) {
+	invalid := func(format string, args ...any) error {
+		return fmt.Errorf("hotsync: "+format+": %w", append(args, errdefs.ErrInvalidArgument)...)
+	}
+	if cfg.Store == nil {
+		return nil, invalid("no store")
+	}
+	if !strings.HasSuffix(cfg.Prefix, "/") || strings.HasPrefix(cfg.Prefix, "/") {
+		return nil, invalid("prefix %q must be relative and end with \"/\"", cfg.Prefix)
+	}
+	if err := objstore.ValidateKey(cfg.Prefix); err != nil {
+		return nil, fmt.Errorf("hotsync: prefix: %w", err)
+	}
+	if cfg.SandboxID == "" || strings.ContainsAny(cfg.SandboxID, "/\x00") {
+		return nil, invalid("sandbox id %q cannot name conflict copies", cfg.SandboxID)
+	}
+	if cfg.Dir == "" || cfg.ManifestPath == "" {
+		return nil, invalid("Dir and ManifestPath are required")
+	}
+	dir, err := filepath.Abs(cfg.Dir)
+	if err != nil {
+		return nil, invalid("dir %q: %v", cfg.Dir, err)
+	}
+	man, err := filepath.Abs(cfg.ManifestPath)
+	if err != nil {
+		return nil, invalid("manifest path %q: %v", cfg.ManifestPath, err)
+	}
+	if rel, err := filepath.Rel(dir, man); err == nil && filepath.IsLocal(rel) || man == dir {
+		return nil, invalid("manifest %s must be outside Dir %s (the sandbox must not edit it)", man, dir)
+	}
+	excludes := cfg.Excludes
+	if excludes == nil {
+		excludes = DefaultExcludes
+	}
+	ex, err := newExcluder(excludes)
+	if err != nil {
+		return nil, fmt.Errorf("hotsync: %w", err)
+	}
+	s := &Syncer{
+		store:       cfg.Store,
+		prefix:      cfg.Prefix,
+		dir:         dir,
+		manifest:    man,
+		sandboxID:   cfg.SandboxID,
+		exclude:     ex,
+		concurrency: cfg.Concurrency,
+		uid:         cfg.UID,
+		gid:         cfg.GID,
+		keepOwner:   cfg.KeepOwner,
+		logger:      cfg.Logger,
+	}
+	if s.concurrency <= 0 {
+		s.concurrency = DefaultConcurrency
+	}
+	if s.uid == 0 {
+		s.uid = DefaultUID
+	}
+	if s.gid == 0 {
+		s.gid = DefaultGID
+	}
+	if s.logger == nil {
+		s.logger = slog.Default()
+	}
+	s.logger = s.logger.With("sandbox_id", s.sandboxID, "prefix", s.prefix)
+	return s, nil
+}
+
+// ConflictName returns the key under which a conflicting version of key is
+// saved by this sandbox.
+func (s *Syncer) ConflictName(key string) string {
+	return key + ".conflict-" + s.sandboxID
+}
+
+// collector gathers a Result from parallel workers.
+type collector struct {
+	mu   sync.Mutex
+	res  Result
+	errs []error
+}
+
+func (c *collector) do(fn func(r *Result)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fn(&c.res)
+}
+
+func (c *collector) fail(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.errs = append(c.errs, err)
+}
+
+func (c *collector) reject(p, reason string) {
+	c.do(func(r *Result) { r.Rejected = append(r.Rejected, Rejection{Path: p, Reason: reason}) })
+}
+
+// finish sorts the lists and joins the errors (capped, so that a dead
+// endpoint does not produce thousands of lines).
+func (c *collector) finish(op string) (Result, error) {
+	r := c.res
+	for _, l := range [][]string{r.Downloaded, r.Uploaded, r.Deleted, r.Skipped, r.Conflicts} {
+		slices.Sort(l)
+	}
+	slices.SortFunc(r.Rejected, func(a, b Rejection) int { return strings.Compare(a.Path, b.Path) })
+	if len(c.errs) == 0 {
+		return r, nil
+	}
+	errs := c.errs
+	const maxErrs = 10
+	if len(errs) > maxErrs {
+		errs = append(errs[:maxErrs:maxErrs], fmt.Errorf("and %d more errors", len(c.errs)-maxErrs))
+	}
+	return r, fmt.Errorf("hotsync %s: %d failures: %w", op, len(c.errs), errors.Join(errs...))
+}
+
+// parallel runs fn for every item with at most n in flight, stopping early
+// when ctx is done.
+func parallel[T any](ctx context.Context, n int, items []T, fn func(T)) {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, n)
+	for _, it := range items {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			fn(it)
+		})
+	}
+	wg.Wait()
+}
+
+// retry runs fn until it succeeds, fails with a permanent error, or
+// attempts are used up. Transient errors (errdefs.ErrUnavailable, and those
+// classified transient by isTransient) are retried with exponential backoff.
+func retry(ctx context.Context, attempts int, isTransient func(error) bool, fn func() error) error {
+	delay := 200 * time.Millisecond
+	for i := 1; ; i++ {
+		err := fn()
+		if err == nil || i >= attempts || ctx.Err() != nil || !(errdefs.IsUnavailable(err) || isTransient(err)) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+		delay *= 2
+	}
+}
+
+const retryAttempts = 3
+
+func noExtraTransient(error) bool { return false }

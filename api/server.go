@@ -281,7 +281,7 @@ func sandboxJSON(r *registry.Record) Sandbox {
 		SandboxID: r.ID, UserID: r.UserID, Status: string(r.Status), ContainerID: r.ContainerID,
 		CreatedAt: r.CreatedAt, HotPath: sandbox.HotPath, ColdPath: sandbox.ColdPath,
 		Config: SandboxConfig{
-			Image: r.Config.Image, CPU: r.Config.CPU, MemoryMB: r.Config.MemoryMB, Pids: r.Config.Pids,
+			Image: r.Config.Image, CPU: r.Config.CPU, MemoryMB: r.Config.MemoryMB, Pids: r.Config.Pids, DiskMB: r.Config.DiskMB,
 			TTLSeconds: r.Config.TTLSeconds, Env: r.Config.Env, Labels: r.Config.Labels,
 		},
 		TTLSeconds: r.Config.TTLSeconds, Image: r.Config.Image, ExpiresAt: r.ExpiresAt,
@@ -329,7 +329,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 	}
 	cfg := sandbox.CreateConfig{}
 	if c := req.Config; c != nil {
-		cfg = sandbox.CreateConfig{Image: c.Image, CPU: c.CPU, MemoryMB: c.MemoryMB, Pids: c.Pids, TTLSeconds: c.TTLSeconds, Env: c.Env, Labels: c.Labels}
+		cfg = sandbox.CreateConfig{Image: c.Image, CPU: c.CPU, MemoryMB: c.MemoryMB, Pids: c.Pids, DiskMB: c.DiskMB, TTLSeconds: c.TTLSeconds, Env: c.Env, Labels: c.Labels}
 	}
 	rec, err := s.mgr.Create(r.Context(), req.UserID, cfg)
 	if err != nil {

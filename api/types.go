@@ -26,6 +26,7 @@ type SandboxConfig struct {
 	CPU        float64           `json:"cpu,omitempty"`
 	MemoryMB   int64             `json:"memory_mb,omitempty"`
 	Pids       int64             `json:"pids,omitempty"`
+	DiskMB     int64             `json:"disk_mb,omitempty"`
 	TTLSeconds int64             `json:"ttl_seconds,omitempty"`
 	Env        map[string]string `json:"env,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`

@@ -1,6 +1,8 @@
 // Package ctl is the matrx command-line interface: each command parses its
 // flags, calls api/client, and prints a table (or JSON with --json). It
-// holds no sandbox logic; the daemon validates everything.
+// holds no sandbox logic; the daemon validates everything. The one command
+// that works without the daemon is `doctor`, which checks the host through
+// package doctor.
 package ctl
 
 import (
@@ -18,6 +20,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/matrx-dev/matrx/api"
 	"github.com/matrx-dev/matrx/api/client"
+	"github.com/matrx-dev/matrx/doctor"
 	"github.com/matrx-dev/matrx/version"
 	"github.com/urfave/cli/v2"
 )
@@ -55,6 +58,7 @@ func App() *cli.App {
 					&cli.Float64Flag{Name: "cpu"},
 					&cli.Int64Flag{Name: "memory", Usage: "memory limit in MiB"},
 					&cli.Int64Flag{Name: "pids"},
+					&cli.Int64Flag{Name: "disk", Usage: "home disk quota in MiB"},
 					&cli.Int64Flag{Name: "ttl", Usage: "seconds"},
 					&cli.StringSliceFlag{Name: "env", Usage: "K=V (repeatable)"},
 					&cli.StringSliceFlag{Name: "label", Usage: "K=V (repeatable)"},
@@ -109,6 +113,7 @@ func App() *cli.App {
 			},
 			{Name: "health", Usage: "show daemon health", Flags: []cli.Flag{jsonFlag}, Action: health},
 			{Name: "version", Usage: "show client, daemon and containerd versions", Flags: []cli.Flag{jsonFlag}, Action: versionCmd},
+			doctorCommand(jsonFlag),
 		},
 	}
 }
@@ -155,7 +160,7 @@ func create(c *cli.Context) error {
 		return err
 	}
 	cfg := &api.SandboxConfig{
-		Image: c.String("image"), CPU: c.Float64("cpu"), MemoryMB: c.Int64("memory"), Pids: c.Int64("pids"),
+		Image: c.String("image"), CPU: c.Float64("cpu"), MemoryMB: c.Int64("memory"), Pids: c.Int64("pids"), DiskMB: c.Int64("disk"),
 		TTLSeconds: c.Int64("ttl"), Env: env, Labels: labels,
 	}
 	s, err := newClient(c).Create(c.Context, c.String("user"), cfg)
@@ -438,5 +443,62 @@ func storageClean(c *cli.Context) error {
 		return printJSON(c.App.Writer, res)
 	}
 	fmt.Fprintf(c.App.Writer, "deleted %d %s objects of %s\n", res.Deleted, res.Tier, res.UserID)
+	return nil
+}
+
+// doctorCommand checks the host without the daemon. Its flags mirror
+// matrxd's, with the same MATRX_* twins, so that it checks what matrxd
+// would use.
+func doctorCommand(jsonFlag cli.Flag) *cli.Command {
+	return &cli.Command{
+		Name:  "doctor",
+		Usage: "check that this host can run matrxd (no daemon needed); exits non-zero if a check fails",
+		Flags: []cli.Flag{
+			jsonFlag,
+			&cli.StringFlag{Name: "containerd-address", Value: doctor.DefaultContainerdAddress, EnvVars: []string{"MATRX_CONTAINERD_ADDRESS"}},
+			&cli.StringFlag{Name: "containerd-namespace", Value: doctor.DefaultContainerdNamespace, EnvVars: []string{"MATRX_CONTAINERD_NAMESPACE"}},
+			&cli.StringFlag{Name: "state-dir", Value: doctor.DefaultStateDir, EnvVars: []string{"MATRX_STATE_DIR"}},
+			&cli.StringFlag{Name: "socket", Usage: "matrxd API socket (default: the global --socket)"},
+			&cli.StringFlag{Name: "socket-group", Value: doctor.DefaultSocketGroup, EnvVars: []string{"MATRX_SOCKET_GROUP"}},
+			&cli.StringFlag{Name: "image", Value: doctor.DefaultImage, EnvVars: []string{"MATRX_IMAGE", "MATRX_SANDBOX_IMAGE"}, Usage: "default sandbox image"},
+			&cli.StringFlag{Name: "s3-bucket", EnvVars: []string{"MATRX_S3_BUCKET"}, Usage: "bucket to check (empty: local storage)"},
+			&cli.StringFlag{Name: "s3-region", Value: "us-east-1", EnvVars: []string{"MATRX_S3_REGION"}},
+			&cli.StringFlag{Name: "s3-endpoint", EnvVars: []string{"MATRX_S3_ENDPOINT"}, Usage: "S3-compatible endpoint URL (implies path-style addressing)"},
+			&cli.BoolFlag{Name: "s3-path-style", EnvVars: []string{"MATRX_S3_PATH_STYLE"}, Usage: "path-style addressing (default on when --s3-endpoint is set)"},
+		},
+		Action: doctorCmd,
+	}
+}
+
+func doctorCmd(c *cli.Context) error {
+	socket := c.String("socket")
+	if socket == "" && len(c.Lineage()) > 1 {
+		socket = c.Lineage()[1].String("socket")
+	}
+	cfg := doctor.Config{
+		ContainerdAddress:   c.String("containerd-address"),
+		ContainerdNamespace: c.String("containerd-namespace"),
+		StateDir:            c.String("state-dir"),
+		Socket:              socket,
+		SocketGroup:         c.String("socket-group"),
+		Image:               c.String("image"),
+		S3: doctor.S3Config{
+			Bucket: c.String("s3-bucket"), Region: c.String("s3-region"), Endpoint: c.String("s3-endpoint"),
+			PathStyle: c.Bool("s3-path-style") || (c.String("s3-endpoint") != "" && !c.IsSet("s3-path-style")),
+		},
+	}
+	rep := doctor.Run(c.Context, cfg)
+	var err error
+	if c.Bool("json") {
+		err = printJSON(c.App.Writer, rep)
+	} else {
+		err = rep.WriteTable(c.App.Writer)
+	}
+	if err != nil {
+		return err
+	}
+	if !rep.OK {
+		return cli.Exit(fmt.Sprintf("matrx doctor: %d check(s) failed", rep.Count(doctor.Fail)), 1)
+	}
 	return nil
 }

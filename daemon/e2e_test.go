@@ -374,6 +374,13 @@ func TestBadInput(t *testing.T) {
 	if len(infos) != 1 {
 		t.Fatalf("runtime state dirs: %d, want 1 (the live sandbox)", len(infos))
 	}
+	// ...and no hot directory or cold mount of the failed create's user.
+	if hot, _ := os.ReadDir(filepath.Join(h.cfg.StateDir, "hot")); len(hot) != 1 {
+		t.Fatalf("hot dirs: %d, want 1 (the live sandbox)", len(hot))
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), "/users/u/cold") {
+		t.Fatalf("cold mount of the failed create left behind:\n%s", mi)
+	}
 }
 
 func TestSocket(t *testing.T) {
@@ -460,5 +467,39 @@ func TestCLI(t *testing.T) {
 	}
 	if out, _, code = run("rm", "--force", id); code != 0 || strings.TrimSpace(out) != id {
 		t.Fatalf("rm: %q %d", out, code)
+	}
+}
+
+func TestDiskQuota(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	s := h.create("frank", &api.SandboxConfig{DiskMB: 64})
+	neighbour := h.create("gina", nil)
+	r := h.exec(s.SandboxID, "dd if=/dev/zero of=/home/agent/fill bs=1M count=200 2>&1; df -m /home/agent | tail -1")
+	if r.ExitCode != 0 && !strings.Contains(r.Stdout, "No space left on device") {
+		t.Fatalf("disk filler: %+v", r)
+	}
+	if !strings.Contains(r.Stdout, "No space left on device") {
+		t.Fatalf("writing past the 64 MiB quota did not fail with ENOSPC: %+v", r)
+	}
+	// /tmp is bounded too (tmpfs, charged to the memory cgroup).
+	r = h.exec(s.SandboxID, "dd if=/dev/zero of=/tmp/fill bs=1M count=2000 2>&1; rm -f /tmp/fill")
+	if !strings.Contains(r.Stdout, "No space left on device") && r.ExitCode == 0 {
+		t.Fatalf("/tmp filler was not stopped: %+v", r)
+	}
+	if r := h.exec(neighbour.SandboxID, "echo ok > /home/agent/f && cat /home/agent/f"); r.Stdout != "ok\n" {
+		t.Fatalf("neighbour affected: %+v", r)
+	}
+	if r := h.exec(s.SandboxID, "rm /home/agent/fill && echo small > /home/agent/f && cat /home/agent/f"); r.Stdout != "small\n" {
+		t.Fatalf("sandbox unusable after filling its disk: %+v", r)
+	}
+	if err := h.c.Delete(ctx, s.SandboxID, false); err != nil {
+		t.Fatal(err)
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), s.SandboxID) {
+		t.Fatalf("disk image of a destroyed sandbox still mounted")
+	}
+	if _, err := h.c.Create(ctx, "frank", &api.SandboxConfig{DiskMB: 10}); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("tiny disk accepted: %v", err)
 	}
 }

@@ -100,9 +100,10 @@ func (s *Storage) sandboxDir(sandboxID string) (string, error) {
 }
 
 // PrepareHot creates the sandbox's empty hot directory and records its
-// owner, and returns the directory to bind at /home/agent. Fill it with
-// SyncDown.
-func (s *Storage) PrepareHot(sandboxID, userID string) (string, error) {
+// owner, and returns the directory to bind at /home/agent. With diskBytes
+// > 0 the directory is a loop-mounted ext4 image of that size (the
+// sandbox's disk quota). Fill it with SyncDown.
+func (s *Storage) PrepareHot(sandboxID, userID string, diskBytes int64) (string, error) {
 	d, err := s.sandboxDir(sandboxID)
 	if err != nil {
 		return "", err
@@ -126,6 +127,12 @@ func (s *Storage) PrepareHot(sandboxID, userID string) (string, error) {
 		os.RemoveAll(d)
 		return "", fmt.Errorf("record hot dir owner: %w", err)
 	}
+	if diskBytes > 0 {
+		if err := makeDisk(filepath.Join(d, "home.img"), home, diskBytes, s.uid, s.gid); err != nil {
+			os.RemoveAll(d)
+			return "", fmt.Errorf("sandbox disk: %w", err)
+		}
+	}
 	return home, nil
 }
 
@@ -138,6 +145,14 @@ func (s *Storage) syncer(sandboxID, userID string) (*hotsync.Syncer, error) {
 	d, err := s.sandboxDir(sandboxID)
 	if err != nil {
 		return nil, err
+	}
+	// After a host reboot a disk image is no longer mounted: mount it
+	// again before anything reads the directory, or an empty mountpoint
+	// would look like "the agent deleted everything".
+	if img := filepath.Join(d, "home.img"); fileExists(img) && !isMountpoint(filepath.Join(d, "home")) {
+		if err := mountDisk(img, filepath.Join(d, "home")); err != nil {
+			return nil, err
+		}
 	}
 	sy, err := hotsync.New(hotsync.Config{
 		Store: s.store, Prefix: Prefix(userID, "hot"), Dir: filepath.Join(d, "home"),
@@ -191,10 +206,22 @@ func (s *Storage) RemoveHot(sandboxID string) error {
 	if err != nil {
 		return err
 	}
+	// Unmount first: RemoveAll must never walk into a mounted image.
+	if err := unmountDisk(filepath.Join(d, "home")); err != nil {
+		return err
+	}
+	if isMountpoint(filepath.Join(d, "home")) {
+		return fmt.Errorf("hot home of %s is still mounted: %w", sandboxID, errdefs.ErrFailedPrecondition)
+	}
 	if err := os.RemoveAll(d); err != nil {
 		return fmt.Errorf("remove hot dir of %s: %w", sandboxID, err)
 	}
 	return nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // HasHot reports whether a sandbox's hot directory is still on the host.

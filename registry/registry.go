@@ -47,6 +47,7 @@ type Config struct {
 	CPU        float64           `json:"cpu"`
 	MemoryMB   int64             `json:"memory_mb"`
 	Pids       int64             `json:"pids"`
+	DiskMB     int64             `json:"disk_mb,omitempty"` // 0: no disk quota
 	TTLSeconds int64             `json:"ttl_seconds"`
 	Env        map[string]string `json:"env,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`

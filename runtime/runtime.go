@@ -190,7 +190,7 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 		Env:             append([]string{"PATH=" + defaultPath}, env...),
 		Resources:       req.Resources,
 		Mounts:          req.Mounts,
-		Tmpfs:           r.tmpfs,
+		Tmpfs:           r.tmpfs.Within(req.Resources.MemoryBytes),
 		InitHostPath:    r.initPath,
 		ControlHostPath: control,
 		SwapAccounting:  r.swap,

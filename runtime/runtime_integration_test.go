@@ -132,7 +132,7 @@ func TestHardening(t *testing.T) {
 		{"pid 1 is matrx-init", runtime.UserAgent, "cat /proc/1/cmdline", runtime.InitPath, false},
 		{"proc sys read-only", runtime.UserRoot, "echo 1 > /proc/sys/kernel/domainname", "", true},
 		{"kcore masked", runtime.UserRoot, "test -s /proc/kcore", "", true},
-		{"tmp size limited", runtime.UserAgent, "df -k /tmp | tail -1", "1048576", false},
+		{"tmp size limited to a quarter of memory", runtime.UserAgent, "df -k /tmp | tail -1", "65536", false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -95,13 +95,27 @@ type Mount struct {
 
 // TmpfsSizes are the size limits of the writable tmpfs mounts.
 type TmpfsSizes struct {
-	Tmp, VarTmp, Run int64 // bytes
+	Tmp, VarTmp, Run, Shm int64 // bytes
+}
+
+// Within caps the sizes so that all tmpfs mounts together hold at most half
+// of the sandbox's memory limit. tmpfs pages are charged to the memory
+// cgroup and cannot be reclaimed without swap: a full /tmp larger than
+// memory would leave the OOM killer nothing to free but the sandbox itself.
+func (t TmpfsSizes) Within(memory int64) TmpfsSizes {
+	capTo := func(v, max int64) int64 { return min(v, max) }
+	return TmpfsSizes{
+		Tmp:    capTo(t.Tmp, memory/4),
+		VarTmp: capTo(t.VarTmp, memory/8),
+		Run:    capTo(t.Run, memory/16),
+		Shm:    capTo(t.Shm, memory/16),
+	}
 }
 
 // DefaultTmpfsSizes bounds the scratch space of a sandbox. tmpfs pages are
 // charged to the sandbox's memory cgroup as well, so they can never exceed
 // the memory limit either.
-var DefaultTmpfsSizes = TmpfsSizes{Tmp: 1 << 30, VarTmp: 256 << 20, Run: 64 << 20}
+var DefaultTmpfsSizes = TmpfsSizes{Tmp: 1 << 30, VarTmp: 256 << 20, Run: 64 << 20, Shm: 64 << 20}
 
 // SpecInput is everything the spec builder needs for one sandbox.
 type SpecInput struct {
@@ -147,6 +161,7 @@ func specOpts(in SpecInput) []oci.SpecOpts {
 		oci.WithMemoryLimit(uint64(mem)),
 		oci.WithPidsLimit(in.Resources.Pids),
 		withoutMount("/run"),
+		withoutMount("/dev/shm"),
 		oci.WithMounts(sandboxMounts(in)),
 		// After the capabilities: the profile allows syscalls per capability.
 		seccomp.WithDefaultProfile(),
@@ -169,6 +184,10 @@ func sandboxMounts(in SpecInput) []specs.Mount {
 	}
 	ms := []specs.Mount{
 		tmpfs("/run", in.Tmpfs.Run, "755"),
+		{
+			Destination: "/dev/shm", Type: "tmpfs", Source: "shm",
+			Options: []string{"nosuid", "noexec", "nodev", "mode=1777", fmt.Sprintf("size=%d", in.Tmpfs.Shm)},
+		},
 		tmpfs("/tmp", in.Tmpfs.Tmp, "1777"),
 		tmpfs("/var/tmp", in.Tmpfs.VarTmp, "1777"),
 		{
@@ -214,6 +233,11 @@ func withoutMount(dst string) oci.SpecOpts {
 // memory pressure, ahead of containerd (-999) and matrxd (-500).
 const oomScoreAdj = 500
 
+// PID 1 gets the same score as every other sandbox process: lowering it
+// below the shim's needs CAP_SYS_RESOURCE, which runc may not have. As the
+// smallest process (~2 MB) it is the OOM killer's last pick in its cgroup
+// anyway, and the tmpfs caps (TmpfsSizes.Within) keep memory reclaimable
+// by killing the hog.
 func withOOMScoreAdj(_ context.Context, _ oci.Client, _ *containers.Container, s *specs.Spec) error {
 	adj := oomScoreAdj
 	s.Process.OOMScoreAdj = &adj

@@ -85,7 +85,8 @@ func TestSpecBuilder(t *testing.T) {
 		{"home bound read-write, rslave", mountAt(s, "/home/agent") != nil && slices.Contains(mountAt(s, "/home/agent").Options, "rw") && slices.Contains(mountAt(s, "/home/agent").Options, "rslave")},
 		{"cold bound rslave", mountAt(s, "/data/cold") != nil && slices.Contains(mountAt(s, "/data/cold").Options, "rslave")},
 		{"binds are nosuid,nodev", slices.Contains(mountAt(s, "/home/agent").Options, "nosuid") && slices.Contains(mountAt(s, "/home/agent").Options, "nodev")},
-		{"sandbox is the OOM killer's first choice", s.Process.OOMScoreAdj != nil && *s.Process.OOMScoreAdj == 500},
+		{"sandbox processes are the host OOM killer's first choice", s.Process.OOMScoreAdj != nil && *s.Process.OOMScoreAdj == 500},
+		{"/dev/shm is size-limited", mountAt(s, "/dev/shm") != nil && slices.Contains(mountAt(s, "/dev/shm").Options, "size=67108864")},
 		{"env passed to PID 1", slices.Contains(s.Process.Env, "SANDBOX_ID=sbx-0123456789ab")},
 	}
 	for _, c := range checks {
@@ -171,5 +172,18 @@ func TestCappedBuffer(t *testing.T) {
 		if string(got) != c.want || trunc != c.trunc {
 			t.Fatalf("limit %d writes %q: got %q %v", c.limit, c.writes, got, trunc)
 		}
+	}
+}
+
+func TestTmpfsWithinMemory(t *testing.T) {
+	got := DefaultTmpfsSizes.Within(256 << 20)
+	if got.Tmp != 64<<20 || got.VarTmp != 32<<20 || got.Run != 16<<20 || got.Shm != 16<<20 {
+		t.Fatalf("256 MiB sandbox: %+v", got)
+	}
+	if sum := got.Tmp + got.VarTmp + got.Run + got.Shm; sum > 128<<20 {
+		t.Fatalf("tmpfs can hold %d bytes, more than half of memory", sum)
+	}
+	if big := DefaultTmpfsSizes.Within(64 << 30); big != DefaultTmpfsSizes {
+		t.Fatalf("large sandbox should keep the defaults: %+v", big)
 	}
 }

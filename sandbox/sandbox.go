@@ -57,7 +57,7 @@ type Runtime interface {
 // per-user cold mounts.
 type Storage interface {
 	EnsureUser(ctx context.Context, userID string) error
-	PrepareHot(sandboxID, userID string) (string, error)
+	PrepareHot(sandboxID, userID string, diskBytes int64) (string, error)
 	SyncDown(ctx context.Context, sandboxID, userID string) (hotsync.Result, error)
 	SyncUp(ctx context.Context, sandboxID, userID string) (hotsync.Result, error)
 	FinishHot(ctx context.Context, sandboxID, userID string) (hotsync.Result, error)
@@ -72,13 +72,17 @@ type Storage interface {
 
 // Limits are the daemon's defaults and the maximums a request may ask for.
 type Limits struct {
-	DefaultImage      string
-	DefaultCPU        float64
-	MaxCPU            float64
-	DefaultMemoryMB   int64
-	MaxMemoryMB       int64
-	DefaultPids       int64
-	MaxPids           int64
+	DefaultImage    string
+	DefaultCPU      float64
+	MaxCPU          float64
+	DefaultMemoryMB int64
+	MaxMemoryMB     int64
+	DefaultPids     int64
+	MaxPids         int64
+	// DefaultDiskMB sizes each sandbox's home disk (a loop-mounted ext4
+	// image); 0 turns disk quotas off.
+	DefaultDiskMB     int64
+	MaxDiskMB         int64
 	DefaultTTL        time.Duration
 	MaxTTL            time.Duration
 	ShutdownTimeout   time.Duration
@@ -95,6 +99,7 @@ func DefaultLimits() Limits {
 		DefaultCPU:   2, MaxCPU: 8,
 		DefaultMemoryMB: 4096, MaxMemoryMB: 32768,
 		DefaultPids: 1024, MaxPids: 32768,
+		DefaultDiskMB: 20480, MaxDiskMB: 204800,
 		DefaultTTL: 7200 * time.Second, MaxTTL: 7 * 24 * time.Hour,
 		ShutdownTimeout:   30 * time.Second,
 		MaxCommandLength:  10000,
@@ -115,6 +120,8 @@ func (l Limits) Validate() error {
 		return invalid("memory limits: default %d MB must be in [64, max %d MB]", l.DefaultMemoryMB, l.MaxMemoryMB)
 	case l.MaxPids < 16 || l.DefaultPids < 16 || l.DefaultPids > l.MaxPids:
 		return invalid("pids limits: default %d must be in [16, max %d]", l.DefaultPids, l.MaxPids)
+	case l.DefaultDiskMB < 0 || l.DefaultDiskMB > 0 && (l.DefaultDiskMB < 64 || l.DefaultDiskMB > l.MaxDiskMB):
+		return invalid("disk limits: default %d MB must be 0 (off) or in [64, max %d MB]", l.DefaultDiskMB, l.MaxDiskMB)
 	case l.MaxTTL < time.Minute || l.DefaultTTL < time.Minute || l.DefaultTTL > l.MaxTTL:
 		return invalid("ttl limits: default %v must be in [1m, max %v]", l.DefaultTTL, l.MaxTTL)
 	case l.ShutdownTimeout < 0 || l.ShutdownTimeout > 10*time.Minute:
@@ -185,6 +192,7 @@ type CreateConfig struct {
 	CPU        float64
 	MemoryMB   int64
 	Pids       int64
+	DiskMB     int64
 	TTLSeconds int64
 	Env        map[string]string
 	Labels     map[string]string
@@ -194,7 +202,7 @@ type CreateConfig struct {
 func (m *Manager) resolve(c CreateConfig) (registry.Config, error) {
 	l := m.limits
 	out := registry.Config{
-		Image: c.Image, CPU: c.CPU, MemoryMB: c.MemoryMB, Pids: c.Pids, TTLSeconds: c.TTLSeconds,
+		Image: c.Image, CPU: c.CPU, MemoryMB: c.MemoryMB, Pids: c.Pids, DiskMB: c.DiskMB, TTLSeconds: c.TTLSeconds,
 		Env: c.Env, Labels: c.Labels,
 	}
 	if out.Image == "" {
@@ -220,6 +228,14 @@ func (m *Manager) resolve(c CreateConfig) (registry.Config, error) {
 	}
 	if out.Pids < 16 || out.Pids > l.MaxPids {
 		return out, invalid("config.pids %d is out of range [16, %d]", out.Pids, l.MaxPids)
+	}
+	if out.DiskMB == 0 {
+		out.DiskMB = l.DefaultDiskMB
+	} else if l.DefaultDiskMB == 0 {
+		return out, invalid("config.disk_mb: disk quotas are turned off on this daemon")
+	}
+	if out.DiskMB != 0 && (out.DiskMB < 64 || out.DiskMB > l.MaxDiskMB) {
+		return out, invalid("config.disk_mb %d is out of range [64, %d]", out.DiskMB, l.MaxDiskMB)
 	}
 	if out.TTLSeconds == 0 {
 		out.TTLSeconds = int64(l.DefaultTTL / time.Second)
@@ -289,7 +305,7 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 			undo[i](cctx)
 		}
 	}
-	home, err := m.storage.PrepareHot(rec.ID, userID)
+	home, err := m.storage.PrepareHot(rec.ID, userID, cfg.DiskMB<<20)
 	if err != nil {
 		return fail(err)
 	}

@@ -20,7 +20,15 @@
 //     and periodic checkpoints upload only what changed since the last one.
 //
 // The manifest lives outside Dir (the sandbox cannot edit it) and is written
-// atomically (temp file, fsync, rename).
+// atomically (temp file, fsync, rename), after a syncfs of Dir on Down, so it
+// never describes data a host crash could lose. Up can run while the sandbox
+// works (periodic checkpoints): a file is read through one open descriptor
+// and the manifest records its state from before the read, so a file
+// modified during its upload is uploaded again by the next Up.
+//
+// Transient failures (errdefs.ErrUnavailable) are retried with backoff, on
+// top of the object store's own per-request retries; ctx bounds everything.
+// All errors are wrapped onto errdefs classes.
 //
 // # What this package must not do
 //

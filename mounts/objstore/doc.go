@@ -40,7 +40,8 @@
 //   - CompleteMultipartUpload honours both headers the same way; the check is
 //     repeated under the backend's per-object publish lock right before the
 //     object is linked into place, so two racing writers cannot both win
-//     (TestConcurrentCreateOnlyS3 races them).
+//     (the "CompleteMultipartUpload race" subtest races them, and
+//     TestConcurrentCreateOnly races single PUTs).
 //   - DeleteObject honours If-Match (412 on mismatch; deleting a missing key
 //     succeeds, as plain deletes do).
 //

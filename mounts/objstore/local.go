@@ -90,6 +90,18 @@ func NewLocal(dir string, opts ...LocalOption) (*Local, error) {
 	return &Local{dir: dir, root: root, logger: o.logger}, nil
 }
 
+// Check verifies that the store's directory is still there and writable
+// (the counterpart of S3.Check).
+func (l *Local) Check(ctx context.Context) error {
+	tmp := path.Join(localMetaDir, "tmp", "check-"+randomName())
+	f, err := l.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("local store %s is not writable: %w", l.dir, classifyFS(err))
+	}
+	f.Close()
+	return classifyFS(l.root.Remove(tmp))
+}
+
 // Dir returns the store's directory.
 func (l *Local) Dir() string { return l.dir }
 

@@ -97,6 +97,15 @@ func TestLocalETagFollowsContent(t *testing.T) {
 	}
 }
 
+func TestLocalCheck(t *testing.T) {
+	l := newLocal(t)
+	must(t, l.Check(testCtx(t)))
+	must(t, os.RemoveAll(l.Dir()))
+	if err := l.Check(testCtx(t)); !errdefs.IsNotFound(err) {
+		t.Fatalf("Check of a removed store = %v, want NotFound", err)
+	}
+}
+
 func TestLocalFileDirectoryClash(t *testing.T) {
 	l := newLocal(t)
 	ctx := testCtx(t)

@@ -24,6 +24,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -223,6 +224,8 @@ func printTable(out io.Writer, rows []row) {
 			float64(r.bytes)/1e6/r.m.wall.Seconds(), speedup, r.m.client.Seconds(), r.m.server.Seconds())
 	}
 	tw.Flush()
+	fmt.Fprintf(out, "client CPU: hot sync in this process, or the aws cli; server CPU: versitygw. %d CPUs, shared by client and server.\n",
+		runtime.NumCPU())
 }
 
 // cpuMeter reports the CPU time of this process, of its finished children

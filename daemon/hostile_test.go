@@ -1,0 +1,149 @@
+//go:build linux
+
+package daemon_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/matrx-dev/matrx/api"
+	"github.com/matrx-dev/matrx/runtime/containerdtest"
+)
+
+// TestHostileSandbox runs attacks an untrusted agent might try, from inside
+// a sandbox of the production image. Each must fail inside the sandbox
+// while the daemon, a neighbour sandbox and the host stay healthy.
+func TestHostileSandbox(t *testing.T) {
+	prod := filepath.Join(containerdtest.RepoRoot(), "build", "images", "sandbox.tar")
+	if _, err := os.Stat(prod); err != nil {
+		containerdtest.Skip(t, "production image %s missing (run make image)", prod)
+	}
+	h := newHarness(t)
+	ctx := context.Background()
+	f, err := os.Open(prod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.c.ImportImage(ctx, f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	attacker := h.create("mallory", &api.SandboxConfig{Image: "localhost/matrx/sandbox:latest", MemoryMB: 512, Pids: 256, DiskMB: 128})
+	neighbour := h.create("nina", nil)
+
+	// A host-only service the sandbox must not reach.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("host secret\n"))
+			c.Close()
+		}
+	}()
+	hostPort := l.Addr().(*net.TCPAddr).Port
+
+	healthy := func(t *testing.T) {
+		t.Helper()
+		if hl, err := h.c.Health(ctx); err != nil || hl.Status != "healthy" {
+			t.Fatalf("daemon unhealthy: %v %+v", err, hl)
+		}
+		if r := h.exec(neighbour.SandboxID, "echo ok"); r.Stdout != "ok\n" {
+			t.Fatalf("neighbour unhealthy: %+v", r)
+		}
+		if out, err := exec.Command("sh", "-c", "echo host-ok").Output(); err != nil || string(out) != "host-ok\n" {
+			t.Fatalf("host cannot fork: %v", err)
+		}
+		// The attacker's sandbox itself also recovers.
+		if r := h.exec(attacker.SandboxID, "echo alive"); r.Stdout != "alive\n" {
+			t.Fatalf("attacker sandbox did not recover: %+v", r)
+		}
+	}
+	py := func(code string) string { return "python3 -c '" + code + "'" }
+
+	attacks := []struct {
+		name    string
+		user    string
+		timeout int
+		cmd     string
+		// blocked inspects the result and reports whether the attack failed.
+		blocked func(r *api.ExecResponse) bool
+	}{
+		// The pids limit stops the bomb; the exec's deadline then kills
+		// every process it made (they all live in the exec's cgroup).
+		{"fork bomb", "agent", 5, `bomb() { bomb | bomb & }; bomb; sleep 60`,
+			func(r *api.ExecResponse) bool { return r.TimedOut }},
+		{"memory hog", "agent", 60, py(`x = bytearray(2 << 30); print("allocated")`),
+			func(r *api.ExecResponse) bool { return !strings.Contains(r.Stdout, "allocated") && r.ExitCode != 0 }},
+		{"disk filler", "agent", 60, "dd if=/dev/zero of=$HOME/fill bs=1M count=1000 2>&1; rm -f $HOME/fill",
+			func(r *api.ExecResponse) bool { return strings.Contains(r.Stdout, "No space left on device") }},
+		{"tmp filler", "agent", 60, "dd if=/dev/zero of=/tmp/fill bs=1M count=1000 2>&1; rm -f /tmp/fill",
+			func(r *api.ExecResponse) bool { return strings.Contains(r.Stdout, "No space left on device") }},
+		{"read host through /proc/1/root", "root", 10, "ls /proc/1/root/ 2>&1; cat /proc/1/root/etc/hostname",
+			func(r *api.ExecResponse) bool { return r.ExitCode != 0 && strings.Contains(r.Stdout, "Permission denied") }},
+		{"cgroup escape", "root", 10, "mkdir -p /tmp/cg && mount -t cgroup -o memory cgroup /tmp/cg 2>&1 || ls /sys/fs/cgroup/memory/tasks 2>&1 && echo $$ > /sys/fs/cgroup/memory/tasks",
+			func(r *api.ExecResponse) bool { return r.ExitCode != 0 }},
+		{"mount", "root", 10, "mount -t tmpfs none /mnt 2>&1 || mount --bind / /mnt",
+			func(r *api.ExecResponse) bool { return r.ExitCode != 0 }},
+		{"unshare user namespace (agent)", "agent", 10, "unshare -U -r id -u",
+			func(r *api.ExecResponse) bool { return r.ExitCode != 0 && r.Stdout == "" }},
+		{"unshare user namespace (root)", "root", 10, "unshare -U -m -r sh -c 'mount -t tmpfs none /mnt && echo mounted'",
+			func(r *api.ExecResponse) bool { return !strings.Contains(r.Stdout, "mounted") }},
+		{"write /proc/sys", "root", 10, "echo 1 > /proc/sys/vm/drop_caches || echo b > /proc/sysrq-trigger",
+			func(r *api.ExecResponse) bool { return r.ExitCode != 0 }},
+		{"load a kernel module", "root", 10, py(`import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); r = libc.syscall(313, os.open("/bin/true", 0), b"", 0); print(r, ctypes.get_errno())`),
+			func(r *api.ExecResponse) bool { return strings.HasPrefix(r.Stdout, "-1 ") }},
+		{"setuid escalation", "root", 20, "cp /bin/bash /home/agent/rootsh && chown 0:0 /home/agent/rootsh && chmod 4755 /home/agent/rootsh && cp /bin/bash /tmp/rootsh && chmod 4755 /tmp/rootsh && su -s /bin/sh agent -c '/home/agent/rootsh -p -c \"id -u\"; /tmp/rootsh -p -c \"id -u\"' ; rm -f /home/agent/rootsh /tmp/rootsh",
+			func(r *api.ExecResponse) bool { return onlyLines(r.Stdout, "1000") }},
+		{"setuid binaries of the image", "agent", 10, "su -c 'id -u' root </dev/null 2>&1; mount 2>&1 | head -1 >/dev/null; id -u",
+			func(r *api.ExecResponse) bool { return strings.HasSuffix(r.Stdout, "1000\n") && !strings.Contains(r.Stdout, "\n0\n") }},
+		{"ptrace a process it does not own", "agent", 10, py(`import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); print(libc.ptrace(16, 1, 0, 0), ctypes.get_errno()); open("/proc/1/mem","rb")`) + " 2>&1",
+			func(r *api.ExecResponse) bool { return strings.Contains(r.Stdout, "-1 ") && strings.Contains(r.Stdout, "PermissionError") }},
+		{"raw socket", "root", 10, py(`import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); print("raw ok")`) + " 2>&1",
+			func(r *api.ExecResponse) bool { return !strings.Contains(r.Stdout, "raw ok") && strings.Contains(r.Stdout, "PermissionError") }},
+		{"cloud metadata service", "agent", 10, "curl -sS -m 3 http://169.254.169.254/latest/meta-data/ 2>&1",
+			func(r *api.ExecResponse) bool { return r.ExitCode != 0 }},
+		{"daemon socket", "root", 10, "ls -la /run/matrx 2>&1; find / -xdev -type s 2>/dev/null | grep -v '^/proc' ; test -S /run/matrx/matrxd.sock",
+			func(r *api.ExecResponse) bool { return r.ExitCode != 0 && !strings.Contains(r.Stdout, "matrxd.sock") }},
+		{"host-only port", "agent", 10, fmt.Sprintf("curl -sS -m 3 http://127.0.0.1:%d/ 2>&1", hostPort),
+			func(r *api.ExecResponse) bool { return r.ExitCode != 0 && !strings.Contains(r.Stdout, "host secret") }},
+		{"neighbour sandbox", "agent", 10, "getent hosts " + neighbour.SandboxID + " || curl -sS -m 3 http://" + neighbour.SandboxID + "/ 2>&1",
+			func(r *api.ExecResponse) bool { return r.ExitCode != 0 }},
+	}
+	for _, a := range attacks {
+		t.Run(a.name, func(t *testing.T) {
+			timeout := a.timeout
+			r, err := h.c.Exec(ctx, attacker.SandboxID, api.ExecRequest{Command: a.cmd, User: a.user, Timeout: &timeout})
+			if err != nil {
+				t.Fatalf("exec: %v", err)
+			}
+			if !a.blocked(r) {
+				t.Fatalf("attack was not blocked: exit %d timed_out %v\nstdout: %s\nstderr: %s", r.ExitCode, r.TimedOut, r.Stdout, r.Stderr)
+			}
+			healthy(t)
+		})
+	}
+}
+
+// onlyLines reports whether out has at least one line and every line is want.
+func onlyLines(out, want string) bool {
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	for _, l := range lines {
+		if l != want {
+			return false
+		}
+	}
+	return len(lines) > 0 && out != ""
+}

@@ -60,6 +60,7 @@ down:
 
 bench: deps tools build image-minimal
 	MATRX_REQUIRE_INTEGRATION=1 $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/
+	$(GO) run ./mounts/hotsync/cmd/hotbench
 
 clean:
 	rm -rf build

@@ -13,6 +13,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/matrx-dev/matrx/metrics"
+	"github.com/matrx-dev/matrx/runtime"
 	"github.com/matrx-dev/matrx/sandbox"
 	"github.com/urfave/cli/v2"
 )
@@ -31,6 +32,7 @@ type Config struct {
 	ExpiryInterval      time.Duration
 	Limits              sandbox.Limits
 	Storage             StorageConfig
+	UserNS              UserNSConfig
 
 	// MetricsAddress, when set, is a loopback HOST:PORT where a second
 	// listener serves only GET /metrics, for a scraper that cannot use the
@@ -117,6 +119,7 @@ func configFrom(c *cli.Context) (Config, error) {
 			OutputLimit:       c.Int64("output-limit"),
 		},
 		Storage: storageConfigFrom(c),
+		UserNS:  UserNSConfig{Mode: strings.ToLower(c.String("userns")), Base: uint32(c.Uint64("userns-base"))},
 	}
 	if err := cfg.LogLevel.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		return cfg, fmt.Errorf("log level %q: want debug, info, warn or error: %w", c.String("log-level"), errdefs.ErrInvalidArgument)
@@ -147,6 +150,16 @@ func (c Config) Validate() error {
 		return bad("log format %q: want json or text", c.LogFormat)
 	case c.ExpiryInterval < 100*time.Millisecond:
 		return bad("expiry interval %v is too short (min 100ms)", c.ExpiryInterval)
+	}
+	switch c.UserNS.Mode {
+	case "", "auto", "on", "off":
+	default:
+		return fmt.Errorf("userns %q: want auto, on or off: %w", c.UserNS.Mode, errdefs.ErrInvalidArgument)
+	}
+	if c.UserNS.Mode != "off" && c.UserNS.Mode != "" {
+		if _, err := runtime.NewUserNS(c.UserNS.Base); err != nil {
+			return err
+		}
 	}
 	if err := c.Storage.Validate(); err != nil {
 		return err

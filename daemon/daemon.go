@@ -88,10 +88,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	defer store.Close()
 	mx := daemonMetrics(cfg, store, log)
 
+	ns, err := cfg.UserNS.resolve(log)
+	if err != nil {
+		return err
+	}
 	rt, err := runtime.New(ctx, runtime.Config{
 		Address: cfg.ContainerdAddress, Namespace: cfg.ContainerdNamespace,
 		StateDir: filepath.Join(cfg.StateDir, "runtime"), InitPath: cfg.InitPath, Logger: log,
-	})
+	}, runtime.WithUserNS(ns))
 	if err != nil {
 		return err
 	}
@@ -102,7 +106,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 		log.Warn("default image is not imported yet; creates without config.image will fail until it is", "image", cfg.Limits.DefaultImage)
 	}
 
-	storage, closeStorage, err := openStorage(ctx, cfg, log)
+	storage, closeStorage, err := openStorage(ctx, cfg, ns, mx, log)
 	if err != nil {
 		return err
 	}
@@ -110,7 +114,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	// keep using them, and the next start re-acquires them.
 	defer closeStorage()
 	mgr, err := sandbox.New(sandbox.Config{
-		Store: store, Runtime: rt, Storage: storage, Limits: cfg.Limits, Logger: log,
+		Store: store, Runtime: rt, Storage: storage, Limits: cfg.Limits, Logger: log, Metrics: mx,
 	})
 	if err != nil {
 		return err

@@ -53,6 +53,7 @@ func newHarness(t *testing.T, mods ...func(*daemon.Config)) *harness {
 		ContainerdNamespace: testNS, StateDir: filepath.Join(env.Dir, "state"), InitPath: env.InitPath,
 		Store: "bolt", LogFormat: "json", ExpiryInterval: time.Second, Limits: limits,
 		Storage: daemon.StorageConfig{ColdDriver: "auto", CheckpointInterval: time.Hour},
+		UserNS:  daemon.UserNSConfig{Mode: "auto", Base: 1_000_000},
 	}
 	for _, m := range mods {
 		m(&h.cfg)
@@ -143,6 +144,11 @@ func TestLifecycle(t *testing.T) {
 	r := h.exec(s.SandboxID, `echo "$SANDBOX_ID $USER_ID $HOT_PATH $COLD_PATH $GREETING"; id -u`)
 	if want := fmt.Sprintf("%s alice /home/agent /data/cold hi\n1000\n", s.SandboxID); r.Stdout != want || r.ExitCode != 0 || r.Cwd != "/home/agent" {
 		t.Fatalf("exec: %+v", r)
+	}
+	// Sandboxes run in a user namespace: container ids map to the
+	// configured host range.
+	if r := h.exec(s.SandboxID, "cat /proc/self/uid_map"); strings.Join(strings.Fields(r.Stdout), " ") != "0 1000000 65536" {
+		t.Fatalf("uid map: %q", r.Stdout)
 	}
 	// The working directory is remembered between calls, overridden by an
 	// explicit cwd, and reported after the command.

@@ -92,7 +92,9 @@ func TestHostileSandbox(t *testing.T) {
 		{"tmp filler", "agent", 60, "dd if=/dev/zero of=/tmp/fill bs=1M count=1000 2>&1; rm -f /tmp/fill",
 			func(r *api.ExecResponse) bool { return strings.Contains(r.Stdout, "No space left on device") }},
 		{"read host through /proc/1/root", "root", 10, "ls /proc/1/root/ 2>&1; cat /proc/1/root/etc/hostname",
-			func(r *api.ExecResponse) bool { return r.ExitCode != 0 && strings.Contains(r.Stdout, "Permission denied") }},
+			func(r *api.ExecResponse) bool {
+				return r.ExitCode != 0 && strings.Contains(r.Stdout, "Permission denied")
+			}},
 		{"cgroup escape", "root", 10, "mkdir -p /tmp/cg && mount -t cgroup -o memory cgroup /tmp/cg 2>&1 || ls /sys/fs/cgroup/memory/tasks 2>&1 && echo $$ > /sys/fs/cgroup/memory/tasks",
 			func(r *api.ExecResponse) bool { return r.ExitCode != 0 }},
 		{"mount", "root", 10, "mount -t tmpfs none /mnt 2>&1 || mount --bind / /mnt",
@@ -108,11 +110,17 @@ func TestHostileSandbox(t *testing.T) {
 		{"setuid escalation", "root", 20, "cp /bin/bash /home/agent/rootsh && chown 0:0 /home/agent/rootsh && chmod 4755 /home/agent/rootsh && cp /bin/bash /tmp/rootsh && chmod 4755 /tmp/rootsh && su -s /bin/sh agent -c '/home/agent/rootsh -p -c \"id -u\"; /tmp/rootsh -p -c \"id -u\"' ; rm -f /home/agent/rootsh /tmp/rootsh",
 			func(r *api.ExecResponse) bool { return onlyLines(r.Stdout, "1000") }},
 		{"setuid binaries of the image", "agent", 10, "su -c 'id -u' root </dev/null 2>&1; mount 2>&1 | head -1 >/dev/null; id -u",
-			func(r *api.ExecResponse) bool { return strings.HasSuffix(r.Stdout, "1000\n") && !strings.Contains(r.Stdout, "\n0\n") }},
+			func(r *api.ExecResponse) bool {
+				return strings.HasSuffix(r.Stdout, "1000\n") && !strings.Contains(r.Stdout, "\n0\n")
+			}},
 		{"ptrace a process it does not own", "agent", 10, py(`import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); print(libc.ptrace(16, 1, 0, 0), ctypes.get_errno()); open("/proc/1/mem","rb")`) + " 2>&1",
-			func(r *api.ExecResponse) bool { return strings.Contains(r.Stdout, "-1 ") && strings.Contains(r.Stdout, "PermissionError") }},
+			func(r *api.ExecResponse) bool {
+				return strings.Contains(r.Stdout, "-1 ") && strings.Contains(r.Stdout, "PermissionError")
+			}},
 		{"raw socket", "root", 10, py(`import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); print("raw ok")`) + " 2>&1",
-			func(r *api.ExecResponse) bool { return !strings.Contains(r.Stdout, "raw ok") && strings.Contains(r.Stdout, "PermissionError") }},
+			func(r *api.ExecResponse) bool {
+				return !strings.Contains(r.Stdout, "raw ok") && strings.Contains(r.Stdout, "PermissionError")
+			}},
 		{"cloud metadata service", "agent", 10, "curl -sS -m 3 http://169.254.169.254/latest/meta-data/ 2>&1",
 			func(r *api.ExecResponse) bool { return r.ExitCode != 0 }},
 		{"daemon socket", "root", 10, "ls -la /run/matrx 2>&1; find / -xdev -type s 2>/dev/null | grep -v '^/proc' ; test -S /run/matrx/matrxd.sock",

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/mounts"
 	"github.com/matrx-dev/matrx/mounts/cold"
 	"github.com/matrx-dev/matrx/mounts/objstore"
@@ -31,8 +32,38 @@ type StorageConfig struct {
 	Excludes           []string // nil: hotsync defaults
 }
 
+// UserNSConfig selects user namespaces for sandboxes.
+type UserNSConfig struct {
+	Mode string // auto | on | off
+	Base uint32
+}
+
+// userns resolves the mode against what the host supports.
+func (u UserNSConfig) resolve(log *slog.Logger) (runtime.UserNS, error) {
+	if u.Mode == "off" {
+		log.Warn("user namespaces are off: container root is host root (confined by capabilities, seccomp and namespaces)")
+		return runtime.UserNS{}, nil
+	}
+	ok, why := runtime.DetectUserNS()
+	if !ok {
+		if u.Mode == "on" {
+			return runtime.UserNS{}, fmt.Errorf("user namespaces requested but unsupported: %s: %w", why, errdefs.ErrFailedPrecondition)
+		}
+		log.Warn("user namespaces unsupported on this host; sandboxes run without them", "reason", why)
+		return runtime.UserNS{}, nil
+	}
+	ns, err := runtime.NewUserNS(u.Base)
+	if err != nil {
+		return runtime.UserNS{}, err
+	}
+	log.Info("user namespaces on: sandbox ids 0-65535 map to host ids", "first_host_id", ns.Base, "count", ns.Size)
+	return ns, nil
+}
+
 func storageFlags() []cli.Flag {
 	return []cli.Flag{
+		&cli.StringFlag{Name: "userns", Value: "auto", EnvVars: []string{"MATRX_USERNS"}, Usage: "run sandboxes in user namespaces: auto (when supported), on, off"},
+		&cli.Uint64Flag{Name: "userns-base", Value: runtime.DefaultUserNSBase, EnvVars: []string{"MATRX_USERNS_BASE"}, Usage: "first host uid/gid of the 65536 ids sandboxes map to"},
 		&cli.StringFlag{Name: "s3-bucket", EnvVars: []string{"MATRX_S3_BUCKET"}, Usage: "bucket holding users/<user>/{hot,cold}/ (empty: local storage under the state dir)"},
 		&cli.StringFlag{Name: "s3-region", Value: "us-east-1", EnvVars: []string{"MATRX_S3_REGION"}},
 		&cli.StringFlag{Name: "s3-endpoint", EnvVars: []string{"MATRX_S3_ENDPOINT"}, Usage: "S3-compatible endpoint URL (implies path-style addressing)"},
@@ -81,7 +112,8 @@ func (s StorageConfig) Validate() error {
 // openStorage builds the object store, checks the bucket (failing fast with
 // distinct errors for a missing, forbidden or unreachable bucket), picks the
 // cold driver, and returns the host-side storage.
-func openStorage(ctx context.Context, cfg Config, log *slog.Logger) (*mounts.Storage, func(), error) {
+func openStorage(ctx context.Context, cfg Config, ns runtime.UserNS, mx *metrics.Metrics, log *slog.Logger) (*mounts.Storage, func(), error) {
+	uid, gid := int(ns.HostID(runtime.AgentUID)), int(ns.HostID(runtime.AgentGID))
 	sc := cfg.Storage
 	var store mounts.ObjectStore
 	closeFn := func() {}
@@ -120,14 +152,15 @@ func openStorage(ctx context.Context, cfg Config, log *slog.Logger) (*mounts.Sto
 		return nil, nil, err
 	}
 	cm, err := cold.NewManager(ctx, cold.ManagerConfig{Dir: filepath.Join(cfg.StateDir, "cold"), Driver: drv, Logger: log},
-		cold.WithOwner(runtime.AgentUID, runtime.AgentGID))
+		cold.WithOwner(uint32(uid), uint32(gid)),
+		cold.WithRemountHook(func(string) { mx.IncFUSERemount(drv.Name()) }))
 	if err != nil {
 		closeFn()
 		return nil, nil, err
 	}
 	st, err := mounts.NewStorage(mounts.StorageConfig{
 		Dir: filepath.Join(cfg.StateDir, "hot"), Store: store, Cold: cm,
-		UID: runtime.AgentUID, GID: runtime.AgentGID, Excludes: sc.Excludes, Logger: log,
+		UID: uid, GID: gid, Excludes: sc.Excludes, Logger: log,
 	})
 	if err != nil {
 		closeFn()

@@ -305,4 +305,3 @@ func (s *Storage) Clean(ctx context.Context, userID, tier string) (int64, error)
 	}
 	return objstore.DeletePrefix(ctx, s.store, Prefix(userID, tier))
 }
-

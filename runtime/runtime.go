@@ -64,6 +64,7 @@ type Runtime struct {
 	snapshotter string
 	tmpfs       TmpfsSizes
 	swap        bool
+	userns      UserNS
 
 	mu    sync.Mutex
 	tasks map[string]*sandboxTask // live handles, rebuilt lazily after a restart
@@ -74,6 +75,12 @@ type Option func(*Runtime)
 
 // WithSnapshotter selects the containerd snapshotter (default overlayfs).
 func WithSnapshotter(name string) Option { return func(r *Runtime) { r.snapshotter = name } }
+
+// WithUserNS runs every sandbox in a user namespace with this mapping.
+func WithUserNS(u UserNS) Option { return func(r *Runtime) { r.userns = u } }
+
+// UserNS returns the sandboxes' id mapping (zero when off).
+func (r *Runtime) UserNS() UserNS { return r.userns }
 
 // WithTmpfsSizes overrides DefaultTmpfsSizes.
 func WithTmpfsSizes(s TmpfsSizes) Option { return func(r *Runtime) { r.tmpfs = s } }
@@ -194,17 +201,24 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 		InitHostPath:    r.initPath,
 		ControlHostPath: control,
 		SwapAccounting:  r.swap,
+		UserNS:          r.userns,
 	}
 	labels := map[string]string{
 		LabelSandboxID: req.ID,
 		LabelUserID:    req.UserID,
 		LabelCreatedAt: req.CreatedAt.UTC().Format(time.RFC3339Nano),
 	}
+	snapshot := containerd.WithNewSnapshot(req.ID, img)
+	if r.userns.Enabled() {
+		// The image is chowned into the sandbox id range once per image;
+		// later sandboxes reuse the remapped parent (see userns.go).
+		snapshot = containerd.WithUserNSRemappedSnapshot(req.ID, img, r.userns.mappings(), r.userns.mappings())
+	}
 	container, err := r.client.NewContainer(ctx, req.ID,
 		containerd.WithContainerLabels(labels),
 		containerd.WithImage(img),
 		containerd.WithSnapshotter(r.snapshotter),
-		containerd.WithNewSnapshot(req.ID, img),
+		snapshot,
 		containerd.WithRuntime("io.containerd.runc.v2", nil),
 		containerd.WithNewSpec(specOpts(in)...),
 	)

@@ -20,14 +20,14 @@ import (
 const testNS = "matrx-test"
 
 // newRuntime starts a private containerd with the minimal image imported.
-func newRuntime(t *testing.T) (*runtime.Runtime, *containerdtest.Env) {
+func newRuntime(t *testing.T, opts ...runtime.Option) (*runtime.Runtime, *containerdtest.Env) {
 	t.Helper()
 	env := containerdtest.Start(t, testNS)
 	ctx := context.Background()
 	rt, err := runtime.New(ctx, runtime.Config{
 		Address: env.Address, Namespace: testNS,
 		StateDir: filepath.Join(env.Dir, "matrx"), InitPath: env.InitPath,
-	})
+	}, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +62,7 @@ func startSandbox(t *testing.T, rt *runtime.Runtime, env *containerdtest.Env, re
 	if err := os.MkdirAll(home, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	os.Chown(home, runtime.AgentUID, runtime.AgentGID)
+	os.Chown(home, int(rt.UserNS().HostID(runtime.AgentUID)), int(rt.UserNS().HostID(runtime.AgentGID)))
 	if res.CPU == 0 {
 		res = runtime.Resources{CPU: 1, MemoryBytes: 256 << 20, Pids: 256}
 	}
@@ -102,6 +102,51 @@ func run(t *testing.T, rt *runtime.Runtime, id string, req runtime.ExecRequest) 
 
 func TestHardening(t *testing.T) {
 	rt, env := newRuntime(t)
+	testHardening(t, rt, env)
+}
+
+// TestHardeningUserNS runs the same checks with sandboxes in a user
+// namespace, plus the mapping itself.
+func TestHardeningUserNS(t *testing.T) {
+	if ok, why := runtime.DetectUserNS(); !ok {
+		containerdtest.Skip(t, "user namespaces unsupported: %s", why)
+	}
+	u, err := runtime.NewUserNS(runtime.DefaultUserNSBase)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, env := newRuntime(t, runtime.WithUserNS(u))
+	id := testHardening(t, rt, env)
+	res := run(t, rt, id, runtime.ExecRequest{Command: "cat /proc/self/uid_map; id -u; stat -c %u /home/agent", User: runtime.UserRoot})
+	want := fmt.Sprintf("0 %d 65536", runtime.DefaultUserNSBase)
+	if !strings.Contains(strings.Join(strings.Fields(string(res.Stdout)), " "), want+" 0 1000") {
+		t.Fatalf("uid map / ids inside: %q", res.Stdout)
+	}
+	// From the host, the agent's processes belong to the mapped uid.
+	res = run(t, rt, id, runtime.ExecRequest{Command: "sleep 30 & echo $!", Timeout: 5 * time.Second})
+	_ = res
+	out := run(t, rt, id, runtime.ExecRequest{Command: "cat /proc/self/status | grep ^Uid", User: runtime.UserAgent})
+	if !strings.Contains(string(out.Stdout), "1000") {
+		t.Fatalf("status inside: %q", out.Stdout)
+	}
+	found := false
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !strings.HasPrefix(string(b), "sleep\x0030") {
+			continue
+		}
+		st, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
+		if strings.Contains(string(st), fmt.Sprintf("Uid:\t%d", runtime.DefaultUserNSBase+1000)) {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("no sandbox process runs as the mapped host uid")
+	}
+}
+
+func testHardening(t *testing.T, rt *runtime.Runtime, env *containerdtest.Env) string {
 	id := startSandbox(t, rt, env, runtime.Resources{})
 
 	cases := []struct {
@@ -145,6 +190,7 @@ func TestHardening(t *testing.T) {
 			}
 		})
 	}
+	return id
 }
 
 func TestPidsLimit(t *testing.T) {

@@ -131,6 +131,8 @@ type SpecInput struct {
 	// SwapAccounting is true when the host's memory cgroup can limit swap
 	// (memory.memsw.* exists on cgroup v1, or cgroup v2).
 	SwapAccounting bool
+	// UserNS, when enabled, gives the sandbox its own user namespace.
+	UserNS UserNS
 }
 
 // specOpts returns the hardened spec for a sandbox, as containerd SpecOpts.
@@ -165,6 +167,9 @@ func specOpts(in SpecInput) []oci.SpecOpts {
 		oci.WithMounts(sandboxMounts(in)),
 		// After the capabilities: the profile allows syscalls per capability.
 		seccomp.WithDefaultProfile(),
+	}
+	if in.UserNS.Enabled() {
+		opts = append(opts, oci.WithUserNamespace(in.UserNS.mappings(), in.UserNS.mappings()))
 	}
 	if in.SwapAccounting {
 		// swap limit == memory limit: no swap at all.

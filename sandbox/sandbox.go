@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/mounts"
 	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/registry"
@@ -143,6 +144,8 @@ type Config struct {
 	Storage Storage
 	Limits  Limits
 	Logger  *slog.Logger
+	// Metrics, when set, records lifecycle latencies and sync volumes.
+	Metrics *metrics.Metrics
 }
 
 // Manager runs sandbox lifecycles.
@@ -150,6 +153,7 @@ type Manager struct {
 	store   registry.Store
 	rt      Runtime
 	storage Storage
+	metrics *metrics.Metrics
 	limits  Limits
 	log     *slog.Logger
 	now     func() time.Time
@@ -177,7 +181,7 @@ func New(cfg Config) (*Manager, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Manager{
-		store: cfg.Store, rt: cfg.Runtime, storage: cfg.Storage, limits: cfg.Limits,
+		store: cfg.Store, rt: cfg.Runtime, storage: cfg.Storage, metrics: cfg.Metrics, limits: cfg.Limits,
 		log: cfg.Logger, now: time.Now, live: map[string]*liveState{},
 	}, nil
 }
@@ -257,6 +261,7 @@ func (m *Manager) resolve(c CreateConfig) (registry.Config, error) {
 // sandbox that failed to start stays in the registry as failed, with the
 // reason.
 func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*registry.Record, error) {
+	start := time.Now()
 	if err := ValidateUserID(userID); err != nil {
 		return nil, err
 	}
@@ -289,6 +294,7 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 			return nil
 		})
 		log.Error("sandbox create failed", "error", err)
+		m.metrics.ObserveCreate(time.Since(start), false)
 		return nil, err
 	}
 
@@ -316,6 +322,9 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 		res, err := m.storage.SyncDown(ctx, rec.ID, userID)
 		if err == nil {
 			log.Info("hot storage synced down", "files", len(res.Downloaded), "bytes", res.Bytes, "rejected", len(res.Rejected))
+			m.metrics.AddHotSync("down", res.Bytes, int64(len(res.Downloaded)), 0, 0)
+		} else {
+			m.metrics.AddHotSync("down", 0, 0, 0, 1)
 		}
 		downDone <- err
 	}()
@@ -367,6 +376,7 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 		return fail(err)
 	}
 	log.Info("sandbox ready")
+	m.metrics.ObserveCreate(time.Since(start), true)
 	return out, nil
 }
 
@@ -508,6 +518,7 @@ func (m *Manager) Exec(ctx context.Context, id string, in ExecInput) (*ExecOutpu
 		st.cwd = res.Cwd
 		m.mu.Unlock()
 	}
+	m.metrics.ObserveExec(res.Duration, res.TimedOut)
 	if res.TimedOut {
 		m.log.Warn("exec timed out", "sandbox_id", id, "user_id", rec.UserID, "timeout", in.Timeout)
 	}
@@ -609,9 +620,11 @@ func (m *Manager) beginShutdown(ctx context.Context, id, errMsg string) (*regist
 	})
 }
 
-func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, graceful bool, reason string, final registry.Status) (*registry.Record, error) {
+func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, graceful bool, reason string, final registry.Status) (_ *registry.Record, derr error) {
+	start := time.Now()
 	log := m.log.With("sandbox_id", rec.ID, "user_id", rec.UserID)
 	log.Info("sandbox stopping", "reason", reason, "graceful", graceful)
+	defer func() { m.metrics.ObserveDestroy(time.Since(start), derr == nil) }()
 	grace := time.Duration(0)
 	if graceful {
 		grace = m.limits.ShutdownTimeout
@@ -619,7 +632,7 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 	// The container must go even if the client hangs up mid-request.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace+time.Minute)
 	defer cancel()
-	derr := m.rt.Destroy(dctx, rec.ID, grace)
+	derr = m.rt.Destroy(dctx, rec.ID, grace)
 	m.forget(rec.ID)
 	// The processes are gone, so the hot files are quiescent: sync them up.
 	// The directory is removed only if the sync succeeded; otherwise it
@@ -670,9 +683,11 @@ func (m *Manager) finalSync(ctx context.Context, id, userID string, log *slog.Lo
 	defer cancel()
 	res, err := m.storage.FinishHot(sctx, id, userID)
 	if err != nil {
+		m.metrics.AddHotSync("up", 0, 0, 0, 1)
 		log.Error("final hot sync failed; files kept on the host for retry", "error", err)
 		return err
 	}
+	m.metrics.AddHotSync("up", res.Bytes, int64(len(res.Uploaded)), len(res.Conflicts), 0)
 	log.Info("hot storage synced up", "uploaded", len(res.Uploaded), "deleted", len(res.Deleted),
 		"conflicts", len(res.Conflicts), "rejected", len(res.Rejected), "bytes", res.Bytes)
 	for _, c := range res.Conflicts {
@@ -709,6 +724,11 @@ func (m *Manager) Checkpoint(ctx context.Context) {
 func (m *Manager) checkpointOne(ctx context.Context, r *registry.Record) {
 	log := m.log.With("sandbox_id", r.ID, "user_id", r.UserID)
 	res, err := m.storage.SyncUp(ctx, r.ID, r.UserID)
+	if err != nil {
+		m.metrics.AddHotSync("up", 0, 0, 0, 1)
+	} else {
+		m.metrics.AddHotSync("up", res.Bytes, int64(len(res.Uploaded)), len(res.Conflicts), 0)
+	}
 	if err != nil {
 		log.Warn("hot checkpoint failed", "error", err)
 	} else if len(res.Uploaded)+len(res.Deleted) > 0 {

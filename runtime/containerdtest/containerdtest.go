@@ -85,6 +85,11 @@ func Start(t testing.TB, nsToClean ...string) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Traversable by others: with user namespaces, runc's init runs as an
+	// unprivileged host uid and must reach the rootfs below this dir.
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
 	e := &Env{Address: filepath.Join(dir, "c.sock"), Dir: dir, ImageTar: tar, namespace: nsToClean}
 	cfg := filepath.Join(dir, "config.toml")
 	conf := fmt.Sprintf("version = 2\nroot = %q\nstate = %q\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = %q\n",

@@ -283,6 +283,7 @@ func sandboxJSON(r *registry.Record) Sandbox {
 		Config: SandboxConfig{
 			Image: r.Config.Image, CPU: r.Config.CPU, MemoryMB: r.Config.MemoryMB, Pids: r.Config.Pids, DiskMB: r.Config.DiskMB,
 			TTLSeconds: r.Config.TTLSeconds, Env: r.Config.Env, Labels: r.Config.Labels,
+			Network: &NetworkConfig{Mode: r.Config.Network.Mode, Allow: r.Config.Network.Allow},
 		},
 		TTLSeconds: r.Config.TTLSeconds, Image: r.Config.Image, ExpiresAt: r.ExpiresAt,
 		LastHeartbeatAt: r.LastHeartbeatAt, StoppedAt: r.StoppedAt, Error: r.Error,
@@ -330,6 +331,9 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 	cfg := sandbox.CreateConfig{}
 	if c := req.Config; c != nil {
 		cfg = sandbox.CreateConfig{Image: c.Image, CPU: c.CPU, MemoryMB: c.MemoryMB, Pids: c.Pids, DiskMB: c.DiskMB, TTLSeconds: c.TTLSeconds, Env: c.Env, Labels: c.Labels}
+		if c.Network != nil {
+			cfg.Network = registry.NetworkConfig{Mode: c.Network.Mode, Allow: c.Network.Allow}
+		}
 	}
 	rec, err := s.mgr.Create(r.Context(), req.UserID, cfg)
 	if err != nil {

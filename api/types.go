@@ -30,6 +30,16 @@ type SandboxConfig struct {
 	TTLSeconds int64             `json:"ttl_seconds,omitempty"`
 	Env        map[string]string `json:"env,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`
+	Network    *NetworkConfig    `json:"network,omitempty"`
+}
+
+// NetworkConfig is a sandbox's egress policy: mode "default" (the internet,
+// minus cloud metadata, the host, other sandboxes and private ranges) or
+// "none" (loopback only). A non-empty allow list of CIDRs switches to
+// deny-by-default.
+type NetworkConfig struct {
+	Mode  string   `json:"mode,omitempty"`
+	Allow []string `json:"allow,omitempty"`
 }
 
 // CreateSandboxRequest is the body of POST /sandboxes.

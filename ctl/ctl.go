@@ -59,6 +59,8 @@ func App() *cli.App {
 					&cli.Int64Flag{Name: "memory", Usage: "memory limit in MiB"},
 					&cli.Int64Flag{Name: "pids"},
 					&cli.Int64Flag{Name: "disk", Usage: "home disk quota in MiB"},
+					&cli.StringFlag{Name: "network", Usage: "default (internet minus blocked ranges) or none (loopback only)"},
+					&cli.StringSliceFlag{Name: "allow", Usage: "CIDR the sandbox may reach; switches to deny-by-default (repeatable)"},
 					&cli.Int64Flag{Name: "ttl", Usage: "seconds"},
 					&cli.StringSliceFlag{Name: "env", Usage: "K=V (repeatable)"},
 					&cli.StringSliceFlag{Name: "label", Usage: "K=V (repeatable)"},
@@ -162,6 +164,9 @@ func create(c *cli.Context) error {
 	cfg := &api.SandboxConfig{
 		Image: c.String("image"), CPU: c.Float64("cpu"), MemoryMB: c.Int64("memory"), Pids: c.Int64("pids"), DiskMB: c.Int64("disk"),
 		TTLSeconds: c.Int64("ttl"), Env: env, Labels: labels,
+	}
+	if c.IsSet("network") || c.IsSet("allow") {
+		cfg.Network = &api.NetworkConfig{Mode: c.String("network"), Allow: c.StringSlice("allow")}
 	}
 	s, err := newClient(c).Create(c.Context, c.String("user"), cfg)
 	if err != nil {

@@ -33,6 +33,7 @@ type Config struct {
 	Limits              sandbox.Limits
 	Storage             StorageConfig
 	UserNS              UserNSConfig
+	Network             NetworkConfig
 
 	// MetricsAddress, when set, is a loopback HOST:PORT where a second
 	// listener serves only GET /metrics, for a scraper that cannot use the
@@ -52,7 +53,7 @@ type Config struct {
 // flags are matrxd's command-line flags; each has a MATRX_* twin.
 func flags() []cli.Flag {
 	d := sandbox.DefaultLimits()
-	return append(storageFlags(),
+	return append(append(storageFlags(), networkFlags()...),
 		&cli.StringFlag{Name: "socket", Value: "/run/matrx/matrxd.sock", EnvVars: []string{"MATRX_SOCKET"}, Usage: "API Unix socket (ignored when systemd passes one)"},
 		&cli.StringFlag{Name: "socket-group", Value: "matrx", EnvVars: []string{"MATRX_SOCKET_GROUP"}, Usage: "group allowed to use the socket (name or gid); falls back to root's group if the named group does not exist"},
 		&cli.StringFlag{Name: "containerd-address", Value: "/run/containerd/containerd.sock", EnvVars: []string{"MATRX_CONTAINERD_ADDRESS"}},
@@ -121,6 +122,11 @@ func configFrom(c *cli.Context) (Config, error) {
 		Storage: storageConfigFrom(c),
 		UserNS:  UserNSConfig{Mode: strings.ToLower(c.String("userns")), Base: uint32(c.Uint64("userns-base"))},
 	}
+	nc, err := networkConfigFrom(c)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Network = nc
 	if err := cfg.LogLevel.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		return cfg, fmt.Errorf("log level %q: want debug, info, warn or error: %w", c.String("log-level"), errdefs.ErrInvalidArgument)
 	}
@@ -160,6 +166,9 @@ func (c Config) Validate() error {
 		if _, err := runtime.NewUserNS(c.UserNS.Base); err != nil {
 			return err
 		}
+	}
+	if err := c.Network.Validate(); err != nil {
+		return err
 	}
 	if err := c.Storage.Validate(); err != nil {
 		return err

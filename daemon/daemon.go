@@ -92,10 +92,18 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	if err != nil {
 		return err
 	}
+	netMgr, err := openNetwork(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	rtOpts := []runtime.Option{runtime.WithUserNS(ns)}
+	if netMgr != nil {
+		rtOpts = append(rtOpts, runtime.WithNetwork(netMgr))
+	}
 	rt, err := runtime.New(ctx, runtime.Config{
 		Address: cfg.ContainerdAddress, Namespace: cfg.ContainerdNamespace,
 		StateDir: filepath.Join(cfg.StateDir, "runtime"), InitPath: cfg.InitPath, Logger: log,
-	}, runtime.WithUserNS(ns))
+	}, rtOpts...)
 	if err != nil {
 		return err
 	}
@@ -121,6 +129,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	}
 	if err := mgr.Recover(ctx); err != nil {
 		return fmt.Errorf("recover sandboxes: %w", err)
+	}
+	// Release network leftovers of sandboxes that no longer run (a crash
+	// between a container's death and its teardown).
+	if err := rt.GCNetwork(ctx, mgr.IsLive); err != nil {
+		log.Warn("network garbage collection failed", "error", err)
 	}
 	defer mgr.Wait()
 

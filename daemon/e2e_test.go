@@ -13,7 +13,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,6 +25,7 @@ import (
 	"github.com/matrx-dev/matrx/ctl"
 	"github.com/matrx-dev/matrx/daemon"
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
+	"github.com/matrx-dev/matrx/runtime/network"
 	"github.com/matrx-dev/matrx/sandbox"
 	"github.com/urfave/cli/v2"
 )
@@ -54,11 +57,13 @@ func newHarness(t *testing.T, mods ...func(*daemon.Config)) *harness {
 		Store: "bolt", LogFormat: "json", ExpiryInterval: time.Second, Limits: limits,
 		Storage: daemon.StorageConfig{ColdDriver: "auto", CheckpointInterval: time.Hour},
 		UserNS:  daemon.UserNSConfig{Mode: "auto", Base: 1_000_000},
+		Network: testNetwork(t),
 	}
 	for _, m := range mods {
 		m(&h.cfg)
 	}
 	h.start()
+	t.Cleanup(h.uninstallNetwork)
 	f, err := os.Open(env.ImageTar)
 	if err != nil {
 		t.Fatal(err)
@@ -69,6 +74,38 @@ func newHarness(t *testing.T, mods ...func(*daemon.Config)) *harness {
 		t.Fatalf("import: %v %+v", err, res)
 	}
 	return h
+}
+
+var netSeq atomic.Int32
+
+// testNetwork gives each harness its own bridge and subnet, and removes
+// both (and every rule) when the test ends: the daemon itself never tears
+// the shared network down, since sandboxes outlive it.
+func testNetwork(t *testing.T) daemon.NetworkConfig {
+	n := netSeq.Add(1)
+	nc := daemon.NetworkConfig{
+		Mode:   "on",
+		Bridge: fmt.Sprintf("mxe%d-%d", os.Getpid()%10000, n),
+		Subnet: netip.MustParsePrefix(fmt.Sprintf("10.214.%d.0/24", n)),
+	}
+	return nc
+}
+
+func (h *harness) uninstallNetwork() {
+	nc := h.cfg.Network
+	if nc.Mode == "off" {
+		return
+	}
+	ctx := context.Background()
+	m, err := network.New(ctx, network.Config{StateDir: filepath.Join(h.cfg.StateDir, "network")},
+		network.WithBridge(nc.Bridge), network.WithSubnet(nc.Subnet))
+	if err != nil {
+		h.t.Logf("network cleanup: %v", err)
+		return
+	}
+	if err := m.Uninstall(ctx); err != nil {
+		h.t.Logf("network cleanup: %v", err)
+	}
 }
 
 func (h *harness) start() {

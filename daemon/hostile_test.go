@@ -36,9 +36,15 @@ func TestHostileSandbox(t *testing.T) {
 	f.Close()
 	attacker := h.create("mallory", &api.SandboxConfig{Image: "localhost/matrx/sandbox:latest", MemoryMB: 512, Pids: 256, DiskMB: 128})
 	neighbour := h.create("nina", nil)
+	internet := internetHost(t)
+	metadataHost(t)
+	// The neighbour serves HTTP on its sandbox address.
+	h.exec(neighbour.SandboxID, "mkdir -p /tmp/www && echo neighbour secret > /tmp/www/index.html && (httpd -p 8080 -h /tmp/www &)")
+	neighbourIP := strings.Fields(h.exec(neighbour.SandboxID, "grep "+neighbour.SandboxID+" /etc/hosts").Stdout)[0]
+	gateway := h.cfg.Network.Subnet.Addr().Next().String()
 
-	// A host-only service the sandbox must not reach.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	// A host-only service the sandbox must not reach, on every host address.
+	l, err := net.Listen("tcp", "0.0.0.0:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,10 +131,24 @@ func TestHostileSandbox(t *testing.T) {
 			func(r *api.ExecResponse) bool { return r.ExitCode != 0 }},
 		{"daemon socket", "root", 10, "ls -la /run/matrx 2>&1; find / -xdev -type s 2>/dev/null | grep -v '^/proc' ; test -S /run/matrx/matrxd.sock",
 			func(r *api.ExecResponse) bool { return r.ExitCode != 0 && !strings.Contains(r.Stdout, "matrxd.sock") }},
-		{"host-only port", "agent", 10, fmt.Sprintf("curl -sS -m 3 http://127.0.0.1:%d/ 2>&1", hostPort),
+		{"host-only port (loopback)", "agent", 10, fmt.Sprintf("curl -sS -m 3 http://127.0.0.1:%d/ 2>&1", hostPort),
 			func(r *api.ExecResponse) bool { return r.ExitCode != 0 && !strings.Contains(r.Stdout, "host secret") }},
-		{"neighbour sandbox", "agent", 10, "getent hosts " + neighbour.SandboxID + " || curl -sS -m 3 http://" + neighbour.SandboxID + "/ 2>&1",
+		{"host-only port (bridge gateway)", "agent", 10, fmt.Sprintf("curl -sS -m 3 http://%s:%d/ 2>&1", gateway, hostPort),
+			func(r *api.ExecResponse) bool { return r.ExitCode != 0 && !strings.Contains(r.Stdout, "host secret") }},
+		{"neighbour sandbox", "agent", 10, "curl -sS -m 3 http://" + neighbourIP + ":8080/ 2>&1",
+			func(r *api.ExecResponse) bool { return r.ExitCode != 0 && !strings.Contains(r.Stdout, "neighbour secret") }},
+		{"cloud metadata on a local alias", "agent", 10, "curl -sS -m 3 http://169.254.169.254/ 2>&1",
+			func(r *api.ExecResponse) bool { return r.ExitCode != 0 && !strings.Contains(r.Stdout, "ami-id") }},
+		{"metadata over IPv6", "agent", 10, "curl -sS -m 3 -g 'http://[fd00:ec2::254]/' 2>&1",
 			func(r *api.ExecResponse) bool { return r.ExitCode != 0 }},
+	}
+	// Positive control: the sandbox does have the internet (a TEST-NET
+	// host in a test namespace), so the blocks above are rules at work.
+	if r := h.exec(attacker.SandboxID, "curl -sS -m 5 http://"+internet+"/"); r.Stdout != "hello from the internet\n" {
+		t.Fatalf("default-mode egress does not work: %+v", r)
+	}
+	if r := h.exec(neighbour.SandboxID, "wget -qO- http://127.0.0.1:8080/"); r.Stdout != "neighbour secret\n" {
+		t.Fatalf("neighbour's server is not up (the neighbour test would prove nothing): %+v", r)
 	}
 	for _, a := range attacks {
 		t.Run(a.name, func(t *testing.T) {

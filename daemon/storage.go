@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"log/slog"
 	"os"
@@ -146,7 +147,7 @@ func openStorage(ctx context.Context, cfg Config, ns runtime.UserNS, mx *metrics
 		S3: cold.S3Config{Bucket: sc.Bucket, Region: sc.Region, Endpoint: sc.Endpoint, ForcePathStyle: sc.PathStyle,
 			AccessKey: sc.accessKey(), SecretKey: sc.secretKey()},
 		LocalStorageDir: localDir, Logger: log,
-	})
+	}, coldOptions(systemdIsPID1(), log)...)
 	if err != nil {
 		closeFn()
 		return nil, nil, err
@@ -175,3 +176,34 @@ func openStorage(ctx context.Context, cfg Config, ns runtime.UserNS, mx *metrics
 // them it uses the instance role.
 func (s StorageConfig) accessKey() string { return os.Getenv("AWS_ACCESS_KEY_ID") }
 func (s StorageConfig) secretKey() string { return os.Getenv("AWS_SECRET_ACCESS_KEY") }
+
+// systemdIsPID1 is sd_booted(3): systemd creates /run/systemd/system.
+func systemdIsPID1() bool {
+	_, err := os.Stat("/run/systemd/system")
+	return err == nil
+}
+
+// coldOptions decides how FUSE daemons are started. Where systemd is PID 1
+// each one runs in its own transient scope unit, so that stopping or
+// restarting matrxd.service (KillMode=process) never takes a running
+// sandbox's cold files with it, and systemd accounts for it separately.
+// Elsewhere they stay plain child processes in their own process group,
+// which already outlive a matrxd crash or restart.
+func coldOptions(systemd bool, log *slog.Logger) []cold.Option {
+	if !systemd {
+		log.Info("cold mounts run as child processes (systemd is not PID 1)")
+		return nil
+	}
+	log.Info("cold mounts run in transient systemd scopes")
+	return []cold.Option{cold.WithCommandWrapper(scopeWrapper)}
+}
+
+// scopeWrapper prefixes a FUSE daemon's argv with systemd-run --scope,
+// which execs the daemon in place (the supervisor watches that pid).
+func scopeWrapper(userID string, argv []string) []string {
+	var b [4]byte
+	rand.Read(b[:])
+	unit := fmt.Sprintf("matrx-cold-%s-%x", userID, b)
+	return append([]string{"systemd-run", "--scope", "--collect", "--quiet",
+		"--unit=" + unit, "--description=matrx cold storage of " + userID, "--"}, argv...)
+}

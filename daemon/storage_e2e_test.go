@@ -192,11 +192,14 @@ func TestCrashRecoverySyncsHotFiles(t *testing.T) {
 	}
 	sock := filepath.Join(env.Dir, "d.sock")
 	state := filepath.Join(env.Dir, "state")
+	nc := testNetwork(t)
+	t.Cleanup((&harness{t: t, cfg: daemon.Config{StateDir: state, Network: nc}}).uninstallNetwork)
 	start := func() *exec.Cmd {
 		cmd := exec.Command(bin, "--socket", sock, "--containerd-address", env.Address, "--containerd-namespace", testNS,
 			"--state-dir", state, "--init-path", env.InitPath, "--image", containerdtest.MinimalImage,
 			"--default-memory-mb", "256", "--default-cpu", "1", "--checkpoint-interval", "1h",
-			"--s3-bucket", bucket, "--s3-endpoint", srv.Endpoint, "--s3-region", srv.Region, "--cold-driver", "s3fs")
+			"--s3-bucket", bucket, "--s3-endpoint", srv.Endpoint, "--s3-region", srv.Region, "--cold-driver", "s3fs",
+			"--network", "on", "--network-bridge", nc.Bridge, "--network-subnet", nc.Subnet.String())
 		var logs bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &logs, &logs
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -51,6 +51,15 @@ type Config struct {
 	TTLSeconds int64             `json:"ttl_seconds"`
 	Env        map[string]string `json:"env,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`
+	Network    NetworkConfig     `json:"network"`
+}
+
+// NetworkConfig is a sandbox's egress policy: mode "default" (internet,
+// minus the always-blocked ranges) or "none" (loopback only); a non-empty
+// Allow (CIDRs) switches to deny-by-default.
+type NetworkConfig struct {
+	Mode  string   `json:"mode"`
+	Allow []string `json:"allow,omitempty"`
 }
 
 // Record is one sandbox as the registry stores it.
@@ -86,6 +95,7 @@ func (r *Record) Clone() *Record {
 	c := *r
 	c.Config.Env = cloneMap(r.Config.Env)
 	c.Config.Labels = cloneMap(r.Config.Labels)
+	c.Config.Network.Allow = append([]string(nil), r.Config.Network.Allow...)
 	if r.LastHeartbeatAt != nil {
 		t := *r.LastHeartbeatAt
 		c.LastHeartbeatAt = &t

@@ -31,6 +31,7 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/runtime/network"
 )
 
 // Label keys on every sandbox container.
@@ -65,6 +66,7 @@ type Runtime struct {
 	tmpfs       TmpfsSizes
 	swap        bool
 	userns      UserNS
+	net         *network.Manager
 
 	mu    sync.Mutex
 	tasks map[string]*sandboxTask // live handles, rebuilt lazily after a restart
@@ -75,6 +77,33 @@ type Option func(*Runtime)
 
 // WithSnapshotter selects the containerd snapshotter (default overlayfs).
 func WithSnapshotter(name string) Option { return func(r *Runtime) { r.snapshotter = name } }
+
+// WithNetwork gives sandboxes real networking through m (CNI bridge,
+// egress rules). Without it every sandbox has loopback only.
+func WithNetwork(m *network.Manager) Option { return func(r *Runtime) { r.net = m } }
+
+// Networking reports whether sandboxes can get a network.
+func (r *Runtime) Networking() bool { return r.net != nil }
+
+// CheckNetwork validates a sandbox network policy against this runtime.
+func (r *Runtime) CheckNetwork(p network.Policy) error {
+	if r.net == nil {
+		if p.Mode == network.ModeNone && len(p.Allow) == 0 {
+			return nil
+		}
+		return fmt.Errorf("networking is off on this daemon; only network mode %q is available: %w", network.ModeNone, errdefs.ErrInvalidArgument)
+	}
+	return r.net.CheckPolicy(p)
+}
+
+// GCNetwork releases network namespaces, leases and rules of sandboxes that
+// keep does not name (after a crash). A no-op without networking.
+func (r *Runtime) GCNetwork(ctx context.Context, keep func(id string) bool) error {
+	if r.net == nil {
+		return nil
+	}
+	return r.net.GC(ctx, keep)
+}
 
 // WithUserNS runs every sandbox in a user namespace with this mapping.
 func WithUserNS(u UserNS) Option { return func(r *Runtime) { r.userns = u } }
@@ -156,6 +185,9 @@ type CreateRequest struct {
 	Resources Resources
 	Mounts    []Mount
 	Env       map[string]string
+	// Network is the sandbox's egress policy (ignored without networking,
+	// where only mode "none" is accepted by CheckNetwork).
+	Network   network.Policy
 	CreatedAt time.Time
 }
 
@@ -203,6 +235,19 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 		SwapAccounting:  r.swap,
 		UserNS:          r.userns,
 	}
+	// Networking: runc creates the sandbox's network namespace (inside its
+	// user namespace, which must own it for sysfs and for runc exec to
+	// join it), and the network manager attaches it to the bridge between
+	// task create and start. resolv.conf and hosts exist before that, so
+	// the spec can bind them.
+	withNet := r.net != nil && req.Network.Mode != network.ModeNone
+	if withNet {
+		if err := r.net.PrepareFiles(req.ID, req.Network); err != nil {
+			return fmt.Errorf("network files for %s: %w", req.ID, err)
+		}
+		undo.push("tear down network", func(ctx context.Context) error { return r.net.Teardown(ctx, req.ID) })
+		in.ResolvConf, in.Hosts = r.net.Files(req.ID)
+	}
 	labels := map[string]string{
 		LabelSandboxID: req.ID,
 		LabelUserID:    req.UserID,
@@ -240,6 +285,12 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 		_, err := task.Delete(ctx, containerd.WithProcessKill)
 		return err
 	})
+	if withNet {
+		nsSrc := fmt.Sprintf("/proc/%d/ns/net", task.Pid())
+		if _, err := r.net.SetupIn(ctx, req.ID, req.Network, nsSrc); err != nil {
+			return fmt.Errorf("network for %s: %w", req.ID, err)
+		}
+	}
 	if err := task.Start(ctx); err != nil {
 		return fmt.Errorf("start task for %s: %v: %w", req.ID, err, errdefs.ErrUnavailable)
 	}
@@ -262,7 +313,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string, grace time.Duration) e
 	defer os.RemoveAll(r.controlDir(id))
 	container, err := r.client.LoadContainer(ctx, id)
 	if errdefs.IsNotFound(err) {
-		return nil
+		return r.teardownNetwork(ctx, id)
 	}
 	if err != nil {
 		return fmt.Errorf("load container %s: %w", id, err)
@@ -282,6 +333,16 @@ func (r *Runtime) Destroy(ctx context.Context, id string, grace time.Duration) e
 	}
 	if err := container.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("delete container %s: %w", id, err)
+	}
+	return r.teardownNetwork(ctx, id)
+}
+
+func (r *Runtime) teardownNetwork(ctx context.Context, id string) error {
+	if r.net == nil {
+		return nil
+	}
+	if err := r.net.Teardown(ctx, id); err != nil {
+		return fmt.Errorf("tear down network of %s: %w", id, err)
 	}
 	return nil
 }

@@ -133,6 +133,9 @@ type SpecInput struct {
 	SwapAccounting bool
 	// UserNS, when enabled, gives the sandbox its own user namespace.
 	UserNS UserNS
+	// ResolvConf and Hosts, when set, are bound read-only over
+	// /etc/resolv.conf and /etc/hosts (written by runtime/network).
+	ResolvConf, Hosts string
 }
 
 // specOpts returns the hardened spec for a sandbox, as containerd SpecOpts.
@@ -203,6 +206,12 @@ func sandboxMounts(in SpecInput) []specs.Mount {
 			Destination: ControlDir, Type: "bind", Source: in.ControlHostPath,
 			Options: []string{"rbind", "rw", "nosuid", "nodev", "noexec"},
 		},
+	}
+	for _, f := range [][2]string{{"/etc/hosts", in.Hosts}, {"/etc/resolv.conf", in.ResolvConf}} {
+		if f[1] != "" {
+			ms = append(ms, specs.Mount{Destination: f[0], Type: "bind", Source: f[1],
+				Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}})
+		}
 	}
 	user := append([]Mount(nil), in.Mounts...)
 	sort.SliceStable(user, func(i, j int) bool { return user[i].Destination < user[j].Destination })

@@ -18,6 +18,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -28,6 +29,7 @@ import (
 	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
+	"github.com/matrx-dev/matrx/runtime/network"
 )
 
 // Paths inside every sandbox.
@@ -51,6 +53,8 @@ type Runtime interface {
 	Destroy(ctx context.Context, id string, grace time.Duration) error
 	Exec(ctx context.Context, id string, req runtime.ExecRequest) (*runtime.ExecResult, error)
 	Running(ctx context.Context, id string) (bool, error)
+	Networking() bool
+	CheckNetwork(p network.Policy) error
 }
 
 // Storage is what the lifecycle needs from host-side storage
@@ -200,6 +204,7 @@ type CreateConfig struct {
 	TTLSeconds int64
 	Env        map[string]string
 	Labels     map[string]string
+	Network    registry.NetworkConfig
 }
 
 // resolve validates c against the limits and fills in defaults.
@@ -207,7 +212,7 @@ func (m *Manager) resolve(c CreateConfig) (registry.Config, error) {
 	l := m.limits
 	out := registry.Config{
 		Image: c.Image, CPU: c.CPU, MemoryMB: c.MemoryMB, Pids: c.Pids, DiskMB: c.DiskMB, TTLSeconds: c.TTLSeconds,
-		Env: c.Env, Labels: c.Labels,
+		Env: c.Env, Labels: c.Labels, Network: c.Network,
 	}
 	if out.Image == "" {
 		out.Image = l.DefaultImage
@@ -253,7 +258,41 @@ func (m *Manager) resolve(c CreateConfig) (registry.Config, error) {
 	if err := validateLabels(out.Labels); err != nil {
 		return out, err
 	}
+	if out.Network.Mode == "" {
+		out.Network.Mode = string(network.ModeNone)
+		if m.rt != nil && m.rt.Networking() {
+			out.Network.Mode = string(network.ModeDefault)
+		}
+	}
+	p, err := networkPolicy(out.Network)
+	if err != nil {
+		return out, err
+	}
+	if m.rt != nil {
+		if err := m.rt.CheckNetwork(p); err != nil {
+			return out, fmt.Errorf("config.network: %w", err)
+		}
+	}
 	return out, nil
+}
+
+// networkPolicy parses a sandbox's network config.
+func networkPolicy(c registry.NetworkConfig) (network.Policy, error) {
+	p := network.Policy{Mode: network.Mode(c.Mode)}
+	if len(c.Allow) > network.MaxAllow {
+		return p, invalid("config.network.allow has %d entries, at most %d allowed", len(c.Allow), network.MaxAllow)
+	}
+	for _, a := range c.Allow {
+		pfx, err := netip.ParsePrefix(a)
+		if err != nil {
+			return p, invalid("config.network.allow entry %q is not a CIDR (e.g. 203.0.113.0/24)", a)
+		}
+		p.Allow = append(p.Allow, pfx)
+	}
+	if err := p.Validate(); err != nil {
+		return p, fmt.Errorf("config.network: %w", err)
+	}
+	return p, nil
 }
 
 // Create validates, records and starts a sandbox for userID. It returns once
@@ -341,6 +380,7 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 		undoAll()
 		return fail(err)
 	}
+	policy, _ := networkPolicy(cfg.Network) // validated by resolve
 	err = m.rt.Create(ctx, runtime.CreateRequest{
 		ID: rec.ID, UserID: userID, Image: cfg.Image,
 		Resources: runtime.Resources{CPU: cfg.CPU, MemoryBytes: cfg.MemoryMB << 20, Pids: cfg.Pids},
@@ -349,6 +389,7 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 			{Source: coldPath, Destination: ColdPath, Slave: true},
 		},
 		Env:       m.sandboxEnv(rec),
+		Network:   policy,
 		CreatedAt: now,
 	})
 	if err != nil {
@@ -905,4 +946,11 @@ func newSandboxID() string {
 	var b [6]byte
 	rand.Read(b[:])
 	return "sbx-" + hex.EncodeToString(b[:])
+}
+
+// IsLive reports whether a sandbox's record says its container should
+// exist (for garbage collection of host resources after a crash).
+func (m *Manager) IsLive(id string) bool {
+	r, err := m.store.Get(context.Background(), id)
+	return err == nil && !r.Status.Terminal()
 }

@@ -103,7 +103,11 @@ func Start(t testing.TB, nsToClean ...string) *Env {
 	}
 	e.cmd = exec.Command(bin, "--config", cfg, "--log-level", "warn")
 	e.cmd.Stdout, e.cmd.Stderr = logf, logf
-	e.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// No Pdeathsig: the kernel sends it when the forking OS *thread*
+	// exits, and Go retires threads whenever a goroutine that called
+	// LockOSThread ends (network code does), killing containerd mid-test.
+	// Teardown kills the process group instead.
+	e.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := e.cmd.Start(); err != nil {
 		t.Fatalf("start containerd: %v", err)
 	}
@@ -170,6 +174,14 @@ func (e *Env) stop(t testing.TB) {
 		}
 	}
 	killShims(e.Address)
+	if t.Failed() {
+		if b, err := os.ReadFile(filepath.Join(e.Dir, "containerd.log")); err == nil {
+			if len(b) > 8192 {
+				b = b[len(b)-8192:]
+			}
+			t.Logf("containerd log (tail):\n%s", b)
+		}
+	}
 	unmountUnder(e.Dir)
 	if err := os.RemoveAll(e.Dir); err != nil {
 		t.Logf("containerdtest: leftover %s: %v", e.Dir, err)

@@ -1,0 +1,101 @@
+// Package network owns the network of every sandbox: one network namespace
+// per sandbox, attached through CNI (go-cni and the Debian
+// containernetworking plugins: bridge with ipMasq, host-local IPAM) to a
+// dedicated Linux bridge, and the iptables rules that decide where a sandbox
+// may send traffic. It also writes each sandbox's resolv.conf and hosts
+// files. It must not talk to containerd, build OCI specs, know about users,
+// HTTP or the registry, touch /etc/cni or /var/lib/cni/networks, or change
+// any firewall rule it did not create (its own chains and the jumps into
+// them are the only rules it adds, deletes or flushes).
+//
+// # Wiring (runtime/spec.go)
+//
+// The runtime calls Setup before it creates the container and Teardown
+// after the container is deleted (and on every failure path of Create).
+// With att := the returned *Attachment, the spec must, after
+// oci.WithDefaultSpec():
+//
+//	// join the prepared namespace instead of letting runc create an
+//	// empty one (replaces the default {Type: network} entry):
+//	oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: att.NetNSPath}),
+//	// and add these bind mounts to sandboxMounts, read-only:
+//	specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: att.ResolvConf,
+//		Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}},
+//	specs.Mount{Destination: "/etc/hosts", Type: "bind", Source: att.Hosts,
+//		Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}},
+//
+// runc does not bring up loopback in a namespace it joins; Setup already
+// did. The daemon creates one Manager at startup (StateDir e.g.
+// /var/lib/matrx/network), calls GC with "is this sandbox still known"
+// before serving, and never calls Uninstall on shutdown: sandboxes and their
+// rules outlive the daemon.
+//
+// # What a sandbox can reach
+//
+// Mode "default": anything except the always-blocked destinations. Mode
+// "none": loopback only (a namespace with no CNI attachment). A non-empty
+// Policy.Allow: only those IPv4 prefixes, still never an always-blocked one
+// unless the operator lists it in Config.AllowInternal. In every mode with
+// a network, TCP and UDP port 53 to the configured upstream resolvers is
+// allowed (even when a resolver is in a private range, as cloud VPC
+// resolvers are) — only to those addresses and only that port.
+//
+// Always blocked (rejected with ICMP admin-prohibited so clients fail fast):
+//   - the host itself: every packet from the bridge to a host address (the
+//     bridge gateway, 127.0.0.0/8 is unreachable anyway, the public
+//     address, a metadata alias on a dummy interface, the daemon, a local
+//     S3 endpoint...) goes through INPUT and is rejected unless it answers a
+//     connection the host opened;
+//   - other sandboxes: the bridge subnet is rejected in FORWARD (routed and,
+//     with br_netfilter, bridged frames) and every host-side veth is an
+//     isolated bridge port (IFLA_BRPORT_ISOLATED), so sandboxes cannot even
+//     ARP each other, whatever br_netfilter's sysctls say;
+//   - 0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10 (CGNAT), 127.0.0.0/8,
+//     169.254.0.0/16 (link-local, including the cloud metadata service
+//     169.254.169.254), 172.16.0.0/12, 192.168.0.0/16, 224.0.0.0/4
+//     (multicast) and 240.0.0.0/4 (reserved and broadcast), except prefixes
+//     in Config.AllowInternal (never the bridge subnet);
+//   - all IPv6, hence ULA fc00::/7, fe80::/10, multicast and the IPv6
+//     metadata address fd00:ec2::254: IPv6 is disabled inside every sandbox
+//     namespace (net.ipv6.conf.{all,default}.disable_ipv6=1, before any
+//     interface exists), and ip6tables drops everything to or from the
+//     bridge as a second layer.
+//
+// Rules are keyed by the sandbox's IPv4 address. A sandbox cannot borrow a
+// neighbour's address to get its neighbour's policy: unprivileged programs
+// cannot send from a non-local source (IP_FREEBIND binds, but routing
+// refuses), and, should a sandbox process ever hold CAP_NET_RAW or
+// CAP_NET_ADMIN, an OUTPUT rule inside its namespace drops every packet
+// whose source is not the sandbox's own address.
+//
+// # Firewall layout (chain prefix P = "MATRX" for the default bridge)
+//
+//	filter FORWARD: -i BR -j P-FWD ; -o BR -j P-FWD        (inserted first)
+//	filter INPUT:   -i BR -j P-IN
+//	P-FWD:   ESTABLISHED,RELATED accept; -i BR -j P-SBX; drop (unsolicited inbound)
+//	P-SBX:   per sandbox, comment "matrx-sandbox=<id>":
+//	           -s IP -j P-BLOCK ; then -s IP -j ACCEPT (default mode)
+//	           or -s IP -d CIDR -j ACCEPT for each allowed CIDR;
+//	         tail: reject (an address without rules gets nothing)
+//	P-BLOCK: reject bridge subnet; accept DNS to resolvers; return for
+//	         AllowInternal; reject always-blocked ranges
+//	P-IN:    ESTABLISHED,RELATED accept; reject
+//	ip6 filter FORWARD/INPUT: -i/-o BR -j P-V6 (drop)
+//	nat POSTROUTING: the bridge plugin's own CNI-* masquerade chains.
+//
+// State on disk (under Config.StateDir): cni/<network>.conflist (written by
+// New and loaded from there), ipam/<network>/ (host-local leases), netns/<id>
+// (bind-mounted namespaces; the directory is a shared mount so that unmounts
+// propagate), sandboxes/<id>/{resolv.conf,hosts}. libcni keeps its result
+// cache in /var/lib/cni/results (go-cni offers no way to move it); Teardown
+// and GC remove this network's entries there too.
+//
+// New enables net.ipv4.ip_forward (and logs it) because egress is routed
+// through the host; it never turns it off again. Changing the bridge subnet
+// of an existing installation needs Uninstall first (the bridge keeps its
+// old gateway address). The upstream resolvers are read once, in New.
+//
+// go-cni calls are serialized: under -race go-cni swaps its RWMutex for
+// go-deadlock's, which on this Go version cannot tell goroutines apart and
+// kills the process on two concurrent read locks.
+package network

@@ -1,0 +1,232 @@
+package network
+
+import (
+	"net/netip"
+	"strings"
+)
+
+// reject is how sandbox-originated traffic is refused: an ICMP error, so
+// that clients inside the sandbox fail at once instead of timing out.
+const reject = "-j REJECT --reject-with icmp-admin-prohibited"
+
+// chains are the iptables chains of one Manager.
+type chains struct {
+	fwd   string // jumped to from FORWARD for everything to/from the bridge
+	sbx   string // per-sandbox rules, keyed by source address
+	block string // the always-blocked destinations
+	in    string // jumped to from INPUT for everything from the bridge
+	v6    string // ip6tables: drop
+}
+
+func chainNames(prefix string) chains {
+	return chains{
+		fwd:   prefix + "-FWD",
+		sbx:   prefix + "-SBX",
+		block: prefix + "-BLOCK",
+		in:    prefix + "-IN",
+		v6:    prefix + "-V6",
+	}
+}
+
+// jump is one rule in a built-in chain that sends traffic to ours.
+type jump struct {
+	table, chain string
+	spec         []string
+}
+
+func (c chains) jumps4(bridge string) []jump {
+	return []jump{
+		{"filter", "FORWARD", []string{"-i", bridge, "-j", c.fwd}},
+		{"filter", "FORWARD", []string{"-o", bridge, "-j", c.fwd}},
+		{"filter", "INPUT", []string{"-i", bridge, "-j", c.in}},
+	}
+}
+
+func (c chains) jumps6(bridge string) []jump {
+	return []jump{
+		{"filter", "FORWARD", []string{"-i", bridge, "-j", c.v6}},
+		{"filter", "FORWARD", []string{"-o", bridge, "-j", c.v6}},
+		{"filter", "INPUT", []string{"-i", bridge, "-j", c.v6}},
+	}
+}
+
+// staticRules is the iptables-restore input (for --noflush) that rebuilds
+// the Manager's shared chains. Declaring a chain flushes it, so this is
+// idempotent and atomic; the per-sandbox chain is not declared here because
+// its rules must survive a daemon restart.
+func staticRules(c chains, bridge string, subnet netip.Prefix, resolvers []netip.Addr, allowInternal []netip.Prefix) string {
+	var b strings.Builder
+	w := func(parts ...string) { b.WriteString(strings.Join(parts, " ") + "\n") }
+	w("*filter")
+	w(":" + c.fwd + " - [0:0]")
+	w(":" + c.block + " - [0:0]")
+	w(":" + c.in + " - [0:0]")
+
+	// FORWARD: replies to allowed flows pass; everything a sandbox starts
+	// is judged by its own rules; nothing from outside may start a flow
+	// into a sandbox.
+	w("-A", c.fwd, "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+	w("-A", c.fwd, "-i", bridge, "-j", c.sbx)
+	w("-A", c.fwd, "-j DROP")
+
+	// Destinations no sandbox reaches. Other sandboxes first: no operator
+	// setting opens the subnet.
+	w("-A", c.block, "-d", subnet.String(), reject)
+	for _, r := range resolvers {
+		for _, proto := range []string{"udp", "tcp"} {
+			w("-A", c.block, "-d", netip.PrefixFrom(r, 32).String(), "-p", proto, "--dport 53 -j ACCEPT")
+		}
+	}
+	for _, p := range allowInternal {
+		w("-A", c.block, "-d", p.String(), "-j RETURN")
+	}
+	for _, p := range alwaysBlocked() {
+		w("-A", c.block, "-d", p.String(), reject)
+	}
+
+	// INPUT: the host is never a destination, except for replies to
+	// connections the host opened.
+	w("-A", c.in, "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+	w("-A", c.in, reject)
+	w("COMMIT")
+	return b.String()
+}
+
+// sbxTail is the last rule of the per-sandbox chain: an address without
+// rules (a sandbox being set up or torn down) gets nothing.
+func sbxTail() []string { return strings.Fields(reject) }
+
+// static6Rules rebuilds the ip6tables chain: sandboxes have no IPv6, and
+// nothing IPv6 crosses the bridge.
+func static6Rules(c chains) string {
+	return "*filter\n:" + c.v6 + " - [0:0]\n-A " + c.v6 + " -j DROP\nCOMMIT\n"
+}
+
+// sandboxRules are the rule specs (without -A/-I CHAIN) of one sandbox, in
+// evaluation order.
+func sandboxRules(c chains, id string, ip netip.Addr, p Policy) [][]string {
+	rule := func(target string, match ...string) []string {
+		out := append([]string{"-s", netip.PrefixFrom(ip, 32).String()}, match...)
+		out = append(out, "-m", "comment", "--comment", sandboxComment(id))
+		return append(out, "-j", target)
+	}
+	rules := [][]string{rule(c.block)}
+	if len(p.Allow) == 0 {
+		return append(rules, rule("ACCEPT"))
+	}
+	for _, a := range p.Allow {
+		rules = append(rules, rule("ACCEPT", "-d", a.String()))
+	}
+	return rules
+}
+
+// insertRules is iptables-restore input (for --noflush) that puts rules at
+// the top of chain, keeping their order, in one atomic transaction.
+func insertRules(table, chain string, rules [][]string) string {
+	var b strings.Builder
+	b.WriteString("*" + table + "\n")
+	for i := len(rules) - 1; i >= 0; i-- {
+		b.WriteString("-I " + chain + " 1 " + joinArgs(rules[i]) + "\n")
+	}
+	b.WriteString("COMMIT\n")
+	return b.String()
+}
+
+// deleteRules is iptables-restore input that deletes the given rules, each
+// a line of "iptables -S" output ("-A CHAIN ...").
+func deleteRules(table string, saved []string) string {
+	var b strings.Builder
+	b.WriteString("*" + table + "\n")
+	for _, l := range saved {
+		b.WriteString("-D " + strings.TrimPrefix(l, "-A ") + "\n")
+	}
+	b.WriteString("COMMIT\n")
+	return b.String()
+}
+
+// joinArgs quotes arguments for iptables-restore where needed.
+func joinArgs(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		if a == "" || strings.ContainsAny(a, " \t\"'\\") {
+			a = `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(a) + `"`
+		}
+		q[i] = a
+	}
+	return strings.Join(q, " ")
+}
+
+// splitRule splits one line of "iptables -S" output into arguments,
+// undoing iptables' double quotes and backslash escapes.
+func splitRule(line string) []string {
+	var (
+		args  []string
+		cur   strings.Builder
+		inArg bool
+		quote bool
+	)
+	for i := 0; i < len(line); i++ {
+		ch := line[i]
+		switch {
+		case ch == '\\' && i+1 < len(line):
+			i++
+			cur.WriteByte(line[i])
+			inArg = true
+		case ch == '"':
+			quote = !quote
+			inArg = true
+		case (ch == ' ' || ch == '\t') && !quote:
+			if inArg {
+				args = append(args, cur.String())
+				cur.Reset()
+				inArg = false
+			}
+		default:
+			cur.WriteByte(ch)
+			inArg = true
+		}
+	}
+	if inArg {
+		args = append(args, cur.String())
+	}
+	return args
+}
+
+// ruleField returns the argument after flag in a rule ("" if absent).
+func ruleField(args []string, flag string) string {
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == flag {
+			return args[i+1]
+		}
+	}
+	return ""
+}
+
+// sandboxOfRule returns the sandbox id in a per-sandbox rule's comment.
+func sandboxOfRule(line string) (string, bool) {
+	c := ruleField(splitRule(line), "--comment")
+	id, ok := strings.CutPrefix(c, commentPrefix)
+	if !ok || validateID(id) != nil {
+		return "", false
+	}
+	return id, true
+}
+
+// cniMasqRule recognises a rule the bridge plugin adds to nat POSTROUTING
+// for ipMasq: comment `name: "NET" id: "ID"`, jumping to its CNI-... chain.
+func cniMasqRule(line, network string) (id, chain string, ok bool) {
+	args := splitRule(line)
+	if len(args) < 2 || args[0] != "-A" || args[1] != "POSTROUTING" {
+		return "", "", false
+	}
+	rest, found := strings.CutPrefix(ruleField(args, "--comment"), `name: "`+network+`" id: "`)
+	if !found {
+		return "", "", false
+	}
+	id, found = strings.CutSuffix(rest, `"`)
+	chain = ruleField(args, "-j")
+	if !found || validateID(id) != nil || !strings.HasPrefix(chain, "CNI-") {
+		return "", "", false
+	}
+	return id, chain, true
+}

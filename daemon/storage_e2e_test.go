@@ -249,3 +249,43 @@ func TestCrashRecoverySyncsHotFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestFailedFinalSyncIsRetried makes the bucket vanish while a sandbox
+// stops: its hot files stay on the host, the record says so, and the next
+// daemon start uploads them.
+func TestFailedFinalSyncIsRetried(t *testing.T) {
+	srv, bucket := s3Env(t)
+	h := newHarness(t, withS3(srv, bucket))
+	ctx := context.Background()
+	s := h.create("dana", nil)
+	h.exec(s.SandboxID, "echo unsynced > keep.txt")
+	bucketDir := filepath.Join(srv.Dir, bucket)
+	if err := os.Rename(bucketDir, bucketDir+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.c.Delete(ctx, s.SandboxID, false); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := h.c.Get(ctx, s.SandboxID)
+	if got.Status != "stopped" || !got.HotSyncPending || got.HotSyncError == "" {
+		t.Fatalf("record after a failed final sync: %+v", got)
+	}
+	if _, err := os.Stat(filepath.Join(h.cfg.StateDir, "hot", s.SandboxID)); err != nil {
+		t.Fatalf("hot files were removed before reaching S3: %v", err)
+	}
+	if err := os.Rename(bucketDir+".away", bucketDir); err != nil {
+		t.Fatal(err)
+	}
+	h.stop()
+	h.start()
+	if v, ok := get(t, srv, bucket, "users/dana/hot/keep.txt"); !ok || v != "unsynced\n" {
+		t.Fatalf("pending hot files not synced at restart: %q %v", v, ok)
+	}
+	got, _ = h.c.Get(ctx, s.SandboxID)
+	if got.HotSyncPending || got.HotSyncedAt == nil {
+		t.Fatalf("record after the retry: %+v", got)
+	}
+	if _, err := os.Stat(filepath.Join(h.cfg.StateDir, "hot", s.SandboxID)); !os.IsNotExist(err) {
+		t.Fatalf("hot dir not removed after a successful retry: %v", err)
+	}
+}

@@ -136,7 +136,9 @@ func TestHostileSandbox(t *testing.T) {
 		{"host-only port (bridge gateway)", "agent", 10, fmt.Sprintf("curl -sS -m 3 http://%s:%d/ 2>&1", gateway, hostPort),
 			func(r *api.ExecResponse) bool { return r.ExitCode != 0 && !strings.Contains(r.Stdout, "host secret") }},
 		{"neighbour sandbox", "agent", 10, "curl -sS -m 3 http://" + neighbourIP + ":8080/ 2>&1",
-			func(r *api.ExecResponse) bool { return r.ExitCode != 0 && !strings.Contains(r.Stdout, "neighbour secret") }},
+			func(r *api.ExecResponse) bool {
+				return r.ExitCode != 0 && !strings.Contains(r.Stdout, "neighbour secret")
+			}},
 		{"cloud metadata on a local alias", "agent", 10, "curl -sS -m 3 http://169.254.169.254/ 2>&1",
 			func(r *api.ExecResponse) bool { return r.ExitCode != 0 && !strings.Contains(r.Stdout, "ami-id") }},
 		{"metadata over IPv6", "agent", 10, "curl -sS -m 3 -g 'http://[fd00:ec2::254]/' 2>&1",

@@ -257,7 +257,7 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 	if r.userns.Enabled() {
 		// The image is chowned into the sandbox id range once per image;
 		// later sandboxes reuse the remapped parent (see userns.go).
-		snapshot = containerd.WithUserNSRemappedSnapshot(req.ID, img, r.userns.mappings(), r.userns.mappings())
+		snapshot = r.withRemappedSnapshot(req.ID, img)
 	}
 	container, err := r.client.NewContainer(ctx, req.ID,
 		containerd.WithContainerLabels(labels),

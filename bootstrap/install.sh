@@ -260,27 +260,33 @@ done
 # (see bootstrap/README.md). Sources of the values below:
 #   rpm x86_64/arm64 1.14.0: as pinned by AWS's "Scale-Out Computing on AWS"
 #     bootstrap templates (third-party record; not re-downloaded here).
-#   deb: no published value found; TO-BE-FILLED makes the install fail (use
-#     --without-mount-s3, or set MATRX_MOUNT_S3_VERSION/MATRX_MOUNT_S3_SHA256
-#     after verifying the .deb's signature yourself).
-MOUNT_S3_VERSION="1.14.0"
+#   tar.gz x86_64 1.24.0 (Debian/Ubuntu: the release tarball, unpacked to
+#     /opt/aws/mountpoint-s3, needs only libfuse2): published with that
+#     value in third-party install scripts that checked it against the
+#     tarball they used (not re-downloaded here).
+#   deb and tar.gz arm64: no published value found; TO-BE-FILLED makes the
+#     install fail (use --without-mount-s3, or set
+#     MATRX_MOUNT_S3_VERSION/MATRX_MOUNT_S3_SHA256 after verifying the
+#     package's signature yourself).
+declare -A MOUNT_S3_VERSIONS=([rpm]="1.14.0" [tar.gz]="1.24.0")
 declare -A MOUNT_S3_SHA256=(
   [rpm-x86_64]="ea6f6f76602b0034642a88a8ce31542a185c36c9fa5e50c49dffe445b8b70cd7"
   [rpm-arm64]="5c13de3fa0a8fd884444c5bf149cc4c3967aadad5c6fc4925df2529d4a83a5dd"
-  [deb-x86_64]="TO-BE-FILLED"
-  [deb-arm64]="TO-BE-FILLED"
+  [tar.gz-x86_64]="a99bea20510eaabaf9d7cbfe95ab221a11005cacaa77cfc311a2912bbbdbfd72"
+  [tar.gz-arm64]="TO-BE-FILLED"
 )
 MOUNT_S3_BASE_URL="${MATRX_MOUNT_S3_BASE_URL:-https://s3.amazonaws.com/mountpoint-s3-release}"
 
 MOUNT_S3_FILE=""
 fetch_mount_s3() {
-  local version="$MOUNT_S3_VERSION" fmt arch sha
+  local version fmt arch sha
+  fmt="tar.gz"; [[ "$PKG" == dnf ]] && fmt="rpm"
+  version="${MOUNT_S3_VERSIONS[$fmt]}"
   if [[ -n "${MATRX_MOUNT_S3_VERSION:-}${MATRX_MOUNT_S3_SHA256:-}" ]]; then
     [[ -n "${MATRX_MOUNT_S3_VERSION:-}" && -n "${MATRX_MOUNT_S3_SHA256:-}" ]] ||
       { echo "bootstrap: set both MATRX_MOUNT_S3_VERSION and MATRX_MOUNT_S3_SHA256" >&2; return 1; }
     version="$MATRX_MOUNT_S3_VERSION"
   fi
-  fmt="deb"; [[ "$PKG" == dnf ]] && fmt="rpm"
   case "$(uname -m)" in
     x86_64) arch=x86_64 ;;
     aarch64|arm64) arch=arm64 ;;
@@ -321,10 +327,21 @@ fi
 install_packages
 
 if [[ -n "$MOUNT_S3_FILE" ]]; then
-  step "install mount-s3 package"
-  # apt/dnf resolve its dependency on libfuse2 / fuse (libs only; the fuse3
-  # userspace tools stay).
-  pkg_install "$MOUNT_S3_FILE"
+  step "install mount-s3"
+  if [[ "$MOUNT_S3_FILE" == *.tar.gz ]]; then
+    # The release tarball is self-contained but for libfuse2.
+    pkg_install libfuse2
+    rm -rf /opt/aws/mountpoint-s3.new
+    mkdir -p /opt/aws/mountpoint-s3.new
+    tar -xzf "$MOUNT_S3_FILE" -C /opt/aws/mountpoint-s3.new
+    [[ -x /opt/aws/mountpoint-s3.new/bin/mount-s3 ]] || problem "mount-s3 tarball has no bin/mount-s3" || false
+    rm -rf /opt/aws/mountpoint-s3
+    mv /opt/aws/mountpoint-s3.new /opt/aws/mountpoint-s3
+    ln -sf /opt/aws/mountpoint-s3/bin/mount-s3 /usr/local/bin/mount-s3
+  else
+    # dnf resolves its dependency on fuse-libs.
+    pkg_install "$MOUNT_S3_FILE"
+  fi
 fi
 
 step "enable user_allow_other in /etc/fuse.conf"

@@ -191,9 +191,9 @@ func TestInstallDryRunChangesNothing(t *testing.T) {
 			wantOut: []string{
 				"bootstrap: detect os", "(apt)",
 				"bootstrap: preflight",
-				// The .deb has no pinned checksum yet: a dry run reports the
-				// failure a real run would stop at.
-				"a real run would FAIL here: no pinned SHA-256",
+				// x86_64 has a pinned tarball checksum; other arches make a
+				// real run fail (covered by the arm64 pin being empty).
+				"mount-s3",
 				"enable IPv4 forwarding",
 				"/usr/local/bin/matrxd",
 				"/usr/local/lib/matrx/matrx-init",
@@ -335,14 +335,14 @@ func TestInstallMountS3Checksum(t *testing.T) {
 	script := installScript(t)
 	needTool(t, "curl")
 	needTool(t, "sha256sum")
-	payload := []byte("not really a .deb")
+	payload := []byte("not really a tarball")
 	srv := newArtifactServer(t, payload)
 	bin := fakeBinDir(t)
 	arch := map[string]string{"amd64": "x86_64", "arm64": "arm64"}[runtime.GOARCH]
 	if arch == "" {
 		t.Skipf("no mount-s3 build for %s", runtime.GOARCH)
 	}
-	wantPath := "/releases/9.9.9/" + arch + "/mount-s3-9.9.9-" + arch + ".deb"
+	wantPath := "/releases/9.9.9/" + arch + "/mount-s3-9.9.9-" + arch + ".tar.gz"
 
 	run := func(t *testing.T, sum string) (result, []string) {
 		path, log := shimPath(t, hostChangers)

@@ -184,12 +184,7 @@ func TestTwoSandboxesOfOneUserConflict(t *testing.T) {
 func TestCrashRecoverySyncsHotFiles(t *testing.T) {
 	srv, bucket := s3Env(t)
 	env := containerdtest.Start(t, testNS)
-	bin := filepath.Join(env.Dir, "matrxd")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/matrxd")
-	build.Dir = containerdtest.RepoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build matrxd: %v\n%s", err, out)
-	}
+	bin := buildMatrxd(t, env.Dir)
 	sock := filepath.Join(env.Dir, "d.sock")
 	state := filepath.Join(env.Dir, "state")
 	nc := testNetwork(t)

@@ -18,6 +18,7 @@ var forbidden = map[string][]string{
 	"api":        {"daemon", "ctl"},
 	"api/client": {"sandbox", "runtime", "registry", "mounts", "daemon", "ctl"},
 	"ctl":        {"sandbox", "runtime", "registry", "mounts", "daemon"},
+	"undo":       {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics"},
 	"metrics":    {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor"},
 	"doctor":     {"api", "sandbox", "daemon", "ctl", "registry"},
 }

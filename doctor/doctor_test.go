@@ -354,14 +354,6 @@ func TestMajorMinor(t *testing.T) {
 	}
 }
 
-func TestUnescapeMount(t *testing.T) {
-	for in, want := range map[string]string{`/a\040b`: "/a b", `/plain`: "/plain", `/x\134y`: `/x\y`, `/trail\04`: `/trail\04`} {
-		if got := unescapeMount(in); got != want {
-			t.Errorf("%q: %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestDefaultImageMatchesDaemon(t *testing.T) {
 	if want := sandbox.DefaultLimits().DefaultImage; DefaultImage != want {
 		t.Fatalf("doctor.DefaultImage = %q, matrxd's default is %q", DefaultImage, want)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"github.com/matrx-dev/matrx/mounts/mountinfo"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -106,33 +107,13 @@ func mounts(h Host) ([]mount, error) {
 	}
 	var out []mount
 	for _, l := range ls {
-		pre, post, ok := strings.Cut(l, " - ")
-		f, g := strings.Fields(pre), strings.Fields(post)
-		if !ok || len(f) < 5 || len(g) < 3 {
-			continue
+		e, err := mountinfo.ParseLine(l)
+		if err != nil {
+			continue // a fake tree may hold partial lines; skip them
 		}
-		out = append(out, mount{point: unescapeMount(f[4]), fstype: g[0], superOpts: strings.Split(g[2], ",")})
+		out = append(out, mount{point: e.Mountpoint, fstype: e.FSType, superOpts: e.SuperOptions})
 	}
 	return out, nil
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // groupName maps a gid to its name through the host's /etc/group.

@@ -1,15 +1,14 @@
 package mounts
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/mounts/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -75,38 +74,5 @@ func unmountDisk(dir string) error {
 	return nil
 }
 
-// isMountpoint reports whether dir is a mount point, from mountinfo.
-func isMountpoint(dir string) bool {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	want := filepath.Clean(dir)
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && unescapeMountinfo(fields[4]) == want {
-			return true
-		}
-	}
-	return false
-}
-
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
+// isMountpoint reports whether dir is a mount point.
+func isMountpoint(dir string) bool { return mountinfo.IsMountpoint(dir) }

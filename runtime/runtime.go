@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/matrx-dev/matrx/undo"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -195,10 +196,10 @@ type CreateRequest struct {
 // On any failure everything it made is removed again.
 func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 	ctx = r.nsCtx(ctx)
-	var undo undoStack
+	var rollback undo.Stack
 	defer func() {
 		if err != nil {
-			undo.run(ctx, r.log.With("sandbox_id", req.ID))
+			rollback.Run(ctx, r.log.With("sandbox_id", req.ID))
 		}
 	}()
 
@@ -216,7 +217,7 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 		}
 		return fmt.Errorf("create control dir: %w", err)
 	}
-	undo.push("remove control dir", func(context.Context) error { return os.RemoveAll(control) })
+	rollback.Push("remove control dir", func(context.Context) error { return os.RemoveAll(control) })
 	// Mkdir honours the umask; the sticky world-writable mode must be exact
 	// so that both agent and root execs can leave their cwd files.
 	if err := os.Chmod(control, 0o1777|os.ModeSticky); err != nil {
@@ -245,7 +246,7 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 		if err := r.net.PrepareFiles(req.ID, req.Network); err != nil {
 			return fmt.Errorf("network files for %s: %w", req.ID, err)
 		}
-		undo.push("tear down network", func(ctx context.Context) error { return r.net.Teardown(ctx, req.ID) })
+		rollback.Push("tear down network", func(ctx context.Context) error { return r.net.Teardown(ctx, req.ID) })
 		in.ResolvConf, in.Hosts = r.net.Files(req.ID)
 	}
 	labels := map[string]string{
@@ -273,7 +274,7 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 		}
 		return fmt.Errorf("create container %s: %w", req.ID, err)
 	}
-	undo.push("delete container", func(ctx context.Context) error {
+	rollback.Push("delete container", func(ctx context.Context) error {
 		return container.Delete(ctx, containerd.WithSnapshotCleanup)
 	})
 
@@ -281,7 +282,7 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 	if err != nil {
 		return fmt.Errorf("create task for %s: %v: %w", req.ID, err, errdefs.ErrUnavailable)
 	}
-	undo.push("delete task", func(ctx context.Context) error {
+	rollback.Push("delete task", func(ctx context.Context) error {
 		_, err := task.Delete(ctx, containerd.WithProcessKill)
 		return err
 	})
@@ -481,31 +482,6 @@ func (r *Runtime) controlDir(id string) string {
 
 func (r *Runtime) nsCtx(ctx context.Context) context.Context {
 	return withNamespace(ctx, r.ns)
-}
-
-// undoStack runs cleanup steps in reverse order on a context that survives
-// the caller's cancellation.
-type undoStack struct {
-	steps []undoStep
-}
-
-type undoStep struct {
-	name string
-	fn   func(context.Context) error
-}
-
-func (u *undoStack) push(name string, fn func(context.Context) error) {
-	u.steps = append(u.steps, undoStep{name, fn})
-}
-
-func (u *undoStack) run(ctx context.Context, log *slog.Logger) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	for i := len(u.steps) - 1; i >= 0; i-- {
-		if err := u.steps[i].fn(ctx); err != nil && !errdefs.IsNotFound(err) {
-			log.Warn("undo step failed", "step", u.steps[i].name, "error", err)
-		}
-	}
 }
 
 func swapAccounting() bool {

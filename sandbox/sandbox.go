@@ -17,6 +17,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"github.com/matrx-dev/matrx/undo"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -340,21 +341,15 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 	if err := m.storage.EnsureUser(ctx, userID); err != nil {
 		return fail(err)
 	}
-	// Undo steps, run in reverse on failure, on a context that outlives the
-	// request. Hot files may be removed here: the agent never ran.
-	var undo []func(context.Context)
-	undoAll := func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		defer cancel()
-		for i := len(undo) - 1; i >= 0; i-- {
-			undo[i](cctx)
-		}
-	}
+	// Undo steps, run newest first on failure. Hot files may be removed
+	// here: the agent never ran.
+	var rollback undo.Stack
+	undoAll := func() { rollback.Run(ctx, log) }
 	home, err := m.storage.PrepareHot(rec.ID, userID, cfg.DiskMB<<20)
 	if err != nil {
 		return fail(err)
 	}
-	undo = append(undo, func(context.Context) { m.storage.RemoveHot(rec.ID) })
+	rollback.Push("remove hot dir", func(context.Context) error { return m.storage.RemoveHot(rec.ID) })
 	// Hot files download while the cold mount and the container come up.
 	downDone := make(chan error, 1)
 	go func() {
@@ -374,7 +369,7 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 		undoAll()
 		return fail(err)
 	}
-	undo = append(undo, func(c context.Context) { m.storage.ReleaseCold(c, userID) })
+	rollback.Push("release cold mount", func(c context.Context) error { return m.storage.ReleaseCold(c, userID) })
 	if _, err := m.setStatus(ctx, rec.ID, registry.StatusStarting); err != nil {
 		waitDown()
 		undoAll()
@@ -397,7 +392,7 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 		undoAll()
 		return fail(err)
 	}
-	undo = append(undo, func(c context.Context) { m.rt.Destroy(c, rec.ID, 0) })
+	rollback.Push("destroy container", func(c context.Context) error { return m.rt.Destroy(c, rec.ID, 0) })
 	if err := waitDown(); err != nil {
 		undoAll()
 		return fail(fmt.Errorf("hot storage sync-down: %w", err))
@@ -786,6 +781,11 @@ func (m *Manager) checkpointOne(ctx context.Context, r *registry.Record) {
 
 // RunCheckpoints calls Checkpoint every interval until ctx ends.
 func (m *Manager) RunCheckpoints(ctx context.Context, interval time.Duration) {
+	every(ctx, interval, m.Checkpoint)
+}
+
+// every calls fn each interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func(context.Context)) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -793,7 +793,7 @@ func (m *Manager) RunCheckpoints(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			m.Checkpoint(ctx)
+			fn(ctx)
 		}
 	}
 }
@@ -852,16 +852,7 @@ func (m *Manager) ExpireDue(ctx context.Context) {
 
 // RunExpiry calls ExpireDue every interval until ctx ends.
 func (m *Manager) RunExpiry(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			m.ExpireDue(ctx)
-		}
-	}
+	every(ctx, interval, m.ExpireDue)
 }
 
 // Recover runs once at startup, before the API serves.

@@ -105,13 +105,13 @@ func TestParseMountinfo(t *testing.T) {
 	if len(ms) != 7 {
 		t.Fatalf("parsed %d entries, want 7", len(ms))
 	}
-	if m := ms[3]; m.ID != 70 || m.Parent != 63 || m.FSType != "fuse.s3fs" || m.Source != "s3fs" || !m.shared() {
+	if m := ms[3]; m.ID != 70 || m.Parent != 63 || m.FSType != "fuse.s3fs" || m.Source != "s3fs" || !m.Shared() {
 		t.Errorf("entry 70 = %+v", m)
 	}
-	if ms[2].shared() {
+	if ms[2].Shared() {
 		t.Errorf("private mount reported shared: %+v", ms[2])
 	}
-	if m := ms[6]; m.Mountpoint != "/tmp/with space\ttab\\back" || m.Source != "a b" || m.shared() {
+	if m := ms[6]; m.Mountpoint != "/tmp/with space\ttab\\back" || m.Source != "a b" || m.Shared() {
 		t.Errorf("escaped entry = %+v", m)
 	}
 

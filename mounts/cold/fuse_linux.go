@@ -76,7 +76,7 @@ func startFUSE(ctx context.Context, d fuseDriver, req Request) (Mount, error) {
 	if err != nil {
 		return nil, err
 	}
-	if pm, ok := containingMount(mounts, filepath.Dir(stage)); !ok || pm.shared() {
+	if pm, ok := containingMount(mounts, filepath.Dir(stage)); !ok || pm.Shared() {
 		return nil, fmt.Errorf("cold: stage dir %s must be below a private mount (the kernel refuses to move a mount out of a shared parent): %w",
 			stage, errdefs.ErrFailedPrecondition)
 	}
@@ -88,7 +88,7 @@ func startFUSE(ctx context.Context, d fuseDriver, req Request) (Mount, error) {
 		log:   d.log.With("user_id", req.UserID, "driver", d.name, "mountpoint", mp),
 		done:  make(chan struct{}),
 	}
-	if pm, ok := containingMount(mounts, filepath.Dir(mp)); ok && !pm.shared() {
+	if pm, ok := containingMount(mounts, filepath.Dir(mp)); ok && !pm.Shared() {
 		m.log.Warn("cold mountpoint is not below a shared mount: remounts will not reach running sandboxes")
 	}
 	p, err := m.launch(ctx)

@@ -1,114 +1,18 @@
 package cold
 
 import (
-	"bufio"
-	"fmt"
 	"io"
-	"strconv"
 	"strings"
 
-	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/mounts/mountinfo"
 )
 
-// mountInfo is one line of /proc/PID/mountinfo (proc(5)).
-type mountInfo struct {
-	ID, Parent int
-	Root       string // root of the mount within its filesystem
-	Mountpoint string // relative to the reader's root, unescaped
-	Optional   []string
-	FSType     string
-	Source     string
-}
+// mountInfo is one line of /proc/PID/mountinfo; see package mountinfo.
+type mountInfo = mountinfo.Entry
 
-// shared reports whether the mount has a "shared:N" tag.
-func (m mountInfo) shared() bool {
-	for _, o := range m.Optional {
-		if strings.HasPrefix(o, "shared:") {
-			return true
-		}
-	}
-	return false
-}
+func parseMountinfo(r io.Reader) ([]mountInfo, error) { return mountinfo.Parse(r) }
 
-// parseMountinfo reads mountinfo lines:
-//
-//	36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
-//
-// Paths escape space, tab, newline and backslash as \ooo octal.
-func parseMountinfo(r io.Reader) ([]mountInfo, error) {
-	var out []mountInfo
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" {
-			continue
-		}
-		m, err := parseMountinfoLine(line)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, m)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("cold: read mountinfo: %w: %w", err, errdefs.ErrUnavailable)
-	}
-	return out, nil
-}
-
-func parseMountinfoLine(line string) (mountInfo, error) {
-	bad := func() (mountInfo, error) {
-		return mountInfo{}, fmt.Errorf("cold: malformed mountinfo line %q: %w", line, errdefs.ErrDataLoss)
-	}
-	f := strings.Fields(line)
-	sep := -1
-	for i := 6; i < len(f); i++ {
-		if f[i] == "-" {
-			sep = i
-			break
-		}
-	}
-	if len(f) < 7 || sep < 0 || len(f) < sep+3 {
-		return bad()
-	}
-	id, err1 := strconv.Atoi(f[0])
-	parent, err2 := strconv.Atoi(f[1])
-	if err1 != nil || err2 != nil {
-		return bad()
-	}
-	return mountInfo{
-		ID:         id,
-		Parent:     parent,
-		Root:       unescapeMountinfo(f[3]),
-		Mountpoint: unescapeMountinfo(f[4]),
-		Optional:   append([]string(nil), f[6:sep]...),
-		FSType:     f[sep+1],
-		Source:     unescapeMountinfo(f[sep+2]),
-	}, nil
-}
-
-// unescapeMountinfo decodes the kernel's \ooo octal escapes; anything else,
-// including malformed escapes, is kept as is.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
-			v := (s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0')
-			if s[i+1] <= '3' {
-				b.WriteByte(v)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-func isOctal(c byte) bool { return c >= '0' && c <= '7' }
+func unescapeMountinfo(s string) string { return mountinfo.Unescape(s) }
 
 // stackAt returns the mounts whose mountpoint is path, bottom first: each
 // one's parent is the previous one (or, for the first, a mount elsewhere).

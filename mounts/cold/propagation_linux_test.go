@@ -46,7 +46,7 @@ func TestSharedRootPropagation(t *testing.T) {
 	if again, err := bindSelf(root, unix.MS_SHARED); err != nil || again {
 		t.Fatalf("second bindSelf = %v, %v; want no new bind", again, err)
 	}
-	if st := stackAt(mustMountinfo(t), root); len(st) != 1 || !st[0].shared() {
+	if st := stackAt(mustMountinfo(t), root); len(st) != 1 || !st[0].Shared() {
 		t.Fatalf("root mount = %+v, want one shared mount", st)
 	}
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/matrx-dev/matrx/undo"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -13,7 +14,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"time"
 	"unsafe"
 
 	"github.com/containerd/errdefs"
@@ -332,10 +332,10 @@ func (m *Manager) setup(ctx context.Context, id string, p Policy, nsSrc string) 
 	unlock := m.locks.lock(id)
 	defer unlock()
 	log := m.log.With("sandbox_id", id)
-	var undo undoStack
+	var rollback undo.Stack
 	defer func() {
 		if err != nil {
-			undo.run(ctx, log)
+			rollback.Run(ctx, log)
 		}
 	}()
 
@@ -353,7 +353,7 @@ func (m *Manager) setup(ctx context.Context, id string, p Policy, nsSrc string) 
 			return nil, fmt.Errorf("create sandbox network files dir: %w", err)
 		}
 	}
-	undo.push("remove network files", func(context.Context) error { return os.RemoveAll(files) })
+	rollback.Push("remove network files", func(context.Context) error { return os.RemoveAll(files) })
 
 	nsPath := m.netnsPath(id)
 	if nsSrc == "" {
@@ -364,7 +364,7 @@ func (m *Manager) setup(ctx context.Context, id string, p Policy, nsSrc string) 
 	if err != nil {
 		return nil, err
 	}
-	undo.push("remove network namespace", func(context.Context) error { return removeNetNS(nsPath) })
+	rollback.Push("remove network namespace", func(context.Context) error { return removeNetNS(nsPath) })
 
 	rcPath, hostsPath := m.Files(id)
 	att := &Attachment{NetNSPath: nsPath, ResolvConf: rcPath, Hosts: hostsPath}
@@ -372,7 +372,7 @@ func (m *Manager) setup(ctx context.Context, id string, p Policy, nsSrc string) 
 	if p.Mode != ModeNone {
 		// The plugin may fail half-way (a veth made, no address left), so
 		// the undo step comes first.
-		undo.push("CNI delete", func(ctx context.Context) error { return m.detach(ctx, id, nsPath) })
+		rollback.Push("CNI delete", func(ctx context.Context) error { return m.detach(ctx, id, nsPath) })
 		m.cniMu.Lock()
 		res, err := m.platform.cni.Setup(ctx, id, nsPath)
 		m.cniMu.Unlock()
@@ -390,7 +390,7 @@ func (m *Manager) setup(ctx context.Context, id string, p Policy, nsSrc string) 
 		if err := m.installSourceGuard(ctx, nsPath, ip); err != nil {
 			return nil, err
 		}
-		undo.push("remove firewall rules", func(ctx context.Context) error { return m.removeSandboxRules(ctx, id) })
+		rollback.Push("remove firewall rules", func(ctx context.Context) error { return m.removeSandboxRules(ctx, id) })
 		if err := m.installSandboxRules(ctx, id, ip, p); err != nil {
 			return nil, err
 		}
@@ -787,29 +787,4 @@ func deleteBridge(name string) error {
 		return fmt.Errorf("delete bridge %s: %w", name, errno)
 	}
 	return nil
-}
-
-// undoStack runs cleanup steps in reverse order on a context that survives
-// the caller's cancellation.
-type undoStack struct {
-	steps []undoStep
-}
-
-type undoStep struct {
-	name string
-	fn   func(context.Context) error
-}
-
-func (u *undoStack) push(name string, fn func(context.Context) error) {
-	u.steps = append(u.steps, undoStep{name, fn})
-}
-
-func (u *undoStack) run(ctx context.Context, log *slog.Logger) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	for i := len(u.steps) - 1; i >= 0; i-- {
-		if err := u.steps[i].fn(ctx); err != nil && !errdefs.IsNotFound(err) {
-			log.Warn("undo step failed", "step", u.steps[i].name, "error", err)
-		}
-	}
 }

@@ -14,14 +14,9 @@ import (
 // must not exist yet) and runs configure inside it. On failure nothing is
 // left behind.
 func createNetNS(path string, configure func() error) (err error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
-	if err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("network namespace %s already exists: %w", path, errdefs.ErrAlreadyExists)
-		}
-		return fmt.Errorf("create network namespace mount point: %w", err)
+	if err := newMountPoint(path); err != nil {
+		return err
 	}
-	f.Close()
 	defer func() {
 		if err != nil {
 			_ = removeNetNS(path)
@@ -50,14 +45,9 @@ func createNetNS(path string, configure func() error) (err error) {
 // adoptNetNS bind-mounts the existing namespace at src on path (which must
 // not exist yet) and runs configure inside it.
 func adoptNetNS(path, src string, configure func() error) (err error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
-	if err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("network namespace %s already exists: %w", path, errdefs.ErrAlreadyExists)
-		}
-		return fmt.Errorf("create network namespace mount point: %w", err)
+	if err := newMountPoint(path); err != nil {
+		return err
 	}
-	f.Close()
 	defer func() {
 		if err != nil {
 			_ = removeNetNS(path)
@@ -67,6 +57,18 @@ func adoptNetNS(path, src string, configure func() error) (err error) {
 		return fmt.Errorf("bind-mount network namespace %s on %s: %w", src, path, err)
 	}
 	return inNetNS(path, configure)
+}
+
+// newMountPoint creates the empty file a namespace is bind-mounted on.
+func newMountPoint(path string) error {
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("network namespace %s already exists: %w", path, errdefs.ErrAlreadyExists)
+		}
+		return fmt.Errorf("create network namespace mount point: %w", err)
+	}
+	return f.Close()
 }
 
 // removeNetNS unmounts and removes a namespace mount point. A path that is

@@ -92,6 +92,18 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	if err != nil {
 		return err
 	}
+	if ns.Enabled() {
+		// runc's init, an unprivileged host uid under user namespaces, must
+		// reach rootfs paths below containerd's state dir (the socket's dir
+		// by default).
+		changed, err := runtime.EnsureTraversable(filepath.Dir(cfg.ContainerdAddress))
+		if err != nil {
+			return fmt.Errorf("user namespaces: %w", err)
+		}
+		for _, d := range changed {
+			log.Warn("made directory traversable (o+x) for user-namespaced sandboxes", "dir", d)
+		}
+	}
 	netMgr, err := openNetwork(ctx, cfg, log)
 	if err != nil {
 		return err

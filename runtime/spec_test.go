@@ -2,6 +2,8 @@ package runtime
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -185,5 +187,30 @@ func TestTmpfsWithinMemory(t *testing.T) {
 	}
 	if big := DefaultTmpfsSizes.Within(64 << 30); big != DefaultTmpfsSizes {
 		t.Fatalf("large sandbox should keep the defaults: %+v", big)
+	}
+}
+
+func TestEnsureTraversable(t *testing.T) {
+	root := t.TempDir()
+	deep := filepath.Join(root, "a", "b")
+	if err := os.MkdirAll(deep, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(filepath.Join(root, "a"), 0o700)
+	changed, err := EnsureTraversable(deep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{deep, filepath.Join(root, "a")} {
+		st, _ := os.Stat(d)
+		if st.Mode().Perm() != 0o701 {
+			t.Errorf("%s: mode %v, want 0701 (search for others, no read)", d, st.Mode().Perm())
+		}
+	}
+	if len(changed) < 2 {
+		t.Errorf("changed %v", changed)
+	}
+	if again, _ := EnsureTraversable(deep); len(again) != 0 {
+		t.Errorf("second call changed %v", again)
 	}
 }

@@ -3,6 +3,7 @@ package runtime
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -68,4 +69,28 @@ func NewUserNS(base uint32) (UserNS, error) {
 		return UserNS{}, fmt.Errorf("user namespace base %d must be in [65536, 2^32-65537]: %w", base, errdefs.ErrInvalidArgument)
 	}
 	return UserNS{Base: base, Size: 65536}, nil
+}
+
+// EnsureTraversable makes every directory from dir up to / searchable by
+// others (o+x, never o+r). With user namespaces runc's init runs as an
+// unprivileged host uid and must reach the container's rootfs below
+// containerd's state dir (/run/containerd is 0700 by default). It returns
+// the directories it changed.
+func EnsureTraversable(dir string) ([]string, error) {
+	var changed []string
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return changed, fmt.Errorf("stat %s: %w", d, err)
+		}
+		if st.Mode().Perm()&0o001 == 0 {
+			if err := os.Chmod(d, st.Mode().Perm()|0o001); err != nil {
+				return changed, fmt.Errorf("make %s traversable: %w", d, err)
+			}
+			changed = append(changed, d)
+		}
+		if d == "/" || d == "." {
+			return changed, nil
+		}
+	}
 }

@@ -30,7 +30,7 @@ func buildMatrxd(t *testing.T, dir string) string {
 
 // TestSystemdIntegration runs matrxd the way matrxd.service and
 // matrxd.socket do: the listening socket is inherited (LISTEN_FDS), and
-// readiness and shutdown are reported on NOTIFY_SOCKET.
+// readiness, watchdog pings and shutdown are reported on NOTIFY_SOCKET.
 func TestSystemdIntegration(t *testing.T) {
 	env := containerdtest.Start(t, testNS)
 	bin := buildMatrxd(t, env.Dir)
@@ -71,7 +71,8 @@ func TestSystemdIntegration(t *testing.T) {
 	cmd := exec.Command("sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`, bin,
 		"--socket", ownSocket, "--containerd-address", env.Address, "--containerd-namespace", testNS,
 		"--state-dir", filepath.Join(env.Dir, "state"), "--init-path", env.InitPath, "--network", "off")
-	cmd.Env = append(os.Environ(), "LISTEN_FDS=1", "NOTIFY_SOCKET="+notifyPath)
+	// WatchdogSec=1s in unit terms: matrxd must ping at half of it.
+	cmd.Env = append(os.Environ(), "LISTEN_FDS=1", "NOTIFY_SOCKET="+notifyPath, "WATCHDOG_USEC=1000000")
 	cmd.ExtraFiles = []*os.File{lf} // fd 3, SD_LISTEN_FDS_START
 	var logs strings.Builder
 	cmd.Stdout, cmd.Stderr = &logs, &logs
@@ -105,6 +106,7 @@ func TestSystemdIntegration(t *testing.T) {
 		}
 	}
 	waitMsg("READY=1")
+	waitMsg("WATCHDOG=1")
 	c := client.New(actPath)
 	defer c.Close()
 	h, err := c.Health(context.Background())

@@ -546,3 +546,39 @@ func TestDiskQuota(t *testing.T) {
 		t.Fatalf("tiny disk accepted: %v", err)
 	}
 }
+
+// TestConcurrentDeletes stops one sandbox from two callers at once: both
+// succeed, and the user's shared cold mount is released once, so the
+// user's other sandbox keeps it.
+func TestConcurrentDeletes(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	a := h.create("hank", nil)
+	b := h.create("hank", nil)
+	h.exec(b.SandboxID, "echo before > /data/cold/f")
+	// A process that ignores SIGTERM holds the graceful stop open for the
+	// whole shutdown timeout, so the deletes really overlap.
+	h.exec(a.SandboxID, "trap '' TERM; sleep 1000 >/dev/null 2>&1 &")
+	errs := make(chan error, 3)
+	for i := 0; i < 3; i++ {
+		go func() { errs <- h.c.Delete(ctx, a.SandboxID, true) }()
+	}
+	for i := 0; i < 3; i++ {
+		if err := <-errs; err != nil {
+			t.Fatalf("concurrent delete: %v", err)
+		}
+	}
+	if n := strings.Count(h.logs.String(), `"msg":"sandbox stopping","sandbox_id":"`+a.SandboxID); n != 1 {
+		t.Fatalf("sandbox was stopped %d times, want once", n)
+	}
+	// The user's cold mount is still held for b.
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); !strings.Contains(string(mi), "/users/hank/cold") {
+		t.Fatal("the user's cold mount was released while another sandbox uses it")
+	}
+	if got, _ := h.c.Get(ctx, a.SandboxID); got.Status != "stopped" {
+		t.Fatalf("after concurrent deletes: %+v", got)
+	}
+	if r := h.exec(b.SandboxID, "cat /data/cold/f && echo after >> /data/cold/f && cat /data/cold/f"); r.Stdout != "before\nbefore\nafter\n" {
+		t.Fatalf("the other sandbox lost its cold mount: %+v", r)
+	}
+}

@@ -611,21 +611,46 @@ func (m *Manager) Heartbeat(ctx context.Context, id string) (*registry.Record, e
 // the shutdown timeout after SIGTERM. Destroying a stopped sandbox is a
 // no-op.
 func (m *Manager) Destroy(ctx context.Context, id string, graceful bool, reason string) (*registry.Record, error) {
-	rec, err := m.beginShutdown(ctx, id, "")
+	rec, started, err := m.beginShutdown(ctx, id, "")
 	if err != nil || rec.Status.Terminal() {
 		return rec, err
 	}
+	if !started {
+		// Another caller (a second DELETE, a signal, the TTL) is stopping
+		// it: wait for that instead of releasing its resources twice.
+		return m.waitStopped(ctx, id)
+	}
 	return m.finishShutdown(ctx, rec, graceful, reason, registry.StatusStopped)
+}
+
+// waitStopped polls until a sandbox that someone else is stopping reaches a
+// terminal state.
+func (m *Manager) waitStopped(ctx context.Context, id string) (*registry.Record, error) {
+	deadline := time.Now().Add(m.limits.ShutdownTimeout + 2*time.Minute)
+	for {
+		rec, err := m.store.Get(ctx, id)
+		if err != nil || rec.Status.Terminal() {
+			return rec, err
+		}
+		if time.Now().After(deadline) {
+			return rec, fmt.Errorf("sandbox %s is still shutting down: %w", id, errdefs.ErrUnavailable)
+		}
+		select {
+		case <-ctx.Done():
+			return rec, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // Signal handles an agent's complete/error signal: the sandbox moves to
 // shutting_down at once and stops in the background.
 func (m *Manager) Signal(ctx context.Context, id string, reason, errMsg string) (*registry.Record, error) {
-	rec, err := m.beginShutdown(ctx, id, errMsg)
+	rec, started, err := m.beginShutdown(ctx, id, errMsg)
 	if err != nil {
 		return nil, err
 	}
-	if rec.Status.Terminal() {
+	if !started {
 		return nil, fmt.Errorf("sandbox %s is already %s: %w", id, rec.Status, errdefs.ErrFailedPrecondition)
 	}
 	m.bg.Add(1)
@@ -638,22 +663,31 @@ func (m *Manager) Signal(ctx context.Context, id string, reason, errMsg string) 
 	return rec, nil
 }
 
-// beginShutdown moves a sandbox to shutting_down. A sandbox already in a
+// beginShutdown moves a live sandbox to shutting_down and reports whether
+// this call did it (and so owns the stop). A sandbox still being created
+// cannot be stopped yet (FailedPrecondition: retry); one already stopping or
+// stopped is returned as it is. A sandbox already in a
 // terminal state is returned unchanged.
-func (m *Manager) beginShutdown(ctx context.Context, id, errMsg string) (*registry.Record, error) {
+func (m *Manager) beginShutdown(ctx context.Context, id, errMsg string) (*registry.Record, bool, error) {
 	if !ValidSandboxID(id) {
-		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
+		return nil, false, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
-	return m.store.Update(ctx, id, func(r *registry.Record) error {
-		if r.Status.Terminal() {
-			return nil
+	started := false
+	rec, err := m.store.Update(ctx, id, func(r *registry.Record) error {
+		switch {
+		case r.Status == registry.StatusCreating || r.Status == registry.StatusStarting:
+			return fmt.Errorf("sandbox %s is still being created; retry once it is ready: %w", id, errdefs.ErrFailedPrecondition)
+		case !r.Status.Live():
+			return nil // terminal, or someone else is stopping it
 		}
+		started = true
 		r.Status = registry.StatusShuttingDown
 		if errMsg != "" {
 			r.Error = errMsg
 		}
 		return nil
 	})
+	return rec, started, err
 }
 
 func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, graceful bool, reason string, final registry.Status) (_ *registry.Record, derr error) {
@@ -842,8 +876,8 @@ func (m *Manager) ExpireDue(ctx context.Context) {
 		if now.Before(r.ExpiresAt) {
 			continue
 		}
-		rec, err := m.beginShutdown(ctx, r.ID, "")
-		if err != nil || rec.Status.Terminal() {
+		rec, started, err := m.beginShutdown(ctx, r.ID, "")
+		if err != nil || !started {
 			continue
 		}
 		m.finishShutdown(ctx, rec, true, ReasonExpired, registry.StatusExpired)

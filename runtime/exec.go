@@ -86,24 +86,24 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 	if err != nil {
 		return nil, err
 	}
-	// Check the task is running right before exec: a sandbox can die between
-	// the caller's status check and here.
-	status, err := st.task.Status(ctx)
-	if err != nil {
-		if errdefs.IsNotFound(err) {
-			r.forget(id)
-			return nil, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrFailedPrecondition)
-		}
-		return nil, fmt.Errorf("task status %s: %w", id, err)
-	}
-	if status.Status != containerd.Running {
-		return nil, fmt.Errorf("sandbox %s is %s, not running: %w", id, status.Status, errdefs.ErrFailedPrecondition)
-	}
+	// Releasing what an exec made (its containerd process entry, cgroup and
+	// cwd file) runs after the result is returned: it is off the latency
+	// path, and nothing later depends on it.
+	var cleanups []func(context.Context)
+	defer func() {
+		go func() {
+			c, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			for i := len(cleanups) - 1; i >= 0; i-- {
+				cleanups[i](c)
+			}
+		}()
+	}()
 
 	execID := newExecID()
 	cwdFile := filepath.Join(ControlDir, execID+".cwd")
 	hostCwdFile := filepath.Join(r.controlDir(id), execID+".cwd")
-	defer os.Remove(hostCwdFile)
+	cleanups = append(cleanups, func(context.Context) { os.Remove(hostCwdFile) })
 
 	env := append([]string{"PATH=" + defaultPath, "HOME=/home/agent"}, envList(req.Env)...)
 	if req.User == UserRoot {
@@ -119,24 +119,23 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 	stderr := &cappedBuffer{limit: req.OutputLimit}
 	gateR, gateW := io.Pipe()
 	defer gateW.Close()
+	// No separate "is it running" check first: the exec request itself is
+	// that check, atomically. Only when it fails is the task's state asked,
+	// to tell "not running" (409) from a runtime failure.
 	proc, err := st.task.Exec(ctx, execID, pspec, cio.NewCreator(cio.WithStreams(gateR, stdout, stderr)))
 	if err != nil {
-		return nil, fmt.Errorf("exec in %s: %v: %w", id, err, errdefs.ErrUnavailable)
+		return nil, r.execError(ctx, id, st, "exec in", err)
 	}
 	cleanupCtx := func() (context.Context, context.CancelFunc) {
 		return context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	}
-	defer func() {
-		c, cancel := cleanupCtx()
-		defer cancel()
-		proc.Delete(c, containerd.WithProcessKill)
-	}()
+	cleanups = append(cleanups, func(c context.Context) { proc.Delete(c, containerd.WithProcessKill) })
 	exited, err := proc.Wait(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("wait exec in %s: %w", id, err)
 	}
 	if err := proc.Start(ctx); err != nil {
-		return nil, fmt.Errorf("start exec in %s: %v: %w", id, err, errdefs.ErrUnavailable)
+		return nil, r.execError(ctx, id, st, "start exec in", err)
 	}
 	group, err := newExecGroup(int(proc.Pid()), "exec-"+execID)
 	if err != nil {
@@ -147,7 +146,7 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 		cancel()
 		return nil, fmt.Errorf("track exec in %s: %w", id, err)
 	}
-	defer group.remove()
+	cleanups = append(cleanups, func(context.Context) { group.remove() })
 	// Release the gate: the shell is in its cgroup now.
 	gateW.Write([]byte("\n"))
 	gateW.Close()
@@ -209,6 +208,21 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 	}
 	res.Duration = time.Since(start)
 	return res, nil
+}
+
+// execError classifies a failed exec: a task that is gone or not running
+// is the caller's problem (FailedPrecondition, HTTP 409), anything else the
+// runtime's (Unavailable).
+func (r *Runtime) execError(ctx context.Context, id string, st *sandboxTask, what string, err error) error {
+	status, serr := st.task.Status(context.WithoutCancel(ctx))
+	if errdefs.IsNotFound(serr) {
+		r.forget(id)
+		return fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrFailedPrecondition)
+	}
+	if serr == nil && status.Status != containerd.Running {
+		return fmt.Errorf("sandbox %s is %s, not running: %w", id, status.Status, errdefs.ErrFailedPrecondition)
+	}
+	return fmt.Errorf("%s %s: %v: %w", what, id, err, errdefs.ErrUnavailable)
 }
 
 // readCwdFile reads the cwd the wrapper left. The control directory is

@@ -97,6 +97,8 @@ func TestHostileSandbox(t *testing.T) {
 			func(r *api.ExecResponse) bool { return strings.Contains(r.Stdout, "No space left on device") }},
 		{"tmp filler", "agent", 60, "dd if=/dev/zero of=/tmp/fill bs=1M count=1000 2>&1; rm -f /tmp/fill",
 			func(r *api.ExecResponse) bool { return strings.Contains(r.Stdout, "No space left on device") }},
+		{"control dir filler", "agent", 30, "dd if=/dev/zero of=/.matrx/run/fill bs=1M count=100 2>&1; rm -f /.matrx/run/fill",
+			func(r *api.ExecResponse) bool { return strings.Contains(r.Stdout, "No space left on device") }},
 		{"read host through /proc/1/root", "root", 10, "ls /proc/1/root/ 2>&1; cat /proc/1/root/etc/hostname",
 			func(r *api.ExecResponse) bool {
 				return r.ExitCode != 0 && strings.Contains(r.Stdout, "Permission denied")

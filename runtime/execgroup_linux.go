@@ -175,3 +175,23 @@ func detectShell(pid int) string {
 	}
 	return "/bin/bash"
 }
+
+// mountControlDir mounts the per-sandbox control directory as a 1 MiB
+// tmpfs (sticky, world-writable, no exec, no devices, no setuid).
+func mountControlDir(dir string) error {
+	err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC,
+		"size=1m,nr_inodes=4096,mode=1777")
+	if err != nil {
+		return fmt.Errorf("mount control dir tmpfs: %w", err)
+	}
+	return nil
+}
+
+// removeControlDir unmounts (lazily if busy) and removes a control dir.
+// A directory that is not mounted, or gone, is fine.
+func removeControlDir(dir string) error {
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount control dir: %w", err)
+	}
+	return os.RemoveAll(dir)
+}

@@ -17,3 +17,8 @@ func newExecGroup(int, string) (*execGroup, error) {
 func (*execGroup) kill() error { return nil }
 func (*execGroup) remove()     {}
 func detectShell(int) string   { return "/bin/sh" }
+
+func mountControlDir(string) error {
+	return fmt.Errorf("sandboxes need Linux: not supported on this OS: %w", errdefs.ErrNotImplemented)
+}
+func removeControlDir(dir string) error { return nil }

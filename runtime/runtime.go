@@ -217,11 +217,13 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 		}
 		return fmt.Errorf("create control dir: %w", err)
 	}
-	rollback.Push("remove control dir", func(context.Context) error { return os.RemoveAll(control) })
-	// Mkdir honours the umask; the sticky world-writable mode must be exact
-	// so that both agent and root execs can leave their cwd files.
-	if err := os.Chmod(control, 0o1777|os.ModeSticky); err != nil {
-		return fmt.Errorf("chmod control dir: %w", err)
+	rollback.Push("remove control dir", func(context.Context) error { return removeControlDir(control) })
+	// The sandbox can write here, so it is a tiny tmpfs of its own, never
+	// the host's state disk: a sandbox filling it fills 1 MiB of memory.
+	// Sticky and world-writable so agent and root execs can both leave
+	// their cwd files.
+	if err := mountControlDir(control); err != nil {
+		return err
 	}
 
 	env := envList(req.Env)
@@ -311,7 +313,7 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 func (r *Runtime) Destroy(ctx context.Context, id string, grace time.Duration) error {
 	ctx = r.nsCtx(ctx)
 	r.forget(id)
-	defer os.RemoveAll(r.controlDir(id))
+	defer removeControlDir(r.controlDir(id))
 	container, err := r.client.LoadContainer(ctx, id)
 	if errdefs.IsNotFound(err) {
 		return r.teardownNetwork(ctx, id)

@@ -273,19 +273,19 @@ func TestS3FSArgs(t *testing.T) {
 		name: "aws with instance profile",
 		s3:   S3Config{Bucket: "bkt", Region: "eu-west-1"},
 		req:  req,
-		want: "bkt:/users/alice/cold /stage -f -o url=https://s3.eu-west-1.amazonaws.com,allow_other,uid=1000,gid=1000,umask=0022,mp_umask=0022,iam_role=auto,endpoint=eu-west-1,sigv4,stat_cache_expire=60,use_cache=/c/users/alice,del_cache,instance_name=alice,logfile=/dev/stderr",
+		want: "bkt:/users/alice/cold /stage -f -o url=https://s3.eu-west-1.amazonaws.com,allow_other,uid=1000,gid=1000,umask=0022,mp_umask=0022,iam_role=auto,endpoint=eu-west-1,sigv4,stat_cache_expire=60,use_cache=/c/users/alice,del_cache,ensure_diskfree=2048,instance_name=alice,logfile=/dev/stderr",
 	}, {
 		name:   "versitygw with static keys",
 		s3:     S3Config{Bucket: "bkt", Region: "us-east-1", Endpoint: "http://127.0.0.1:7070", ForcePathStyle: true, AccessKey: "a", SecretKey: "s"},
 		req:    Request{UserID: "bob", UID: 1000, GID: 1001},
 		passwd: "/sec/s3fs-bob-1.passwd",
 		opts:   []Option{WithMetadataTTL(time.Second)},
-		want:   "bkt:/users/bob/cold /stage -f -o url=http://127.0.0.1:7070,use_path_request_style,allow_other,uid=1000,gid=1001,umask=0022,mp_umask=0022,passwd_file=/sec/s3fs-bob-1.passwd,endpoint=us-east-1,sigv4,stat_cache_expire=1,instance_name=bob,logfile=/dev/stderr",
+		want:   "bkt:/users/bob/cold /stage -f -o url=http://127.0.0.1:7070,use_path_request_style,allow_other,uid=1000,gid=1001,umask=0022,mp_umask=0022,passwd_file=/sec/s3fs-bob-1.passwd,endpoint=us-east-1,sigv4,stat_cache_expire=1,ensure_diskfree=2048,instance_name=bob,logfile=/dev/stderr",
 	}, {
 		name: "no region, no endpoint: s3fs defaults",
 		s3:   S3Config{Bucket: "bkt"},
 		req:  Request{UserID: "c"},
-		want: "bkt:/users/c/cold /stage -f -o allow_other,uid=0,gid=0,umask=0022,mp_umask=0022,iam_role=auto,sigv4,stat_cache_expire=60,instance_name=c,logfile=/dev/stderr",
+		want: "bkt:/users/c/cold /stage -f -o allow_other,uid=0,gid=0,umask=0022,mp_umask=0022,iam_role=auto,sigv4,stat_cache_expire=60,ensure_diskfree=2048,instance_name=c,logfile=/dev/stderr",
 	}} {
 		t.Run(c.name, func(t *testing.T) {
 			d, err := NewS3FS(FUSEConfig{S3: c.s3, Logger: discardLogger()}, c.opts...)

@@ -35,11 +35,16 @@ import (
 //     cached.
 //   - use_cache=DIR,del_cache with a cache dir: downloaded data is kept in
 //     the user's cache dir, emptied at start and exit.
+//   - ensure_diskfree=2048: s3fs refuses to stage data that would leave
+//     less than 2 GiB free on the host's disk.
 //   - instance_name=USER, which s3fs adds to its log lines, and
 //     logfile=/dev/stderr: with -f s3fs logs to stdout, which it buffers
 //     when it is a pipe, so a killed daemon's last lines would be lost; its
 //     log file is flushed after each line.
 //
+// s3fsDiskFreeMB is the free space s3fs leaves on the host's disk.
+const s3fsDiskFreeMB = 2048
+
 // -f keeps s3fs in the foreground. When s3fs
 // cannot reach the bucket or the credentials are wrong it exits (status 0,
 // "invalid credentials" or similar on stderr) before or right after
@@ -136,6 +141,10 @@ func (d *S3FS) args(req Request, mountpoint, passwdFile string) ([]string, error
 	if req.CacheDir != "" {
 		o = append(o, "use_cache="+req.CacheDir, "del_cache")
 	}
+	// s3fs stages every write (and, with use_cache, every read) in files on
+	// the host: keep it from filling the host's disk for a sandbox writing
+	// a huge file through /data/cold (mount-s3 keeps 5% free by default).
+	o = append(o, "ensure_diskfree="+strconv.Itoa(s3fsDiskFreeMB))
 	o = append(o, "instance_name="+req.UserID, "logfile=/dev/stderr")
 	// BUCKET:/PATH takes the prefix without its trailing slash.
 	source := d.s3.Bucket + ":/" + strings.TrimSuffix(prefix, "/")

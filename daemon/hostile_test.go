@@ -24,6 +24,11 @@ func TestHostileSandbox(t *testing.T) {
 	if _, err := os.Stat(prod); err != nil {
 		containerdtest.Skip(t, "production image %s missing (run make image)", prod)
 	}
+	unlock, err := containerdtest.LockHostNetwork()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(unlock)
 	h := newHarness(t)
 	ctx := context.Background()
 	f, err := os.Open(prod)

@@ -226,3 +226,20 @@ func unmountUnder(dir string) {
 		unix.Unmount(mp, unix.MNT_DETACH)
 	}
 }
+
+// LockHostNetwork serializes tests, across test binaries, that put fixed
+// addresses on the host (the 169.254.169.254 metadata stand-in, TEST-NET
+// hosts): go test runs packages in parallel, and two such fixtures at once
+// would fight over the same address and port. It blocks until the lock is
+// free and returns the function that releases it.
+func LockHostNetwork() (func(), error) {
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "matrx-test-hostnet.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+}

@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/runtime/containerdtest"
 	"golang.org/x/sys/unix"
 )
 
@@ -47,6 +48,20 @@ var (
 	linkLocal   = netip.MustParseAddr("169.254.10.10")
 	metadata    = netip.MustParseAddr("169.254.169.254")
 )
+
+// TestMain holds the cross-package host-network lock for the whole run:
+// these tests put fixed TEST-NET and metadata addresses on the host, as the
+// daemon's hostile-sandbox test does.
+func TestMain(m *testing.M) {
+	unlock, err := containerdtest.LockHostNetwork()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "host network lock:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	unlock()
+	os.Exit(code)
+}
 
 func outsideAddrs() []netip.Addr {
 	return []netip.Addr{inetA, inetB, privHost, resolver, cgnatHost, linkLocal}
@@ -821,7 +836,9 @@ func (e *testEnv) sandboxIDs(t *testing.T, m *Manager) []string {
 func (e *testEnv) sandboxRules(t *testing.T, m *Manager) []string {
 	t.Helper()
 	var out []string
-	for _, l := range strings.Split(sh(t, "", "iptables", "-S"), "\n") {
+	// Only this manager's chains: other packages' tests (the daemon's) run
+	// their own sandboxes, with their own chains, at the same time.
+	for _, l := range strings.Split(sh(t, "", "iptables", "-S", m.chains.sbx), "\n") {
 		if strings.Contains(l, commentPrefix) {
 			out = append(out, l)
 		}

@@ -9,6 +9,17 @@
 //
 // Records are never deleted by the lifecycle: a destroyed sandbox stays as
 // "stopped" with StoppedAt and StopReason, for audit.
+//
+// Bucket layout of the bbolt file, schema version 1 (see bolt.go for the
+// ordered migrations that produce it):
+//
+//	meta/                    bucket
+//	  schema_version -> "1"  decimal; absent in a brand-new file
+//	sandboxes/               bucket
+//	  <sandbox id>  -> JSON-encoded Record
+//
+// Fields added to Record after version 1 are optional in JSON, so they need
+// no migration; a change of meaning or key layout does.
 package registry
 
 import (

@@ -138,7 +138,8 @@ esac
 echo "bootstrap: ${OS_NAME} (${PKG})"
 
 # Packages: runtime (containerd, runc), init for sandboxes is our own static
-# binary, image build (busybox-static, mmdebstrap), storage (fuse3, s3fs),
+# binary, image build (busybox-static, mmdebstrap), storage (fuse3, s3fs;
+# e2fsprogs for the per-sandbox ext4 disk images),
 # networking (CNI plugins, iptables), test tooling (awscli for the bench,
 # systemd for `systemd-analyze verify` of our units).
 # OPTIONAL packages are installed when the distribution has them and skipped
@@ -148,6 +149,7 @@ if [[ "$PKG" == apt ]]; then
     containerd runc
     busybox-static mmdebstrap
     fuse3 s3fs
+    e2fsprogs
     containernetworking-plugins iptables iproute2
     awscli
     ca-certificates curl make
@@ -167,6 +169,7 @@ else
   PACKAGES=(
     containerd runc
     fuse3
+    e2fsprogs
     iptables-nft iproute
     ca-certificates curl make tar
     systemd

@@ -10,6 +10,9 @@ LDFLAGS := -X github.com/matrx-dev/matrx/version.Version=$(VERSION)
 BIN := build/bin
 IMAGES := build/images
 
+# The tests that run again on containerd 2 (see bootstrap/tools.sh).
+CONTAINERD2_TESTS := TestHardeningUserNS|TestExecSemantics|TestLifecycle|TestHostileSandbox|TestS3HotAndColdStorage
+
 .PHONY: all build deps tools image image-minimal test test-unit lint up down bench clean
 
 all: build
@@ -47,6 +50,9 @@ lint:
 test: deps tools image-minimal image lint
 	@mkdir -p build
 	MATRX_REQUIRE_INTEGRATION=1 $(GO) test -race -count=1 -timeout 30m ./... 2>&1 | tee build/test.log; exit $${PIPESTATUS[0]}
+	@echo "== second pass: containerd 2 + runc 1.2 (user namespaces through idmapped mounts)"
+	MATRX_REQUIRE_INTEGRATION=1 MATRX_TEST_CONTAINERD_DIR=$(CURDIR)/build/tools/containerd2 MATRX_TEST_EXPECT_IDMAP=1 \
+		$(GO) test -race -count=1 -timeout 15m -run '$(CONTAINERD2_TESTS)' ./runtime/ ./daemon/ 2>&1 | tee -a build/test.log; exit $${PIPESTATUS[0]}
 
 # Unit tests only (no root, containerd or S3 needed; integration tests skip).
 test-unit:

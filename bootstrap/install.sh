@@ -161,7 +161,9 @@ if [[ "$PKG" == apt ]]; then
     PACKAGES=("${PACKAGES[@]/awscli/}")
     OPTIONAL+=(awscli)
   fi
-  TEST_PACKAGES=(vagrant)
+  # vagrant for `vagrant validate`; libseccomp-dev and pkg-config to build
+  # runc 1.2 for the containerd 2 test pass (bootstrap/tools.sh).
+  TEST_PACKAGES=(vagrant libseccomp-dev pkg-config)
   PKG_TOOL=apt-get
 else
   # Amazon Linux 2023 names. The image-build tools (busybox-static,

@@ -6,6 +6,10 @@
 # Tools:
 #   versitygw   S3-compatible server (posix backend) used by mounts/s3test.
 #               Built from the Go module proxy at a pinned version (≈4 min cold).
+#   containerd2/{containerd,containerd-shim-runc-v2,runc}
+#               containerd 2 and runc 1.2 for the second test pass
+#               (`make test`), where user namespaces use idmapped mounts.
+#               ≈3 min cold; runc needs libseccomp-dev and pkg-config.
 #
 # Environment:
 #   TOOLS_DIR   override the output directory (default: <repo>/build/tools)
@@ -21,6 +25,10 @@ step() { STEP="$1"; echo "tools: ${STEP}"; }
 
 VERSITYGW_MODULE="github.com/versity/versitygw"
 VERSITYGW_VERSION="v1.8.0"
+CONTAINERD2_MODULE="github.com/containerd/containerd/v2"
+CONTAINERD2_VERSION="v2.2.9"
+RUNC_MODULE="github.com/opencontainers/runc"
+RUNC_VERSION="v1.2.6"
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS_DIR="${TOOLS_DIR:-${REPO_ROOT}/build/tools}"
@@ -40,10 +48,12 @@ module_version() {
   "${GO}" version -m "${bin}" 2>/dev/null | awk -v m="${mod}" '$1 == "mod" && $2 == m { print $3 }'
 }
 
-# build_go_tool NAME MODULE/CMD MODULE VERSION
+# build_go_tool NAME MODULE/CMD MODULE VERSION [SUBDIR] [BUILD TAGS]
 build_go_tool() {
-  local name="$1" pkg="$2" mod="$3" version="$4"
-  local bin="${TOOLS_DIR}/${name}"
+  local name="$1" pkg="$2" mod="$3" version="$4" sub="${5:-}" tags="${6:-}"
+  local dir="${TOOLS_DIR}${sub:+/${sub}}"
+  mkdir -p "${dir}"
+  local bin="${dir}/${name}"
   local have
   have="$(module_version "${bin}" "${mod}")"
   if [[ "${have}" == "${version}" ]]; then
@@ -54,12 +64,12 @@ build_go_tool() {
   # Build into a scratch directory and move into place, so an interrupted build
   # never leaves a half-written binary that looks installed.
   local scratch
-  scratch="$(mktemp -d "${TOOLS_DIR}/.build-${name}.XXXXXX")"
+  scratch="$(mktemp -d "${dir}/.build-${name}.XXXXXX")"
   # GOFLAGS=-mod=mod keeps the repo's go.mod out of it: "go install pkg@version"
   # builds in module mode from the proxy, with the module's own go.sum.
-  (cd "${scratch}" && GOBIN="${scratch}" GOFLAGS=-mod=mod nice "${GO}" install "${pkg}@${version}") \
+  (cd "${scratch}" && GOBIN="${scratch}" GOFLAGS=-mod=mod nice "${GO}" install ${tags:+-tags "${tags}"} "${pkg}@${version}") \
     || { rm -rf "${scratch}"; false; }
-  step "install ${name} into ${TOOLS_DIR}"
+  step "install ${name} into ${dir}"
   mv -f "${scratch}/${name}" "${bin}"
   rmdir "${scratch}"
   have="$(module_version "${bin}" "${mod}")"
@@ -68,5 +78,13 @@ build_go_tool() {
 }
 
 build_go_tool versitygw "${VERSITYGW_MODULE}/cmd/versitygw" "${VERSITYGW_MODULE}" "${VERSITYGW_VERSION}"
+
+# containerd 2 with runc 1.2, for the second pass of the user-namespace
+# tests: newer containerd maps ids with idmapped mounts instead of chowning a
+# copy of the image (runtime/userns.go). Debian 12 ships only containerd 1.6,
+# so they are built from the Go module proxy (runc needs libseccomp-dev).
+build_go_tool containerd "${CONTAINERD2_MODULE}/cmd/containerd" "${CONTAINERD2_MODULE}" "${CONTAINERD2_VERSION}" containerd2
+build_go_tool containerd-shim-runc-v2 "${CONTAINERD2_MODULE}/cmd/containerd-shim-runc-v2" "${CONTAINERD2_MODULE}" "${CONTAINERD2_VERSION}" containerd2
+build_go_tool runc "${RUNC_MODULE}" "${RUNC_MODULE}" "${RUNC_VERSION}" containerd2 seccomp
 
 step "done"

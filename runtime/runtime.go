@@ -67,6 +67,7 @@ type Runtime struct {
 	tmpfs       TmpfsSizes
 	swap        bool
 	userns      UserNS
+	idmapped    bool // the snapshotter maps ids itself (idmapped mounts)
 	net         *network.Manager
 
 	mu    sync.Mutex
@@ -108,6 +109,10 @@ func (r *Runtime) GCNetwork(ctx context.Context, keep func(id string) bool) erro
 
 // WithUserNS runs every sandbox in a user namespace with this mapping.
 func WithUserNS(u UserNS) Option { return func(r *Runtime) { r.userns = u } }
+
+// IDMapped reports whether sandboxes get idmapped mounts from the
+// snapshotter (containerd ≥ 2) rather than a chowned copy of the image.
+func (r *Runtime) IDMapped() bool { return r.idmapped }
 
 // UserNS returns the sandboxes' id mapping (zero when off).
 func (r *Runtime) UserNS() UserNS { return r.userns }
@@ -162,6 +167,15 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Runtime, error) {
 	if _, err := r.Version(vctx); err != nil {
 		client.Close()
 		return nil, err
+	}
+	if r.userns.Enabled() {
+		caps, _ := client.GetSnapshotterCapabilities(vctx, r.snapshotter)
+		r.idmapped = snapshotterRemaps(caps)
+		if r.idmapped {
+			r.log.Info("user namespaces: the snapshotter maps ids with idmapped mounts", "snapshotter", r.snapshotter)
+		} else {
+			r.log.Info("user namespaces: the snapshotter cannot map ids; images are chowned once per image into a kept copy", "snapshotter", r.snapshotter)
+		}
 	}
 	return r, nil
 }
@@ -257,9 +271,15 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 		LabelCreatedAt: req.CreatedAt.UTC().Format(time.RFC3339Nano),
 	}
 	snapshot := containerd.WithNewSnapshot(req.ID, img)
-	if r.userns.Enabled() {
+	switch {
+	case r.userns.Enabled() && r.idmapped:
+		// containerd ≥ 2 with an idmap-capable snapshotter: the mapping is
+		// applied at mount time, nothing is copied.
+		snapshot = containerd.WithNewSnapshot(req.ID, img,
+			containerd.WithUserNSRemapperLabels(r.userns.mappings(), r.userns.mappings()))
+	case r.userns.Enabled():
 		// The image is chowned into the sandbox id range once per image;
-		// later sandboxes reuse the remapped parent (see userns.go).
+		// later sandboxes reuse the remapped parent (see remap_linux.go).
 		snapshot = r.withRemappedSnapshot(req.ID, img)
 	}
 	container, err := r.client.NewContainer(ctx, req.ID,

@@ -116,6 +116,10 @@ func TestHardeningUserNS(t *testing.T) {
 		t.Fatal(err)
 	}
 	rt, env := newRuntime(t, runtime.WithUserNS(u))
+	t.Logf("idmapped mounts: %v", rt.IDMapped())
+	if os.Getenv("MATRX_TEST_EXPECT_IDMAP") == "1" && !rt.IDMapped() {
+		t.Fatal("this containerd should map ids with idmapped mounts")
+	}
 	id := testHardening(t, rt, env)
 	res := run(t, rt, id, runtime.ExecRequest{Command: "cat /proc/self/uid_map; id -u; stat -c %u /home/agent", User: runtime.UserRoot})
 	want := fmt.Sprintf("0 %d 65536", runtime.DefaultUserNSBase)

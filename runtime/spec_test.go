@@ -214,3 +214,16 @@ func TestEnsureTraversable(t *testing.T) {
 		t.Errorf("second call changed %v", again)
 	}
 }
+
+func TestSnapshotterRemaps(t *testing.T) {
+	for _, c := range []struct {
+		caps []string
+		want bool
+	}{
+		{nil, false}, {[]string{"rebase"}, false}, {[]string{"rebase", "remap-ids"}, true}, {[]string{"only-remap-ids", "remap-ids"}, true},
+	} {
+		if got := snapshotterRemaps(c.caps); got != c.want {
+			t.Errorf("%v: %v", c.caps, got)
+		}
+	}
+}

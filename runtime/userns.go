@@ -14,13 +14,22 @@ import (
 // User namespaces. With them on, every sandbox runs in its own user
 // namespace whose ids 0-65535 map to host ids Base..Base+65535: container
 // root is an unprivileged host user, and the agent (1000) is host uid
-// Base+1000. All sandboxes share one range (as Docker's userns-remap does)
-// so that the remapped image snapshot is made once per image and reused:
-// containerd 1.6 has no idmapped mounts, so the remap is a chown of a copy
-// of the image (containerd's WithUserNSRemappedSnapshot), which costs
-// seconds for a large image the first time and nothing afterwards.
-// Sandboxes still cannot reach each other's processes (separate PID
-// namespaces) or files (separate mounts).
+// Base+1000. The image's files must appear owned by the mapped ids, and
+// how depends on what containerd offers (detected at startup from the
+// snapshotter's capabilities):
+//
+//   - containerd ≥ 2 whose overlayfs snapshotter reports "remap-ids" (a
+//     kernel with idmapped mounts, runc ≥ 1.2): the snapshotter mounts the
+//     image layers idmapped; nothing is copied. `make test` runs the
+//     user-namespace, exec, lifecycle, storage and hostile tests a second
+//     time on containerd 2.2.9 + runc 1.2.6 for this path.
+//   - containerd 1.6 (Debian 12): no idmapped mounts, so the image is
+//     chowned into a copy, once per image and range, kept as a GC root
+//     (remap_linux.go) and shared by later sandboxes.
+//
+// All sandboxes share one range (as Docker's userns-remap does). Sandboxes
+// still cannot reach each other's processes (separate PID namespaces) or
+// files (separate mounts).
 //
 // Pick a Base that no real host user or other tool's subuid range uses.
 
@@ -43,6 +52,19 @@ func (u UserNS) HostID(id uint32) uint32 {
 
 func (u UserNS) mappings() []specs.LinuxIDMapping {
 	return []specs.LinuxIDMapping{{ContainerID: 0, HostID: u.Base, Size: u.Size}}
+}
+
+// snapshotterRemaps reports whether a snapshotter's capabilities include
+// mapping ids itself ("remap-ids": containerd ≥ 2's overlayfs on a kernel
+// with idmapped mounts). containerd 1.6 reports none, and then the image is
+// chowned into a copy instead.
+func snapshotterRemaps(caps []string) bool {
+	for _, c := range caps {
+		if c == "remap-ids" {
+			return true
+		}
+	}
+	return false
 }
 
 // DefaultUserNSBase is the first host id of the sandbox range.

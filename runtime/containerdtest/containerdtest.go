@@ -66,7 +66,14 @@ func Start(t testing.TB, nsToClean ...string) *Env {
 	if os.Geteuid() != 0 {
 		Skip(t, "needs root")
 	}
+	// MATRX_TEST_CONTAINERD_DIR runs another containerd build (with its
+	// shim and runc in that dir, found first on containerd's PATH), e.g. a
+	// containerd 2 for the idmapped-mount path.
+	altDir := os.Getenv("MATRX_TEST_CONTAINERD_DIR")
 	bin, err := exec.LookPath("containerd")
+	if altDir != "" {
+		bin, err = filepath.Join(altDir, "containerd"), nil
+	}
 	if err != nil {
 		Skip(t, "containerd not installed (run bootstrap/install.sh --packages-only)")
 	}
@@ -102,6 +109,9 @@ func Start(t testing.TB, nsToClean ...string) *Env {
 		t.Fatal(err)
 	}
 	e.cmd = exec.Command(bin, "--config", cfg, "--log-level", "warn")
+	if altDir != "" {
+		e.cmd.Env = append(os.Environ(), "PATH="+altDir+":"+os.Getenv("PATH"))
+	}
 	e.cmd.Stdout, e.cmd.Stderr = logf, logf
 	// No Pdeathsig: the kernel sends it when the forking OS *thread*
 	// exits, and Go retires threads whenever a goroutine that called

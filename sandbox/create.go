@@ -1,0 +1,263 @@
+package sandbox
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/matrx-dev/matrx/registry"
+	"github.com/matrx-dev/matrx/runtime"
+	"github.com/matrx-dev/matrx/runtime/network"
+	"github.com/matrx-dev/matrx/undo"
+)
+
+// CreateConfig is what a client may set on a new sandbox. Zero values take
+// the daemon's defaults.
+type CreateConfig struct {
+	Image      string
+	CPU        float64
+	MemoryMB   int64
+	Pids       int64
+	DiskMB     int64
+	TTLSeconds int64
+	Env        map[string]string
+	Labels     map[string]string
+	Network    registry.NetworkConfig
+}
+
+// resolve validates c against the limits and fills in defaults.
+func (m *Manager) resolve(c CreateConfig) (registry.Config, error) {
+	l := m.limits
+	out := registry.Config{
+		Image: c.Image, CPU: c.CPU, MemoryMB: c.MemoryMB, Pids: c.Pids, DiskMB: c.DiskMB, TTLSeconds: c.TTLSeconds,
+		Env: c.Env, Labels: c.Labels, Network: c.Network,
+	}
+	if out.Image == "" {
+		out.Image = l.DefaultImage
+	}
+	if err := validateImage(out.Image); err != nil {
+		return out, err
+	}
+	if out.CPU == 0 {
+		out.CPU = l.DefaultCPU
+	}
+	if out.CPU < 0.1 || out.CPU > l.MaxCPU {
+		return out, invalid("config.cpu %g is out of range [0.1, %g]", out.CPU, l.MaxCPU)
+	}
+	if out.MemoryMB == 0 {
+		out.MemoryMB = l.DefaultMemoryMB
+	}
+	if out.MemoryMB < 64 || out.MemoryMB > l.MaxMemoryMB {
+		return out, invalid("config.memory_mb %d is out of range [64, %d]", out.MemoryMB, l.MaxMemoryMB)
+	}
+	if out.Pids == 0 {
+		out.Pids = l.DefaultPids
+	}
+	if out.Pids < 16 || out.Pids > l.MaxPids {
+		return out, invalid("config.pids %d is out of range [16, %d]", out.Pids, l.MaxPids)
+	}
+	if out.DiskMB == 0 {
+		out.DiskMB = l.DefaultDiskMB
+	} else if l.DefaultDiskMB == 0 {
+		return out, invalid("config.disk_mb: disk quotas are turned off on this daemon")
+	}
+	if out.DiskMB != 0 && (out.DiskMB < 64 || out.DiskMB > l.MaxDiskMB) {
+		return out, invalid("config.disk_mb %d is out of range [64, %d]", out.DiskMB, l.MaxDiskMB)
+	}
+	if out.TTLSeconds == 0 {
+		out.TTLSeconds = int64(l.DefaultTTL / time.Second)
+	}
+	if out.TTLSeconds < 60 || out.TTLSeconds > int64(l.MaxTTL/time.Second) {
+		return out, invalid("config.ttl_seconds %d is out of range [60, %d]", out.TTLSeconds, int64(l.MaxTTL/time.Second))
+	}
+	if err := validateEnv(out.Env, "config.env"); err != nil {
+		return out, err
+	}
+	if err := validateLabels(out.Labels); err != nil {
+		return out, err
+	}
+	if out.Network.Mode == "" {
+		out.Network.Mode = string(network.ModeNone)
+		if m.rt != nil && m.rt.Networking() {
+			out.Network.Mode = string(network.ModeDefault)
+		}
+	}
+	p, err := networkPolicy(out.Network)
+	if err != nil {
+		return out, err
+	}
+	if m.rt != nil {
+		if err := m.rt.CheckNetwork(p); err != nil {
+			return out, fmt.Errorf("config.network: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// networkPolicy parses a sandbox's network config.
+func networkPolicy(c registry.NetworkConfig) (network.Policy, error) {
+	p := network.Policy{Mode: network.Mode(c.Mode)}
+	if len(c.Allow) > network.MaxAllow {
+		return p, invalid("config.network.allow has %d entries, at most %d allowed", len(c.Allow), network.MaxAllow)
+	}
+	for _, a := range c.Allow {
+		pfx, err := netip.ParsePrefix(a)
+		if err != nil {
+			return p, invalid("config.network.allow entry %q is not a CIDR (e.g. 203.0.113.0/24)", a)
+		}
+		p.Allow = append(p.Allow, pfx)
+	}
+	if err := p.Validate(); err != nil {
+		return p, fmt.Errorf("config.network: %w", err)
+	}
+	return p, nil
+}
+
+// Create validates, records and starts a sandbox for userID. It returns once
+// the sandbox is ready, or with an error after undoing everything it made; a
+// sandbox that failed to start stays in the registry as failed, with the
+// reason.
+func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*registry.Record, error) {
+	start := time.Now()
+	if err := ValidateUserID(userID); err != nil {
+		return nil, err
+	}
+	cfg, err := m.resolve(c)
+	if err != nil {
+		return nil, err
+	}
+	now := m.now().UTC()
+	rec := &registry.Record{
+		ID: newSandboxID(), UserID: userID, Status: registry.StatusCreating,
+		Config: cfg, CreatedAt: now, ExpiresAt: now.Add(time.Duration(cfg.TTLSeconds) * time.Second),
+	}
+	rec.ContainerID = rec.ID
+	if err := m.store.Create(ctx, rec); err != nil {
+		return nil, fmt.Errorf("record sandbox: %w", err)
+	}
+	log := m.log.With("sandbox_id", rec.ID, "user_id", userID)
+	log.Info("sandbox creating", "image", cfg.Image, "cpu", cfg.CPU, "memory_mb", cfg.MemoryMB, "pids", cfg.Pids)
+
+	fail := func(err error) (*registry.Record, error) {
+		// Record the failure even if the caller went away.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		stopped := m.now().UTC()
+		m.store.Update(cctx, rec.ID, func(r *registry.Record) error {
+			r.Status = registry.StatusFailed
+			r.Error = err.Error()
+			r.StoppedAt = &stopped
+			r.StopReason = ReasonError
+			return nil
+		})
+		log.Error("sandbox create failed", "error", err)
+		m.metrics.ObserveCreate(time.Since(start), false)
+		return nil, err
+	}
+
+	if err := m.storage.EnsureUser(ctx, userID); err != nil {
+		return fail(err)
+	}
+	// Undo steps, run newest first on failure. Hot files may be removed
+	// here: the agent never ran.
+	var rollback undo.Stack
+	undoAll := func() { rollback.Run(ctx, log) }
+	home, err := m.storage.PrepareHot(rec.ID, userID, cfg.DiskMB<<20)
+	if err != nil {
+		return fail(err)
+	}
+	rollback.Push("remove hot dir", func(context.Context) error { return m.storage.RemoveHot(rec.ID) })
+	// Hot files download while the cold mount and the container come up.
+	downDone := make(chan error, 1)
+	go func() {
+		res, err := m.storage.SyncDown(ctx, rec.ID, userID)
+		if err == nil {
+			log.Info("hot storage synced down", "files", len(res.Downloaded), "bytes", res.Bytes, "rejected", len(res.Rejected))
+			m.metrics.AddHotSync("down", res.Bytes, int64(len(res.Downloaded)), 0, 0)
+		} else {
+			m.metrics.AddHotSync("down", 0, 0, 0, 1)
+		}
+		downDone <- err
+	}()
+	waitDown := func() error { return <-downDone }
+	coldPath, err := m.storage.AcquireCold(ctx, userID)
+	if err != nil {
+		waitDown()
+		undoAll()
+		return fail(err)
+	}
+	rollback.Push("release cold mount", func(c context.Context) error { return m.storage.ReleaseCold(c, userID) })
+	if _, err := m.setStatus(ctx, rec.ID, registry.StatusStarting); err != nil {
+		waitDown()
+		undoAll()
+		return fail(err)
+	}
+	policy, _ := networkPolicy(cfg.Network) // validated by resolve
+	err = m.rt.Create(ctx, runtime.CreateRequest{
+		ID: rec.ID, UserID: userID, Image: cfg.Image,
+		Resources: runtime.Resources{CPU: cfg.CPU, MemoryBytes: cfg.MemoryMB << 20, Pids: cfg.Pids},
+		Mounts: []runtime.Mount{
+			{Source: home, Destination: HotPath},
+			{Source: coldPath, Destination: ColdPath, Slave: true},
+		},
+		Env:       m.sandboxEnv(rec),
+		Network:   policy,
+		CreatedAt: now,
+	})
+	if err != nil {
+		waitDown()
+		undoAll()
+		return fail(err)
+	}
+	rollback.Push("destroy container", func(c context.Context) error { return m.rt.Destroy(c, rec.ID, 0) })
+	if err := waitDown(); err != nil {
+		undoAll()
+		return fail(fmt.Errorf("hot storage sync-down: %w", err))
+	}
+	m.mu.Lock()
+	m.live[rec.ID] = &liveState{cwd: HotPath}
+	m.mu.Unlock()
+	syncedAt := m.now().UTC()
+	out, err := m.store.Update(ctx, rec.ID, func(r *registry.Record) error {
+		r.Status = registry.StatusReady
+		r.HotSyncedAt = &syncedAt
+		return nil
+	})
+	if err != nil {
+		m.forget(rec.ID)
+		undoAll()
+		return fail(err)
+	}
+	log.Info("sandbox ready")
+	m.metrics.ObserveCreate(time.Since(start), true)
+	return out, nil
+}
+
+// sandboxEnv is the environment every process of the sandbox gets.
+func (m *Manager) sandboxEnv(rec *registry.Record) map[string]string {
+	env := map[string]string{}
+	for k, v := range rec.Config.Env {
+		env[k] = v
+	}
+	env["SANDBOX_ID"] = rec.ID
+	env["USER_ID"] = rec.UserID
+	env["HOT_PATH"] = HotPath
+	env["COLD_PATH"] = ColdPath
+	return env
+}
+
+func (m *Manager) setStatus(ctx context.Context, id string, s registry.Status) (*registry.Record, error) {
+	return m.store.Update(ctx, id, func(r *registry.Record) error {
+		r.Status = s
+		return nil
+	})
+}
+
+func newSandboxID() string {
+	var b [6]byte
+	rand.Read(b[:])
+	return "sbx-" + hex.EncodeToString(b[:])
+}

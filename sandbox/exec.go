@@ -1,0 +1,154 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/registry"
+	"github.com/matrx-dev/matrx/runtime"
+)
+
+// ExecInput is one exec request as the client sent it.
+type ExecInput struct {
+	Command string
+	Timeout time.Duration // 0: default
+	User    string        // "", "agent" or "root"
+	Cwd     string        // "": remembered
+	Env     map[string]string
+}
+
+// ExecOutput is the exec's result plus the directory the next exec starts in.
+type ExecOutput struct {
+	*runtime.ExecResult
+}
+
+// Exec runs a command in a live sandbox.
+func (m *Manager) Exec(ctx context.Context, id string, in ExecInput) (*ExecOutput, error) {
+	l := m.limits
+	if !ValidSandboxID(id) {
+		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
+	}
+	if in.Command == "" {
+		return nil, invalid("command must not be empty")
+	}
+	if n := len([]rune(in.Command)); n > l.MaxCommandLength {
+		return nil, invalid("command is %d characters, at most %d allowed", n, l.MaxCommandLength)
+	}
+	if strings.IndexByte(in.Command, 0) >= 0 {
+		return nil, invalid("command must not contain NUL bytes")
+	}
+	if in.Timeout == 0 {
+		in.Timeout = l.DefaultCmdTimeout
+	}
+	if in.Timeout < time.Second || in.Timeout > l.MaxCmdTimeout {
+		return nil, invalid("timeout %v is out of range [1s, %v]", in.Timeout, l.MaxCmdTimeout)
+	}
+	user := runtime.ExecUser(in.User)
+	if user == "" {
+		user = runtime.UserAgent
+	}
+	if user != runtime.UserAgent && user != runtime.UserRoot {
+		return nil, invalid("user %q is invalid: want agent or root", in.User)
+	}
+	if in.Cwd != "" {
+		if err := validateCwd(in.Cwd); err != nil {
+			return nil, err
+		}
+	}
+	if err := validateEnv(in.Env, "env"); err != nil {
+		return nil, err
+	}
+	rec, err := m.store.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if !rec.Status.Live() {
+		return nil, fmt.Errorf("sandbox %s is %s, not running: %w", id, rec.Status, errdefs.ErrFailedPrecondition)
+	}
+	st := m.state(id)
+	req := runtime.ExecRequest{
+		Command: in.Command, User: user, Timeout: in.Timeout, OutputLimit: l.OutputLimit,
+		Env: m.sandboxEnv(rec),
+	}
+	for k, v := range in.Env {
+		req.Env[k] = v
+	}
+	if in.Cwd != "" {
+		req.Cwd = in.Cwd
+	} else {
+		m.mu.Lock()
+		req.Cwd = st.cwd
+		m.mu.Unlock()
+		// A remembered directory the agent has since removed falls back
+		// to home instead of failing the call.
+		req.FallbackCwd = HotPath
+	}
+	res, err := m.rt.Exec(ctx, id, req)
+	if errdefs.IsNotFound(err) {
+		return nil, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrFailedPrecondition)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if res.Cwd == "" {
+		res.Cwd = req.Cwd
+	} else {
+		m.mu.Lock()
+		st.cwd = res.Cwd
+		m.mu.Unlock()
+	}
+	m.metrics.ObserveExec(res.Duration, res.TimedOut)
+	if res.TimedOut {
+		m.log.Warn("exec timed out", "sandbox_id", id, "user_id", rec.UserID, "timeout", in.Timeout)
+	}
+	if rec.Status == registry.StatusReady {
+		m.store.Update(ctx, id, func(r *registry.Record) error {
+			if r.Status == registry.StatusReady {
+				r.Status = registry.StatusRunning
+			}
+			return nil
+		})
+	}
+	return &ExecOutput{res}, nil
+}
+
+// state returns the in-memory state of a sandbox, creating it after a daemon
+// restart (the remembered cwd does not survive restarts: it falls back to
+// home).
+func (m *Manager) state(id string) *liveState {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st, ok := m.live[id]
+	if !ok {
+		st = &liveState{cwd: HotPath}
+		m.live[id] = st
+	}
+	return st
+}
+
+func (m *Manager) forget(id string) {
+	m.mu.Lock()
+	delete(m.live, id)
+	m.mu.Unlock()
+}
+
+// Heartbeat records that the agent is alive.
+func (m *Manager) Heartbeat(ctx context.Context, id string) (*registry.Record, error) {
+	if !ValidSandboxID(id) {
+		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
+	}
+	now := m.now().UTC()
+	return m.store.Update(ctx, id, func(r *registry.Record) error {
+		if !r.Status.Live() {
+			return fmt.Errorf("sandbox %s is %s: %w", id, r.Status, errdefs.ErrFailedPrecondition)
+		}
+		r.LastHeartbeatAt = &now
+		if r.Status == registry.StatusReady {
+			r.Status = registry.StatusRunning
+		}
+		return nil
+	})
+}

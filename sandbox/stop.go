@@ -1,0 +1,254 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/registry"
+)
+
+// Destroy stops a sandbox and waits for it. Graceful stops give processes
+// the shutdown timeout after SIGTERM. Destroying a stopped sandbox is a
+// no-op.
+func (m *Manager) Destroy(ctx context.Context, id string, graceful bool, reason string) (*registry.Record, error) {
+	rec, started, err := m.beginShutdown(ctx, id, "")
+	if err != nil || rec.Status.Terminal() {
+		return rec, err
+	}
+	if !started {
+		// Another caller (a second DELETE, a signal, the TTL) is stopping
+		// it: wait for that instead of releasing its resources twice.
+		return m.waitStopped(ctx, id)
+	}
+	return m.finishShutdown(ctx, rec, graceful, reason, registry.StatusStopped)
+}
+
+// waitStopped polls until a sandbox that someone else is stopping reaches a
+// terminal state.
+func (m *Manager) waitStopped(ctx context.Context, id string) (*registry.Record, error) {
+	deadline := time.Now().Add(m.limits.ShutdownTimeout + 2*time.Minute)
+	for {
+		rec, err := m.store.Get(ctx, id)
+		if err != nil || rec.Status.Terminal() {
+			return rec, err
+		}
+		if time.Now().After(deadline) {
+			return rec, fmt.Errorf("sandbox %s is still shutting down: %w", id, errdefs.ErrUnavailable)
+		}
+		select {
+		case <-ctx.Done():
+			return rec, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Signal handles an agent's complete/error signal: the sandbox moves to
+// shutting_down at once and stops in the background.
+func (m *Manager) Signal(ctx context.Context, id string, reason, errMsg string) (*registry.Record, error) {
+	rec, started, err := m.beginShutdown(ctx, id, errMsg)
+	if err != nil {
+		return nil, err
+	}
+	if !started {
+		return nil, fmt.Errorf("sandbox %s is already %s: %w", id, rec.Status, errdefs.ErrFailedPrecondition)
+	}
+	m.bg.Add(1)
+	go func() {
+		defer m.bg.Done()
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.limits.ShutdownTimeout+time.Minute)
+		defer cancel()
+		m.finishShutdown(ctx, rec, true, reason, registry.StatusStopped)
+	}()
+	return rec, nil
+}
+
+// beginShutdown moves a live sandbox to shutting_down and reports whether
+// this call did it (and so owns the stop). A sandbox still being created
+// cannot be stopped yet (FailedPrecondition: retry); one already stopping or
+// stopped is returned as it is. A sandbox already in a
+// terminal state is returned unchanged.
+func (m *Manager) beginShutdown(ctx context.Context, id, errMsg string) (*registry.Record, bool, error) {
+	if !ValidSandboxID(id) {
+		return nil, false, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
+	}
+	started := false
+	rec, err := m.store.Update(ctx, id, func(r *registry.Record) error {
+		switch {
+		case r.Status == registry.StatusCreating || r.Status == registry.StatusStarting:
+			return fmt.Errorf("sandbox %s is still being created; retry once it is ready: %w", id, errdefs.ErrFailedPrecondition)
+		case !r.Status.Live():
+			return nil // terminal, or someone else is stopping it
+		}
+		started = true
+		r.Status = registry.StatusShuttingDown
+		if errMsg != "" {
+			r.Error = errMsg
+		}
+		return nil
+	})
+	return rec, started, err
+}
+
+func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, graceful bool, reason string, final registry.Status) (_ *registry.Record, derr error) {
+	start := time.Now()
+	log := m.log.With("sandbox_id", rec.ID, "user_id", rec.UserID)
+	log.Info("sandbox stopping", "reason", reason, "graceful", graceful)
+	defer func() { m.metrics.ObserveDestroy(time.Since(start), derr == nil) }()
+	grace := time.Duration(0)
+	if graceful {
+		grace = m.limits.ShutdownTimeout
+	}
+	// The container must go even if the client hangs up mid-request.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace+time.Minute)
+	defer cancel()
+	derr = m.rt.Destroy(dctx, rec.ID, grace)
+	m.forget(rec.ID)
+	// The processes are gone, so the hot files are quiescent: sync them up.
+	// The directory is removed only if the sync succeeded; otherwise it
+	// stays, the record says so, and the next daemon start retries.
+	var serr error
+	if derr == nil {
+		serr = m.finalSync(dctx, rec.ID, rec.UserID, log)
+		if err := m.storage.ReleaseCold(dctx, rec.UserID); err != nil {
+			log.Warn("cold release failed", "error", err)
+		}
+	} else {
+		// The container may still be running and writing: save what is
+		// there, keep the directory and the mount, and let recovery finish.
+		if _, serr = m.storage.SyncUp(dctx, rec.ID, rec.UserID); serr == nil {
+			serr = fmt.Errorf("sandbox could not be destroyed; hot files kept on the host")
+		}
+	}
+	now := m.now().UTC()
+	out, err := m.store.Update(dctx, rec.ID, func(r *registry.Record) error {
+		if derr != nil {
+			r.Status = registry.StatusFailed
+			r.Error = "destroy: " + derr.Error()
+		} else {
+			r.Status = final
+		}
+		r.StoppedAt = &now
+		r.StopReason = reason
+		recordSync(r, serr, now)
+		return nil
+	})
+	if derr != nil {
+		log.Error("sandbox destroy failed", "error", derr)
+		return out, derr
+	}
+	log.Info("sandbox stopped", "reason", reason)
+	return out, err
+}
+
+// ExpireDue stops every live sandbox whose TTL has passed.
+func (m *Manager) ExpireDue(ctx context.Context) {
+	rs, err := m.store.List(ctx, registry.Filter{Statuses: []registry.Status{registry.StatusReady, registry.StatusRunning}})
+	if err != nil {
+		m.log.Warn("expiry scan failed", "error", err)
+		return
+	}
+	now := m.now()
+	for _, r := range rs {
+		if now.Before(r.ExpiresAt) {
+			continue
+		}
+		rec, started, err := m.beginShutdown(ctx, r.ID, "")
+		if err != nil || !started {
+			continue
+		}
+		m.finishShutdown(ctx, rec, true, ReasonExpired, registry.StatusExpired)
+	}
+}
+
+// RunExpiry calls ExpireDue every interval until ctx ends.
+func (m *Manager) RunExpiry(ctx context.Context, interval time.Duration) {
+	every(ctx, interval, m.ExpireDue)
+}
+
+// Recover runs once at startup, before the API serves.
+//
+//   - Live sandboxes whose task still runs keep running: their cold mount is
+//     acquired again (the refcount lives in memory) and their hot files are
+//     checkpointed now, so nothing written before a daemon crash waits for
+//     the next interval.
+//   - Sandboxes caught mid-transition (creating, starting, shutting_down) or
+//     whose task is gone are stopped, their hot files synced up, and marked
+//     failed with the reason.
+//   - Hot directories whose final sync failed earlier (or that have no
+//     record at all, e.g. with the in-memory registry) are synced again and
+//     removed only on success.
+func (m *Manager) Recover(ctx context.Context) error {
+	rs, err := m.List(ctx, "", false)
+	if err != nil {
+		return err
+	}
+	for _, r := range rs {
+		log := m.log.With("sandbox_id", r.ID, "user_id", r.UserID)
+		if r.Status.Live() {
+			ok, err := m.rt.Running(ctx, r.ID)
+			if err != nil {
+				log.Warn("recover: cannot check sandbox", "error", err)
+				continue
+			}
+			if ok {
+				if _, err := m.storage.AcquireCold(ctx, r.UserID); err != nil {
+					log.Warn("recover: cold mount failed", "error", err)
+				}
+				m.checkpointOne(ctx, r)
+				log.Info("recovered running sandbox")
+				continue
+			}
+		}
+		if err := m.rt.Destroy(ctx, r.ID, 0); err != nil {
+			log.Warn("recover: destroy leftover failed", "error", err)
+		}
+		serr := m.finalSync(ctx, r.ID, r.UserID, log)
+		now := m.now().UTC()
+		status := r.Status
+		m.store.Update(ctx, r.ID, func(rec *registry.Record) error {
+			rec.Status = registry.StatusFailed
+			rec.Error = fmt.Sprintf("daemon restarted while sandbox was %s", status)
+			rec.StoppedAt = &now
+			rec.StopReason = ReasonError
+			recordSync(rec, serr, now)
+			return nil
+		})
+		log.Warn("recover: sandbox marked failed", "was", status)
+	}
+	pending, err := m.storage.Pending()
+	if err != nil {
+		return err
+	}
+	for _, p := range pending {
+		rec, err := m.store.Get(ctx, p.SandboxID)
+		if err == nil && !rec.Status.Terminal() {
+			continue // a live sandbox: its files stay in use
+		}
+		log := m.log.With("sandbox_id", p.SandboxID, "user_id", p.UserID)
+		serr := m.finalSync(ctx, p.SandboxID, p.UserID, log)
+		if err == nil {
+			now := m.now().UTC()
+			m.store.Update(ctx, p.SandboxID, func(r *registry.Record) error {
+				recordSync(r, serr, now)
+				return nil
+			})
+		}
+		if serr == nil {
+			log.Info("recover: pending hot files synced")
+		}
+	}
+	return nil
+}
+
+// Wait blocks until background shutdowns have finished.
+func (m *Manager) Wait() { m.bg.Wait() }
+
+// IsLive reports whether a sandbox's record says its container should
+// exist (for garbage collection of host resources after a crash).
+func (m *Manager) IsLive(id string) bool {
+	r, err := m.store.Get(context.Background(), id)
+	return err == nil && !r.Status.Terminal()
+}

@@ -66,14 +66,8 @@ root:x:0:
 agent:x:1000:
 nogroup:x:65534:
 EOF
-cat >"$ROOTFS/etc/hosts" <<'EOF'
-127.0.0.1	localhost
-::1	localhost ip6-localhost ip6-loopback
-EOF
-# Filled in by the runtime (bind mounts or its own files).
-: >"$ROOTFS/etc/hostname"
-: >"$ROOTFS/etc/resolv.conf"
-chmod 0644 "$ROOTFS"/etc/{passwd,group,hosts,hostname,resolv.conf}
+chmod 0644 "$ROOTFS"/etc/{passwd,group}
+write_runtime_etc "$ROOTFS"
 
 step "smoke-test the rootfs in a chroot"
 # Proves busybox is really static (nothing else is in there) and the user

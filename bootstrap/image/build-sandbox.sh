@@ -90,14 +90,8 @@ install -d -m 0755 -o 1000 -g 1000 "$ROOTFS/data/cold"
 step "finish /etc and tools"
 # fd-find installs the binary as fdfind (a clash with an older Debian package).
 ln -sfn /usr/bin/fdfind "$ROOTFS/usr/local/bin/fd"
-cat >"$ROOTFS/etc/hosts" <<'EOF'
-127.0.0.1	localhost
-::1	localhost ip6-localhost ip6-loopback
-EOF
 # mmdebstrap copied the host's; the runtime provides its own.
-: >"$ROOTFS/etc/hostname"
-: >"$ROOTFS/etc/resolv.conf"
-chmod 0644 "$ROOTFS"/etc/{hosts,hostname,resolv.conf}
+write_runtime_etc "$ROOTFS"
 
 step "trim"
 # Left by useradd and the package scripts; the apt lists and caches are

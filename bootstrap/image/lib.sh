@@ -60,6 +60,20 @@ image_init() {
 }
 
 # find_go prints the go command to use (root's PATH may lack /usr/local/go/bin).
+# write_runtime_etc ROOTFS writes the /etc files the runtime owns: a plain
+# hosts file, and empty hostname and resolv.conf that matrx replaces with its
+# own (bind mounts) in every sandbox.
+write_runtime_etc() {
+  local root="$1"
+  cat >"$root/etc/hosts" <<'EOF'
+127.0.0.1	localhost
+::1	localhost ip6-localhost ip6-loopback
+EOF
+  : >"$root/etc/hostname"
+  : >"$root/etc/resolv.conf"
+  chmod 0644 "$root"/etc/{hosts,hostname,resolv.conf}
+}
+
 find_go() {
   if command -v go >/dev/null 2>&1; then
     command -v go

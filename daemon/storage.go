@@ -82,12 +82,8 @@ func storageConfigFrom(c *cli.Context) StorageConfig {
 		ColdDriver: strings.ToLower(c.String("cold-driver")), CheckpointInterval: c.Duration("checkpoint-interval"),
 	}
 	if c.IsSet("hot-excludes") {
-		sc.Excludes = []string{}
-		for _, p := range strings.Split(c.String("hot-excludes"), ",") {
-			if p = strings.TrimSpace(p); p != "" {
-				sc.Excludes = append(sc.Excludes, p)
-			}
-		}
+		// Set but empty means "exclude nothing", hence non-nil.
+		sc.Excludes = append([]string{}, splitList(c.String("hot-excludes"))...)
 	}
 	return sc
 }

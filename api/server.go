@@ -400,10 +400,21 @@ func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
+// sandboxID reads the {id} path value and answers 404 for anything that is
+// not a sandbox id, before the body is read: an unknown sandbox is "not
+// found" whatever the request carries.
+func (s *Server) sandboxID(w http.ResponseWriter, r *http.Request) (string, bool) {
 	id := r.PathValue("id")
 	if !sandbox.ValidSandboxID(id) {
 		s.fail(w, r, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound))
+		return "", false
+	}
+	return id, true
+}
+
+func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.sandboxID(w, r)
+	if !ok {
 		return
 	}
 	var req ExecRequest
@@ -456,8 +467,8 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
-	if !sandbox.ValidSandboxID(r.PathValue("id")) {
-		s.fail(w, r, fmt.Errorf("sandbox %q: %w", r.PathValue("id"), errdefs.ErrNotFound))
+	id, ok := s.sandboxID(w, r)
+	if !ok {
 		return
 	}
 	var req CompleteRequest
@@ -465,7 +476,7 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	rec, err := s.mgr.Signal(r.Context(), r.PathValue("id"), sandbox.ReasonGracefulShutdown, "")
+	rec, err := s.mgr.Signal(r.Context(), id, sandbox.ReasonGracefulShutdown, "")
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -474,8 +485,8 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) errorSignal(w http.ResponseWriter, r *http.Request) {
-	if !sandbox.ValidSandboxID(r.PathValue("id")) {
-		s.fail(w, r, fmt.Errorf("sandbox %q: %w", r.PathValue("id"), errdefs.ErrNotFound))
+	id, ok := s.sandboxID(w, r)
+	if !ok {
 		return
 	}
 	var req ErrorSignalRequest
@@ -487,7 +498,7 @@ func (s *Server) errorSignal(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, fmt.Errorf("error must be 1-4096 characters: %w", errdefs.ErrInvalidArgument))
 		return
 	}
-	rec, err := s.mgr.Signal(r.Context(), r.PathValue("id"), sandbox.ReasonError, req.Error)
+	rec, err := s.mgr.Signal(r.Context(), id, sandbox.ReasonError, req.Error)
 	if err != nil {
 		s.fail(w, r, err)
 		return

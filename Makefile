@@ -67,6 +67,8 @@ down:
 bench: deps tools build image-minimal
 	MATRX_REQUIRE_INTEGRATION=1 $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/
 	$(GO) run ./mounts/hotsync/cmd/hotbench
+	@echo "hot sync again, small case, plain directories on the host's root filesystem:"
+	$(GO) run ./mounts/hotsync/cmd/hotbench -cases small -disk=false
 
 clean:
 	rm -rf build

@@ -13,6 +13,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/matrx-dev/matrx/mounts/cold"
+	"github.com/matrx-dev/matrx/mounts/disk"
 	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/mounts/objstore"
 )
@@ -128,7 +129,7 @@ func (s *Storage) PrepareHot(sandboxID, userID string, diskBytes int64) (string,
 		return "", fmt.Errorf("record hot dir owner: %w", err)
 	}
 	if diskBytes > 0 {
-		if err := makeDisk(filepath.Join(d, "home.img"), home, diskBytes, s.uid, s.gid); err != nil {
+		if err := disk.Make(filepath.Join(d, "home.img"), home, diskBytes, s.uid, s.gid); err != nil {
 			os.RemoveAll(d)
 			return "", fmt.Errorf("sandbox disk: %w", err)
 		}
@@ -149,8 +150,8 @@ func (s *Storage) syncer(sandboxID, userID string) (*hotsync.Syncer, error) {
 	// After a host reboot a disk image is no longer mounted: mount it
 	// again before anything reads the directory, or an empty mountpoint
 	// would look like "the agent deleted everything".
-	if img := filepath.Join(d, "home.img"); fileExists(img) && !isMountpoint(filepath.Join(d, "home")) {
-		if err := mountDisk(img, filepath.Join(d, "home")); err != nil {
+	if img := filepath.Join(d, "home.img"); fileExists(img) && !disk.IsMounted(filepath.Join(d, "home")) {
+		if err := disk.Mount(img, filepath.Join(d, "home")); err != nil {
 			return nil, err
 		}
 	}
@@ -207,10 +208,10 @@ func (s *Storage) RemoveHot(sandboxID string) error {
 		return err
 	}
 	// Unmount first: RemoveAll must never walk into a mounted image.
-	if err := unmountDisk(filepath.Join(d, "home")); err != nil {
+	if err := disk.Unmount(filepath.Join(d, "home")); err != nil {
 		return err
 	}
-	if isMountpoint(filepath.Join(d, "home")) {
+	if disk.IsMounted(filepath.Join(d, "home")) {
 		return fmt.Errorf("hot home of %s is still mounted: %w", sandboxID, errdefs.ErrFailedPrecondition)
 	}
 	if err := os.RemoveAll(d); err != nil {

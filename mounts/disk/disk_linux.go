@@ -1,4 +1,4 @@
-package mounts
+package disk
 
 import (
 	"fmt"
@@ -12,16 +12,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Disk limits: a sandbox's home is a sparse ext4 image on a loop device,
-// sized to the sandbox's disk quota. Writing past it fails with ENOSPC
-// inside the sandbox and touches nothing outside. Why a loop image and not
-// XFS project quotas: it works on any host filesystem (the state dir is
-// ext4 on Debian/Ubuntu/AL2023 by default), a sparse image costs only what
-// is written, and mkfs of a 20 GiB sparse image takes ~20 ms.
-
-// makeDisk creates a sparse ext4 image of size bytes at img, owned (root
+// Make creates a sparse ext4 image of size bytes at img, owned (root
 // directory) by uid:gid, and mounts it at dir.
-func makeDisk(img, dir string, size int64, uid, gid int) error {
+func Make(img, dir string, size int64, uid, gid int) error {
 	if size < 16<<20 {
 		return fmt.Errorf("disk size %d is below 16 MiB: %w", size, errdefs.ErrInvalidArgument)
 	}
@@ -41,7 +34,7 @@ func makeDisk(img, dir string, size int64, uid, gid int) error {
 		os.Remove(img)
 		return fmt.Errorf("mkfs.ext4: %v: %s", err, strings.TrimSpace(string(out)))
 	}
-	if err := mountDisk(img, dir); err != nil {
+	if err := Mount(img, dir); err != nil {
 		os.Remove(img)
 		return err
 	}
@@ -51,9 +44,9 @@ func makeDisk(img, dir string, size int64, uid, gid int) error {
 	return nil
 }
 
-// mountDisk loop-mounts img at dir. mount(8) sets up the loop device with
+// Mount loop-mounts img at dir. mount(8) sets up the loop device with
 // autoclear, so unmounting frees it.
-func mountDisk(img, dir string) error {
+func Mount(img, dir string) error {
 	out, err := exec.Command("mount", "-t", "ext4", "-o", "loop,nosuid,nodev,noatime", img, dir).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("mount disk image: %v: %s", err, strings.TrimSpace(string(out)))
@@ -61,9 +54,9 @@ func mountDisk(img, dir string) error {
 	return nil
 }
 
-// unmountDisk unmounts dir if something is mounted there, lazily if busy.
-func unmountDisk(dir string) error {
-	if !isMountpoint(dir) {
+// Unmount unmounts dir if something is mounted there, lazily if busy.
+func Unmount(dir string) error {
+	if !IsMounted(dir) {
 		return nil
 	}
 	if err := unix.Unmount(dir, 0); err != nil {
@@ -74,5 +67,5 @@ func unmountDisk(dir string) error {
 	return nil
 }
 
-// isMountpoint reports whether dir is a mount point.
-func isMountpoint(dir string) bool { return mountinfo.IsMountpoint(dir) }
+// IsMounted reports whether dir is a mount point.
+func IsMounted(dir string) bool { return mountinfo.IsMountpoint(dir) }

@@ -1,0 +1,91 @@
+package disk
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/containerd/errdefs"
+)
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("MATRX_REQUIRE_INTEGRATION") == "1" {
+			t.Fatal("loop-mounted disks need root")
+		}
+		t.Skip("loop-mounted disks need root")
+	}
+}
+
+func TestMakeRejectsTinyDisk(t *testing.T) {
+	dir := t.TempDir()
+	err := Make(filepath.Join(dir, "img"), dir, 1<<20, 0, 0)
+	if !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("1 MiB disk: got %v, want invalid argument", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "img")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a refused disk left its image behind: %v", err)
+	}
+}
+
+// TestMakeMountUnmount: the image is a filesystem of its own, owned by the
+// given ids, without lost+found, full at its size, and gone from the mount
+// table (loop device freed) after Unmount; Mount brings the data back.
+func TestMakeMountUnmount(t *testing.T) {
+	needRoot(t)
+	base := t.TempDir()
+	img, dir := filepath.Join(base, "home.img"), filepath.Join(base, "home")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := Make(img, dir, 32<<20, 1234, 5678); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Unmount(dir) })
+	if !IsMounted(dir) {
+		t.Fatal("Make returned but nothing is mounted")
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Uid != 1234 || st.Gid != 5678 {
+		t.Fatalf("disk root owned by %d:%d, want 1234:5678", st.Uid, st.Gid)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("fresh disk is not empty: %v", ents)
+	}
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(dir, &fs); err != nil {
+		t.Fatal(err)
+	}
+	if total := int64(fs.Blocks) * fs.Bsize; total > 32<<20 || total < 16<<20 {
+		t.Fatalf("disk has %d bytes, want about 32 MiB", total)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "kept"), []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	big := make([]byte, 64<<20)
+	if err := os.WriteFile(filepath.Join(dir, "big"), big, 0o644); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("writing 64 MiB into a 32 MiB disk: got %v, want ENOSPC", err)
+	}
+
+	if err := Unmount(dir); err != nil {
+		t.Fatal(err)
+	}
+	if IsMounted(dir) {
+		t.Fatal("still mounted after Unmount")
+	}
+	if err := Unmount(dir); err != nil {
+		t.Fatalf("second Unmount: %v", err)
+	}
+	if err := Mount(img, dir); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "kept")); err != nil || string(b) != "data" {
+		t.Fatalf("after remount: %q, %v", b, err)
+	}
+}

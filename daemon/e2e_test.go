@@ -634,3 +634,56 @@ func TestCreateDestroyCyclesLeaveNothing(t *testing.T) {
 		t.Errorf("sandbox mounts left under %s", h.cfg.StateDir)
 	}
 }
+
+// TestHotFilesLargerThanDisk: a user whose hot files do not fit the
+// requested disk gets a clear error naming the sizes, and the failed create
+// leaves no hot dir, mount or container; the files stay in the bucket.
+func TestHotFilesLargerThanDisk(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	s := h.create("ivan", nil) // makes users/ivan/hot/ in the local bucket
+	if err := h.c.Delete(ctx, s.SandboxID, false); err != nil {
+		t.Fatal(err)
+	}
+	big := filepath.Join(h.cfg.StateDir, "storage", "users", "ivan", "hot", "big.bin")
+	if err := os.Truncate(big, 0); err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	f, err := os.Create(big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(100 << 20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	_, err = h.c.Create(ctx, "ivan", &api.SandboxConfig{DiskMB: 64})
+	if err == nil {
+		t.Fatal("100 MiB of hot files fit a 64 MiB disk")
+	}
+	t.Logf("create: %v", err)
+	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "config.disk_mb") {
+		t.Errorf("want a 400 naming config.disk_mb, got %v", err)
+	}
+	if fi, err := os.Stat(big); err != nil || fi.Size() != 100<<20 {
+		t.Fatalf("hot file in the bucket changed: %v %v", fi, err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(h.cfg.StateDir, "hot")); len(ents) != 0 {
+		t.Errorf("hot dir left behind: %d entries", len(ents))
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), h.cfg.StateDir+"/hot/") {
+		t.Errorf("disk image left mounted")
+	}
+	// The size the error suggests is enough.
+	var suggested int64
+	if i := strings.LastIndex(err.Error(), "ask for at least "); i < 0 {
+		t.Fatalf("no suggested size in %q", err)
+	} else if _, serr := fmt.Sscan(err.Error()[i+len("ask for at least "):], &suggested); serr != nil {
+		t.Fatalf("suggested size in %q: %v", err, serr)
+	}
+	s = h.create("ivan", &api.SandboxConfig{DiskMB: suggested})
+	if r := h.exec(s.SandboxID, "stat -c %s /home/agent/big.bin"); r.Stdout != "104857600\n" {
+		t.Fatalf("big file after create with room: %+v", r)
+	}
+}

@@ -4,10 +4,14 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
 
+	"github.com/containerd/errdefs"
+
+	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
 	"github.com/matrx-dev/matrx/runtime/network"
@@ -215,6 +219,18 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 	rollback.Push("destroy container", func(c context.Context) error { return m.rt.Destroy(c, rec.ID, 0) })
 	if err := waitDown(); err != nil {
 		undoAll()
+		// The request chose (or defaulted) a disk too small for the user's
+		// files: say which field to change and to what.
+		if nr := (*hotsync.NoRoomError)(nil); cfg.DiskMB > 0 && errors.As(err, &nr) {
+			// Filesystem overhead (journal, inode tables) is what the
+			// empty disk lacks of its size; 16 MiB more leaves room to work.
+			overhead := max(cfg.DiskMB-nr.Free>>20, 0)
+			return fail(invalid("config.disk_mb: user %s's hot files (%d files, %d MiB) do not fit the %d MiB free on a %d MiB disk; ask for at least %d",
+				userID, nr.Files, mibUp(nr.Need), nr.Free>>20, cfg.DiskMB, mibUp(nr.Need)+overhead+16))
+		}
+		if cfg.DiskMB > 0 && errdefs.IsResourceExhausted(err) {
+			return fail(invalid("config.disk_mb: user %s's hot files do not fit a %d MiB disk; ask for a larger one (%v)", userID, cfg.DiskMB, err))
+		}
 		return fail(fmt.Errorf("hot storage sync-down: %w", err))
 	}
 	m.mu.Lock()
@@ -235,6 +251,9 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 	m.metrics.ObserveCreate(time.Since(start), true)
 	return out, nil
 }
+
+// mibUp is b in MiB, rounded up.
+func mibUp(b int64) int64 { return (b + 1<<20 - 1) >> 20 }
 
 // sandboxEnv is the environment every process of the sandbox gets.
 func (m *Manager) sandboxEnv(rec *registry.Record) map[string]string {

@@ -109,6 +109,9 @@ func (s *Syncer) Down(ctx context.Context) (Result, error) {
 		kept = append(kept, j)
 	}
 	jobs = kept
+	if err := checkRoom(s.dir, jobs); err != nil {
+		return Result{}, err
+	}
 
 	m := newManifest(s.prefix, s.sandboxID)
 	var (
@@ -172,6 +175,48 @@ func (s *Syncer) Down(ctx context.Context) (Result, error) {
 		"rejected", len(res.Rejected), "duration", time.Since(start), "error", err)
 	return res, err
 }
+
+// checkRoom refuses a download that cannot fit the filesystem of dir
+// (a sandbox's home is a disk image sized to its quota) before writing
+// anything: failing up front is faster than filling the disk, and the
+// error can say how much room is needed. Each file and directory is
+// counted in whole blocks; the estimate ignores inodes and extent blocks, so
+// ENOSPC half-way stays possible and is reported as the same kind of error.
+func checkRoom(dir string, jobs []downJob) error {
+	free, block, ok := freeSpace(dir)
+	if !ok || block <= 0 {
+		return nil
+	}
+	var need int64
+	dirs := map[string]bool{}
+	for _, j := range jobs {
+		need += (j.obj.Size + block - 1) / block * block
+		for d := path.Dir(j.rel); d != "." && !dirs[d]; d = path.Dir(d) {
+			dirs[d] = true
+			need += block
+		}
+	}
+	if need > free {
+		return &NoRoomError{Files: len(jobs), Need: need, Free: free}
+	}
+	return nil
+}
+
+// NoRoomError is Down refusing files that do not fit: Need bytes (in whole
+// blocks) for Files files against Free bytes available. It matches
+// errdefs.ErrResourceExhausted.
+type NoRoomError struct {
+	Files      int
+	Need, Free int64
+}
+
+func (e *NoRoomError) Error() string {
+	return fmt.Sprintf("hotsync down: %d files need %.1f MiB, the target has %.1f MiB free",
+		e.Files, float64(e.Need)/(1<<20), float64(e.Free)/(1<<20))
+}
+
+// Is makes errdefs.IsResourceExhausted (and errors.Is) recognise it.
+func (e *NoRoomError) Is(target error) bool { return target == errdefs.ErrResourceExhausted }
 
 // ensureDir makes the slash-separated directory dir (relative to root)
 // exist as a real directory, component by component. A symlink or special

@@ -47,3 +47,13 @@ func setMtime(f *os.File, t time.Time) error {
 	}
 	return serr
 }
+
+// freeSpace reports the bytes available to writers on the filesystem of dir
+// and its block size.
+func freeSpace(dir string) (free, block int64, ok bool) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, 0, false
+	}
+	return int64(st.Bavail) * st.Bsize, st.Bsize, true
+}

@@ -17,3 +17,6 @@ const readFlags = os.O_RDONLY
 
 // setMtime sets the access and modification times of f.
 func setMtime(f *os.File, t time.Time) error { return os.Chtimes(f.Name(), t, t) }
+
+// freeSpace is unknown here: Down does not check for room up front.
+func freeSpace(string) (free, block int64, ok bool) { return 0, 0, false }

@@ -173,9 +173,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	bg, cancelBG := context.WithCancel(ctx)
 	defer cancelBG()
 	go mgr.RunExpiry(bg, cfg.ExpiryInterval)
-	if cfg.Storage.CheckpointInterval > 0 {
-		go mgr.RunCheckpoints(bg, cfg.Storage.CheckpointInterval)
+	// Failed final syncs are retried on the checkpoint tick, and every
+	// 5 minutes even with checkpoints turned off: files waiting on the
+	// host are never left to the next restart.
+	retryEvery := cfg.Storage.CheckpointInterval
+	if retryEvery <= 0 {
+		retryEvery = 5 * time.Minute
 	}
+	go mgr.RunStorageTasks(bg, cfg.Storage.CheckpointInterval, retryEvery)
 	go watchdog(bg)
 
 	log.Info("matrxd serving", "socket", l.Addr().String(), "version", version.Version)

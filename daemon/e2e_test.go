@@ -117,8 +117,16 @@ func (h *harness) start() {
 	log := slog.New(slog.NewJSONHandler(&lockedWriter{w: h.logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	go func() { h.done <- daemon.Run(ctx, h.cfg, log) }()
 	h.c = client.New(h.cfg.Socket, client.WithRetries(50), client.WithBackoff(20*time.Millisecond))
-	if _, err := h.c.Health(context.Background()); err != nil {
-		h.t.Fatalf("daemon did not come up: %v", err)
+	up := make(chan error, 1)
+	go func() { _, err := h.c.Health(ctx); up <- err }()
+	select {
+	case err := <-h.done: // a config error ends Run at once: say so
+		cancel()
+		h.t.Fatalf("daemon exited before serving: %v", err)
+	case err := <-up:
+		if err != nil {
+			h.t.Fatalf("daemon did not come up: %v", err)
+		}
 	}
 	h.t.Cleanup(h.stop)
 }

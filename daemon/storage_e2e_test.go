@@ -284,3 +284,45 @@ func TestFailedFinalSyncIsRetried(t *testing.T) {
 		t.Fatalf("hot dir not removed after a successful retry: %v", err)
 	}
 }
+
+// TestFailedFinalSyncIsRetriedWhileRunning: after a failed final sync the
+// daemon keeps retrying on its checkpoint tick, so the files reach S3 once
+// the bucket is back, without a restart.
+func TestFailedFinalSyncIsRetriedWhileRunning(t *testing.T) {
+	srv, bucket := s3Env(t)
+	h := newHarness(t, withS3(srv, bucket), func(c *daemon.Config) { c.Storage.CheckpointInterval = time.Second })
+	ctx := context.Background()
+	s := h.create("erin", nil)
+	h.exec(s.SandboxID, "echo unsynced > keep.txt")
+	bucketDir := filepath.Join(srv.Dir, bucket)
+	if err := os.Rename(bucketDir, bucketDir+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.c.Delete(ctx, s.SandboxID, false); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := h.c.Get(ctx, s.SandboxID)
+	if !got.HotSyncPending {
+		t.Fatalf("final sync did not fail with the bucket away: %+v", got)
+	}
+	time.Sleep(2500 * time.Millisecond) // a few failing retries
+	if _, err := os.Stat(filepath.Join(h.cfg.StateDir, "hot", s.SandboxID)); err != nil {
+		t.Fatalf("hot files were removed while S3 was away: %v", err)
+	}
+	if err := os.Rename(bucketDir+".away", bucketDir); err != nil {
+		t.Fatal(err)
+	}
+	waitObject(t, srv, bucket, "users/erin/hot/keep.txt", "unsynced\n")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, _ = h.c.Get(ctx, s.SandboxID)
+		_, statErr := os.Stat(filepath.Join(h.cfg.StateDir, "hot", s.SandboxID))
+		if !got.HotSyncPending && got.HotSyncedAt != nil && os.IsNotExist(statErr) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the retry: record %+v, hot dir: %v", got, statErr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -150,13 +150,15 @@ func (s *Storage) syncer(sandboxID, userID string) (*hotsync.Syncer, error) {
 	// After a host reboot a disk image is no longer mounted: mount it
 	// again before anything reads the directory, or an empty mountpoint
 	// would look like "the agent deleted everything".
-	if img := filepath.Join(d, "home.img"); fileExists(img) && !disk.IsMounted(filepath.Join(d, "home")) {
+	img := filepath.Join(d, "home.img")
+	hasDisk := fileExists(img)
+	if hasDisk && !disk.IsMounted(filepath.Join(d, "home")) {
 		if err := disk.Mount(img, filepath.Join(d, "home")); err != nil {
 			return nil, err
 		}
 	}
 	sy, err := hotsync.New(hotsync.Config{
-		Store: s.store, Prefix: Prefix(userID, "hot"), Dir: filepath.Join(d, "home"),
+		Store: s.store, Prefix: Prefix(userID, "hot"), Dir: filepath.Join(d, "home"), DirIsMount: hasDisk,
 		ManifestPath: filepath.Join(d, "manifest.json"), SandboxID: sandboxID,
 		Excludes: s.excludes, UID: s.uid, GID: s.gid, Logger: s.log.With("sandbox_id", sandboxID, "user_id", userID),
 	})

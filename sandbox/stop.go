@@ -218,16 +218,42 @@ func (m *Manager) Recover(ctx context.Context) error {
 		})
 		log.Warn("recover: sandbox marked failed", "was", status)
 	}
+	return m.retryPending(ctx, true)
+}
+
+// RetryPending syncs up the hot files of stopped sandboxes whose final
+// sync failed (S3 unreachable, say), and removes each directory once its
+// files are safe. It runs with every checkpoint, so an outage costs one
+// interval, not a daemon restart.
+func (m *Manager) RetryPending(ctx context.Context) {
+	if err := m.retryPending(ctx, false); err != nil {
+		m.log.Warn("pending hot sync scan failed", "error", err)
+	}
+}
+
+// retryPending: at startup (orphans) a hot directory without a record is
+// synced too (the in-memory registry forgets records on restart); later
+// only those of records in a terminal state. The container is destroyed
+// first (a no-op when gone): a sandbox whose destroy failed may still be
+// writing, and its directory stays until it is really gone.
+func (m *Manager) retryPending(ctx context.Context, orphans bool) error {
 	pending, err := m.storage.Pending()
 	if err != nil {
 		return err
 	}
 	for _, p := range pending {
 		rec, err := m.store.Get(ctx, p.SandboxID)
-		if err == nil && !rec.Status.Terminal() {
+		switch {
+		case err == nil && !rec.Status.Terminal():
 			continue // a live sandbox: its files stay in use
+		case err != nil && !orphans:
+			continue
 		}
 		log := m.log.With("sandbox_id", p.SandboxID, "user_id", p.UserID)
+		if derr := m.rt.Destroy(ctx, p.SandboxID, 0); derr != nil {
+			log.Warn("pending hot sync: sandbox still not destroyed; files kept", "error", derr)
+			continue
+		}
 		serr := m.finalSync(ctx, p.SandboxID, p.UserID, log)
 		if err == nil {
 			now := m.now().UTC()
@@ -237,7 +263,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 			})
 		}
 		if serr == nil {
-			log.Info("recover: pending hot files synced")
+			log.Info("pending hot files synced")
 		}
 	}
 	return nil

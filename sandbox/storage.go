@@ -83,9 +83,28 @@ func (m *Manager) checkpointOne(ctx context.Context, r *registry.Record) {
 	})
 }
 
-// RunCheckpoints calls Checkpoint every interval until ctx ends.
-func (m *Manager) RunCheckpoints(ctx context.Context, interval time.Duration) {
-	every(ctx, interval, m.Checkpoint)
+// RunStorageTasks calls Checkpoint every checkpoint interval (never when
+// it is 0) and RetryPending every retry interval until ctx ends. One
+// goroutine runs both, so a checkpoint and a retry never overlap.
+func (m *Manager) RunStorageTasks(ctx context.Context, checkpoint, retry time.Duration) {
+	var checkpoints <-chan time.Time
+	if checkpoint > 0 {
+		t := time.NewTicker(checkpoint)
+		defer t.Stop()
+		checkpoints = t.C
+	}
+	retries := time.NewTicker(retry)
+	defer retries.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-checkpoints:
+			m.Checkpoint(ctx)
+		case <-retries.C:
+			m.RetryPending(ctx)
+		}
+	}
 }
 
 // every calls fn each interval until ctx ends.

@@ -46,6 +46,9 @@ func (s *Syncer) Down(ctx context.Context) (Result, error) {
 	defer s.mu.Unlock()
 	start := time.Now()
 
+	if err := s.checkMounted("down"); err != nil {
+		return Result{}, err
+	}
 	if err := os.MkdirAll(s.dir, 0o755); err != nil {
 		return Result{}, fmt.Errorf("hotsync down: create %s: %w", s.dir, classify(err))
 	}

@@ -683,3 +683,41 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestUnmountedDiskIsNotReadAsDeletion: with DirIsMount, a Dir whose disk
+// has come unmounted (an empty mount point) is refused by Up and Down
+// instead of being read as "every file deleted".
+func TestUnmountedDiskIsNotReadAsDeletion(t *testing.T) {
+	st := newLocal(t)
+	for _, k := range []string{"a.txt", "dir/b.txt"} {
+		putObject(t, st, k, []byte(k))
+	}
+	sb := newSandbox(t, st, "sbx-mnt", func(c *hotsync.Config) { c.DirIsMount = true })
+	must(t, os.MkdirAll(sb.dir, 0o755))
+	if os.Geteuid() == 0 {
+		// Mounted, it syncs as usual.
+		must(t, syscall.Mount("tmpfs", sb.dir, "tmpfs", 0, "size=16m"))
+		t.Cleanup(func() { syscall.Unmount(sb.dir, syscall.MNT_DETACH) })
+		sb.down(t)
+		sb.write(t, "new.txt", []byte("new"))
+		if res := sb.up(t); !slices.Equal(res.Uploaded, []string{"new.txt"}) {
+			t.Fatalf("uploaded %q", res.Uploaded)
+		}
+		must(t, syscall.Unmount(sb.dir, 0))
+	}
+	// Now an empty, unmounted directory where the disk should be.
+	if _, err := sb.Up(testCtx(t)); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("up on an unmounted disk: got %v, want failed precondition", err)
+	}
+	if _, err := sb.Down(testCtx(t)); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("down on an unmounted disk: got %v, want failed precondition", err)
+	}
+	got := slices.Sorted(maps.Keys(objects(t, st)))
+	want := []string{"a.txt", "dir/b.txt"}
+	if os.Geteuid() == 0 {
+		want = append(want, "new.txt")
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("objects = %q, want %q", got, want)
+	}
+}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/matrx-dev/matrx/mounts/mountinfo"
 	"github.com/matrx-dev/matrx/mounts/objstore"
 )
 
@@ -43,6 +44,11 @@ type Config struct {
 	Prefix string
 	// Dir is the host directory bind-mounted as /home/agent.
 	Dir string
+	// DirIsMount says Dir is a mount point (a sandbox disk image). Down
+	// and Up then refuse to run when nothing is mounted there: an empty
+	// mount point would read as "the agent deleted every file" and Up
+	// would delete the user's objects.
+	DirIsMount bool
 	// ManifestPath is the manifest file; it must be outside Dir.
 	ManifestPath string
 	// SandboxID names conflict copies (NAME.conflict-SANDBOXID).
@@ -94,6 +100,7 @@ type Syncer struct {
 	dir         string
 	manifest    string
 	sandboxID   string
+	dirIsMount  bool
 	exclude     excluder
 	concurrency int
 	uid, gid    int
@@ -149,6 +156,7 @@ func New(cfg Config) (*Syncer, error) {
 		dir:         dir,
 		manifest:    man,
 		sandboxID:   cfg.SandboxID,
+		dirIsMount:  cfg.DirIsMount,
 		exclude:     ex,
 		concurrency: cfg.Concurrency,
 		uid:         cfg.UID,
@@ -170,6 +178,15 @@ func New(cfg Config) (*Syncer, error) {
 	}
 	s.logger = s.logger.With("sandbox_id", s.sandboxID, "prefix", s.prefix)
 	return s, nil
+}
+
+// checkMounted enforces Config.DirIsMount.
+func (s *Syncer) checkMounted(op string) error {
+	if s.dirIsMount && !mountinfo.IsMountpoint(s.dir) {
+		return fmt.Errorf("hotsync %s: %s should be a mounted disk image but nothing is mounted there; refusing to sync: %w",
+			op, s.dir, errdefs.ErrFailedPrecondition)
+	}
+	return nil
 }
 
 // ConflictName returns the key under which a conflicting version of key is

@@ -58,6 +58,9 @@ func (s *Syncer) Up(ctx context.Context) (Result, error) {
 	}
 	// Dir must be there: an unmounted or missing Dir must not read as "the
 	// user deleted everything".
+	if err := s.checkMounted("up"); err != nil {
+		return Result{}, err
+	}
 	if fi, err := os.Lstat(s.dir); err != nil {
 		return Result{}, fmt.Errorf("hotsync up: %s: %w", s.dir, classify(err))
 	} else if !fi.IsDir() {

@@ -108,7 +108,8 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 	m.forget(rec.ID)
 	// The processes are gone, so the hot files are quiescent: sync them up.
 	// The directory is removed only if the sync succeeded; otherwise it
-	// stays, the record says so, and the next daemon start retries.
+	// stays, the record says so, and RetryPending (on the checkpoint tick
+	// and at the next daemon start) retries.
 	var serr error
 	if derr == nil {
 		serr = m.finalSync(dctx, rec.ID, rec.UserID, log)

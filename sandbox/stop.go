@@ -112,7 +112,7 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 	// and at the next daemon start) retries.
 	var serr error
 	if derr == nil {
-		serr = m.finalSync(dctx, rec.ID, rec.UserID, log)
+		serr = m.finalSync(dctx, rec.ID, rec.UserID, m.shutdownSyncBudget(), log)
 		if err := m.storage.ReleaseCold(dctx, rec.UserID); err != nil {
 			log.Warn("cold release failed", "error", err)
 		}
@@ -206,7 +206,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 		if err := m.rt.Destroy(ctx, r.ID, 0); err != nil {
 			log.Warn("recover: destroy leftover failed", "error", err)
 		}
-		serr := m.finalSync(ctx, r.ID, r.UserID, log)
+		serr := m.finalSync(ctx, r.ID, r.UserID, m.shutdownSyncBudget(), log)
 		now := m.now().UTC()
 		status := r.Status
 		m.store.Update(ctx, r.ID, func(rec *registry.Record) error {
@@ -219,7 +219,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 		})
 		log.Warn("recover: sandbox marked failed", "was", status)
 	}
-	return m.retryPending(ctx, true)
+	return m.retryPending(ctx, true, m.shutdownSyncBudget())
 }
 
 // RetryPending syncs up the hot files of stopped sandboxes whose final
@@ -227,17 +227,19 @@ func (m *Manager) Recover(ctx context.Context) error {
 // files are safe. It runs with every checkpoint, so an outage costs one
 // interval, not a daemon restart.
 func (m *Manager) RetryPending(ctx context.Context) {
-	if err := m.retryPending(ctx, false); err != nil {
+	if err := m.retryPending(ctx, false, retrySyncBudget); err != nil {
 		m.log.Warn("pending hot sync scan failed", "error", err)
 	}
 }
 
-// retryPending: at startup (orphans) a hot directory without a record is
+// retryPending: at startup (orphans, with the shutdown budget so the
+// API is not held back; what is cut short is retried in the background) a
+// hot directory without a record is
 // synced too (the in-memory registry forgets records on restart); later
 // only those of records in a terminal state. The container is destroyed
 // first (a no-op when gone): a sandbox whose destroy failed may still be
 // writing, and its directory stays until it is really gone.
-func (m *Manager) retryPending(ctx context.Context, orphans bool) error {
+func (m *Manager) retryPending(ctx context.Context, orphans bool, budget time.Duration) error {
 	pending, err := m.storage.Pending()
 	if err != nil {
 		return err
@@ -255,7 +257,7 @@ func (m *Manager) retryPending(ctx context.Context, orphans bool) error {
 			log.Warn("pending hot sync: sandbox still not destroyed; files kept", "error", derr)
 			continue
 		}
-		serr := m.finalSync(ctx, p.SandboxID, p.UserID, log)
+		serr := m.finalSync(ctx, p.SandboxID, p.UserID, budget, log)
 		if err == nil {
 			now := m.now().UTC()
 			m.store.Update(ctx, p.SandboxID, func(r *registry.Record) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -11,14 +12,12 @@ import (
 	"github.com/matrx-dev/matrx/registry"
 )
 
-// finalSync runs the last hot sync of a stopped sandbox within the
-// shutdown budget (at least 30 s: the container is already gone, so the
-// agent's grace time is not eaten twice).
-func (m *Manager) finalSync(ctx context.Context, id, userID string, log *slog.Logger) error {
+// finalSync runs the last hot sync of a stopped sandbox within budget
+// (shutdownSyncBudget on a stop path, retrySyncBudget for a retry).
+func (m *Manager) finalSync(ctx context.Context, id, userID string, budget time.Duration, log *slog.Logger) error {
 	if !m.storage.HasHot(id) {
 		return nil
 	}
-	budget := max(m.limits.ShutdownTimeout, 30*time.Second)
 	sctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
 	res, err := m.storage.FinishHot(sctx, id, userID)
@@ -35,6 +34,20 @@ func (m *Manager) finalSync(ctx context.Context, id, userID string, log *slog.Lo
 	}
 	return nil
 }
+
+// shutdownSyncBudget bounds a final sync on a stop path and at startup:
+// the shutdown timeout, at least 30 s (the container is already gone, so
+// the agent's grace time is not eaten twice). A sync cut short stays
+// pending; its files are already partly in the bucket (the manifest keeps
+// what succeeded).
+func (m *Manager) shutdownSyncBudget() time.Duration {
+	return max(m.limits.ShutdownTimeout, 30*time.Second)
+}
+
+// retrySyncBudget bounds a background retry, where nothing waits: long
+// enough for a file too big to upload within a shutdown budget, which would
+// otherwise be cut short on every retry and never reach the bucket.
+const retrySyncBudget = time.Hour
 
 // recordSync stores a sync outcome on a record.
 func recordSync(r *registry.Record, err error, at time.Time) {
@@ -84,27 +97,17 @@ func (m *Manager) checkpointOne(ctx context.Context, r *registry.Record) {
 }
 
 // RunStorageTasks calls Checkpoint every checkpoint interval (never when
-// it is 0) and RetryPending every retry interval until ctx ends. One
-// goroutine runs both, so a checkpoint and a retry never overlap.
+// it is 0) and RetryPending every retry interval until ctx ends. They run
+// on separate goroutines, so an hour-long retry does not hold checkpoints
+// back; they touch different sandboxes (live vs stopped), and each
+// sandbox's syncs are serialized by its syncer anyway.
 func (m *Manager) RunStorageTasks(ctx context.Context, checkpoint, retry time.Duration) {
-	var checkpoints <-chan time.Time
+	var wg sync.WaitGroup
 	if checkpoint > 0 {
-		t := time.NewTicker(checkpoint)
-		defer t.Stop()
-		checkpoints = t.C
+		wg.Go(func() { every(ctx, checkpoint, m.Checkpoint) })
 	}
-	retries := time.NewTicker(retry)
-	defer retries.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-checkpoints:
-			m.Checkpoint(ctx)
-		case <-retries.C:
-			m.RetryPending(ctx)
-		}
-	}
+	wg.Go(func() { every(ctx, retry, m.RetryPending) })
+	wg.Wait()
 }
 
 // every calls fn each interval until ctx ends.

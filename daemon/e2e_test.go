@@ -695,3 +695,33 @@ func TestHotFilesLargerThanDisk(t *testing.T) {
 		t.Fatalf("big file after create with room: %+v", r)
 	}
 }
+
+// TestUploadAmplifiersAreNotUploaded: a sandbox with a 64 MiB disk makes a
+// 1 TiB sparse file and 50 hard links of an 8 MiB file (over 1 TiB
+// claimed). The final sync uploads the real data only, and still
+// succeeds, so the daemon is not stuck retrying terabytes of zeros.
+func TestUploadAmplifiersAreNotUploaded(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	s := h.create("oscar", &api.SandboxConfig{DiskMB: 64})
+	r := h.exec(s.SandboxID, "truncate -s 1099511627776 huge && head -c 8388608 /dev/urandom > d && for i in $(seq 50); do ln d l$i; done && echo made")
+	if r.Stdout != "made\n" {
+		t.Fatalf("setup: %+v", r)
+	}
+	if err := h.c.Delete(ctx, s.SandboxID, false); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := h.c.Get(ctx, s.SandboxID)
+	if got.HotSyncPending {
+		t.Fatalf("final sync did not finish: %s", got.HotSyncError)
+	}
+	hot := filepath.Join(h.cfg.StateDir, "storage", "users", "oscar", "hot")
+	if fi, err := os.Stat(filepath.Join(hot, "d")); err != nil || fi.Size() != 8<<20 {
+		t.Fatalf("the real data did not reach the bucket: %v %v", fi, err)
+	}
+	for _, name := range []string{"huge", "l1", "l50"} {
+		if _, err := os.Stat(filepath.Join(hot, name)); !os.IsNotExist(err) {
+			t.Errorf("%s was uploaded (%v)", name, err)
+		}
+	}
+}

@@ -41,6 +41,12 @@
 //     rejected, and every file is opened through an [os.Root] on Dir and
 //     checked to be the regular file the walk saw. Down never writes outside
 //     Dir: keys that are not valid relative paths are reported, not written.
+//   - A sandbox cannot amplify its disk quota into an unbounded upload: when
+//     the files to upload claim more bytes than the filesystem holding Dir
+//     can store, sparse files and extra hard links are rejected (their
+//     earlier objects stay). With Config.DirIsMount, an unmounted disk is
+//     refused rather than read as "every file deleted", and Down refuses
+//     files that cannot fit before writing any (NoRoomError).
 //   - It never drops a file silently: names that cannot be S3 keys (invalid
 //     UTF-8, key longer than 1024 bytes) are reported as rejected, excluded
 //     files as skipped.

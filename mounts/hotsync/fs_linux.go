@@ -57,3 +57,27 @@ func freeSpace(dir string) (free, block int64, ok bool) {
 	}
 	return int64(st.Bavail) * st.Bsize, st.Bsize, true
 }
+
+// capacityOf is the size of the filesystem holding dir.
+func capacityOf(dir string) (int64, bool) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, false
+	}
+	return int64(st.Blocks) * st.Bsize, true
+}
+
+// usage is what a file really takes on disk.
+type usage struct {
+	allocated int64 // bytes of allocated blocks
+	links     uint64
+	ino       uint64
+}
+
+func diskUsage(fi os.FileInfo) (usage, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return usage{}, false
+	}
+	return usage{allocated: st.Blocks * 512, links: uint64(st.Nlink), ino: st.Ino}, true
+}

@@ -20,3 +20,15 @@ func setMtime(f *os.File, t time.Time) error { return os.Chtimes(f.Name(), t, t)
 
 // freeSpace is unknown here: Down does not check for room up front.
 func freeSpace(string) (free, block int64, ok bool) { return 0, 0, false }
+
+// capacityOf and diskUsage are unknown here: uploads are not bounded by
+// the disk's size.
+func capacityOf(string) (int64, bool) { return 0, false }
+
+type usage struct {
+	allocated int64
+	links     uint64
+	ino       uint64
+}
+
+func diskUsage(os.FileInfo) (usage, bool) { return usage{}, false }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"io/fs"
 	"iter"
@@ -719,5 +720,60 @@ func TestUnmountedDiskIsNotReadAsDeletion(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("objects = %q, want %q", got, want)
+	}
+}
+
+// TestSparseAndHardLinkedFilesCannotAmplifyUploads: on an 8 MiB disk, a
+// 1 GiB sparse file and a dozen hard links of one file claim far more than
+// the disk holds; they are reported and not uploaded (the sparse file's
+// earlier object stays), while the real data syncs. Under the disk's size,
+// a sparse file syncs as usual.
+func TestSparseAndHardLinkedFilesCannotAmplifyUploads(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv(s3test.EnvRequire) == "1" {
+			t.Fatal("needs root to mount a small tmpfs")
+		}
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	st := newLocal(t)
+	putObject(t, st, "sparse.bin", []byte("earlier version"))
+	sb := newSandbox(t, st, "sbx-amp", func(c *hotsync.Config) { c.DirIsMount = true })
+	must(t, os.MkdirAll(sb.dir, 0o755))
+	must(t, syscall.Mount("tmpfs", sb.dir, "tmpfs", 0, "size=8m"))
+	t.Cleanup(func() { syscall.Unmount(sb.dir, syscall.MNT_DETACH) })
+	sb.down(t)
+
+	// Within the disk's size: a 3 MiB sparse file is just a file.
+	must(t, os.Truncate(filepath.Join(sb.dir, "sparse.bin"), 3<<20))
+	if res := sb.up(t); !slices.Equal(res.Uploaded, []string{"sparse.bin"}) || len(res.Rejected) != 0 {
+		t.Fatalf("small sparse file: uploaded %q, rejected %v", res.Uploaded, res.Rejected)
+	}
+
+	must(t, os.Truncate(filepath.Join(sb.dir, "sparse.bin"), 1<<30))
+	sb.write(t, "dense.bin", randBytes(1<<20, 9))
+	sb.write(t, "small.txt", []byte("real data"))
+	for i := range 12 {
+		must(t, os.Link(filepath.Join(sb.dir, "dense.bin"), filepath.Join(sb.dir, fmt.Sprintf("link%02d", i))))
+	}
+	res, err := sb.Up(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(res.Uploaded, []string{"dense.bin", "small.txt"}) {
+		t.Fatalf("uploaded %q, want the real data only", res.Uploaded)
+	}
+	var rejected []string
+	for _, r := range res.Rejected {
+		rejected = append(rejected, r.Path)
+	}
+	if len(rejected) != 13 || rejected[len(rejected)-1] != "sparse.bin" {
+		t.Fatalf("rejected %q, want 12 links and sparse.bin", rejected)
+	}
+	objs := objects(t, st)
+	if len(objs["sparse.bin"]) != 3<<20 {
+		t.Fatalf("sparse.bin object is %d bytes, want the earlier 3 MiB version kept", len(objs["sparse.bin"]))
+	}
+	if _, ok := objs["link00"]; ok {
+		t.Fatal("a hard link was uploaded")
 	}
 }

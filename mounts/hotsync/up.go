@@ -77,6 +77,7 @@ func (s *Syncer) Up(ctx context.Context) (Result, error) {
 	if walkErr != nil {
 		c.fail(walkErr)
 	}
+	jobs = s.dropAmplifiers(jobs, &c)
 
 	var mmu sync.Mutex // guards m.Files
 	parallel(ctx, s.concurrency, jobs, func(j upJob) {
@@ -158,6 +159,54 @@ func (s *Syncer) Up(ctx context.Context) (Result, error) {
 		"unchanged", res.Unchanged, "skipped", len(res.Skipped), "rejected", len(res.Rejected),
 		"bytes", res.Bytes, "duration", time.Since(start), "error", err)
 	return res, err
+}
+
+// dropAmplifiers keeps a sandbox from turning its disk quota into an
+// unbounded upload. A file's apparent size costs nothing on disk when it is
+// sparse (truncate -s 5T) or another hard link of the same inode, yet
+// every one of those bytes would be uploaded. Real data cannot claim more
+// than the filesystem holding Dir can store (the sandbox's disk image), so
+// only when the files to upload claim more than that are sparse files
+// (over 1 MiB of holes) and all but the first path of a hard-linked inode
+// reported as rejected and not uploaded. They still count as seen: their
+// previous objects stay.
+func (s *Syncer) dropAmplifiers(jobs []upJob, c *collector) []upJob {
+	capacity, ok := capacityOf(s.dir)
+	if !ok {
+		return jobs
+	}
+	var total int64
+	for _, j := range jobs {
+		total += j.fi.Size()
+	}
+	if total <= capacity {
+		return jobs
+	}
+	s.logger.Warn("hot sync: files to upload claim more bytes than the disk holds; sparse and hard-linked copies are not uploaded",
+		"claimed", total, "capacity", capacity)
+	linked := map[uint64]string{}
+	kept := jobs[:0]
+	for _, j := range jobs { // walk order: lexical, so the first link wins deterministically
+		st, ok := diskUsage(j.fi)
+		if !ok {
+			kept = append(kept, j)
+			continue
+		}
+		if holes := j.fi.Size() - st.allocated; holes > 1<<20 {
+			c.reject(j.rel, fmt.Sprintf("sparse file (%d bytes, %d on disk) while the files to upload claim more than the %d-byte disk holds; not uploaded",
+				j.fi.Size(), st.allocated, capacity))
+			continue
+		}
+		if st.links > 1 {
+			if first, dup := linked[st.ino]; dup {
+				c.reject(j.rel, fmt.Sprintf("hard link of %s while the files to upload claim more than the %d-byte disk holds; not uploaded", first, capacity))
+				continue
+			}
+			linked[st.ino] = j.rel
+		}
+		kept = append(kept, j)
+	}
+	return kept
 }
 
 // walk lists Dir without following symlinks and returns the files to

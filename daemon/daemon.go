@@ -250,16 +250,17 @@ func loadAPIKey(cfg Config) ([]byte, error) {
 }
 
 // daemonMetrics returns the metrics (cfg.Metrics, or new ones) with
-// matrx_sandboxes counted from the registry at scrape time.
+// matrx_sandboxes and matrx_hotsync_pending_sandboxes counted from the
+// registry at scrape time.
 func daemonMetrics(cfg Config, store registry.Store, log *slog.Logger) *metrics.Metrics {
 	mx := cfg.Metrics
 	if mx == nil {
 		mx = metrics.New(metrics.WithLogger(log))
 	}
-	mx.SetSandboxStatus(func(ctx context.Context) (map[string]int, error) {
+	mx.SetSandboxStatus(func(ctx context.Context) (metrics.Snapshot, error) {
 		rs, err := store.List(ctx, registry.Filter{})
 		if err != nil {
-			return nil, err
+			return metrics.Snapshot{}, err
 		}
 		counts := map[string]int{}
 		for _, s := range []registry.Status{
@@ -268,10 +269,14 @@ func daemonMetrics(cfg Config, store registry.Store, log *slog.Logger) *metrics.
 		} {
 			counts[string(s)] = 0 // every status is exported, zero included
 		}
+		snap := metrics.Snapshot{ByStatus: counts}
 		for _, r := range rs {
 			counts[string(r.Status)]++
+			if r.HotSyncPending && r.Status.Terminal() {
+				snap.HotSyncPending++
+			}
 		}
-		return counts, nil
+		return snap, nil
 	})
 	return mx
 }

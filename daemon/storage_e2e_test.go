@@ -306,6 +306,17 @@ func TestFailedFinalSyncIsRetriedWhileRunning(t *testing.T) {
 		t.Fatalf("final sync did not fail with the bucket away: %+v", got)
 	}
 	time.Sleep(2500 * time.Millisecond) // a few failing retries
+	pending := func() float64 {
+		out, err := h.c.Metrics(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, _ := sample(t, string(out), "matrx_hotsync_pending_sandboxes")
+		return v
+	}
+	if n := pending(); n != 1 {
+		t.Errorf("matrx_hotsync_pending_sandboxes = %v while the files wait, want 1", n)
+	}
 	if _, err := os.Stat(filepath.Join(h.cfg.StateDir, "hot", s.SandboxID)); err != nil {
 		t.Fatalf("hot files were removed while S3 was away: %v", err)
 	}
@@ -324,5 +335,8 @@ func TestFailedFinalSyncIsRetriedWhileRunning(t *testing.T) {
 			t.Fatalf("after the retry: record %+v, hot dir: %v", got, statErr)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	if n := pending(); n != 0 {
+		t.Errorf("matrx_hotsync_pending_sandboxes = %v after the retry, want 0", n)
 	}
 }

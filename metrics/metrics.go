@@ -61,9 +61,19 @@ func driver(d string) string {
 	return Other
 }
 
-// StatusFunc counts sandboxes by status ("running" → 3). It is called once
-// per scrape with the scrape request's context.
-type StatusFunc func(ctx context.Context) (map[string]int, error)
+// Snapshot is what the registry says at scrape time.
+type Snapshot struct {
+	// ByStatus counts sandboxes by status ("running" → 3).
+	ByStatus map[string]int
+	// HotSyncPending counts stopped sandboxes whose hot files are still
+	// only on the host (a failed final sync, retried in the background).
+	// Alert when it stays above zero: those files are not in S3 yet.
+	HotSyncPending int
+}
+
+// StatusFunc takes a Snapshot. It is called once per scrape with the
+// scrape request's context.
+type StatusFunc func(ctx context.Context) (Snapshot, error)
 
 // Metrics is matrxd's set of metrics. It is safe for concurrent use.
 type Metrics struct {
@@ -78,8 +88,9 @@ type Metrics struct {
 	syncErrors            *prometheus.CounterVec
 	fuseRemounts          *prometheus.CounterVec
 
-	status     atomic.Pointer[StatusFunc]
-	statusDesc *prometheus.Desc
+	status      atomic.Pointer[StatusFunc]
+	statusDesc  *prometheus.Desc
+	pendingDesc *prometheus.Desc
 }
 
 // Option configures optional knobs of New.
@@ -146,6 +157,8 @@ func New(opts ...Option) *Metrics {
 		}, []string{"driver"}),
 		statusDesc: prometheus.NewDesc("matrx_sandboxes",
 			"Sandboxes by status, as recorded in the registry at scrape time.", []string{"status"}, nil),
+		pendingDesc: prometheus.NewDesc("matrx_hotsync_pending_sandboxes",
+			"Stopped sandboxes whose hot files are only on the host: their final sync failed and is retried. Not yet in S3.", nil, nil),
 	}
 	m.reg.MustRegister(
 		m.create, m.exec, m.destroy, m.requests, m.requestDuration,
@@ -265,7 +278,7 @@ func (m *Metrics) Handler() http.Handler {
 		g := prometheus.Gatherers{m.reg}
 		if fn := m.status.Load(); fn != nil {
 			per := prometheus.NewRegistry()
-			per.MustRegister(&statusCollector{ctx: r.Context(), fn: *fn, desc: m.statusDesc})
+			per.MustRegister(&statusCollector{ctx: r.Context(), fn: *fn, desc: m.statusDesc, pending: m.pendingDesc})
 			g = append(g, per)
 		}
 		promhttp.HandlerFor(g, promhttp.HandlerOpts{
@@ -275,24 +288,29 @@ func (m *Metrics) Handler() http.Handler {
 	})
 }
 
-// statusCollector reports matrx_sandboxes for one scrape.
+// statusCollector reports matrx_sandboxes and
+// matrx_hotsync_pending_sandboxes for one scrape.
 type statusCollector struct {
-	ctx  context.Context
-	fn   StatusFunc
-	desc *prometheus.Desc
+	ctx           context.Context
+	fn            StatusFunc
+	desc, pending *prometheus.Desc
 }
 
-func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.desc
+	ch <- c.pending
+}
 
 func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
 	defer cancel()
-	counts, err := c.fn(ctx)
+	snap, err := c.fn(ctx)
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(c.desc, err)
 		return
 	}
-	for status, n := range counts {
+	for status, n := range snap.ByStatus {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), status)
 	}
+	ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(snap.HotSyncPending))
 }

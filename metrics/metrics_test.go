@@ -27,11 +27,11 @@ func scrape(t *testing.T, h http.Handler) string {
 }
 
 func TestExposition(t *testing.T) {
-	m := metrics.New(metrics.WithSandboxStatus(func(ctx context.Context) (map[string]int, error) {
+	m := metrics.New(metrics.WithSandboxStatus(func(ctx context.Context) (metrics.Snapshot, error) {
 		if ctx == nil {
-			return nil, errors.New("no context")
+			return metrics.Snapshot{}, errors.New("no context")
 		}
-		return map[string]int{"running": 2, "stopped": 5}, nil
+		return metrics.Snapshot{ByStatus: map[string]int{"running": 2, "stopped": 5}, HotSyncPending: 1}, nil
 	}))
 	m.ObserveCreate(300*time.Millisecond, true)
 	m.ObserveCreate(time.Second, false)
@@ -70,6 +70,7 @@ func TestExposition(t *testing.T) {
 		`matrx_http_request_duration_seconds_count{route="POST /sandboxes/{id}/exec"} 2`,
 		`matrx_sandboxes{status="running"} 2`,
 		`matrx_sandboxes{status="stopped"} 5`,
+		"matrx_hotsync_pending_sandboxes 1",
 		`go_goroutines `,
 		`process_open_fds `,
 	} {
@@ -99,12 +100,13 @@ func TestStatusIsComputedAtScrapeTime(t *testing.T) {
 	if strings.Contains(out, "matrx_sandboxes") {
 		t.Fatalf("gauge exposed without a source:\n%s", out)
 	}
-	m.SetSandboxStatus(func(context.Context) (map[string]int, error) {
+	m.SetSandboxStatus(func(context.Context) (metrics.Snapshot, error) {
 		n++
-		return map[string]int{"ready": n}, nil
+		return metrics.Snapshot{ByStatus: map[string]int{"ready": n}, HotSyncPending: 10 * n}, nil
 	})
 	scrape(t, m.Handler())
-	if out := scrape(t, m.Handler()); !strings.Contains(out, `matrx_sandboxes{status="ready"} 2`) {
+	if out := scrape(t, m.Handler()); !strings.Contains(out, `matrx_sandboxes{status="ready"} 2`) ||
+		!strings.Contains(out, "\nmatrx_hotsync_pending_sandboxes 20\n") {
 		t.Fatalf("second scrape:\n%s", out)
 	}
 	m.SetSandboxStatus(nil)
@@ -117,8 +119,8 @@ func TestStatusErrorKeepsOtherMetrics(t *testing.T) {
 	var logs bytes.Buffer
 	m := metrics.New(
 		metrics.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))),
-		metrics.WithSandboxStatus(func(context.Context) (map[string]int, error) {
-			return nil, errors.New("registry closed")
+		metrics.WithSandboxStatus(func(context.Context) (metrics.Snapshot, error) {
+			return metrics.Snapshot{}, errors.New("registry closed")
 		}),
 	)
 	m.ObserveRequest("GET /health", 200, time.Millisecond)
@@ -149,7 +151,7 @@ func TestNilIsANoop(t *testing.T) {
 	m.AddHotSync("up", 1, 1, 1, 1)
 	m.IncFUSERemount("s3fs")
 	m.ObserveRequest("GET /health", 200, time.Second)
-	m.SetSandboxStatus(func(context.Context) (map[string]int, error) { return nil, nil })
+	m.SetSandboxStatus(func(context.Context) (metrics.Snapshot, error) { return metrics.Snapshot{}, nil })
 	rec := httptest.NewRecorder()
 	m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	if rec.Code != http.StatusNotFound {

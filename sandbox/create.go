@@ -165,19 +165,27 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 	if err := m.storage.EnsureUser(ctx, userID); err != nil {
 		return fail(err)
 	}
+	// Phase timings for the "sandbox ready" line: where create time goes.
+	phase := map[string]time.Duration{"ensure_user": time.Since(start)}
+	mark := func(name string, since time.Time) { phase[name] = time.Since(since) }
 	// Undo steps, run newest first on failure. Hot files may be removed
 	// here: the agent never ran.
 	var rollback undo.Stack
 	undoAll := func() { rollback.Run(ctx, log) }
+	t0 := time.Now()
 	home, err := m.storage.PrepareHot(rec.ID, userID, cfg.DiskMB<<20)
 	if err != nil {
 		return fail(err)
 	}
+	mark("prepare_hot", t0)
 	rollback.Push("remove hot dir", func(context.Context) error { return m.storage.RemoveHot(rec.ID) })
 	// Hot files download while the cold mount and the container come up.
 	downDone := make(chan error, 1)
+	t0 = time.Now()
+	var downTook time.Duration
 	go func() {
 		res, err := m.storage.SyncDown(ctx, rec.ID, userID)
+		downTook = time.Since(t0) // read after downDone
 		if err == nil {
 			log.Info("hot storage synced down", "files", len(res.Downloaded), "bytes", res.Bytes, "rejected", len(res.Rejected))
 			m.metrics.AddHotSync("down", res.Bytes, int64(len(res.Downloaded)), 0, 0)
@@ -193,6 +201,7 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 		undoAll()
 		return fail(err)
 	}
+	mark("cold", t0)
 	rollback.Push("release cold mount", func(c context.Context) error { return m.storage.ReleaseCold(c, userID) })
 	if _, err := m.setStatus(ctx, rec.ID, registry.StatusStarting); err != nil {
 		waitDown()
@@ -200,6 +209,7 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 		return fail(err)
 	}
 	policy, _ := networkPolicy(cfg.Network) // validated by resolve
+	t1 := time.Now()
 	err = m.rt.Create(ctx, runtime.CreateRequest{
 		ID: rec.ID, UserID: userID, Image: cfg.Image,
 		Resources: runtime.Resources{CPU: cfg.CPU, MemoryBytes: cfg.MemoryMB << 20, Pids: cfg.Pids},
@@ -217,7 +227,10 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 		return fail(err)
 	}
 	rollback.Push("destroy container", func(c context.Context) error { return m.rt.Destroy(c, rec.ID, 0) })
-	if err := waitDown(); err != nil {
+	mark("container", t1)
+	err = waitDown()
+	phase["sync_down"] = downTook
+	if err != nil {
 		undoAll()
 		// The request chose (or defaulted) a disk too small for the user's
 		// files: say which field to change and to what.
@@ -247,10 +260,17 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 		undoAll()
 		return fail(err)
 	}
-	log.Info("sandbox ready")
+	args := []any{"total_ms", ms(time.Since(start))}
+	for _, k := range []string{"ensure_user", "prepare_hot", "cold", "container", "sync_down"} {
+		args = append(args, k+"_ms", ms(phase[k]))
+	}
+	log.Info("sandbox ready", args...)
 	m.metrics.ObserveCreate(time.Since(start), true)
 	return out, nil
 }
+
+// ms is d in milliseconds with 0.1 ms resolution, for log lines.
+func ms(d time.Duration) float64 { return float64(d.Microseconds()/100) / 10 }
 
 // mibUp is b in MiB, rounded up.
 func mibUp(b int64) int64 { return (b + 1<<20 - 1) >> 20 }

@@ -64,9 +64,10 @@
 // Rules are keyed by the sandbox's IPv4 address. A sandbox cannot borrow a
 // neighbour's address to get its neighbour's policy: unprivileged programs
 // cannot send from a non-local source (IP_FREEBIND binds, but routing
-// refuses), and, should a sandbox process ever hold CAP_NET_RAW or
-// CAP_NET_ADMIN, an OUTPUT rule inside its namespace drops every packet
-// whose source is not the sandbox's own address.
+// refuses), and, should a sandbox process ever hold CAP_NET_RAW, an OUTPUT
+// rule inside its namespace drops every packet whose source is not an
+// address of the namespace (only the sandbox's own; CAP_NET_ADMIN, which
+// could add one, is never granted).
 //
 // # Firewall layout (chain prefix P = "MATRX" for the default bridge)
 //
@@ -81,7 +82,10 @@
 //	         AllowInternal; reject always-blocked ranges
 //	P-IN:    ESTABLISHED,RELATED accept; reject
 //	ip6 filter FORWARD/INPUT: -i/-o BR -j P-V6 (drop)
-//	nat POSTROUTING: the bridge plugin's own CNI-* masquerade chains.
+//	nat POSTROUTING: -s SUBNET -j P-NAT
+//	P-NAT:   return for the subnet and multicast; masquerade the rest
+//	         (the bridge plugin's per-sandbox ipMasq is off; CNI-* chains
+//	         of sandboxes made by an earlier matrxd are still swept)
 //
 // State on disk (under Config.StateDir): cni/<network>.conflist (written by
 // New and loaded from there), ipam/<network>/ (host-local leases), netns/<id>

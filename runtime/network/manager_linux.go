@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"unsafe"
 
 	"github.com/containerd/errdefs"
@@ -173,7 +174,7 @@ func (m *Manager) writeConfList() error {
 			"type":        "bridge",
 			"bridge":      m.bridge,
 			"isGateway":   true,
-			"ipMasq":      true,
+			"ipMasq":      false, // one subnet-wide rule instead (staticRules)
 			"hairpinMode": false,
 			"ipam": map[string]any{
 				"type":    "host-local",
@@ -241,7 +242,7 @@ func (m *Manager) installFirewall(ctx context.Context) error {
 	if err := t.apply(ctx, staticRules(m.chains, m.bridge, m.subnet, m.resolvers, m.allowIntl)); err != nil {
 		return err
 	}
-	for _, j := range m.chains.jumps4(m.bridge) {
+	for _, j := range m.chains.jumps4(m.bridge, m.subnet) {
 		if err := t.ensureFirst(ctx, j); err != nil {
 			return err
 		}
@@ -370,6 +371,13 @@ func (m *Manager) setup(ctx context.Context, id string, p Policy, nsSrc string) 
 	att := &Attachment{NetNSPath: nsPath, ResolvConf: rcPath, Hosts: hostsPath}
 	var nameservers []netip.Addr
 	if p.Mode != ModeNone {
+		// The source guard does not depend on the address, so it goes in
+		// while the plugin runs (an iptables-restore in a fresh namespace
+		// takes 5-20 ms). Undo waits for it before the namespace goes.
+		guard := make(chan error, 1)
+		go func() { guard <- m.installSourceGuard(ctx, nsPath) }()
+		waitGuard := sync.OnceValue(func() error { return <-guard })
+		rollback.Push("wait for the source guard", func(context.Context) error { waitGuard(); return nil })
 		// The plugin may fail half-way (a veth made, no address left), so
 		// the undo step comes first.
 		rollback.Push("CNI delete", func(ctx context.Context) error { return m.detach(ctx, id, nsPath) })
@@ -387,7 +395,7 @@ func (m *Manager) setup(ctx context.Context, id string, p Policy, nsSrc string) 
 		if err := m.isolatePort(hostVeth); err != nil {
 			return nil, err
 		}
-		if err := m.installSourceGuard(ctx, nsPath, ip); err != nil {
+		if err := waitGuard(); err != nil {
 			return nil, err
 		}
 		rollback.Push("remove firewall rules", func(ctx context.Context) error { return m.removeSandboxRules(ctx, id) })
@@ -470,16 +478,19 @@ func (m *Manager) isolatePort(veth string) error {
 }
 
 // installSourceGuard drops, inside the sandbox's namespace, every packet
-// that does not carry the sandbox's own source address, so that a sandbox
+// whose source is not an address of the namespace, so that a sandbox
 // cannot borrow a neighbour's address (and policy). Unprivileged programs
 // cannot do that anyway (routing refuses non-local sources without
-// IP_TRANSPARENT); this is the layer for a process that holds CAP_NET_RAW
-// or CAP_NET_ADMIN, which sandboxes are not given. Without CAP_NET_ADMIN
-// they cannot remove it either.
-func (m *Manager) installSourceGuard(ctx context.Context, nsPath string, ip netip.Addr) error {
+// IP_TRANSPARENT); this is the layer for a process that holds CAP_NET_RAW,
+// which sandboxes are not given. The namespace's only non-loopback
+// address is the one CNI assigns: adding another, or removing the rule,
+// needs CAP_NET_ADMIN, which defeats any in-namespace guard and which
+// sandboxes are not given either. Not naming the address lets the guard go
+// in while the plugin is still choosing it.
+func (m *Manager) installSourceGuard(ctx context.Context, nsPath string) error {
 	rules := "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n" +
 		"-A OUTPUT -o lo -j ACCEPT\n" +
-		"-A OUTPUT -s " + netip.PrefixFrom(ip, 32).String() + " -j ACCEPT\n" +
+		"-A OUTPUT -m addrtype --src-type LOCAL -j ACCEPT\n" +
 		"-A OUTPUT -j DROP\nCOMMIT\n"
 	return inNetNS(nsPath, func() error {
 		// Started from this thread, iptables-restore runs in the namespace.
@@ -587,7 +598,9 @@ func (m *Manager) Teardown(ctx context.Context, id string) error {
 
 // sweepNAT removes the bridge plugin's masquerade rule and chain for the
 // sandbox if CNI DEL could not (it only finds them through the interface
-// inside a live namespace).
+// inside a live namespace). Sandboxes made since ipMasq was turned off
+// have none; those of an earlier matrxd, still running across an upgrade,
+// do.
 func (m *Manager) sweepNAT(ctx context.Context, id string) error {
 	m.firewallMu.Lock()
 	defer m.firewallMu.Unlock()
@@ -729,12 +742,13 @@ func (m *Manager) Uninstall(ctx context.Context) error {
 	errs := []error{m.GC(ctx, func(string) bool { return false })}
 	m.firewallMu.Lock()
 	t := m.platform.ipt4
-	for _, j := range m.chains.jumps4(m.bridge) {
+	for _, j := range m.chains.jumps4(m.bridge, m.subnet) {
 		errs = append(errs, t.deleteAll(ctx, j))
 	}
 	for _, c := range []string{m.chains.fwd, m.chains.sbx, m.chains.block, m.chains.in} {
 		errs = append(errs, t.removeChain(ctx, "filter", c))
 	}
+	errs = append(errs, t.removeChain(ctx, "nat", m.chains.nat))
 	if m.platform.have6 {
 		for _, j := range m.chains.jumps6(m.bridge) {
 			errs = append(errs, m.platform.ipt6.deleteAll(ctx, j))

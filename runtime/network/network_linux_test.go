@@ -239,6 +239,7 @@ func setup(t *testing.T, m *Manager, id string, p Policy) *Attachment {
 type server struct {
 	addr netip.AddrPort
 	hits atomic.Int32
+	peer atomic.Value // netip.Addr of the last client
 }
 
 func serve(t *testing.T, ns string, addr string) *server {
@@ -267,6 +268,7 @@ func serve(t *testing.T, ns string, addr string) *server {
 				return
 			}
 			s.hits.Add(1)
+			s.peer.Store(c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
 			_, _ = c.Write([]byte("hello from test host\n"))
 			c.Close()
 		}
@@ -341,6 +343,11 @@ func TestEgress(t *testing.T) {
 	t.Run("internet allowed", func(t *testing.T) {
 		mustReach(t, a.NetNSPath, out, out.at(inetA))
 		mustReach(t, a.NetNSPath, out, out.at(inetB))
+		// Masqueraded: the internet sees the host's address, never the
+		// sandbox's (the outside namespace could route back either way).
+		if got, _ := out.peer.Load().(netip.Addr); got != transitHost {
+			t.Errorf("outside saw the connection from %v, want the host's %v (masquerade)", got, transitHost)
+		}
 	})
 	t.Run("private ranges blocked", func(t *testing.T) {
 		mustNotReach(t, a.NetNSPath, out, out.at(privHost))
@@ -784,13 +791,23 @@ func TestGC(t *testing.T) {
 	lost2 := setup(t, m1, "sbx-lost-2", Policy{Allow: prefixes("203.0.113.0/24")})
 	setup(t, m1, "sbx-lost-none", Policy{Mode: ModeNone})
 	// The namespace of lost-2 disappears without CNI DEL: its veth is
-	// gone, but its rules, masquerade chain and lease remain.
+	// gone, but its rules and lease remain.
 	if err := unix.Unmount(lost2.NetNSPath, unix.MNT_DETACH); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(sh(t, "", "iptables", "-t", "nat", "-S", "POSTROUTING"), `id: \"sbx-lost-2\"`) {
-		t.Fatal("test premise: masquerade rule of sbx-lost-2 should still exist")
-	}
+	// It was made by an earlier matrxd, whose bridge plugin had ipMasq on:
+	// it also left a masquerade chain, as that plugin names and tags it.
+	legacy := "CNI-" + e.tag
+	sh(t, "", "iptables", "-t", "nat", "-N", legacy)
+	sh(t, "", "iptables", "-t", "nat", "-A", legacy, "-d", e.subnet.String(), "-j", "ACCEPT")
+	sh(t, "", "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", lost2.IPv4.String()+"/32",
+		"-m", "comment", "--comment", `name: "`+m1.network+`" id: "sbx-lost-2"`, "-j", legacy)
+	t.Cleanup(func() { // only if GC failed to
+		shErr("", "iptables", "-t", "nat", "-D", "POSTROUTING", "-s", lost2.IPv4.String()+"/32",
+			"-m", "comment", "--comment", `name: "`+m1.network+`" id: "sbx-lost-2"`, "-j", legacy)
+		shErr("", "iptables", "-t", "nat", "-F", legacy)
+		shErr("", "iptables", "-t", "nat", "-X", legacy)
+	})
 
 	m2, err := New(context.Background(), Config{StateDir: m1.stateDir, Logger: e.log, Nameservers: []netip.Addr{resolver}},
 		WithBridge(e.bridge), WithSubnet(e.subnet))
@@ -810,6 +827,9 @@ func TestGC(t *testing.T) {
 		t.Fatalf("GC: %v", err)
 	}
 	e.assertClean(t, m2)
+	if _, err := shErr("", "iptables", "-t", "nat", "-S", legacy); err == nil {
+		t.Errorf("GC left the legacy masquerade chain %s", legacy)
+	}
 	if err := m2.GC(context.Background(), nil); !errdefs.IsInvalidArgument(err) {
 		t.Errorf("GC(nil) = %v", err)
 	}
@@ -899,6 +919,17 @@ func (e *testEnv) assertUninstalled(t *testing.T, m *Manager) {
 				t.Errorf("left in iptables %s: %s", table, l)
 			}
 		}
+	}
+	for _, c := range []string{m.chains.fwd, m.chains.sbx, m.chains.block, m.chains.in} {
+		if _, err := shErr("", "iptables", "-S", c); err == nil {
+			t.Errorf("chain %s left after Uninstall", c)
+		}
+	}
+	if _, err := shErr("", "iptables", "-t", "nat", "-S", m.chains.nat); err == nil {
+		t.Errorf("nat chain %s left after Uninstall", m.chains.nat)
+	}
+	if strings.Contains(sh(t, "", "iptables", "-t", "nat", "-S", "POSTROUTING"), m.chains.nat) {
+		t.Errorf("jump to %s left in POSTROUTING", m.chains.nat)
 	}
 	if out, err := shErr("", "ip6tables", "-S"); err == nil && strings.Contains(out, e.bridge) {
 		t.Errorf("left in ip6tables:\n%s", out)

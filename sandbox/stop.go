@@ -104,8 +104,11 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 	// The container must go even if the client hangs up mid-request.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace+time.Minute)
 	defer cancel()
+	t0 := time.Now()
 	derr = m.rt.Destroy(dctx, rec.ID, grace)
 	m.forget(rec.ID)
+	destroyTook := time.Since(t0)
+	t0 = time.Now()
 	// The processes are gone, so the hot files are quiescent: sync them up.
 	// The directory is removed only if the sync succeeded; otherwise it
 	// stays, the record says so, and RetryPending (on the checkpoint tick
@@ -140,7 +143,8 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 		log.Error("sandbox destroy failed", "error", derr)
 		return out, derr
 	}
-	log.Info("sandbox stopped", "reason", reason)
+	log.Info("sandbox stopped", "reason", reason, "total_ms", ms(time.Since(start)),
+		"container_ms", ms(destroyTook), "storage_ms", ms(time.Since(t0)))
 	return out, err
 }
 

@@ -731,6 +731,47 @@ func TestSetupFailureLeavesNothing(t *testing.T) {
 	setup(t, m, "sbx-again", Policy{})
 }
 
+// TestTeardownWithoutAUsableRecord: Teardown deletes a sandbox's rules in
+// one step from the record Setup wrote; when a recorded rule is already
+// gone, or the record names another sandbox, it falls back to listing the
+// chain and still removes everything, and never touches a neighbour.
+func TestTeardownWithoutAUsableRecord(t *testing.T) {
+	e := newEnv(t, true)
+	m := e.manager(t, Config{})
+	setup(t, m, "sbx-neighbour", Policy{})
+	setup(t, m, "sbx-a", Policy{Allow: prefixes("203.0.113.0/24", "198.51.100.0/24")})
+	setup(t, m, "sbx-b", Policy{})
+	recA, ok := m.recordedRules("sbx-a")
+	if !ok || len(recA) != 3 {
+		t.Fatalf("record of sbx-a: %q %v", recA, ok)
+	}
+	// One of a's rules vanished (an operator, a partial earlier teardown).
+	sh(t, "", append([]string{"iptables", "-D"}, splitRule(strings.Replace(recA[1], "-A ", "", 1))...)...)
+	if err := m.Teardown(context.Background(), "sbx-a"); err != nil {
+		t.Fatal(err)
+	}
+	// b's record was replaced by one naming the neighbour.
+	recN, _ := m.recordedRules("sbx-neighbour")
+	if err := os.WriteFile(m.rulesPath("sbx-b"), []byte(strings.Join(recN, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Teardown(context.Background(), "sbx-b"); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range e.sandboxRules(t, m) {
+		if id, _ := sandboxOfRule(l); id != "sbx-neighbour" {
+			t.Errorf("rule left after teardown: %s", l)
+		}
+	}
+	if got := len(e.sandboxRules(t, m)); got != 2 {
+		t.Errorf("the neighbour has %d rules, want its 2", got)
+	}
+	if err := m.Teardown(context.Background(), "sbx-neighbour"); err != nil {
+		t.Fatal(err)
+	}
+	e.assertClean(t, m)
+}
+
 // TestCycles: 50 Setup/Teardown cycles, five at a time, leave nothing.
 func TestCycles(t *testing.T) {
 	e := newEnv(t, true)
@@ -796,7 +837,11 @@ func TestGC(t *testing.T) {
 		t.Fatal(err)
 	}
 	// It was made by an earlier matrxd, whose bridge plugin had ipMasq on:
-	// it also left a masquerade chain, as that plugin names and tags it.
+	// it also left a masquerade chain, as that plugin names and tags it,
+	// and no record of its rules.
+	if err := os.Remove(m1.rulesPath("sbx-lost-2")); err != nil {
+		t.Fatal(err)
+	}
 	legacy := "CNI-" + e.tag
 	sh(t, "", "iptables", "-t", "nat", "-N", legacy)
 	sh(t, "", "iptables", "-t", "nat", "-A", legacy, "-d", e.subnet.String(), "-j", "ACCEPT")

@@ -14,6 +14,7 @@ import (
 	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/mounts"
 	"github.com/matrx-dev/matrx/mounts/cold"
+	"github.com/matrx-dev/matrx/mounts/disk"
 	"github.com/matrx-dev/matrx/mounts/objstore"
 	"github.com/matrx-dev/matrx/runtime"
 	"github.com/urfave/cli/v2"
@@ -31,7 +32,15 @@ type StorageConfig struct {
 	ColdDriver         string // auto | mount-s3 | s3fs | local
 	CheckpointInterval time.Duration
 	Excludes           []string // nil: hotsync defaults
+	// DiskPool is how many freshly formatted default-size disk images are
+	// kept ready (saves mkfs on create): 0 means DefaultDiskPool, a
+	// negative value none.
+	DiskPool int
 }
+
+// DefaultDiskPool is StorageConfig.DiskPool's default: enough for a burst
+// of two creates; the pool refills in the background (~10 ms per image).
+const DefaultDiskPool = 2
 
 // UserNSConfig selects user namespaces for sandboxes.
 type UserNSConfig struct {
@@ -72,6 +81,7 @@ func storageFlags() []cli.Flag {
 		&cli.StringFlag{Name: "cold-driver", Value: "auto", EnvVars: []string{"MATRX_COLD_DRIVER"}, Usage: "auto, mount-s3, s3fs or local"},
 		&cli.DurationFlag{Name: "checkpoint-interval", Value: 5 * time.Minute, EnvVars: []string{"MATRX_CHECKPOINT_INTERVAL"}, Usage: "how often running sandboxes' hot files are synced up (0: never; failed final syncs are retried this often, or every 5m)"},
 		&cli.StringFlag{Name: "hot-excludes", EnvVars: []string{"MATRX_HOT_EXCLUDES"}, Usage: "comma-separated patterns never synced (default: *.tmp,.DS_Store,__pycache__/,*.pyc,.git/)"},
+		&cli.IntFlag{Name: "disk-pool", Value: DefaultDiskPool, EnvVars: []string{"MATRX_DISK_POOL"}, Usage: "freshly formatted default-size disk images kept ready (0: none)"},
 	}
 }
 
@@ -80,6 +90,10 @@ func storageConfigFrom(c *cli.Context) StorageConfig {
 		Bucket: c.String("s3-bucket"), Region: c.String("s3-region"), Endpoint: c.String("s3-endpoint"),
 		PathStyle:  c.Bool("s3-path-style") || (c.String("s3-endpoint") != "" && !c.IsSet("s3-path-style")),
 		ColdDriver: strings.ToLower(c.String("cold-driver")), CheckpointInterval: c.Duration("checkpoint-interval"),
+		DiskPool: c.Int("disk-pool"),
+	}
+	if sc.DiskPool == 0 {
+		sc.DiskPool = -1 // the flag says none; the field's zero means the default
 	}
 	if c.IsSet("hot-excludes") {
 		// Set but empty means "exclude nothing", hence non-nil.
@@ -102,6 +116,9 @@ func (s StorageConfig) Validate() error {
 	}
 	if s.CheckpointInterval != 0 && s.CheckpointInterval < time.Second {
 		return fmt.Errorf("checkpoint interval %v is too short (min 1s): %w", s.CheckpointInterval, errdefs.ErrInvalidArgument)
+	}
+	if s.DiskPool > 16 {
+		return fmt.Errorf("disk pool of %d images: at most 16: %w", s.DiskPool, errdefs.ErrInvalidArgument)
 	}
 	return nil
 }
@@ -155,8 +172,22 @@ func openStorage(ctx context.Context, cfg Config, ns runtime.UserNS, mx *metrics
 		closeFn()
 		return nil, nil, err
 	}
+	var pool *disk.Pool
+	if n := sc.DiskPool; n >= 0 && cfg.Limits.DefaultDiskMB > 0 {
+		if n == 0 {
+			n = DefaultDiskPool
+		}
+		// Next to the hot dirs (same filesystem: images are taken by link).
+		pool, err = disk.NewPool(filepath.Join(cfg.StateDir, "disk-pool"), cfg.Limits.DefaultDiskMB<<20, uid, gid, n, log)
+		if err != nil {
+			closeFn()
+			return nil, nil, err
+		}
+		prev := closeFn
+		closeFn = func() { pool.Close(); prev() }
+	}
 	st, err := mounts.NewStorage(mounts.StorageConfig{
-		Dir: filepath.Join(cfg.StateDir, "hot"), Store: store, Cold: cm,
+		Dir: filepath.Join(cfg.StateDir, "hot"), Store: store, Cold: cm, DiskPool: pool,
 		UID: uid, GID: gid, Excludes: sc.Excludes, Logger: log,
 	})
 	if err != nil {

@@ -33,6 +33,9 @@ type StorageConfig struct {
 	Store ObjectStore
 	// Cold mounts users/<user>/cold/ on the host.
 	Cold *cold.Manager
+	// DiskPool, optional, hands out formatted images of the default disk
+	// size (made for UID:GID).
+	DiskPool *disk.Pool
 	// UID and GID own hot files (the sandbox's agent user).
 	UID, GID int
 	// Excludes are never synced (nil: hotsync.DefaultExcludes).
@@ -54,6 +57,7 @@ type Storage struct {
 	dir      string
 	store    ObjectStore
 	cold     *cold.Manager
+	pool     *disk.Pool
 	uid, gid int
 	excludes []string
 	log      *slog.Logger
@@ -75,7 +79,7 @@ func NewStorage(cfg StorageConfig) (*Storage, error) {
 		return nil, fmt.Errorf("create hot root: %w", err)
 	}
 	return &Storage{
-		dir: cfg.Dir, store: cfg.Store, cold: cfg.Cold, uid: cfg.UID, gid: cfg.GID,
+		dir: cfg.Dir, store: cfg.Store, cold: cfg.Cold, pool: cfg.DiskPool, uid: cfg.UID, gid: cfg.GID,
 		excludes: cfg.Excludes, log: cfg.Logger, syncers: map[string]*hotsync.Syncer{},
 	}, nil
 }
@@ -129,7 +133,14 @@ func (s *Storage) PrepareHot(sandboxID, userID string, diskBytes int64) (string,
 		return "", fmt.Errorf("record hot dir owner: %w", err)
 	}
 	if diskBytes > 0 {
-		if err := disk.Make(filepath.Join(d, "home.img"), home, diskBytes, s.uid, s.gid); err != nil {
+		img := filepath.Join(d, "home.img")
+		var err error
+		if s.pool.Take(img, diskBytes) {
+			err = disk.Attach(img, home)
+		} else {
+			err = disk.Make(img, home, diskBytes, s.uid, s.gid)
+		}
+		if err != nil {
 			os.RemoveAll(d)
 			return "", fmt.Errorf("sandbox disk: %w", err)
 		}

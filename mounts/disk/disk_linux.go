@@ -15,7 +15,16 @@ import (
 // Make creates a sparse ext4 image of size bytes at img, owned (root
 // directory) by uid:gid, and mounts it at dir.
 func Make(img, dir string, size int64, uid, gid int) error {
-	if size < 16<<20 {
+	if err := Format(img, size, uid, gid); err != nil {
+		return err
+	}
+	return Attach(img, dir)
+}
+
+// Format creates a sparse ext4 image of size bytes at img whose root
+// directory is owned by uid:gid. Nothing is left at img on failure.
+func Format(img string, size int64, uid, gid int) error {
+	if size < MinSize {
 		return fmt.Errorf("disk size %d is below 16 MiB: %w", size, errdefs.ErrInvalidArgument)
 	}
 	f, err := os.OpenFile(img, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
@@ -34,6 +43,13 @@ func Make(img, dir string, size int64, uid, gid int) error {
 		os.Remove(img)
 		return fmt.Errorf("mkfs.ext4: %v: %s", err, strings.TrimSpace(string(out)))
 	}
+	return nil
+}
+
+// Attach mounts a freshly formatted image (from Format, or taken from a
+// Pool) at dir for a new sandbox. The image holds no data yet, so it is
+// removed if the mount fails.
+func Attach(img, dir string) error {
 	if err := Mount(img, dir); err != nil {
 		os.Remove(img)
 		return err

@@ -4,10 +4,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/mounts/mountinfo"
 )
 
 func needRoot(t *testing.T) {
@@ -48,6 +50,14 @@ func TestMakeMountUnmount(t *testing.T) {
 	if !IsMounted(dir) {
 		t.Fatal("Make returned but nothing is mounted")
 	}
+	// The loop device frees itself on unmount and bypasses the host's
+	// page cache.
+	dev := loopOf(t, dir)
+	for attr, want := range map[string]string{"autoclear": "1", "dio": "1", "backing_file": img} {
+		if b, err := os.ReadFile("/sys/block/" + dev + "/loop/" + attr); err != nil || strings.TrimSpace(string(b)) != want {
+			t.Errorf("%s %s = %q (%v), want %q", dev, attr, strings.TrimSpace(string(b)), err, want)
+		}
+	}
 	var st syscall.Stat_t
 	if err := syscall.Stat(dir, &st); err != nil {
 		t.Fatal(err)
@@ -79,6 +89,9 @@ func TestMakeMountUnmount(t *testing.T) {
 	if IsMounted(dir) {
 		t.Fatal("still mounted after Unmount")
 	}
+	if b, err := os.ReadFile("/sys/block/" + dev + "/loop/backing_file"); err == nil && strings.TrimSpace(string(b)) == img {
+		t.Fatalf("%s still holds the image after Unmount", dev)
+	}
 	if err := Unmount(dir); err != nil {
 		t.Fatalf("second Unmount: %v", err)
 	}
@@ -88,4 +101,20 @@ func TestMakeMountUnmount(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(dir, "kept")); err != nil || string(b) != "data" {
 		t.Fatalf("after remount: %q, %v", b, err)
 	}
+}
+
+// loopOf returns the loop device ("loop3") mounted at dir.
+func loopOf(t *testing.T, dir string) string {
+	t.Helper()
+	ms, err := mountinfo.Read("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		if m.Mountpoint == dir && strings.HasPrefix(m.Source, "/dev/loop") {
+			return strings.TrimPrefix(m.Source, "/dev/")
+		}
+	}
+	t.Fatalf("no loop device mounted at %s", dir)
+	return ""
 }

@@ -349,12 +349,19 @@ func openForDownload(root *os.Root, p string) (*os.File, error) {
 // hashingWriterAt writes to f and hashes the data while writes arrive in
 // order (a plain GET); parallel ranged downloads turn hashing off.
 type hashingWriterAt struct {
-	f    *os.File
-	mu   sync.Mutex
-	h    hash.Hash
-	seq  bool
-	next int64
+	f     *os.File
+	mu    sync.Mutex
+	h     hash.Hash
+	seq   bool
+	next  int64
+	dirty int64 // written since the last writeback kick
 }
+
+// writebackEvery: a large download asks the kernel to start writing its
+// pages out every this many bytes, so the flush that Down ends with (the
+// manifest must never describe data a crash could lose) overlaps the
+// download instead of following it.
+const writebackEvery = 32 << 20
 
 func (w *hashingWriterAt) WriteAt(p []byte, off int64) (int, error) {
 	n, err := w.f.WriteAt(p, off)
@@ -365,7 +372,15 @@ func (w *hashingWriterAt) WriteAt(p []byte, off int64) (int, error) {
 	} else {
 		w.seq = false
 	}
+	w.dirty += int64(n)
+	kick := w.dirty >= writebackEvery
+	if kick {
+		w.dirty = 0
+	}
 	w.mu.Unlock()
+	if kick {
+		startWriteback(w.f)
+	}
 	return n, err
 }
 

@@ -81,3 +81,11 @@ func diskUsage(fi os.FileInfo) (usage, bool) {
 	}
 	return usage{allocated: st.Blocks * 512, links: uint64(st.Nlink), ino: st.Ino}, true
 }
+
+// startWriteback asks the kernel to start writing f's dirty pages now,
+// without waiting for them; a failure only means the final flush does it.
+func startWriteback(f *os.File) {
+	if rc, err := f.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) { _ = unix.SyncFileRange(int(fd), 0, 0, unix.SYNC_FILE_RANGE_WRITE) })
+	}
+}

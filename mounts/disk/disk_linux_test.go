@@ -118,3 +118,30 @@ func loopOf(t *testing.T, dir string) string {
 	t.Fatalf("no loop device mounted at %s", dir)
 	return ""
 }
+
+// TestMountFailureFreesTheLoopDevice: an image that is not a filesystem
+// fails to mount and leaves no loop device bound to it.
+func TestMountFailureFreesTheLoopDevice(t *testing.T) {
+	needRoot(t)
+	base := t.TempDir()
+	img, dir := filepath.Join(base, "junk.img"), filepath.Join(base, "home")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(img, make([]byte, 16<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := Mount(img, dir); err == nil {
+		Unmount(dir)
+		t.Fatal("a zero-filled image mounted")
+	}
+	if IsMounted(dir) {
+		t.Fatal("mounted after a failed Mount")
+	}
+	backs, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, b := range backs {
+		if data, err := os.ReadFile(b); err == nil && strings.TrimSpace(string(data)) == img {
+			t.Fatalf("%s is still bound to the image", b)
+		}
+	}
+}

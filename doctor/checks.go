@@ -251,6 +251,31 @@ func checkOverlay(_ context.Context, e *env) Result {
 		"overlay is not in /proc/filesystems: containerd's overlayfs snapshotter cannot work")
 }
 
+// checkDiskQuota: each sandbox's home is an ext4 image on a loop device
+// (mounts/disk), made with mkfs.ext4. matrxd's default quota is on.
+func checkDiskQuota(_ context.Context, e *env) Result {
+	const off = "; or run matrxd with --default-disk-mb 0 (no disk quotas: a sandbox can fill the state disk)"
+	st, err := os.Stat(e.host.dev("loop-control"))
+	if err != nil || st.Mode()&os.ModeCharDevice == 0 {
+		return fail("`modprobe loop` (in a container or VM, pass /dev/loop-control and the loop devices through)"+off,
+			"/dev/loop-control is missing or not a device: sandbox disks cannot be attached")
+	}
+	mkfs, err := e.host.lookPath("mkfs.ext4")
+	if err != nil {
+		return fail("`apt-get install e2fsprogs` (dnf on AL2023)"+off, "mkfs.ext4 is not in PATH: sandbox disks cannot be formatted")
+	}
+	ls, err := lines(e.host.proc("filesystems"))
+	if err != nil {
+		return fail("mount /proc", "cannot read /proc/filesystems: %v", err)
+	}
+	for _, l := range ls {
+		if f := strings.Fields(l); len(f) > 0 && f[len(f)-1] == "ext4" {
+			return pass("/dev/loop-control, %s, ext4 in /proc/filesystems", mkfs)
+		}
+	}
+	return fail("`modprobe ext4`"+off, "ext4 is not in /proc/filesystems: sandbox disks cannot be mounted")
+}
+
 func checkFUSEDevice(_ context.Context, e *env) Result {
 	p := e.host.dev("fuse")
 	const fix = "`modprobe fuse` (in a container or VM, pass the /dev/fuse device through)"

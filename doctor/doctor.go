@@ -1,5 +1,6 @@
 // Package doctor checks that a host can run matrxd: containerd and runc,
-// cgroups, overlayfs, FUSE and its S3 drivers, CNI plugins, kernel knobs,
+// cgroups, overlayfs, loop devices and mkfs.ext4 for disk quotas, FUSE and
+// its S3 drivers, CNI plugins, kernel knobs,
 // the S3 bucket, disk space, the API socket and the default image. Each
 // check returns PASS, WARN or FAIL with what it found and, when it is not
 // PASS, how to fix it. `matrx doctor` prints the report; a FAIL makes it
@@ -198,6 +199,7 @@ func checks() []check {
 		{"runc", checkRunc},
 		{"cgroups", checkCgroups},
 		{"overlayfs", checkOverlay},
+		{"disk-quota", checkDiskQuota},
 		{"fuse-device", checkFUSEDevice},
 		{"fuse-driver", checkFUSEDriver},
 		{"fuse-allow-other", checkFUSEConf},

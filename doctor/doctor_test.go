@@ -157,6 +157,40 @@ func TestKernelFiles(t *testing.T) {
 	}
 }
 
+func TestDiskQuotaCheck(t *testing.T) {
+	const fs = "nodev\tsysfs\n\text4\nnodev\toverlay\n"
+	cases := []struct {
+		name          string
+		loop, mkfs    bool
+		filesystems   string
+		status        Status
+		detail, inFix string
+	}{
+		{"ready", true, true, fs, Pass, "ext4 in /proc/filesystems", ""},
+		{"no loop-control", false, true, fs, Fail, "/dev/loop-control is missing", "modprobe loop"},
+		{"no mkfs", true, false, fs, Fail, "mkfs.ext4 is not in PATH", "e2fsprogs"},
+		{"no ext4", true, true, "nodev\tsysfs\n", Fail, "ext4 is not in /proc/filesystems", "--default-disk-mb 0"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFakeHost(t)
+			if c.loop {
+				if err := os.Symlink("/dev/null", filepath.Join(f.Host.Dev, "loop-control")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if c.mkfs {
+				f.binary("mkfs.ext4", "")
+			}
+			f.write(f.Host.Proc, "filesystems", c.filesystems)
+			r := f.run(checkDiskQuota, Config{})
+			if r.Status != c.status || !strings.Contains(r.Detail, c.detail) || !strings.Contains(r.Fix, c.inFix) {
+				t.Fatalf("got %+v, want %s containing %q, fix with %q", r, c.status, c.detail, c.inFix)
+			}
+		})
+	}
+}
+
 func TestFUSE(t *testing.T) {
 	s3 := Config{S3: S3Config{Bucket: "matrx-data"}}
 	cases := []struct {
@@ -273,7 +307,7 @@ func TestBrokenHost(t *testing.T) {
 		t.Fatalf("containerd: %+v", c)
 	}
 	for name, want := range map[string]Status{
-		"runc": Fail, "cgroups": Fail, "overlayfs": Fail, "fuse-device": Warn, "image": Warn, "socket": Warn, "s3-bucket": Pass,
+		"runc": Fail, "cgroups": Fail, "overlayfs": Fail, "disk-quota": Fail, "fuse-device": Warn, "image": Warn, "socket": Warn, "s3-bucket": Pass,
 	} {
 		if r, _ := rep.Result(name); r.Status != want {
 			t.Errorf("%s: got %+v, want %s", name, r, want)

@@ -53,6 +53,7 @@ func TestRealHost(t *testing.T) {
 		"runc":        {"runc 1.", "/runc"},
 		"cgroups":     {"cpu", "memory", "pids"},
 		"overlayfs":   {"overlay"},
+		"disk-quota":  {"/dev/loop-control", "mkfs.ext4"},
 		"fuse-device": {"/dev/fuse"},
 		"image":       {containerdtest.MinimalImage, "sha256:", "MiB"},
 		"s3-bucket":   {"local storage"},

@@ -43,6 +43,9 @@ func TestStorageConfigValidate(t *testing.T) {
 		{StorageConfig{Bucket: "ab"}, false},
 		{StorageConfig{ColdDriver: "nfs"}, false},
 		{StorageConfig{CheckpointInterval: 1}, false},
+		{StorageConfig{DiskPool: -1}, true},
+		{StorageConfig{DiskPool: 16}, true},
+		{StorageConfig{DiskPool: 17}, false},
 	}
 	for _, c := range cases {
 		if err := c.c.Validate(); (err == nil) != c.ok {

@@ -24,7 +24,7 @@ const MinSize = 16 << 20
 // sandbox can see another's blocks.
 //
 // Images are formatted under a temporary name and renamed to
-// ready-<size>-<n>.img only when complete, so after a crash the pool
+// ready-<size>-<uid>-<gid>-<n>.img only when complete, so after a crash the pool
 // directory holds complete images (kept, if their size still matches) and
 // partial ones (removed). The directory must be on the same filesystem as
 // the places images are taken to.
@@ -63,7 +63,7 @@ func NewPool(dir string, size int64, uid, gid, want int, log *slog.Logger) (*Poo
 	if err != nil {
 		return nil, fmt.Errorf("disk pool: %w", err)
 	}
-	prefix := fmt.Sprintf("ready-%d-", size)
+	prefix := p.readyPrefix()
 	for _, e := range ents {
 		name := e.Name()
 		if n, ok := strings.CutPrefix(name, prefix); ok && strings.HasSuffix(n, ".img") && len(p.ready) < want {
@@ -119,6 +119,11 @@ func (p *Pool) Take(img string, size int64) bool {
 	}
 }
 
+// readyPrefix names complete images of this pool's size and owner: after
+// a restart with another default size or user-namespace base, older
+// images do not match and are removed.
+func (p *Pool) readyPrefix() string { return fmt.Sprintf("ready-%d-%d-%d-", p.size, p.uid, p.gid) }
+
 // refill formats images in the background until want are ready.
 func (p *Pool) refill() {
 	p.mu.Lock()
@@ -141,7 +146,7 @@ func (p *Pool) refill() {
 			p.seq++
 			p.mu.Unlock()
 			tmp := filepath.Join(p.dir, fmt.Sprintf("tmp-%d.img", n))
-			final := filepath.Join(p.dir, fmt.Sprintf("ready-%d-%d.img", p.size, n))
+			final := filepath.Join(p.dir, fmt.Sprintf("%s%d.img", p.readyPrefix(), n))
 			err := Format(tmp, p.size, p.uid, p.gid)
 			if err == nil {
 				err = os.Rename(tmp, final)

@@ -87,10 +87,11 @@ func TestPool(t *testing.T) {
 		}
 	}
 
-	// Restart with junk around: a partial image and one of an old size.
+	// Restart with junk around: a partial image, one of an old size and
+	// one made for other ids (another user-namespace base).
 	p.Close()
 	before := names(t, dir)
-	for _, junk := range []string{"tmp-99.img", fmt.Sprintf("ready-%d-7.img", 128<<20)} {
+	for _, junk := range []string{"tmp-99.img", fmt.Sprintf("ready-%d-1234-5678-7.img", 128<<20), fmt.Sprintf("ready-%d-1000-1000-8.img", size)} {
 		if err := os.WriteFile(filepath.Join(dir, junk), nil, 0o600); err != nil {
 			t.Fatal(err)
 		}

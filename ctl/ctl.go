@@ -190,10 +190,24 @@ func list(c *cli.Context) error {
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SANDBOX ID\tUSER\tSTATUS\tIMAGE\tCREATED\tEXPIRES")
 	for _, s := range l.Sandboxes {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.SandboxID, s.UserID, s.Status, s.Image,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.SandboxID, s.UserID, statusText(s), s.Image,
 			ago(s.CreatedAt), s.ExpiresAt.Local().Format(time.DateTime))
 	}
 	return tw.Flush()
+}
+
+// statusText is the STATUS column: the status, and a word when the last
+// hot sync failed: for a stopped sandbox its files are still only on the
+// host (the daemon keeps retrying).
+func statusText(s api.Sandbox) string {
+	switch {
+	case !s.HotSyncPending:
+		return s.Status
+	case s.Status == "running" || s.Status == "ready":
+		return s.Status + " (last checkpoint failed)"
+	default:
+		return s.Status + " (hot files not in S3 yet)"
+	}
 }
 
 func ago(t time.Time) string {

@@ -175,6 +175,24 @@ func (h *harness) exec(id, cmd string) *api.ExecResponse {
 	return r
 }
 
+// cli runs the matrx CLI against the harness's daemon and returns stdout,
+// stderr and the exit code.
+func (h *harness) cli(args ...string) (string, string, int) {
+	var out, errOut bytes.Buffer
+	app := ctl.App()
+	app.Writer, app.ErrWriter = &out, &errOut
+	code := 0
+	app.ExitErrHandler = func(*cli.Context, error) {}
+	err := app.Run(append([]string{"matrx", "--socket", h.cfg.Socket}, args...))
+	if ec, ok := err.(interface{ ExitCode() int }); ok {
+		code = ec.ExitCode()
+	} else if err != nil {
+		code = 1
+		errOut.WriteString(err.Error())
+	}
+	return out.String(), errOut.String(), code
+}
+
 func TestLifecycle(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
@@ -468,21 +486,7 @@ func TestSocket(t *testing.T) {
 
 func TestCLI(t *testing.T) {
 	h := newHarness(t)
-	run := func(args ...string) (string, string, int) {
-		var out, errOut bytes.Buffer
-		app := ctl.App()
-		app.Writer, app.ErrWriter = &out, &errOut
-		code := 0
-		app.ExitErrHandler = func(*cli.Context, error) {}
-		err := app.Run(append([]string{"matrx", "--socket", h.cfg.Socket}, args...))
-		if ec, ok := err.(interface{ ExitCode() int }); ok {
-			code = ec.ExitCode()
-		} else if err != nil {
-			code = 1
-			errOut.WriteString(err.Error())
-		}
-		return out.String(), errOut.String(), code
-	}
+	run := h.cli
 	out, errOut, code := run("create", "--user", "erin", "--label", "k=v")
 	id := strings.TrimSpace(out)
 	if code != 0 || !sandbox.ValidSandboxID(id) {

@@ -317,6 +317,9 @@ func TestFailedFinalSyncIsRetriedWhileRunning(t *testing.T) {
 	if n := pending(); n != 1 {
 		t.Errorf("matrx_hotsync_pending_sandboxes = %v while the files wait, want 1", n)
 	}
+	if out, _, _ := h.cli("ls", "--all"); !strings.Contains(out, "stopped (hot files not in S3 yet)") {
+		t.Errorf("matrx ls --all does not show the pending files:\n%s", out)
+	}
 	if _, err := os.Stat(filepath.Join(h.cfg.StateDir, "hot", s.SandboxID)); err != nil {
 		t.Fatalf("hot files were removed while S3 was away: %v", err)
 	}

@@ -6,10 +6,13 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/mounts/objstore"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
@@ -107,5 +110,98 @@ func TestRecoverMarksLostSandboxes(t *testing.T) {
 	}
 	if _, err := m.Exec(ctx, s.ID, ExecInput{Command: "true"}); !errdefs.IsFailedPrecondition(err) {
 		t.Fatalf("exec on lost sandbox: %v", err)
+	}
+}
+
+// TestRecoverDiscardsHotDirsOfSandboxesNeverReady: a crash during create
+// leaves a hot dir with half a download and no manifest. Recovery removes
+// it without uploading anything (the agent never ran), instead of turning
+// the partial file into a conflict copy in the user's bucket; a sandbox
+// that was ready keeps its files synced as before.
+func TestRecoverDiscardsHotDirsOfSandboxesNeverReady(t *testing.T) {
+	env := containerdtest.Start(t, "matrx-sbx-test")
+	ctx := context.Background()
+	rt, err := runtime.New(ctx, runtime.Config{Address: env.Address, Namespace: "matrx-sbx-test",
+		StateDir: filepath.Join(env.Dir, "rt"), InitPath: env.InitPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	storage, bucket := localStorage(t, env.Dir)
+	l := DefaultLimits()
+	l.DefaultImage = containerdtest.MinimalImage
+	m, err := New(Config{Store: registry.NewMemory(), Runtime: rt, Storage: storage, Limits: l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := storage.EnsureUser(ctx, "u"); err != nil {
+		t.Fatal(err)
+	}
+	put := func(key, body string) {
+		t.Helper()
+		if _, err := bucket.Put(ctx, key, strings.NewReader(body), int64(len(body)), objstore.Cond{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("users/u/hot/big.bin", "the whole file")
+
+	now := time.Now().UTC()
+	for _, c := range []struct {
+		id     string
+		status registry.Status
+		synced bool
+	}{
+		{"sbx-00000000aaaa", registry.StatusStarting, false}, // caught mid-create
+		{"sbx-00000000bbbb", registry.StatusRunning, true},   // was ready; its task is gone
+	} {
+		rec := &registry.Record{ID: c.id, UserID: "u", Status: c.status, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
+		if c.synced {
+			rec.HotSyncedAt = &now
+		}
+		if err := m.store.Create(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+		home, err := storage.PrepareHot(c.id, "u", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Half a download in both; the ready one also made a file.
+		if err := os.WriteFile(filepath.Join(home, "big.bin"), []byte("the wh"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if c.synced {
+			if err := os.WriteFile(filepath.Join(home, "work.txt"), []byte("agent output"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := m.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"sbx-00000000aaaa", "sbx-00000000bbbb"} {
+		if storage.HasHot(id) {
+			t.Errorf("hot dir of %s left after recovery", id)
+		}
+	}
+	var keys []string
+	for obj, err := range bucket.List(ctx, "users/u/hot/") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, strings.TrimPrefix(obj.Key, "users/u/hot/"))
+	}
+	// The ready sandbox's work is saved (its half file, for all anyone can
+	// tell an edit by the agent, may land as its conflict copy); the
+	// never-ready sandbox uploads nothing.
+	if !slices.Contains(keys, "work.txt") {
+		t.Errorf("the ready sandbox's work was not synced: %q", keys)
+	}
+	for _, k := range keys {
+		if strings.Contains(k, "conflict-sbx-00000000aaaa") {
+			t.Errorf("the never-ready sandbox uploaded %s", k)
+		}
+	}
+	if got, _ := m.Get(ctx, "sbx-00000000aaaa"); got.Status != registry.StatusFailed {
+		t.Errorf("never-ready sandbox after recovery: %+v", got)
 	}
 }

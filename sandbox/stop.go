@@ -3,6 +3,7 @@ package sandbox
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -210,7 +211,15 @@ func (m *Manager) Recover(ctx context.Context) error {
 		if err := m.rt.Destroy(ctx, r.ID, 0); err != nil {
 			log.Warn("recover: destroy leftover failed", "error", err)
 		}
-		serr := m.finalSync(ctx, r.ID, r.UserID, m.shutdownSyncBudget(), log)
+		var serr error
+		if neverReady(r.Status) {
+			// The agent never ran: the hot dir holds only what sync-down
+			// wrote, maybe half a file and no manifest. Syncing it up would
+			// turn partial downloads into conflict copies in the bucket.
+			serr = m.discardHot(r.ID, log)
+		} else {
+			serr = m.finalSync(ctx, r.ID, r.UserID, m.shutdownSyncBudget(), log)
+		}
 		now := m.now().UTC()
 		status := r.Status
 		m.store.Update(ctx, r.ID, func(rec *registry.Record) error {
@@ -261,6 +270,14 @@ func (m *Manager) retryPending(ctx context.Context, orphans bool, budget time.Du
 			log.Warn("pending hot sync: sandbox still not destroyed; files kept", "error", derr)
 			continue
 		}
+		if err == nil && rec.HotSyncedAt == nil {
+			// Never ready (a create that failed, or was caught by a crash,
+			// and whose dir could not be removed then): every sandbox that
+			// became ready has a HotSyncedAt. The agent never ran, so
+			// there is nothing to save.
+			m.discardHot(p.SandboxID, log)
+			continue
+		}
 		serr := m.finalSync(ctx, p.SandboxID, p.UserID, budget, log)
 		if err == nil {
 			now := m.now().UTC()
@@ -273,6 +290,26 @@ func (m *Manager) retryPending(ctx context.Context, orphans bool, budget time.Du
 			log.Info("pending hot files synced")
 		}
 	}
+	return nil
+}
+
+// neverReady: statuses a sandbox has before it was ever ready. No agent
+// command has run in it (exec needs ready or running).
+func neverReady(s registry.Status) bool {
+	return s == registry.StatusCreating || s == registry.StatusStarting
+}
+
+// discardHot removes a hot dir without syncing it: only for sandboxes
+// whose agent never ran.
+func (m *Manager) discardHot(id string, log *slog.Logger) error {
+	if !m.storage.HasHot(id) {
+		return nil
+	}
+	if err := m.storage.RemoveHot(id); err != nil {
+		log.Warn("recover: could not remove the hot dir of a sandbox that never became ready", "error", err)
+		return err
+	}
+	log.Info("recover: removed the hot dir of a sandbox that never became ready (its agent never ran)")
 	return nil
 }
 

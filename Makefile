@@ -69,6 +69,8 @@ bench: deps tools build image-minimal
 	$(GO) run ./mounts/hotsync/cmd/hotbench
 	@echo "hot sync again, small case, plain directories on the host's root filesystem:"
 	$(GO) run ./mounts/hotsync/cmd/hotbench -cases small -disk=false
+	@echo "hot sync again, small case, with a 20 ms round trip (EC2 to S3):"
+	$(GO) run ./mounts/hotsync/cmd/hotbench -cases small -rtt 20ms
 
 clean:
 	rm -rf build

@@ -282,7 +282,12 @@ func (s *Syncer) downloadOne(ctx context.Context, root *os.Root, j downJob, ensu
 	}
 	defer f.Close()
 	w := &hashingWriterAt{f: f, h: md5.New(), seq: true}
+	release, err := s.gateLarge(ctx, j.obj.Size)
+	if err != nil {
+		return nil, fmt.Errorf("hotsync down: %s: %w", j.rel, err)
+	}
 	info, err := s.store.Download(ctx, j.obj.Key, j.obj.Size, w)
+	release()
 	if errdefs.IsNotFound(err) {
 		f.Close()
 		_ = root.Remove(p)

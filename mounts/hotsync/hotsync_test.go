@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -775,5 +776,47 @@ func TestSparseAndHardLinkedFilesCannotAmplifyUploads(t *testing.T) {
 	}
 	if _, ok := objs["link00"]; ok {
 		t.Fatal("a hard link was uploaded")
+	}
+}
+
+// countingStore wraps a real store and records how many large downloads
+// run at once; each is held a moment so that overlaps show.
+type countingStore struct {
+	hotsync.Store
+	mu        sync.Mutex
+	now, peak int
+}
+
+func (c *countingStore) Download(ctx context.Context, k string, size int64, w io.WriterAt) (objstore.ObjectInfo, error) {
+	if size >= objstore.DefaultPartSize {
+		c.mu.Lock()
+		c.now++
+		c.peak = max(c.peak, c.now)
+		c.mu.Unlock()
+		time.Sleep(30 * time.Millisecond)
+		defer func() { c.mu.Lock(); c.now--; c.mu.Unlock() }()
+	}
+	return c.Store.Download(ctx, k, size, w)
+}
+
+// TestLargeFilesAreBoundedInFlight: many small files move at once, but at
+// most LargeInFlight large ones (each already moves in parallel ranges).
+func TestLargeFilesAreBoundedInFlight(t *testing.T) {
+	local := newLocal(t)
+	big := randBytes(int(objstore.DefaultPartSize), 5)
+	for i := range 3 * hotsync.LargeInFlight {
+		putObject(t, local, fmt.Sprintf("big/%02d.bin", i), big)
+	}
+	for i := range 50 {
+		putObject(t, local, fmt.Sprintf("small/%02d.txt", i), []byte("x"))
+	}
+	st := &countingStore{Store: local}
+	sb := newSandbox(t, st, "sbx-big")
+	res := sb.down(t)
+	if len(res.Downloaded) != 3*hotsync.LargeInFlight+50 {
+		t.Fatalf("downloaded %d files", len(res.Downloaded))
+	}
+	if st.peak != hotsync.LargeInFlight {
+		t.Fatalf("%d large downloads at once, want %d", st.peak, hotsync.LargeInFlight)
 	}
 }

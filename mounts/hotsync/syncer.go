@@ -31,9 +31,19 @@ type Store interface {
 
 // Defaults.
 const (
-	DefaultConcurrency = 32
-	DefaultUID         = 1000
-	DefaultGID         = 1000
+	DefaultUID = 1000
+	DefaultGID = 1000
+	// DefaultConcurrency files in flight: small files are latency-bound
+	// (one request each), so many at once. Measured with hotbench -rtt 20ms
+	// (EC2 to S3): 2,000 small files down in 1.6 s at 32, 1.0 s at 64,
+	// 0.8 s at 128. Not 128: at ~20 ms a request that is ~6,400 requests/s
+	// on one user's prefix, over S3's documented 3,500 PUT / 5,500 GET per
+	// second per prefix (it answers 503 SlowDown); 64 stays under both.
+	DefaultConcurrency = 64
+	// LargeInFlight bounds files of objstore.DefaultPartSize or more in
+	// flight: each moves in up to objstore.DefaultConcurrency ranges with a
+	// 1 MiB buffer each, and a few of them already fill the bandwidth.
+	LargeInFlight = 4
 )
 
 // Config is what a Syncer needs.
@@ -106,6 +116,7 @@ type Syncer struct {
 	uid, gid    int
 	keepOwner   bool
 	logger      *slog.Logger
+	large       chan struct{} // LargeInFlight slots
 
 	mu sync.Mutex
 }
@@ -163,6 +174,7 @@ func New(cfg Config) (*Syncer, error) {
 		gid:         cfg.GID,
 		keepOwner:   cfg.KeepOwner,
 		logger:      cfg.Logger,
+		large:       make(chan struct{}, LargeInFlight),
 	}
 	if s.concurrency <= 0 {
 		s.concurrency = DefaultConcurrency
@@ -235,6 +247,20 @@ func (c *collector) finish(op string) (Result, error) {
 		errs = append(errs[:maxErrs:maxErrs], fmt.Errorf("and %d more errors", len(c.errs)-maxErrs))
 	}
 	return r, fmt.Errorf("hotsync %s: %d failures: %w", op, len(c.errs), errors.Join(errs...))
+}
+
+// gateLarge takes one of the LargeInFlight slots for a transfer of size
+// bytes when it is large, and returns what gives it back.
+func (s *Syncer) gateLarge(ctx context.Context, size int64) (release func(), err error) {
+	if size < objstore.DefaultPartSize {
+		return func() {}, nil
+	}
+	select {
+	case s.large <- struct{}{}:
+		return func() { <-s.large }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // parallel runs fn for every item with at most n in flight, stopping early

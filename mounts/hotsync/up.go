@@ -344,8 +344,13 @@ func (s *Syncer) uploadOne(ctx context.Context, root *os.Root, j upJob) (upOutco
 	}
 
 	put := func(k string, cond objstore.Cond) (objstore.ObjectInfo, error) {
+		release, err := s.gateLarge(ctx, size)
+		if err != nil {
+			return objstore.ObjectInfo{}, err
+		}
+		defer release()
 		var info objstore.ObjectInfo
-		err := retry(ctx, retryAttempts, noExtraTransient, func() error {
+		err = retry(ctx, retryAttempts, noExtraTransient, func() error {
 			var err error
 			info, err = s.store.Put(ctx, k, io.NewSectionReader(f, 0, size), size, cond)
 			return err

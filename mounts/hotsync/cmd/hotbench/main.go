@@ -6,6 +6,7 @@
 //	go run ./mounts/hotsync/cmd/hotbench                 # both cases
 //	go run ./mounts/hotsync/cmd/hotbench -cases small    # 2,000 files of 1–16 KiB
 //	go run ./mounts/hotsync/cmd/hotbench -cases big      # one 512 MiB file
+//	go run ./mounts/hotsync/cmd/hotbench -rtt 20ms       # with S3-like latency
 //
 // It needs versitygw (bootstrap/tools.sh, or $MATRX_VERSITYGW) and uses
 // /usr/bin/aws (not a pyenv shim) when present; without aws it measures hot
@@ -66,6 +67,7 @@ type options struct {
 	verbose     bool
 	cpuProfile  string
 	disk        bool
+	rtt         time.Duration
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -81,6 +83,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fl.IntVar(&o.concurrency, "concurrency", hotsync.DefaultConcurrency, "hot sync files in flight")
 	fl.BoolVar(&o.verbose, "v", false, "log hot sync")
 	fl.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process to the file")
+	fl.DurationVar(&o.rtt, "rtt", 0, "round-trip time added between the tools and the server (e.g. 20ms, as from EC2 to S3)")
 	fl.BoolVar(&o.disk, "disk", os.Geteuid() == 0, "put the directories on sandbox disks (loop-mounted ext4, as the daemon does; needs root)")
 	if err := fl.Parse(args); err != nil {
 		return err
@@ -120,8 +123,18 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err := srv.CreateBucket(ctx, bucket); err != nil {
 		return err
 	}
+	endpoint := srv.Endpoint
+	if o.rtt > 0 {
+		px, err := startDelayProxy(strings.TrimPrefix(srv.Endpoint, "http://"), o.rtt)
+		if err != nil {
+			return err
+		}
+		defer px.close()
+		endpoint = "http://" + px.addr()
+		fmt.Fprintf(out, "network: %v round trip added between both tools and the server (by a proxy in this process: its CPU shows in every client CPU figure)\n", o.rtt)
+	}
 	store, err := objstore.NewS3(ctx, objstore.S3Config{
-		Bucket: bucket, Region: srv.Region, Endpoint: srv.Endpoint, PathStyle: true,
+		Bucket: bucket, Region: srv.Region, Endpoint: endpoint, PathStyle: true,
 		AccessKey: srv.AccessKey, SecretKey: srv.SecretKey,
 	})
 	if err != nil {
@@ -205,12 +218,12 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 
 		if o.awsPath != "" {
 			url := "s3://" + bucket + "/bench/aws/" + name + "/"
-			d, err := meter.timed(func() error { return awsSync(ctx, o.awsPath, srv, work, src, url) })
+			d, err := meter.timed(func() error { return awsSync(ctx, o.awsPath, srv, endpoint, work, src, url) })
 			if err != nil {
 				return fmt.Errorf("aws s3 sync up: %w", err)
 			}
 			rows = append(rows, row{"aws s3 sync", label, "up", bytes, d})
-			d, err = meter.timed(func() error { return awsSync(ctx, o.awsPath, srv, work, url, adst) })
+			d, err = meter.timed(func() error { return awsSync(ctx, o.awsPath, srv, endpoint, work, url, adst) })
 			if err != nil {
 				return fmt.Errorf("aws s3 sync down: %w", err)
 			}
@@ -304,13 +317,13 @@ func (m cpuMeter) timed(fn func() error) (measurement, error) {
 
 // awsSync runs `aws s3 sync FROM TO` against the local server with a clean
 // environment: no user AWS config, no pyenv.
-func awsSync(ctx context.Context, aws string, srv *s3test.Server, work, from, to string) error {
+func awsSync(ctx context.Context, aws string, srv *s3test.Server, endpoint, work, from, to string) error {
 	home := filepath.Join(work, "aws-home")
 	if err := os.MkdirAll(home, 0o700); err != nil {
 		return err
 	}
 	cmd := exec.CommandContext(ctx, aws, "s3", "sync", from, to,
-		"--endpoint-url", srv.Endpoint, "--only-show-errors", "--no-progress")
+		"--endpoint-url", endpoint, "--only-show-errors", "--no-progress")
 	cmd.Env = []string{
 		"PATH=/usr/bin:/bin",
 		"HOME=" + home,

@@ -14,7 +14,8 @@ import (
 )
 
 // TestBenchRuns keeps `make bench` from rotting: the whole benchmark on a
-// few small files and a 2 MiB one, with the aws cli when it is installed.
+// few small files and a 2 MiB one, through the latency proxy (2 ms), with
+// the aws cli when it is installed.
 // It checks that every row is printed and that no disk image stays
 // mounted; it asserts nothing about speed.
 func TestBenchRuns(t *testing.T) {
@@ -25,7 +26,7 @@ func TestBenchRuns(t *testing.T) {
 	defer cancel()
 	work := t.TempDir()
 	var out bytes.Buffer
-	err := run(ctx, []string{"-files", "40", "-big", "2", "-workdir", work}, &out)
+	err := run(ctx, []string{"-files", "40", "-big", "2", "-workdir", work, "-rtt", "2ms"}, &out)
 	t.Log(out.String())
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -131,4 +133,51 @@ func names(t *testing.T, dir string) []string {
 		out = append(out, e.Name())
 	}
 	return out
+}
+
+// TestPoolConcurrentTakes: creates racing for a small pool each get a
+// distinct image or a clean "no", and Close leaves only complete images.
+func TestPoolConcurrentTakes(t *testing.T) {
+	base := t.TempDir()
+	dir := filepath.Join(base, "pool")
+	const size = 32 << 20
+	p, err := NewPool(dir, size, 0, 0, 2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, p, 2)
+	var wg sync.WaitGroup
+	taken := make(chan string, 40)
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 5 {
+				img := filepath.Join(base, fmt.Sprintf("t%d-%d.img", g, i))
+				if p.Take(img, size) {
+					taken <- img
+				}
+			}
+		})
+	}
+	wg.Wait()
+	p.Close()
+	close(taken)
+	inodes := map[uint64]string{}
+	for img := range taken {
+		var st syscall.Stat_t
+		if err := syscall.Stat(img, &st); err != nil || st.Size != size {
+			t.Fatalf("taken image %s: %v (size %d)", img, err, st.Size)
+		}
+		if other, dup := inodes[st.Ino]; dup {
+			t.Fatalf("%s and %s are the same image", img, other)
+		}
+		inodes[st.Ino] = img
+	}
+	if len(inodes) < 2 {
+		t.Fatalf("only %d takes succeeded with 2 images ready", len(inodes))
+	}
+	for _, n := range names(t, dir) {
+		if !strings.HasPrefix(n, "ready-") {
+			t.Errorf("left in the pool after Close: %s", n)
+		}
+	}
 }

@@ -100,9 +100,13 @@ type S3 struct {
 	endpoint string
 	opts     s3Options
 	bufs     sync.Pool // *[]byte of copyBufSize
+	smallBuf sync.Pool // *[]byte of smallBufSize, for small objects
 }
 
-const copyBufSize = 1 << 20
+const (
+	copyBufSize  = 1 << 20
+	smallBufSize = 64 << 10
+)
 
 // NewS3 builds the client. It does not contact the service; call Check.
 func NewS3(ctx context.Context, cfg S3Config, opts ...S3Option) (*S3, error) {
@@ -183,6 +187,7 @@ func NewS3(ctx context.Context, cfg S3Config, opts ...S3Option) (*S3, error) {
 		endpoint: cfg.Endpoint,
 		opts:     o,
 		bufs:     sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }},
+		smallBuf: sync.Pool{New: func() any { b := make([]byte, smallBufSize); return &b }},
 	}, nil
 }
 
@@ -308,7 +313,7 @@ func (s *S3) downloadWhole(ctx context.Context, key string, w io.WriterAt) (Obje
 		return ObjectInfo{}, err
 	}
 	defer body.Close()
-	n, err := s.copyAt(w, 0, body)
+	n, err := s.copyAt(w, 0, body, info.Size)
 	if err != nil {
 		return ObjectInfo{}, fmt.Errorf("%s: %w", s.op("download", key), transferErr(err))
 	}
@@ -318,10 +323,16 @@ func (s *S3) downloadWhole(ctx context.Context, key string, w io.WriterAt) (Obje
 	return info, nil
 }
 
-// copyAt copies r into w starting at off with a pooled 1 MiB buffer.
-func (s *S3) copyAt(w io.WriterAt, off int64, r io.Reader) (int64, error) {
-	bp := s.bufs.Get().(*[]byte)
-	defer s.bufs.Put(bp)
+// copyAt copies r (about size bytes) into w starting at off with a pooled
+// buffer: 1 MiB, or 64 KiB for a small object, so that many small
+// downloads in flight (hot sync runs dozens) hold little memory.
+func (s *S3) copyAt(w io.WriterAt, off int64, r io.Reader, size int64) (int64, error) {
+	pool := &s.bufs
+	if size <= smallBufSize {
+		pool = &s.smallBuf
+	}
+	bp := pool.Get().(*[]byte)
+	defer pool.Put(bp)
 	return io.CopyBuffer(io.NewOffsetWriter(w, off), r, *bp)
 }
 
@@ -375,7 +386,7 @@ func (s *S3) downloadRanges(ctx context.Context, key string, w io.WriterAt) (Obj
 		defer func() { <-sem }()
 		defer first.Body.Close()
 		want := min(ps, total)
-		n, err := s.copyAt(w, 0, first.Body)
+		n, err := s.copyAt(w, 0, first.Body, ps)
 		if err == nil && n != want {
 			err = fmt.Errorf("got %d of %d bytes: %w", n, want, errdefs.ErrUnavailable)
 		}
@@ -400,7 +411,7 @@ func (s *S3) downloadRanges(ctx context.Context, key string, w io.WriterAt) (Obj
 				return
 			}
 			defer out.Body.Close()
-			n, err := s.copyAt(w, off, out.Body)
+			n, err := s.copyAt(w, off, out.Body, ps)
 			if err == nil && n != end-off {
 				err = fmt.Errorf("got %d of %d bytes: %w", n, end-off, errdefs.ErrUnavailable)
 			}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // SchemaVersion is the bucket layout this code reads and writes.
@@ -68,7 +69,7 @@ func OpenBolt(ctx context.Context, path string) (*Bolt, error) {
 	// of a hang.
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("registry %s is locked by another process (is another matrxd running?): %w", path, errdefs.ErrUnavailable)
 		}
 		return nil, fmt.Errorf("open registry %s: %w", path, err)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"path"
 	"sort"
-	"strings"
 
 	"github.com/containerd/containerd/v2/contrib/seccomp"
 	"github.com/containerd/containerd/v2/core/containers"
@@ -327,9 +326,4 @@ func envList(m map[string]string) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-// hasPrefixPath reports whether p is dir or below it.
-func hasPrefixPath(p, dir string) bool {
-	return p == dir || strings.HasPrefix(p, strings.TrimSuffix(dir, "/")+"/")
 }

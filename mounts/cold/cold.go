@@ -78,13 +78,6 @@ type S3Config struct {
 	AccessKey, SecretKey string
 }
 
-func (c S3Config) region() string {
-	if c.Region == "" {
-		return "us-east-1"
-	}
-	return c.Region
-}
-
 func (c S3Config) validate() error {
 	if c.Bucket == "" {
 		return fmt.Errorf("cold: S3 bucket is required: %w", errdefs.ErrInvalidArgument)

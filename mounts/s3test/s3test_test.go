@@ -33,7 +33,7 @@ func TestBucketName(t *testing.T) {
 			t.Errorf("bucketName(%q) = %q: starts or ends with '-'", name, b)
 		}
 	}
-	if bucketName("TestX") == bucketName("TestX") {
+	if a, b := bucketName("TestX"), bucketName("TestX"); a == b {
 		t.Error("bucket names are not unique")
 	}
 }

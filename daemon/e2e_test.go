@@ -8,7 +8,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -16,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -41,7 +41,7 @@ type harness struct {
 	cancel context.CancelFunc
 	done   chan error
 	c      *client.Client
-	logs   *bytes.Buffer
+	logs   *logBuffer
 }
 
 func newHarness(t *testing.T, mods ...func(*daemon.Config)) *harness {
@@ -113,8 +113,8 @@ func (h *harness) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	h.done = make(chan error, 1)
-	h.logs = &bytes.Buffer{}
-	log := slog.New(slog.NewJSONHandler(&lockedWriter{w: h.logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	h.logs = &logBuffer{}
+	log := slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	go func() { h.done <- daemon.Run(ctx, h.cfg, log) }()
 	h.c = client.New(h.cfg.Socket, client.WithRetries(50), client.WithBackoff(20*time.Millisecond))
 	up := make(chan error, 1)
@@ -141,20 +141,31 @@ func (h *harness) stop() {
 		h.t.Errorf("daemon exited with %v", err)
 	}
 	h.c.Close()
-}
-
-type lockedWriter struct {
-	mu chan struct{}
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	if l.mu == nil {
-		l.mu = make(chan struct{}, 1)
+	if h.t.Failed() {
+		// What the daemon saw is usually the explanation.
+		lines := strings.Split(strings.TrimSpace(h.logs.String()), "\n")
+		h.t.Logf("daemon log (last %d of %d lines):\n%s", min(len(lines), 80), len(lines),
+			strings.Join(lines[max(0, len(lines)-80):], "\n"))
 	}
-	l.mu <- struct{}{}
-	defer func() { <-l.mu }()
-	return l.w.Write(p)
+}
+
+// logBuffer keeps the daemon's log lines for a test, safe for the
+// daemon's goroutines to write while the test reads.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
 }
 
 func (h *harness) create(user string, cfg *api.SandboxConfig) *api.Sandbox {

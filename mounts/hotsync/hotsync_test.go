@@ -816,7 +816,9 @@ func TestLargeFilesAreBoundedInFlight(t *testing.T) {
 	if len(res.Downloaded) != 3*hotsync.LargeInFlight+50 {
 		t.Fatalf("downloaded %d files", len(res.Downloaded))
 	}
-	if st.peak != hotsync.LargeInFlight {
-		t.Fatalf("%d large downloads at once, want %d", st.peak, hotsync.LargeInFlight)
+	// At most the gate's width; at least two, or the files were not
+	// moving in parallel at all (exactly the width is typical).
+	if st.peak > hotsync.LargeInFlight || st.peak < 2 {
+		t.Fatalf("%d large downloads at once, want 2 to %d", st.peak, hotsync.LargeInFlight)
 	}
 }

@@ -201,7 +201,7 @@ func TestRecoverDiscardsHotDirsOfSandboxesNeverReady(t *testing.T) {
 			t.Errorf("the never-ready sandbox uploaded %s", k)
 		}
 	}
-	if got, _ := m.Get(ctx, "sbx-00000000aaaa"); got.Status != registry.StatusFailed {
-		t.Errorf("never-ready sandbox after recovery: %+v", got)
+	if got, _ := m.Get(ctx, "sbx-00000000aaaa"); got.Status != registry.StatusFailed || got.HotSyncedAt != nil || got.HotSyncPending {
+		t.Errorf("never-ready sandbox after recovery (failed, never synced, nothing pending): %+v", got)
 	}
 }

@@ -227,7 +227,9 @@ func (m *Manager) Recover(ctx context.Context) error {
 			rec.Error = fmt.Sprintf("daemon restarted while sandbox was %s", status)
 			rec.StoppedAt = &now
 			rec.StopReason = ReasonError
-			recordSync(rec, serr, now)
+			if !neverReady(status) || serr != nil {
+				recordSync(rec, serr, now) // nothing was synced for a discarded dir
+			}
 			return nil
 		})
 		log.Warn("recover: sandbox marked failed", "was", status)
@@ -245,13 +247,13 @@ func (m *Manager) RetryPending(ctx context.Context) {
 	}
 }
 
-// retryPending: at startup (orphans, with the shutdown budget so the
-// API is not held back; what is cut short is retried in the background) a
-// hot directory without a record is
-// synced too (the in-memory registry forgets records on restart); later
-// only those of records in a terminal state. The container is destroyed
-// first (a no-op when gone): a sandbox whose destroy failed may still be
-// writing, and its directory stays until it is really gone.
+// retryPending syncs the hot dirs of stopped sandboxes within budget. At
+// startup (orphans true, with the shutdown budget so that the API is not
+// held back; what is cut short is retried later) a hot dir without a
+// record is synced too, since the in-memory registry forgets records on
+// restart; later only dirs of records in a terminal state. The container
+// is destroyed first (a no-op when gone): a sandbox whose destroy failed
+// may still be writing, and its dir stays until it is really gone.
 func (m *Manager) retryPending(ctx context.Context, orphans bool, budget time.Duration) error {
 	pending, err := m.storage.Pending()
 	if err != nil {

@@ -745,6 +745,39 @@ func TestTeardownWithoutAUsableRecord(t *testing.T) {
 	if !ok || len(recA) != 3 {
 		t.Fatalf("record of sbx-a: %q %v", recA, ok)
 	}
+	// The record says what iptables lists (up to quoting), so its "-D"
+	// lines match the installed rules.
+	norm := func(lines []string) []string {
+		var out []string
+		for _, l := range lines {
+			out = append(out, strings.Join(splitRule(l), "\x00"))
+		}
+		slices.Sort(out)
+		return out
+	}
+	var listed []string
+	for _, l := range e.sandboxRules(t, m) {
+		if id, _ := sandboxOfRule(l); id == "sbx-a" {
+			listed = append(listed, l)
+		}
+	}
+	if !slices.Equal(norm(listed), norm(recA)) {
+		t.Fatalf("recorded rules differ from iptables -S:\n%s\nvs\n%s", strings.Join(recA, "\n"), strings.Join(listed, "\n"))
+	}
+	// And deleting by the record alone works (b's record is intact).
+	recB, _ := m.recordedRules("sbx-b")
+	if err := m.platform.ipt4.apply(context.Background(), deleteRules("filter", recB)); err != nil {
+		t.Fatalf("delete by record: %v", err)
+	}
+	if err := m.platform.ipt4.apply(context.Background(), insertRules("filter", m.chains.sbx, func() [][]string {
+		var specs [][]string
+		for _, l := range recB {
+			specs = append(specs, splitRule(l)[2:]) // drop "-A CHAIN"
+		}
+		return specs
+	}())); err != nil {
+		t.Fatalf("reinstall b's rules: %v", err)
+	}
 	// One of a's rules vanished (an operator, a partial earlier teardown).
 	sh(t, "", append([]string{"iptables", "-D"}, splitRule(strings.Replace(recA[1], "-A ", "", 1))...)...)
 	if err := m.Teardown(context.Background(), "sbx-a"); err != nil {

@@ -245,6 +245,28 @@ func TestCrashRecoverySyncsHotFiles(t *testing.T) {
 	}
 }
 
+// stopWhileBucketAway creates a sandbox of user with an unsynced file and
+// deletes it while the bucket's directory is moved away, so that its final
+// sync fails. It returns the sandbox and what brings the bucket back.
+func stopWhileBucketAway(t *testing.T, h *harness, srv *s3test.Server, bucket, user string) (*api.Sandbox, func()) {
+	t.Helper()
+	s := h.create(user, nil)
+	h.exec(s.SandboxID, "echo unsynced > keep.txt")
+	bucketDir := filepath.Join(srv.Dir, bucket)
+	if err := os.Rename(bucketDir, bucketDir+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.c.Delete(context.Background(), s.SandboxID, false); err != nil {
+		t.Fatal(err)
+	}
+	return s, func() {
+		t.Helper()
+		if err := os.Rename(bucketDir+".away", bucketDir); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestFailedFinalSyncIsRetried makes the bucket vanish while a sandbox
 // stops: its hot files stay on the host, the record says so, and the next
 // daemon start uploads them.
@@ -252,15 +274,7 @@ func TestFailedFinalSyncIsRetried(t *testing.T) {
 	srv, bucket := s3Env(t)
 	h := newHarness(t, withS3(srv, bucket))
 	ctx := context.Background()
-	s := h.create("dana", nil)
-	h.exec(s.SandboxID, "echo unsynced > keep.txt")
-	bucketDir := filepath.Join(srv.Dir, bucket)
-	if err := os.Rename(bucketDir, bucketDir+".away"); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.c.Delete(ctx, s.SandboxID, false); err != nil {
-		t.Fatal(err)
-	}
+	s, bucketBack := stopWhileBucketAway(t, h, srv, bucket, "dana")
 	got, _ := h.c.Get(ctx, s.SandboxID)
 	if got.Status != "stopped" || !got.HotSyncPending || got.HotSyncError == "" {
 		t.Fatalf("record after a failed final sync: %+v", got)
@@ -268,9 +282,7 @@ func TestFailedFinalSyncIsRetried(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(h.cfg.StateDir, "hot", s.SandboxID)); err != nil {
 		t.Fatalf("hot files were removed before reaching S3: %v", err)
 	}
-	if err := os.Rename(bucketDir+".away", bucketDir); err != nil {
-		t.Fatal(err)
-	}
+	bucketBack()
 	h.stop()
 	h.start()
 	if v, ok := get(t, srv, bucket, "users/dana/hot/keep.txt"); !ok || v != "unsynced\n" {
@@ -292,15 +304,7 @@ func TestFailedFinalSyncIsRetriedWhileRunning(t *testing.T) {
 	srv, bucket := s3Env(t)
 	h := newHarness(t, withS3(srv, bucket), func(c *daemon.Config) { c.Storage.CheckpointInterval = time.Second })
 	ctx := context.Background()
-	s := h.create("erin", nil)
-	h.exec(s.SandboxID, "echo unsynced > keep.txt")
-	bucketDir := filepath.Join(srv.Dir, bucket)
-	if err := os.Rename(bucketDir, bucketDir+".away"); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.c.Delete(ctx, s.SandboxID, false); err != nil {
-		t.Fatal(err)
-	}
+	s, bucketBack := stopWhileBucketAway(t, h, srv, bucket, "erin")
 	got, _ := h.c.Get(ctx, s.SandboxID)
 	if !got.HotSyncPending {
 		t.Fatalf("final sync did not fail with the bucket away: %+v", got)
@@ -323,9 +327,7 @@ func TestFailedFinalSyncIsRetriedWhileRunning(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(h.cfg.StateDir, "hot", s.SandboxID)); err != nil {
 		t.Fatalf("hot files were removed while S3 was away: %v", err)
 	}
-	if err := os.Rename(bucketDir+".away", bucketDir); err != nil {
-		t.Fatal(err)
-	}
+	bucketBack()
 	waitObject(t, srv, bucket, "users/erin/hot/keep.txt", "unsynced\n")
 	deadline := time.Now().Add(30 * time.Second)
 	for {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/mounts"
 	"github.com/matrx-dev/matrx/mounts/objstore"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
@@ -19,6 +20,13 @@ import (
 )
 
 func newManager(t *testing.T) (*Manager, *runtime.Runtime) {
+	m, rt, _, _ := newManagerWithStorage(t)
+	return m, rt
+}
+
+// newManagerWithStorage is newManager that also returns its host storage
+// and the local bucket behind it.
+func newManagerWithStorage(t *testing.T) (*Manager, *runtime.Runtime, *mounts.Storage, *objstore.Local) {
 	env := containerdtest.Start(t, "matrx-sbx-test")
 	ctx := context.Background()
 	rt, err := runtime.New(ctx, runtime.Config{Address: env.Address, Namespace: "matrx-sbx-test",
@@ -36,12 +44,12 @@ func newManager(t *testing.T) (*Manager, *runtime.Runtime) {
 	l.DefaultImage = containerdtest.MinimalImage
 	l.DefaultMemoryMB = 128
 	l.ShutdownTimeout = time.Second
-	storage, _ := localStorage(t, env.Dir)
+	storage, bucket := localStorage(t, env.Dir)
 	m, err := New(Config{Store: registry.NewMemory(), Runtime: rt, Storage: storage, Limits: l})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return m, rt
+	return m, rt, storage, bucket
 }
 
 func TestExpiry(t *testing.T) {
@@ -119,21 +127,8 @@ func TestRecoverMarksLostSandboxes(t *testing.T) {
 // the partial file into a conflict copy in the user's bucket; a sandbox
 // that was ready keeps its files synced as before.
 func TestRecoverDiscardsHotDirsOfSandboxesNeverReady(t *testing.T) {
-	env := containerdtest.Start(t, "matrx-sbx-test")
+	m, _, storage, bucket := newManagerWithStorage(t)
 	ctx := context.Background()
-	rt, err := runtime.New(ctx, runtime.Config{Address: env.Address, Namespace: "matrx-sbx-test",
-		StateDir: filepath.Join(env.Dir, "rt"), InitPath: env.InitPath})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rt.Close() })
-	storage, bucket := localStorage(t, env.Dir)
-	l := DefaultLimits()
-	l.DefaultImage = containerdtest.MinimalImage
-	m, err := New(Config{Store: registry.NewMemory(), Runtime: rt, Storage: storage, Limits: l})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if err := storage.EnsureUser(ctx, "u"); err != nil {
 		t.Fatal(err)
 	}

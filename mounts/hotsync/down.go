@@ -186,10 +186,11 @@ func (s *Syncer) Down(ctx context.Context) (Result, error) {
 // counted in whole blocks; the estimate ignores inodes and extent blocks, so
 // ENOSPC half-way stays possible and is reported as the same kind of error.
 func checkRoom(dir string, jobs []downJob) error {
-	free, block, ok := freeSpace(dir)
-	if !ok || block <= 0 {
+	sp, ok := space(dir)
+	if !ok || sp.block <= 0 {
 		return nil
 	}
+	free, block := sp.free, sp.block
 	var need int64
 	dirs := map[string]bool{}
 	for _, j := range jobs {

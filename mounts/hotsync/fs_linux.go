@@ -48,23 +48,14 @@ func setMtime(f *os.File, t time.Time) error {
 	return serr
 }
 
-// freeSpace reports the bytes available to writers on the filesystem of dir
-// and its block size.
-func freeSpace(dir string) (free, block int64, ok bool) {
+// space reports the filesystem holding dir: its size, the bytes available
+// to writers, and its block size.
+func space(dir string) (fsSpace, bool) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
-		return 0, 0, false
+		return fsSpace{}, false
 	}
-	return int64(st.Bavail) * st.Bsize, st.Bsize, true
-}
-
-// capacityOf is the size of the filesystem holding dir.
-func capacityOf(dir string) (int64, bool) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		return 0, false
-	}
-	return int64(st.Blocks) * st.Bsize, true
+	return fsSpace{total: int64(st.Blocks) * st.Bsize, free: int64(st.Bavail) * st.Bsize, block: st.Bsize}, true
 }
 
 // usage is what a file really takes on disk.

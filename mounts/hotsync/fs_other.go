@@ -18,12 +18,9 @@ const readFlags = os.O_RDONLY
 // setMtime sets the access and modification times of f.
 func setMtime(f *os.File, t time.Time) error { return os.Chtimes(f.Name(), t, t) }
 
-// freeSpace is unknown here: Down does not check for room up front.
-func freeSpace(string) (free, block int64, ok bool) { return 0, 0, false }
-
-// capacityOf and diskUsage are unknown here: uploads are not bounded by
-// the disk's size.
-func capacityOf(string) (int64, bool) { return 0, false }
+// space is unknown here: Down does not check for room up front, and
+// uploads are not bounded by the disk's size.
+func space(string) (fsSpace, bool) { return fsSpace{}, false }
 
 type usage struct {
 	allocated int64
@@ -31,6 +28,7 @@ type usage struct {
 	ino       uint64
 }
 
+// diskUsage is unknown here.
 func diskUsage(os.FileInfo) (usage, bool) { return usage{}, false }
 
 // startWriteback is a no-op here: the final flush does the work.

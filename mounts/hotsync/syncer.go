@@ -249,6 +249,9 @@ func (c *collector) finish(op string) (Result, error) {
 	return r, fmt.Errorf("hotsync %s: %d failures: %w", op, len(c.errs), errors.Join(errs...))
 }
 
+// fsSpace describes the filesystem holding a syncer's Dir, in bytes.
+type fsSpace struct{ total, free, block int64 }
+
 // gateLarge takes one of the LargeInFlight slots for a transfer of size
 // bytes when it is large, and returns what gives it back.
 func (s *Syncer) gateLarge(ctx context.Context, size int64) (release func(), err error) {

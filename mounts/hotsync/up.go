@@ -171,10 +171,11 @@ func (s *Syncer) Up(ctx context.Context) (Result, error) {
 // reported as rejected and not uploaded. They still count as seen: their
 // previous objects stay.
 func (s *Syncer) dropAmplifiers(jobs []upJob, c *collector) []upJob {
-	capacity, ok := capacityOf(s.dir)
+	sp, ok := space(s.dir)
 	if !ok {
 		return jobs
 	}
+	capacity := sp.total
 	var total int64
 	for _, j := range jobs {
 		total += j.fi.Size()

@@ -212,7 +212,8 @@ func (m *Manager) Recover(ctx context.Context) error {
 			log.Warn("recover: destroy leftover failed", "error", err)
 		}
 		var serr error
-		if neverReady(r.Status) {
+		fresh := neverReady(r)
+		if fresh {
 			// The agent never ran: the hot dir holds only what sync-down
 			// wrote, maybe half a file and no manifest. Syncing it up would
 			// turn partial downloads into conflict copies in the bucket.
@@ -227,7 +228,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 			rec.Error = fmt.Sprintf("daemon restarted while sandbox was %s", status)
 			rec.StoppedAt = &now
 			rec.StopReason = ReasonError
-			if !neverReady(status) || serr != nil {
+			if !fresh || serr != nil {
 				recordSync(rec, serr, now) // nothing was synced for a discarded dir
 			}
 			return nil
@@ -272,11 +273,9 @@ func (m *Manager) retryPending(ctx context.Context, orphans bool, budget time.Du
 			log.Warn("pending hot sync: sandbox still not destroyed; files kept", "error", derr)
 			continue
 		}
-		if err == nil && rec.HotSyncedAt == nil {
-			// Never ready (a create that failed, or was caught by a crash,
-			// and whose dir could not be removed then): every sandbox that
-			// became ready has a HotSyncedAt. The agent never ran, so
-			// there is nothing to save.
+		if err == nil && neverReady(rec) {
+			// A create that failed, or was caught by a crash, and whose
+			// dir could not be removed then: nothing to save.
 			m.discardHot(p.SandboxID, log)
 			continue
 		}
@@ -295,11 +294,11 @@ func (m *Manager) retryPending(ctx context.Context, orphans bool, budget time.Du
 	return nil
 }
 
-// neverReady: statuses a sandbox has before it was ever ready. No agent
-// command has run in it (exec needs ready or running).
-func neverReady(s registry.Status) bool {
-	return s == registry.StatusCreating || s == registry.StatusStarting
-}
+// neverReady reports whether a sandbox never became ready, so no agent
+// command ever ran in it (exec needs ready or running). Create records
+// HotSyncedAt in the same update that makes a sandbox ready, and nothing
+// sets it earlier.
+func neverReady(r *registry.Record) bool { return r.HotSyncedAt == nil }
 
 // discardHot removes a hot dir without syncing it: only for sandboxes
 // whose agent never ran.

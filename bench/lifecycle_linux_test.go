@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -63,7 +62,7 @@ func BenchmarkLifecycle(b *testing.B) {
 		// Production defaults: user namespaces and networking on (on a
 		// bench-only bridge, removed afterwards).
 		UserNS:  daemon.UserNSConfig{Mode: "auto", Base: runtime.DefaultUserNSBase},
-		Network: daemon.NetworkConfig{Mode: "on", Bridge: "mxbench0", Subnet: netip.MustParsePrefix("10.215.0.0/24")},
+		Network: daemon.NetworkConfig{Mode: "on", Bridge: fmt.Sprintf("mxbench%d", os.Getpid()%100000), Subnet: containerdtest.Subnet(b)},
 		Storage: daemon.StorageConfig{ColdDriver: "auto", CheckpointInterval: time.Hour},
 	}
 	defer func() {

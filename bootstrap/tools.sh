@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # bootstrap/tools.sh — builds the tools the test suite and the benchmarks need
-# into build/tools/ (relative to the repository root). Idempotent: a tool that is
-# already present at the pinned version is not rebuilt.
+# and makes them available under build/tools/ (relative to the repository
+# root). Idempotent: a tool that is already present at the pinned version is
+# not rebuilt.
+#
+# Built binaries live in a cache OUTSIDE the clone, keyed by tool and version
+# (${MATRX_TOOLS_CACHE:-/var/cache/matrx/tools}/<name>@<version>/<name>), and
+# build/tools/ holds symlinks into it: a fresh clone (CI) finds them there and
+# only relinks, instead of spending minutes rebuilding from the module proxy.
+# Changing a pinned version builds into a new cache entry; old entries are
+# left alone (remove the cache dir to reclaim the space).
 #
 # Tools:
 #   versitygw   S3-compatible server (posix backend) used by mounts/s3test.
@@ -12,7 +20,8 @@
 #               ≈3 min cold; runc needs libseccomp-dev and pkg-config.
 #
 # Environment:
-#   TOOLS_DIR   override the output directory (default: <repo>/build/tools)
+#   TOOLS_DIR   override the link directory (default: <repo>/build/tools)
+#   MATRX_TOOLS_CACHE  the build cache (default: /var/cache/matrx/tools)
 #   GO          go binary to use (default: go)
 #
 # Fails loudly: an ERR trap names the step that failed.
@@ -32,13 +41,14 @@ RUNC_VERSION="v1.2.6"
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS_DIR="${TOOLS_DIR:-${REPO_ROOT}/build/tools}"
+TOOLS_CACHE="${MATRX_TOOLS_CACHE:-/var/cache/matrx/tools}"
 GO="${GO:-go}"
 
 step "check go toolchain"
 command -v "${GO}" >/dev/null || { echo "tools: go not found in PATH" >&2; false; }
 
-step "create ${TOOLS_DIR}"
-mkdir -p "${TOOLS_DIR}"
+step "create ${TOOLS_DIR} and ${TOOLS_CACHE}"
+mkdir -p "${TOOLS_DIR}" "${TOOLS_CACHE}"
 
 # module_version BINARY MODULE prints the version of MODULE that BINARY was
 # built from (empty if the binary is missing or was not built from MODULE).
@@ -49,32 +59,38 @@ module_version() {
 }
 
 # build_go_tool NAME MODULE/CMD MODULE VERSION [SUBDIR] [BUILD TAGS]
+# builds NAME into the cache entry NAME@VERSION (unless it is there already)
+# and links build/tools[/SUBDIR]/NAME to it.
 build_go_tool() {
   local name="$1" pkg="$2" mod="$3" version="$4" sub="${5:-}" tags="${6:-}"
   local dir="${TOOLS_DIR}${sub:+/${sub}}"
-  mkdir -p "${dir}"
-  local bin="${dir}/${name}"
+  local entry="${TOOLS_CACHE}/${name}@${version}${tags:+-${tags}}"
+  mkdir -p "${dir}" "${entry}"
+  local bin="${entry}/${name}"
   local have
   have="$(module_version "${bin}" "${mod}")"
   if [[ "${have}" == "${version}" ]]; then
-    step "${name} ${version} already present"
-    return 0
+    step "${name} ${version} already built (${entry})"
+  else
+    step "build ${name} ${version} into ${entry}"
+    # Build into a scratch directory and move into place, so an interrupted
+    # build never leaves a half-written binary that looks installed.
+    local scratch
+    scratch="$(mktemp -d "${entry}/.build-${name}.XXXXXX")"
+    # GOFLAGS=-mod=mod keeps the repo's go.mod out of it: "go install
+    # pkg@version" builds in module mode from the proxy, with the module's
+    # own go.sum.
+    (cd "${scratch}" && GOBIN="${scratch}" GOFLAGS=-mod=mod nice "${GO}" install ${tags:+-tags "${tags}"} "${pkg}@${version}") \
+      || { rm -rf "${scratch}"; false; }
+    mv -f "${scratch}/${name}" "${bin}"
+    rmdir "${scratch}"
+    have="$(module_version "${bin}" "${mod}")"
+    step "verify ${name} version"
+    [[ "${have}" == "${version}" ]] || { echo "tools: ${name} reports ${have:-nothing}, want ${version}" >&2; false; }
   fi
-  step "build ${name} ${version}${have:+ (replacing ${have})}"
-  # Build into a scratch directory and move into place, so an interrupted build
-  # never leaves a half-written binary that looks installed.
-  local scratch
-  scratch="$(mktemp -d "${dir}/.build-${name}.XXXXXX")"
-  # GOFLAGS=-mod=mod keeps the repo's go.mod out of it: "go install pkg@version"
-  # builds in module mode from the proxy, with the module's own go.sum.
-  (cd "${scratch}" && GOBIN="${scratch}" GOFLAGS=-mod=mod nice "${GO}" install ${tags:+-tags "${tags}"} "${pkg}@${version}") \
-    || { rm -rf "${scratch}"; false; }
-  step "install ${name} into ${dir}"
-  mv -f "${scratch}/${name}" "${bin}"
-  rmdir "${scratch}"
-  have="$(module_version "${bin}" "${mod}")"
-  step "verify ${name} version"
-  [[ "${have}" == "${version}" ]] || { echo "tools: ${name} reports ${have:-nothing}, want ${version}" >&2; false; }
+  step "link ${dir}/${name}"
+  # A plain file left by an older tools.sh is replaced by the link.
+  ln -sfn "${bin}" "${dir}/${name}"
 }
 
 build_go_tool versitygw "${VERSITYGW_MODULE}/cmd/versitygw" "${VERSITYGW_MODULE}" "${VERSITYGW_VERSION}"

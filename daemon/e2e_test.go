@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -87,7 +86,7 @@ func testNetwork(t *testing.T) daemon.NetworkConfig {
 	nc := daemon.NetworkConfig{
 		Mode:   "on",
 		Bridge: fmt.Sprintf("mxe%d-%d", os.Getpid()%10000, n),
-		Subnet: netip.MustParsePrefix(fmt.Sprintf("10.214.%d.0/24", n)),
+		Subnet: containerdtest.Subnet(t),
 	}
 	return nc
 }

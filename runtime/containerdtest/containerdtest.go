@@ -14,6 +14,8 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -252,4 +254,89 @@ func LockHostNetwork() (func(), error) {
 		return nil, err
 	}
 	return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+}
+
+// subnetClaims holds one file per /24 that a running test process uses for
+// a sandbox bridge, named by its second and third octets and holding the
+// owner's pid: test binaries of this and of other checkouts run at the same
+// time on one host, and two bridges with one subnet would break each other's
+// routes.
+var subnetClaims = filepath.Join(os.TempDir(), "matrx-test-subnets")
+
+// Subnet claims a /24 in 10.214.0.0/15 that no other live test process
+// holds and no host interface overlaps, for a test's own sandbox bridge. The
+// claim is released when t ends; a claim whose owner died is taken over.
+// (Production matrxd defaults to 10.213.0.0/16, outside this range.)
+func Subnet(t testing.TB) netip.Prefix {
+	t.Helper()
+	if err := os.MkdirAll(subnetClaims, 0o700); err != nil {
+		t.Fatalf("subnet claims: %v", err)
+	}
+	used := hostPrefixes()
+	start := int(time.Now().UnixNano()/1000) % 512
+	for i := 0; i < 512; i++ {
+		n := (start + i) % 512
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(214 + n/256), byte(n % 256), 0}), 24)
+		if overlapsAny(p, used) {
+			continue
+		}
+		claim := filepath.Join(subnetClaims, fmt.Sprintf("%d.%d", p.Addr().As4()[1], p.Addr().As4()[2]))
+		if !takeClaim(claim) {
+			continue
+		}
+		t.Cleanup(func() { os.Remove(claim) })
+		return p
+	}
+	t.Fatalf("no free test subnet in 10.214.0.0/15")
+	return netip.Prefix{}
+}
+
+// takeClaim creates the claim file for this process, or takes over one
+// whose owner is gone.
+func takeClaim(path string) bool {
+	me := []byte(fmt.Sprint(os.Getpid()))
+	for try := 0; try < 2; try++ {
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err == nil {
+			f.Write(me)
+			f.Close()
+			return true
+		}
+		b, rerr := os.ReadFile(path)
+		if rerr != nil {
+			continue
+		}
+		var pid int
+		if _, err := fmt.Sscan(string(b), &pid); err == nil && pid > 0 && syscall.Kill(pid, 0) == nil {
+			return false // a live owner (ours included: another test of this binary)
+		}
+		os.Remove(path)
+	}
+	return false
+}
+
+// hostPrefixes lists the IPv4 networks of the host's interfaces.
+func hostPrefixes() []netip.Prefix {
+	var out []netip.Prefix
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if p, err := netip.ParsePrefix(n.String()); err == nil && p.Addr().Is4() {
+				out = append(out, p.Masked())
+			}
+		}
+	}
+	return out
+}
+
+func overlapsAny(p netip.Prefix, ps []netip.Prefix) bool {
+	for _, q := range ps {
+		if p.Overlaps(q) {
+			return true
+		}
+	}
+	return false
 }

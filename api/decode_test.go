@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/matrx-dev/matrx/api/apitype"
 )
 
 func decodeBody(body string, v any, allowEmpty bool) error {
@@ -39,7 +41,7 @@ func TestDecode(t *testing.T) {
 		{`{"command":"` + strings.Repeat("a", 2000) + `"}`, false, false},
 	}
 	for _, c := range cases {
-		var req ExecRequest
+		var req apitype.ExecRequest
 		err := decodeBody(c.body, &req, c.empty)
 		if c.ok != (err == nil) {
 			t.Errorf("decode %.40q: %v", c.body, err)
@@ -55,7 +57,7 @@ func FuzzDecodeExecRequest(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, body string) {
-		var req ExecRequest
+		var req apitype.ExecRequest
 		if err := decodeBody(body, &req, false); err != nil && !errdefs.IsInvalidArgument(err) {
 			t.Fatalf("decode %q: unexpected error class %v", body, err)
 		}
@@ -67,7 +69,7 @@ func FuzzDecodeCreateRequest(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, body string) {
-		var req CreateSandboxRequest
+		var req apitype.CreateSandboxRequest
 		if err := decodeBody(body, &req, false); err != nil && !errdefs.IsInvalidArgument(err) {
 			t.Fatalf("decode %q: unexpected error class %v", body, err)
 		}

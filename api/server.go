@@ -1,7 +1,8 @@
-// Package api owns the HTTP interface of matrxd: routes, JSON types, the
-// mapping of error classes to status codes, request logging with the
-// caller's credentials, and the Unix socket it listens on. Its client half
-// is api/client.
+// Package api owns the HTTP interface of matrxd: routes, the conversion
+// between the wire types (api/apitype) and the lifecycle's own, the mapping
+// of error classes to status codes, request logging with the caller's
+// credentials, and the Unix socket it listens on. Its client half is
+// api/client, which links only api/apitype and the standard library.
 //
 // It must not hold lifecycle logic: handlers decode and validate the wire
 // format, call the sandbox manager, and encode. Every error body is
@@ -26,6 +27,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/matrx-dev/matrx/api/apitype"
 	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
@@ -157,7 +160,7 @@ func (w *statusWriter) WriteHeader(code int) {
 		if code == http.StatusMethodNotAllowed {
 			msg = "method not allowed; allowed: " + w.Header().Get("Allow")
 		}
-		json.NewEncoder(w.ResponseWriter).Encode(ErrorResponse{Detail: msg})
+		json.NewEncoder(w.ResponseWriter).Encode(apitype.ErrorResponse{Detail: msg})
 		w.swallow = true
 		return
 	}
@@ -199,7 +202,7 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			if p := recover(); p != nil {
 				s.log.Error("panic in handler", "request_id", rid, "panic", fmt.Sprint(p), "path", r.URL.Path)
 				if !sw.written {
-					writeJSON(sw, http.StatusInternalServerError, ErrorResponse{Detail: "internal error (request " + rid + ")"})
+					writeJSON(sw, http.StatusInternalServerError, apitype.ErrorResponse{Detail: "internal error (request " + rid + ")"})
 				}
 			}
 			attrs := []any{
@@ -241,7 +244,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		rid, _ := r.Context().Value(keyRequestID).(string)
 		s.log.Error("request failed", "request_id", rid, "path", r.URL.Path, "error", err)
 	}
-	writeJSON(w, code, ErrorResponse{Detail: detail})
+	writeJSON(w, code, apitype.ErrorResponse{Detail: detail})
 }
 
 // decode reads a size-limited JSON body into v, rejecting unknown fields and
@@ -276,14 +279,14 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any, allowEmpt
 	return nil
 }
 
-func sandboxJSON(r *registry.Record) Sandbox {
-	out := Sandbox{
+func sandboxJSON(r *registry.Record) apitype.Sandbox {
+	out := apitype.Sandbox{
 		SandboxID: r.ID, UserID: r.UserID, Status: string(r.Status), ContainerID: r.ContainerID,
 		CreatedAt: r.CreatedAt, HotPath: sandbox.HotPath, ColdPath: sandbox.ColdPath,
-		Config: SandboxConfig{
+		Config: apitype.SandboxConfig{
 			Image: r.Config.Image, CPU: r.Config.CPU, MemoryMB: r.Config.MemoryMB, Pids: r.Config.Pids, DiskMB: r.Config.DiskMB,
 			TTLSeconds: r.Config.TTLSeconds, Env: r.Config.Env, Labels: r.Config.Labels,
-			Network: &NetworkConfig{Mode: r.Config.Network.Mode, Allow: r.Config.Network.Allow},
+			Network: &apitype.NetworkConfig{Mode: r.Config.Network.Mode, Allow: r.Config.Network.Allow},
 		},
 		TTLSeconds: r.Config.TTLSeconds, Image: r.Config.Image, ExpiresAt: r.ExpiresAt,
 		LastHeartbeatAt: r.LastHeartbeatAt, StoppedAt: r.StoppedAt, Error: r.Error,
@@ -304,7 +307,7 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	h := Health{Status: "healthy", ActiveSandboxes: n, UptimeSeconds: time.Since(s.started).Seconds(), Version: s.version, ContainerdStatus: "ok"}
+	h := apitype.Health{Status: "healthy", ActiveSandboxes: n, UptimeSeconds: time.Since(s.started).Seconds(), Version: s.version, ContainerdStatus: "ok"}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	if _, err := s.images.Version(ctx); err != nil {
@@ -319,11 +322,11 @@ func (s *Server) versionInfo(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, Version{Version: s.version, Containerd: v})
+	writeJSON(w, http.StatusOK, apitype.Version{Version: s.version, Containerd: v})
 }
 
 func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
-	var req CreateSandboxRequest
+	var req apitype.CreateSandboxRequest
 	if err := s.decode(w, r, &req, false); err != nil {
 		s.fail(w, r, err)
 		return
@@ -365,7 +368,7 @@ func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	out := SandboxList{Sandboxes: []Sandbox{}}
+	out := apitype.SandboxList{Sandboxes: []apitype.Sandbox{}}
 	for _, rec := range rs {
 		out.Sandboxes = append(out.Sandboxes, sandboxJSON(rec))
 	}
@@ -417,7 +420,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var req ExecRequest
+	var req apitype.ExecRequest
 	if err := s.decode(w, r, &req, false); err != nil {
 		s.fail(w, r, err)
 		return
@@ -442,7 +445,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	out := ExecResponse{
+	out := apitype.ExecResponse{
 		ExitCode: res.ExitCode, Stdout: string(res.Stdout), Stderr: string(res.Stderr), Cwd: res.Cwd,
 		TimedOut: res.TimedOut, Truncated: res.StdoutTruncated || res.StderrTruncated,
 		StdoutTruncated: res.StdoutTruncated, StderrTruncated: res.StderrTruncated,
@@ -463,7 +466,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, HeartbeatResponse{Acknowledged: true, SandboxID: rec.ID})
+	writeJSON(w, http.StatusOK, apitype.HeartbeatResponse{Acknowledged: true, SandboxID: rec.ID})
 }
 
 func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
@@ -471,7 +474,7 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var req CompleteRequest
+	var req apitype.CompleteRequest
 	if err := s.decode(w, r, &req, true); err != nil {
 		s.fail(w, r, err)
 		return
@@ -481,7 +484,7 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, SignalResponse{Status: string(registry.StatusShuttingDown), SandboxID: rec.ID})
+	writeJSON(w, http.StatusOK, apitype.SignalResponse{Status: string(registry.StatusShuttingDown), SandboxID: rec.ID})
 }
 
 func (s *Server) errorSignal(w http.ResponseWriter, r *http.Request) {
@@ -489,7 +492,7 @@ func (s *Server) errorSignal(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var req ErrorSignalRequest
+	var req apitype.ErrorSignalRequest
 	if err := s.decode(w, r, &req, false); err != nil {
 		s.fail(w, r, err)
 		return
@@ -503,7 +506,7 @@ func (s *Server) errorSignal(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, SignalResponse{Status: string(registry.StatusShuttingDown), SandboxID: rec.ID, ErrorReceived: true})
+	writeJSON(w, http.StatusOK, apitype.SignalResponse{Status: string(registry.StatusShuttingDown), SandboxID: rec.ID, ErrorReceived: true})
 }
 
 func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {
@@ -512,9 +515,9 @@ func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	out := ImageList{Images: []Image{}}
+	out := apitype.ImageList{Images: []apitype.Image{}}
 	for _, i := range imgs {
-		out.Images = append(out.Images, Image{Name: i.Name, Digest: i.Digest, Size: i.Size, CreatedAt: i.CreatedAt})
+		out.Images = append(out.Images, apitype.Image{Name: i.Name, Digest: i.Digest, Size: i.Size, CreatedAt: i.CreatedAt})
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -531,7 +534,7 @@ func (s *Server) importImage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("images imported", "images", names)
-	writeJSON(w, http.StatusOK, ImportResponse{Images: names})
+	writeJSON(w, http.StatusOK, apitype.ImportResponse{Images: names})
 }
 
 // Serve runs srv on l until ctx ends, then shuts down gracefully: no new

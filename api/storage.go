@@ -5,6 +5,8 @@ import (
 	"net/http"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/matrx-dev/matrx/api/apitype"
 )
 
 func (s *Server) storageStats(w http.ResponseWriter, r *http.Request) {
@@ -14,10 +16,10 @@ func (s *Server) storageStats(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, StorageStats{
+	writeJSON(w, http.StatusOK, apitype.StorageStats{
 		UserID: user,
-		Hot:    TierUsage{Objects: st.Hot.Objects, Bytes: st.Hot.Bytes},
-		Cold:   TierUsage{Objects: st.Cold.Objects, Bytes: st.Cold.Bytes},
+		Hot:    apitype.TierUsage{Objects: st.Hot.Objects, Bytes: st.Hot.Bytes},
+		Cold:   apitype.TierUsage{Objects: st.Cold.Objects, Bytes: st.Cold.Bytes},
 	})
 }
 
@@ -34,5 +36,5 @@ func (s *Server) storageClean(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, StorageCleanResponse{UserID: user, Tier: tier, Deleted: n})
+	writeJSON(w, http.StatusOK, apitype.StorageCleanResponse{UserID: user, Tier: tier, Deleted: n})
 }

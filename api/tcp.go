@@ -19,6 +19,8 @@ import (
 	"strconv"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/matrx-dev/matrx/api/apitype"
 )
 
 // APIKeyHeader carries the API key on TCP requests.
@@ -120,7 +122,7 @@ func (s *Server) TCPHandler(key []byte) (http.Handler, error) {
 		}
 		rid, _ := r.Context().Value(keyRequestID).(string)
 		s.log.Warn("api key rejected", "request_id", rid, "remote_addr", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "reason", detail)
-		writeJSON(w, http.StatusUnauthorized, ErrorResponse{Detail: detail})
+		writeJSON(w, http.StatusUnauthorized, apitype.ErrorResponse{Detail: detail})
 	})
 	return s.middleware(auth), nil
 }

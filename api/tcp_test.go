@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/matrx-dev/matrx/api/apitype"
 	"github.com/matrx-dev/matrx/metrics"
 )
 
@@ -168,7 +170,7 @@ func TestTCPHandlerRequiresKey(t *testing.T) {
 			if c.status == 200 {
 				return
 			}
-			var e ErrorResponse
+			var e apitype.ErrorResponse
 			if err := json.Unmarshal(b, &e); err != nil || !strings.Contains(e.Detail, c.detail) {
 				t.Fatalf("body %s, want detail containing %q", b, c.detail)
 			}

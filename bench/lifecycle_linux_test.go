@@ -17,7 +17,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
-	"github.com/matrx-dev/matrx/api"
+
+	"github.com/matrx-dev/matrx/api/apitype"
 	"github.com/matrx-dev/matrx/api/client"
 	"github.com/matrx-dev/matrx/daemon"
 	"github.com/matrx-dev/matrx/runtime"
@@ -166,7 +167,7 @@ func BenchmarkLifecycle(b *testing.B) {
 		mCreate = append(mCreate, time.Since(t0))
 		for j := 0; j < execs/rounds; j++ {
 			t0 = time.Now()
-			r, err := c.Exec(ctx, s.SandboxID, api.ExecRequest{Command: "true"})
+			r, err := c.Exec(ctx, s.SandboxID, apitype.ExecRequest{Command: "true"})
 			if err != nil || r.ExitCode != 0 {
 				b.Fatalf("exec: %v %+v", err, r)
 			}

@@ -18,11 +18,12 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/matrx-dev/matrx/api"
+	"github.com/urfave/cli/v2"
+
+	"github.com/matrx-dev/matrx/api/apitype"
 	"github.com/matrx-dev/matrx/api/client"
 	"github.com/matrx-dev/matrx/doctor"
 	"github.com/matrx-dev/matrx/version"
-	"github.com/urfave/cli/v2"
 )
 
 // App is the matrx command.
@@ -161,12 +162,12 @@ func create(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	cfg := &api.SandboxConfig{
+	cfg := &apitype.SandboxConfig{
 		Image: c.String("image"), CPU: c.Float64("cpu"), MemoryMB: c.Int64("memory"), Pids: c.Int64("pids"), DiskMB: c.Int64("disk"),
 		TTLSeconds: c.Int64("ttl"), Env: env, Labels: labels,
 	}
 	if c.IsSet("network") || c.IsSet("allow") {
-		cfg.Network = &api.NetworkConfig{Mode: c.String("network"), Allow: c.StringSlice("allow")}
+		cfg.Network = &apitype.NetworkConfig{Mode: c.String("network"), Allow: c.StringSlice("allow")}
 	}
 	s, err := newClient(c).Create(c.Context, c.String("user"), cfg)
 	if err != nil {
@@ -199,7 +200,7 @@ func list(c *cli.Context) error {
 // statusText is the STATUS column: the status, and a word when the last
 // hot sync failed: for a stopped sandbox its files are still only on the
 // host (the daemon keeps retrying).
-func statusText(s api.Sandbox) string {
+func statusText(s apitype.Sandbox) string {
 	switch {
 	case !s.HotSyncPending:
 		return s.Status
@@ -230,7 +231,7 @@ func inspect(c *cli.Context) error {
 // execArgs is a parsed `matrx exec` command line.
 type execArgs struct {
 	id      string
-	req     api.ExecRequest
+	req     apitype.ExecRequest
 	jsonOut bool
 }
 

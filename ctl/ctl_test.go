@@ -3,18 +3,18 @@ package ctl
 import (
 	"testing"
 
-	"github.com/matrx-dev/matrx/api"
+	"github.com/matrx-dev/matrx/api/apitype"
 )
 
 func TestStatusText(t *testing.T) {
 	for _, c := range []struct {
-		s    api.Sandbox
+		s    apitype.Sandbox
 		want string
 	}{
-		{api.Sandbox{Status: "running"}, "running"},
-		{api.Sandbox{Status: "running", HotSyncPending: true}, "running (last checkpoint failed)"},
-		{api.Sandbox{Status: "stopped", HotSyncPending: true}, "stopped (hot files not in S3 yet)"},
-		{api.Sandbox{Status: "expired"}, "expired"},
+		{apitype.Sandbox{Status: "running"}, "running"},
+		{apitype.Sandbox{Status: "running", HotSyncPending: true}, "running (last checkpoint failed)"},
+		{apitype.Sandbox{Status: "stopped", HotSyncPending: true}, "stopped (hot files not in S3 yet)"},
+		{apitype.Sandbox{Status: "expired"}, "expired"},
 	} {
 		if got := statusText(c.s); got != c.want {
 			t.Errorf("%+v: %q, want %q", c.s, got, c.want)

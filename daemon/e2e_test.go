@@ -20,14 +20,16 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/urfave/cli/v2"
+
 	"github.com/matrx-dev/matrx/api"
+	"github.com/matrx-dev/matrx/api/apitype"
 	"github.com/matrx-dev/matrx/api/client"
 	"github.com/matrx-dev/matrx/ctl"
 	"github.com/matrx-dev/matrx/daemon"
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
 	"github.com/matrx-dev/matrx/runtime/network"
 	"github.com/matrx-dev/matrx/sandbox"
-	"github.com/urfave/cli/v2"
 )
 
 const testNS = "matrx-e2e"
@@ -167,7 +169,7 @@ func (l *logBuffer) String() string {
 	return l.buf.String()
 }
 
-func (h *harness) create(user string, cfg *api.SandboxConfig) *api.Sandbox {
+func (h *harness) create(user string, cfg *apitype.SandboxConfig) *apitype.Sandbox {
 	h.t.Helper()
 	s, err := h.c.Create(context.Background(), user, cfg)
 	if err != nil {
@@ -176,9 +178,9 @@ func (h *harness) create(user string, cfg *api.SandboxConfig) *api.Sandbox {
 	return s
 }
 
-func (h *harness) exec(id, cmd string) *api.ExecResponse {
+func (h *harness) exec(id, cmd string) *apitype.ExecResponse {
 	h.t.Helper()
-	r, err := h.c.Exec(context.Background(), id, api.ExecRequest{Command: cmd})
+	r, err := h.c.Exec(context.Background(), id, apitype.ExecRequest{Command: cmd})
 	if err != nil {
 		h.t.Fatalf("exec %q: %v", cmd, err)
 	}
@@ -206,7 +208,7 @@ func (h *harness) cli(args ...string) (string, string, int) {
 func TestLifecycle(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	s := h.create("alice", &api.SandboxConfig{Labels: map[string]string{"team": "a"}, Env: map[string]string{"GREETING": "hi"}})
+	s := h.create("alice", &apitype.SandboxConfig{Labels: map[string]string{"team": "a"}, Env: map[string]string{"GREETING": "hi"}})
 	if !sandbox.ValidSandboxID(s.SandboxID) || s.Status != "ready" || s.UserID != "alice" || s.HotPath != "/home/agent" ||
 		s.ColdPath != "/data/cold" || s.TTLSeconds != 7200 || s.SSHPort != nil || s.ContainerID == "" || s.Image != containerdtest.MinimalImage {
 		t.Fatalf("created sandbox: %+v", s)
@@ -233,7 +235,7 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("remembered cwd: %+v", r)
 	}
 	cwd := "/home/agent"
-	r, err = h.c.Exec(ctx, s.SandboxID, api.ExecRequest{Command: "pwd", Cwd: &cwd})
+	r, err = h.c.Exec(ctx, s.SandboxID, apitype.ExecRequest{Command: "pwd", Cwd: &cwd})
 	if err != nil || r.Stdout != "/home/agent\n" {
 		t.Fatalf("explicit cwd: %v %+v", err, r)
 	}
@@ -246,12 +248,12 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("binary output: %+v", r)
 	}
 	// root exec
-	if r, err := h.c.Exec(ctx, s.SandboxID, api.ExecRequest{Command: "id -u", User: "root"}); err != nil || r.Stdout != "0\n" {
+	if r, err := h.c.Exec(ctx, s.SandboxID, apitype.ExecRequest{Command: "id -u", User: "root"}); err != nil || r.Stdout != "0\n" {
 		t.Fatalf("root exec: %v %+v", err, r)
 	}
 	// timeout
 	one := 1
-	r, err = h.c.Exec(ctx, s.SandboxID, api.ExecRequest{Command: "sleep 30", Timeout: &one})
+	r, err = h.c.Exec(ctx, s.SandboxID, apitype.ExecRequest{Command: "sleep 30", Timeout: &one})
 	if err != nil || !r.TimedOut || r.ExitCode != 124 {
 		t.Fatalf("timeout: %v %+v", err, r)
 	}
@@ -275,7 +277,7 @@ func TestLifecycle(t *testing.T) {
 	if err != nil || got.Status != "stopped" || got.StoppedAt == nil || got.StopReason == nil || *got.StopReason != "user_requested" {
 		t.Fatalf("after delete: %v %+v", err, got)
 	}
-	if _, err := h.c.Exec(ctx, s.SandboxID, api.ExecRequest{Command: "true"}); !errdefs.IsFailedPrecondition(err) {
+	if _, err := h.c.Exec(ctx, s.SandboxID, apitype.ExecRequest{Command: "true"}); !errdefs.IsFailedPrecondition(err) {
 		t.Fatalf("exec on destroyed sandbox: %v", err)
 	}
 	if l, _ := h.c.List(ctx, "alice", false); l.Total != 0 {
@@ -329,7 +331,7 @@ func TestSignals(t *testing.T) {
 	}
 }
 
-func waitStatus(t *testing.T, c *client.Client, id, status, reason string) *api.Sandbox {
+func waitStatus(t *testing.T, c *client.Client, id, status, reason string) *apitype.Sandbox {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -430,7 +432,7 @@ func TestBadInput(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var e api.ErrorResponse
+			var e apitype.ErrorResponse
 			if jerr := json.Unmarshal(body, &e); jerr != nil || e.Detail == "" {
 				t.Fatalf("error body is not {\"detail\":...}: %s", body)
 			}
@@ -511,12 +513,12 @@ func TestCLI(t *testing.T) {
 		t.Fatalf("ls: %q", out)
 	}
 	out, _, _ = run("ls", "--json")
-	var l api.SandboxList
+	var l apitype.SandboxList
 	if err := json.Unmarshal([]byte(out), &l); err != nil || l.Total != 1 {
 		t.Fatalf("ls --json: %v %q", err, out)
 	}
 	out, _, _ = run("inspect", id)
-	var s api.Sandbox
+	var s apitype.Sandbox
 	if err := json.Unmarshal([]byte(out), &s); err != nil || s.Config.Labels["k"] != "v" {
 		t.Fatalf("inspect: %v %q", err, out)
 	}
@@ -539,7 +541,7 @@ func TestCLI(t *testing.T) {
 func TestDiskQuota(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	s := h.create("frank", &api.SandboxConfig{DiskMB: 64})
+	s := h.create("frank", &apitype.SandboxConfig{DiskMB: 64})
 	neighbour := h.create("gina", nil)
 	r := h.exec(s.SandboxID, "dd if=/dev/zero of=/home/agent/fill bs=1M count=200 2>&1; df -m /home/agent | tail -1")
 	if r.ExitCode != 0 && !strings.Contains(r.Stdout, "No space left on device") {
@@ -565,7 +567,7 @@ func TestDiskQuota(t *testing.T) {
 	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), s.SandboxID) {
 		t.Fatalf("disk image of a destroyed sandbox still mounted")
 	}
-	if _, err := h.c.Create(ctx, "frank", &api.SandboxConfig{DiskMB: 10}); !errdefs.IsInvalidArgument(err) {
+	if _, err := h.c.Create(ctx, "frank", &apitype.SandboxConfig{DiskMB: 10}); !errdefs.IsInvalidArgument(err) {
 		t.Fatalf("tiny disk accepted: %v", err)
 	}
 }
@@ -680,7 +682,7 @@ func TestHotFilesLargerThanDisk(t *testing.T) {
 	}
 	f.Close()
 
-	_, err = h.c.Create(ctx, "ivan", &api.SandboxConfig{DiskMB: 64})
+	_, err = h.c.Create(ctx, "ivan", &apitype.SandboxConfig{DiskMB: 64})
 	if err == nil {
 		t.Fatal("100 MiB of hot files fit a 64 MiB disk")
 	}
@@ -704,7 +706,7 @@ func TestHotFilesLargerThanDisk(t *testing.T) {
 	} else if _, serr := fmt.Sscan(err.Error()[i+len("ask for at least "):], &suggested); serr != nil {
 		t.Fatalf("suggested size in %q: %v", err, serr)
 	}
-	s = h.create("ivan", &api.SandboxConfig{DiskMB: suggested})
+	s = h.create("ivan", &apitype.SandboxConfig{DiskMB: suggested})
 	if r := h.exec(s.SandboxID, "stat -c %s /home/agent/big.bin"); r.Stdout != "104857600\n" {
 		t.Fatalf("big file after create with room: %+v", r)
 	}
@@ -717,7 +719,7 @@ func TestHotFilesLargerThanDisk(t *testing.T) {
 func TestUploadAmplifiersAreNotUploaded(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	s := h.create("oscar", &api.SandboxConfig{DiskMB: 64})
+	s := h.create("oscar", &apitype.SandboxConfig{DiskMB: 64})
 	r := h.exec(s.SandboxID, "truncate -s 1099511627776 huge && head -c 8388608 /dev/urandom > d && for i in $(seq 50); do ln d l$i; done && echo made")
 	if r.Stdout != "made\n" {
 		t.Fatalf("setup: %+v", r)

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/matrx-dev/matrx/api"
+	"github.com/matrx-dev/matrx/api/apitype"
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
 )
 
@@ -39,7 +39,7 @@ func TestHostileSandbox(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	attacker := h.create("mallory", &api.SandboxConfig{Image: "localhost/matrx/sandbox:latest", MemoryMB: 512, Pids: 256, DiskMB: 128})
+	attacker := h.create("mallory", &apitype.SandboxConfig{Image: "localhost/matrx/sandbox:latest", MemoryMB: 512, Pids: 256, DiskMB: 128})
 	neighbour := h.create("nina", nil)
 	internet := internetHost(t)
 	metadataHost(t)
@@ -101,66 +101,72 @@ func TestHostileSandbox(t *testing.T) {
 		timeout int
 		cmd     string
 		// blocked inspects the result and reports whether the attack failed.
-		blocked func(r *api.ExecResponse) bool
+		blocked func(r *apitype.ExecResponse) bool
 	}{
 		// The pids limit stops the bomb; the exec's deadline then kills
 		// every process it made (they all live in the exec's cgroup).
 		{"fork bomb", "agent", 5, `bomb() { bomb | bomb & }; bomb; sleep 60`,
-			func(r *api.ExecResponse) bool { return r.TimedOut }},
+			func(r *apitype.ExecResponse) bool { return r.TimedOut }},
 		{"memory hog", "agent", 60, py(`x = bytearray(2 << 30); print("allocated")`),
-			func(r *api.ExecResponse) bool { return !strings.Contains(r.Stdout, "allocated") && r.ExitCode != 0 }},
+			func(r *apitype.ExecResponse) bool { return !strings.Contains(r.Stdout, "allocated") && r.ExitCode != 0 }},
 		{"disk filler", "agent", 60, "dd if=/dev/zero of=$HOME/fill bs=1M count=1000 2>&1; rm -f $HOME/fill",
-			func(r *api.ExecResponse) bool { return strings.Contains(r.Stdout, "No space left on device") }},
+			func(r *apitype.ExecResponse) bool { return strings.Contains(r.Stdout, "No space left on device") }},
 		{"tmp filler", "agent", 60, "dd if=/dev/zero of=/tmp/fill bs=1M count=1000 2>&1; rm -f /tmp/fill",
-			func(r *api.ExecResponse) bool { return strings.Contains(r.Stdout, "No space left on device") }},
+			func(r *apitype.ExecResponse) bool { return strings.Contains(r.Stdout, "No space left on device") }},
 		{"control dir filler", "agent", 30, "dd if=/dev/zero of=/.matrx/run/fill bs=1M count=100 2>&1; rm -f /.matrx/run/fill",
-			func(r *api.ExecResponse) bool { return strings.Contains(r.Stdout, "No space left on device") }},
+			func(r *apitype.ExecResponse) bool { return strings.Contains(r.Stdout, "No space left on device") }},
 		{"read host through /proc/1/root", "root", 10, "ls /proc/1/root/ 2>&1; cat /proc/1/root/etc/hostname",
-			func(r *api.ExecResponse) bool {
+			func(r *apitype.ExecResponse) bool {
 				return r.ExitCode != 0 && strings.Contains(r.Stdout, "Permission denied")
 			}},
 		{"cgroup escape", "root", 10, "mkdir -p /tmp/cg && mount -t cgroup -o memory cgroup /tmp/cg 2>&1 || ls /sys/fs/cgroup/memory/tasks 2>&1 && echo $$ > /sys/fs/cgroup/memory/tasks",
-			func(r *api.ExecResponse) bool { return r.ExitCode != 0 }},
+			func(r *apitype.ExecResponse) bool { return r.ExitCode != 0 }},
 		{"mount", "root", 10, "mount -t tmpfs none /mnt 2>&1 || mount --bind / /mnt",
-			func(r *api.ExecResponse) bool { return r.ExitCode != 0 }},
+			func(r *apitype.ExecResponse) bool { return r.ExitCode != 0 }},
 		{"unshare user namespace (agent)", "agent", 10, "unshare -U -r id -u",
-			func(r *api.ExecResponse) bool { return r.ExitCode != 0 && r.Stdout == "" }},
+			func(r *apitype.ExecResponse) bool { return r.ExitCode != 0 && r.Stdout == "" }},
 		{"unshare user namespace (root)", "root", 10, "unshare -U -m -r sh -c 'mount -t tmpfs none /mnt && echo mounted'",
-			func(r *api.ExecResponse) bool { return !strings.Contains(r.Stdout, "mounted") }},
+			func(r *apitype.ExecResponse) bool { return !strings.Contains(r.Stdout, "mounted") }},
 		{"write /proc/sys", "root", 10, "echo 1 > /proc/sys/vm/drop_caches || echo b > /proc/sysrq-trigger",
-			func(r *api.ExecResponse) bool { return r.ExitCode != 0 }},
+			func(r *apitype.ExecResponse) bool { return r.ExitCode != 0 }},
 		{"load a kernel module", "root", 10, py(`import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); r = libc.syscall(313, os.open("/bin/true", 0), b"", 0); print(r, ctypes.get_errno())`),
-			func(r *api.ExecResponse) bool { return strings.HasPrefix(r.Stdout, "-1 ") }},
+			func(r *apitype.ExecResponse) bool { return strings.HasPrefix(r.Stdout, "-1 ") }},
 		{"setuid escalation", "root", 20, "cp /bin/bash /home/agent/rootsh && chown 0:0 /home/agent/rootsh && chmod 4755 /home/agent/rootsh && cp /bin/bash /tmp/rootsh && chmod 4755 /tmp/rootsh && su -s /bin/sh agent -c '/home/agent/rootsh -p -c \"id -u\"; /tmp/rootsh -p -c \"id -u\"' ; rm -f /home/agent/rootsh /tmp/rootsh",
-			func(r *api.ExecResponse) bool { return onlyLines(r.Stdout, "1000") }},
+			func(r *apitype.ExecResponse) bool { return onlyLines(r.Stdout, "1000") }},
 		{"setuid binaries of the image", "agent", 10, "su -c 'id -u' root </dev/null 2>&1; mount 2>&1 | head -1 >/dev/null; id -u",
-			func(r *api.ExecResponse) bool {
+			func(r *apitype.ExecResponse) bool {
 				return strings.HasSuffix(r.Stdout, "1000\n") && !strings.Contains(r.Stdout, "\n0\n")
 			}},
 		{"ptrace a process it does not own", "agent", 10, py(`import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); print(libc.ptrace(16, 1, 0, 0), ctypes.get_errno()); open("/proc/1/mem","rb")`) + " 2>&1",
-			func(r *api.ExecResponse) bool {
+			func(r *apitype.ExecResponse) bool {
 				return strings.Contains(r.Stdout, "-1 ") && strings.Contains(r.Stdout, "PermissionError")
 			}},
 		{"raw socket", "root", 10, py(`import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); print("raw ok")`) + " 2>&1",
-			func(r *api.ExecResponse) bool {
+			func(r *apitype.ExecResponse) bool {
 				return !strings.Contains(r.Stdout, "raw ok") && strings.Contains(r.Stdout, "PermissionError")
 			}},
 		{"cloud metadata service", "agent", 10, "curl -sS -m 3 http://169.254.169.254/latest/meta-data/ 2>&1",
-			func(r *api.ExecResponse) bool { return r.ExitCode != 0 }},
+			func(r *apitype.ExecResponse) bool { return r.ExitCode != 0 }},
 		{"daemon socket", "root", 10, "ls -la /run/matrx 2>&1; find / -xdev -type s 2>/dev/null | grep -v '^/proc' ; test -S /run/matrx/matrxd.sock",
-			func(r *api.ExecResponse) bool { return r.ExitCode != 0 && !strings.Contains(r.Stdout, "matrxd.sock") }},
+			func(r *apitype.ExecResponse) bool {
+				return r.ExitCode != 0 && !strings.Contains(r.Stdout, "matrxd.sock")
+			}},
 		{"host-only port (loopback)", "agent", 10, fmt.Sprintf("curl -sS -m 3 http://127.0.0.1:%d/ 2>&1", hostPort),
-			func(r *api.ExecResponse) bool { return r.ExitCode != 0 && !strings.Contains(r.Stdout, "host secret") }},
+			func(r *apitype.ExecResponse) bool {
+				return r.ExitCode != 0 && !strings.Contains(r.Stdout, "host secret")
+			}},
 		{"host-only port (bridge gateway)", "agent", 10, fmt.Sprintf("curl -sS -m 3 http://%s:%d/ 2>&1", gateway, hostPort),
-			func(r *api.ExecResponse) bool { return r.ExitCode != 0 && !strings.Contains(r.Stdout, "host secret") }},
+			func(r *apitype.ExecResponse) bool {
+				return r.ExitCode != 0 && !strings.Contains(r.Stdout, "host secret")
+			}},
 		{"neighbour sandbox", "agent", 10, "curl -sS -m 3 http://" + neighbourIP + ":8080/ 2>&1",
-			func(r *api.ExecResponse) bool {
+			func(r *apitype.ExecResponse) bool {
 				return r.ExitCode != 0 && !strings.Contains(r.Stdout, "neighbour secret")
 			}},
 		{"cloud metadata on a local alias", "agent", 10, "curl -sS -m 3 http://169.254.169.254/ 2>&1",
-			func(r *api.ExecResponse) bool { return r.ExitCode != 0 && !strings.Contains(r.Stdout, "ami-id") }},
+			func(r *apitype.ExecResponse) bool { return r.ExitCode != 0 && !strings.Contains(r.Stdout, "ami-id") }},
 		{"metadata over IPv6", "agent", 10, "curl -sS -m 3 -g 'http://[fd00:ec2::254]/' 2>&1",
-			func(r *api.ExecResponse) bool { return r.ExitCode != 0 }},
+			func(r *apitype.ExecResponse) bool { return r.ExitCode != 0 }},
 	}
 	// Positive control: the sandbox does have the internet (a TEST-NET
 	// host in a test namespace), so the blocks above are rules at work.
@@ -173,7 +179,7 @@ func TestHostileSandbox(t *testing.T) {
 	for _, a := range attacks {
 		t.Run(a.name, func(t *testing.T) {
 			timeout := a.timeout
-			r, err := h.c.Exec(ctx, attacker.SandboxID, api.ExecRequest{Command: a.cmd, User: a.user, Timeout: &timeout})
+			r, err := h.c.Exec(ctx, attacker.SandboxID, apitype.ExecRequest{Command: a.cmd, User: a.user, Timeout: &timeout})
 			if err != nil {
 				t.Fatalf("exec: %v", err)
 			}

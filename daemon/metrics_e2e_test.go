@@ -14,7 +14,8 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
-	"github.com/matrx-dev/matrx/api"
+
+	"github.com/matrx-dev/matrx/api/apitype"
 	"github.com/matrx-dev/matrx/api/client"
 	"github.com/matrx-dev/matrx/daemon"
 	"github.com/matrx-dev/matrx/metrics"
@@ -154,7 +155,7 @@ func TestTCPListener(t *testing.T) {
 	if err != nil {
 		t.Fatalf("create over tcp: %v", err)
 	}
-	if r, err := tc.Exec(ctx, s.SandboxID, api.ExecRequest{Command: "echo over tcp"}); err != nil || r.Stdout != "over tcp\n" {
+	if r, err := tc.Exec(ctx, s.SandboxID, apitype.ExecRequest{Command: "echo over tcp"}); err != nil || r.Stdout != "over tcp\n" {
 		t.Fatalf("exec over tcp: %v %+v", err, r)
 	}
 	// The socket needs no key and sees the same sandbox.

@@ -16,7 +16,8 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-	"github.com/matrx-dev/matrx/api"
+
+	"github.com/matrx-dev/matrx/api/apitype"
 	"github.com/matrx-dev/matrx/api/client"
 	"github.com/matrx-dev/matrx/daemon"
 	"github.com/matrx-dev/matrx/mounts/s3test"
@@ -92,7 +93,7 @@ func TestS3HotAndColdStorage(t *testing.T) {
 
 	// The sandbox has no path to the host's FUSE or credentials.
 	root := "root"
-	r, err := h.c.Exec(ctx, s.SandboxID, api.ExecRequest{User: root, Command: `
+	r, err := h.c.Exec(ctx, s.SandboxID, apitype.ExecRequest{User: root, Command: `
 		for f in CapInh CapPrm CapEff CapBnd CapAmb; do
 		  v=$(grep "^$f:" /proc/self/status | cut -f2); [ $(( 0x$v >> 21 & 1 )) -eq 0 ] || echo "SYS_ADMIN in $f"
 		done
@@ -226,7 +227,7 @@ func TestCrashRecoverySyncsHotFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r, err := c.Exec(ctx, s.SandboxID, api.ExecRequest{Command: "mkdir -p work && echo precious > work/result.txt"}); err != nil || r.ExitCode != 0 {
+	if r, err := c.Exec(ctx, s.SandboxID, apitype.ExecRequest{Command: "mkdir -p work && echo precious > work/result.txt"}); err != nil || r.ExitCode != 0 {
 		t.Fatalf("write: %v %+v", err, r)
 	}
 	if _, ok := get(t, srv, bucket, "users/carol/hot/work/result.txt"); ok {
@@ -237,7 +238,7 @@ func TestCrashRecoverySyncsHotFiles(t *testing.T) {
 	start()
 	waitObject(t, srv, bucket, "users/carol/hot/work/result.txt", "precious\n")
 	// The sandbox survived the crash and still works.
-	if r, err := c.Exec(ctx, s.SandboxID, api.ExecRequest{Command: "cat work/result.txt"}); err != nil || r.Stdout != "precious\n" {
+	if r, err := c.Exec(ctx, s.SandboxID, apitype.ExecRequest{Command: "cat work/result.txt"}); err != nil || r.Stdout != "precious\n" {
 		t.Fatalf("exec after crash: %v %+v", err, r)
 	}
 	if err := c.Delete(ctx, s.SandboxID, true); err != nil {
@@ -248,7 +249,7 @@ func TestCrashRecoverySyncsHotFiles(t *testing.T) {
 // stopWhileBucketAway creates a sandbox of user with an unsynced file and
 // deletes it while the bucket's directory is moved away, so that its final
 // sync fails. It returns the sandbox and what brings the bucket back.
-func stopWhileBucketAway(t *testing.T, h *harness, srv *s3test.Server, bucket, user string) (*api.Sandbox, func()) {
+func stopWhileBucketAway(t *testing.T, h *harness, srv *s3test.Server, bucket, user string) (*apitype.Sandbox, func()) {
 	t.Helper()
 	s := h.create(user, nil)
 	h.exec(s.SandboxID, "echo unsynced > keep.txt")

@@ -21,7 +21,8 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/matrx-dev/matrx/api"
+
+	"github.com/matrx-dev/matrx/api/apitype"
 )
 
 // DefaultSocket is where matrxd listens by default.
@@ -88,7 +89,7 @@ func (c *Client) newRequest(ctx context.Context, method, url string, body io.Rea
 		return nil, err
 	}
 	if c.apiKey != "" {
-		req.Header.Set(api.APIKeyHeader, c.apiKey)
+		req.Header.Set(apitype.APIKeyHeader, c.apiKey)
 	}
 	return req, nil
 }
@@ -203,7 +204,7 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 func (c *Client) decode(resp *http.Response, want int, out any) error {
 	defer resp.Body.Close()
 	if resp.StatusCode != want {
-		var e api.ErrorResponse
+		var e apitype.ErrorResponse
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		if json.Unmarshal(b, &e) != nil {
 			e.Detail = string(bytes.TrimSpace(b))
@@ -246,25 +247,25 @@ func sleep(ctx context.Context, d time.Duration) error {
 }
 
 // Health calls GET /health.
-func (c *Client) Health(ctx context.Context) (*api.Health, error) {
-	var h api.Health
+func (c *Client) Health(ctx context.Context) (*apitype.Health, error) {
+	var h apitype.Health
 	return &h, c.do(ctx, http.MethodGet, "/health", nil, nil, http.StatusOK, &h)
 }
 
 // Version calls GET /version.
-func (c *Client) Version(ctx context.Context) (*api.Version, error) {
-	var v api.Version
+func (c *Client) Version(ctx context.Context) (*apitype.Version, error) {
+	var v apitype.Version
 	return &v, c.do(ctx, http.MethodGet, "/version", nil, nil, http.StatusOK, &v)
 }
 
 // Create calls POST /sandboxes.
-func (c *Client) Create(ctx context.Context, userID string, cfg *api.SandboxConfig) (*api.Sandbox, error) {
-	var s api.Sandbox
-	return &s, c.do(ctx, http.MethodPost, "/sandboxes", nil, api.CreateSandboxRequest{UserID: userID, Config: cfg}, http.StatusCreated, &s)
+func (c *Client) Create(ctx context.Context, userID string, cfg *apitype.SandboxConfig) (*apitype.Sandbox, error) {
+	var s apitype.Sandbox
+	return &s, c.do(ctx, http.MethodPost, "/sandboxes", nil, apitype.CreateSandboxRequest{UserID: userID, Config: cfg}, http.StatusCreated, &s)
 }
 
 // List calls GET /sandboxes.
-func (c *Client) List(ctx context.Context, userID string, all bool) (*api.SandboxList, error) {
+func (c *Client) List(ctx context.Context, userID string, all bool) (*apitype.SandboxList, error) {
 	q := url.Values{}
 	if userID != "" {
 		q.Set("user_id", userID)
@@ -272,13 +273,13 @@ func (c *Client) List(ctx context.Context, userID string, all bool) (*api.Sandbo
 	if all {
 		q.Set("all", "true")
 	}
-	var l api.SandboxList
+	var l apitype.SandboxList
 	return &l, c.do(ctx, http.MethodGet, "/sandboxes", q, nil, http.StatusOK, &l)
 }
 
 // Get calls GET /sandboxes/{id}.
-func (c *Client) Get(ctx context.Context, id string) (*api.Sandbox, error) {
-	var s api.Sandbox
+func (c *Client) Get(ctx context.Context, id string) (*apitype.Sandbox, error) {
+	var s apitype.Sandbox
 	return &s, c.do(ctx, http.MethodGet, "/sandboxes/"+url.PathEscape(id), nil, nil, http.StatusOK, &s)
 }
 
@@ -289,38 +290,38 @@ func (c *Client) Delete(ctx context.Context, id string, graceful bool) error {
 }
 
 // Exec calls POST /sandboxes/{id}/exec.
-func (c *Client) Exec(ctx context.Context, id string, req api.ExecRequest) (*api.ExecResponse, error) {
-	var r api.ExecResponse
+func (c *Client) Exec(ctx context.Context, id string, req apitype.ExecRequest) (*apitype.ExecResponse, error) {
+	var r apitype.ExecResponse
 	return &r, c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/exec", nil, req, http.StatusOK, &r)
 }
 
 // Heartbeat calls POST /sandboxes/{id}/heartbeat.
-func (c *Client) Heartbeat(ctx context.Context, id string) (*api.HeartbeatResponse, error) {
-	var r api.HeartbeatResponse
+func (c *Client) Heartbeat(ctx context.Context, id string) (*apitype.HeartbeatResponse, error) {
+	var r apitype.HeartbeatResponse
 	return &r, c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/heartbeat", nil, nil, http.StatusOK, &r)
 }
 
 // Complete calls POST /sandboxes/{id}/complete.
-func (c *Client) Complete(ctx context.Context, id string, result map[string]any) (*api.SignalResponse, error) {
-	var r api.SignalResponse
-	return &r, c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/complete", nil, api.CompleteRequest{Result: result}, http.StatusOK, &r)
+func (c *Client) Complete(ctx context.Context, id string, result map[string]any) (*apitype.SignalResponse, error) {
+	var r apitype.SignalResponse
+	return &r, c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/complete", nil, apitype.CompleteRequest{Result: result}, http.StatusOK, &r)
 }
 
 // SignalError calls POST /sandboxes/{id}/error.
-func (c *Client) SignalError(ctx context.Context, id, msg string, details map[string]any) (*api.SignalResponse, error) {
-	var r api.SignalResponse
-	return &r, c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/error", nil, api.ErrorSignalRequest{Error: msg, Details: details}, http.StatusOK, &r)
+func (c *Client) SignalError(ctx context.Context, id, msg string, details map[string]any) (*apitype.SignalResponse, error) {
+	var r apitype.SignalResponse
+	return &r, c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/error", nil, apitype.ErrorSignalRequest{Error: msg, Details: details}, http.StatusOK, &r)
 }
 
 // Images calls GET /images.
-func (c *Client) Images(ctx context.Context) (*api.ImageList, error) {
-	var l api.ImageList
+func (c *Client) Images(ctx context.Context) (*apitype.ImageList, error) {
+	var l apitype.ImageList
 	return &l, c.do(ctx, http.MethodGet, "/images", nil, nil, http.StatusOK, &l)
 }
 
 // ImportImage streams an OCI archive to POST /images/import.
-func (c *Client) ImportImage(ctx context.Context, archive io.Reader) (*api.ImportResponse, error) {
-	var r api.ImportResponse
+func (c *Client) ImportImage(ctx context.Context, archive io.Reader) (*apitype.ImportResponse, error) {
+	var r apitype.ImportResponse
 	return &r, c.do(ctx, http.MethodPost, "/images/import", nil, archive, http.StatusOK, &r)
 }
 
@@ -348,14 +349,14 @@ func (c *Client) Raw(ctx context.Context, method, path string, body []byte) (int
 }
 
 // StorageStats calls GET /users/{user}/storage.
-func (c *Client) StorageStats(ctx context.Context, userID string) (*api.StorageStats, error) {
-	var s api.StorageStats
+func (c *Client) StorageStats(ctx context.Context, userID string) (*apitype.StorageStats, error) {
+	var s apitype.StorageStats
 	return &s, c.do(ctx, http.MethodGet, "/users/"+url.PathEscape(userID)+"/storage", nil, nil, http.StatusOK, &s)
 }
 
 // CleanStorage calls DELETE /users/{user}/storage/{tier}?confirm=true.
-func (c *Client) CleanStorage(ctx context.Context, userID, tier string) (*api.StorageCleanResponse, error) {
-	var r api.StorageCleanResponse
+func (c *Client) CleanStorage(ctx context.Context, userID, tier string) (*apitype.StorageCleanResponse, error) {
+	var r apitype.StorageCleanResponse
 	q := url.Values{"confirm": {"true"}}
 	return &r, c.do(ctx, http.MethodDelete, "/users/"+url.PathEscape(userID)+"/storage/"+url.PathEscape(tier), q, nil, http.StatusOK, &r)
 }

@@ -11,7 +11,8 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/matrx-dev/matrx/api"
+
+	"github.com/matrx-dev/matrx/api/apitype"
 )
 
 // serve runs handler on a Unix socket after delay.
@@ -33,7 +34,7 @@ func serve(t *testing.T, sock string, delay time.Duration, h http.Handler) {
 func TestRetriesUntilDaemonUp(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "d.sock")
 	serve(t, sock, 300*time.Millisecond, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(w).Encode(api.Health{Status: "healthy"})
+		json.NewEncoder(w).Encode(apitype.Health{Status: "healthy"})
 	}))
 	c := New(sock, WithBackoff(50*time.Millisecond), WithRetries(10))
 	h, err := c.Health(context.Background())
@@ -49,11 +50,11 @@ func TestNoRetryOfExecOnServerError(t *testing.T) {
 		calls.Add(1)
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusServiceUnavailable)
-		json.NewEncoder(w).Encode(api.ErrorResponse{Detail: "containerd down"})
+		json.NewEncoder(w).Encode(apitype.ErrorResponse{Detail: "containerd down"})
 	}))
 	time.Sleep(100 * time.Millisecond)
 	c := New(sock, WithBackoff(time.Millisecond), WithRetries(3))
-	_, err := c.Exec(context.Background(), "sbx-0123456789ab", api.ExecRequest{Command: "true"})
+	_, err := c.Exec(context.Background(), "sbx-0123456789ab", apitype.ExecRequest{Command: "true"})
 	if !errdefs.IsUnavailable(err) || err.Error() != "containerd down" {
 		t.Fatalf("exec error: %v", err)
 	}

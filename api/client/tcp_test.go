@@ -9,7 +9,8 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
-	"github.com/matrx-dev/matrx/api"
+
+	"github.com/matrx-dev/matrx/api/apitype"
 )
 
 func TestTCPClientSendsAPIKey(t *testing.T) {
@@ -19,12 +20,12 @@ func TestTCPClientSendsAPIKey(t *testing.T) {
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		if r.Header.Get(api.APIKeyHeader) != "k1" {
+		if r.Header.Get(apitype.APIKeyHeader) != "k1" {
 			w.WriteHeader(http.StatusUnauthorized)
-			json.NewEncoder(w).Encode(api.ErrorResponse{Detail: "invalid API key"})
+			json.NewEncoder(w).Encode(apitype.ErrorResponse{Detail: "invalid API key"})
 			return
 		}
-		json.NewEncoder(w).Encode(api.Health{Status: "healthy"})
+		json.NewEncoder(w).Encode(apitype.Health{Status: "healthy"})
 	})}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
@@ -57,7 +58,7 @@ func TestMetrics(t *testing.T) {
 		if r.URL.Path != "/metrics" {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusNotFound)
-			json.NewEncoder(w).Encode(api.ErrorResponse{Detail: "not found"})
+			json.NewEncoder(w).Encode(apitype.ErrorResponse{Detail: "not found"})
 			return
 		}
 		w.Write([]byte("matrx_up 1\n"))

@@ -1,9 +1,26 @@
-package api
+// Package apitype holds the wire format of matrxd's HTTP API: the JSON
+// bodies of requests and responses, the error body, and the header names.
+// It is what a program needs to speak the API, and nothing else: it imports
+// only the standard library, so api/client (and any program built on it)
+// never links the daemon (containerd, bbolt, the AWS SDK, CNI). The server
+// (package api) converts between these types and the lifecycle's own at its
+// edge. A deps test in archtest keeps it so.
+//
+// The JSON shapes are the compatibility contract of the original service
+// (api/openapi.yaml is the published document); fields are only ever added.
+package apitype
 
 import "time"
 
-// The JSON shapes below are the compatibility contract of ORIGINAL.md; extra
-// fields are additive.
+// Header names.
+const (
+	// APIKeyHeader carries the API key on the optional TCP listener.
+	APIKeyHeader = "X-API-Key"
+	// RequestIDHeader carries a caller-chosen request id (echoed back, or
+	// made up by the server when absent or malformed).
+	RequestIDHeader = "X-Request-ID"
+)
+
 
 // ErrorResponse is every error body.
 type ErrorResponse struct {

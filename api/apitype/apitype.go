@@ -21,7 +21,6 @@ const (
 	RequestIDHeader = "X-Request-ID"
 )
 
-
 // ErrorResponse is every error body.
 type ErrorResponse struct {
 	Detail string `json:"detail"`

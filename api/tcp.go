@@ -23,9 +23,6 @@ import (
 	"github.com/matrx-dev/matrx/api/apitype"
 )
 
-// APIKeyHeader carries the API key on TCP requests.
-const APIKeyHeader = "X-API-Key"
-
 // maxAPIKeyFile bounds what LoadAPIKey reads.
 const maxAPIKeyFile = 4096
 
@@ -108,8 +105,8 @@ func (s *Server) TCPHandler(key []byte) (http.Handler, error) {
 	// Comparing fixed-size digests also hides the key's length.
 	want := sha256.Sum256(key)
 	auth := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := r.Header[http.CanonicalHeaderKey(APIKeyHeader)]
-		detail := "missing " + APIKeyHeader + " header"
+		got, ok := r.Header[http.CanonicalHeaderKey(apitype.APIKeyHeader)]
+		detail := "missing " + apitype.APIKeyHeader + " header"
 		if ok && len(got) == 1 {
 			sum := sha256.Sum256([]byte(got[0]))
 			if subtle.ConstantTimeCompare(sum[:], want[:]) == 1 {
@@ -118,7 +115,7 @@ func (s *Server) TCPHandler(key []byte) (http.Handler, error) {
 			}
 			detail = "invalid API key"
 		} else if ok {
-			detail = "more than one " + APIKeyHeader + " header"
+			detail = "more than one " + apitype.APIKeyHeader + " header"
 		}
 		rid, _ := r.Context().Value(keyRequestID).(string)
 		s.log.Warn("api key rejected", "request_id", rid, "remote_addr", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "reason", detail)

@@ -192,7 +192,7 @@ func TestTCPHandlerCountsRequests(t *testing.T) {
 	for _, key := range []string{"", "k", "k"} {
 		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/ping", nil)
 		if key != "" {
-			req.Header.Set(APIKeyHeader, key)
+			req.Header.Set(apitype.APIKeyHeader, key)
 		}
 		resp, err := srv.Client().Do(req)
 		if err != nil {

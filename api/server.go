@@ -331,14 +331,14 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	cfg := sandbox.CreateConfig{}
+	cr := sandbox.CreateRequest{UserID: req.UserID}
 	if c := req.Config; c != nil {
-		cfg = sandbox.CreateConfig{Image: c.Image, CPU: c.CPU, MemoryMB: c.MemoryMB, Pids: c.Pids, DiskMB: c.DiskMB, TTLSeconds: c.TTLSeconds, Env: c.Env, Labels: c.Labels}
+		cr.Config = registry.Config{Image: c.Image, CPU: c.CPU, MemoryMB: c.MemoryMB, Pids: c.Pids, DiskMB: c.DiskMB, TTLSeconds: c.TTLSeconds, Env: c.Env, Labels: c.Labels}
 		if c.Network != nil {
-			cfg.Network = registry.NetworkConfig{Mode: c.Network.Mode, Allow: c.Network.Allow}
+			cr.Config.Network = registry.NetworkConfig{Mode: c.Network.Mode, Allow: c.Network.Allow}
 		}
 	}
-	rec, err := s.mgr.Create(r.Context(), req.UserID, cfg)
+	rec, err := s.mgr.Create(r.Context(), cr)
 	if err != nil {
 		s.fail(w, r, err)
 		return

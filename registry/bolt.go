@@ -1,11 +1,13 @@
 package registry
 
-// Bucket layout of the bbolt file (schema version 1):
+// Bucket layout of the bbolt file (schema version 2):
 //
 //	meta/                    bucket
-//	  schema_version -> "1"  decimal; absent in a brand-new file
+//	  schema_version -> "2"  decimal; absent in a brand-new file
 //	sandboxes/               bucket
 //	  <sandbox id>  -> JSON-encoded Record
+//	idempotency/             bucket (added by version 2)
+//	  <key>         -> <sandbox id>; the record's CreatedAt dates the key
 //
 // Opening a file runs, in order, every migration whose target version is
 // above the stored schema_version, each in its own transaction that also
@@ -28,11 +30,12 @@ import (
 )
 
 // SchemaVersion is the bucket layout this code reads and writes.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 var (
 	bucketMeta      = []byte("meta")
 	bucketSandboxes = []byte("sandboxes")
+	bucketIdem      = []byte("idempotency")
 	keySchema       = []byte("schema_version")
 )
 
@@ -46,6 +49,10 @@ type migration struct {
 var migrations = []migration{
 	{to: 1, apply: func(tx *bolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists(bucketSandboxes)
+		return err
+	}},
+	{to: 2, apply: func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucketIdem)
 		return err
 	}},
 }
@@ -129,6 +136,17 @@ func (b *Bolt) Create(_ context.Context, r *Record) error {
 		bkt := tx.Bucket(bucketSandboxes)
 		if bkt.Get([]byte(r.ID)) != nil {
 			return fmt.Errorf("sandbox %q: %w", r.ID, errdefs.ErrAlreadyExists)
+		}
+		if k := r.IdempotencyKey; k != "" {
+			idem := tx.Bucket(bucketIdem)
+			if prev := idem.Get([]byte(k)); prev != nil {
+				if old, err := get(bkt, string(prev)); err == nil && r.CreatedAt.Sub(old.CreatedAt) < IdempotencyWindow {
+					return &IdempotencyConflict{Key: k, SandboxID: old.ID}
+				}
+			}
+			if err := idem.Put([]byte(k), []byte(r.ID)); err != nil {
+				return err
+			}
 		}
 		c := r.Clone()
 		c.UpdatedAt = b.now().UTC()

@@ -15,12 +15,13 @@ import (
 type Memory struct {
 	mu      sync.Mutex
 	records map[string]*Record
+	idem    map[string]string // idempotency key -> sandbox id
 	now     func() time.Time
 }
 
 // NewMemory returns an empty in-memory store.
 func NewMemory() *Memory {
-	return &Memory{records: map[string]*Record{}, now: time.Now}
+	return &Memory{records: map[string]*Record{}, idem: map[string]string{}, now: time.Now}
 }
 
 // Create implements Store.
@@ -32,6 +33,12 @@ func (m *Memory) Create(_ context.Context, r *Record) error {
 	defer m.mu.Unlock()
 	if _, ok := m.records[r.ID]; ok {
 		return fmt.Errorf("sandbox %q: %w", r.ID, errdefs.ErrAlreadyExists)
+	}
+	if k := r.IdempotencyKey; k != "" {
+		if old, ok := m.records[m.idem[k]]; ok && r.CreatedAt.Sub(old.CreatedAt) < IdempotencyWindow {
+			return &IdempotencyConflict{Key: k, SandboxID: old.ID}
+		}
+		m.idem[k] = r.ID
 	}
 	c := r.Clone()
 	c.UpdatedAt = m.now().UTC()

@@ -10,13 +10,15 @@
 // Records are never deleted by the lifecycle: a destroyed sandbox stays as
 // "stopped" with StoppedAt and StopReason, for audit.
 //
-// Bucket layout of the bbolt file, schema version 1 (see bolt.go for the
+// Bucket layout of the bbolt file, schema version 2 (see bolt.go for the
 // ordered migrations that produce it):
 //
 //	meta/                    bucket
 //	  schema_version -> "1"  decimal; absent in a brand-new file
 //	sandboxes/               bucket
 //	  <sandbox id>  -> JSON-encoded Record
+//	idempotency/             bucket (version 2)
+//	  <idempotency key> -> <sandbox id>   the create that used the key
 //
 // Fields added to Record after version 1 are optional in JSON, so they need
 // no migration; a change of meaning or key layout does.
@@ -25,6 +27,8 @@ package registry
 import (
 	"context"
 	"time"
+
+	"github.com/containerd/errdefs"
 )
 
 // Status is a sandbox's lifecycle state, spelled as the original API spells it.
@@ -98,7 +102,30 @@ type Record struct {
 	HotSyncedAt    *time.Time `json:"hot_synced_at,omitempty"`
 	HotSyncError   string     `json:"hot_sync_error,omitempty"`
 	HotSyncPending bool       `json:"hot_sync_pending,omitempty"`
+	// IdempotencyKey is the client's Idempotency-Key of the create that
+	// made this sandbox. Within IdempotencyWindow of CreatedAt, Create
+	// refuses a second record with the same key (IdempotencyConflict).
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
 }
+
+// IdempotencyWindow is how long an Idempotency-Key names the sandbox its
+// create made; after it the key may be used again.
+const IdempotencyWindow = 24 * time.Hour
+
+// IdempotencyConflict is returned by Create (wrapping
+// errdefs.ErrAlreadyExists) when another record made within
+// IdempotencyWindow carries the same IdempotencyKey.
+type IdempotencyConflict struct {
+	Key       string
+	SandboxID string
+}
+
+func (e *IdempotencyConflict) Error() string {
+	return "idempotency key already used by sandbox " + e.SandboxID
+}
+
+// Unwrap makes the conflict an errdefs.ErrAlreadyExists.
+func (e *IdempotencyConflict) Unwrap() error { return errdefs.ErrAlreadyExists }
 
 // Clone returns a deep copy, so callers never share maps or pointers with the
 // store.
@@ -158,7 +185,9 @@ func (f Filter) match(r *Record) bool {
 // Store is the contract both implementations satisfy. Errors wrap
 // errdefs.ErrNotFound (unknown id) and errdefs.ErrAlreadyExists (duplicate id).
 type Store interface {
-	// Create inserts a new record.
+	// Create inserts a new record. A record with an IdempotencyKey that
+	// another record made within IdempotencyWindow holds is refused with
+	// *IdempotencyConflict, atomically with the insert.
 	Create(ctx context.Context, r *Record) error
 	// Get returns a copy of the record with this id.
 	Get(ctx context.Context, id string) (*Record, error)

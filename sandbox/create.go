@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"time"
 
@@ -18,27 +19,19 @@ import (
 	"github.com/matrx-dev/matrx/undo"
 )
 
-// CreateConfig is what a client may set on a new sandbox. Zero values take
-// the daemon's defaults.
-type CreateConfig struct {
-	Image      string
-	CPU        float64
-	MemoryMB   int64
-	Pids       int64
-	DiskMB     int64
-	TTLSeconds int64
-	Env        map[string]string
-	Labels     map[string]string
-	Network    registry.NetworkConfig
+// CreateRequest is what a client asks for: the owner and the sandbox's
+// configuration, whose zero fields take the daemon's defaults.
+type CreateRequest struct {
+	UserID string
+	Config registry.Config
+	// IdempotencyKey, when set, makes a retried create return the sandbox
+	// the first one made (within registry.IdempotencyWindow).
+	IdempotencyKey string
 }
 
 // resolve validates c against the limits and fills in defaults.
-func (m *Manager) resolve(c CreateConfig) (registry.Config, error) {
+func (m *Manager) resolve(out registry.Config) (registry.Config, error) {
 	l := m.limits
-	out := registry.Config{
-		Image: c.Image, CPU: c.CPU, MemoryMB: c.MemoryMB, Pids: c.Pids, DiskMB: c.DiskMB, TTLSeconds: c.TTLSeconds,
-		Env: c.Env, Labels: c.Labels, Network: c.Network,
-	}
 	if out.Image == "" {
 		out.Image = l.DefaultImage
 	}
@@ -120,16 +113,17 @@ func networkPolicy(c registry.NetworkConfig) (network.Policy, error) {
 	return p, nil
 }
 
-// Create validates, records and starts a sandbox for userID. It returns once
-// the sandbox is ready, or with an error after undoing everything it made; a
+// Create validates, records and starts a sandbox. It returns once the
+// sandbox is ready, or with an error after undoing everything it made; a
 // sandbox that failed to start stays in the registry as failed, with the
 // reason.
-func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*registry.Record, error) {
+func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Record, err error) {
 	start := time.Now()
+	userID := req.UserID
 	if err := ValidateUserID(userID); err != nil {
 		return nil, err
 	}
-	cfg, err := m.resolve(c)
+	cfg, err := m.resolve(req.Config)
 	if err != nil {
 		return nil, err
 	}
@@ -145,8 +139,15 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 	log := m.log.With("sandbox_id", rec.ID, "user_id", userID)
 	log.Info("sandbox creating", "image", cfg.Image, "cpu", cfg.CPU, "memory_mb", cfg.MemoryMB, "pids", cfg.Pids)
 
-	fail := func(err error) (*registry.Record, error) {
-		// Record the failure even if the caller went away.
+	// Undo steps, run newest first if anything below fails. Hot files may
+	// be removed here: the agent never ran. The failure is recorded even
+	// if the caller went away.
+	var rollback undo.Stack
+	defer func() {
+		if err == nil {
+			return
+		}
+		rollback.Run(ctx, log)
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		stopped := m.now().UTC()
@@ -159,54 +160,36 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 		})
 		log.Error("sandbox create failed", "error", err)
 		m.metrics.ObserveCreate(time.Since(start), false)
-		return nil, err
-	}
+	}()
 
 	if err := m.storage.EnsureUser(ctx, userID); err != nil {
-		return fail(err)
+		return nil, err
 	}
 	// Phase timings for the "sandbox ready" line: where create time goes.
 	phase := map[string]time.Duration{"ensure_user": time.Since(start)}
 	mark := func(name string, since time.Time) { phase[name] = time.Since(since) }
-	// Undo steps, run newest first on failure. Hot files may be removed
-	// here: the agent never ran.
-	var rollback undo.Stack
-	undoAll := func() { rollback.Run(ctx, log) }
 	t0 := time.Now()
 	home, err := m.storage.PrepareHot(rec.ID, userID, cfg.DiskMB<<20)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
 	mark("prepare_hot", t0)
 	rollback.Push("remove hot dir", func(context.Context) error { return m.storage.RemoveHot(rec.ID) })
 	// Hot files download while the cold mount and the container come up.
-	downDone := make(chan error, 1)
+	// The download must have ended before any undo step runs (it writes
+	// into the hot dir), so waiting for it is the newest undo step until
+	// it has been waited for.
+	down := m.startSyncDown(ctx, rec.ID, userID, log)
+	rollback.Push("wait for hot sync-down", func(context.Context) error { down.wait(); return nil })
 	t0 = time.Now()
-	var downTook time.Duration
-	go func() {
-		res, err := m.storage.SyncDown(ctx, rec.ID, userID)
-		downTook = time.Since(t0) // read after downDone
-		if err == nil {
-			log.Info("hot storage synced down", "files", len(res.Downloaded), "bytes", res.Bytes, "rejected", len(res.Rejected))
-			m.metrics.AddHotSync("down", res.Bytes, int64(len(res.Downloaded)), 0, 0)
-		} else {
-			m.metrics.AddHotSync("down", 0, 0, 0, 1)
-		}
-		downDone <- err
-	}()
-	waitDown := func() error { return <-downDone }
 	coldPath, err := m.storage.AcquireCold(ctx, userID)
 	if err != nil {
-		waitDown()
-		undoAll()
-		return fail(err)
+		return nil, err
 	}
 	mark("cold", t0)
 	rollback.Push("release cold mount", func(c context.Context) error { return m.storage.ReleaseCold(c, userID) })
 	if _, err := m.setStatus(ctx, rec.ID, registry.StatusStarting); err != nil {
-		waitDown()
-		undoAll()
-		return fail(err)
+		return nil, err
 	}
 	policy, _ := networkPolicy(cfg.Network) // validated by resolve
 	t1 := time.Now()
@@ -222,33 +205,18 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 		CreatedAt: now,
 	})
 	if err != nil {
-		waitDown()
-		undoAll()
-		return fail(err)
+		return nil, err
 	}
 	rollback.Push("destroy container", func(c context.Context) error { return m.rt.Destroy(c, rec.ID, 0) })
 	mark("container", t1)
-	err = waitDown()
-	phase["sync_down"] = downTook
-	if err != nil {
-		undoAll()
-		// The request chose (or defaulted) a disk too small for the user's
-		// files: say which field to change and to what.
-		if nr := (*hotsync.NoRoomError)(nil); cfg.DiskMB > 0 && errors.As(err, &nr) {
-			// Filesystem overhead (journal, inode tables) is what the
-			// empty disk lacks of its size; 16 MiB more leaves room to work.
-			overhead := max(cfg.DiskMB-nr.Free>>20, 0)
-			return fail(invalid("config.disk_mb: user %s's hot files (%d files, %d MiB) do not fit the %d MiB free on a %d MiB disk; ask for at least %d",
-				userID, nr.Files, mibUp(nr.Need), nr.Free>>20, cfg.DiskMB, mibUp(nr.Need)+overhead+16))
-		}
-		if cfg.DiskMB > 0 && errdefs.IsResourceExhausted(err) {
-			return fail(invalid("config.disk_mb: user %s's hot files do not fit a %d MiB disk; ask for a larger one (%v)", userID, cfg.DiskMB, err))
-		}
-		return fail(fmt.Errorf("hot storage sync-down: %w", err))
+	if err := down.wait(); err != nil {
+		return nil, m.syncDownError(userID, cfg, err)
 	}
+	phase["sync_down"] = down.took
 	m.mu.Lock()
 	m.live[rec.ID] = &liveState{cwd: HotPath}
 	m.mu.Unlock()
+	rollback.Push("forget live state", func(context.Context) error { m.forget(rec.ID); return nil })
 	syncedAt := m.now().UTC()
 	out, err := m.store.Update(ctx, rec.ID, func(r *registry.Record) error {
 		r.Status = registry.StatusReady
@@ -256,9 +224,7 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 		return nil
 	})
 	if err != nil {
-		m.forget(rec.ID)
-		undoAll()
-		return fail(err)
+		return nil, err
 	}
 	args := []any{"total_ms", ms(time.Since(start))}
 	for _, k := range []string{"ensure_user", "prepare_hot", "cold", "container", "sync_down"} {
@@ -267,6 +233,54 @@ func (m *Manager) Create(ctx context.Context, userID string, c CreateConfig) (*r
 	log.Info("sandbox ready", args...)
 	m.metrics.ObserveCreate(time.Since(start), true)
 	return out, nil
+}
+
+// syncDown is a hot sync-down running in the background of a create.
+type syncDown struct {
+	done chan struct{}
+	err  error
+	took time.Duration
+}
+
+// wait returns the download's outcome; it may be called more than once.
+func (d *syncDown) wait() error {
+	<-d.done
+	return d.err
+}
+
+// startSyncDown starts filling a new sandbox's hot dir from the bucket.
+func (m *Manager) startSyncDown(ctx context.Context, id, userID string, log *slog.Logger) *syncDown {
+	d := &syncDown{done: make(chan struct{})}
+	t0 := time.Now()
+	go func() {
+		defer close(d.done)
+		res, err := m.storage.SyncDown(ctx, id, userID)
+		d.took, d.err = time.Since(t0), err
+		if err == nil {
+			log.Info("hot storage synced down", "files", len(res.Downloaded), "bytes", res.Bytes, "rejected", len(res.Rejected))
+			m.metrics.AddHotSync("down", res.Bytes, int64(len(res.Downloaded)), 0, 0)
+		} else {
+			m.metrics.AddHotSync("down", 0, 0, 0, 1)
+		}
+	}()
+	return d
+}
+
+// syncDownError explains a failed sync-down. When the request chose (or
+// defaulted) a disk too small for the user's files, it says which field to
+// change and to what.
+func (m *Manager) syncDownError(userID string, cfg registry.Config, err error) error {
+	if nr := (*hotsync.NoRoomError)(nil); cfg.DiskMB > 0 && errors.As(err, &nr) {
+		// Filesystem overhead (journal, inode tables) is what the empty
+		// disk lacks of its size; 16 MiB more leaves room to work.
+		overhead := max(cfg.DiskMB-nr.Free>>20, 0)
+		return invalid("config.disk_mb: user %s's hot files (%d files, %d MiB) do not fit the %d MiB free on a %d MiB disk; ask for at least %d",
+			userID, nr.Files, mibUp(nr.Need), nr.Free>>20, cfg.DiskMB, mibUp(nr.Need)+overhead+16)
+	}
+	if cfg.DiskMB > 0 && errdefs.IsResourceExhausted(err) {
+		return invalid("config.disk_mb: user %s's hot files do not fit a %d MiB disk; ask for a larger one (%v)", userID, cfg.DiskMB, err)
+	}
+	return fmt.Errorf("hot storage sync-down: %w", err)
 }
 
 // ms is d in milliseconds with 0.1 ms resolution, for log lines.

@@ -55,11 +55,11 @@ func newManagerWithStorage(t *testing.T) (*Manager, *runtime.Runtime, *mounts.St
 func TestExpiry(t *testing.T) {
 	m, rt := newManager(t)
 	ctx := context.Background()
-	short, err := m.Create(ctx, "u", CreateConfig{TTLSeconds: 60})
+	short, err := m.Create(ctx, CreateRequest{UserID: "u", Config: registry.Config{TTLSeconds: 60}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	long, err := m.Create(ctx, "u", CreateConfig{TTLSeconds: 3600})
+	long, err := m.Create(ctx, CreateRequest{UserID: "u", Config: registry.Config{TTLSeconds: 3600}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,11 +86,11 @@ func TestExpiry(t *testing.T) {
 func TestRecoverMarksLostSandboxes(t *testing.T) {
 	m, rt := newManager(t)
 	ctx := context.Background()
-	s, err := m.Create(ctx, "u", CreateConfig{})
+	s, err := m.Create(ctx, CreateRequest{UserID: "u", Config: registry.Config{}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	alive, err := m.Create(ctx, "u", CreateConfig{})
+	alive, err := m.Create(ctx, CreateRequest{UserID: "u", Config: registry.Config{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/registry"
 )
 
 func TestValidateUserID(t *testing.T) {
@@ -39,27 +40,27 @@ func TestResolveConfig(t *testing.T) {
 	m := &Manager{limits: DefaultLimits()}
 	cases := []struct {
 		name string
-		in   CreateConfig
+		in   registry.Config
 		err  string
 	}{
-		{"defaults", CreateConfig{}, ""},
-		{"all set", CreateConfig{Image: "localhost/x:1", CPU: 0.5, MemoryMB: 128, Pids: 64, TTLSeconds: 600,
+		{"defaults", registry.Config{}, ""},
+		{"all set", registry.Config{Image: "localhost/x:1", CPU: 0.5, MemoryMB: 128, Pids: 64, TTLSeconds: 600,
 			Env: map[string]string{"A": "1"}, Labels: map[string]string{"team": "x"}}, ""},
-		{"cpu low", CreateConfig{CPU: 0.01}, "config.cpu"},
-		{"cpu negative", CreateConfig{CPU: -1}, "config.cpu"},
-		{"cpu high", CreateConfig{CPU: 9}, "config.cpu"},
-		{"memory", CreateConfig{MemoryMB: 10}, "config.memory_mb"},
-		{"memory high", CreateConfig{MemoryMB: 1 << 30}, "config.memory_mb"},
-		{"pids", CreateConfig{Pids: 2}, "config.pids"},
-		{"ttl", CreateConfig{TTLSeconds: 59}, "config.ttl_seconds"},
-		{"ttl high", CreateConfig{TTLSeconds: 1 << 40}, "config.ttl_seconds"},
-		{"image", CreateConfig{Image: "a b"}, "config.image"},
-		{"image traversal", CreateConfig{Image: "a/../b"}, "config.image"},
-		{"env key", CreateConfig{Env: map[string]string{"A-B": "x"}}, "config.env"},
-		{"env reserved", CreateConfig{Env: map[string]string{"USER_ID": "x"}}, "reserved"},
-		{"env NUL", CreateConfig{Env: map[string]string{"A": "\x00"}}, "config.env"},
-		{"label key", CreateConfig{Labels: map[string]string{"": "x"}}, "config.labels"},
-		{"label value", CreateConfig{Labels: map[string]string{"a": strings.Repeat("x", 256)}}, "config.labels"},
+		{"cpu low", registry.Config{CPU: 0.01}, "config.cpu"},
+		{"cpu negative", registry.Config{CPU: -1}, "config.cpu"},
+		{"cpu high", registry.Config{CPU: 9}, "config.cpu"},
+		{"memory", registry.Config{MemoryMB: 10}, "config.memory_mb"},
+		{"memory high", registry.Config{MemoryMB: 1 << 30}, "config.memory_mb"},
+		{"pids", registry.Config{Pids: 2}, "config.pids"},
+		{"ttl", registry.Config{TTLSeconds: 59}, "config.ttl_seconds"},
+		{"ttl high", registry.Config{TTLSeconds: 1 << 40}, "config.ttl_seconds"},
+		{"image", registry.Config{Image: "a b"}, "config.image"},
+		{"image traversal", registry.Config{Image: "a/../b"}, "config.image"},
+		{"env key", registry.Config{Env: map[string]string{"A-B": "x"}}, "config.env"},
+		{"env reserved", registry.Config{Env: map[string]string{"USER_ID": "x"}}, "reserved"},
+		{"env NUL", registry.Config{Env: map[string]string{"A": "\x00"}}, "config.env"},
+		{"label key", registry.Config{Labels: map[string]string{"": "x"}}, "config.labels"},
+		{"label value", registry.Config{Labels: map[string]string{"a": strings.Repeat("x", 256)}}, "config.labels"},
 	}
 	for _, c := range cases {
 		out, err := m.resolve(c.in)

@@ -48,6 +48,53 @@ func Run(t *testing.T, open func(t *testing.T) registry.Store) {
 			t.Fatalf("duplicate create: got %v, want AlreadyExists", err)
 		}
 	})
+	t.Run("IdempotencyKey", func(t *testing.T) {
+		s := open(t)
+		first := rec("sbx-000000000001", "u1", base)
+		first.IdempotencyKey = "k1"
+		if err := s.Create(ctx, first); err != nil {
+			t.Fatal(err)
+		}
+		again := rec("sbx-000000000002", "u1", base.Add(time.Hour))
+		again.IdempotencyKey = "k1"
+		var ic *registry.IdempotencyConflict
+		if err := s.Create(ctx, again); !errors.As(err, &ic) || ic.SandboxID != first.ID || !errdefs.IsAlreadyExists(err) {
+			t.Fatalf("second create with the same key: got %v, want IdempotencyConflict naming %s", err, first.ID)
+		}
+		if _, err := s.Get(ctx, again.ID); !errdefs.IsNotFound(err) {
+			t.Fatalf("refused create was stored: %v", err)
+		}
+		other := rec("sbx-000000000003", "u1", base.Add(time.Hour))
+		other.IdempotencyKey = "k2"
+		if err := s.Create(ctx, other); err != nil {
+			t.Fatalf("another key: %v", err)
+		}
+		later := rec("sbx-000000000004", "u1", base.Add(registry.IdempotencyWindow+time.Second))
+		later.IdempotencyKey = "k1"
+		if err := s.Create(ctx, later); err != nil {
+			t.Fatalf("key reused after the window: %v", err)
+		}
+		// Concurrent creates with one key: exactly one wins.
+		var wg sync.WaitGroup
+		var won sync.Map
+		for i := 0; i < 8; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				r := rec(fmt.Sprintf("sbx-00000000010%d", i), "u1", base)
+				r.IdempotencyKey = "race"
+				if s.Create(ctx, r) == nil {
+					won.Store(i, true)
+				}
+			}(i)
+		}
+		wg.Wait()
+		n := 0
+		won.Range(func(any, any) bool { n++; return true })
+		if n != 1 {
+			t.Fatalf("%d concurrent creates with one key succeeded, want 1", n)
+		}
+	})
 	t.Run("Invalid", func(t *testing.T) {
 		s := open(t)
 		for _, r := range []*registry.Record{nil, {}, {ID: "x"}, {ID: "x", UserID: "u"}} {

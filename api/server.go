@@ -21,7 +21,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -331,7 +333,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	cr := sandbox.CreateRequest{UserID: req.UserID}
+	cr := sandbox.CreateRequest{UserID: req.UserID, IdempotencyKey: r.Header.Get(apitype.IdempotencyKeyHeader)}
 	if c := req.Config; c != nil {
 		cr.Config = registry.Config{Image: c.Image, CPU: c.CPU, MemoryMB: c.MemoryMB, Pids: c.Pids, DiskMB: c.DiskMB, TTLSeconds: c.TTLSeconds, Env: c.Env, Labels: c.Labels}
 		if c.Network != nil {
@@ -349,31 +351,49 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	for k := range q {
-		if k != "user_id" && k != "all" {
-			s.fail(w, r, fmt.Errorf("unknown query parameter %q: %w", k, errdefs.ErrInvalidArgument))
+		if k != "user_id" && k != "all" && k != "limit" && k != "cursor" {
+			s.fail(w, r, fmt.Errorf("unknown query parameter %q (known: user_id, all, limit, cursor): %w", k, errdefs.ErrInvalidArgument))
 			return
 		}
 	}
-	all := false
-	switch q.Get("all") {
-	case "", "false", "0":
-	case "true", "1":
-		all = true
-	default:
-		s.fail(w, r, fmt.Errorf("query parameter all=%q: want true or false: %w", q.Get("all"), errdefs.ErrInvalidArgument))
+	req := sandbox.PageRequest{UserID: q.Get("user_id"), Cursor: q.Get("cursor")}
+	var err error
+	if req.All, err = boolParam(q, "all", false); err != nil {
+		s.fail(w, r, err)
 		return
 	}
-	rs, err := s.mgr.List(r.Context(), q.Get("user_id"), all)
+	if l := q.Get("limit"); l != "" {
+		n, perr := strconv.Atoi(l)
+		if perr != nil || n < 1 {
+			s.fail(w, r, fmt.Errorf("query parameter limit=%q: want a whole number in [1, %d]: %w", l, sandbox.MaxPageSize, errdefs.ErrInvalidArgument))
+			return
+		}
+		req.Limit = n
+	}
+	page, err := s.mgr.ListPage(r.Context(), req)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	out := apitype.SandboxList{Sandboxes: []apitype.Sandbox{}}
-	for _, rec := range rs {
+	out := apitype.SandboxList{Sandboxes: []apitype.Sandbox{}, Total: page.Total, NextCursor: page.NextCursor}
+	for _, rec := range page.Records {
 		out.Sandboxes = append(out.Sandboxes, sandboxJSON(rec))
 	}
-	out.Total = len(out.Sandboxes)
 	writeJSON(w, http.StatusOK, out)
+}
+
+// boolParam reads an optional true/false query parameter.
+func boolParam(q url.Values, name string, def bool) (bool, error) {
+	switch v := q.Get(name); v {
+	case "":
+		return def, nil
+	case "true", "1":
+		return true, nil
+	case "false", "0":
+		return false, nil
+	default:
+		return def, fmt.Errorf("query parameter %s=%q: want true or false: %w", name, v, errdefs.ErrInvalidArgument)
+	}
 }
 
 func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) {
@@ -386,13 +406,9 @@ func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
-	graceful := true
-	switch g := r.URL.Query().Get("graceful"); g {
-	case "", "true", "1":
-	case "false", "0":
-		graceful = false
-	default:
-		s.fail(w, r, fmt.Errorf("query parameter graceful=%q: want true or false: %w", g, errdefs.ErrInvalidArgument))
+	graceful, err := boolParam(r.URL.Query(), "graceful", true)
+	if err != nil {
+		s.fail(w, r, err)
 		return
 	}
 	reason := sandbox.ReasonUserRequested

@@ -123,6 +123,9 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 	if err := ValidateUserID(userID); err != nil {
 		return nil, err
 	}
+	if err := validateIdempotencyKey(req.IdempotencyKey); err != nil {
+		return nil, err
+	}
 	cfg, err := m.resolve(req.Config)
 	if err != nil {
 		return nil, err
@@ -131,9 +134,13 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 	rec := &registry.Record{
 		ID: newSandboxID(), UserID: userID, Status: registry.StatusCreating,
 		Config: cfg, CreatedAt: now, ExpiresAt: now.Add(time.Duration(cfg.TTLSeconds) * time.Second),
+		IdempotencyKey: req.IdempotencyKey,
 	}
 	rec.ContainerID = rec.ID
 	if err := m.store.Create(ctx, rec); err != nil {
+		if ic := (*registry.IdempotencyConflict)(nil); errors.As(err, &ic) {
+			return m.replayCreate(ctx, ic.SandboxID, userID)
+		}
 		return nil, fmt.Errorf("record sandbox: %w", err)
 	}
 	log := m.log.With("sandbox_id", rec.ID, "user_id", userID)
@@ -233,6 +240,35 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 	log.Info("sandbox ready", args...)
 	m.metrics.ObserveCreate(time.Since(start), true)
 	return out, nil
+}
+
+// replayCreate answers a create whose Idempotency-Key an earlier create
+// used: with that create's sandbox once it has left creating/starting, so
+// a client (or the fleet provider after a crash) that retries never gets
+// two sandboxes. A key is bound to its user; a create that failed is not
+// retried under the same key.
+func (m *Manager) replayCreate(ctx context.Context, id, userID string) (*registry.Record, error) {
+	for {
+		rec, err := m.store.Get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case rec.UserID != userID:
+			return nil, fmt.Errorf("Idempotency-Key was already used by a create for another user: %w", errdefs.ErrFailedPrecondition)
+		case rec.Status == registry.StatusCreating || rec.Status == registry.StatusStarting:
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		case rec.Status == registry.StatusFailed && neverReady(rec):
+			return nil, fmt.Errorf("the create with this Idempotency-Key failed (%s); use a new key to try again: %w", rec.Error, errdefs.ErrFailedPrecondition)
+		}
+		m.log.Info("create replayed for its idempotency key", "sandbox_id", id, "user_id", userID)
+		return rec, nil
+	}
 }
 
 // syncDown is a hot sync-down running in the background of a create.

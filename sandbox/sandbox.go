@@ -14,8 +14,12 @@ package sandbox
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -210,6 +214,95 @@ func (m *Manager) List(ctx context.Context, userID string, all bool) ([]*registr
 		f.Statuses = []registry.Status{registry.StatusCreating, registry.StatusStarting, registry.StatusReady, registry.StatusRunning, registry.StatusShuttingDown}
 	}
 	return m.store.List(ctx, f)
+}
+
+// MaxPageSize bounds one page of GET /sandboxes.
+const MaxPageSize = 1000
+
+// PageRequest selects one page of sandboxes, newest first.
+type PageRequest struct {
+	UserID string
+	All    bool // stopped ones too
+	// Limit is the page size; 0 means every match (the original API's
+	// behaviour, for clients that do not page).
+	Limit int
+	// Cursor is a previous page's NextCursor: the page starts after it.
+	Cursor string
+}
+
+// Page is one page of sandboxes, newest first. Total counts every match,
+// not only this page; NextCursor is empty on the last page.
+type Page struct {
+	Records    []*registry.Record
+	Total      int
+	NextCursor string
+}
+
+// ListPage returns one page of sandboxes, newest first (creation time, then
+// id). Cursors are opaque to clients and stable under inserts: a page
+// starts strictly after the record its cursor names.
+func (m *Manager) ListPage(ctx context.Context, req PageRequest) (*Page, error) {
+	if req.Limit < 0 || req.Limit > MaxPageSize {
+		return nil, invalid("limit %d is out of range [1, %d] (omit it for every sandbox)", req.Limit, MaxPageSize)
+	}
+	var after *cursor
+	if req.Cursor != "" {
+		c, err := parseCursor(req.Cursor)
+		if err != nil {
+			return nil, err
+		}
+		after = &c
+	}
+	rs, err := m.List(ctx, req.UserID, req.All)
+	if err != nil {
+		return nil, err
+	}
+	slices.Reverse(rs) // the store lists oldest first
+	out := &Page{Total: len(rs), Records: []*registry.Record{}}
+	for _, r := range rs {
+		if after != nil && !after.before(r) {
+			continue
+		}
+		if req.Limit > 0 && len(out.Records) == req.Limit {
+			last := out.Records[len(out.Records)-1]
+			out.NextCursor = cursor{At: last.CreatedAt, ID: last.ID}.String()
+			break
+		}
+		out.Records = append(out.Records, r)
+	}
+	return out, nil
+}
+
+// cursor names the last record of a page.
+type cursor struct {
+	At time.Time
+	ID string
+}
+
+func (c cursor) String() string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(c.At.UnixNano(), 10) + ":" + c.ID))
+}
+
+// before reports whether r comes after the cursor in newest-first order.
+func (c cursor) before(r *registry.Record) bool {
+	if !r.CreatedAt.Equal(c.At) {
+		return r.CreatedAt.Before(c.At)
+	}
+	return r.ID < c.ID
+}
+
+func parseCursor(s string) (cursor, error) {
+	bad := invalid("cursor %q is not one this daemon handed out (use next_cursor of a previous page)", s)
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return cursor{}, bad
+	}
+	ns, id, ok := strings.Cut(string(b), ":")
+	n, err := strconv.ParseInt(ns, 10, 64)
+	if !ok || err != nil || !ValidSandboxID(id) {
+		return cursor{}, bad
+	}
+	return cursor{At: time.Unix(0, n).UTC(), ID: id}, nil
 }
 
 // ActiveCount is the number of sandboxes that are not in a terminal state.

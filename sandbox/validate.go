@@ -90,3 +90,20 @@ func validateCwd(cwd string) error {
 	}
 	return nil
 }
+
+// MaxIdempotencyKey bounds an Idempotency-Key.
+const MaxIdempotencyKey = 255
+
+// validateIdempotencyKey accepts an empty key (none) or 1-255 printable
+// ASCII characters without spaces.
+func validateIdempotencyKey(k string) error {
+	if len(k) > MaxIdempotencyKey {
+		return invalid("Idempotency-Key is %d characters, at most %d allowed", len(k), MaxIdempotencyKey)
+	}
+	for i := 0; i < len(k); i++ {
+		if k[i] < 0x21 || k[i] > 0x7e {
+			return invalid("Idempotency-Key may hold only printable ASCII characters without spaces")
+		}
+	}
+	return nil
+}

@@ -19,6 +19,9 @@ const (
 	// RequestIDHeader carries a caller-chosen request id (echoed back, or
 	// made up by the server when absent or malformed).
 	RequestIDHeader = "X-Request-ID"
+	// IdempotencyKeyHeader on POST /sandboxes makes a retried create (same
+	// key, within 24 h) return the sandbox the first one made.
+	IdempotencyKeyHeader = "Idempotency-Key"
 )
 
 // ErrorResponse is every error body.
@@ -89,10 +92,13 @@ type Sandbox struct {
 	HotSyncPending bool       `json:"hot_sync_pending"`
 }
 
-// SandboxList answers GET /sandboxes.
+// SandboxList answers GET /sandboxes, newest first. Total counts every
+// match; with ?limit= the list is one page and NextCursor, when not empty,
+// is the ?cursor= of the next one.
 type SandboxList struct {
-	Sandboxes []Sandbox `json:"sandboxes"`
-	Total     int       `json:"total"`
+	Sandboxes  []Sandbox `json:"sandboxes"`
+	Total      int       `json:"total"`
+	NextCursor string    `json:"next_cursor,omitempty"`
 }
 
 // ExecRequest is the body of POST /sandboxes/{id}/exec. Timeout is in

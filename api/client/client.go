@@ -3,8 +3,8 @@
 // Unix socket, turns error responses back into errdefs classes (the inverse
 // of api.statusOf), and retries with exponential backoff, but only where a
 // retry cannot do something twice: connection failures before a request
-// was sent, and idempotent calls (GET, DELETE). Create and exec are never
-// retried.
+// was sent, idempotent calls (GET, DELETE), and creates that carry an
+// Idempotency-Key. Exec and creates without a key are never retried.
 package client
 
 import (
@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -143,6 +144,13 @@ func errorFromStatus(status int, detail string) error {
 // (streamed, never retried). out, if non-nil, receives the JSON response, or
 // the raw body when it is a *[]byte.
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, body any, want int, out any) error {
+	return c.doWith(ctx, method, path, query, nil, false, body, want, out)
+}
+
+// doWith is do with extra headers; retrySafe marks a call that may be
+// retried although its method is not idempotent (a create carrying an
+// Idempotency-Key).
+func (c *Client) doWith(ctx context.Context, method, path string, query url.Values, header http.Header, retrySafe bool, body any, want int, out any) error {
 	var payload []byte
 	var stream io.Reader
 	switch b := body.(type) {
@@ -159,7 +167,7 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	if len(query) > 0 {
 		u += "?" + query.Encode()
 	}
-	idempotent := method == http.MethodGet || method == http.MethodDelete
+	idempotent := method == http.MethodGet || method == http.MethodDelete || retrySafe
 	delay := c.backoff
 	for attempt := 0; ; attempt++ {
 		var rd io.Reader
@@ -171,6 +179,9 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 		req, err := c.newRequest(ctx, method, u, rd)
 		if err != nil {
 			return fmt.Errorf("build request: %w", err)
+		}
+		for k, vs := range header {
+			req.Header[k] = vs
 		}
 		if payload != nil {
 			req.Header.Set("Content-Type", "application/json")
@@ -258,20 +269,75 @@ func (c *Client) Version(ctx context.Context) (*apitype.Version, error) {
 	return &v, c.do(ctx, http.MethodGet, "/version", nil, nil, http.StatusOK, &v)
 }
 
+// CreateOption configures one Create call.
+type CreateOption func(*createCall)
+
+type createCall struct{ key string }
+
+// WithIdempotencyKey sends key as the Idempotency-Key header: a create
+// retried with the same key (within 24 h) returns the sandbox the first
+// one made instead of making another. With a key, Create is retried like
+// an idempotent call.
+func WithIdempotencyKey(key string) CreateOption { return func(c *createCall) { c.key = key } }
+
 // Create calls POST /sandboxes.
-func (c *Client) Create(ctx context.Context, userID string, cfg *apitype.SandboxConfig) (*apitype.Sandbox, error) {
+func (c *Client) Create(ctx context.Context, userID string, cfg *apitype.SandboxConfig, opts ...CreateOption) (*apitype.Sandbox, error) {
+	var call createCall
+	for _, o := range opts {
+		o(&call)
+	}
+	var h http.Header
+	if call.key != "" {
+		h = http.Header{apitype.IdempotencyKeyHeader: {call.key}}
+	}
 	var s apitype.Sandbox
-	return &s, c.do(ctx, http.MethodPost, "/sandboxes", nil, apitype.CreateSandboxRequest{UserID: userID, Config: cfg}, http.StatusCreated, &s)
+	return &s, c.doWith(ctx, http.MethodPost, "/sandboxes", nil, h, call.key != "", apitype.CreateSandboxRequest{UserID: userID, Config: cfg}, http.StatusCreated, &s)
 }
 
-// List calls GET /sandboxes.
+// List calls GET /sandboxes and follows next_cursor to the end: every
+// matching sandbox, newest first.
 func (c *Client) List(ctx context.Context, userID string, all bool) (*apitype.SandboxList, error) {
-	q := url.Values{}
-	if userID != "" {
-		q.Set("user_id", userID)
+	out := &apitype.SandboxList{Sandboxes: []apitype.Sandbox{}}
+	cursor := ""
+	for {
+		page, err := c.ListPage(ctx, ListOptions{UserID: userID, All: all, Limit: listPageSize, Cursor: cursor})
+		if err != nil {
+			return nil, err
+		}
+		out.Sandboxes = append(out.Sandboxes, page.Sandboxes...)
+		out.Total = page.Total
+		if page.NextCursor == "" {
+			return out, nil
+		}
+		cursor = page.NextCursor
 	}
-	if all {
+}
+
+// listPageSize is the page size List asks for.
+const listPageSize = 500
+
+// ListOptions selects one page of GET /sandboxes.
+type ListOptions struct {
+	UserID string
+	All    bool
+	Limit  int    // 0: every match in one answer
+	Cursor string // a previous page's NextCursor
+}
+
+// ListPage calls GET /sandboxes once.
+func (c *Client) ListPage(ctx context.Context, o ListOptions) (*apitype.SandboxList, error) {
+	q := url.Values{}
+	if o.UserID != "" {
+		q.Set("user_id", o.UserID)
+	}
+	if o.All {
 		q.Set("all", "true")
+	}
+	if o.Limit > 0 {
+		q.Set("limit", strconv.Itoa(o.Limit))
+	}
+	if o.Cursor != "" {
+		q.Set("cursor", o.Cursor)
 	}
 	var l apitype.SandboxList
 	return &l, c.do(ctx, http.MethodGet, "/sandboxes", q, nil, http.StatusOK, &l)

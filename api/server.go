@@ -65,7 +65,45 @@ type Server struct {
 	metrics   *metrics.Metrics
 	mux       *http.ServeMux
 	handler   http.Handler
+	patterns  []string
 }
+
+// route is one served pattern ("METHOD /path/{param}") and its handler.
+type route struct {
+	pattern string
+	handler http.Handler
+}
+
+// routes is every route the server serves, in one table, so that the test
+// that compares the served API with api/openapi.yaml sees exactly what the
+// mux sees.
+func (s *Server) routes() []route {
+	rs := []route{
+		{"GET /health", http.HandlerFunc(s.health)},
+		{"GET /version", http.HandlerFunc(s.versionInfo)},
+		{"GET /openapi.json", http.HandlerFunc(serveOpenAPIJSON)},
+		{"GET /openapi.yaml", http.HandlerFunc(serveOpenAPIYAML)},
+		{"POST /sandboxes", http.HandlerFunc(s.createSandbox)},
+		{"GET /sandboxes", http.HandlerFunc(s.listSandboxes)},
+		{"GET /sandboxes/{id}", http.HandlerFunc(s.getSandbox)},
+		{"DELETE /sandboxes/{id}", http.HandlerFunc(s.deleteSandbox)},
+		{"POST /sandboxes/{id}/exec", http.HandlerFunc(s.exec)},
+		{"POST /sandboxes/{id}/heartbeat", http.HandlerFunc(s.heartbeat)},
+		{"POST /sandboxes/{id}/complete", http.HandlerFunc(s.complete)},
+		{"POST /sandboxes/{id}/error", http.HandlerFunc(s.errorSignal)},
+		{"GET /images", http.HandlerFunc(s.listImages)},
+		{"POST /images/import", http.HandlerFunc(s.importImage)},
+		{"GET /users/{user_id}/storage", http.HandlerFunc(s.storageStats)},
+		{"DELETE /users/{user_id}/storage/{tier}", http.HandlerFunc(s.storageClean)},
+	}
+	if s.metrics != nil {
+		rs = append(rs, route{"GET /metrics", s.metrics.Handler()})
+	}
+	return rs
+}
+
+// Routes lists the patterns the server serves ("METHOD /path/{param}").
+func (s *Server) Routes() []string { return append([]string(nil), s.patterns...) }
 
 // Option configures optional server knobs.
 type Option func(*Server)
@@ -96,22 +134,9 @@ func NewServer(cfg Config, opts ...Option) (*Server, error) {
 		o(s)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /health", s.health)
-	mux.HandleFunc("GET /version", s.versionInfo)
-	mux.HandleFunc("POST /sandboxes", s.createSandbox)
-	mux.HandleFunc("GET /sandboxes", s.listSandboxes)
-	mux.HandleFunc("GET /sandboxes/{id}", s.getSandbox)
-	mux.HandleFunc("DELETE /sandboxes/{id}", s.deleteSandbox)
-	mux.HandleFunc("POST /sandboxes/{id}/exec", s.exec)
-	mux.HandleFunc("POST /sandboxes/{id}/heartbeat", s.heartbeat)
-	mux.HandleFunc("POST /sandboxes/{id}/complete", s.complete)
-	mux.HandleFunc("POST /sandboxes/{id}/error", s.errorSignal)
-	mux.HandleFunc("GET /images", s.listImages)
-	mux.HandleFunc("POST /images/import", s.importImage)
-	mux.HandleFunc("GET /users/{user_id}/storage", s.storageStats)
-	mux.HandleFunc("DELETE /users/{user_id}/storage/{tier}", s.storageClean)
-	if s.metrics != nil {
-		mux.Handle("GET /metrics", s.metrics.Handler())
+	for _, rt := range s.routes() {
+		mux.Handle(rt.pattern, rt.handler)
+		s.patterns = append(s.patterns, rt.pattern)
 	}
 	s.mux = mux
 	s.handler = s.middleware(mux)

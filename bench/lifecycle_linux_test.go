@@ -3,10 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
-	"path/filepath"
 	"sort"
 	"syscall"
 	"testing"
@@ -21,17 +18,15 @@ import (
 	"github.com/matrx-dev/matrx/api/apitype"
 	"github.com/matrx-dev/matrx/api/client"
 	"github.com/matrx-dev/matrx/daemon"
+	"github.com/matrx-dev/matrx/daemon/daemontest"
 	"github.com/matrx-dev/matrx/runtime"
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
-	"github.com/matrx-dev/matrx/runtime/network"
-	"github.com/matrx-dev/matrx/sandbox"
 )
 
 const (
-	nsMatrx = "bench-matrx"
-	nsBare  = "bench-bare"
-	rounds  = 20
-	execs   = 100
+	nsBare = "bench-bare"
+	rounds = 20
+	execs  = 100
 )
 
 type series []time.Duration
@@ -49,47 +44,17 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d.Microseco
 // and start; task exec; task kill+delete and container delete) against one
 // private containerd, interleaved, and prints p50/p90 of each.
 func BenchmarkLifecycle(b *testing.B) {
-	env := containerdtest.Start(b, nsMatrx, nsBare)
+	env := containerdtest.Start(b, daemontest.Namespace, nsBare)
 	ctx := context.Background()
-
-	limits := sandbox.DefaultLimits()
-	limits.DefaultImage = containerdtest.MinimalImage
-	limits.DefaultMemoryMB = 512
-	limits.DefaultCPU = 1
-	cfg := daemon.Config{
-		Socket: filepath.Join(env.Dir, "matrxd.sock"), ContainerdAddress: env.Address,
-		ContainerdNamespace: nsMatrx, StateDir: filepath.Join(env.Dir, "state"), InitPath: env.InitPath,
-		Store: "bolt", LogFormat: "json", ExpiryInterval: time.Minute, Limits: limits,
-		// Production defaults: user namespaces and networking on (on a
-		// bench-only bridge, removed afterwards).
-		UserNS:  daemon.UserNSConfig{Mode: "auto", Base: runtime.DefaultUserNSBase},
-		Network: daemon.NetworkConfig{Mode: "on", Bridge: fmt.Sprintf("mxbench%d", os.Getpid()%100000), Subnet: containerdtest.Subnet(b)},
-		Storage: daemon.StorageConfig{ColdDriver: "auto", CheckpointInterval: time.Hour},
-	}
-	defer func() {
-		m, err := network.New(ctx, network.Config{StateDir: filepath.Join(cfg.StateDir, "network")},
-			network.WithBridge(cfg.Network.Bridge), network.WithSubnet(cfg.Network.Subnet))
-		if err == nil {
-			m.Uninstall(ctx)
-		}
-	}()
-	dctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- daemon.Run(dctx, cfg, slog.New(slog.NewJSONHandler(io.Discard, nil))) }()
-	defer func() { stop(); <-done }()
-	c := client.New(cfg.Socket, client.WithRetries(50), client.WithBackoff(20*time.Millisecond))
+	// Production defaults: user namespaces and networking on (on a
+	// bench-only bridge, removed afterwards), checkpoints off.
+	h := daemontest.StartIn(b, env, func(c *daemon.Config) {
+		c.Limits.DefaultMemoryMB = 512
+		c.ExpiryInterval = time.Minute
+		c.UserNS = daemon.UserNSConfig{Mode: "auto", Base: runtime.DefaultUserNSBase}
+	})
+	c := h.UnvalidatedClient(client.WithRetries(50), client.WithBackoff(20*time.Millisecond))
 	defer c.Close()
-	if _, err := c.Health(ctx); err != nil {
-		b.Fatal(err)
-	}
-	f, err := os.Open(env.ImageTar)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := c.ImportImage(ctx, f); err != nil {
-		b.Fatal(err)
-	}
-	f.Close()
 
 	bare, err := containerd.New(env.Address)
 	if err != nil {
@@ -97,7 +62,7 @@ func BenchmarkLifecycle(b *testing.B) {
 	}
 	defer bare.Close()
 	bctx := namespaces.WithNamespace(ctx, nsBare)
-	f, _ = os.Open(env.ImageTar)
+	f, _ := os.Open(env.ImageTar)
 	imgs, err := bare.Import(bctx, f)
 	f.Close()
 	if err != nil {

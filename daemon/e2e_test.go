@@ -3,330 +3,151 @@
 package daemon_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/urfave/cli/v2"
 
 	"github.com/matrx-dev/matrx/api"
 	"github.com/matrx-dev/matrx/api/apitype"
 	"github.com/matrx-dev/matrx/api/client"
-	"github.com/matrx-dev/matrx/ctl"
-	"github.com/matrx-dev/matrx/daemon"
+	"github.com/matrx-dev/matrx/daemon/daemontest"
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
-	"github.com/matrx-dev/matrx/runtime/network"
 	"github.com/matrx-dev/matrx/sandbox"
 )
 
-const testNS = "matrx-e2e"
-
-// harness is one in-process matrxd on a private containerd.
-type harness struct {
-	t      *testing.T
-	env    *containerdtest.Env
-	cfg    daemon.Config
-	cancel context.CancelFunc
-	done   chan error
-	c      *client.Client
-	logs   *logBuffer
-}
-
-func newHarness(t *testing.T, mods ...func(*daemon.Config)) *harness {
-	env := containerdtest.Start(t, testNS)
-	h := &harness{t: t, env: env}
-	limits := sandbox.DefaultLimits()
-	limits.DefaultImage = containerdtest.MinimalImage
-	limits.DefaultMemoryMB = 256
-	limits.DefaultCPU = 1
-	limits.ShutdownTimeout = 2 * time.Second
-	h.cfg = daemon.Config{
-		Socket: filepath.Join(env.Dir, "matrxd.sock"), ContainerdAddress: env.Address,
-		ContainerdNamespace: testNS, StateDir: filepath.Join(env.Dir, "state"), InitPath: env.InitPath,
-		Store: "bolt", LogFormat: "json", ExpiryInterval: time.Second, Limits: limits,
-		Storage: daemon.StorageConfig{ColdDriver: "auto", CheckpointInterval: time.Hour},
-		UserNS:  daemon.UserNSConfig{Mode: "auto", Base: 1_000_000},
-		Network: testNetwork(t),
-	}
-	for _, m := range mods {
-		m(&h.cfg)
-	}
-	h.start()
-	t.Cleanup(h.uninstallNetwork)
-	f, err := os.Open(env.ImageTar)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	res, err := h.c.ImportImage(context.Background(), f)
-	if err != nil || len(res.Images) != 1 || res.Images[0] != containerdtest.MinimalImage {
-		t.Fatalf("import: %v %+v", err, res)
-	}
-	return h
-}
-
-var netSeq atomic.Int32
-
-// testNetwork gives each harness its own bridge and subnet, and removes
-// both (and every rule) when the test ends: the daemon itself never tears
-// the shared network down, since sandboxes outlive it.
-func testNetwork(t *testing.T) daemon.NetworkConfig {
-	n := netSeq.Add(1)
-	nc := daemon.NetworkConfig{
-		Mode:   "on",
-		Bridge: fmt.Sprintf("mxe%d-%d", os.Getpid()%10000, n),
-		Subnet: containerdtest.Subnet(t),
-	}
-	return nc
-}
-
-func (h *harness) uninstallNetwork() {
-	nc := h.cfg.Network
-	if nc.Mode == "off" {
-		return
-	}
-	ctx := context.Background()
-	m, err := network.New(ctx, network.Config{StateDir: filepath.Join(h.cfg.StateDir, "network")},
-		network.WithBridge(nc.Bridge), network.WithSubnet(nc.Subnet))
-	if err != nil {
-		h.t.Logf("network cleanup: %v", err)
-		return
-	}
-	if err := m.Uninstall(ctx); err != nil {
-		h.t.Logf("network cleanup: %v", err)
-	}
-}
-
-func (h *harness) start() {
-	ctx, cancel := context.WithCancel(context.Background())
-	h.cancel = cancel
-	h.done = make(chan error, 1)
-	h.logs = &logBuffer{}
-	log := slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	go func() { h.done <- daemon.Run(ctx, h.cfg, log) }()
-	h.c = client.New(h.cfg.Socket, client.WithRetries(50), client.WithBackoff(20*time.Millisecond))
-	up := make(chan error, 1)
-	go func() { _, err := h.c.Health(ctx); up <- err }()
-	select {
-	case err := <-h.done: // a config error ends Run at once: say so
-		cancel()
-		h.t.Fatalf("daemon exited before serving: %v", err)
-	case err := <-up:
-		if err != nil {
-			h.t.Fatalf("daemon did not come up: %v", err)
-		}
-	}
-	h.t.Cleanup(h.stop)
-}
-
-func (h *harness) stop() {
-	if h.cancel == nil {
-		return
-	}
-	h.cancel()
-	h.cancel = nil
-	if err := <-h.done; err != nil {
-		h.t.Errorf("daemon exited with %v", err)
-	}
-	h.c.Close()
-	if h.t.Failed() {
-		// What the daemon saw is usually the explanation.
-		lines := strings.Split(strings.TrimSpace(h.logs.String()), "\n")
-		h.t.Logf("daemon log (last %d of %d lines):\n%s", min(len(lines), 80), len(lines),
-			strings.Join(lines[max(0, len(lines)-80):], "\n"))
-	}
-}
-
-// logBuffer keeps the daemon's log lines for a test, safe for the
-// daemon's goroutines to write while the test reads.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-func (h *harness) create(user string, cfg *apitype.SandboxConfig) *apitype.Sandbox {
-	h.t.Helper()
-	s, err := h.c.Create(context.Background(), user, cfg)
-	if err != nil {
-		h.t.Fatalf("create: %v", err)
-	}
-	return s
-}
-
-func (h *harness) exec(id, cmd string) *apitype.ExecResponse {
-	h.t.Helper()
-	r, err := h.c.Exec(context.Background(), id, apitype.ExecRequest{Command: cmd})
-	if err != nil {
-		h.t.Fatalf("exec %q: %v", cmd, err)
-	}
-	return r
-}
-
-// cli runs the matrx CLI against the harness's daemon and returns stdout,
-// stderr and the exit code.
-func (h *harness) cli(args ...string) (string, string, int) {
-	var out, errOut bytes.Buffer
-	app := ctl.App()
-	app.Writer, app.ErrWriter = &out, &errOut
-	code := 0
-	app.ExitErrHandler = func(*cli.Context, error) {}
-	err := app.Run(append([]string{"matrx", "--socket", h.cfg.Socket}, args...))
-	if ec, ok := err.(interface{ ExitCode() int }); ok {
-		code = ec.ExitCode()
-	} else if err != nil {
-		code = 1
-		errOut.WriteString(err.Error())
-	}
-	return out.String(), errOut.String(), code
-}
-
 func TestLifecycle(t *testing.T) {
-	h := newHarness(t)
+	h := daemontest.Start(t)
 	ctx := context.Background()
-	s := h.create("alice", &apitype.SandboxConfig{Labels: map[string]string{"team": "a"}, Env: map[string]string{"GREETING": "hi"}})
+	s := h.Create("alice", &apitype.SandboxConfig{Labels: map[string]string{"team": "a"}, Env: map[string]string{"GREETING": "hi"}})
 	if !sandbox.ValidSandboxID(s.SandboxID) || s.Status != "ready" || s.UserID != "alice" || s.HotPath != "/home/agent" ||
 		s.ColdPath != "/data/cold" || s.TTLSeconds != 7200 || s.SSHPort != nil || s.ContainerID == "" || s.Image != containerdtest.MinimalImage {
 		t.Fatalf("created sandbox: %+v", s)
 	}
-	got, err := h.c.Get(ctx, s.SandboxID)
+	got, err := h.Client().Get(ctx, s.SandboxID)
 	if err != nil || got.SandboxID != s.SandboxID || got.Config.Labels["team"] != "a" {
 		t.Fatalf("get: %v %+v", err, got)
 	}
-	r := h.exec(s.SandboxID, `echo "$SANDBOX_ID $USER_ID $HOT_PATH $COLD_PATH $GREETING"; id -u`)
+	r := h.Exec(s.SandboxID, `echo "$SANDBOX_ID $USER_ID $HOT_PATH $COLD_PATH $GREETING"; id -u`)
 	if want := fmt.Sprintf("%s alice /home/agent /data/cold hi\n1000\n", s.SandboxID); r.Stdout != want || r.ExitCode != 0 || r.Cwd != "/home/agent" {
 		t.Fatalf("exec: %+v", r)
 	}
 	// Sandboxes run in a user namespace: container ids map to the
 	// configured host range.
-	if r := h.exec(s.SandboxID, "cat /proc/self/uid_map"); strings.Join(strings.Fields(r.Stdout), " ") != "0 1000000 65536" {
+	if r := h.Exec(s.SandboxID, "cat /proc/self/uid_map"); strings.Join(strings.Fields(r.Stdout), " ") != "0 1000000 65536" {
 		t.Fatalf("uid map: %q", r.Stdout)
 	}
 	// The working directory is remembered between calls, overridden by an
 	// explicit cwd, and reported after the command.
-	if r := h.exec(s.SandboxID, "cd /tmp"); r.Cwd != "/tmp" {
+	if r := h.Exec(s.SandboxID, "cd /tmp"); r.Cwd != "/tmp" {
 		t.Fatalf("cd: %+v", r)
 	}
-	if r := h.exec(s.SandboxID, "pwd"); r.Stdout != "/tmp\n" {
+	if r := h.Exec(s.SandboxID, "pwd"); r.Stdout != "/tmp\n" {
 		t.Fatalf("remembered cwd: %+v", r)
 	}
 	cwd := "/home/agent"
-	r, err = h.c.Exec(ctx, s.SandboxID, apitype.ExecRequest{Command: "pwd", Cwd: &cwd})
+	r, err = h.Client().Exec(ctx, s.SandboxID, apitype.ExecRequest{Command: "pwd", Cwd: &cwd})
 	if err != nil || r.Stdout != "/home/agent\n" {
 		t.Fatalf("explicit cwd: %v %+v", err, r)
 	}
 	// byte-exact output without a trailing newline, and binary output
-	if r := h.exec(s.SandboxID, `printf 'a\nb'`); r.Stdout != "a\nb" {
+	if r := h.Exec(s.SandboxID, `printf 'a\nb'`); r.Stdout != "a\nb" {
 		t.Fatalf("no trailing newline: %q", r.Stdout)
 	}
-	r = h.exec(s.SandboxID, `printf '\377\000x'`)
+	r = h.Exec(s.SandboxID, `printf '\377\000x'`)
 	if b, _ := base64.StdEncoding.DecodeString(r.StdoutBase64); string(b) != "\xff\x00x" {
 		t.Fatalf("binary output: %+v", r)
 	}
 	// root exec
-	if r, err := h.c.Exec(ctx, s.SandboxID, apitype.ExecRequest{Command: "id -u", User: "root"}); err != nil || r.Stdout != "0\n" {
+	if r, err := h.Client().Exec(ctx, s.SandboxID, apitype.ExecRequest{Command: "id -u", User: "root"}); err != nil || r.Stdout != "0\n" {
 		t.Fatalf("root exec: %v %+v", err, r)
 	}
 	// timeout
 	one := 1
-	r, err = h.c.Exec(ctx, s.SandboxID, apitype.ExecRequest{Command: "sleep 30", Timeout: &one})
+	r, err = h.Client().Exec(ctx, s.SandboxID, apitype.ExecRequest{Command: "sleep 30", Timeout: &one})
 	if err != nil || !r.TimedOut || r.ExitCode != 124 {
 		t.Fatalf("timeout: %v %+v", err, r)
 	}
 	// home persists per user across sandboxes
-	h.exec(s.SandboxID, "echo kept > /home/agent/note")
-	hb, err := h.c.Heartbeat(ctx, s.SandboxID)
+	h.Exec(s.SandboxID, "echo kept > /home/agent/note")
+	hb, err := h.Client().Heartbeat(ctx, s.SandboxID)
 	if err != nil || !hb.Acknowledged || hb.SandboxID != s.SandboxID {
 		t.Fatalf("heartbeat: %v %+v", err, hb)
 	}
-	if got, _ := h.c.Get(ctx, s.SandboxID); got.Status != "running" || got.LastHeartbeatAt == nil {
+	if got, _ := h.Client().Get(ctx, s.SandboxID); got.Status != "running" || got.LastHeartbeatAt == nil {
 		t.Fatalf("after heartbeat: %+v", got)
 	}
-	l, err := h.c.List(ctx, "alice", false)
+	l, err := h.Client().List(ctx, "alice", false)
 	if err != nil || l.Total != 1 || l.Sandboxes[0].SandboxID != s.SandboxID {
 		t.Fatalf("list: %v %+v", err, l)
 	}
-	if err := h.c.Delete(ctx, s.SandboxID, true); err != nil {
+	if err := h.Client().Delete(ctx, s.SandboxID, true); err != nil {
 		t.Fatal(err)
 	}
-	got, err = h.c.Get(ctx, s.SandboxID)
+	got, err = h.Client().Get(ctx, s.SandboxID)
 	if err != nil || got.Status != "stopped" || got.StoppedAt == nil || got.StopReason == nil || *got.StopReason != "user_requested" {
 		t.Fatalf("after delete: %v %+v", err, got)
 	}
-	if _, err := h.c.Exec(ctx, s.SandboxID, apitype.ExecRequest{Command: "true"}); !errdefs.IsFailedPrecondition(err) {
+	if _, err := h.Client().Exec(ctx, s.SandboxID, apitype.ExecRequest{Command: "true"}); !errdefs.IsFailedPrecondition(err) {
 		t.Fatalf("exec on destroyed sandbox: %v", err)
 	}
-	if l, _ := h.c.List(ctx, "alice", false); l.Total != 0 {
+	if l, _ := h.Client().List(ctx, "alice", false); l.Total != 0 {
 		t.Fatalf("stopped sandbox listed as active: %+v", l)
 	}
-	if l, _ := h.c.List(ctx, "alice", true); l.Total != 1 {
+	if l, _ := h.Client().List(ctx, "alice", true); l.Total != 1 {
 		t.Fatalf("--all misses the stopped sandbox: %+v", l)
 	}
 	// A second delete is a no-op.
-	if err := h.c.Delete(ctx, s.SandboxID, false); err != nil {
+	if err := h.Client().Delete(ctx, s.SandboxID, false); err != nil {
 		t.Fatal(err)
 	}
-	s2 := h.create("alice", nil)
-	if r := h.exec(s2.SandboxID, "cat /home/agent/note"); r.Stdout != "kept\n" {
+	s2 := h.Create("alice", nil)
+	if r := h.Exec(s2.SandboxID, "cat /home/agent/note"); r.Stdout != "kept\n" {
 		t.Fatalf("home did not persist: %+v", r)
 	}
-	health, err := h.c.Health(ctx)
+	health, err := h.Client().Health(ctx)
 	if err != nil || health.Status != "healthy" || health.ActiveSandboxes != 1 {
 		t.Fatalf("health: %v %+v", err, health)
 	}
 	// Every request is logged with method, path, status, request id and the
 	// caller's uid from SO_PEERCRED.
-	if !strings.Contains(h.logs.String(), `"peer_uid":0`) || !strings.Contains(h.logs.String(), `"request_id"`) {
-		t.Fatalf("request log lacks peer credentials:\n%s", h.logs.String())
+	if !strings.Contains(h.Logs(), `"peer_uid":0`) || !strings.Contains(h.Logs(), `"request_id"`) {
+		t.Fatalf("request log lacks peer credentials:\n%s", h.Logs())
 	}
 }
 
 func TestSignals(t *testing.T) {
-	h := newHarness(t)
+	h := daemontest.Start(t)
 	ctx := context.Background()
-	a := h.create("bob", nil)
-	res, err := h.c.Complete(ctx, a.SandboxID, map[string]any{"ok": true})
+	a := h.Create("bob", nil)
+	res, err := h.Client().Complete(ctx, a.SandboxID, map[string]any{"ok": true})
 	if err != nil || res.Status != "shutting_down" || res.SandboxID != a.SandboxID {
 		t.Fatalf("complete: %v %+v", err, res)
 	}
-	b := h.create("bob", nil)
-	res, err = h.c.SignalError(ctx, b.SandboxID, "agent crashed", map[string]any{"trace": "x"})
+	b := h.Create("bob", nil)
+	res, err = h.Client().SignalError(ctx, b.SandboxID, "agent crashed", map[string]any{"trace": "x"})
 	if err != nil || !res.ErrorReceived {
 		t.Fatalf("error signal: %v %+v", err, res)
 	}
-	waitStatus(t, h.c, a.SandboxID, "stopped", "graceful_shutdown")
-	got := waitStatus(t, h.c, b.SandboxID, "stopped", "error")
+	waitStatus(t, h.Client(), a.SandboxID, "stopped", "graceful_shutdown")
+	got := waitStatus(t, h.Client(), b.SandboxID, "stopped", "error")
 	if got.Error != "agent crashed" {
 		t.Fatalf("error not recorded: %+v", got)
 	}
-	if _, err := h.c.Complete(ctx, a.SandboxID, nil); !errdefs.IsFailedPrecondition(err) {
+	if _, err := h.Client().Complete(ctx, a.SandboxID, nil); !errdefs.IsFailedPrecondition(err) {
 		t.Fatalf("complete on stopped: %v", err)
 	}
-	if _, err := h.c.Heartbeat(ctx, a.SandboxID); !errdefs.IsFailedPrecondition(err) {
+	if _, err := h.Client().Heartbeat(ctx, a.SandboxID); !errdefs.IsFailedPrecondition(err) {
 		t.Fatalf("heartbeat on stopped: %v", err)
 	}
 }
@@ -347,34 +168,34 @@ func waitStatus(t *testing.T, c *client.Client, id, status, reason string) *apit
 }
 
 func TestRestartKeepsRecordsAndSandboxes(t *testing.T) {
-	h := newHarness(t)
+	h := daemontest.Start(t)
 	ctx := context.Background()
-	live := h.create("carol", nil)
-	h.exec(live.SandboxID, "echo before > /tmp/marker")
-	gone := h.create("carol", nil)
-	if err := h.c.Delete(ctx, gone.SandboxID, false); err != nil {
+	live := h.Create("carol", nil)
+	h.Exec(live.SandboxID, "echo before > /tmp/marker")
+	gone := h.Create("carol", nil)
+	if err := h.Client().Delete(ctx, gone.SandboxID, false); err != nil {
 		t.Fatal(err)
 	}
-	h.stop()
+	h.Stop()
 	// The sandbox keeps running while the daemon is down.
-	h.start()
-	got, err := h.c.Get(ctx, live.SandboxID)
+	h.Start()
+	got, err := h.Client().Get(ctx, live.SandboxID)
 	if err != nil || got.Status != "running" {
 		t.Fatalf("live sandbox after restart: %v %+v", err, got)
 	}
-	if r := h.exec(live.SandboxID, "cat /tmp/marker"); r.Stdout != "before\n" {
+	if r := h.Exec(live.SandboxID, "cat /tmp/marker"); r.Stdout != "before\n" {
 		t.Fatalf("exec after restart: %+v", r)
 	}
-	got, err = h.c.Get(ctx, gone.SandboxID)
+	got, err = h.Client().Get(ctx, gone.SandboxID)
 	if err != nil || got.Status != "stopped" || got.StoppedAt == nil {
 		t.Fatalf("stopped record after restart: %v %+v", err, got)
 	}
 }
 
 func TestBadInput(t *testing.T) {
-	h := newHarness(t)
+	h := daemontest.Start(t)
 	ctx := context.Background()
-	s := h.create("dave", nil)
+	s := h.Create("dave", nil)
 	long := strings.Repeat("x", 10001)
 	big := `{"user_id":"u","config":{"labels":{"a":"` + strings.Repeat("b", 2<<20) + `"}}}`
 	cases := []struct {
@@ -428,7 +249,7 @@ func TestBadInput(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			status, body, err := h.c.Raw(ctx, c.method, c.path, []byte(c.body))
+			status, body, err := h.Client().Raw(ctx, c.method, c.path, []byte(c.body))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -442,22 +263,22 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 	// Nothing was created by any of it, and the sandbox still works.
-	l, _ := h.c.List(ctx, "", true)
+	l, _ := h.Client().List(ctx, "", true)
 	for _, sb := range l.Sandboxes {
 		if sb.SandboxID != s.SandboxID && sb.Status != "failed" {
 			t.Fatalf("bad input created a sandbox: %+v", sb)
 		}
 	}
-	if r := h.exec(s.SandboxID, "echo ok"); r.Stdout != "ok\n" {
+	if r := h.Exec(s.SandboxID, "echo ok"); r.Stdout != "ok\n" {
 		t.Fatalf("sandbox broken by bad input: %+v", r)
 	}
 	// The failed create (unknown image) left a failed record and nothing else.
-	infos, _ := os.ReadDir(filepath.Join(h.cfg.StateDir, "runtime", "sandboxes"))
+	infos, _ := os.ReadDir(filepath.Join(h.Config.StateDir, "runtime", "sandboxes"))
 	if len(infos) != 1 {
 		t.Fatalf("runtime state dirs: %d, want 1 (the live sandbox)", len(infos))
 	}
 	// ...and no hot directory or cold mount of the failed create's user.
-	if hot, _ := os.ReadDir(filepath.Join(h.cfg.StateDir, "hot")); len(hot) != 1 {
+	if hot, _ := os.ReadDir(filepath.Join(h.Config.StateDir, "hot")); len(hot) != 1 {
 		t.Fatalf("hot dirs: %d, want 1 (the live sandbox)", len(hot))
 	}
 	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), "/users/u/cold") {
@@ -466,17 +287,17 @@ func TestBadInput(t *testing.T) {
 }
 
 func TestSocket(t *testing.T) {
-	h := newHarness(t)
-	st, err := os.Stat(h.cfg.Socket)
+	h := daemontest.Start(t)
+	st, err := os.Stat(h.Config.Socket)
 	if err != nil || st.Mode().Perm() != 0o660 || st.Mode()&os.ModeSocket == 0 {
 		t.Fatalf("socket mode: %v %v", err, st.Mode())
 	}
 	// A live daemon's socket is not stolen by a second one.
-	if _, err := api.ListenUnix(h.cfg.Socket, 0o660, 0); !errdefs.IsAlreadyExists(err) {
+	if _, err := api.ListenUnix(h.Config.Socket, 0o660, 0); !errdefs.IsAlreadyExists(err) {
 		t.Fatalf("second listener on a live socket: %v", err)
 	}
 	// A stale socket left by a crashed daemon is replaced.
-	stale := filepath.Join(h.env.Dir, "stale.sock")
+	stale := filepath.Join(h.Env.Dir, "stale.sock")
 	l, err := net.Listen("unix", stale)
 	if err != nil {
 		t.Fatal(err)
@@ -489,7 +310,7 @@ func TestSocket(t *testing.T) {
 	}
 	l2.Close()
 	// A regular file at the socket path is never removed.
-	file := filepath.Join(h.env.Dir, "file.sock")
+	file := filepath.Join(h.Env.Dir, "file.sock")
 	os.WriteFile(file, []byte("x"), 0o600)
 	if _, err := api.ListenUnix(file, 0o660, 0); !errdefs.IsFailedPrecondition(err) {
 		t.Fatalf("regular file at socket path: %v", err)
@@ -497,8 +318,8 @@ func TestSocket(t *testing.T) {
 }
 
 func TestCLI(t *testing.T) {
-	h := newHarness(t)
-	run := h.cli
+	h := daemontest.Start(t)
+	run := h.CLI
 	out, errOut, code := run("create", "--user", "erin", "--label", "k=v")
 	id := strings.TrimSpace(out)
 	if code != 0 || !sandbox.ValidSandboxID(id) {
@@ -539,11 +360,11 @@ func TestCLI(t *testing.T) {
 }
 
 func TestDiskQuota(t *testing.T) {
-	h := newHarness(t)
+	h := daemontest.Start(t)
 	ctx := context.Background()
-	s := h.create("frank", &apitype.SandboxConfig{DiskMB: 64})
-	neighbour := h.create("gina", nil)
-	r := h.exec(s.SandboxID, "dd if=/dev/zero of=/home/agent/fill bs=1M count=200 2>&1; df -m /home/agent | tail -1")
+	s := h.Create("frank", &apitype.SandboxConfig{DiskMB: 64})
+	neighbour := h.Create("gina", nil)
+	r := h.Exec(s.SandboxID, "dd if=/dev/zero of=/home/agent/fill bs=1M count=200 2>&1; df -m /home/agent | tail -1")
 	if r.ExitCode != 0 && !strings.Contains(r.Stdout, "No space left on device") {
 		t.Fatalf("disk filler: %+v", r)
 	}
@@ -551,23 +372,23 @@ func TestDiskQuota(t *testing.T) {
 		t.Fatalf("writing past the 64 MiB quota did not fail with ENOSPC: %+v", r)
 	}
 	// /tmp is bounded too (tmpfs, charged to the memory cgroup).
-	r = h.exec(s.SandboxID, "dd if=/dev/zero of=/tmp/fill bs=1M count=2000 2>&1; rm -f /tmp/fill")
+	r = h.Exec(s.SandboxID, "dd if=/dev/zero of=/tmp/fill bs=1M count=2000 2>&1; rm -f /tmp/fill")
 	if !strings.Contains(r.Stdout, "No space left on device") && r.ExitCode == 0 {
 		t.Fatalf("/tmp filler was not stopped: %+v", r)
 	}
-	if r := h.exec(neighbour.SandboxID, "echo ok > /home/agent/f && cat /home/agent/f"); r.Stdout != "ok\n" {
+	if r := h.Exec(neighbour.SandboxID, "echo ok > /home/agent/f && cat /home/agent/f"); r.Stdout != "ok\n" {
 		t.Fatalf("neighbour affected: %+v", r)
 	}
-	if r := h.exec(s.SandboxID, "rm /home/agent/fill && echo small > /home/agent/f && cat /home/agent/f"); r.Stdout != "small\n" {
+	if r := h.Exec(s.SandboxID, "rm /home/agent/fill && echo small > /home/agent/f && cat /home/agent/f"); r.Stdout != "small\n" {
 		t.Fatalf("sandbox unusable after filling its disk: %+v", r)
 	}
-	if err := h.c.Delete(ctx, s.SandboxID, false); err != nil {
+	if err := h.Client().Delete(ctx, s.SandboxID, false); err != nil {
 		t.Fatal(err)
 	}
 	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), s.SandboxID) {
 		t.Fatalf("disk image of a destroyed sandbox still mounted")
 	}
-	if _, err := h.c.Create(ctx, "frank", &apitype.SandboxConfig{DiskMB: 10}); !errdefs.IsInvalidArgument(err) {
+	if _, err := h.Client().Create(ctx, "frank", &apitype.SandboxConfig{DiskMB: 10}); !errdefs.IsInvalidArgument(err) {
 		t.Fatalf("tiny disk accepted: %v", err)
 	}
 }
@@ -576,34 +397,34 @@ func TestDiskQuota(t *testing.T) {
 // succeed, and the user's shared cold mount is released once, so the
 // user's other sandbox keeps it.
 func TestConcurrentDeletes(t *testing.T) {
-	h := newHarness(t)
+	h := daemontest.Start(t)
 	ctx := context.Background()
-	a := h.create("hank", nil)
-	b := h.create("hank", nil)
-	h.exec(b.SandboxID, "echo before > /data/cold/f")
+	a := h.Create("hank", nil)
+	b := h.Create("hank", nil)
+	h.Exec(b.SandboxID, "echo before > /data/cold/f")
 	// A process that ignores SIGTERM holds the graceful stop open for the
 	// whole shutdown timeout, so the deletes really overlap.
-	h.exec(a.SandboxID, "trap '' TERM; sleep 1000 >/dev/null 2>&1 &")
+	h.Exec(a.SandboxID, "trap '' TERM; sleep 1000 >/dev/null 2>&1 &")
 	errs := make(chan error, 3)
 	for i := 0; i < 3; i++ {
-		go func() { errs <- h.c.Delete(ctx, a.SandboxID, true) }()
+		go func() { errs <- h.Client().Delete(ctx, a.SandboxID, true) }()
 	}
 	for i := 0; i < 3; i++ {
 		if err := <-errs; err != nil {
 			t.Fatalf("concurrent delete: %v", err)
 		}
 	}
-	if n := strings.Count(h.logs.String(), `"msg":"sandbox stopping","sandbox_id":"`+a.SandboxID); n != 1 {
+	if n := strings.Count(h.Logs(), `"msg":"sandbox stopping","sandbox_id":"`+a.SandboxID); n != 1 {
 		t.Fatalf("sandbox was stopped %d times, want once", n)
 	}
 	// The user's cold mount is still held for b.
 	if mi, _ := os.ReadFile("/proc/self/mountinfo"); !strings.Contains(string(mi), "/users/hank/cold") {
 		t.Fatal("the user's cold mount was released while another sandbox uses it")
 	}
-	if got, _ := h.c.Get(ctx, a.SandboxID); got.Status != "stopped" {
+	if got, _ := h.Client().Get(ctx, a.SandboxID); got.Status != "stopped" {
 		t.Fatalf("after concurrent deletes: %+v", got)
 	}
-	if r := h.exec(b.SandboxID, "cat /data/cold/f && echo after >> /data/cold/f && cat /data/cold/f"); r.Stdout != "before\nbefore\nafter\n" {
+	if r := h.Exec(b.SandboxID, "cat /data/cold/f && echo after >> /data/cold/f && cat /data/cold/f"); r.Stdout != "before\nbefore\nafter\n" {
 		t.Fatalf("the other sandbox lost its cold mount: %+v", r)
 	}
 }
@@ -613,11 +434,11 @@ func TestConcurrentDeletes(t *testing.T) {
 // on the bridge, no network namespace, no IP lease, no hot directory, no
 // disk image mount, no control-dir mount is left.
 func TestCreateDestroyCyclesLeaveNothing(t *testing.T) {
-	h := newHarness(t)
+	h := daemontest.Start(t)
 	ctx := context.Background()
 	countLeases := func() int {
 		n := 0
-		filepath.WalkDir(filepath.Join(h.cfg.StateDir, "network"), func(p string, d os.DirEntry, err error) error {
+		filepath.WalkDir(filepath.Join(h.Config.StateDir, "network"), func(p string, d os.DirEntry, err error) error {
 			if err == nil && !d.IsDir() && strings.HasPrefix(filepath.Base(p), "10.") {
 				n++
 			}
@@ -626,16 +447,16 @@ func TestCreateDestroyCyclesLeaveNothing(t *testing.T) {
 		return n
 	}
 	for i := 0; i < 50; i++ {
-		s := h.create("cycler", nil)
+		s := h.Create("cycler", nil)
 		if i == 0 && countLeases() != 1 {
 			t.Fatalf("a live sandbox holds %d leases; the leak check below would prove nothing", countLeases())
 		}
 		if i%10 == 0 {
-			if r := h.exec(s.SandboxID, "echo ok"); r.Stdout != "ok\n" {
+			if r := h.Exec(s.SandboxID, "echo ok"); r.Stdout != "ok\n" {
 				t.Fatalf("cycle %d: %+v", i, r)
 			}
 		}
-		if err := h.c.Delete(ctx, s.SandboxID, i%2 == 0); err != nil {
+		if err := h.Client().Delete(ctx, s.SandboxID, i%2 == 0); err != nil {
 			t.Fatalf("cycle %d: %v", i, err)
 		}
 	}
@@ -643,19 +464,19 @@ func TestCreateDestroyCyclesLeaveNothing(t *testing.T) {
 	if strings.Contains(string(out), "matrx-sandbox=") {
 		t.Errorf("sandbox iptables rules left:\n%s", out)
 	}
-	if out, _ := exec.Command("ip", "-o", "link", "show", "master", h.cfg.Network.Bridge).CombinedOutput(); strings.TrimSpace(string(out)) != "" {
-		t.Errorf("veths left on %s:\n%s", h.cfg.Network.Bridge, out)
+	if out, _ := exec.Command("ip", "-o", "link", "show", "master", h.Config.Network.Bridge).CombinedOutput(); strings.TrimSpace(string(out)) != "" {
+		t.Errorf("veths left on %s:\n%s", h.Config.Network.Bridge, out)
 	}
 	for _, dir := range []string{"network/netns", "hot", "runtime/sandboxes"} {
-		if ents, _ := os.ReadDir(filepath.Join(h.cfg.StateDir, dir)); len(ents) != 0 {
+		if ents, _ := os.ReadDir(filepath.Join(h.Config.StateDir, dir)); len(ents) != 0 {
 			t.Errorf("%s not empty: %d entries", dir, len(ents))
 		}
 	}
 	if leases := countLeases(); leases != 0 {
 		t.Errorf("%d IP leases left", leases)
 	}
-	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Count(string(mi), h.cfg.StateDir+"/hot/") != 0 || strings.Count(string(mi), h.cfg.StateDir+"/runtime/") != 0 {
-		t.Errorf("sandbox mounts left under %s", h.cfg.StateDir)
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Count(string(mi), h.Config.StateDir+"/hot/") != 0 || strings.Count(string(mi), h.Config.StateDir+"/runtime/") != 0 {
+		t.Errorf("sandbox mounts left under %s", h.Config.StateDir)
 	}
 }
 
@@ -663,13 +484,13 @@ func TestCreateDestroyCyclesLeaveNothing(t *testing.T) {
 // requested disk gets a clear error naming the sizes, and the failed create
 // leaves no hot dir, mount or container; the files stay in the bucket.
 func TestHotFilesLargerThanDisk(t *testing.T) {
-	h := newHarness(t)
+	h := daemontest.Start(t)
 	ctx := context.Background()
-	s := h.create("ivan", nil) // makes users/ivan/hot/ in the local bucket
-	if err := h.c.Delete(ctx, s.SandboxID, false); err != nil {
+	s := h.Create("ivan", nil) // makes users/ivan/hot/ in the local bucket
+	if err := h.Client().Delete(ctx, s.SandboxID, false); err != nil {
 		t.Fatal(err)
 	}
-	big := filepath.Join(h.cfg.StateDir, "storage", "users", "ivan", "hot", "big.bin")
+	big := filepath.Join(h.Config.StateDir, "storage", "users", "ivan", "hot", "big.bin")
 	if err := os.Truncate(big, 0); err != nil && !os.IsNotExist(err) {
 		t.Fatal(err)
 	}
@@ -682,7 +503,7 @@ func TestHotFilesLargerThanDisk(t *testing.T) {
 	}
 	f.Close()
 
-	_, err = h.c.Create(ctx, "ivan", &apitype.SandboxConfig{DiskMB: 64})
+	_, err = h.Client().Create(ctx, "ivan", &apitype.SandboxConfig{DiskMB: 64})
 	if err == nil {
 		t.Fatal("100 MiB of hot files fit a 64 MiB disk")
 	}
@@ -693,10 +514,10 @@ func TestHotFilesLargerThanDisk(t *testing.T) {
 	if fi, err := os.Stat(big); err != nil || fi.Size() != 100<<20 {
 		t.Fatalf("hot file in the bucket changed: %v %v", fi, err)
 	}
-	if ents, _ := os.ReadDir(filepath.Join(h.cfg.StateDir, "hot")); len(ents) != 0 {
+	if ents, _ := os.ReadDir(filepath.Join(h.Config.StateDir, "hot")); len(ents) != 0 {
 		t.Errorf("hot dir left behind: %d entries", len(ents))
 	}
-	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), h.cfg.StateDir+"/hot/") {
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), h.Config.StateDir+"/hot/") {
 		t.Errorf("disk image left mounted")
 	}
 	// The size the error suggests is enough.
@@ -706,8 +527,8 @@ func TestHotFilesLargerThanDisk(t *testing.T) {
 	} else if _, serr := fmt.Sscan(err.Error()[i+len("ask for at least "):], &suggested); serr != nil {
 		t.Fatalf("suggested size in %q: %v", err, serr)
 	}
-	s = h.create("ivan", &apitype.SandboxConfig{DiskMB: suggested})
-	if r := h.exec(s.SandboxID, "stat -c %s /home/agent/big.bin"); r.Stdout != "104857600\n" {
+	s = h.Create("ivan", &apitype.SandboxConfig{DiskMB: suggested})
+	if r := h.Exec(s.SandboxID, "stat -c %s /home/agent/big.bin"); r.Stdout != "104857600\n" {
 		t.Fatalf("big file after create with room: %+v", r)
 	}
 }
@@ -717,27 +538,104 @@ func TestHotFilesLargerThanDisk(t *testing.T) {
 // claimed). The final sync uploads the real data only, and still
 // succeeds, so the daemon is not stuck retrying terabytes of zeros.
 func TestUploadAmplifiersAreNotUploaded(t *testing.T) {
-	h := newHarness(t)
+	h := daemontest.Start(t)
 	ctx := context.Background()
-	s := h.create("oscar", &apitype.SandboxConfig{DiskMB: 64})
-	r := h.exec(s.SandboxID, "truncate -s 1099511627776 huge && head -c 8388608 /dev/urandom > d && for i in $(seq 50); do ln d l$i; done && echo made")
+	s := h.Create("oscar", &apitype.SandboxConfig{DiskMB: 64})
+	r := h.Exec(s.SandboxID, "truncate -s 1099511627776 huge && head -c 8388608 /dev/urandom > d && for i in $(seq 50); do ln d l$i; done && echo made")
 	if r.Stdout != "made\n" {
 		t.Fatalf("setup: %+v", r)
 	}
-	if err := h.c.Delete(ctx, s.SandboxID, false); err != nil {
+	if err := h.Client().Delete(ctx, s.SandboxID, false); err != nil {
 		t.Fatal(err)
 	}
-	got, _ := h.c.Get(ctx, s.SandboxID)
+	got, _ := h.Client().Get(ctx, s.SandboxID)
 	if got.HotSyncPending {
 		t.Fatalf("final sync did not finish: %s", got.HotSyncError)
 	}
-	hot := filepath.Join(h.cfg.StateDir, "storage", "users", "oscar", "hot")
+	hot := filepath.Join(h.Config.StateDir, "storage", "users", "oscar", "hot")
 	if fi, err := os.Stat(filepath.Join(hot, "d")); err != nil || fi.Size() != 8<<20 {
 		t.Fatalf("the real data did not reach the bucket: %v %v", fi, err)
 	}
 	for _, name := range []string{"huge", "l1", "l50"} {
 		if _, err := os.Stat(filepath.Join(hot, name)); !os.IsNotExist(err) {
 			t.Errorf("%s was uploaded (%v)", name, err)
+		}
+	}
+}
+
+// TestIdempotentCreateAndPaging: a create retried with its Idempotency-Key
+// returns the first sandbox, also while the first is still being made; a
+// key is bound to its user; GET /sandboxes pages newest first.
+func TestIdempotentCreateAndPaging(t *testing.T) {
+	h := daemontest.Start(t)
+	ctx := context.Background()
+	c := h.Client()
+	var wg sync.WaitGroup
+	ids := make([]string, 4)
+	for i := range ids {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			s, err := c.Create(ctx, "idem", nil, client.WithIdempotencyKey("create-1"))
+			if err != nil {
+				t.Errorf("create %d: %v", i, err)
+				return
+			}
+			ids[i] = s.SandboxID
+		}(i)
+	}
+	wg.Wait()
+	for _, id := range ids {
+		if id != ids[0] {
+			t.Fatalf("concurrent creates with one key made different sandboxes: %v", ids)
+		}
+	}
+	l, err := c.List(ctx, "idem", true)
+	if err != nil || len(l.Sandboxes) != 1 {
+		t.Fatalf("user has %d sandboxes (%v), want 1", len(l.Sandboxes), err)
+	}
+	if _, err := c.Create(ctx, "other", nil, client.WithIdempotencyKey("create-1")); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("key reused by another user: got %v, want 409", err)
+	}
+	if code, body, _ := c.RawWithHeader(ctx, "POST", "/sandboxes", []byte(`{"user_id":"idem"}`), apitype.IdempotencyKeyHeader, "has space"); code != 400 {
+		t.Fatalf("bad key: %d %s", code, body)
+	}
+	// Paging: five more sandboxes, walked two at a time, newest first.
+	for i := 0; i < 5; i++ {
+		h.Create("idem", nil)
+	}
+	want, err := c.List(ctx, "idem", false)
+	if err != nil || len(want.Sandboxes) != 6 {
+		t.Fatalf("list: %v %d", err, len(want.Sandboxes))
+	}
+	for i := 1; i < len(want.Sandboxes); i++ {
+		if want.Sandboxes[i].CreatedAt.After(want.Sandboxes[i-1].CreatedAt) {
+			t.Fatalf("list is not newest first at %d", i)
+		}
+	}
+	var walked []string
+	cursor := ""
+	for {
+		p, err := c.ListPage(ctx, client.ListOptions{UserID: "idem", Limit: 2, Cursor: cursor})
+		if err != nil || len(p.Sandboxes) > 2 || p.Total != 6 {
+			t.Fatalf("page: %v %+v", err, p)
+		}
+		for _, s := range p.Sandboxes {
+			walked = append(walked, s.SandboxID)
+		}
+		if p.NextCursor == "" {
+			break
+		}
+		cursor = p.NextCursor
+	}
+	for i, s := range want.Sandboxes {
+		if i >= len(walked) || walked[i] != s.SandboxID {
+			t.Fatalf("paged walk %v differs from the list", walked)
+		}
+	}
+	for _, q := range []string{"limit=0", "limit=1001", "limit=x", "cursor=nope"} {
+		if code, _, _ := c.Raw(ctx, "GET", "/sandboxes?"+q, nil); code != 400 {
+			t.Errorf("GET /sandboxes?%s: %d, want 400", q, code)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/matrx-dev/matrx/api/apitype"
+	"github.com/matrx-dev/matrx/daemon/daemontest"
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
 )
 
@@ -29,24 +30,24 @@ func TestHostileSandbox(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(unlock)
-	h := newHarness(t)
+	h := daemontest.Start(t)
 	ctx := context.Background()
 	f, err := os.Open(prod)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.c.ImportImage(ctx, f); err != nil {
+	if _, err := h.Client().ImportImage(ctx, f); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
-	attacker := h.create("mallory", &apitype.SandboxConfig{Image: "localhost/matrx/sandbox:latest", MemoryMB: 512, Pids: 256, DiskMB: 128})
-	neighbour := h.create("nina", nil)
+	attacker := h.Create("mallory", &apitype.SandboxConfig{Image: "localhost/matrx/sandbox:latest", MemoryMB: 512, Pids: 256, DiskMB: 128})
+	neighbour := h.Create("nina", nil)
 	internet := internetHost(t)
 	metadataHost(t)
 	// The neighbour serves HTTP on its sandbox address.
-	h.exec(neighbour.SandboxID, "mkdir -p /tmp/www && echo neighbour secret > /tmp/www/index.html && (httpd -p 8080 -h /tmp/www &)")
-	neighbourIP := strings.Fields(h.exec(neighbour.SandboxID, "grep "+neighbour.SandboxID+" /etc/hosts").Stdout)[0]
-	gateway := h.cfg.Network.Subnet.Addr().Next().String()
+	h.Exec(neighbour.SandboxID, "mkdir -p /tmp/www && echo neighbour secret > /tmp/www/index.html && (httpd -p 8080 -h /tmp/www &)")
+	neighbourIP := strings.Fields(h.Exec(neighbour.SandboxID, "grep "+neighbour.SandboxID+" /etc/hosts").Stdout)[0]
+	gateway := h.Config.Network.Subnet.Addr().Next().String()
 
 	// A host-only service the sandbox must not reach, on every host address.
 	l, err := net.Listen("tcp", "0.0.0.0:0")
@@ -68,7 +69,7 @@ func TestHostileSandbox(t *testing.T) {
 
 	healthy := func(t *testing.T) {
 		t.Helper()
-		if hl, err := h.c.Health(ctx); err != nil || hl.Status != "healthy" {
+		if hl, err := h.Client().Health(ctx); err != nil || hl.Status != "healthy" {
 			t.Fatalf("daemon unhealthy: %v %+v", err, hl)
 		}
 		// The neighbour must keep working. One slow answer on this shared
@@ -76,7 +77,7 @@ func TestHostileSandbox(t *testing.T) {
 		// attacker's fillers, never reproduced) is logged and retried; a
 		// neighbour the attack broke fails every try.
 		for try := 1; ; try++ {
-			r := h.exec(neighbour.SandboxID, "echo ok")
+			r := h.Exec(neighbour.SandboxID, "echo ok")
 			if r.Stdout == "ok\n" {
 				break
 			}
@@ -89,7 +90,7 @@ func TestHostileSandbox(t *testing.T) {
 			t.Fatalf("host cannot fork: %v", err)
 		}
 		// The attacker's sandbox itself also recovers.
-		if r := h.exec(attacker.SandboxID, "echo alive"); r.Stdout != "alive\n" {
+		if r := h.Exec(attacker.SandboxID, "echo alive"); r.Stdout != "alive\n" {
 			t.Fatalf("attacker sandbox did not recover: %+v", r)
 		}
 	}
@@ -170,16 +171,16 @@ func TestHostileSandbox(t *testing.T) {
 	}
 	// Positive control: the sandbox does have the internet (a TEST-NET
 	// host in a test namespace), so the blocks above are rules at work.
-	if r := h.exec(attacker.SandboxID, "curl -sS -m 5 http://"+internet+"/"); r.Stdout != "hello from the internet\n" {
+	if r := h.Exec(attacker.SandboxID, "curl -sS -m 5 http://"+internet+"/"); r.Stdout != "hello from the internet\n" {
 		t.Fatalf("default-mode egress does not work: %+v", r)
 	}
-	if r := h.exec(neighbour.SandboxID, "wget -qO- http://127.0.0.1:8080/"); r.Stdout != "neighbour secret\n" {
+	if r := h.Exec(neighbour.SandboxID, "wget -qO- http://127.0.0.1:8080/"); r.Stdout != "neighbour secret\n" {
 		t.Fatalf("neighbour's server is not up (the neighbour test would prove nothing): %+v", r)
 	}
 	for _, a := range attacks {
 		t.Run(a.name, func(t *testing.T) {
 			timeout := a.timeout
-			r, err := h.c.Exec(ctx, attacker.SandboxID, apitype.ExecRequest{Command: a.cmd, User: a.user, Timeout: &timeout})
+			r, err := h.Client().Exec(ctx, attacker.SandboxID, apitype.ExecRequest{Command: a.cmd, User: a.user, Timeout: &timeout})
 			if err != nil {
 				t.Fatalf("exec: %v", err)
 			}

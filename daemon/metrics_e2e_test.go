@@ -18,6 +18,7 @@ import (
 	"github.com/matrx-dev/matrx/api/apitype"
 	"github.com/matrx-dev/matrx/api/client"
 	"github.com/matrx-dev/matrx/daemon"
+	"github.com/matrx-dev/matrx/daemon/daemontest"
 	"github.com/matrx-dev/matrx/metrics"
 )
 
@@ -52,22 +53,22 @@ func sample(t *testing.T, exposition, series string) (float64, bool) {
 func TestMetrics(t *testing.T) {
 	metricsAddr := freeLoopback(t)
 	mx := metrics.New()
-	h := newHarness(t, func(c *daemon.Config) {
+	h := daemontest.Start(t, func(c *daemon.Config) {
 		c.Metrics = mx
 		c.MetricsAddress = metricsAddr
 	})
 	ctx := context.Background()
-	s := h.create("metrics-user", nil)
-	if r := h.exec(s.SandboxID, "echo hi"); r.Stdout != "hi\n" {
+	s := h.Create("metrics-user", nil)
+	if r := h.Exec(s.SandboxID, "echo hi"); r.Stdout != "hi\n" {
 		t.Fatalf("exec: %+v", r)
 	}
-	if err := h.c.Delete(ctx, s.SandboxID, false); err != nil {
+	if err := h.Client().Delete(ctx, s.SandboxID, false); err != nil {
 		t.Fatal(err)
 	}
-	h.c.Raw(ctx, "GET", "/sandboxes/sbx-000000000000", nil) // 404 on a known route
-	h.c.Raw(ctx, "GET", "/no/such/route", nil)              // 404, no route
+	h.Client().Raw(ctx, "GET", "/sandboxes/sbx-000000000000", nil) // 404 on a known route
+	h.Client().Raw(ctx, "GET", "/no/such/route", nil)              // 404, no route
 
-	out, err := h.c.Metrics(ctx)
+	out, err := h.Client().Metrics(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +131,7 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 	// The listener closes with the daemon.
-	h.stop()
+	h.Stop()
 	if c, err := net.Dial("tcp", metricsAddr); err == nil {
 		c.Close()
 		t.Fatalf("metrics listener still open after the daemon stopped")
@@ -144,7 +145,7 @@ func TestTCPListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	tcpAddr := freeLoopback(t)
-	h := newHarness(t, func(c *daemon.Config) {
+	h := daemontest.Start(t, func(c *daemon.Config) {
 		c.TCPAddress = tcpAddr
 		c.APIKeyFile = keyFile
 	})
@@ -159,7 +160,7 @@ func TestTCPListener(t *testing.T) {
 		t.Fatalf("exec over tcp: %v %+v", err, r)
 	}
 	// The socket needs no key and sees the same sandbox.
-	if got, err := h.c.Get(ctx, s.SandboxID); err != nil || got.UserID != "old-client" {
+	if got, err := h.Client().Get(ctx, s.SandboxID); err != nil || got.UserID != "old-client" {
 		t.Fatalf("get over the socket: %v %+v", err, got)
 	}
 	for _, key := range []string{"", "wrong", "s3cret-012345678"} {
@@ -178,10 +179,10 @@ func TestTCPListener(t *testing.T) {
 	if err := tc.Delete(ctx, s.SandboxID, false); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(h.logs.String(), `"msg":"api key rejected"`) || strings.Contains(h.logs.String(), "s3cret") {
-		t.Fatalf("rejections not logged, or the key was:\n%s", h.logs.String())
+	if !strings.Contains(h.Logs(), `"msg":"api key rejected"`) || strings.Contains(h.Logs(), "s3cret") {
+		t.Fatalf("rejections not logged, or the key was:\n%s", h.Logs())
 	}
-	h.stop()
+	h.Stop()
 	if c, err := net.Dial("tcp", tcpAddr); err == nil {
 		c.Close()
 		t.Fatalf("tcp listener still open after the daemon stopped")

@@ -20,6 +20,7 @@ import (
 	"github.com/matrx-dev/matrx/api/apitype"
 	"github.com/matrx-dev/matrx/api/client"
 	"github.com/matrx-dev/matrx/daemon"
+	"github.com/matrx-dev/matrx/daemon/daemontest"
 	"github.com/matrx-dev/matrx/mounts/s3test"
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
 )
@@ -69,31 +70,31 @@ func TestS3HotAndColdStorage(t *testing.T) {
 	srv, bucket := s3Env(t)
 	put(t, srv, bucket, "users/alice/hot/notes/a.txt", "from s3\n")
 	put(t, srv, bucket, "users/alice/cold/data.bin", "cold bytes")
-	h := newHarness(t, withS3(srv, bucket))
+	h := daemontest.Start(t, withS3(srv, bucket))
 	ctx := context.Background()
-	s := h.create("alice", nil)
+	s := h.Create("alice", nil)
 
 	// Hot files are in place, owned by agent, before the sandbox is ready.
-	if r := h.exec(s.SandboxID, "cat /home/agent/notes/a.txt; stat -c %u:%g /home/agent/notes/a.txt"); r.Stdout != "from s3\n1000:1000\n" {
+	if r := h.Exec(s.SandboxID, "cat /home/agent/notes/a.txt; stat -c %u:%g /home/agent/notes/a.txt"); r.Stdout != "from s3\n1000:1000\n" {
 		t.Fatalf("hot files: %+v", r)
 	}
 	// Cold: an object that existed, one added after the mount, and a write
 	// through the mount that lands in S3.
-	if r := h.exec(s.SandboxID, "cat /data/cold/data.bin"); r.Stdout != "cold bytes" {
+	if r := h.Exec(s.SandboxID, "cat /data/cold/data.bin"); r.Stdout != "cold bytes" {
 		t.Fatalf("cold read: %+v", r)
 	}
 	put(t, srv, bucket, "users/alice/cold/later.txt", "late")
-	if r := h.exec(s.SandboxID, "cat /data/cold/later.txt"); r.Stdout != "late" {
+	if r := h.Exec(s.SandboxID, "cat /data/cold/later.txt"); r.Stdout != "late" {
 		t.Fatalf("cold read of a new object: %+v", r)
 	}
-	if r := h.exec(s.SandboxID, "echo written > /data/cold/out.txt && sync"); r.ExitCode != 0 {
+	if r := h.Exec(s.SandboxID, "echo written > /data/cold/out.txt && sync"); r.ExitCode != 0 {
 		t.Fatalf("cold write: %+v", r)
 	}
 	waitObject(t, srv, bucket, "users/alice/cold/out.txt", "written\n")
 
 	// The sandbox has no path to the host's FUSE or credentials.
 	root := "root"
-	r, err := h.c.Exec(ctx, s.SandboxID, apitype.ExecRequest{User: root, Command: `
+	r, err := h.Client().Exec(ctx, s.SandboxID, apitype.ExecRequest{User: root, Command: `
 		for f in CapInh CapPrm CapEff CapBnd CapAmb; do
 		  v=$(grep "^$f:" /proc/self/status | cut -f2); [ $(( 0x$v >> 21 & 1 )) -eq 0 ] || echo "SYS_ADMIN in $f"
 		done
@@ -107,9 +108,9 @@ func TestS3HotAndColdStorage(t *testing.T) {
 
 	// Changes and deletions reach S3 on shutdown; an object someone else
 	// added meanwhile survives.
-	h.exec(s.SandboxID, "echo new > /home/agent/new.txt; rm /home/agent/notes/a.txt; mkdir -p /home/agent/__pycache__ && echo x > /home/agent/__pycache__/m.pyc")
+	h.Exec(s.SandboxID, "echo new > /home/agent/new.txt; rm /home/agent/notes/a.txt; mkdir -p /home/agent/__pycache__ && echo x > /home/agent/__pycache__/m.pyc")
 	put(t, srv, bucket, "users/alice/hot/foreign.txt", "theirs")
-	if err := h.c.Delete(ctx, s.SandboxID, true); err != nil {
+	if err := h.Client().Delete(ctx, s.SandboxID, true); err != nil {
 		t.Fatal(err)
 	}
 	if v, ok := get(t, srv, bucket, "users/alice/hot/new.txt"); !ok || v != "new\n" {
@@ -124,19 +125,19 @@ func TestS3HotAndColdStorage(t *testing.T) {
 	if _, ok := get(t, srv, bucket, "users/alice/hot/foreign.txt"); !ok {
 		t.Fatal("an object added by someone else was deleted")
 	}
-	got, _ := h.c.Get(ctx, s.SandboxID)
+	got, _ := h.Client().Get(ctx, s.SandboxID)
 	if got.HotSyncPending || got.HotSyncedAt == nil {
 		t.Fatalf("sync state after stop: %+v", got)
 	}
-	st, err := h.c.StorageStats(ctx, "alice")
+	st, err := h.Client().StorageStats(ctx, "alice")
 	if err != nil || st.Hot.Objects < 2 || st.Cold.Objects < 3 {
 		t.Fatalf("storage stats: %v %+v", err, st)
 	}
 	// No hot directory, FUSE mount or s3fs process is left for alice.
-	if ents, _ := os.ReadDir(filepath.Join(h.cfg.StateDir, "hot")); len(ents) != 0 {
+	if ents, _ := os.ReadDir(filepath.Join(h.Config.StateDir, "hot")); len(ents) != 0 {
 		t.Fatalf("hot dirs left: %v", ents)
 	}
-	if b, _ := os.ReadFile("/proc/self/mountinfo"); bytes.Contains(b, []byte(filepath.Join(h.cfg.StateDir, "cold"))) && bytes.Contains(b, []byte("fuse")) {
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); bytes.Contains(b, []byte(filepath.Join(h.Config.StateDir, "cold"))) && bytes.Contains(b, []byte("fuse")) {
 		t.Fatalf("cold mount left:\n%s", b)
 	}
 }
@@ -159,16 +160,16 @@ func waitObject(t *testing.T, srv *s3test.Server, bucket, key, want string) {
 func TestTwoSandboxesOfOneUserConflict(t *testing.T) {
 	srv, bucket := s3Env(t)
 	put(t, srv, bucket, "users/bob/hot/shared.txt", "v0")
-	h := newHarness(t, withS3(srv, bucket))
+	h := daemontest.Start(t, withS3(srv, bucket))
 	ctx := context.Background()
-	a := h.create("bob", nil)
-	b := h.create("bob", nil)
-	h.exec(a.SandboxID, "printf A > shared.txt")
-	h.exec(b.SandboxID, "printf B > shared.txt")
-	if err := h.c.Delete(ctx, a.SandboxID, true); err != nil {
+	a := h.Create("bob", nil)
+	b := h.Create("bob", nil)
+	h.Exec(a.SandboxID, "printf A > shared.txt")
+	h.Exec(b.SandboxID, "printf B > shared.txt")
+	if err := h.Client().Delete(ctx, a.SandboxID, true); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.c.Delete(ctx, b.SandboxID, true); err != nil {
+	if err := h.Client().Delete(ctx, b.SandboxID, true); err != nil {
 		t.Fatal(err)
 	}
 	if v, _ := get(t, srv, bucket, "users/bob/hot/shared.txt"); v != "A" {
@@ -184,14 +185,14 @@ func TestTwoSandboxesOfOneUserConflict(t *testing.T) {
 // S3 without waiting for a checkpoint interval.
 func TestCrashRecoverySyncsHotFiles(t *testing.T) {
 	srv, bucket := s3Env(t)
-	env := containerdtest.Start(t, testNS)
-	bin := buildMatrxd(t, env.Dir)
+	env := containerdtest.Start(t, daemontest.Namespace)
+	bin := daemontest.BuildMatrxd(t, env.Dir)
 	sock := filepath.Join(env.Dir, "d.sock")
 	state := filepath.Join(env.Dir, "state")
-	nc := testNetwork(t)
-	t.Cleanup((&harness{t: t, cfg: daemon.Config{StateDir: state, Network: nc}}).uninstallNetwork)
+	nc := daemontest.Network(t)
+	daemontest.UninstallNetworkAtEnd(t, state, nc)
 	start := func() *exec.Cmd {
-		cmd := exec.Command(bin, "--socket", sock, "--containerd-address", env.Address, "--containerd-namespace", testNS,
+		cmd := exec.Command(bin, "--socket", sock, "--containerd-address", env.Address, "--containerd-namespace", daemontest.Namespace,
 			"--state-dir", state, "--init-path", env.InitPath, "--image", containerdtest.MinimalImage,
 			"--default-memory-mb", "256", "--default-cpu", "1", "--checkpoint-interval", "1h",
 			"--s3-bucket", bucket, "--s3-endpoint", srv.Endpoint, "--s3-region", srv.Region, "--cold-driver", "s3fs",
@@ -249,15 +250,15 @@ func TestCrashRecoverySyncsHotFiles(t *testing.T) {
 // stopWhileBucketAway creates a sandbox of user with an unsynced file and
 // deletes it while the bucket's directory is moved away, so that its final
 // sync fails. It returns the sandbox and what brings the bucket back.
-func stopWhileBucketAway(t *testing.T, h *harness, srv *s3test.Server, bucket, user string) (*apitype.Sandbox, func()) {
+func stopWhileBucketAway(t *testing.T, h *daemontest.Harness, srv *s3test.Server, bucket, user string) (*apitype.Sandbox, func()) {
 	t.Helper()
-	s := h.create(user, nil)
-	h.exec(s.SandboxID, "echo unsynced > keep.txt")
+	s := h.Create(user, nil)
+	h.Exec(s.SandboxID, "echo unsynced > keep.txt")
 	bucketDir := filepath.Join(srv.Dir, bucket)
 	if err := os.Rename(bucketDir, bucketDir+".away"); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.c.Delete(context.Background(), s.SandboxID, false); err != nil {
+	if err := h.Client().Delete(context.Background(), s.SandboxID, false); err != nil {
 		t.Fatal(err)
 	}
 	return s, func() {
@@ -273,27 +274,27 @@ func stopWhileBucketAway(t *testing.T, h *harness, srv *s3test.Server, bucket, u
 // daemon start uploads them.
 func TestFailedFinalSyncIsRetried(t *testing.T) {
 	srv, bucket := s3Env(t)
-	h := newHarness(t, withS3(srv, bucket))
+	h := daemontest.Start(t, withS3(srv, bucket))
 	ctx := context.Background()
 	s, bucketBack := stopWhileBucketAway(t, h, srv, bucket, "dana")
-	got, _ := h.c.Get(ctx, s.SandboxID)
+	got, _ := h.Client().Get(ctx, s.SandboxID)
 	if got.Status != "stopped" || !got.HotSyncPending || got.HotSyncError == "" {
 		t.Fatalf("record after a failed final sync: %+v", got)
 	}
-	if _, err := os.Stat(filepath.Join(h.cfg.StateDir, "hot", s.SandboxID)); err != nil {
+	if _, err := os.Stat(filepath.Join(h.Config.StateDir, "hot", s.SandboxID)); err != nil {
 		t.Fatalf("hot files were removed before reaching S3: %v", err)
 	}
 	bucketBack()
-	h.stop()
-	h.start()
+	h.Stop()
+	h.Start()
 	if v, ok := get(t, srv, bucket, "users/dana/hot/keep.txt"); !ok || v != "unsynced\n" {
 		t.Fatalf("pending hot files not synced at restart: %q %v", v, ok)
 	}
-	got, _ = h.c.Get(ctx, s.SandboxID)
+	got, _ = h.Client().Get(ctx, s.SandboxID)
 	if got.HotSyncPending || got.HotSyncedAt == nil {
 		t.Fatalf("record after the retry: %+v", got)
 	}
-	if _, err := os.Stat(filepath.Join(h.cfg.StateDir, "hot", s.SandboxID)); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(h.Config.StateDir, "hot", s.SandboxID)); !os.IsNotExist(err) {
 		t.Fatalf("hot dir not removed after a successful retry: %v", err)
 	}
 }
@@ -303,16 +304,16 @@ func TestFailedFinalSyncIsRetried(t *testing.T) {
 // the bucket is back, without a restart.
 func TestFailedFinalSyncIsRetriedWhileRunning(t *testing.T) {
 	srv, bucket := s3Env(t)
-	h := newHarness(t, withS3(srv, bucket), func(c *daemon.Config) { c.Storage.CheckpointInterval = time.Second })
+	h := daemontest.Start(t, withS3(srv, bucket), func(c *daemon.Config) { c.Storage.CheckpointInterval = time.Second })
 	ctx := context.Background()
 	s, bucketBack := stopWhileBucketAway(t, h, srv, bucket, "erin")
-	got, _ := h.c.Get(ctx, s.SandboxID)
+	got, _ := h.Client().Get(ctx, s.SandboxID)
 	if !got.HotSyncPending {
 		t.Fatalf("final sync did not fail with the bucket away: %+v", got)
 	}
 	time.Sleep(2500 * time.Millisecond) // a few failing retries
 	pending := func() float64 {
-		out, err := h.c.Metrics(ctx)
+		out, err := h.Client().Metrics(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -322,18 +323,18 @@ func TestFailedFinalSyncIsRetriedWhileRunning(t *testing.T) {
 	if n := pending(); n != 1 {
 		t.Errorf("matrx_hotsync_pending_sandboxes = %v while the files wait, want 1", n)
 	}
-	if out, _, _ := h.cli("ls", "--all"); !strings.Contains(out, "stopped (hot files not in S3 yet)") {
+	if out, _, _ := h.CLI("ls", "--all"); !strings.Contains(out, "stopped (hot files not in S3 yet)") {
 		t.Errorf("matrx ls --all does not show the pending files:\n%s", out)
 	}
-	if _, err := os.Stat(filepath.Join(h.cfg.StateDir, "hot", s.SandboxID)); err != nil {
+	if _, err := os.Stat(filepath.Join(h.Config.StateDir, "hot", s.SandboxID)); err != nil {
 		t.Fatalf("hot files were removed while S3 was away: %v", err)
 	}
 	bucketBack()
 	waitObject(t, srv, bucket, "users/erin/hot/keep.txt", "unsynced\n")
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		got, _ = h.c.Get(ctx, s.SandboxID)
-		_, statErr := os.Stat(filepath.Join(h.cfg.StateDir, "hot", s.SandboxID))
+		got, _ = h.Client().Get(ctx, s.SandboxID)
+		_, statErr := os.Stat(filepath.Join(h.Config.StateDir, "hot", s.SandboxID))
 		if !got.HotSyncPending && got.HotSyncedAt != nil && os.IsNotExist(statErr) {
 			break
 		}

@@ -14,26 +14,16 @@ import (
 	"time"
 
 	"github.com/matrx-dev/matrx/api/client"
+	"github.com/matrx-dev/matrx/daemon/daemontest"
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
 )
-
-func buildMatrxd(t *testing.T, dir string) string {
-	t.Helper()
-	bin := filepath.Join(dir, "matrxd")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/matrxd")
-	build.Dir = containerdtest.RepoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build matrxd: %v\n%s", err, out)
-	}
-	return bin
-}
 
 // TestSystemdIntegration runs matrxd the way matrxd.service and
 // matrxd.socket do: the listening socket is inherited (LISTEN_FDS), and
 // readiness, watchdog pings and shutdown are reported on NOTIFY_SOCKET.
 func TestSystemdIntegration(t *testing.T) {
-	env := containerdtest.Start(t, testNS)
-	bin := buildMatrxd(t, env.Dir)
+	env := containerdtest.Start(t, daemontest.Namespace)
+	bin := daemontest.BuildMatrxd(t, env.Dir)
 
 	notifyPath := filepath.Join(env.Dir, "notify.sock")
 	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
@@ -69,7 +59,7 @@ func TestSystemdIntegration(t *testing.T) {
 	ownSocket := filepath.Join(env.Dir, "own.sock")
 	// LISTEN_PID must be matrxd's own pid: the shell execs in place.
 	cmd := exec.Command("sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`, bin,
-		"--socket", ownSocket, "--containerd-address", env.Address, "--containerd-namespace", testNS,
+		"--socket", ownSocket, "--containerd-address", env.Address, "--containerd-namespace", daemontest.Namespace,
 		"--state-dir", filepath.Join(env.Dir, "state"), "--init-path", env.InitPath, "--network", "off")
 	// WatchdogSec=1s in unit terms: matrxd must ping at half of it.
 	cmd.Env = append(os.Environ(), "LISTEN_FDS=1", "NOTIFY_SOCKET="+notifyPath, "WATCHDOG_USEC=1000000")

@@ -37,6 +37,7 @@ type Client struct {
 	backoff  time.Duration
 	maxDelay time.Duration
 	apiKey   string
+	wrap     func(http.RoundTripper) http.RoundTripper
 }
 
 // Option configures a Client.
@@ -51,6 +52,12 @@ func WithBackoff(d time.Duration) Option { return func(c *Client) { c.backoff = 
 // WithAPIKey sends key in the X-API-Key header of every request, as the
 // daemon's optional TCP listener requires (the Unix socket ignores it).
 func WithAPIKey(key string) Option { return func(c *Client) { c.apiKey = key } }
+
+// WithTransportWrapper wraps the client's HTTP transport (tests validate
+// every exchange against api/openapi.yaml this way).
+func WithTransportWrapper(wrap func(http.RoundTripper) http.RoundTripper) Option {
+	return func(c *Client) { c.wrap = wrap }
+}
 
 // New returns a client for the daemon listening on socket.
 func New(socket string, opts ...Option) *Client {
@@ -79,6 +86,9 @@ func newClient(network, address string, opts []Option) *Client {
 	}
 	for _, o := range opts {
 		o(c)
+	}
+	if c.wrap != nil {
+		c.http.Transport = c.wrap(tr)
 	}
 	return c
 }
@@ -400,11 +410,20 @@ func (c *Client) Metrics(ctx context.Context) ([]byte, error) {
 // Raw sends an arbitrary request and returns the status and body, for tests
 // that probe malformed input.
 func (c *Client) Raw(ctx context.Context, method, path string, body []byte) (int, []byte, error) {
+	return c.RawWithHeader(ctx, method, path, body, "", "")
+}
+
+// RawWithHeader is Raw with one extra request header (none when name is
+// empty).
+func (c *Client) RawWithHeader(ctx context.Context, method, path string, body []byte, name, value string) (int, []byte, error) {
 	req, err := c.newRequest(ctx, method, c.base+path, bytes.NewReader(body))
 	if err != nil {
 		return 0, nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if name != "" {
+		req.Header.Set(name, value)
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return 0, nil, err

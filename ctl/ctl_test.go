@@ -1,9 +1,14 @@
 package ctl
 
 import (
+	"bytes"
+	"fmt"
+	"io"
+	"strings"
 	"testing"
 
 	"github.com/matrx-dev/matrx/api/apitype"
+	"github.com/urfave/cli/v2"
 )
 
 func TestStatusText(t *testing.T) {
@@ -22,55 +27,148 @@ func TestStatusText(t *testing.T) {
 	}
 }
 
-func TestParseExec(t *testing.T) {
-	cases := []struct {
-		args    []string
-		id, cmd string
-		cwd     string
-		user    string
-		timeout int
-		env     map[string]string
-		json    bool
-		wantErr bool
-	}{
-		{args: []string{"sbx-1", "--", "echo", "hi"}, id: "sbx-1", cmd: "echo hi", user: "agent"},
-		{args: []string{"sbx-1", "--cwd", "/tmp", "--user=root", "--timeout", "5", "--env", "A=b=c", "--json", "--", "ls", "-la"},
-			id: "sbx-1", cmd: "ls -la", cwd: "/tmp", user: "root", timeout: 5, env: map[string]string{"A": "b=c"}, json: true},
-		{args: []string{"--cwd=/x", "sbx-1", "--", "pwd"}, id: "sbx-1", cmd: "pwd", cwd: "/x", user: "agent"},
-		{args: []string{"sbx-1", "true"}, id: "sbx-1", cmd: "true", user: "agent"},
-		{args: []string{"sbx-1", "--"}, wantErr: true},
-		{args: []string{"--", "ls"}, wantErr: true},
-		{args: []string{"sbx-1", "--timeout", "x", "--", "ls"}, wantErr: true},
-		{args: []string{"sbx-1", "--env", "NOEQ", "--", "ls"}, wantErr: true},
-		{args: []string{"sbx-1", "--bogus", "1", "--", "ls"}, wantErr: true},
-		{args: []string{"sbx-1", "--cwd"}, wantErr: true},
+// parse runs the real App on args with every action replaced by one that
+// records what the command saw, so flag handling is tested as users type.
+func parse(t *testing.T, args ...string) (*cli.Context, string, error) {
+	t.Helper()
+	app := App()
+	var got *cli.Context
+	var errOut bytes.Buffer
+	app.ErrWriter, app.Writer = &errOut, io.Discard
+	app.ExitErrHandler = func(*cli.Context, error) {}
+	var stub func(cmds []*cli.Command)
+	stub = func(cmds []*cli.Command) {
+		for _, c := range cmds {
+			c.Action = func(c *cli.Context) error { got = c; return nil }
+			stub(c.Subcommands)
+		}
 	}
-	for _, c := range cases {
-		got, err := parseExec(c.args)
-		if c.wantErr {
-			if err == nil {
-				t.Errorf("%q: expected an error, got %+v", c.args, got)
-			}
+	stub(app.Commands)
+	err := Run(app, append([]string{"matrx"}, args...))
+	return got, errOut.String(), err
+}
+
+func TestFlagsMayFollowPositionalArguments(t *testing.T) {
+	for _, c := range []struct {
+		args       []string
+		flag, want string
+		positional []string
+	}{
+		{[]string{"rm", "sbx-1", "--force"}, "force", "true", []string{"sbx-1"}},
+		{[]string{"rm", "--force", "sbx-1", "sbx-2"}, "force", "true", []string{"sbx-1", "sbx-2"}},
+		{[]string{"rm", "sbx-1", "-f", "sbx-2"}, "force", "true", []string{"sbx-1", "sbx-2"}},
+		{[]string{"storage", "clean", "alice", "--tier", "hot", "--yes"}, "tier", "hot", []string{"alice"}},
+		{[]string{"storage", "clean", "alice", "--tier=cold"}, "tier", "cold", []string{"alice"}},
+		{[]string{"ls", "--all", "--user", "bob"}, "user", "bob", nil},
+		{[]string{"--socket", "/tmp/s", "inspect", "sbx-1"}, "", "", []string{"sbx-1"}},
+		{[]string{"exec", "sbx-1", "--user", "root", "--", "ls", "-la"}, "user", "root", []string{"sbx-1", "--", "ls", "-la"}},
+		{[]string{"exec", "--cwd=/x", "sbx-1", "--", "pwd"}, "cwd", "/x", []string{"sbx-1", "--", "pwd"}},
+		{[]string{"exec", "sbx-1", "ls", "-la", "--user", "x"}, "user", "agent", []string{"sbx-1", "--", "ls", "-la", "--user", "x"}},
+	} {
+		ctx, errOut, err := parse(t, c.args...)
+		if err != nil || ctx == nil {
+			t.Errorf("%q: %v %s", c.args, err, errOut)
 			continue
 		}
+		if c.flag != "" && fmt.Sprint(ctx.Value(c.flag)) != c.want {
+			t.Errorf("%q: --%s = %v, want %s", c.args, c.flag, ctx.Value(c.flag), c.want)
+		}
+		if got := ctx.Args().Slice(); strings.Join(got, "|") != strings.Join(c.positional, "|") {
+			t.Errorf("%q: arguments %q, want %q", c.args, got, c.positional)
+		}
+	}
+}
+
+func TestMisplacedOrUnknownFlagsSayWhere(t *testing.T) {
+	for _, args := range [][]string{
+		{"rm", "sbx-1", "--bogus"},
+		{"storage", "clean", "alice", "--tier"},
+		{"exec", "--timeout"},
+	} {
+		_, errOut, err := parse(t, args...)
+		if err == nil || !strings.Contains(err.Error()+errOut, "--help") {
+			t.Errorf("%q: got %v %q, want an error pointing at --help", args, err, errOut)
+		}
+	}
+}
+
+func TestExecOptions(t *testing.T) {
+	for _, c := range []struct {
+		args    []string
+		cmd     string
+		timeout int
+		wantErr string
+	}{
+		{args: []string{"exec", "sbx-1", "--", "echo hi"}, cmd: "echo hi"},
+		{args: []string{"exec", "sbx-1", "--", "sh", "-c", "echo out; exit 3"}, cmd: `sh -c 'echo out; exit 3'`},
+		{args: []string{"exec", "sbx-1", "--", "printf", `%s\n`, "a b", "c"}, cmd: `printf '%s\n' 'a b' c`},
+		{args: []string{"exec", "sbx-1", "--", "echo", "it's"}, cmd: `echo 'it'\''s'`},
+		{args: []string{"exec", "sbx-1", "true"}, cmd: "true"},
+		{args: []string{"exec", "--timeout", "90s", "sbx-1", "--", "true"}, cmd: "true", timeout: 90},
+		{args: []string{"exec", "sbx-1", "--timeout", "5", "--", "true"}, cmd: "true", timeout: 5},
+		{args: []string{"exec", "sbx-1", "--timeout", "1.5", "--", "true"}, wantErr: "whole seconds"},
+		{args: []string{"exec", "sbx-1", "--timeout", "0", "--", "true"}, wantErr: "at least 1"},
+		{args: []string{"exec", "sbx-1", "--"}, wantErr: "needs a command"},
+		{args: []string{"exec", "--", "ls"}, wantErr: "sandbox id"},
+		{args: []string{"exec", "sbx-1", "--env", "NOEQ", "--", "ls"}, wantErr: "KEY=VALUE"},
+	} {
+		ctx, errOut, err := parse(t, c.args...)
 		if err != nil {
-			t.Errorf("%q: %v", c.args, err)
+			if c.wantErr == "" || !strings.Contains(errOut, c.wantErr) {
+				t.Errorf("%q: %v %s", c.args, err, errOut)
+			}
 			continue
 		}
-		if got.id != c.id || got.req.Command != c.cmd || got.req.User != c.user || got.jsonOut != c.json {
-			t.Errorf("%q: got %+v", c.args, got)
+		o, err := execOptionsFrom(ctx)
+		if c.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Errorf("%q: got %v, want an error mentioning %q", c.args, err, c.wantErr)
+			}
+			continue
 		}
-		if (c.cwd == "") != (got.req.Cwd == nil) || (got.req.Cwd != nil && *got.req.Cwd != c.cwd) {
-			t.Errorf("%q: cwd %v", c.args, got.req.Cwd)
+		if err != nil || o.id != "sbx-1" || o.req.Command != c.cmd {
+			t.Errorf("%q: %v id=%q command %q, want %q", c.args, err, o.id, o.req.Command, c.cmd)
 		}
-		if (c.timeout == 0) != (got.req.Timeout == nil) || (got.req.Timeout != nil && *got.req.Timeout != c.timeout) {
-			t.Errorf("%q: timeout %v", c.args, got.req.Timeout)
+		if c.timeout != 0 && (o.req.Timeout == nil || *o.req.Timeout != c.timeout) {
+			t.Errorf("%q: timeout %v, want %d", c.args, o.req.Timeout, c.timeout)
 		}
-		for k, v := range c.env {
-			if got.req.Env[k] != v {
-				t.Errorf("%q: env %v", c.args, got.req.Env)
+	}
+}
+
+func TestEveryCommandHasHelpWithAnExample(t *testing.T) {
+	var walk func(prefix []string, cmds []*cli.Command)
+	walk = func(prefix []string, cmds []*cli.Command) {
+		for _, c := range cmds {
+			path := append(append([]string(nil), prefix...), c.Name)
+			if len(c.Subcommands) > 0 {
+				walk(path, c.Subcommands)
+				continue
+			}
+			if !strings.Contains(c.Description, "matrx "+strings.Join(path, " ")) {
+				t.Errorf("matrx %s: --help has no example", strings.Join(path, " "))
+			}
+			var out bytes.Buffer
+			app := App()
+			app.Writer, app.ErrWriter = &out, &out
+			app.ExitErrHandler = func(*cli.Context, error) {}
+			if err := Run(app, append(append([]string{"matrx"}, path...), "--help")); err != nil || !strings.Contains(out.String(), "Example") {
+				t.Errorf("matrx %s --help: %v\n%s", strings.Join(path, " "), err, out.String())
 			}
 		}
+	}
+	walk(nil, App().Commands)
+}
+
+func TestUnknownCommandIsNamed(t *testing.T) {
+	var out bytes.Buffer
+	app := App()
+	app.Writer, app.ErrWriter = &out, &out
+	code := -1
+	defer func(old func(int)) { cli.OsExiter = old }(cli.OsExiter)
+	cli.OsExiter = func(c int) { code = c }
+	Run(app, []string{"matrx", "frobnicate"})
+	if code != 2 || !strings.Contains(out.String(), `unknown command "frobnicate"`) {
+		t.Fatalf("exit %d, output %q", code, out.String())
 	}
 }
 

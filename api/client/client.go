@@ -401,6 +401,15 @@ func (c *Client) ImportImage(ctx context.Context, archive io.Reader) (*apitype.I
 	return &r, c.do(ctx, http.MethodPost, "/images/import", nil, archive, http.StatusOK, &r)
 }
 
+// OpenAPI returns the API document the daemon serves, as "yaml" or "json".
+func (c *Client) OpenAPI(ctx context.Context, format string) ([]byte, error) {
+	if format != "yaml" && format != "json" {
+		return nil, fmt.Errorf("format %q: want yaml or json: %w", format, errdefs.ErrInvalidArgument)
+	}
+	var b []byte
+	return b, c.do(ctx, http.MethodGet, "/openapi."+format, nil, nil, http.StatusOK, &b)
+}
+
 // Metrics calls GET /metrics and returns the Prometheus text exposition.
 func (c *Client) Metrics(ctx context.Context) ([]byte, error) {
 	var b []byte

@@ -252,7 +252,7 @@ func (h *Harness) CLI(args ...string) (string, string, int) {
 	app.Writer, app.ErrWriter = &out, &errOut
 	code := 0
 	app.ExitErrHandler = func(*cli.Context, error) {}
-	err := app.Run(append([]string{"matrx", "--socket", h.Config.Socket}, args...))
+	err := ctl.Run(app, append([]string{"matrx", "--socket", h.Config.Socket}, args...))
 	if ec, ok := err.(interface{ ExitCode() int }); ok {
 		code = ec.ExitCode()
 	} else if err != nil {

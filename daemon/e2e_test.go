@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -638,4 +639,75 @@ func TestIdempotentCreateAndPaging(t *testing.T) {
 			t.Errorf("GET /sandboxes?%s: %d, want 400", q, code)
 		}
 	}
+}
+
+// TestREADMECommands runs every CLI line of the README's "Using it" block
+// as written against a real daemon, with the placeholder id replaced by
+// the sandbox the first line creates.
+func TestREADMECommands(t *testing.T) {
+	h := daemontest.Start(t)
+	b, err := os.ReadFile(filepath.Join(containerdtest.RepoRoot(), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(string(b), "<!-- readme-cli: begin -->")
+	block, _, ok2 := strings.Cut(block, "<!-- readme-cli: end -->")
+	if !ok || !ok2 {
+		t.Fatal("README.md lost its readme-cli markers")
+	}
+	comment := regexp.MustCompile(`\s{2,}#.*$`)
+	want := map[string]string{ // command line → expected stdout
+		"matrx exec sbx-0123456789ab -- pwd":                            "/tmp\n",
+		`matrx exec sbx-0123456789ab -- printf '%s\n' 'a b' c`:          "a b\nc\n",
+		"matrx exec sbx-0123456789ab --user root --timeout 60 -- id -u": "0\n",
+	}
+	id, ran := "", 0
+	for _, line := range strings.Split(block, "\n") {
+		line = strings.TrimSpace(comment.ReplaceAllString(line, ""))
+		if !strings.HasPrefix(line, "matrx ") {
+			continue
+		}
+		words := shellWords(t, line)
+		for i, w := range words {
+			switch w {
+			case "sbx-0123456789ab":
+				words[i] = id
+			case "build/images/sandbox.tar":
+				words[i] = h.Env.ImageTar // the minimal image, same command
+			}
+		}
+		out, errOut, code := h.CLI(words[1:]...)
+		ran++
+		switch {
+		case words[1] == "create":
+			id = strings.TrimSpace(out)
+			if code != 0 || !sandbox.ValidSandboxID(id) {
+				t.Fatalf("%s: exit %d, printed %q %s", line, code, out, errOut)
+			}
+		case words[1] == "doctor":
+			// The host may lack what doctor checks (exit 1), but it
+			// must report every check.
+			var rep struct{ Checks []any }
+			if json.Unmarshal([]byte(out), &rep) != nil || len(rep.Checks) < 5 || code > 1 {
+				t.Errorf("%s: exit %d, output %.300q %s", line, code, out, errOut)
+			}
+		case code != 0:
+			t.Errorf("%s: exit %d\nstdout: %s\nstderr: %s", line, code, out, errOut)
+		case want[line] != "" && out != want[line]:
+			t.Errorf("%s: printed %q, want %q", line, out, want[line])
+		}
+	}
+	if ran < 15 {
+		t.Fatalf("ran only %d README commands", ran)
+	}
+}
+
+// shellWords splits a command line the way bash does.
+func shellWords(t *testing.T, line string) []string {
+	t.Helper()
+	out, err := exec.Command("bash", "-c", `words() { for w; do printf '%s\0' "$w"; done; }; words `+line).Output()
+	if err != nil {
+		t.Fatalf("split %q: %v", line, err)
+	}
+	return strings.Split(strings.TrimSuffix(string(out), "\x00"), "\x00")
 }

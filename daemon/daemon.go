@@ -144,7 +144,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	}
 	// Release network leftovers of sandboxes that no longer run (a crash
 	// between a container's death and its teardown).
-	if err := rt.GCNetwork(ctx, mgr.IsLive); err != nil {
+	if err := rt.GCNetwork(ctx, mgr.HasContainer); err != nil {
 		log.Warn("network garbage collection failed", "error", err)
 	}
 	defer mgr.Wait()

@@ -51,8 +51,10 @@ func (s Status) Terminal() bool {
 	return s == StatusStopped || s == StatusFailed || s == StatusExpired
 }
 
-// Live reports whether a sandbox in s accepts exec.
-func (s Status) Live() bool {
+// AcceptsExec reports whether a sandbox in s accepts exec (and heartbeats,
+// checkpoints): it is ready or running. Compare Terminal: a sandbox that is
+// being created or stopped neither accepts exec nor is terminal.
+func (s Status) AcceptsExec() bool {
 	return s == StatusReady || s == StatusRunning
 }
 
@@ -93,8 +95,6 @@ type Record struct {
 	// Error holds the last failure that moved the sandbox to failed, or a
 	// storage problem (for example a final hot sync that did not complete).
 	Error string `json:"error,omitempty"`
-	// Cwd is the working directory the last exec ended in.
-	Cwd string `json:"cwd,omitempty"`
 	// Hot storage sync state. HotSyncPending means the sandbox's hot files
 	// are on the host but not (all) in the bucket yet: the last sync failed
 	// and the daemon retries it. Fields added after schema version 1 are

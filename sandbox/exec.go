@@ -20,13 +20,9 @@ type ExecInput struct {
 	Env     map[string]string
 }
 
-// ExecOutput is the exec's result plus the directory the next exec starts in.
-type ExecOutput struct {
-	*runtime.ExecResult
-}
-
 // Exec runs a command in a live sandbox.
-func (m *Manager) Exec(ctx context.Context, id string, in ExecInput) (*ExecOutput, error) {
+// The result's Cwd is where the next exec starts.
+func (m *Manager) Exec(ctx context.Context, id string, in ExecInput) (*runtime.ExecResult, error) {
 	l := m.limits
 	if !ValidSandboxID(id) {
 		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
@@ -65,7 +61,7 @@ func (m *Manager) Exec(ctx context.Context, id string, in ExecInput) (*ExecOutpu
 	if err != nil {
 		return nil, err
 	}
-	if !rec.Status.Live() {
+	if !rec.Status.AcceptsExec() {
 		return nil, fmt.Errorf("sandbox %s is %s, not running: %w", id, rec.Status, errdefs.ErrFailedPrecondition)
 	}
 	st := m.state(id)
@@ -112,7 +108,7 @@ func (m *Manager) Exec(ctx context.Context, id string, in ExecInput) (*ExecOutpu
 			return nil
 		})
 	}
-	return &ExecOutput{res}, nil
+	return res, nil
 }
 
 // state returns the in-memory state of a sandbox, creating it after a daemon
@@ -142,7 +138,7 @@ func (m *Manager) Heartbeat(ctx context.Context, id string) (*registry.Record, e
 	}
 	now := m.now().UTC()
 	return m.store.Update(ctx, id, func(r *registry.Record) error {
-		if !r.Status.Live() {
+		if !r.Status.AcceptsExec() {
 			return fmt.Errorf("sandbox %s is %s: %w", id, r.Status, errdefs.ErrFailedPrecondition)
 		}
 		r.LastHeartbeatAt = &now

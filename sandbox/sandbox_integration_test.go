@@ -72,7 +72,7 @@ func TestExpiry(t *testing.T) {
 	if ok, _ := rt.Running(ctx, short.ID); ok {
 		t.Fatal("expired sandbox still running")
 	}
-	if got, _ := m.Get(ctx, long.ID); !got.Status.Live() {
+	if got, _ := m.Get(ctx, long.ID); !got.Status.AcceptsExec() {
 		t.Fatalf("sandbox within its TTL was stopped: %+v", got)
 	}
 	m.mu.Lock()
@@ -113,7 +113,7 @@ func TestRecoverMarksLostSandboxes(t *testing.T) {
 			t.Fatalf("%s after recover: %+v", id, got)
 		}
 	}
-	if got, _ := m.Get(ctx, alive.ID); !got.Status.Live() {
+	if got, _ := m.Get(ctx, alive.ID); !got.Status.AcceptsExec() {
 		t.Fatalf("running sandbox disturbed by recover: %+v", got)
 	}
 	if _, err := m.Exec(ctx, s.ID, ExecInput{Command: "true"}); !errdefs.IsFailedPrecondition(err) {

@@ -80,7 +80,7 @@ func (m *Manager) beginShutdown(ctx context.Context, id, errMsg string) (*regist
 		switch {
 		case r.Status == registry.StatusCreating || r.Status == registry.StatusStarting:
 			return fmt.Errorf("sandbox %s is still being created; retry once it is ready: %w", id, errdefs.ErrFailedPrecondition)
-		case !r.Status.Live():
+		case !r.Status.AcceptsExec():
 			return nil // terminal, or someone else is stopping it
 		}
 		started = true
@@ -193,7 +193,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 	}
 	for _, r := range rs {
 		log := m.log.With("sandbox_id", r.ID, "user_id", r.UserID)
-		if r.Status.Live() {
+		if r.Status.AcceptsExec() {
 			ok, err := m.rt.Running(ctx, r.ID)
 			if err != nil {
 				log.Warn("recover: cannot check sandbox", "error", err)
@@ -317,9 +317,10 @@ func (m *Manager) discardHot(id string, log *slog.Logger) error {
 // Wait blocks until background shutdowns have finished.
 func (m *Manager) Wait() { m.bg.Wait() }
 
-// IsLive reports whether a sandbox's record says its container should
-// exist (for garbage collection of host resources after a crash).
-func (m *Manager) IsLive(id string) bool {
+// HasContainer reports whether a sandbox's record says its container should
+// exist: it is not in a terminal state (for garbage collection of host
+// resources after a crash).
+func (m *Manager) HasContainer(id string) bool {
 	r, err := m.store.Get(context.Background(), id)
 	return err == nil && !r.Status.Terminal()
 }

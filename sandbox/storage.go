@@ -89,7 +89,7 @@ func (m *Manager) checkpointOne(ctx context.Context, r *registry.Record) {
 	}
 	now := m.now().UTC()
 	m.store.Update(ctx, r.ID, func(rec *registry.Record) error {
-		if rec.Status.Live() {
+		if rec.Status.AcceptsExec() {
 			recordSync(rec, err, now)
 		}
 		return nil

@@ -8,24 +8,22 @@
 // any firewall rule it did not create (its own chains and the jumps into
 // them are the only rules it adds, deletes or flushes).
 //
-// # Wiring (runtime/spec.go)
+// # Wiring (runtime/runtime.go)
 //
-// The runtime calls Setup before it creates the container and Teardown
-// after the container is deleted (and on every failure path of Create).
-// With att := the returned *Attachment, the spec must, after
-// oci.WithDefaultSpec():
+// runc creates each sandbox's network namespace (inside the sandbox's user
+// namespace, so that sysfs mounts and runc exec work). The runtime:
 //
-//	// join the prepared namespace instead of letting runc create an
-//	// empty one (replaces the default {Type: network} entry):
-//	oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: att.NetNSPath}),
-//	// and add these bind mounts to sandboxMounts, read-only:
-//	specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: att.ResolvConf,
-//		Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}},
-//	specs.Mount{Destination: "/etc/hosts", Type: "bind", Source: att.Hosts,
-//		Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}},
+//  1. calls PrepareFiles and binds the files Files names read-only at
+//     /etc/resolv.conf and /etc/hosts in the spec;
+//  2. creates the task (runc makes the namespace) and calls SetupIn with
+//     /proc/<init pid>/ns/net: the namespace is bind-mounted at the
+//     sandbox's netns path (so it outlives the container until Teardown),
+//     loopback is brought up, CNI attaches it to the bridge and its rules
+//     go in;
+//  3. starts the task; Teardown runs after the container is deleted (and
+//     on every failure path of Create).
 //
-// runc does not bring up loopback in a namespace it joins; Setup already
-// did. The daemon creates one Manager at startup (StateDir e.g.
+// The daemon creates one Manager at startup (StateDir e.g.
 // /var/lib/matrx/network), calls GC with "is this sandbox still known"
 // before serving, and never calls Uninstall on shutdown: sandboxes and their
 // rules outlive the daemon.

@@ -24,11 +24,6 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Manager, error) {
 	return nil, errNotSupported()
 }
 
-// Setup is not supported on this OS.
-func (m *Manager) Setup(ctx context.Context, id string, p Policy) (*Attachment, error) {
-	return nil, errNotSupported()
-}
-
 // Teardown is not supported on this OS.
 func (m *Manager) Teardown(ctx context.Context, id string) error { return errNotSupported() }
 

@@ -10,6 +10,13 @@ import (
 
 // statusOf is the one place where error classes become HTTP status codes.
 // api/client.errorFromStatus is its inverse.
+//
+// Why not errdefs/pkg/errhttp.ToHTTP: it maps FailedPrecondition to 412,
+// while the original service's contract answers 409 for "the sandbox is not
+// in a state that allows this" (not running, still being created), which
+// is what FailedPrecondition means here; AlreadyExists is a conflict too
+// (409, not 500); OutOfRange is bad input (400); and a deadline is 504.
+// Everything else matches errhttp.
 func statusOf(err error) int {
 	switch {
 	case errdefs.IsInvalidArgument(err), errdefs.IsOutOfRange(err):

@@ -56,4 +56,37 @@ func TestImportDirections(t *testing.T) {
 	}
 }
 
+// testSupport are packages only tests (and benchmark commands) may import.
+var testSupport = []string{"testenv", "runtime/containerdtest", "daemon/daemontest", "api/apitest", "registry/registrytest"}
+
+// TestProductionCodeImportsNoTestSupport: no daemon, CLI or library
+// package links test harnesses.
+func TestProductionCodeImportsNoTestSupport(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Imports " "}}`, module+"/...").Output()
+	if err != nil {
+		t.Skipf("go list unavailable: %v", err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		fields := strings.Fields(line)
+		pkg := strings.TrimPrefix(fields[0], module+"/")
+		if isTestSupport(pkg) || strings.HasSuffix(pkg, "test") || strings.Contains(pkg, "/cmd/hotbench") {
+			continue
+		}
+		for _, imp := range fields[1:] {
+			if dep := strings.TrimPrefix(imp, module+"/"); dep != imp && isTestSupport(dep) {
+				t.Errorf("%s imports the test-support package %s", pkg, dep)
+			}
+		}
+	}
+}
+
+func isTestSupport(pkg string) bool {
+	for _, s := range testSupport {
+		if pkg == s {
+			return true
+		}
+	}
+	return false
+}
+
 func within(pkg, root string) bool { return pkg == root || strings.HasPrefix(pkg, root+"/") }

@@ -25,9 +25,11 @@ import (
 	"github.com/matrx-dev/matrx/daemon/daemontest"
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
 	"github.com/matrx-dev/matrx/sandbox"
+	"github.com/matrx-dev/matrx/testenv"
 )
 
 func TestLifecycle(t *testing.T) {
+	testenv.BothContainerds(t)
 	h := daemontest.Start(t)
 	ctx := context.Background()
 	s := h.Create("alice", &apitype.SandboxConfig{Labels: map[string]string{"team": "a"}, Env: map[string]string{"GREETING": "hi"}})

@@ -15,12 +15,14 @@ import (
 	"github.com/matrx-dev/matrx/api/apitype"
 	"github.com/matrx-dev/matrx/daemon/daemontest"
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
+	"github.com/matrx-dev/matrx/testenv"
 )
 
 // TestHostileSandbox runs attacks an untrusted agent might try, from inside
 // a sandbox of the production image. Each must fail inside the sandbox
 // while the daemon, a neighbour sandbox and the host stay healthy.
 func TestHostileSandbox(t *testing.T) {
+	testenv.BothContainerds(t)
 	prod := filepath.Join(containerdtest.RepoRoot(), "build", "images", "sandbox.tar")
 	if _, err := os.Stat(prod); err != nil {
 		containerdtest.Skip(t, "production image %s missing (run make image)", prod)

@@ -23,6 +23,7 @@ import (
 	"github.com/matrx-dev/matrx/daemon/daemontest"
 	"github.com/matrx-dev/matrx/mounts/s3test"
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
+	"github.com/matrx-dev/matrx/testenv"
 )
 
 func TestMain(m *testing.M) { s3test.Main(m) }
@@ -67,6 +68,7 @@ func get(t *testing.T, srv *s3test.Server, bucket, key string) (string, bool) {
 }
 
 func TestS3HotAndColdStorage(t *testing.T) {
+	testenv.BothContainerds(t)
 	srv, bucket := s3Env(t)
 	put(t, srv, bucket, "users/alice/hot/notes/a.txt", "from s3\n")
 	put(t, srv, bucket, "users/alice/cold/data.bin", "cold bytes")

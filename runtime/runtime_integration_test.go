@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/matrx-dev/matrx/runtime"
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
+	"github.com/matrx-dev/matrx/testenv"
 )
 
 const testNS = "matrx-test"
@@ -108,6 +109,7 @@ func TestHardening(t *testing.T) {
 // TestHardeningUserNS runs the same checks with sandboxes in a user
 // namespace, plus the mapping itself.
 func TestHardeningUserNS(t *testing.T) {
+	testenv.BothContainerds(t)
 	if ok, why := runtime.DetectUserNS(); !ok {
 		containerdtest.Skip(t, "user namespaces unsupported: %s", why)
 	}
@@ -249,6 +251,7 @@ func TestMemoryLimitOOMKills(t *testing.T) {
 }
 
 func TestExecSemantics(t *testing.T) {
+	testenv.BothContainerds(t)
 	rt, env := newRuntime(t)
 	id := startSandbox(t, rt, env, runtime.Resources{})
 

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/matrx-dev/matrx/testenv"
 )
 
 // repoRoot is the checkout this test package lives in.
@@ -30,15 +32,12 @@ func repoRoot(t *testing.T) string {
 
 // requireIntegration reports whether missing prerequisites must fail the
 // test instead of skipping it (CI and `make test` set it).
-func requireIntegration() bool { return os.Getenv("MATRX_REQUIRE_INTEGRATION") == "1" }
+func requireIntegration() bool { return testenv.Required() }
 
-// skipf skips, or fails under MATRX_REQUIRE_INTEGRATION=1.
+// skipf skips, or fails under MATRX_REQUIRE_INTEGRATION=1: testenv.Skip.
 func skipf(t *testing.T, format string, args ...any) {
 	t.Helper()
-	if requireIntegration() {
-		t.Fatalf("MATRX_REQUIRE_INTEGRATION=1 but: "+format, args...)
-	}
-	t.Skipf(format, args...)
+	testenv.Skip(t, format, args...)
 }
 
 func needTool(t *testing.T, name string) string {

@@ -14,20 +14,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/matrx-dev/matrx/testenv"
 	"golang.org/x/sys/unix"
 )
 
-const envRequireIntegration = "MATRX_REQUIRE_INTEGRATION"
-
 // skipOrFail skips the test for a missing host capability, or fails it when
-// MATRX_REQUIRE_INTEGRATION=1 (CI).
+// MATRX_REQUIRE_INTEGRATION=1 (CI): testenv.Skip.
 func skipOrFail(t *testing.T, format string, args ...any) {
 	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv(envRequireIntegration) == "1" {
-		t.Fatalf("%s (%s=1)", msg, envRequireIntegration)
-	}
-	t.Skipf("%s (set %s=1 to fail instead of skipping)", msg, envRequireIntegration)
+	testenv.Skip(t, format, args...)
 }
 
 func requireRoot(t *testing.T) {

@@ -88,6 +88,13 @@ func Mount(img, dir string) error {
 var errNoLoopConfigure = errors.New("LOOP_CONFIGURE not supported")
 
 // attachLoop binds img to a free loop device and returns the device, open.
+//
+// Why not containerd's core/mount.SetupLoop: it binds with LOOP_SET_FD and
+// sets the flags afterwards with LOOP_SET_STATUS64, two ioctls; between
+// them a crash leaves a bound device without autoclear (it would stay
+// bound forever), and direct I/O set that way needs a second status call
+// that can fail after the bind. LOOP_CONFIGURE does both in one atomic
+// ioctl, so a device is either fully configured or not ours.
 func attachLoop(img string) (*os.File, error) {
 	backing, err := os.OpenFile(img, os.O_RDWR, 0)
 	if err != nil {

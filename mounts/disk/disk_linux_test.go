@@ -10,16 +10,12 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/matrx-dev/matrx/mounts/mountinfo"
+	"github.com/matrx-dev/matrx/testenv"
 )
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("MATRX_REQUIRE_INTEGRATION") == "1" {
-			t.Fatal("loop-mounted disks need root")
-		}
-		t.Skip("loop-mounted disks need root")
-	}
+	testenv.NeedRoot(t, "loop-mounted disks")
 }
 
 func TestMakeRejectsTinyDisk(t *testing.T) {

@@ -12,7 +12,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/matrx-dev/matrx/mounts/hotsync"
-	"github.com/matrx-dev/matrx/mounts/s3test"
+	"github.com/matrx-dev/matrx/testenv"
 )
 
 // These tests mount small tmpfs filesystems (Linux, root).
@@ -61,12 +61,7 @@ func TestUnmountedDiskIsNotReadAsDeletion(t *testing.T) {
 // earlier object stays), while the real data syncs. Under the disk's size,
 // a sparse file syncs as usual.
 func TestSparseAndHardLinkedFilesCannotAmplifyUploads(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv(s3test.EnvRequire) == "1" {
-			t.Fatal("needs root to mount a small tmpfs")
-		}
-		t.Skip("needs root to mount a small tmpfs")
-	}
+	testenv.NeedRoot(t, "mounts a small tmpfs")
 	st := newLocal(t)
 	putObject(t, st, "sparse.bin", []byte("earlier version"))
 	sb := newSandbox(t, st, "sbx-amp", func(c *hotsync.Config) { c.DirIsMount = true })

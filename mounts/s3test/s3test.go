@@ -50,14 +50,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/testenv"
 )
 
 const (
 	// EnvBinary names the environment variable that points at a versitygw binary.
 	EnvBinary = "MATRX_VERSITYGW"
-	// EnvRequire makes a missing versitygw a test failure instead of a skip
-	// when set to "1" (CI sets it).
-	EnvRequire = "MATRX_REQUIRE_INTEGRATION"
 
 	// DefaultRegion is the region the server is started with.
 	DefaultRegion = "us-east-1"
@@ -391,8 +389,8 @@ func Start(t testing.TB) *Server {
 		}
 	}
 	if shared.err != nil {
-		if errdefs.IsNotFound(shared.err) && os.Getenv(EnvRequire) != "1" {
-			t.Skipf("integration test needs versitygw: %v (set %s=1 to make this a failure)", shared.err, EnvRequire)
+		if errdefs.IsNotFound(shared.err) {
+			testenv.Skip(t, "needs versitygw: %v", shared.err)
 		}
 		t.Fatalf("s3test: %v", shared.err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/matrx-dev/matrx/testenv"
 )
 
 func TestMain(m *testing.M) { Main(m) }
@@ -60,10 +61,7 @@ func TestSharedServer(t *testing.T) {
 // TestLaunchStop: Stop leaves no process and no data behind.
 func TestLaunchStop(t *testing.T) {
 	if _, err := FindBinary(); err != nil {
-		if os.Getenv(EnvRequire) == "1" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
+		testenv.Skip(t, "%v", err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()

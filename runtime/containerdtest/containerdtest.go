@@ -28,6 +28,7 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/matrx-dev/matrx/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -44,14 +45,10 @@ type Env struct {
 	namespace []string
 }
 
-// Skip skips t (or fails it under MATRX_REQUIRE_INTEGRATION=1).
+// Skip skips t (or fails it under MATRX_REQUIRE_INTEGRATION=1): testenv.Skip.
 func Skip(t testing.TB, format string, args ...any) {
 	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("MATRX_REQUIRE_INTEGRATION") == "1" {
-		t.Fatalf("integration prerequisite missing (MATRX_REQUIRE_INTEGRATION=1): %s", msg)
-	}
-	t.Skipf("integration test skipped: %s", msg)
+	testenv.Skip(t, format, args...)
 }
 
 // RepoRoot finds the module root from this source file.
@@ -65,6 +62,7 @@ func RepoRoot() string {
 // containerd and its shims, and unmounts everything under the temp dir.
 func Start(t testing.TB, nsToClean ...string) *Env {
 	t.Helper()
+	testenv.SkipUnlessSelected(t)
 	if os.Geteuid() != 0 {
 		Skip(t, "needs root")
 	}

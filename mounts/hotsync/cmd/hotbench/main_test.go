@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/matrx-dev/matrx/mounts/mountinfo"
 	"github.com/matrx-dev/matrx/mounts/s3test"
+	"github.com/matrx-dev/matrx/testenv"
 )
 
 // TestBenchRuns keeps `make bench` from rotting: the whole benchmark on a
@@ -19,8 +20,8 @@ import (
 // It checks that every row is printed and that no disk image stays
 // mounted; it asserts nothing about speed.
 func TestBenchRuns(t *testing.T) {
-	if _, err := s3test.FindBinary(); errdefs.IsNotFound(err) && os.Getenv(s3test.EnvRequire) != "1" {
-		t.Skip(err)
+	if _, err := s3test.FindBinary(); errdefs.IsNotFound(err) {
+		testenv.Skip(t, "%v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

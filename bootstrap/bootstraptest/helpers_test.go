@@ -30,10 +30,6 @@ func repoRoot(t *testing.T) string {
 	return root
 }
 
-// requireIntegration reports whether missing prerequisites must fail the
-// test instead of skipping it (CI and `make test` set it).
-func requireIntegration() bool { return testenv.Required() }
-
 // skipf skips, or fails under MATRX_REQUIRE_INTEGRATION=1: testenv.Skip.
 func skipf(t *testing.T, format string, args ...any) {
 	t.Helper()

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/matrx-dev/matrx/mounts/mountinfo"
 	"github.com/matrx-dev/matrx/mounts/objstore"
@@ -267,24 +268,22 @@ func (s *Syncer) gateLarge(ctx context.Context, size int64) (release func(), err
 }
 
 // parallel runs fn for every item with at most n in flight, stopping early
-// when ctx is done.
+// when ctx is done (items not started by then are not run).
 func parallel[T any](ctx context.Context, n int, items []T, fn func(T)) {
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, n)
+	var g errgroup.Group
+	g.SetLimit(n)
 	for _, it := range items {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-		}
 		if ctx.Err() != nil {
 			break
 		}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			fn(it)
+		g.Go(func() error {
+			if ctx.Err() == nil {
+				fn(it)
+			}
+			return nil
 		})
 	}
-	wg.Wait()
+	g.Wait()
 }
 
 // retry runs fn until it succeeds, fails with a permanent error, or

@@ -16,6 +16,7 @@ import (
 	"github.com/matrx-dev/matrx/mounts/disk"
 	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/mounts/objstore"
+	"github.com/matrx-dev/matrx/undo"
 )
 
 // ObjectStore is what Storage needs from the bucket (objstore.S3, or
@@ -108,7 +109,7 @@ func (s *Storage) sandboxDir(sandboxID string) (string, error) {
 // owner, and returns the directory to bind at /home/agent. With diskBytes
 // > 0 the directory is a loop-mounted ext4 image of that size (the
 // sandbox's disk quota). Fill it with SyncDown.
-func (s *Storage) PrepareHot(sandboxID, userID string, diskBytes int64) (string, error) {
+func (s *Storage) PrepareHot(sandboxID, userID string, diskBytes int64) (_ string, err error) {
 	d, err := s.sandboxDir(sandboxID)
 	if err != nil {
 		return "", err
@@ -119,17 +120,21 @@ func (s *Storage) PrepareHot(sandboxID, userID string, diskBytes int64) (string,
 		}
 		return "", fmt.Errorf("create hot dir: %w", err)
 	}
+	var rollback undo.Stack
+	rollback.Push("remove hot dir", func(context.Context) error { return os.RemoveAll(d) })
+	defer func() {
+		if err != nil {
+			rollback.Run(context.Background(), s.log)
+		}
+	}()
 	home := filepath.Join(d, "home")
 	if err := os.Mkdir(home, 0o755); err != nil {
-		os.RemoveAll(d)
 		return "", fmt.Errorf("create hot home: %w", err)
 	}
 	if err := os.Chown(home, s.uid, s.gid); err != nil {
-		os.RemoveAll(d)
 		return "", fmt.Errorf("chown hot home: %w", err)
 	}
 	if err := os.WriteFile(filepath.Join(d, "user"), []byte(userID), 0o600); err != nil {
-		os.RemoveAll(d)
 		return "", fmt.Errorf("record hot dir owner: %w", err)
 	}
 	if diskBytes > 0 {
@@ -141,7 +146,6 @@ func (s *Storage) PrepareHot(sandboxID, userID string, diskBytes int64) (string,
 			err = disk.Make(img, home, diskBytes, s.uid, s.gid)
 		}
 		if err != nil {
-			os.RemoveAll(d)
 			return "", fmt.Errorf("sandbox disk: %w", err)
 		}
 	}

@@ -41,10 +41,15 @@ type downJob struct {
 // manifest. Invalid keys are reported in Result.Rejected and never written.
 // The returned error joins the failures of individual files; the manifest
 // then describes the files that did come down.
-func (s *Syncer) Down(ctx context.Context) (Result, error) {
+func (s *Syncer) Down(ctx context.Context) (res Result, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	start := time.Now()
+	defer func() {
+		s.logger.InfoContext(ctx, "hot sync down",
+			"files", len(res.Downloaded), "bytes", res.Bytes, "skipped", len(res.Skipped),
+			"rejected", len(res.Rejected), "duration", time.Since(start), "error", err)
+	}()
 
 	if err := s.checkMounted("down"); err != nil {
 		return Result{}, err
@@ -172,11 +177,7 @@ func (s *Syncer) Down(ctx context.Context) (Result, error) {
 	if err := m.save(s.manifest); err != nil {
 		c.fail(fmt.Errorf("hotsync down: %w", classify(err)))
 	}
-	res, err := c.finish("down")
-	s.logger.InfoContext(ctx, "hot sync down",
-		"files", len(res.Downloaded), "bytes", res.Bytes, "skipped", len(res.Skipped),
-		"rejected", len(res.Rejected), "duration", time.Since(start), "error", err)
-	return res, err
+	return c.finish("down")
 }
 
 // checkRoom refuses a download that cannot fit the filesystem of dir

@@ -44,10 +44,16 @@ const (
 // NAME.conflict-SANDBOXID, and updates the manifest. The returned error joins
 // the failures of individual files; the manifest then records what did
 // succeed, so the next Up retries only the rest.
-func (s *Syncer) Up(ctx context.Context) (Result, error) {
+func (s *Syncer) Up(ctx context.Context) (res Result, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	start := time.Now()
+	defer func() {
+		s.logger.InfoContext(ctx, "hot sync up",
+			"uploaded", len(res.Uploaded), "deleted", len(res.Deleted), "conflicts", len(res.Conflicts),
+			"unchanged", res.Unchanged, "skipped", len(res.Skipped), "rejected", len(res.Rejected),
+			"bytes", res.Bytes, "duration", time.Since(start), "error", err)
+	}()
 
 	m, found, err := loadManifest(s.manifest, s.prefix, s.sandboxID)
 	if err != nil {
@@ -153,12 +159,7 @@ func (s *Syncer) Up(ctx context.Context) (Result, error) {
 	if err := m.save(s.manifest); err != nil {
 		c.fail(fmt.Errorf("hotsync up: %w", classify(err)))
 	}
-	res, err := c.finish("up")
-	s.logger.InfoContext(ctx, "hot sync up",
-		"uploaded", len(res.Uploaded), "deleted", len(res.Deleted), "conflicts", len(res.Conflicts),
-		"unchanged", res.Unchanged, "skipped", len(res.Skipped), "rejected", len(res.Rejected),
-		"bytes", res.Bytes, "duration", time.Since(start), "error", err)
-	return res, err
+	return c.finish("up")
 }
 
 // dropAmplifiers keeps a sandbox from turning its disk quota into an

@@ -5,6 +5,7 @@ import (
 	"crypto/md5"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -31,6 +32,9 @@ const localMetaDir = ".objstore"
 
 // etagXattr caches a file's ETag: "1 SIZE MTIME_NS INODE MD5HEX".
 const etagXattr = "user.matrx.etag"
+
+// metaXattr holds an object's user metadata, JSON-encoded.
+const metaXattr = "user.matrx.meta"
 
 // Local is a Store on a directory tree: key "a/b/c" is the file DIR/a/b/c.
 // It is safe for concurrent use within one process; two processes must not
@@ -159,7 +163,11 @@ func (l *Local) info(key string, f *os.File, fi os.FileInfo) (ObjectInfo, error)
 	if err != nil {
 		return ObjectInfo{}, fmt.Errorf("%s: %w", l.op("hash", key), classifyFS(err))
 	}
-	return ObjectInfo{Key: key, Size: fi.Size(), ETag: etag, LastModified: fi.ModTime()}, nil
+	info := ObjectInfo{Key: key, Size: fi.Size(), ETag: etag, LastModified: fi.ModTime()}
+	if v, err := getXattr(f, metaXattr); err == nil && len(v) > 0 {
+		_ = json.Unmarshal(v, &info.Meta)
+	}
+	return info, nil
 }
 
 func etagStamp(fi os.FileInfo) string {
@@ -343,13 +351,16 @@ func (l *Local) Download(ctx context.Context, key string, _ int64, w io.WriterAt
 // Put implements Store: the body is written to a temp file (hashed on the
 // way), synced, and renamed into place under the store's lock after the
 // condition was checked.
-func (l *Local) Put(ctx context.Context, key string, body io.Reader, size int64, cond Cond) (ObjectInfo, error) {
+func (l *Local) Put(ctx context.Context, key string, body io.Reader, size int64, cond Cond, meta Metadata) (ObjectInfo, error) {
 	p, err := l.path(key)
 	if err != nil {
 		return ObjectInfo{}, err
 	}
 	if err := cond.validate(); err != nil {
 		return ObjectInfo{}, err
+	}
+	if err := meta.validate(); err != nil {
+		return ObjectInfo{}, fmt.Errorf("%s: %w", l.op("put", key), err)
 	}
 	if size < 0 {
 		return ObjectInfo{}, fmt.Errorf("%s: size must be known: %w", l.op("put", key), errdefs.ErrInvalidArgument)
@@ -390,6 +401,12 @@ func (l *Local) Put(ctx context.Context, key string, body io.Reader, size int64,
 	}
 	etag := hex.EncodeToString(h.Sum(nil))
 	_ = setXattr(f, etagXattr, []byte(etagStamp(fi)+" "+etag))
+	if len(meta) > 0 {
+		b, _ := json.Marshal(meta)
+		if err := setXattr(f, metaXattr, b); err != nil {
+			return ObjectInfo{}, fmt.Errorf("%s: store metadata: %w", l.op("put", key), classifyFS(err))
+		}
+	}
 	if err := f.Close(); err != nil {
 		return ObjectInfo{}, fmt.Errorf("%s: close: %w", l.op("put", key), classifyFS(err))
 	}
@@ -412,7 +429,26 @@ func (l *Local) Put(ctx context.Context, key string, body io.Reader, size int64,
 	}
 	committed = true
 	l.syncDir(filepath.Dir(p))
-	return ObjectInfo{Key: key, Size: size, ETag: etag, LastModified: fi.ModTime()}, nil
+	return ObjectInfo{Key: key, Size: size, ETag: etag, LastModified: fi.ModTime(), Meta: meta}, nil
+}
+
+// Copy implements Store: the source is read (pinned to srcIfMatch when
+// given) and written to dst with its metadata.
+func (l *Local) Copy(ctx context.Context, src, dst, srcIfMatch string) (ObjectInfo, error) {
+	f, fi, err := l.open(src)
+	if err != nil {
+		return ObjectInfo{}, err
+	}
+	defer f.Close()
+	info, err := l.info(src, f, fi)
+	if err != nil {
+		return ObjectInfo{}, err
+	}
+	if srcIfMatch != "" && info.ETag != trimETag(srcIfMatch) {
+		return ObjectInfo{}, fmt.Errorf("%s (If-Match: %s): object has ETag %s: precondition failed: %w",
+			l.op("copy", src), srcIfMatch, info.ETag, errdefs.ErrFailedPrecondition)
+	}
+	return l.Put(ctx, dst, io.NewSectionReader(f, 0, fi.Size()), fi.Size(), Cond{}, info.Meta)
 }
 
 // checkCond evaluates cond against the current object. Callers hold l.mu.

@@ -3,6 +3,7 @@
 package hotsync
 
 import (
+	"fmt"
 	"os"
 	"time"
 )
@@ -33,3 +34,21 @@ func diskUsage(os.FileInfo) (usage, bool) { return usage{}, false }
 
 // startWriteback is a no-op here: the final flush does the work.
 func startWriteback(*os.File) {}
+
+// WriteSentinel is not supported here: without it Up deletes nothing.
+func WriteSentinel(dir, token string) error {
+	return fmt.Errorf("hotsync: sentinels need Linux xattrs")
+}
+
+func readSentinel(*os.File) string { return "" }
+
+func devOf(f *os.File, p string) (uint64, bool) { return 0, false }
+
+func setTimesAt(parent *os.File, name string, ns int64) error { return nil }
+
+func setTimes(f *os.File, ns int64) error {
+	t := time.Unix(0, ns)
+	return os.Chtimes(f.Name(), t, t)
+}
+
+const dirFlags = os.O_RDONLY

@@ -50,3 +50,5 @@ func fileID(fi os.FileInfo) uint64 {
 	}
 	return 0
 }
+
+func removeXattr(fd int, name string) error { return unix.Fremovexattr(fd, name) }

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 )
 
 // HomeDir returns (creating if needed) the per-user home directory under
@@ -52,4 +53,23 @@ func UserPath(root, userID string) (string, error) {
 		return "", fmt.Errorf("user id %q escapes %s: %w", userID, root, errdefs.ErrInvalidArgument)
 	}
 	return p, nil
+}
+
+// fsFree returns the size and the bytes available to unprivileged
+// writers of the filesystem holding dir.
+func fsFree(dir string) (total, free int64, ok bool) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, 0, false
+	}
+	return int64(st.Blocks) * st.Bsize, int64(st.Bavail) * st.Bsize, true
+}
+
+// fileSpace returns a file's apparent size and the bytes it holds on disk.
+func fileSpace(p string) (apparent, allocated int64, ok bool) {
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil {
+		return 0, 0, false
+	}
+	return st.Size, st.Blocks * 512, true
 }

@@ -308,6 +308,25 @@ func (s *Syncer) Finish(ctx context.Context, remove func() error) (Result, error
 	return res, nil
 }
 
+// Close waits for a sync in progress, runs remove (the directory's
+// removal without a sync: only for data already safe) under the lock, and
+// closes the syncer, so nothing syncs the directory while or after it goes.
+func (s *Syncer) Close(ctx context.Context, remove func() error) error {
+	release, err := s.acquire(ctx, "close")
+	if errors.Is(err, ErrClosed) {
+		return remove()
+	}
+	if err != nil {
+		return err
+	}
+	defer release()
+	if err := remove(); err != nil {
+		return err
+	}
+	s.closed = true
+	return nil
+}
+
 // checkMounted enforces Config.DirIsMount.
 func (s *Syncer) checkMounted(op string) error {
 	if s.dirIsMount && !mountinfo.IsMountpoint(s.dir) {

@@ -29,7 +29,7 @@ func TestExcluder(t *testing.T) {
 		{"__pycache__/m.pyc", false, false, true},
 		{"pkg/__pycache__/m.py", false, false, true},
 		{"m.pyc", false, false, false}, // the old system kept .pyc outside __pycache__
-		{".git", true, false, false},    // .git is synced
+		{".git", true, false, false},   // .git is synced
 		{".git/config", false, false, false},
 		{"a/.git/HEAD", false, false, false},
 		{".gitignore", false, false, false},

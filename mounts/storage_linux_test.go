@@ -16,6 +16,7 @@ import (
 	"github.com/matrx-dev/matrx/mounts"
 	"github.com/matrx-dev/matrx/mounts/cold"
 	"github.com/matrx-dev/matrx/mounts/objstore"
+	"github.com/matrx-dev/matrx/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -29,7 +30,7 @@ type storageEnv struct {
 
 func newStorageEnv(t *testing.T) *storageEnv {
 	t.Helper()
-	requireRoot(t)
+	testenv.NeedRoot(t, "ext4 images on loop devices")
 	dir := t.TempDir()
 	t.Cleanup(func() { unmountUnder(filepath.Join(dir, "hot")) })
 	bucket, err := objstore.NewLocal(filepath.Join(dir, "storage"))
@@ -238,19 +239,6 @@ func TestCheckpointRacingFinishHotDeletesNothing(t *testing.T) {
 			}
 		}
 	}
-}
-
-// requireRoot skips without root (loop devices, mounts), or fails under
-// MATRX_REQUIRE_INTEGRATION=1.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("MATRX_REQUIRE_INTEGRATION") == "1" {
-		t.Fatal("integration prerequisite missing (MATRX_REQUIRE_INTEGRATION=1): needs root for ext4 images")
-	}
-	t.Skip("integration test skipped: needs root for ext4 images")
 }
 
 func unmount(dir string) error { return unix.Unmount(dir, unix.MNT_DETACH) }

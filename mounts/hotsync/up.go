@@ -150,9 +150,11 @@ func (s *Syncer) up(ctx context.Context) (res Result, err error) {
 	}
 	var held string
 	switch {
-	case w.err != nil || ctx.Err() != nil || len(gone) == 0:
 	case w.limit != nil:
+		// Incomplete whether or not anything looks deleted: names past
+		// the cap were not synced.
 		held = w.limit.String()
+	case w.err != nil || ctx.Err() != nil || len(gone) == 0:
 	case !verified:
 		held = unverified
 	case w.names == 0 && len(gone) >= MassDeletionMin && !m.EmptyHeld:

@@ -101,7 +101,7 @@ func fsFree(dir string) (total, free int64, ok bool) {
 	if err := unix.Statfs(dir, &st); err != nil {
 		return 0, 0, false
 	}
-	return int64(st.Blocks) * st.Bsize, int64(st.Bavail) * st.Bsize, true
+	return int64(st.Blocks) * int64(st.Bsize), int64(st.Bavail) * int64(st.Bsize), true
 }
 
 // fileSpace returns a file's apparent size and the bytes it holds on disk.

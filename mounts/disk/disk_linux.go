@@ -9,7 +9,7 @@ import (
 	"strings"
 
 	"github.com/containerd/errdefs"
-	"github.com/matrx-dev/matrx/mounts/mountinfo"
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -166,4 +166,7 @@ func Unmount(dir string) error {
 }
 
 // IsMounted reports whether dir is a mount point.
-func IsMounted(dir string) bool { return mountinfo.IsMountpoint(dir) }
+func IsMounted(dir string) bool {
+	ok, err := mountinfo.Mounted(dir)
+	return ok && err == nil
+}

@@ -9,8 +9,8 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
-	"github.com/matrx-dev/matrx/mounts/mountinfo"
 	"github.com/matrx-dev/matrx/testenv"
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -103,7 +103,7 @@ func TestMakeMountUnmount(t *testing.T) {
 // loopOf returns the loop device ("loop3") mounted at dir.
 func loopOf(t *testing.T, dir string) string {
 	t.Helper()
-	ms, err := mountinfo.Read("/proc/self/mountinfo")
+	ms, err := mountinfo.GetMounts(nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -34,20 +33,6 @@ func syncFS(f *os.File) error {
 
 // readFlags open a file for upload without blocking on FIFOs.
 const readFlags = os.O_RDONLY | syscall.O_NONBLOCK | syscall.O_NOFOLLOW
-
-// setMtime sets the access and modification times of the open file f.
-func setMtime(f *os.File, t time.Time) error {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	tv := unix.NsecToTimeval(t.UnixNano())
-	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = unix.Futimes(int(fd), []unix.Timeval{tv, tv}) }); err != nil {
-		return err
-	}
-	return serr
-}
 
 // space reports the filesystem holding dir: its size, the bytes available
 // to writers, and its block size.

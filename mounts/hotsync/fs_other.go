@@ -16,9 +16,6 @@ func syncFS(f *os.File) error { return f.Sync() }
 
 const readFlags = os.O_RDONLY
 
-// setMtime sets the access and modification times of f.
-func setMtime(f *os.File, t time.Time) error { return os.Chtimes(f.Name(), t, t) }
-
 // space is unknown here: Down does not check for room up front, and
 // uploads are not bounded by the disk's size.
 func space(string) (fsSpace, bool) { return fsSpace{}, false }

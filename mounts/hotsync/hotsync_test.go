@@ -100,13 +100,6 @@ func newSandbox(t *testing.T, st hotsync.Store, id string, mod ...func(*hotsync.
 	return sandbox{Syncer: s, dir: cfg.Dir, manifest: cfg.ManifestPath, sentinel: cfg.Sentinel}
 }
 
-// seal writes the sandbox's sentinel on its Dir again (after a test
-// mounted something there).
-func (sb sandbox) seal(t *testing.T) {
-	t.Helper()
-	must(t, hotsync.WriteSentinel(sb.dir, sb.sentinel))
-}
-
 func (sb sandbox) down(t *testing.T) hotsync.Result {
 	t.Helper()
 	res, err := sb.Down(testCtx(t))

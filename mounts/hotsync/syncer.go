@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/matrx-dev/matrx/mounts/mountinfo"
 	"github.com/matrx-dev/matrx/mounts/objstore"
 )
 
@@ -329,7 +329,7 @@ func (s *Syncer) Close(ctx context.Context, remove func() error) error {
 
 // checkMounted enforces Config.DirIsMount.
 func (s *Syncer) checkMounted(op string) error {
-	if s.dirIsMount && !mountinfo.IsMountpoint(s.dir) {
+	if mounted, err := mountinfo.Mounted(s.dir); s.dirIsMount && (!mounted || err != nil) {
 		return fmt.Errorf("hotsync %s: %s should be a mounted disk image but nothing is mounted there; refusing to sync: %w",
 			op, s.dir, errdefs.ErrFailedPrecondition)
 	}

@@ -309,6 +309,11 @@ func (s *Storage) SyncUp(ctx context.Context, sandboxID, userID string) (hotsync
 // two or after them. On failure (or held deletions, or over the names
 // cap) the directory stays for a later retry.
 func (s *Storage) FinishHot(ctx context.Context, sandboxID, userID string) (hotsync.Result, error) {
+	if d, err := s.sandboxDir(sandboxID); err == nil && fileExists(filepath.Join(d, removingFile)) {
+		// A removal that began (after a complete final sync, or of a dir
+		// whose data was safe) and was cut short: finish it.
+		return hotsync.Result{}, s.removeHot(sandboxID)
+	}
 	sy, err := s.syncer(sandboxID, userID)
 	if err != nil {
 		return hotsync.Result{}, err

@@ -394,3 +394,35 @@ func TestTrashRestoreAndPrune(t *testing.T) {
 		t.Fatalf("expired trash left: %v", got)
 	}
 }
+
+// TestInterruptedRemovalIsFinished: a removal cut short after its
+// tombstone (a crash between the unmount and RemoveAll) is finished by the
+// next FinishHot, never synced (its image is not mounted again).
+func TestInterruptedRemovalIsFinished(t *testing.T) {
+	e := newStorageEnv(t)
+	s := e.storage(t)
+	const id, user = "sbx-00000000f001", "u8"
+	home, err := s.PrepareHot(id, user, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SyncDown(ctx(t), id, user); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(filepath.Dir(home), "removing"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := unmount(home); err != nil {
+		t.Fatal(err)
+	}
+	fresh := e.storage(t)
+	if _, err := fresh.SyncUp(ctx(t), id, user); err == nil {
+		t.Fatal("a hot dir being removed was synced")
+	}
+	if _, err := fresh.FinishHot(ctx(t), id, user); err != nil {
+		t.Fatal(err)
+	}
+	if fresh.HasHot(id) {
+		t.Fatal("the interrupted removal was not finished")
+	}
+}

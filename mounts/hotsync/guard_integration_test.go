@@ -191,3 +191,18 @@ func TestLockWaitHonoursContext(t *testing.T) {
 		t.Fatalf("after thaw: %+v", res)
 	}
 }
+
+// TestDownStopsAtTheNamesCap: a bucket prefix holding more objects than
+// MaxNames (written before the cap, or by another tool) comes down up to
+// the cap; the rest is reported, not dropped silently.
+func TestDownStopsAtTheNamesCap(t *testing.T) {
+	st := newLocal(t)
+	for i := range 12 {
+		putObject(t, st, fmt.Sprintf("f%02d", i), []byte("x"))
+	}
+	a := newSandbox(t, st, "sbx-a", func(c *hotsync.Config) { c.MaxNames = 10 })
+	res := a.down(t)
+	if len(res.Downloaded) != 10 || len(res.Rejected) != 2 || !strings.Contains(res.Rejected[0].Reason, "limit of 10") {
+		t.Fatalf("down over the cap: %+v", res)
+	}
+}

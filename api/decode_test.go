@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +14,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/matrx-dev/matrx/api/apitype"
+	"github.com/matrx-dev/matrx/errclass"
 )
 
 func decodeBody(body string, v any, allowEmpty bool) error {
@@ -78,14 +80,16 @@ func FuzzDecodeCreateRequest(f *testing.F) {
 
 func TestStatusOf(t *testing.T) {
 	cases := map[error]int{
-		errdefs.ErrInvalidArgument:    400,
-		errdefs.ErrNotFound:           404,
-		errdefs.ErrFailedPrecondition: 409,
-		errdefs.ErrAlreadyExists:      409,
-		errdefs.ErrUnavailable:        503,
-		errdefs.ErrNotImplemented:     501,
-		context.DeadlineExceeded:      504,
-		errors.New("boom"):            500,
+		errdefs.ErrInvalidArgument:                              400,
+		errdefs.ErrNotFound:                                     404,
+		errdefs.ErrFailedPrecondition:                           409,
+		errdefs.ErrAlreadyExists:                                409,
+		errdefs.ErrUnavailable:                                  503,
+		errdefs.ErrNotImplemented:                               501,
+		context.DeadlineExceeded:                                504,
+		errdefs.ErrResourceExhausted:                            429,
+		fmt.Errorf("disk: %w", errclass.ErrInsufficientStorage): 507,
+		errors.New("boom"):                                      500,
 	}
 	for err, want := range cases {
 		if got := statusOf(err); got != want {

@@ -6,6 +6,8 @@ import (
 	"net/http"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/matrx-dev/matrx/errclass"
 )
 
 // statusOf is the one place where error classes become HTTP status codes.
@@ -29,6 +31,8 @@ func statusOf(err error) int {
 		return http.StatusForbidden
 	case errdefs.IsUnauthorized(err):
 		return http.StatusUnauthorized
+	case errclass.IsInsufficientStorage(err):
+		return http.StatusInsufficientStorage
 	case errdefs.IsResourceExhausted(err):
 		return http.StatusTooManyRequests
 	case errdefs.IsNotImplemented(err):

@@ -95,6 +95,7 @@ func (s *Server) routes() []route {
 		{"POST /images/import", http.HandlerFunc(s.importImage)},
 		{"GET /users/{user_id}/storage", http.HandlerFunc(s.storageStats)},
 		{"DELETE /users/{user_id}/storage/{tier}", http.HandlerFunc(s.storageClean)},
+		{"POST /users/{user_id}/storage/restore", http.HandlerFunc(s.storageRestore)},
 	}
 	if s.metrics != nil {
 		rs = append(rs, route{"GET /metrics", s.metrics.Handler()})
@@ -318,6 +319,7 @@ func sandboxJSON(r *registry.Record) apitype.Sandbox {
 		TTLSeconds: r.Config.TTLSeconds, Image: r.Config.Image, ExpiresAt: r.ExpiresAt,
 		LastHeartbeatAt: r.LastHeartbeatAt, StoppedAt: r.StoppedAt, Error: r.Error,
 		HotSyncedAt: r.HotSyncedAt, HotSyncError: r.HotSyncError, HotSyncPending: r.HotSyncPending,
+		HotSyncOverLimit: r.HotSyncOverLimit, HotSyncRejectedCount: r.HotSyncRejectedCount, HotSyncRejected: r.HotSyncRejected,
 	}
 	if r.StopReason != "" {
 		reason := r.StopReason

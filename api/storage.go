@@ -3,6 +3,7 @@ package api
 import (
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/containerd/errdefs"
 
@@ -37,4 +38,29 @@ func (s *Server) storageClean(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, apitype.StorageCleanResponse{UserID: user, Tier: tier, Deleted: n})
+}
+
+// storageRestore brings a user's trashed hot file or directory back
+// (refused while the user has a live sandbox).
+func (s *Server) storageRestore(w http.ResponseWriter, r *http.Request) {
+	user := r.PathValue("user_id")
+	var req apitype.StorageRestoreRequest
+	if err := s.decode(w, r, &req, false); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if req.Path == "" {
+		s.fail(w, r, fmt.Errorf("path is required (a file or directory relative to the home): %w", errdefs.ErrInvalidArgument))
+		return
+	}
+	var at time.Time
+	if req.At != nil {
+		at = *req.At
+	}
+	restored, err := s.mgr.RestoreStorage(r.Context(), user, req.Path, at)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, apitype.StorageRestoreResponse{UserID: user, Path: req.Path, Restored: restored})
 }

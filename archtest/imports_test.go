@@ -21,6 +21,7 @@ var forbidden = map[string][]string{
 	"undo":       {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics"},
 	"metrics":    {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor"},
 	"doctor":     {"api", "sandbox", "daemon", "ctl", "registry"},
+	"errclass":   {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics", "undo"},
 }
 
 func TestImportDirections(t *testing.T) {

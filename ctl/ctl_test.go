@@ -20,6 +20,8 @@ func TestStatusText(t *testing.T) {
 		{apitype.Sandbox{Status: "running", HotSyncPending: true}, "running (last checkpoint failed)"},
 		{apitype.Sandbox{Status: "stopped", HotSyncPending: true}, "stopped (hot files not in S3 yet)"},
 		{apitype.Sandbox{Status: "expired"}, "expired"},
+		{apitype.Sandbox{Status: "running", HotSyncOverLimit: "more than 200000 ..."}, "running (too many hot files to sync all: see inspect)"},
+		{apitype.Sandbox{Status: "stopped", HotSyncRejectedCount: 2}, "stopped (2 hot files cannot be stored: see inspect)"},
 	} {
 		if got := statusText(c.s); got != c.want {
 			t.Errorf("%+v: %q, want %q", c.s, got, c.want)

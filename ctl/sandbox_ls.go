@@ -65,14 +65,21 @@ func runList(ctx context.Context, cl *client.Client, o listOptions, w io.Writer)
 // hot sync failed: for a stopped sandbox its files are still only on the
 // host (the daemon keeps retrying).
 func statusText(s apitype.Sandbox) string {
+	out := s.Status
 	switch {
 	case !s.HotSyncPending:
-		return s.Status
 	case s.Status == "running" || s.Status == "ready":
-		return s.Status + " (last checkpoint failed)"
+		out += " (last checkpoint failed)"
 	default:
-		return s.Status + " (hot files not in S3 yet)"
+		out += " (hot files not in S3 yet)"
 	}
+	if s.HotSyncOverLimit != "" {
+		out += " (too many hot files to sync all: see inspect)"
+	}
+	if s.HotSyncRejectedCount > 0 {
+		out += fmt.Sprintf(" (%d hot files cannot be stored: see inspect)", s.HotSyncRejectedCount)
+	}
+	return out
 }
 
 func ago(t time.Time) string {

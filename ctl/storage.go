@@ -11,6 +11,7 @@ func storageCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			storageStatsCommand(),
 			storageCleanCommand(),
+			storageRestoreCommand(),
 		},
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/matrx-dev/matrx/mounts"
 	"github.com/matrx-dev/matrx/mounts/cold"
 	"github.com/matrx-dev/matrx/mounts/disk"
+	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/mounts/objstore"
 	"github.com/matrx-dev/matrx/runtime"
 	"github.com/urfave/cli/v2"
@@ -36,7 +37,24 @@ type StorageConfig struct {
 	// kept ready (saves mkfs on create): 0 means DefaultDiskPool, a
 	// negative value none.
 	DiskPool int
+	// MaxNames caps the files, directories and symlinks one sandbox's hot
+	// tier syncs (0: hotsync.DefaultMaxNames, 200,000); disks get as many
+	// inodes.
+	MaxNames int
+	// TrashRetention keeps deleted and overwritten hot files under
+	// users/<user>/trash/ this long (0: no trash). The flag defaults to 7
+	// days.
+	TrashRetention time.Duration
+	// DiskOvercommit and DiskReserveMB admit a create only if every
+	// sandbox disk on the host could grow to its size (times the ratio)
+	// within the state filesystem's free space less the reserve (0:
+	// mounts' defaults, 1.0 and 1024 MiB).
+	DiskOvercommit float64
+	DiskReserveMB  int64
 }
+
+// DefaultTrashRetention is the --hot-trash-retention default.
+const DefaultTrashRetention = 7 * 24 * time.Hour
 
 // DefaultDiskPool is StorageConfig.DiskPool's default: enough for a burst
 // of two creates; the pool refills in the background (~10 ms per image).
@@ -80,7 +98,11 @@ func storageFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "s3-path-style", EnvVars: []string{"MATRX_S3_PATH_STYLE"}, Usage: "path-style addressing (default on when --s3-endpoint is set)"},
 		&cli.StringFlag{Name: "cold-driver", Value: "auto", EnvVars: []string{"MATRX_COLD_DRIVER"}, Usage: "auto, mount-s3, s3fs or local"},
 		&cli.DurationFlag{Name: "checkpoint-interval", Value: 5 * time.Minute, EnvVars: []string{"MATRX_CHECKPOINT_INTERVAL"}, Usage: "how often running sandboxes' hot files are synced up (0: never; failed final syncs are retried this often, or every 5m)"},
-		&cli.StringFlag{Name: "hot-excludes", EnvVars: []string{"MATRX_HOT_EXCLUDES"}, Usage: "comma-separated patterns never synced (default: *.tmp,.DS_Store,__pycache__/,*.pyc,.git/)"},
+		&cli.StringFlag{Name: "hot-excludes", EnvVars: []string{"MATRX_HOT_EXCLUDES"}, Usage: "comma-separated patterns never synced (default, the old system's: *.tmp,.DS_Store,__pycache__/)"},
+		&cli.IntFlag{Name: "hot-max-names", Value: hotsync.DefaultMaxNames, EnvVars: []string{"MATRX_HOT_MAX_NAMES"}, Usage: "files, directories and symlinks one sandbox's hot tier syncs (hard links count); over it nothing is deleted and the record says so; disks get as many inodes"},
+		&cli.DurationFlag{Name: "hot-trash-retention", Value: DefaultTrashRetention, EnvVars: []string{"MATRX_HOT_TRASH_RETENTION"}, Usage: "keep deleted and overwritten hot files under users/<user>/trash/ this long, for `matrx storage restore` (0: no trash)"},
+		&cli.Float64Flag{Name: "disk-overcommit", Value: mounts.DefaultDiskOvercommit, EnvVars: []string{"MATRX_DISK_OVERCOMMIT"}, Usage: "how many times the state filesystem's free space the sandbox disks may claim together (1: a create is refused with 507 unless every disk could fill up)"},
+		&cli.Int64Flag{Name: "disk-reserve-mb", Value: mounts.DefaultDiskReserve >> 20, EnvVars: []string{"MATRX_DISK_RESERVE_MB"}, Usage: "free space of the state filesystem no sandbox disk may claim (the registry, manifests, logs)"},
 		&cli.IntFlag{Name: "disk-pool", Value: DefaultDiskPool, EnvVars: []string{"MATRX_DISK_POOL"}, Usage: "freshly formatted default-size disk images kept ready (0: none)"},
 	}
 }
@@ -90,7 +112,8 @@ func storageConfigFrom(c *cli.Context) StorageConfig {
 		Bucket: c.String("s3-bucket"), Region: c.String("s3-region"), Endpoint: c.String("s3-endpoint"),
 		PathStyle:  c.Bool("s3-path-style") || (c.String("s3-endpoint") != "" && !c.IsSet("s3-path-style")),
 		ColdDriver: strings.ToLower(c.String("cold-driver")), CheckpointInterval: c.Duration("checkpoint-interval"),
-		DiskPool: c.Int("disk-pool"),
+		DiskPool: c.Int("disk-pool"), MaxNames: c.Int("hot-max-names"), TrashRetention: c.Duration("hot-trash-retention"),
+		DiskOvercommit: c.Float64("disk-overcommit"), DiskReserveMB: c.Int64("disk-reserve-mb"),
 	}
 	if sc.DiskPool == 0 {
 		sc.DiskPool = -1 // the flag says none; the field's zero means the default
@@ -119,6 +142,18 @@ func (s StorageConfig) Validate() error {
 	}
 	if s.DiskPool > 16 {
 		return fmt.Errorf("disk pool of %d images: at most 16: %w", s.DiskPool, errdefs.ErrInvalidArgument)
+	}
+	if s.MaxNames < 0 || s.MaxNames > 0 && s.MaxNames < 1000 {
+		return fmt.Errorf("hot max names %d: at least 1000: %w", s.MaxNames, errdefs.ErrInvalidArgument)
+	}
+	if s.TrashRetention < 0 || s.TrashRetention > 0 && s.TrashRetention < time.Hour {
+		return fmt.Errorf("hot trash retention %v: 0 (off) or at least 1h: %w", s.TrashRetention, errdefs.ErrInvalidArgument)
+	}
+	if s.DiskOvercommit < 0 || s.DiskOvercommit > 100 {
+		return fmt.Errorf("disk overcommit %g: want 0 (default) to 100: %w", s.DiskOvercommit, errdefs.ErrInvalidArgument)
+	}
+	if s.DiskReserveMB < 0 {
+		return fmt.Errorf("disk reserve %d MiB: must not be negative: %w", s.DiskReserveMB, errdefs.ErrInvalidArgument)
 	}
 	return nil
 }
@@ -178,7 +213,12 @@ func openStorage(ctx context.Context, cfg Config, ns runtime.UserNS, mx *metrics
 			n = DefaultDiskPool
 		}
 		// Next to the hot dirs (same filesystem: images are taken by link).
-		pool, err = disk.NewPool(filepath.Join(cfg.StateDir, "disk-pool"), cfg.Limits.DefaultDiskMB<<20, uid, gid, n, log)
+		maxNames := sc.MaxNames
+		if maxNames == 0 {
+			maxNames = hotsync.DefaultMaxNames
+		}
+		size := cfg.Limits.DefaultDiskMB << 20
+		pool, err = disk.NewPool(filepath.Join(cfg.StateDir, "disk-pool"), size, uid, gid, disk.Inodes(size, maxNames), n, log)
 		if err != nil {
 			closeFn()
 			return nil, nil, err
@@ -188,7 +228,8 @@ func openStorage(ctx context.Context, cfg Config, ns runtime.UserNS, mx *metrics
 	}
 	st, err := mounts.NewStorage(mounts.StorageConfig{
 		Dir: filepath.Join(cfg.StateDir, "hot"), Store: store, Cold: cm, DiskPool: pool,
-		UID: uid, GID: gid, Excludes: sc.Excludes, Logger: log,
+		UID: uid, GID: gid, Excludes: sc.Excludes, MaxNames: sc.MaxNames, TrashRetention: sc.TrashRetention,
+		DiskOvercommit: sc.DiskOvercommit, DiskReserve: sc.DiskReserveMB << 20, Logger: log,
 	})
 	if err != nil {
 		closeFn()

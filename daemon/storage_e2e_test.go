@@ -44,7 +44,7 @@ func s3Env(t *testing.T) (*s3test.Server, string) {
 func withS3(srv *s3test.Server, bucket string) func(*daemon.Config) {
 	return func(c *daemon.Config) {
 		c.Storage = daemon.StorageConfig{Bucket: bucket, Region: srv.Region, Endpoint: srv.Endpoint, PathStyle: true,
-			ColdDriver: "s3fs", CheckpointInterval: time.Hour}
+			ColdDriver: "s3fs", CheckpointInterval: time.Hour, DiskOvercommit: 8}
 	}
 }
 

@@ -4,10 +4,10 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"github.com/matrx-dev/matrx/mounts/mountinfo"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -107,13 +107,45 @@ func mounts(h Host) ([]mount, error) {
 	}
 	var out []mount
 	for _, l := range ls {
-		e, err := mountinfo.ParseLine(l)
-		if err != nil {
-			continue // a fake tree may hold partial lines; skip them
-		}
-		out = append(out, mount{point: e.Mountpoint, fstype: e.FSType, superOpts: e.SuperOptions})
+		if m, ok := parseMount(l); ok {
+			out = append(out, m)
+		} // a fake tree may hold partial lines; skip them
 	}
 	return out, nil
+}
+
+// parseMount reads the fields doctor needs from one mountinfo line
+// (proc(5)): "36 35 98:0 /mnt1 /mnt2 rw master:1 - ext3 /dev/root rw".
+// Doctor reads a host tree that may be a test's fake, on any OS, so it
+// parses this little itself (the mounts packages use moby/sys/mountinfo,
+// which is Linux-only).
+func parseMount(line string) (mount, bool) {
+	f := strings.Fields(line)
+	sep := slices.Index(f, "-")
+	if len(f) < 7 || sep < 6 || len(f) < sep+3 {
+		return mount{}, false
+	}
+	m := mount{point: unescapeOctal(f[4]), fstype: f[sep+1]}
+	if len(f) > sep+3 {
+		m.superOpts = strings.Split(f[sep+3], ",")
+	}
+	return m, true
+}
+
+// unescapeOctal decodes the kernel's \ooo escapes in mountinfo paths.
+func unescapeOctal(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // groupName maps a gid to its name through the host's /etc/group.

@@ -2,20 +2,25 @@ package mounts
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/errclass"
 	"github.com/matrx-dev/matrx/mounts/cold"
 	"github.com/matrx-dev/matrx/mounts/disk"
 	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/mounts/objstore"
+	"github.com/matrx-dev/matrx/undo"
 )
 
 // ObjectStore is what Storage needs from the bucket (objstore.S3, or
@@ -40,8 +45,31 @@ type StorageConfig struct {
 	UID, GID int
 	// Excludes are never synced (nil: hotsync.DefaultExcludes).
 	Excludes []string
-	Logger   *slog.Logger
+	// MaxNames caps the files, directories and symlinks of one sandbox's
+	// hot tier (0: hotsync.DefaultMaxNames); disks get as many inodes.
+	MaxNames int
+	// TrashRetention is how long deleted and overwritten hot objects are
+	// kept under users/<user>/trash/ (0: no trash).
+	TrashRetention time.Duration
+	// DiskOvercommit is how many times the state filesystem's free space
+	// (less DiskReserve) the disks of all sandboxes on the host may claim
+	// together (0: DefaultDiskOvercommit).
+	DiskOvercommit float64
+	// DiskReserve is the free space kept for the daemon's own files
+	// (registry, manifests) that no disk may claim (0: DefaultDiskReserve).
+	DiskReserve int64
+	Logger      *slog.Logger
 }
+
+// Defaults of StorageConfig.
+const (
+	// DefaultDiskOvercommit 1: the disks handed out can never claim more
+	// than the host has, whatever the sandboxes write. Operators who know
+	// their sandboxes write little of their quota raise it.
+	DefaultDiskOvercommit = 1.0
+	// DefaultDiskReserve keeps 1 GiB for bbolt, manifests and logs.
+	DefaultDiskReserve = 1 << 30
+)
 
 // Storage prepares and saves one sandbox's storage on the host:
 //
@@ -54,16 +82,22 @@ type StorageConfig struct {
 //   - cold: the user's refcounted FUSE (or local bind) mount, shared by the
 //     user's concurrent sandboxes.
 type Storage struct {
-	dir      string
-	store    ObjectStore
-	cold     *cold.Manager
-	pool     *disk.Pool
-	uid, gid int
-	excludes []string
-	log      *slog.Logger
+	dir        string
+	store      ObjectStore
+	cold       *cold.Manager
+	pool       *disk.Pool
+	uid, gid   int
+	excludes   []string
+	maxNames   int
+	retention  time.Duration
+	overcommit float64
+	reserve    int64
+	log        *slog.Logger
 
-	mu      sync.Mutex
-	syncers map[string]*hotsync.Syncer
+	mu       sync.Mutex
+	syncers  map[string]*hotsync.Syncer
+	coldHeld map[string]string // sandbox id -> user id, for each cold reference held
+	admit    sync.Mutex        // one disk admission at a time
 }
 
 // NewStorage checks cfg and creates the hot root (mode 0700: manifests and
@@ -78,11 +112,31 @@ func NewStorage(cfg StorageConfig) (*Storage, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create hot root: %w", err)
 	}
+	if cfg.MaxNames <= 0 {
+		cfg.MaxNames = hotsync.DefaultMaxNames
+	}
+	if cfg.DiskOvercommit <= 0 {
+		cfg.DiskOvercommit = DefaultDiskOvercommit
+	}
+	if cfg.DiskReserve <= 0 {
+		cfg.DiskReserve = DefaultDiskReserve
+	}
 	return &Storage{
 		dir: cfg.Dir, store: cfg.Store, cold: cfg.Cold, pool: cfg.DiskPool, uid: cfg.UID, gid: cfg.GID,
-		excludes: cfg.Excludes, log: cfg.Logger, syncers: map[string]*hotsync.Syncer{},
+		excludes: cfg.Excludes, maxNames: cfg.MaxNames, retention: cfg.TrashRetention,
+		overcommit: cfg.DiskOvercommit, reserve: cfg.DiskReserve, log: cfg.Logger,
+		syncers: map[string]*hotsync.Syncer{}, coldHeld: map[string]string{},
 	}, nil
 }
+
+// Files of a sandbox's hot dir besides home/ and manifest.json.
+const (
+	ownerFile    = "user"     // the owning user id
+	sentinelFile = "sentinel" // the token written on home (hotsync.WriteSentinel)
+	diskFile     = "disk"     // present when home is a disk image
+	removingFile = "removing" // RemoveHot has begun: nothing may sync or mount here again
+	imageFile    = "home.img"
+)
 
 // Prefix is a user's key prefix for a tier ("hot" or "cold").
 func Prefix(userID, tier string) string { return "users/" + userID + "/" + tier + "/" }
@@ -108,10 +162,17 @@ func (s *Storage) sandboxDir(sandboxID string) (string, error) {
 // owner, and returns the directory to bind at /home/agent. With diskBytes
 // > 0 the directory is a loop-mounted ext4 image of that size (the
 // sandbox's disk quota). Fill it with SyncDown.
-func (s *Storage) PrepareHot(sandboxID, userID string, diskBytes int64) (string, error) {
+func (s *Storage) PrepareHot(sandboxID, userID string, diskBytes int64) (_ string, err error) {
 	d, err := s.sandboxDir(sandboxID)
 	if err != nil {
 		return "", err
+	}
+	if diskBytes > 0 {
+		s.admit.Lock()
+		defer s.admit.Unlock()
+		if err := s.admitDisk(diskBytes); err != nil {
+			return "", err
+		}
 	}
 	if err := os.Mkdir(d, 0o700); err != nil {
 		if errors.Is(err, os.ErrExist) {
@@ -119,31 +180,48 @@ func (s *Storage) PrepareHot(sandboxID, userID string, diskBytes int64) (string,
 		}
 		return "", fmt.Errorf("create hot dir: %w", err)
 	}
+	var rollback undo.Stack
+	rollback.Push("remove hot dir", func(context.Context) error { return os.RemoveAll(d) })
+	defer func() {
+		if err != nil {
+			rollback.Run(context.Background(), s.log)
+		}
+	}()
 	home := filepath.Join(d, "home")
 	if err := os.Mkdir(home, 0o755); err != nil {
-		os.RemoveAll(d)
 		return "", fmt.Errorf("create hot home: %w", err)
 	}
 	if err := os.Chown(home, s.uid, s.gid); err != nil {
-		os.RemoveAll(d)
 		return "", fmt.Errorf("chown hot home: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(d, "user"), []byte(userID), 0o600); err != nil {
-		os.RemoveAll(d)
+	if err := os.WriteFile(filepath.Join(d, ownerFile), []byte(userID), 0o600); err != nil {
 		return "", fmt.Errorf("record hot dir owner: %w", err)
 	}
 	if diskBytes > 0 {
-		img := filepath.Join(d, "home.img")
+		if err := os.WriteFile(filepath.Join(d, diskFile), nil, 0o600); err != nil {
+			return "", fmt.Errorf("record hot dir disk: %w", err)
+		}
+		img := filepath.Join(d, imageFile)
 		var err error
 		if s.pool.Take(img, diskBytes) {
 			err = disk.Attach(img, home)
 		} else {
-			err = disk.Make(img, home, diskBytes, s.uid, s.gid)
+			err = disk.Make(img, home, diskBytes, s.uid, s.gid, disk.Inodes(diskBytes, s.maxNames))
 		}
 		if err != nil {
-			os.RemoveAll(d)
 			return "", fmt.Errorf("sandbox disk: %w", err)
 		}
+		rollback.Push("unmount disk", func(context.Context) error { return disk.Unmount(home) })
+	}
+	// The sentinel: what proves, at every later sync, that the directory
+	// walked is this home (see hotsync: a sync never deletes what it
+	// cannot see).
+	token := rand.Text()
+	if err := hotsync.WriteSentinel(home, token); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(d, sentinelFile), []byte(token), 0o600); err != nil {
+		return "", fmt.Errorf("record hot dir sentinel: %w", err)
 	}
 	return home, nil
 }
@@ -158,21 +236,48 @@ func (s *Storage) syncer(sandboxID, userID string) (*hotsync.Syncer, error) {
 	if err != nil {
 		return nil, err
 	}
+	if _, err := os.Lstat(d); err != nil {
+		return nil, fmt.Errorf("hot dir of %s: %w", sandboxID, errdefs.ErrNotFound)
+	}
+	if fileExists(filepath.Join(d, removingFile)) {
+		// Never mount the image again, or sync, once its removal began.
+		return nil, fmt.Errorf("hot dir of %s is being removed: %w", sandboxID, errdefs.ErrFailedPrecondition)
+	}
+	home := filepath.Join(d, "home")
+	img := filepath.Join(d, imageFile)
+	hasDisk := fileExists(filepath.Join(d, diskFile)) || fileExists(img)
 	// After a host reboot a disk image is no longer mounted: mount it
 	// again before anything reads the directory, or an empty mountpoint
 	// would look like "the agent deleted everything".
-	img := filepath.Join(d, "home.img")
-	hasDisk := fileExists(img)
-	if hasDisk && !disk.IsMounted(filepath.Join(d, "home")) {
-		if err := disk.Mount(img, filepath.Join(d, "home")); err != nil {
+	if fileExists(img) && !disk.IsMounted(home) {
+		if err := disk.Mount(img, home); err != nil {
 			return nil, err
 		}
 	}
-	sy, err := hotsync.New(hotsync.Config{
-		Store: s.store, Prefix: Prefix(userID, "hot"), Dir: filepath.Join(d, "home"), DirIsMount: hasDisk,
-		ManifestPath: filepath.Join(d, "manifest.json"), SandboxID: sandboxID,
-		Excludes: s.excludes, UID: s.uid, GID: s.gid, Logger: s.log.With("sandbox_id", sandboxID, "user_id", userID),
-	})
+	token, err := os.ReadFile(filepath.Join(d, sentinelFile))
+	if errors.Is(err, fs.ErrNotExist) && fileExists(img) && disk.IsMounted(home) {
+		// A hot dir made before sentinels existed: its image, mounted
+		// here, is provably its home. Seal it now. (One without an image
+		// cannot be proven, and syncs without deletions.)
+		t := rand.Text()
+		if err = hotsync.WriteSentinel(home, t); err == nil {
+			err = os.WriteFile(filepath.Join(d, sentinelFile), []byte(t), 0o600)
+			token = []byte(t)
+		}
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("hot dir sentinel of %s: %w", sandboxID, err)
+	}
+	cfg := hotsync.Config{
+		Store: s.store, Prefix: Prefix(userID, "hot"), Dir: home, DirIsMount: hasDisk,
+		ManifestPath: filepath.Join(d, "manifest.json"), SandboxID: sandboxID, Sentinel: string(token),
+		MaxNames: s.maxNames, Excludes: s.excludes, UID: s.uid, GID: s.gid,
+		Logger: s.log.With("sandbox_id", sandboxID, "user_id", userID),
+	}
+	if s.retention > 0 {
+		cfg.TrashPrefix = Prefix(userID, "trash")
+	}
+	sy, err := hotsync.New(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -199,32 +304,59 @@ func (s *Storage) SyncUp(ctx context.Context, sandboxID, userID string) (hotsync
 	return sy.Up(ctx)
 }
 
-// FinishHot runs the final sync-up and, only if it succeeded, removes the
-// hot directory. On failure the directory stays for a later retry.
+// FinishHot runs the final sync-up and, only if it completed, removes the
+// hot directory, under the syncer's lock: no checkpoint runs between the
+// two or after them. On failure (or held deletions, or over the names
+// cap) the directory stays for a later retry.
 func (s *Storage) FinishHot(ctx context.Context, sandboxID, userID string) (hotsync.Result, error) {
-	res, err := s.SyncUp(ctx, sandboxID, userID)
-	if err != nil {
-		return res, err
+	if d, err := s.sandboxDir(sandboxID); err == nil && fileExists(filepath.Join(d, removingFile)) {
+		// A removal that began (after a complete final sync, or of a dir
+		// whose data was safe) and was cut short: finish it.
+		return hotsync.Result{}, s.removeHot(sandboxID)
 	}
-	return res, s.RemoveHot(sandboxID)
+	sy, err := s.syncer(sandboxID, userID)
+	if err != nil {
+		return hotsync.Result{}, err
+	}
+	return sy.Finish(ctx, func() error { return s.removeHot(sandboxID) })
 }
 
 // RemoveHot deletes a hot directory without syncing. Only for directories
-// whose data is already safe (a create that failed before the agent ran, or
-// after FinishHot's sync).
-func (s *Storage) RemoveHot(sandboxID string) error {
+// whose data is already safe (a create that failed before the agent ran).
+// It waits for a sync in progress and leaves no syncer behind.
+func (s *Storage) RemoveHot(ctx context.Context, sandboxID string) error {
 	s.mu.Lock()
-	delete(s.syncers, sandboxID)
+	sy := s.syncers[sandboxID]
 	s.mu.Unlock()
+	if sy == nil {
+		return s.removeHot(sandboxID)
+	}
+	return sy.Close(ctx, func() error { return s.removeHot(sandboxID) })
+}
+
+func (s *Storage) removeHot(sandboxID string) error {
 	d, err := s.sandboxDir(sandboxID)
 	if err != nil {
 		return err
 	}
+	// First the tombstone: from here on no syncer is made for this dir
+	// and its image is never mounted again, by this process or the next.
+	s.mu.Lock()
+	delete(s.syncers, sandboxID)
+	err = os.WriteFile(filepath.Join(d, removingFile), nil, 0o600)
+	s.mu.Unlock()
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // already gone
+	}
+	if err != nil {
+		return fmt.Errorf("mark hot dir of %s for removal: %w", sandboxID, err)
+	}
 	// Unmount first: RemoveAll must never walk into a mounted image.
-	if err := disk.Unmount(filepath.Join(d, "home")); err != nil {
+	home := filepath.Join(d, "home")
+	if err := disk.Unmount(home); err != nil {
 		return err
 	}
-	if disk.IsMounted(filepath.Join(d, "home")) {
+	if disk.IsMounted(home) {
 		return fmt.Errorf("hot home of %s is still mounted: %w", sandboxID, errdefs.ErrFailedPrecondition)
 	}
 	if err := os.RemoveAll(d); err != nil {
@@ -275,14 +407,42 @@ func (s *Storage) Pending() ([]PendingHot, error) {
 	return out, nil
 }
 
-// AcquireCold mounts (or shares) the user's cold storage and returns the
-// host path to bind at /data/cold.
-func (s *Storage) AcquireCold(ctx context.Context, userID string) (string, error) {
-	return s.cold.Acquire(ctx, userID)
+// AcquireCold mounts (or shares) the user's cold storage for one sandbox
+// and returns the host path to bind at /data/cold. A sandbox holds at most
+// one reference: acquiring again returns the same path.
+func (s *Storage) AcquireCold(ctx context.Context, userID, sandboxID string) (string, error) {
+	s.mu.Lock()
+	held, ok := s.coldHeld[sandboxID]
+	s.mu.Unlock()
+	if ok {
+		if held != userID {
+			return "", fmt.Errorf("sandbox %s holds the cold mount of %q, not %q: %w", sandboxID, held, userID, errdefs.ErrInvalidArgument)
+		}
+		return s.cold.Mountpoint(userID)
+	}
+	p, err := s.cold.Acquire(ctx, userID)
+	if err != nil {
+		return "", err
+	}
+	s.mu.Lock()
+	s.coldHeld[sandboxID] = userID
+	s.mu.Unlock()
+	return p, nil
 }
 
-// ReleaseCold drops one reference to the user's cold mount.
-func (s *Storage) ReleaseCold(ctx context.Context, userID string) error {
+// ReleaseCold drops the sandbox's reference to its user's cold mount, if
+// it holds one: a sandbox whose acquire failed (at recovery, say) releases
+// nothing, so it can never take another sandbox's mount away.
+func (s *Storage) ReleaseCold(ctx context.Context, userID, sandboxID string) error {
+	s.mu.Lock()
+	held, ok := s.coldHeld[sandboxID]
+	if ok && held == userID {
+		delete(s.coldHeld, sandboxID)
+	}
+	s.mu.Unlock()
+	if !ok || held != userID {
+		return nil
+	}
 	return s.cold.Release(ctx, userID)
 }
 
@@ -314,8 +474,35 @@ func (s *Storage) Clean(ctx context.Context, userID, tier string) (int64, error)
 	if _, err := UserPath(s.dir, userID); err != nil {
 		return 0, err
 	}
-	if tier != "hot" && tier != "cold" {
-		return 0, fmt.Errorf("tier %q: want hot or cold: %w", tier, errdefs.ErrInvalidArgument)
+	if tier != "hot" && tier != "cold" && tier != "trash" {
+		return 0, fmt.Errorf("tier %q: want hot, cold or trash: %w", tier, errdefs.ErrInvalidArgument)
 	}
 	return objstore.DeletePrefix(ctx, s.store, Prefix(userID, tier))
+}
+
+// admitDisk refuses a new disk of size bytes unless it fits: what every
+// sandbox disk on the host may still grow by (its size less what it
+// already holds), plus size, must not exceed the state filesystem's free
+// space less the reserve, times the overcommit ratio. A sandbox writing
+// its whole quota then never fills the filesystem the registry, the
+// manifests and every other tenant's disk live on. Callers hold s.admit.
+func (s *Storage) admitDisk(size int64) error {
+	total, free, ok := fsFree(s.dir)
+	if !ok {
+		return nil
+	}
+	var growth int64
+	ents, _ := os.ReadDir(s.dir)
+	for _, e := range ents {
+		if apparent, allocated, ok := fileSpace(filepath.Join(s.dir, e.Name(), imageFile)); ok && apparent > allocated {
+			growth += apparent - allocated
+		}
+	}
+	room := float64(free-s.reserve) * s.overcommit
+	if float64(growth+size) <= room {
+		return nil
+	}
+	gib := func(b float64) string { return fmt.Sprintf("%.1f GiB", b/(1<<30)) }
+	return fmt.Errorf("a %s disk does not fit this host: the sandbox disks here may still grow by %s, the state filesystem (%s) has %s free, %s of it kept for the daemon, overcommit %g: %w",
+		gib(float64(size)), gib(float64(growth)), gib(float64(total)), gib(float64(free)), gib(float64(s.reserve)), s.overcommit, errclass.ErrInsufficientStorage)
 }

@@ -106,7 +106,19 @@ type Record struct {
 	// made this sandbox. Within IdempotencyWindow of CreatedAt, Create
 	// refuses a second record with the same key (IdempotencyConflict).
 	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	// HotSyncOverLimit says, when the sandbox's home holds more names than
+	// the daemon's cap, how many and what is synced (the rest stays on
+	// the host, no deletions propagate).
+	HotSyncOverLimit string `json:"hot_sync_over_limit,omitempty"`
+	// HotSyncRejectedCount entries of the home could not be stored (FIFOs,
+	// sockets, devices, keys over 1024 bytes); HotSyncRejected names the
+	// first of them with the reason ("PATH: REASON").
+	HotSyncRejectedCount int      `json:"hot_sync_rejected_count,omitempty"`
+	HotSyncRejected      []string `json:"hot_sync_rejected,omitempty"`
 }
+
+// MaxRejectedListed bounds Record.HotSyncRejected.
+const MaxRejectedListed = 20
 
 // IdempotencyWindow is how long an Idempotency-Key names the sandbox its
 // create made; after it the key may be used again.
@@ -134,6 +146,7 @@ func (r *Record) Clone() *Record {
 	c.Config.Env = cloneMap(r.Config.Env)
 	c.Config.Labels = cloneMap(r.Config.Labels)
 	c.Config.Network.Allow = append([]string(nil), r.Config.Network.Allow...)
+	c.HotSyncRejected = append([]string(nil), r.HotSyncRejected...)
 	if r.LastHeartbeatAt != nil {
 		t := *r.LastHeartbeatAt
 		c.LastHeartbeatAt = &t

@@ -181,7 +181,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 		return nil, err
 	}
 	mark("prepare_hot", t0)
-	rollback.Push("remove hot dir", func(context.Context) error { return m.storage.RemoveHot(rec.ID) })
+	rollback.Push("remove hot dir", func(c context.Context) error { return m.storage.RemoveHot(c, rec.ID) })
 	// Hot files download while the cold mount and the container come up.
 	// The download must have ended before any undo step runs (it writes
 	// into the hot dir), so waiting for it is the newest undo step until
@@ -189,12 +189,12 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 	down := m.startSyncDown(ctx, rec.ID, userID, log)
 	rollback.Push("wait for hot sync-down", func(context.Context) error { down.wait(); return nil })
 	t0 = time.Now()
-	coldPath, err := m.storage.AcquireCold(ctx, userID)
+	coldPath, err := m.storage.AcquireCold(ctx, userID, rec.ID)
 	if err != nil {
 		return nil, err
 	}
 	mark("cold", t0)
-	rollback.Push("release cold mount", func(c context.Context) error { return m.storage.ReleaseCold(c, userID) })
+	rollback.Push("release cold mount", func(c context.Context) error { return m.storage.ReleaseCold(c, userID, rec.ID) })
 	if _, err := m.setStatus(ctx, rec.ID, registry.StatusStarting); err != nil {
 		return nil, err
 	}

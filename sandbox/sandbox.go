@@ -66,13 +66,17 @@ type Storage interface {
 	SyncDown(ctx context.Context, sandboxID, userID string) (hotsync.Result, error)
 	SyncUp(ctx context.Context, sandboxID, userID string) (hotsync.Result, error)
 	FinishHot(ctx context.Context, sandboxID, userID string) (hotsync.Result, error)
-	RemoveHot(sandboxID string) error
+	RemoveHot(ctx context.Context, sandboxID string) error
 	HasHot(sandboxID string) bool
 	Pending() ([]mounts.PendingHot, error)
-	AcquireCold(ctx context.Context, userID string) (string, error)
-	ReleaseCold(ctx context.Context, userID string) error
+	// AcquireCold and ReleaseCold count one reference per sandbox: a
+	// release by a sandbox that holds none (its acquire failed) is a no-op.
+	AcquireCold(ctx context.Context, userID, sandboxID string) (string, error)
+	ReleaseCold(ctx context.Context, userID, sandboxID string) error
 	Stats(ctx context.Context, userID string) (mounts.TierStats, error)
 	Clean(ctx context.Context, userID, tier string) (int64, error)
+	PruneTrash(ctx context.Context, userID string, now time.Time) (int, error)
+	RestoreHot(ctx context.Context, userID, path string, at time.Time) ([]string, error)
 }
 
 // Limits are the daemon's defaults and the maximums a request may ask for.

@@ -134,7 +134,7 @@ func TestRecoverDiscardsHotDirsOfSandboxesNeverReady(t *testing.T) {
 	}
 	put := func(key, body string) {
 		t.Helper()
-		if _, err := bucket.Put(ctx, key, strings.NewReader(body), int64(len(body)), objstore.Cond{}); err != nil {
+		if _, err := bucket.Put(ctx, key, strings.NewReader(body), int64(len(body)), objstore.Cond{}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/registry"
 )
 
@@ -115,15 +118,19 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 	// stays, the record says so, and RetryPending (on the checkpoint tick
 	// and at the next daemon start) retries.
 	var serr error
+	var rep syncReport
 	if derr == nil {
-		serr = m.finalSync(dctx, rec.ID, rec.UserID, m.shutdownSyncBudget(), log)
-		if err := m.storage.ReleaseCold(dctx, rec.UserID); err != nil {
+		rep, serr = m.finalSync(dctx, rec.ID, rec.UserID, m.shutdownSyncBudget(), log)
+		if err := m.storage.ReleaseCold(dctx, rec.UserID, rec.ID); err != nil {
 			log.Warn("cold release failed", "error", err)
 		}
 	} else {
 		// The container may still be running and writing: save what is
 		// there, keep the directory and the mount, and let recovery finish.
-		if _, serr = m.storage.SyncUp(dctx, rec.ID, rec.UserID); serr == nil {
+		var res hotsync.Result
+		res, serr = m.storage.SyncUp(dctx, rec.ID, rec.UserID)
+		rep = reportOf(res, serr)
+		if serr == nil {
 			serr = fmt.Errorf("sandbox could not be destroyed; hot files kept on the host")
 		}
 	}
@@ -137,7 +144,7 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 		}
 		r.StoppedAt = &now
 		r.StopReason = reason
-		recordSync(r, serr, now)
+		recordSync(r, rep, serr, now)
 		return nil
 	})
 	if derr != nil {
@@ -149,7 +156,13 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 	return out, err
 }
 
-// ExpireDue stops every live sandbox whose TTL has passed.
+// expireParallel bounds the expired sandboxes stopped at once: one whose
+// stop is stuck (its final sync waiting on a silent S3) must not hold TTL
+// enforcement back for the others.
+const expireParallel = 8
+
+// ExpireDue stops every live sandbox whose TTL has passed, expireParallel
+// at a time.
 func (m *Manager) ExpireDue(ctx context.Context) {
 	rs, err := m.store.List(ctx, registry.Filter{Statuses: []registry.Status{registry.StatusReady, registry.StatusRunning}})
 	if err != nil {
@@ -157,6 +170,8 @@ func (m *Manager) ExpireDue(ctx context.Context) {
 		return
 	}
 	now := m.now()
+	var g errgroup.Group
+	g.SetLimit(expireParallel)
 	for _, r := range rs {
 		if now.Before(r.ExpiresAt) {
 			continue
@@ -165,8 +180,12 @@ func (m *Manager) ExpireDue(ctx context.Context) {
 		if err != nil || !started {
 			continue
 		}
-		m.finishShutdown(ctx, rec, true, ReasonExpired, registry.StatusExpired)
+		g.Go(func() error {
+			m.finishShutdown(ctx, rec, true, ReasonExpired, registry.StatusExpired)
+			return nil
+		})
 	}
+	g.Wait()
 }
 
 // RunExpiry calls ExpireDue every interval until ctx ends.
@@ -200,7 +219,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 				continue
 			}
 			if ok {
-				if _, err := m.storage.AcquireCold(ctx, r.UserID); err != nil {
+				if _, err := m.storage.AcquireCold(ctx, r.UserID, r.ID); err != nil {
 					log.Warn("recover: cold mount failed", "error", err)
 				}
 				m.checkpointOne(ctx, r)
@@ -212,14 +231,15 @@ func (m *Manager) Recover(ctx context.Context) error {
 			log.Warn("recover: destroy leftover failed", "error", err)
 		}
 		var serr error
+		var rep syncReport
 		fresh := neverReady(r)
 		if fresh {
 			// The agent never ran: the hot dir holds only what sync-down
 			// wrote, maybe half a file and no manifest. Syncing it up would
 			// turn partial downloads into conflict copies in the bucket.
-			serr = m.discardHot(r.ID, log)
+			serr = m.discardHot(ctx, r.ID, log)
 		} else {
-			serr = m.finalSync(ctx, r.ID, r.UserID, m.shutdownSyncBudget(), log)
+			rep, serr = m.finalSync(ctx, r.ID, r.UserID, m.shutdownSyncBudget(), log)
 		}
 		now := m.now().UTC()
 		status := r.Status
@@ -229,7 +249,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 			rec.StoppedAt = &now
 			rec.StopReason = ReasonError
 			if !fresh || serr != nil {
-				recordSync(rec, serr, now) // nothing was synced for a discarded dir
+				recordSync(rec, rep, serr, now) // nothing was synced for a discarded dir
 			}
 			return nil
 		})
@@ -276,14 +296,14 @@ func (m *Manager) retryPending(ctx context.Context, orphans bool, budget time.Du
 		if err == nil && neverReady(rec) {
 			// A create that failed, or was caught by a crash, and whose
 			// dir could not be removed then: nothing to save.
-			m.discardHot(p.SandboxID, log)
+			m.discardHot(ctx, p.SandboxID, log)
 			continue
 		}
-		serr := m.finalSync(ctx, p.SandboxID, p.UserID, budget, log)
+		rep, serr := m.finalSync(ctx, p.SandboxID, p.UserID, budget, log)
 		if err == nil {
 			now := m.now().UTC()
 			m.store.Update(ctx, p.SandboxID, func(r *registry.Record) error {
-				recordSync(r, serr, now)
+				recordSync(r, rep, serr, now)
 				return nil
 			})
 		}
@@ -302,11 +322,11 @@ func neverReady(r *registry.Record) bool { return r.HotSyncedAt == nil }
 
 // discardHot removes a hot dir without syncing it: only for sandboxes
 // whose agent never ran.
-func (m *Manager) discardHot(id string, log *slog.Logger) error {
+func (m *Manager) discardHot(ctx context.Context, id string, log *slog.Logger) error {
 	if !m.storage.HasHot(id) {
 		return nil
 	}
-	if err := m.storage.RemoveHot(id); err != nil {
+	if err := m.storage.RemoveHot(ctx, id); err != nil {
 		log.Warn("recover: could not remove the hot dir of a sandbox that never became ready", "error", err)
 		return err
 	}

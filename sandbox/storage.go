@@ -2,29 +2,34 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/sync/errgroup"
+
 	"github.com/matrx-dev/matrx/mounts"
+	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/registry"
 )
 
 // finalSync runs the last hot sync of a stopped sandbox within budget
 // (shutdownSyncBudget on a stop path, retrySyncBudget for a retry).
-func (m *Manager) finalSync(ctx context.Context, id, userID string, budget time.Duration, log *slog.Logger) error {
+func (m *Manager) finalSync(ctx context.Context, id, userID string, budget time.Duration, log *slog.Logger) (syncReport, error) {
 	if !m.storage.HasHot(id) {
-		return nil
+		return syncReport{}, nil
 	}
 	sctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
 	res, err := m.storage.FinishHot(sctx, id, userID)
+	rep := reportOf(res, err)
 	if err != nil {
 		m.metrics.AddHotSync("up", 0, 0, 0, 1)
-		log.Error("final hot sync failed; files kept on the host for retry", "error", err)
-		return err
+		log.Error("final hot sync did not complete; files kept on the host for retry", "error", err)
+		return rep, err
 	}
 	m.metrics.AddHotSync("up", res.Bytes, int64(len(res.Uploaded)), len(res.Conflicts), 0)
 	log.Info("hot storage synced up", "uploaded", len(res.Uploaded), "deleted", len(res.Deleted),
@@ -32,7 +37,7 @@ func (m *Manager) finalSync(ctx context.Context, id, userID string, budget time.
 	for _, c := range res.Conflicts {
 		log.Warn("hot sync conflict: kept the other version, saved ours as a conflict copy", "path", c)
 	}
-	return nil
+	return rep, nil
 }
 
 // shutdownSyncBudget bounds a final sync on a stop path and at startup:
@@ -49,8 +54,47 @@ func (m *Manager) shutdownSyncBudget() time.Duration {
 // otherwise be cut short on every retry and never reach the bucket.
 const retrySyncBudget = time.Hour
 
-// recordSync stores a sync outcome on a record.
-func recordSync(r *registry.Record, err error, at time.Time) {
+// checkpointBudget bounds one sandbox's checkpoint, so that a sandbox
+// whose sync is stuck cannot hold the others' back (they run beside it,
+// checkpointParallel at a time).
+const (
+	checkpointBudget   = 10 * time.Minute
+	checkpointParallel = 4
+)
+
+// syncReport is what a record keeps of a sync pass beyond its error: the
+// entries that could not be stored and the names cap.
+type syncReport struct {
+	walked    bool // the pass walked the home: the fields below are current
+	rejected  []string
+	count     int
+	overLimit string
+}
+
+func reportOf(res hotsync.Result, err error) syncReport {
+	var held *hotsync.HeldError
+	if err != nil && !errors.As(err, &held) && res.Uploaded == nil && res.Rejected == nil && res.OverLimit == nil {
+		return syncReport{} // failed before it looked at the home
+	}
+	rep := syncReport{walked: true, count: len(res.Rejected)}
+	for _, r := range res.Rejected {
+		if len(rep.rejected) == registry.MaxRejectedListed {
+			break
+		}
+		rep.rejected = append(rep.rejected, r.Path+": "+r.Reason)
+	}
+	if res.OverLimit != nil {
+		rep.overLimit = res.OverLimit.String()
+	}
+	return rep
+}
+
+// recordSync stores a sync outcome on a record. An incomplete sync (held
+// deletions, over the names cap) is pending, with the reason.
+func recordSync(r *registry.Record, rep syncReport, err error, at time.Time) {
+	if rep.walked {
+		r.HotSyncRejected, r.HotSyncRejectedCount, r.HotSyncOverLimit = rep.rejected, rep.count, rep.overLimit
+	}
 	if err != nil {
 		r.HotSyncPending = true
 		r.HotSyncError = err.Error()
@@ -62,35 +106,50 @@ func recordSync(r *registry.Record, err error, at time.Time) {
 }
 
 // Checkpoint syncs the hot files of every live sandbox up, so a host crash
-// loses at most one interval of work.
+// loses at most one interval of work. Sandboxes are synced
+// checkpointParallel at a time, each within checkpointBudget.
 func (m *Manager) Checkpoint(ctx context.Context) {
 	rs, err := m.store.List(ctx, registry.Filter{Statuses: []registry.Status{registry.StatusReady, registry.StatusRunning}})
 	if err != nil {
 		m.log.Warn("checkpoint scan failed", "error", err)
 		return
 	}
+	var g errgroup.Group
+	g.SetLimit(checkpointParallel)
 	for _, r := range rs {
-		m.checkpointOne(ctx, r)
+		g.Go(func() error {
+			m.checkpointOne(ctx, r)
+			return nil
+		})
 	}
+	g.Wait()
 }
 
 func (m *Manager) checkpointOne(ctx context.Context, r *registry.Record) {
 	log := m.log.With("sandbox_id", r.ID, "user_id", r.UserID)
-	res, err := m.storage.SyncUp(ctx, r.ID, r.UserID)
+	// The list may be old by now: a sandbox that began stopping is the
+	// final sync's alone (mounts serializes them too).
+	if cur, err := m.store.Get(ctx, r.ID); err != nil || !cur.Status.AcceptsExec() {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, checkpointBudget)
+	defer cancel()
+	res, err := m.storage.SyncUp(cctx, r.ID, r.UserID)
 	if err != nil {
 		m.metrics.AddHotSync("up", 0, 0, 0, 1)
 	} else {
 		m.metrics.AddHotSync("up", res.Bytes, int64(len(res.Uploaded)), len(res.Conflicts), 0)
 	}
 	if err != nil {
-		log.Warn("hot checkpoint failed", "error", err)
+		log.Warn("hot checkpoint did not complete", "error", err)
 	} else if len(res.Uploaded)+len(res.Deleted) > 0 {
 		log.Info("hot checkpoint", "uploaded", len(res.Uploaded), "deleted", len(res.Deleted), "conflicts", len(res.Conflicts), "bytes", res.Bytes)
 	}
+	rep := reportOf(res, err)
 	now := m.now().UTC()
 	m.store.Update(ctx, r.ID, func(rec *registry.Record) error {
 		if rec.Status.AcceptsExec() {
-			recordSync(rec, err, now)
+			recordSync(rec, rep, err, now)
 		}
 		return nil
 	})
@@ -107,7 +166,32 @@ func (m *Manager) RunStorageTasks(ctx context.Context, checkpoint, retry time.Du
 		wg.Go(func() { every(ctx, checkpoint, m.Checkpoint) })
 	}
 	wg.Go(func() { every(ctx, retry, m.RetryPending) })
+	wg.Go(func() { every(ctx, trashPruneInterval, m.PruneTrash) })
 	wg.Wait()
+}
+
+// trashPruneInterval: trash expires by the day, so hourly is plenty.
+const trashPruneInterval = time.Hour
+
+// PruneTrash drops expired trash of every user the registry knows.
+func (m *Manager) PruneTrash(ctx context.Context) {
+	rs, err := m.store.List(ctx, registry.Filter{})
+	if err != nil {
+		m.log.Warn("trash prune scan failed", "error", err)
+		return
+	}
+	seen := map[string]bool{}
+	for _, r := range rs {
+		if seen[r.UserID] {
+			continue
+		}
+		seen[r.UserID] = true
+		if n, err := m.storage.PruneTrash(ctx, r.UserID, m.now()); err != nil {
+			m.log.Warn("trash prune failed", "user_id", r.UserID, "error", err)
+		} else if n > 0 {
+			m.log.Info("expired trash pruned", "user_id", r.UserID, "objects", n)
+		}
+	}
 }
 
 // every calls fn each interval until ctx ends.
@@ -139,8 +223,8 @@ func (m *Manager) CleanStorage(ctx context.Context, userID, tier string) (int64,
 	if err := ValidateUserID(userID); err != nil {
 		return 0, err
 	}
-	if tier != "hot" && tier != "cold" {
-		return 0, invalid("tier %q: want hot or cold", tier)
+	if tier != "hot" && tier != "cold" && tier != "trash" {
+		return 0, invalid("tier %q: want hot, cold or trash", tier)
 	}
 	active, err := m.List(ctx, userID, false)
 	if err != nil {
@@ -154,4 +238,26 @@ func (m *Manager) CleanStorage(ctx context.Context, userID, tier string) (int64,
 		m.log.Warn("admin storage cleanup", "user_id", userID, "tier", tier, "objects", n)
 	}
 	return n, err
+}
+
+// RestoreStorage brings trashed versions of a user's hot file or directory
+// back (see mounts.Storage.RestoreHot): the version current at `at`, or the
+// last one trashed. Like CleanStorage it refuses while the user has any
+// sandbox that is not stopped: a running sandbox's next sync does not know
+// the restored objects and would turn them into conflicts.
+func (m *Manager) RestoreStorage(ctx context.Context, userID, path string, at time.Time) ([]string, error) {
+	if err := ValidateUserID(userID); err != nil {
+		return nil, err
+	}
+	if path == "" {
+		return nil, invalid("path is required (a file or directory relative to the home)")
+	}
+	active, err := m.List(ctx, userID, false)
+	if err != nil {
+		return nil, err
+	}
+	if len(active) > 0 {
+		return nil, fmt.Errorf("user %q has %d active sandbox(es); stop them first: %w", userID, len(active), errdefs.ErrFailedPrecondition)
+	}
+	return m.storage.RestoreHot(ctx, userID, path, at)
 }

@@ -90,6 +90,14 @@ type Sandbox struct {
 	HotSyncedAt    *time.Time `json:"hot_synced_at"`
 	HotSyncError   string     `json:"hot_sync_error,omitempty"`
 	HotSyncPending bool       `json:"hot_sync_pending"`
+	// HotSyncOverLimit: the home holds more files, directories and
+	// symlinks than the daemon syncs; what is and is not synced.
+	HotSyncOverLimit string `json:"hot_sync_over_limit,omitempty"`
+	// HotSyncRejectedCount entries of the home cannot be stored (FIFOs,
+	// sockets, devices, keys over 1024 bytes); HotSyncRejected lists the
+	// first ones as "PATH: REASON".
+	HotSyncRejectedCount int      `json:"hot_sync_rejected_count,omitempty"`
+	HotSyncRejected      []string `json:"hot_sync_rejected,omitempty"`
 }
 
 // SandboxList answers GET /sandboxes, newest first. Total counts every
@@ -187,6 +195,21 @@ type StorageStats struct {
 	UserID string    `json:"user_id"`
 	Hot    TierUsage `json:"hot"`
 	Cold   TierUsage `json:"cold"`
+}
+
+// StorageRestoreRequest is the body of POST /users/{user_id}/storage/restore:
+// the hot file or directory (relative to the home) to bring back from the
+// trash, as it was at At (RFC 3339), or its last trashed version.
+type StorageRestoreRequest struct {
+	Path string     `json:"path"`
+	At   *time.Time `json:"at,omitempty"`
+}
+
+// StorageRestoreResponse answers a restore: the paths brought back.
+type StorageRestoreResponse struct {
+	UserID   string   `json:"user_id"`
+	Path     string   `json:"path"`
+	Restored []string `json:"restored"`
 }
 
 // StorageCleanResponse answers DELETE /users/{user_id}/storage/{tier}.

@@ -24,6 +24,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/matrx-dev/matrx/api/apitype"
+	"github.com/matrx-dev/matrx/errclass"
 )
 
 // DefaultSocket is where matrxd listens by default.
@@ -135,6 +136,8 @@ func errorFromStatus(status int, detail string) error {
 		class = errdefs.ErrUnauthenticated
 	case http.StatusTooManyRequests:
 		class = errdefs.ErrResourceExhausted
+	case http.StatusInsufficientStorage:
+		class = errclass.ErrInsufficientStorage
 	case http.StatusNotImplemented:
 		class = errdefs.ErrNotImplemented
 	case http.StatusServiceUnavailable:
@@ -440,6 +443,18 @@ func (c *Client) RawWithHeader(ctx context.Context, method, path string, body []
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, b, err
+}
+
+// RestoreStorage calls POST /users/{user}/storage/restore: path (a hot
+// file or directory) as it was at `at`, or its last trashed version when
+// at is zero.
+func (c *Client) RestoreStorage(ctx context.Context, userID, path string, at time.Time) (*apitype.StorageRestoreResponse, error) {
+	req := apitype.StorageRestoreRequest{Path: path}
+	if !at.IsZero() {
+		req.At = &at
+	}
+	var r apitype.StorageRestoreResponse
+	return &r, c.do(ctx, http.MethodPost, "/users/"+url.PathEscape(userID)+"/storage/restore", nil, req, http.StatusOK, &r)
 }
 
 // StorageStats calls GET /users/{user}/storage.

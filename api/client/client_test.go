@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/matrx-dev/matrx/api/apitype"
+	"github.com/matrx-dev/matrx/errclass"
 )
 
 // serve runs handler on a Unix socket after delay.
@@ -74,6 +75,7 @@ func TestErrorClasses(t *testing.T) {
 	for code, is := range map[int]func(error) bool{
 		400: errdefs.IsInvalidArgument, 404: errdefs.IsNotFound, 409: errdefs.IsFailedPrecondition,
 		503: errdefs.IsUnavailable, 501: errdefs.IsNotImplemented, 500: errdefs.IsInternal,
+		429: errdefs.IsResourceExhausted, 507: errclass.IsInsufficientStorage,
 	} {
 		if err := errorFromStatus(code, "x"); !is(err) {
 			t.Errorf("status %d maps to %v", code, err)

@@ -83,7 +83,9 @@ func StartIn(t testing.TB, env *containerdtest.Env, opts ...Option) *Harness {
 		Socket: filepath.Join(env.Dir, "matrxd.sock"), ContainerdAddress: env.Address,
 		ContainerdNamespace: Namespace, StateDir: filepath.Join(env.Dir, "state"), InitPath: env.InitPath,
 		Store: "bolt", LogFormat: "json", ExpiryInterval: time.Second, Limits: limits,
-		Storage: daemon.StorageConfig{ColdDriver: "auto", CheckpointInterval: time.Hour},
+		// Overcommit: tests share this machine's disk, and their
+		// sandboxes write little of their 20 GiB quotas.
+		Storage: daemon.StorageConfig{ColdDriver: "auto", CheckpointInterval: time.Hour, DiskOvercommit: 8},
 		UserNS:  daemon.UserNSConfig{Mode: "auto", Base: 1_000_000},
 		Network: Network(t),
 	}

@@ -1,18 +1,24 @@
 package cold
 
 import (
-	"io"
 	"strings"
 
-	"github.com/matrx-dev/matrx/mounts/mountinfo"
+	"github.com/moby/sys/mountinfo"
 )
 
-// mountInfo is one line of /proc/PID/mountinfo; see package mountinfo.
-type mountInfo = mountinfo.Entry
+// mountInfo is one line of /proc/PID/mountinfo, parsed (and unescaped)
+// by github.com/moby/sys/mountinfo.
+type mountInfo struct{ mountinfo.Info }
 
-func parseMountinfo(r io.Reader) ([]mountInfo, error) { return mountinfo.Parse(r) }
-
-func unescapeMountinfo(s string) string { return mountinfo.Unescape(s) }
+// Shared reports whether the mount has a "shared:N" tag.
+func (m mountInfo) Shared() bool {
+	for o := range strings.FieldsSeq(m.Optional) {
+		if strings.HasPrefix(o, "shared:") {
+			return true
+		}
+	}
+	return false
+}
 
 // stackAt returns the mounts whose mountpoint is path, bottom first: each
 // one's parent is the previous one (or, for the first, a mount elsewhere).

@@ -9,22 +9,24 @@ import (
 	"strings"
 
 	"github.com/containerd/errdefs"
-	"github.com/matrx-dev/matrx/mounts/mountinfo"
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
-// Make creates a sparse ext4 image of size bytes at img, owned (root
-// directory) by uid:gid, and mounts it at dir.
-func Make(img, dir string, size int64, uid, gid int) error {
-	if err := Format(img, size, uid, gid); err != nil {
+// Make creates a sparse ext4 image of size bytes with inodes inodes (0:
+// mkfs's default) at img, owned (root directory) by uid:gid, and mounts it
+// at dir.
+func Make(img, dir string, size int64, uid, gid, inodes int) error {
+	if err := Format(img, size, uid, gid, inodes); err != nil {
 		return err
 	}
 	return Attach(img, dir)
 }
 
 // Format creates a sparse ext4 image of size bytes at img whose root
-// directory is owned by uid:gid. Nothing is left at img on failure.
-func Format(img string, size int64, uid, gid int) error {
+// directory is owned by uid:gid, with inodes inodes (0: mkfs's default of
+// one per 16 KiB; see Inodes). Nothing is left at img on failure.
+func Format(img string, size int64, uid, gid, inodes int) error {
 	if size < MinSize {
 		return fmt.Errorf("disk size %d is below 16 MiB: %w", size, errdefs.ErrInvalidArgument)
 	}
@@ -38,8 +40,12 @@ func Format(img string, size int64, uid, gid int) error {
 		os.Remove(img)
 		return fmt.Errorf("size disk image: %w", err)
 	}
-	out, err := exec.Command("mkfs.ext4", "-q", "-F", "-m", "0",
-		"-E", fmt.Sprintf("lazy_itable_init=1,lazy_journal_init=1,root_owner=%d:%d", uid, gid), img).CombinedOutput()
+	args := []string{"-q", "-F", "-m", "0",
+		"-E", fmt.Sprintf("lazy_itable_init=1,lazy_journal_init=1,root_owner=%d:%d", uid, gid)}
+	if inodes > 0 {
+		args = append(args, "-N", fmt.Sprint(inodes))
+	}
+	out, err := exec.Command("mkfs.ext4", append(args, img)...).CombinedOutput()
 	if err != nil {
 		os.Remove(img)
 		return fmt.Errorf("mkfs.ext4: %v: %s", err, strings.TrimSpace(string(out)))
@@ -160,4 +166,7 @@ func Unmount(dir string) error {
 }
 
 // IsMounted reports whether dir is a mount point.
-func IsMounted(dir string) bool { return mountinfo.IsMountpoint(dir) }
+func IsMounted(dir string) bool {
+	ok, err := mountinfo.Mounted(dir)
+	return ok && err == nil
+}

@@ -9,8 +9,9 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
-	"github.com/matrx-dev/matrx/mounts/mountinfo"
 	"github.com/matrx-dev/matrx/testenv"
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
 )
 
 func needRoot(t *testing.T) {
@@ -20,7 +21,7 @@ func needRoot(t *testing.T) {
 
 func TestMakeRejectsTinyDisk(t *testing.T) {
 	dir := t.TempDir()
-	err := Make(filepath.Join(dir, "img"), dir, 1<<20, 0, 0)
+	err := Make(filepath.Join(dir, "img"), dir, 1<<20, 0, 0, 0)
 	if !errdefs.IsInvalidArgument(err) {
 		t.Fatalf("1 MiB disk: got %v, want invalid argument", err)
 	}
@@ -39,7 +40,7 @@ func TestMakeMountUnmount(t *testing.T) {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := Make(img, dir, 32<<20, 1234, 5678); err != nil {
+	if err := Make(img, dir, 32<<20, 1234, 5678, 0); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { Unmount(dir) })
@@ -102,7 +103,7 @@ func TestMakeMountUnmount(t *testing.T) {
 // loopOf returns the loop device ("loop3") mounted at dir.
 func loopOf(t *testing.T, dir string) string {
 	t.Helper()
-	ms, err := mountinfo.Read("/proc/self/mountinfo")
+	ms, err := mountinfo.GetMounts(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,5 +140,34 @@ func TestMountFailureFreesTheLoopDevice(t *testing.T) {
 		if data, err := os.ReadFile(b); err == nil && strings.TrimSpace(string(data)) == img {
 			t.Fatalf("%s is still bound to the image", b)
 		}
+	}
+}
+
+// TestInodesMatchTheNamesCap: a disk made for a names cap has about that
+// many inodes (mkfs rounds up to whole groups), not mkfs's one per 16 KiB:
+// hard links aside, a sandbox cannot make more entries than hot sync
+// syncs.
+func TestInodesMatchTheNamesCap(t *testing.T) {
+	needRoot(t)
+	base := t.TempDir()
+	img, dir := filepath.Join(base, "home.img"), filepath.Join(base, "home")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const size = 1 << 30
+	want := Inodes(size, 5000)
+	if want != 5000 || Inodes(64<<20, 200_000) != 4096 {
+		t.Fatalf("Inodes = %d, %d", want, Inodes(64<<20, 200_000))
+	}
+	if err := Make(img, dir, size, 0, 0, want); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Unmount(dir) })
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Files < uint64(want) || st.Files > uint64(want)+8192 {
+		t.Fatalf("%d inodes, want about %d (mkfs's default would be %d)", st.Files, want, size/(16<<10))
 	}
 }

@@ -7,4 +7,14 @@
 // sparse image costs only what is written, and mkfs of a 20 GiB sparse
 // image takes ~20 ms. The image is also the filesystem hot sync writes
 // into, so `hotbench` measures sync against one made by Make.
+//
+// Inodes: an image gets as many inodes as hot sync syncs names per
+// sandbox (Inodes: the daemon's --hot-max-names, 200,000 by default, or
+// mkfs's one per 16 KiB when that is fewer), so a sandbox cannot make
+// millions of entries the sync would have to stop at; hard links still
+// multiply names, which hot sync's own cap bounds. The pool's images are
+// made the same way (their names carry the inode count).
+//
+// This package does not decide whether a disk fits the host: mounts
+// admits disks against the state filesystem's free space.
 package disk

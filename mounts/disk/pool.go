@@ -17,6 +17,15 @@ import (
 // MinSize is the smallest disk Format makes.
 const MinSize = 16 << 20
 
+// Inodes is the inode count a disk of size bytes gets when a sandbox's
+// hot tier may hold at most maxNames files, directories and symlinks: the
+// cap, or mkfs's default (one per 16 KiB) when that is fewer. More inodes
+// than names could never be synced (hot sync stops at the cap), and each
+// costs 256 bytes of inode table.
+func Inodes(size int64, maxNames int) int {
+	return int(min(int64(maxNames), size/(16<<10)))
+}
+
 // Pool keeps a few freshly formatted images of one size (the daemon's
 // default disk) ready, so that creating a sandbox renames one into place
 // instead of running mkfs.ext4 (~10 ms of the create path). Images are
@@ -24,7 +33,7 @@ const MinSize = 16 << 20
 // sandbox can see another's blocks.
 //
 // Images are formatted under a temporary name and renamed to
-// ready-<size>-<uid>-<gid>-<n>.img only when complete, so after a crash the pool
+// ready-<size>-<inodes>-<uid>-<gid>-<n>.img only when complete, so after a crash the pool
 // directory holds complete images (kept, if their size still matches) and
 // partial ones (removed). The directory must be on the same filesystem as
 // the places images are taken to.
@@ -32,6 +41,7 @@ type Pool struct {
 	dir      string
 	size     int64
 	uid, gid int
+	inodes   int
 	want     int
 	log      *slog.Logger
 
@@ -43,9 +53,10 @@ type Pool struct {
 	wg      sync.WaitGroup
 }
 
-// NewPool opens (creating it) a pool of want images of size bytes in dir,
-// owned by uid:gid, and starts filling it in the background.
-func NewPool(dir string, size int64, uid, gid, want int, log *slog.Logger) (*Pool, error) {
+// NewPool opens (creating it) a pool of want images of size bytes with
+// inodes inodes (see Inodes) in dir, owned by uid:gid, and starts filling
+// it in the background.
+func NewPool(dir string, size int64, uid, gid, inodes, want int, log *slog.Logger) (*Pool, error) {
 	switch {
 	case size < MinSize:
 		return nil, fmt.Errorf("disk pool: size %d is below 16 MiB: %w", size, errdefs.ErrInvalidArgument)
@@ -58,7 +69,7 @@ func NewPool(dir string, size int64, uid, gid, want int, log *slog.Logger) (*Poo
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("disk pool: %w", err)
 	}
-	p := &Pool{dir: dir, size: size, uid: uid, gid: gid, want: want, log: log}
+	p := &Pool{dir: dir, size: size, uid: uid, gid: gid, inodes: inodes, want: want, log: log}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("disk pool: %w", err)
@@ -122,7 +133,9 @@ func (p *Pool) Take(img string, size int64) bool {
 // readyPrefix names complete images of this pool's size and owner: after
 // a restart with another default size or user-namespace base, older
 // images do not match and are removed.
-func (p *Pool) readyPrefix() string { return fmt.Sprintf("ready-%d-%d-%d-", p.size, p.uid, p.gid) }
+func (p *Pool) readyPrefix() string {
+	return fmt.Sprintf("ready-%d-%d-%d-%d-", p.size, p.inodes, p.uid, p.gid)
+}
 
 // refill formats images in the background until want are ready.
 func (p *Pool) refill() {
@@ -147,7 +160,7 @@ func (p *Pool) refill() {
 			p.mu.Unlock()
 			tmp := filepath.Join(p.dir, fmt.Sprintf("tmp-%d.img", n))
 			final := filepath.Join(p.dir, fmt.Sprintf("%s%d.img", p.readyPrefix(), n))
-			err := Format(tmp, p.size, p.uid, p.gid)
+			err := Format(tmp, p.size, p.uid, p.gid, p.inodes)
 			if err == nil {
 				err = os.Rename(tmp, final)
 			}

@@ -31,7 +31,7 @@ func TestPoolRejectsBadConfig(t *testing.T) {
 		size int64
 		want int
 	}{{1 << 20, 2}, {64 << 20, 0}, {64 << 20, 17}} {
-		if _, err := NewPool(dir, c.size, 0, 0, c.want, nil); !errdefs.IsInvalidArgument(err) {
+		if _, err := NewPool(dir, c.size, 0, 0, 0, c.want, nil); !errdefs.IsInvalidArgument(err) {
 			t.Errorf("NewPool(size %d, want %d) = %v, want invalid argument", c.size, c.want, err)
 		}
 	}
@@ -44,7 +44,7 @@ func TestPool(t *testing.T) {
 	base := t.TempDir()
 	dir := filepath.Join(base, "pool")
 	const size = 64 << 20
-	p, err := NewPool(dir, size, 1234, 5678, 2, nil)
+	p, err := NewPool(dir, size, 1234, 5678, 0, 2, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestPool(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	p2, err := NewPool(dir, size, 1234, 5678, 2, nil)
+	p2, err := NewPool(dir, size, 1234, 5678, 0, 2, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +141,7 @@ func TestPoolConcurrentTakes(t *testing.T) {
 	base := t.TempDir()
 	dir := filepath.Join(base, "pool")
 	const size = 32 << 20
-	p, err := NewPool(dir, size, 0, 0, 2, nil)
+	p, err := NewPool(dir, size, 0, 0, 0, 2, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"hash"
 	"io/fs"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -34,17 +36,46 @@ func relPath(prefix, key string) (string, error) {
 
 type downJob struct {
 	obj objstore.ObjectInfo
-	rel string // slash-separated
+	key string // relative to the prefix (the escaped path)
+	rel string // the real path, slash-separated
+}
+
+// dirJob is a directory to restore: from a marker object ("PATH/", with
+// its mode and mtime) or implied by the keys below it.
+type dirJob struct {
+	key  string // "PATH/"
+	rel  string
+	meta *objectMeta // nil: implied (0755, mtime left as made)
+	etag string
+}
+
+// linkJob is a symlink to create once every file is in place.
+type linkJob struct {
+	downJob
+	target string
+	meta   objectMeta
+	etag   string
 }
 
 // Down materializes every object under the prefix into Dir and writes the
-// manifest. Invalid keys are reported in Result.Rejected and never written.
-// The returned error joins the failures of individual files; the manifest
-// then describes the files that did come down.
-func (s *Syncer) Down(ctx context.Context) (Result, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// manifest: files with their modes and mtimes, symlinks as symlinks (never
+// followed), directories (empty ones too) with theirs, names that are not
+// valid UTF-8 under their raw names. Invalid keys are reported in
+// Result.Rejected and never written. The returned error joins the failures
+// of individual files; the manifest then describes the entries that did
+// come down.
+func (s *Syncer) Down(ctx context.Context) (res Result, err error) {
+	release, err := s.acquire(ctx, "down")
+	if err != nil {
+		return Result{}, err
+	}
+	defer release()
 	start := time.Now()
+	defer func() {
+		s.logger.InfoContext(ctx, "hot sync down",
+			"files", len(res.Downloaded), "dirs", res.Dirs, "bytes", res.Bytes, "skipped", len(res.Skipped),
+			"rejected", len(res.Rejected), "duration", time.Since(start), "error", err)
+	}()
 
 	if err := s.checkMounted("down"); err != nil {
 		return Result{}, err
@@ -63,7 +94,8 @@ func (s *Syncer) Down(ctx context.Context) (Result, error) {
 
 	var c collector
 	var jobs []downJob
-	dirMarkers := map[string]bool{}
+	var markers []dirJob
+	names := 0
 	for obj, err := range s.store.List(ctx, s.prefix) {
 		if err != nil {
 			return Result{}, fmt.Errorf("hotsync down: list %s: %w", s.prefix, err)
@@ -74,13 +106,19 @@ func (s *Syncer) Down(ctx context.Context) (Result, error) {
 			continue // an object named like the prefix itself
 		case rel == objstore.KeepMarker:
 			continue
-		case strings.HasSuffix(rel, "/") && obj.Size == 0:
-			// A "directory" object made by some S3 tools.
-			if p, err := objstore.KeyPath(strings.TrimSuffix(rel, "/")); err == nil {
-				dirMarkers[filepath.ToSlash(p)] = true
-			} else {
-				c.reject(obj.Key, err.Error())
+		}
+		if names >= s.maxNames {
+			c.reject(obj.Key, fmt.Sprintf("over the limit of %d names per sandbox; not written", s.maxNames))
+			continue
+		}
+		if strings.HasSuffix(rel, "/") {
+			// A directory marker (ours, s3fs's or another S3 tool's).
+			if _, err := objstore.KeyPath(strings.TrimSuffix(rel, "/")); err != nil || obj.Size != 0 {
+				c.reject(obj.Key, "not a valid directory marker")
+				continue
 			}
+			names++
+			markers = append(markers, dirJob{key: rel, rel: strings.TrimSuffix(rel, "/"), etag: obj.ETag})
 			continue
 		}
 		if _, err := relPath(s.prefix, obj.Key); err != nil {
@@ -88,30 +126,96 @@ func (s *Syncer) Down(ctx context.Context) (Result, error) {
 			s.logger.WarnContext(ctx, "hot sync: key is not a valid path, not written", "key", obj.Key, "error", err)
 			continue
 		}
-		if s.exclude.excludedPath(rel) {
-			c.res.Skipped = append(c.res.Skipped, rel)
-			continue
-		}
-		jobs = append(jobs, downJob{obj: obj, rel: rel})
+		names++
+		jobs = append(jobs, downJob{obj: obj, key: rel, rel: rel})
 	}
 
-	// A key that is also a directory of other keys ("a" and "a/b") cannot
-	// be materialized: keep the directory, report the file.
+	// Markers carry their metadata only in a HEAD; so do the raw names of
+	// keys that may be escaped (they hold a "%").
+	var hmu sync.Mutex
+	parallel(ctx, s.concurrency, markers, func(d dirJob) {
+		info, err := s.store.Head(ctx, s.prefix+d.key)
+		if err != nil {
+			if !errdefs.IsNotFound(err) {
+				c.fail(fmt.Errorf("hotsync down: directory %s: %w", d.key, err))
+			}
+			return
+		}
+		om := decodeMeta(info, true)
+		hmu.Lock()
+		for i := range markers {
+			if markers[i].key == d.key {
+				markers[i].meta = &om
+			}
+		}
+		hmu.Unlock()
+	})
+	var escaped []int
+	for i, j := range jobs {
+		if strings.Contains(j.key, "%") {
+			escaped = append(escaped, i)
+		}
+	}
+	parallel(ctx, s.concurrency, escaped, func(i int) {
+		info, err := s.store.Head(ctx, jobs[i].obj.Key)
+		if err != nil {
+			return // the download reports it
+		}
+		om := decodeMeta(info, false)
+		hmu.Lock()
+		defer hmu.Unlock()
+		if raw, err := rawPath(om.raw, jobs[i].key); err == nil {
+			jobs[i].rel = raw
+		} else {
+			c.reject(jobs[i].obj.Key, err.Error())
+			jobs[i].rel = ""
+		}
+	})
+	var realDirs []dirJob
+	for _, d := range markers {
+		if d.meta == nil {
+			continue // vanished
+		}
+		raw, err := rawPath(d.meta.raw, d.rel)
+		if err != nil {
+			c.reject(s.prefix+d.key, err.Error())
+			continue
+		}
+		d.rel = raw
+		realDirs = append(realDirs, d)
+	}
+
+	// Excludes apply to real paths. A key that is also a directory of
+	// other keys ("a" and "a/b") cannot be materialized: keep the
+	// directory, report the file.
 	dirs := map[string]bool{}
-	for _, j := range jobs {
-		for d := path.Dir(j.rel); d != "."; d = path.Dir(d) {
-			dirs[d] = true
+	for _, d := range realDirs {
+		if !s.exclude.excludedPath(d.rel + "/x") {
+			dirs[d.rel] = true
 		}
 	}
 	kept := jobs[:0]
 	for _, j := range jobs {
+		switch {
+		case j.rel == "":
+			continue
+		case s.exclude.excludedPath(j.rel):
+			c.res.Skipped = append(c.res.Skipped, j.rel)
+			continue
+		}
+		kept = append(kept, j)
+		for _, d := range parentDirs(j.rel) {
+			dirs[d] = true
+		}
+	}
+	jobs = kept[:0]
+	for _, j := range kept {
 		if dirs[j.rel] {
 			c.reject(j.obj.Key, "the key is also a directory of other keys")
 			continue
 		}
-		kept = append(kept, j)
+		jobs = append(jobs, j)
 	}
-	jobs = kept
 	if err := checkRoom(s.dir, jobs); err != nil {
 		return Result{}, err
 	}
@@ -119,19 +223,21 @@ func (s *Syncer) Down(ctx context.Context) (Result, error) {
 	m := newManifest(s.prefix, s.sandboxID)
 	var (
 		mmu     sync.Mutex
-		madeDir sync.Map // dirs to chown, relative
+		madeDir sync.Map // dirs made, relative
+		links   []linkJob
 	)
-	for d := range dirMarkers {
+	for d := range dirs {
 		if err := ensureDir(root, d, &madeDir); err != nil {
-			c.reject(s.prefix+d+"/", err.Error())
+			c.reject(s.prefix+escapeName(d)+"/", err.Error())
 		}
 	}
 
 	parallel(ctx, s.concurrency, jobs, func(j downJob) {
 		var e *entry
+		var link *linkJob
 		err := retry(ctx, retryAttempts, downloadTransient, func() error {
 			var err error
-			e, err = s.downloadOne(ctx, root, j, &madeDir)
+			e, link, err = s.downloadOne(ctx, root, j, &madeDir)
 			return err
 		})
 		switch {
@@ -143,8 +249,12 @@ func (s *Syncer) Down(ctx context.Context) (Result, error) {
 			return
 		}
 		mmu.Lock()
-		m.Files[j.rel] = e
-		mmu.Unlock()
+		defer mmu.Unlock()
+		if link != nil {
+			links = append(links, *link)
+			return
+		}
+		m.entries[j.key] = e
 		c.do(func(r *Result) {
 			r.Downloaded = append(r.Downloaded, j.rel)
 			r.Bytes += e.Size
@@ -154,13 +264,41 @@ func (s *Syncer) Down(ctx context.Context) (Result, error) {
 		c.fail(fmt.Errorf("hotsync down: %w", err))
 	}
 
-	// Directories: owned by the sandbox user too.
-	madeDir.Range(func(k, _ any) bool {
-		if err := s.chown(root.Lchown, filepath.FromSlash(k.(string))); err != nil {
-			c.fail(err)
+	// Symlinks, once every file and directory is in place: nothing below
+	// writes through them.
+	for _, l := range links {
+		e, err := s.makeLink(root, l)
+		if err != nil {
+			c.reject(l.obj.Key, err.Error())
+			continue
 		}
-		return true
-	})
+		m.entries[l.key] = e
+		c.res.Downloaded = append(c.res.Downloaded, l.rel)
+	}
+
+	// Directories last, deepest first: their modes, owners and mtimes
+	// (writing into a directory moves its mtime).
+	byRel := map[string]dirJob{}
+	for _, d := range realDirs {
+		byRel[d.rel] = d
+	}
+	all := slices.Sorted(maps.Keys(dirs))
+	for _, rel := range slices.Backward(all) {
+		d := byRel[rel]
+		d.rel = rel
+		if d.key == "" {
+			d.key = dirKey(escapeName(rel))
+		}
+		e, err := s.finishDir(root, d)
+		if err != nil {
+			c.fail(err)
+			continue
+		}
+		m.entries[d.key] = e
+		if d.meta != nil {
+			c.res.Dirs++
+		}
+	}
 
 	// Everything written must be on disk before the manifest says so.
 	if d, err := root.Open("."); err == nil {
@@ -172,11 +310,82 @@ func (s *Syncer) Down(ctx context.Context) (Result, error) {
 	if err := m.save(s.manifest); err != nil {
 		c.fail(fmt.Errorf("hotsync down: %w", classify(err)))
 	}
-	res, err := c.finish("down")
-	s.logger.InfoContext(ctx, "hot sync down",
-		"files", len(res.Downloaded), "bytes", res.Bytes, "skipped", len(res.Skipped),
-		"rejected", len(res.Rejected), "duration", time.Since(start), "error", err)
-	return res, err
+	return c.finish("down")
+}
+
+// finishDir gives a directory its owner, mode and mtime (from its marker;
+// an implied one keeps 0755 and the time it was made) and returns its
+// manifest entry. It is opened without following a symlink in its place.
+func (s *Syncer) finishDir(root *os.Root, d dirJob) (*entry, error) {
+	f, err := root.OpenFile(filepath.FromSlash(d.rel), dirFlags, 0)
+	if err != nil {
+		return nil, fmt.Errorf("hotsync down: directory %s: %w", d.rel, classify(err))
+	}
+	defer f.Close()
+	if !s.keepOwner {
+		if err := f.Chown(s.uid, s.gid); err != nil {
+			return nil, fmt.Errorf("hotsync down: chown %s: %w", d.rel, classify(err))
+		}
+	}
+	mode := uint32(0o755)
+	if d.meta != nil {
+		mode = d.meta.mode & restorableBits
+	}
+	if err := f.Chmod(os.FileMode(mode&0o777) | stickyBit(mode)); err != nil {
+		return nil, fmt.Errorf("hotsync down: chmod %s: %w", d.rel, classify(err))
+	}
+	if d.meta != nil && d.meta.mtimeNs != 0 {
+		_ = setTimes(f, d.meta.mtimeNs)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("hotsync down: %s: %w", d.rel, classify(err))
+	}
+	e := &entry{ETag: d.etag, Kind: kindDir, Mode: mode, Raw: rawOf(d.rel, strings.TrimSuffix(d.key, "/"))}
+	e.setState(stateOf(fi))
+	return e, nil
+}
+
+func stickyBit(mode uint32) os.FileMode {
+	if mode&0o1000 != 0 {
+		return os.ModeSticky
+	}
+	return 0
+}
+
+// makeLink creates a symlink object's link (never following anything) and
+// returns its manifest entry.
+func (s *Syncer) makeLink(root *os.Root, l linkJob) (*entry, error) {
+	p := filepath.FromSlash(l.rel)
+	if fi, err := root.Lstat(p); err == nil {
+		if fi.IsDir() {
+			return nil, fmt.Errorf("a directory is in the way of symlink %s: %w", l.rel, errdefs.ErrConflict)
+		}
+		if err := root.Remove(p); err != nil {
+			return nil, fmt.Errorf("remove what is in the way of symlink %s: %w", l.rel, classify(err))
+		}
+	}
+	if err := root.Symlink(l.target, p); err != nil {
+		return nil, fmt.Errorf("create symlink %s: %w", l.rel, classify(err))
+	}
+	if err := s.chown(root.Lchown, p); err != nil {
+		return nil, err
+	}
+	parent, err := root.OpenFile(filepath.Dir(p), dirFlags, 0)
+	if err != nil {
+		return nil, fmt.Errorf("symlink %s: %w", l.rel, classify(err))
+	}
+	defer parent.Close()
+	if l.meta.mtimeNs != 0 {
+		_ = setTimesAt(parent, filepath.Base(p), l.meta.mtimeNs)
+	}
+	fi, err := root.Lstat(p)
+	if err != nil {
+		return nil, fmt.Errorf("symlink %s: %w", l.rel, classify(err))
+	}
+	e := &entry{ETag: l.etag, MD5: md5hex([]byte(l.target)), Kind: kindLink, Mode: 0o777, Raw: rawOf(l.rel, l.key)}
+	e.setState(stateOf(fi))
+	return e, nil
 }
 
 // checkRoom refuses a download that cannot fit the filesystem of dir
@@ -271,51 +480,80 @@ func downloadTransient(err error) bool {
 	return errdefs.IsFailedPrecondition(err) || errdefs.IsAborted(err)
 }
 
-// downloadOne writes one object into Dir and returns its manifest entry.
-func (s *Syncer) downloadOne(ctx context.Context, root *os.Root, j downJob, ensured *sync.Map) (*entry, error) {
+// downloadOne writes one object into Dir and returns its manifest entry,
+// with the object's mode and mtime applied. An object that holds a
+// symlink comes back as a linkJob instead, to be made at the end; a file
+// left half-written by a failed download is removed.
+func (s *Syncer) downloadOne(ctx context.Context, root *os.Root, j downJob, ensured *sync.Map) (_ *entry, _ *linkJob, err error) {
 	p := filepath.FromSlash(j.rel)
 	if err := ensureDir(root, path.Dir(j.rel), ensured); err != nil {
-		return nil, fmt.Errorf("hotsync down: %s: %w", j.rel, err)
+		return nil, nil, fmt.Errorf("hotsync down: %s: %w", j.rel, err)
 	}
 	f, err := openForDownload(root, p)
 	if err != nil {
-		return nil, fmt.Errorf("hotsync down: %s: %w", j.rel, err)
+		return nil, nil, fmt.Errorf("hotsync down: %s: %w", j.rel, err)
 	}
 	defer f.Close()
+	defer func() {
+		if err != nil {
+			f.Close()
+			_ = root.Remove(p) // never leave half a file for Up to take as the user's
+		}
+	}()
 	w := &hashingWriterAt{f: f, h: md5.New(), seq: true}
 	release, err := s.gateLarge(ctx, j.obj.Size)
 	if err != nil {
-		return nil, fmt.Errorf("hotsync down: %s: %w", j.rel, err)
+		return nil, nil, fmt.Errorf("hotsync down: %s: %w", j.rel, err)
 	}
 	info, err := s.store.Download(ctx, j.obj.Key, j.obj.Size, w)
 	release()
 	if errdefs.IsNotFound(err) {
-		f.Close()
-		_ = root.Remove(p)
-		return nil, fmt.Errorf("hotsync down: %s: %w: %w", j.rel, errVanished, err)
+		return nil, nil, fmt.Errorf("hotsync down: %s: %w: %w", j.rel, errVanished, err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("hotsync down: %s: %w", j.rel, err)
+		return nil, nil, fmt.Errorf("hotsync down: %s: %w", j.rel, err)
+	}
+	om := decodeMeta(info, false)
+	if om.kind == kindLink {
+		if info.Size > maxLinkTarget || info.Size == 0 {
+			return nil, nil, fmt.Errorf("hotsync down: %s: a symlink object of %d bytes: %w", j.rel, info.Size, errdefs.ErrInvalidArgument)
+		}
+		target := make([]byte, info.Size)
+		if _, err := f.ReadAt(target, 0); err != nil {
+			return nil, nil, fmt.Errorf("hotsync down: %s: %w", j.rel, classify(err))
+		}
+		if strings.IndexByte(string(target), 0) >= 0 {
+			return nil, nil, fmt.Errorf("hotsync down: %s: symlink target holds NUL: %w", j.rel, errdefs.ErrInvalidArgument)
+		}
+		f.Close()
+		if err := root.Remove(p); err != nil {
+			return nil, nil, fmt.Errorf("hotsync down: %s: %w", j.rel, classify(err))
+		}
+		return nil, &linkJob{downJob: j, target: string(target), meta: om, etag: info.ETag}, nil
 	}
 	if err := s.chown(func(_ string, uid, gid int) error { return f.Chown(uid, gid) }, j.rel); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if mt := info.LastModified; !mt.IsZero() {
-		_ = setMtime(f, mt) // like aws s3 sync: the file's mtime is the object's
+	// Permissions and the sticky bit; never setuid or setgid.
+	if err := f.Chmod(os.FileMode(om.mode&0o777) | stickyBit(om.mode)); err != nil {
+		return nil, nil, fmt.Errorf("hotsync down: chmod %s: %w", j.rel, classify(err))
+	}
+	if om.mtimeNs != 0 {
+		_ = setTimes(f, om.mtimeNs) // without metadata, like aws s3 sync: the object's date
 	}
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("hotsync down: %s: %w", j.rel, classify(err))
+		return nil, nil, fmt.Errorf("hotsync down: %s: %w", j.rel, classify(err))
 	}
 	if fi.Size() != info.Size {
-		return nil, fmt.Errorf("hotsync down: %s: wrote %d of %d bytes: %w", j.rel, fi.Size(), info.Size, errdefs.ErrAborted)
+		return nil, nil, fmt.Errorf("hotsync down: %s: wrote %d of %d bytes: %w", j.rel, fi.Size(), info.Size, errdefs.ErrAborted)
 	}
-	e := &entry{ETag: info.ETag}
+	e := &entry{ETag: info.ETag, Kind: kindFile, Mode: om.mode & restorableBits, Raw: rawOf(j.rel, j.key)}
 	e.setState(stateOf(fi))
 	if w.seq && w.next == info.Size {
 		e.MD5 = hex.EncodeToString(w.h.Sum(nil))
 	}
-	return e, nil
+	return e, nil, nil
 }
 
 // openForDownload creates the file p (relative to root) for writing. The
@@ -324,7 +562,7 @@ func (s *Syncer) downloadOne(ctx context.Context, root *os.Root, j downJob, ensu
 // truncated, a symlink or special file is removed (never written through),
 // a directory is a conflict.
 func openForDownload(root *os.Root, p string) (*os.File, error) {
-	f, err := root.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := root.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if !errors.Is(err, fs.ErrExist) {
 		if err != nil {
 			return nil, classify(err)
@@ -342,9 +580,9 @@ func openForDownload(root *os.Root, p string) (*os.File, error) {
 		if err := root.Remove(p); err != nil {
 			return nil, fmt.Errorf("remove %s in the way: %w", fi.Mode().Type(), classify(err))
 		}
-		f, err = root.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		f, err = root.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	default:
-		f, err = root.OpenFile(p, os.O_WRONLY|os.O_TRUNC, 0)
+		f, err = root.OpenFile(p, os.O_RDWR|os.O_TRUNC, 0)
 	}
 	if err != nil {
 		return nil, classify(err)

@@ -8,8 +8,10 @@ import (
 	"github.com/containerd/errdefs"
 )
 
-// DefaultExcludes are the patterns the old system excluded from hot sync.
-var DefaultExcludes = []string{"*.tmp", ".DS_Store", "__pycache__/", "*.pyc", ".git/"}
+// DefaultExcludes are exactly the patterns the old system excluded from hot
+// sync (*.tmp, .DS_Store, __pycache__/*). .git/ is synced: a coding agent's
+// repository is its work.
+var DefaultExcludes = []string{"*.tmp", ".DS_Store", "__pycache__/"}
 
 // excluder matches paths relative to Dir against exclude patterns:
 //

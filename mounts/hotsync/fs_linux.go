@@ -1,9 +1,9 @@
 package hotsync
 
 import (
+	"fmt"
 	"os"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -33,20 +33,6 @@ func syncFS(f *os.File) error {
 
 // readFlags open a file for upload without blocking on FIFOs.
 const readFlags = os.O_RDONLY | syscall.O_NONBLOCK | syscall.O_NOFOLLOW
-
-// setMtime sets the access and modification times of the open file f.
-func setMtime(f *os.File, t time.Time) error {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	tv := unix.NsecToTimeval(t.UnixNano())
-	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = unix.Futimes(int(fd), []unix.Timeval{tv, tv}) }); err != nil {
-		return err
-	}
-	return serr
-}
 
 // space reports the filesystem holding dir: its size, the bytes available
 // to writers, and its block size.
@@ -80,3 +66,72 @@ func startWriteback(f *os.File) {
 		_ = rc.Control(func(fd uintptr) { _ = unix.SyncFileRange(int(fd), 0, 0, unix.SYNC_FILE_RANGE_WRITE) })
 	}
 }
+
+// Sentinel xattrs. trusted.* is readable and writable only with
+// CAP_SYS_ADMIN in the host's user namespace: no process in a sandbox,
+// root included, can read, copy or forge it. user.* serves only where the
+// caller is not root (development without privileges).
+const (
+	sentinelXattr     = "trusted.matrx.sentinel"
+	sentinelUserXattr = "user.matrx.sentinel"
+)
+
+// WriteSentinel marks dir (the root of a sandbox's home) with token, so
+// that Up can later verify that the directory it walks is this one and not
+// an empty mount point, a removed image or another filesystem mounted in
+// its place (Config.Sentinel).
+func WriteSentinel(dir, token string) error {
+	err := unix.Lsetxattr(dir, sentinelXattr, []byte(token), 0)
+	if err != nil && os.Geteuid() != 0 {
+		err = unix.Lsetxattr(dir, sentinelUserXattr, []byte(token), 0)
+	}
+	if err != nil {
+		return fmt.Errorf("hotsync: write sentinel on %s: %w", dir, classify(err))
+	}
+	return nil
+}
+
+// readSentinel reads the sentinel of the open directory f ("" if none).
+func readSentinel(f *os.File) string {
+	buf := make([]byte, 256)
+	for _, name := range []string{sentinelXattr, sentinelUserXattr} {
+		var n int
+		var xerr error
+		rc, err := f.SyscallConn()
+		if err != nil {
+			return ""
+		}
+		if err := rc.Control(func(fd uintptr) { n, xerr = unix.Fgetxattr(int(fd), name, buf) }); err == nil && xerr == nil {
+			return string(buf[:n])
+		}
+	}
+	return ""
+}
+
+// devOf returns the device of an open file, or of a path (not followed).
+func devOf(f *os.File, p string) (uint64, bool) {
+	var st unix.Stat_t
+	var err error
+	if f != nil {
+		err = unix.Fstat(int(f.Fd()), &st)
+	} else {
+		err = unix.Lstat(p, &st)
+	}
+	return st.Dev, err == nil
+}
+
+// setTimesAt sets the mtime (and atime) of name in the open directory
+// parent, never following a symlink (a symlink's own times are set).
+func setTimesAt(parent *os.File, name string, ns int64) error {
+	ts := []unix.Timespec{unix.NsecToTimespec(ns), unix.NsecToTimespec(ns)}
+	return unix.UtimesNanoAt(int(parent.Fd()), name, ts, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// setTimes sets the mtime (and atime) of the open file f.
+func setTimes(f *os.File, ns int64) error {
+	ts := []unix.Timespec{unix.NsecToTimespec(ns), unix.NsecToTimespec(ns)}
+	return unix.UtimesNanoAt(int(f.Fd()), "", ts, unix.AT_EMPTY_PATH)
+}
+
+// dirFlags open a directory without following a symlink in its place.
+const dirFlags = os.O_RDONLY | syscall.O_DIRECTORY | syscall.O_NOFOLLOW

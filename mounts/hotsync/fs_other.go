@@ -3,6 +3,7 @@
 package hotsync
 
 import (
+	"fmt"
 	"os"
 	"time"
 )
@@ -14,9 +15,6 @@ func identity(os.FileInfo) (uint64, int64) { return 0, 0 }
 func syncFS(f *os.File) error { return f.Sync() }
 
 const readFlags = os.O_RDONLY
-
-// setMtime sets the access and modification times of f.
-func setMtime(f *os.File, t time.Time) error { return os.Chtimes(f.Name(), t, t) }
 
 // space is unknown here: Down does not check for room up front, and
 // uploads are not bounded by the disk's size.
@@ -33,3 +31,21 @@ func diskUsage(os.FileInfo) (usage, bool) { return usage{}, false }
 
 // startWriteback is a no-op here: the final flush does the work.
 func startWriteback(*os.File) {}
+
+// WriteSentinel is not supported here: without it Up deletes nothing.
+func WriteSentinel(dir, token string) error {
+	return fmt.Errorf("hotsync: sentinels need Linux xattrs")
+}
+
+func readSentinel(*os.File) string { return "" }
+
+func devOf(f *os.File, p string) (uint64, bool) { return 0, false }
+
+func setTimesAt(parent *os.File, name string, ns int64) error { return nil }
+
+func setTimes(f *os.File, ns int64) error {
+	t := time.Unix(0, ns)
+	return os.Chtimes(f.Name(), t, t)
+}
+
+const dirFlags = os.O_RDONLY

@@ -69,6 +69,7 @@ type sandbox struct {
 	*hotsync.Syncer
 	dir      string
 	manifest string
+	sentinel string
 }
 
 // newSandbox is one sandbox of user u1: its own Dir and manifest.
@@ -84,6 +85,11 @@ func newSandbox(t *testing.T, st hotsync.Store, id string, mod ...func(*hotsync.
 		KeepOwner:    os.Geteuid() != 0,
 		Logger:       slog.New(slog.NewTextHandler(t.Output(), nil)),
 	}
+	// The home as mounts.Storage makes it: a directory carrying the
+	// sentinel Up verifies before it deletes anything.
+	must(t, os.MkdirAll(cfg.Dir, 0o755))
+	cfg.Sentinel = "sentinel-" + id
+	must(t, hotsync.WriteSentinel(cfg.Dir, cfg.Sentinel))
 	for _, m := range mod {
 		m(&cfg)
 	}
@@ -91,7 +97,7 @@ func newSandbox(t *testing.T, st hotsync.Store, id string, mod ...func(*hotsync.
 	if err != nil {
 		t.Fatal(err)
 	}
-	return sandbox{Syncer: s, dir: cfg.Dir, manifest: cfg.ManifestPath}
+	return sandbox{Syncer: s, dir: cfg.Dir, manifest: cfg.ManifestPath, sentinel: cfg.Sentinel}
 }
 
 func (sb sandbox) down(t *testing.T) hotsync.Result {
@@ -156,7 +162,8 @@ func readTree(t *testing.T, dir string) map[string][]byte {
 	return out
 }
 
-// objects returns the store's objects under the prefix (key minus prefix).
+// objects returns the store's objects under the prefix (key minus
+// prefix), without directory markers.
 func objects(t *testing.T, st hotsync.Store) map[string][]byte {
 	t.Helper()
 	ctx := testCtx(t)
@@ -164,6 +171,9 @@ func objects(t *testing.T, st hotsync.Store) map[string][]byte {
 	for obj, err := range st.List(ctx, prefix) {
 		if err != nil {
 			t.Fatal(err)
+		}
+		if strings.HasSuffix(obj.Key, "/") {
+			continue
 		}
 		var buf bytes.Buffer
 		f, err := os.CreateTemp(t.TempDir(), "obj")
@@ -183,7 +193,7 @@ func objects(t *testing.T, st hotsync.Store) map[string][]byte {
 
 func putObject(t *testing.T, st hotsync.Store, rel string, data []byte) objstore.ObjectInfo {
 	t.Helper()
-	info, err := st.Put(testCtx(t), prefix+rel, bytes.NewReader(data), int64(len(data)), objstore.Cond{})
+	info, err := st.Put(testCtx(t), prefix+rel, bytes.NewReader(data), int64(len(data)), objstore.Cond{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,18 +258,36 @@ func TestRoundTrip(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		var m struct {
-			Files map[string]struct {
-				ETag string `json:"etag"`
-				Size int64  `json:"size"`
-			} `json:"files"`
-		}
+		// The manifest is JSON lines: a header, then one entry per line.
 		raw, err := os.ReadFile(b.manifest)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := json.Unmarshal(raw, &m); err != nil || len(m.Files) != len(tree) {
-			t.Fatalf("manifest has %d files (%v), want %d", len(m.Files), err, len(tree))
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		var header struct {
+			Version int `json:"version"`
+		}
+		if err := dec.Decode(&header); err != nil || header.Version != 2 {
+			t.Fatalf("manifest header: %v %+v", err, header)
+		}
+		files := 0
+		for {
+			var e struct {
+				Key  string `json:"k"`
+				Kind string `json:"kind"`
+				ETag string `json:"etag"`
+			}
+			if err := dec.Decode(&e); err == io.EOF {
+				break
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if e.Kind == "" {
+				files++
+			}
+		}
+		if files != len(tree) {
+			t.Fatalf("manifest has %d files, want %d", files, len(tree))
 		}
 
 		// Nothing changed: Up after Down, and a repeated Up, transfer nothing.
@@ -281,14 +309,18 @@ func TestCheckpointUploadsOnlyChanges(t *testing.T) {
 		a.up(t)
 		a.write(t, "fc", []byte("changed"))
 		a.write(t, "new/file", []byte("new"))
-		// Touched, same content: hashed, not uploaded.
+		// Touched, same content: the mtime is synced too (it comes back
+		// on the next sandbox), so it is uploaded again.
 		p := filepath.Join(a.dir, "fd")
 		future := time.Now().Add(time.Hour)
 		if err := os.Chtimes(p, future, future); err != nil {
 			t.Fatal(err)
 		}
+		// Same content, mode and mtime, only the ctime moved: hashed,
+		// not uploaded.
+		must(t, os.Chmod(filepath.Join(a.dir, "fe"), 0o644))
 		res := a.up(t)
-		if !slices.Equal(res.Uploaded, []string{"fc", "new/file"}) || res.Unchanged != 19 {
+		if !slices.Equal(res.Uploaded, []string{"fc", "fd", "new/file"}) || res.Unchanged != 18 {
 			t.Fatalf("checkpoint: %+v", res)
 		}
 		if res := a.up(t); len(res.Uploaded) != 0 || res.Unchanged != 21 {
@@ -446,12 +478,21 @@ func TestSymlinksAndSpecialFilesAreNotFollowed(t *testing.T) {
 		for _, r := range res.Rejected {
 			rejected = append(rejected, r.Path)
 		}
-		if !slices.Equal(rejected, []string{"dir-link", "fifo", "inside-link", "secret-link"}) {
+		// Symlinks are stored as links (their targets), never followed;
+		// the FIFO cannot be stored and is reported.
+		if !slices.Equal(rejected, []string{"fifo"}) {
 			t.Fatalf("rejected = %+v", res.Rejected)
 		}
-		sameTree(t, objects(t, st), map[string][]byte{"real.txt": []byte("real")})
+		sameTree(t, objects(t, st), map[string][]byte{
+			"real.txt":    []byte("real"),
+			"secret-link": []byte(filepath.Join(outside, "secret")),
+			"dir-link":    []byte(filepath.Join(outside, "dir")),
+			"inside-link": []byte("real.txt"),
+		})
 
-		// Down never writes through a symlink that is in the way.
+		// Down never writes through a symlink that is in the way (the
+		// bucket says dir-link is a directory now, secret-link a file).
+		must(t, st.Delete(testCtx(t), prefix+"dir-link", ""))
 		putObject(t, st, "dir-link/inner", []byte("overwritten?"))
 		putObject(t, st, "secret-link", []byte("overwritten?"))
 		a.down(t)
@@ -475,7 +516,7 @@ func TestExcludes(t *testing.T) {
 		excludes []string
 		want     []string
 	}{
-		{"defaults", nil, []string{"keep.py", "proj/main.go", "tmp.d/file"}},
+		{"defaults", nil, []string{".git/config", "keep.py", "pkg/mod.pyc", "proj/.git/HEAD", "proj/main.go", "tmp.d/file"}},
 		{"none", []string{}, []string{
 			".DS_Store", ".git/config", "__pycache__/m.cpython-311.pyc", "a.tmp", "keep.py",
 			"pkg/__pycache__/x.pyc", "pkg/mod.pyc", "proj/.git/HEAD", "proj/main.go", "sub/.DS_Store", "tmp.d/file",
@@ -541,7 +582,11 @@ func (m *memStore) Download(ctx context.Context, k string, _ int64, w io.WriterA
 	return info, err
 }
 
-func (m *memStore) Put(context.Context, string, io.Reader, int64, objstore.Cond) (objstore.ObjectInfo, error) {
+func (m *memStore) Put(context.Context, string, io.Reader, int64, objstore.Cond, objstore.Metadata) (objstore.ObjectInfo, error) {
+	return objstore.ObjectInfo{}, errdefs.ErrNotImplemented
+}
+
+func (m *memStore) Copy(context.Context, string, string, string) (objstore.ObjectInfo, error) {
 	return objstore.ObjectInfo{}, errdefs.ErrNotImplemented
 }
 
@@ -587,11 +632,13 @@ func TestUpReportsNamesThatCannotBeKeys(t *testing.T) {
 	long := strings.Repeat(strings.Repeat("d", 200)+"/", 6) + "file" // key > 1024 bytes
 	a.write(t, long, []byte("deep"))
 	res := a.up(t)
-	if !slices.Equal(res.Uploaded, []string{"fine"}) {
+	// A name that is not valid UTF-8 is stored (escaped, see
+	// TestMetadataRoundTrip); a key over 1024 bytes cannot be.
+	if !slices.Equal(res.Uploaded, []string{"bad\xffname", "fine"}) {
 		t.Fatalf("uploaded %q", res.Uploaded)
 	}
-	if len(res.Rejected) != 2 {
-		t.Fatalf("rejected = %+v, want the invalid UTF-8 name and the long key", res.Rejected)
+	if len(res.Rejected) != 1 || !strings.HasSuffix(res.Rejected[0].Path, strings.Repeat("d", 200)) {
+		t.Fatalf("rejected = %+v, want the directory whose key is too long", res.Rejected)
 	}
 	for _, r := range res.Rejected {
 		t.Logf("rejected %q: %s", r.Path, r.Reason)

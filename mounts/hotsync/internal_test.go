@@ -26,12 +26,12 @@ func TestExcluder(t *testing.T) {
 		{"x/.DS_Store", false, true, true},
 		{"__pycache__", true, true, false},
 		{"__pycache__", false, false, false}, // a file of that name is kept
-		{"__pycache__/m.pyc", false, true, true},
+		{"__pycache__/m.pyc", false, false, true},
 		{"pkg/__pycache__/m.py", false, false, true},
-		{"m.pyc", false, true, true},
-		{".git", true, true, false},
-		{".git/config", false, false, true},
-		{"a/.git/HEAD", false, false, true},
+		{"m.pyc", false, false, false}, // the old system kept .pyc outside __pycache__
+		{".git", true, false, false},   // .git is synced
+		{".git/config", false, false, false},
+		{"a/.git/HEAD", false, false, false},
 		{".gitignore", false, false, false},
 		{"src/main.go", false, false, false},
 	}

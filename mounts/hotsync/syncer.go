@@ -14,8 +14,9 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sync/errgroup"
 
-	"github.com/matrx-dev/matrx/mounts/mountinfo"
 	"github.com/matrx-dev/matrx/mounts/objstore"
 )
 
@@ -25,7 +26,8 @@ type Store interface {
 	List(ctx context.Context, prefix string) iter.Seq2[objstore.ObjectInfo, error]
 	Head(ctx context.Context, key string) (objstore.ObjectInfo, error)
 	Download(ctx context.Context, key string, size int64, w io.WriterAt) (objstore.ObjectInfo, error)
-	Put(ctx context.Context, key string, body io.Reader, size int64, cond objstore.Cond) (objstore.ObjectInfo, error)
+	Put(ctx context.Context, key string, body io.Reader, size int64, cond objstore.Cond, meta objstore.Metadata) (objstore.ObjectInfo, error)
+	Copy(ctx context.Context, src, dst, srcIfMatch string) (objstore.ObjectInfo, error)
 	Delete(ctx context.Context, key string, ifMatch string) error
 }
 
@@ -44,6 +46,16 @@ const (
 	// flight: each moves in up to objstore.DefaultConcurrency ranges with a
 	// 1 MiB buffer each, and a few of them already fill the bandwidth.
 	LargeInFlight = 4
+	// DefaultMaxNames bounds the files, directories and symlinks (every
+	// hard link's name counts) one sandbox's hot tier syncs: 200,000 is
+	// twenty times a large monorepo checkout with its .git and a
+	// virtualenv, and keeps a pass to about 100 MiB of daemon memory and
+	// a manifest of about 40 MiB. Sandbox disks are formatted with as
+	// many inodes (mounts/disk).
+	DefaultMaxNames = 200_000
+	// MassDeletionMin: a walk that finds nothing while the manifest holds
+	// at least this many entries holds its deletions back for one pass.
+	MassDeletionMin = 100
 )
 
 // Config is what a Syncer needs.
@@ -61,6 +73,18 @@ type Config struct {
 	DirIsMount bool
 	// ManifestPath is the manifest file; it must be outside Dir.
 	ManifestPath string
+	// Sentinel is the token WriteSentinel put on Dir when the sandbox's
+	// home was made. Up propagates deletions only when the directory it
+	// walks carries it (and, with DirIsMount, is a mount point): an empty
+	// mount point, a removed image or another filesystem in its place
+	// deletes nothing. Empty: Dir cannot be verified, Up never deletes.
+	Sentinel string
+	// MaxNames bounds the names synced (DefaultMaxNames).
+	MaxNames int
+	// TrashPrefix, when set ("users/USER/trash/"), is where every object
+	// Up deletes or overwrites is first copied (see TrashKey). Empty: no
+	// trash.
+	TrashPrefix string
 	// SandboxID names conflict copies (NAME.conflict-SANDBOXID).
 	SandboxID string
 	// Excludes are patterns never synced; nil means DefaultExcludes, an
@@ -98,9 +122,47 @@ type Result struct {
 	Rejected []Rejection
 	// Unchanged counts files that needed no transfer.
 	Unchanged int
+	// Dirs counts directory markers written (modes and mtimes of
+	// directories, empty ones included).
+	Dirs int
 	// Bytes transferred.
 	Bytes int64
+	// Held says why Up sent no deletions ("" when it sent those due);
+	// they are applied by a later pass that can verify Dir.
+	Held string
+	// OverLimit is set when Dir holds more names than MaxNames: only the
+	// first MaxNames (in walk order) were synced, and nothing was deleted.
+	OverLimit *Limit
 }
+
+// Limit describes a tree over the names cap.
+type Limit struct {
+	Names    int  // names counted before the walk stopped
+	AtLeast  bool // the walk stopped at Names: there are at least that many
+	MaxNames int
+}
+
+func (l *Limit) String() string {
+	more := ""
+	if l.AtLeast {
+		more = "more than "
+	}
+	return fmt.Sprintf("%s%d files, directories and symlinks (limit %d): only the first %d are synced, deletions wait until it is under the limit",
+		more, l.MaxNames, l.MaxNames, l.MaxNames)
+}
+
+// HeldError is Up's error when deletions were held back (Result.Held) or
+// the tree is over the names cap: the sync is not complete, and the
+// directory must stay on the host. It matches errdefs.ErrFailedPrecondition.
+type HeldError struct{ Reason string }
+
+func (e *HeldError) Error() string { return "hotsync up: not complete: " + e.Reason }
+
+// Is makes errdefs.IsFailedPrecondition recognise it.
+func (e *HeldError) Is(target error) bool { return target == errdefs.ErrFailedPrecondition }
+
+// ErrClosed is returned by Down and Up after Finish removed the directory.
+var ErrClosed = fmt.Errorf("hotsync: the sandbox's hot directory was removed after its final sync: %w", errdefs.ErrFailedPrecondition)
 
 // Syncer syncs one sandbox's hot storage. Down and Up are serialized: a
 // checkpoint and the final sync never overlap.
@@ -117,8 +179,15 @@ type Syncer struct {
 	keepOwner   bool
 	logger      *slog.Logger
 	large       chan struct{} // LargeInFlight slots
+	sentinel    string
+	maxNames    int
+	trash       string
 
-	mu sync.Mutex
+	// lock serializes Down, Up and Finish (a 1-slot channel, so that a
+	// wait for it honours the caller's context); closed is set by Finish,
+	// under lock.
+	lock   chan struct{}
+	closed bool
 }
 
 // New validates cfg and returns a Syncer. Errors wrap
@@ -175,6 +244,18 @@ func New(cfg Config) (*Syncer, error) {
 		keepOwner:   cfg.KeepOwner,
 		logger:      cfg.Logger,
 		large:       make(chan struct{}, LargeInFlight),
+		sentinel:    cfg.Sentinel,
+		maxNames:    cfg.MaxNames,
+		trash:       cfg.TrashPrefix,
+		lock:        make(chan struct{}, 1),
+	}
+	if s.maxNames <= 0 {
+		s.maxNames = DefaultMaxNames
+	}
+	if s.trash != "" {
+		if err := objstore.ValidateKey(s.trash); err != nil || !strings.HasSuffix(s.trash, "/") || strings.HasPrefix(s.prefix, s.trash) || strings.HasPrefix(s.trash, s.prefix) {
+			return nil, invalid("trash prefix %q must be a key prefix ending in \"/\", apart from the hot prefix", cfg.TrashPrefix)
+		}
 	}
 	if s.concurrency <= 0 {
 		s.concurrency = DefaultConcurrency
@@ -192,9 +273,63 @@ func New(cfg Config) (*Syncer, error) {
 	return s, nil
 }
 
+// acquire takes the syncer's lock, or fails when ctx ends first.
+func (s *Syncer) acquire(ctx context.Context, op string) (release func(), err error) {
+	select {
+	case s.lock <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("hotsync %s: waiting for the sync in progress: %w", op, ctx.Err())
+	}
+	if s.closed {
+		<-s.lock
+		return nil, ErrClosed
+	}
+	return func() { <-s.lock }, nil
+}
+
+// Finish runs the final Up and, only if it completed, remove (the
+// directory's removal) while still holding the lock; afterwards every
+// Down and Up fails with ErrClosed. No checkpoint can run between the
+// final sync and the removal, or after it.
+func (s *Syncer) Finish(ctx context.Context, remove func() error) (Result, error) {
+	release, err := s.acquire(ctx, "finish")
+	if err != nil {
+		return Result{}, err
+	}
+	defer release()
+	res, err := s.up(ctx)
+	if err != nil {
+		return res, err
+	}
+	if err := remove(); err != nil {
+		return res, err
+	}
+	s.closed = true
+	return res, nil
+}
+
+// Close waits for a sync in progress, runs remove (the directory's
+// removal without a sync: only for data already safe) under the lock, and
+// closes the syncer, so nothing syncs the directory while or after it goes.
+func (s *Syncer) Close(ctx context.Context, remove func() error) error {
+	release, err := s.acquire(ctx, "close")
+	if errors.Is(err, ErrClosed) {
+		return remove()
+	}
+	if err != nil {
+		return err
+	}
+	defer release()
+	if err := remove(); err != nil {
+		return err
+	}
+	s.closed = true
+	return nil
+}
+
 // checkMounted enforces Config.DirIsMount.
 func (s *Syncer) checkMounted(op string) error {
-	if s.dirIsMount && !mountinfo.IsMountpoint(s.dir) {
+	if mounted, err := mountinfo.Mounted(s.dir); s.dirIsMount && (!mounted || err != nil) {
 		return fmt.Errorf("hotsync %s: %s should be a mounted disk image but nothing is mounted there; refusing to sync: %w",
 			op, s.dir, errdefs.ErrFailedPrecondition)
 	}
@@ -267,24 +402,22 @@ func (s *Syncer) gateLarge(ctx context.Context, size int64) (release func(), err
 }
 
 // parallel runs fn for every item with at most n in flight, stopping early
-// when ctx is done.
+// when ctx is done (items not started by then are not run).
 func parallel[T any](ctx context.Context, n int, items []T, fn func(T)) {
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, n)
+	var g errgroup.Group
+	g.SetLimit(n)
 	for _, it := range items {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-		}
 		if ctx.Err() != nil {
 			break
 		}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			fn(it)
+		g.Go(func() error {
+			if ctx.Err() == nil {
+				fn(it)
+			}
+			return nil
 		})
 	}
-	wg.Wait()
+	g.Wait()
 }
 
 // retry runs fn until it succeeds, fails with a permanent error, or

@@ -22,6 +22,28 @@
 //     Writes go to a temp file under `.objstore/` at the root and are renamed
 //     into place; conditional writes are atomic within the process.
 //
+// # Metadata, copies, deadlines
+//
+// Put takes user metadata ([Metadata]: the x-amz-meta-* headers, printable
+// ASCII, at most 2 KiB, checked before anything is sent); Head, Get and
+// Download return it (List cannot: S3 listings carry none). [Store.Copy]
+// copies an object with its metadata on the server side (CopyObject,
+// optionally pinned to the source's ETag; objects over 5 GiB, which need a
+// multipart copy, are refused as not implemented). versitygw's posix
+// backend keeps user metadata in a `user.metadata` xattr of each object's
+// file (TestVersitygwKeepsMetadataInXattrs). Local keeps it in the
+// `user.matrx.meta` xattr, and stores the zero-byte directory markers
+// s3fs and hot sync use ("a/b/") as the directory a/b carrying a
+// `user.matrx.marker` xattr: listed before the keys below it, kept when
+// its last file is deleted, removed with the directory once empty.
+//
+// Every S3 request has its own deadline (WithRequestTimeout, 5 minutes,
+// body included) and the client a response-header timeout
+// (WithResponseHeaderTimeout, 1 minute), so a silent endpoint fails a
+// request (errdefs.ErrUnavailable, retried while the caller's context
+// lives) instead of holding the caller, and every lock behind it, forever
+// (TestSilentServerTimesOut, with a frozen proxy in front of versitygw).
+//
 // # Conditional writes
 //
 // Put takes a [Cond]: [IfNoneMatch]("*") writes only if no object exists at

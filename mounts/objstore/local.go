@@ -5,6 +5,7 @@ import (
 	"crypto/md5"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -31,6 +32,112 @@ const localMetaDir = ".objstore"
 
 // etagXattr caches a file's ETag: "1 SIZE MTIME_NS INODE MD5HEX".
 const etagXattr = "user.matrx.etag"
+
+// metaXattr holds an object's user metadata, JSON-encoded.
+const metaXattr = "user.matrx.meta"
+
+// markerXattr makes a directory a directory marker object ("a/b/", zero
+// bytes, as s3fs and the S3 console make them): key "a/b/" is the
+// directory a/b carrying this attribute (its value is the metadata, JSON).
+const markerXattr = "user.matrx.marker"
+
+// emptyETag is the MD5 of nothing: every marker's ETag.
+const emptyETag = "d41d8cd98f00b204e9800998ecf8427e"
+
+// markerDir returns the directory of a marker key ("a/b/" -> a/b).
+func (l *Local) markerDir(key string) (string, bool, error) {
+	if !strings.HasSuffix(key, "/") || len(key) < 2 {
+		return "", false, nil
+	}
+	p, err := l.path(strings.TrimSuffix(key, "/"))
+	return p, true, err
+}
+
+// marker returns the marker object at key, errdefs.ErrNotFound if the
+// directory is missing or no marker.
+func (l *Local) marker(key, p string) (ObjectInfo, error) {
+	d, err := l.root.OpenFile(p, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return ObjectInfo{}, fmt.Errorf("%s: %w", l.op("head", key), classifyFS(err))
+	}
+	defer d.Close()
+	v, err := getXattr(d, markerXattr)
+	if err != nil {
+		return ObjectInfo{}, fmt.Errorf("%s: no directory marker: %w", l.op("head", key), errdefs.ErrNotFound)
+	}
+	info := ObjectInfo{Key: key, ETag: emptyETag}
+	if fi, err := d.Stat(); err == nil {
+		info.LastModified = fi.ModTime()
+	}
+	if len(v) > 0 {
+		_ = json.Unmarshal(v, &info.Meta)
+	}
+	return info, nil
+}
+
+// putMarker makes the directory of a marker key and marks it.
+func (l *Local) putMarker(key, p string, size int64, cond Cond, meta Metadata) (ObjectInfo, error) {
+	if size != 0 {
+		return ObjectInfo{}, fmt.Errorf("%s: a key ending in \"/\" must be empty: %w", l.op("put", key), errdefs.ErrInvalidArgument)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	cur, err := l.marker(key, p)
+	switch {
+	case err == nil && cond.IfNoneMatch != "":
+		return ObjectInfo{}, fmt.Errorf("%s (%s): object exists: precondition failed: %w", l.op("put", key), cond, errdefs.ErrFailedPrecondition)
+	case err == nil && cond.IfMatch != "" && cur.ETag != cond.IfMatch:
+		return ObjectInfo{}, fmt.Errorf("%s (%s): precondition failed: %w", l.op("put", key), cond, errdefs.ErrFailedPrecondition)
+	case err != nil && cond.IfMatch != "":
+		return ObjectInfo{}, err
+	}
+	if fi, err := l.root.Lstat(p); err == nil && !fi.IsDir() {
+		return ObjectInfo{}, fmt.Errorf("%s: an object of that name (without \"/\") exists: %w", l.op("put", key), errdefs.ErrConflict)
+	}
+	if err := l.root.MkdirAll(p, 0o755); err != nil {
+		return ObjectInfo{}, fmt.Errorf("%s: %w", l.op("put", key), classifyFS(err))
+	}
+	d, err := l.root.OpenFile(p, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return ObjectInfo{}, fmt.Errorf("%s: %w", l.op("put", key), classifyFS(err))
+	}
+	defer d.Close()
+	b := []byte("{}")
+	if len(meta) > 0 {
+		b, _ = json.Marshal(meta)
+	}
+	if err := setXattr(d, markerXattr, b); err != nil {
+		return ObjectInfo{}, fmt.Errorf("%s: %w", l.op("put", key), classifyFS(err))
+	}
+	return ObjectInfo{Key: key, ETag: emptyETag, Meta: meta}, nil
+}
+
+// deleteMarker removes a marker, and the directory if that left it empty.
+func (l *Local) deleteMarker(key, p, ifMatch string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	cur, err := l.marker(key, p)
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if ifMatch != "" && cur.ETag != trimETag(ifMatch) {
+		return fmt.Errorf("%s (If-Match: %s): precondition failed: %w", l.op("delete", key), ifMatch, errdefs.ErrFailedPrecondition)
+	}
+	d, err := l.root.OpenFile(p, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("%s: %w", l.op("delete", key), classifyFS(err))
+	}
+	rc, err := d.SyscallConn()
+	if err == nil {
+		rc.Control(func(fd uintptr) { _ = removeXattr(int(fd), markerXattr) })
+	}
+	d.Close()
+	l.pruneEmpty(p)
+	return nil
+}
 
 // Local is a Store on a directory tree: key "a/b/c" is the file DIR/a/b/c.
 // It is safe for concurrent use within one process; two processes must not
@@ -159,7 +266,11 @@ func (l *Local) info(key string, f *os.File, fi os.FileInfo) (ObjectInfo, error)
 	if err != nil {
 		return ObjectInfo{}, fmt.Errorf("%s: %w", l.op("hash", key), classifyFS(err))
 	}
-	return ObjectInfo{Key: key, Size: fi.Size(), ETag: etag, LastModified: fi.ModTime()}, nil
+	info := ObjectInfo{Key: key, Size: fi.Size(), ETag: etag, LastModified: fi.ModTime()}
+	if v, err := getXattr(f, metaXattr); err == nil && len(v) > 0 {
+		_ = json.Unmarshal(v, &info.Meta)
+	}
+	return info, nil
 }
 
 func etagStamp(fi os.FileInfo) string {
@@ -191,6 +302,16 @@ func (l *Local) List(ctx context.Context, prefix string) iter.Seq2[ObjectInfo, e
 			if err != nil {
 				yield(ObjectInfo{}, err)
 				return
+			}
+			if strings.HasSuffix(key, "/") {
+				info, err := l.Head(ctx, key)
+				if errdefs.IsNotFound(err) {
+					continue
+				}
+				if !yield(info, err) || err != nil {
+					return
+				}
+				continue
 			}
 			f, fi, err := l.open(key)
 			if errdefs.IsNotFound(err) {
@@ -259,6 +380,9 @@ func (l *Local) walk(ctx context.Context, prefix string) iter.Seq2[string, error
 					if !strings.HasPrefix(key+"/", prefix) && !strings.HasPrefix(prefix, key+"/") {
 						continue
 					}
+					if strings.HasPrefix(key+"/", prefix) && l.isMarker(key) && !yield(key+"/", nil) {
+						return false
+					}
 					if !rec(key) {
 						return false
 					}
@@ -281,6 +405,20 @@ func (l *Local) walk(ctx context.Context, prefix string) iter.Seq2[string, error
 	}
 }
 
+// isMarker reports whether the directory at key carries a marker.
+func (l *Local) isMarker(key string) bool {
+	if _, err := KeyPath(key); err != nil {
+		return false
+	}
+	d, err := l.root.OpenFile(filepath.FromSlash(key), os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return false
+	}
+	defer d.Close()
+	_, err = getXattr(d, markerXattr)
+	return err == nil
+}
+
 // Usage returns the objects and bytes under prefix without hashing (Stats
 // uses it).
 func (l *Local) Usage(ctx context.Context, prefix string) (Usage, error) {
@@ -289,18 +427,26 @@ func (l *Local) Usage(ctx context.Context, prefix string) (Usage, error) {
 		if err != nil {
 			return Usage{}, err
 		}
-		fi, err := l.root.Lstat(filepath.FromSlash(key))
+		fi, err := l.root.Lstat(filepath.FromSlash(strings.TrimSuffix(key, "/")))
 		if err != nil {
 			continue
 		}
 		u.Objects++
-		u.Bytes += fi.Size()
+		if !strings.HasSuffix(key, "/") {
+			u.Bytes += fi.Size()
+		}
 	}
 	return u, nil
 }
 
 // Head implements Store.
 func (l *Local) Head(ctx context.Context, key string) (ObjectInfo, error) {
+	if p, ok, err := l.markerDir(key); ok {
+		if err != nil {
+			return ObjectInfo{}, err
+		}
+		return l.marker(key, p)
+	}
 	f, fi, err := l.open(key)
 	if err != nil {
 		return ObjectInfo{}, err
@@ -343,13 +489,28 @@ func (l *Local) Download(ctx context.Context, key string, _ int64, w io.WriterAt
 // Put implements Store: the body is written to a temp file (hashed on the
 // way), synced, and renamed into place under the store's lock after the
 // condition was checked.
-func (l *Local) Put(ctx context.Context, key string, body io.Reader, size int64, cond Cond) (ObjectInfo, error) {
+func (l *Local) Put(ctx context.Context, key string, body io.Reader, size int64, cond Cond, meta Metadata) (ObjectInfo, error) {
+	if p, ok, err := l.markerDir(key); ok {
+		if err == nil {
+			err = cond.validate()
+		}
+		if err == nil {
+			err = meta.validate()
+		}
+		if err != nil {
+			return ObjectInfo{}, err
+		}
+		return l.putMarker(key, p, size, cond, meta)
+	}
 	p, err := l.path(key)
 	if err != nil {
 		return ObjectInfo{}, err
 	}
 	if err := cond.validate(); err != nil {
 		return ObjectInfo{}, err
+	}
+	if err := meta.validate(); err != nil {
+		return ObjectInfo{}, fmt.Errorf("%s: %w", l.op("put", key), err)
 	}
 	if size < 0 {
 		return ObjectInfo{}, fmt.Errorf("%s: size must be known: %w", l.op("put", key), errdefs.ErrInvalidArgument)
@@ -390,6 +551,12 @@ func (l *Local) Put(ctx context.Context, key string, body io.Reader, size int64,
 	}
 	etag := hex.EncodeToString(h.Sum(nil))
 	_ = setXattr(f, etagXattr, []byte(etagStamp(fi)+" "+etag))
+	if len(meta) > 0 {
+		b, _ := json.Marshal(meta)
+		if err := setXattr(f, metaXattr, b); err != nil {
+			return ObjectInfo{}, fmt.Errorf("%s: store metadata: %w", l.op("put", key), classifyFS(err))
+		}
+	}
 	if err := f.Close(); err != nil {
 		return ObjectInfo{}, fmt.Errorf("%s: close: %w", l.op("put", key), classifyFS(err))
 	}
@@ -412,7 +579,26 @@ func (l *Local) Put(ctx context.Context, key string, body io.Reader, size int64,
 	}
 	committed = true
 	l.syncDir(filepath.Dir(p))
-	return ObjectInfo{Key: key, Size: size, ETag: etag, LastModified: fi.ModTime()}, nil
+	return ObjectInfo{Key: key, Size: size, ETag: etag, LastModified: fi.ModTime(), Meta: meta}, nil
+}
+
+// Copy implements Store: the source is read (pinned to srcIfMatch when
+// given) and written to dst with its metadata.
+func (l *Local) Copy(ctx context.Context, src, dst, srcIfMatch string) (ObjectInfo, error) {
+	f, fi, err := l.open(src)
+	if err != nil {
+		return ObjectInfo{}, err
+	}
+	defer f.Close()
+	info, err := l.info(src, f, fi)
+	if err != nil {
+		return ObjectInfo{}, err
+	}
+	if srcIfMatch != "" && info.ETag != trimETag(srcIfMatch) {
+		return ObjectInfo{}, fmt.Errorf("%s (If-Match: %s): object has ETag %s: precondition failed: %w",
+			l.op("copy", src), srcIfMatch, info.ETag, errdefs.ErrFailedPrecondition)
+	}
+	return l.Put(ctx, dst, io.NewSectionReader(f, 0, fi.Size()), fi.Size(), Cond{}, info.Meta)
 }
 
 // checkCond evaluates cond against the current object. Callers hold l.mu.
@@ -439,6 +625,12 @@ func (l *Local) checkCond(key string, cond Cond) error {
 // Delete implements Store. Directories left empty are removed up to the
 // store's root (S3 has no empty directories either).
 func (l *Local) Delete(ctx context.Context, key string, ifMatch string) error {
+	if p, ok, err := l.markerDir(key); ok {
+		if err != nil {
+			return err
+		}
+		return l.deleteMarker(key, p, ifMatch)
+	}
 	p, err := l.path(key)
 	if err != nil {
 		return err
@@ -481,6 +673,9 @@ func (l *Local) pruneEmpty(dir string) {
 	for dir != "." && dir != string(filepath.Separator) {
 		if fi, err := l.root.Lstat(dir); err != nil || !fi.IsDir() {
 			return // never unlink a symlink that stands for a directory
+		}
+		if l.isMarker(filepath.ToSlash(dir)) {
+			return // a directory marker object: it stays until deleted
 		}
 		if err := l.root.Remove(dir); err != nil {
 			return

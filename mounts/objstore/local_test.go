@@ -15,9 +15,9 @@ import (
 func TestLocalRejectsBadKeys(t *testing.T) {
 	l := newLocal(t)
 	ctx := testCtx(t)
-	for _, key := range []string{"../x", "/etc/passwd", "a/../../x", "a//b", "dir/", ".objstore/tmp/x", "a\x00b", ""} {
+	for _, key := range []string{"../x", "/etc/passwd", "a/../../x", "a//b", "a//", ".objstore/tmp/x", "a\x00b", ""} {
 		t.Run(key, func(t *testing.T) {
-			if _, err := l.Put(ctx, key, strings.NewReader("x"), 1, objstore.Cond{}); !errdefs.IsInvalidArgument(err) {
+			if _, err := l.Put(ctx, key, strings.NewReader("x"), 1, objstore.Cond{}, nil); !errdefs.IsInvalidArgument(err) {
 				t.Errorf("put %q = %v, want InvalidArgument", key, err)
 			}
 			if _, err := l.Head(ctx, key); !errdefs.IsInvalidArgument(err) {
@@ -56,7 +56,7 @@ func TestLocalSymlinksStayInside(t *testing.T) {
 	if _, _, err := l.Get(ctx, "users/u/cold/filelink"); err == nil {
 		t.Fatal("read a symlink to a file outside the store")
 	}
-	if _, err := l.Put(ctx, "users/u/cold/dirlink/new", strings.NewReader("x"), 1, objstore.Cond{}); err == nil {
+	if _, err := l.Put(ctx, "users/u/cold/dirlink/new", strings.NewReader("x"), 1, objstore.Cond{}, nil); err == nil {
 		t.Fatal("wrote through a symlink to outside the store")
 	}
 	if _, err := os.Stat(filepath.Join(outside, "new")); err == nil {
@@ -92,7 +92,7 @@ func TestLocalETagFollowsContent(t *testing.T) {
 	if head.ETag == info.ETag || head.ETag != md5hex([]byte("bbbb")) {
 		t.Fatalf("ETag %s after an external edit, want %s", head.ETag, md5hex([]byte("bbbb")))
 	}
-	if _, err := l.Put(ctx, "f", strings.NewReader("cccc"), 4, objstore.IfMatch(info.ETag)); !errdefs.IsFailedPrecondition(err) {
+	if _, err := l.Put(ctx, "f", strings.NewReader("cccc"), 4, objstore.IfMatch(info.ETag), nil); !errdefs.IsFailedPrecondition(err) {
 		t.Fatalf("If-Match with the pre-edit ETag = %v, want FailedPrecondition", err)
 	}
 }
@@ -110,10 +110,10 @@ func TestLocalFileDirectoryClash(t *testing.T) {
 	l := newLocal(t)
 	ctx := testCtx(t)
 	put(t, l, "a/b", []byte("x"), objstore.Cond{})
-	if _, err := l.Put(ctx, "a", strings.NewReader("x"), 1, objstore.Cond{}); !errdefs.IsConflict(err) {
+	if _, err := l.Put(ctx, "a", strings.NewReader("x"), 1, objstore.Cond{}, nil); !errdefs.IsConflict(err) {
 		t.Fatalf("put of a key that is a directory of keys = %v, want Conflict", err)
 	}
-	if _, err := l.Put(ctx, "a/b/c", strings.NewReader("x"), 1, objstore.Cond{}); err == nil {
+	if _, err := l.Put(ctx, "a/b/c", strings.NewReader("x"), 1, objstore.Cond{}, nil); err == nil {
 		t.Fatal("put below a key that is a file succeeded")
 	}
 	// Deleting the last key removes the directories it left empty.
@@ -121,7 +121,7 @@ func TestLocalFileDirectoryClash(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(l.Dir(), "a")); !os.IsNotExist(err) {
 		t.Fatalf("empty directory left behind: %v", err)
 	}
-	if _, err := l.Put(ctx, "x", strings.NewReader("short"), 10, objstore.Cond{}); !errdefs.IsInvalidArgument(err) {
+	if _, err := l.Put(ctx, "x", strings.NewReader("short"), 10, objstore.Cond{}, nil); !errdefs.IsInvalidArgument(err) {
 		t.Fatalf("put with a short body = %v, want InvalidArgument", err)
 	}
 	if _, err := l.Head(ctx, "x"); !errdefs.IsNotFound(err) {
@@ -137,5 +137,45 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestLocalDirectoryMarkers: a key ending in "/" (s3fs's directory
+// marker, how hot sync keeps empty directories and directories' modes) is
+// a directory carrying the marker's metadata; it is listed before the keys
+// below it, outlives the deletion of its last file, and its deletion
+// removes the directory once empty.
+func TestLocalDirectoryMarkers(t *testing.T) {
+	l := newLocal(t)
+	ctx := testCtx(t)
+	meta := objstore.Metadata{"mode": "16877", "mtime": "1.5"}
+	if _, err := l.Put(ctx, "u/d/", strings.NewReader(""), 0, objstore.Cond{}, meta); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Put(ctx, "u/d/f", strings.NewReader("x"), 1, objstore.Cond{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Put(ctx, "u/e/", strings.NewReader("x"), 1, objstore.Cond{}, nil); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("a marker with a body: %v", err)
+	}
+	objs, err := objstore.ListAll(ctx, l, "u/")
+	if err != nil || len(objs) != 2 || objs[0].Key != "u/d/" || objs[1].Key != "u/d/f" {
+		t.Fatalf("list: %v %+v", err, objs)
+	}
+	info, err := l.Head(ctx, "u/d/")
+	if err != nil || info.Meta["mode"] != "16877" || info.Size != 0 {
+		t.Fatalf("head of the marker: %v %+v", err, info)
+	}
+	if err := l.Delete(ctx, "u/d/f", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Head(ctx, "u/d/"); err != nil {
+		t.Fatalf("the marker went with the last file: %v", err)
+	}
+	if err := l.Delete(ctx, "u/d/", info.ETag); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(l.Dir(), "u", "d")); !os.IsNotExist(err) {
+		t.Fatalf("the empty marker directory stayed: %v", err)
 	}
 }

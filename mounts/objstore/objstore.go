@@ -29,6 +29,52 @@ type ObjectInfo struct {
 	Size         int64
 	ETag         string // without quotes
 	LastModified time.Time
+	// Meta is the object's user metadata (Head, Get and Download fill it;
+	// List does not: S3 listings carry none).
+	Meta Metadata
+}
+
+// Metadata is an object's user metadata: on S3 the x-amz-meta-NAME
+// headers, keyed by NAME in lower case. Values must be printable ASCII;
+// together at most MaxMetadataLen bytes.
+type Metadata map[string]string
+
+// MaxMetadataLen is S3's limit on the user metadata of one object (keys
+// and values, in bytes).
+const MaxMetadataLen = 2048
+
+func (m Metadata) validate() error {
+	n := 0
+	for k, v := range m {
+		n += len(k) + len(v)
+		if k == "" || k != strings.ToLower(k) {
+			return fmt.Errorf("metadata key %q must be non-empty lower case: %w", k, errdefs.ErrInvalidArgument)
+		}
+		for _, s := range []string{k, v} {
+			for i := 0; i < len(s); i++ {
+				if s[i] < 0x20 || s[i] > 0x7e {
+					return fmt.Errorf("metadata %q: only printable ASCII is allowed: %w", k, errdefs.ErrInvalidArgument)
+				}
+			}
+		}
+	}
+	if n > MaxMetadataLen {
+		return fmt.Errorf("metadata of %d bytes, more than %d: %w", n, MaxMetadataLen, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// lower returns m with lower-case keys (servers differ in the case they
+// answer with).
+func (m Metadata) lower() Metadata {
+	if len(m) == 0 {
+		return nil
+	}
+	out := make(Metadata, len(m))
+	for k, v := range m {
+		out[strings.ToLower(k)] = v
+	}
+	return out
 }
 
 // Cond is the precondition of a Put. The zero value writes unconditionally.
@@ -84,11 +130,16 @@ type Store interface {
 	// listing (a hint; -1 if unknown) and lets large objects be fetched in
 	// parallel ranges.
 	Download(ctx context.Context, key string, size int64, w io.WriterAt) (ObjectInfo, error)
-	// Put stores size bytes read from body at key if cond holds, and returns
-	// the new object's metadata. A body that is also an io.ReaderAt (an
-	// *os.File) is read in parallel for large uploads and can be re-read when
-	// a request is retried.
-	Put(ctx context.Context, key string, body io.Reader, size int64, cond Cond) (ObjectInfo, error)
+	// Put stores size bytes read from body at key, with user metadata meta
+	// (may be nil), if cond holds, and returns the new object's metadata. A
+	// body that is also an io.ReaderAt (an *os.File) is read in parallel
+	// for large uploads and can be re-read when a request is retried.
+	Put(ctx context.Context, key string, body io.Reader, size int64, cond Cond, meta Metadata) (ObjectInfo, error)
+	// Copy copies the object at src, with its metadata, to dst on the
+	// server side. With srcIfMatch set, only if src has that ETag
+	// (errdefs.ErrFailedPrecondition otherwise; ErrNotFound if src is
+	// missing).
+	Copy(ctx context.Context, src, dst, srcIfMatch string) (ObjectInfo, error)
 	// Delete removes the object. If ifMatch is not empty, only if the current
 	// object has that ETag. Deleting a missing object is not an error.
 	Delete(ctx context.Context, key string, ifMatch string) error

@@ -48,7 +48,7 @@ func EnsurePrefix(ctx context.Context, s Store, prefix string) error {
 		}
 		return nil // not empty
 	}
-	_, err := s.Put(ctx, prefix+KeepMarker, strings.NewReader(""), 0, IfNoneMatch("*"))
+	_, err := s.Put(ctx, prefix+KeepMarker, strings.NewReader(""), 0, IfNoneMatch("*"), nil)
 	if err != nil && !errdefs.IsFailedPrecondition(err) {
 		return fmt.Errorf("ensure prefix %q: %w", prefix, err)
 	}

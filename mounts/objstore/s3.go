@@ -8,6 +8,7 @@ import (
 	"iter"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,7 +31,15 @@ const (
 	DefaultPartSize    = 16 << 20 // multipart threshold and part size
 	DefaultConcurrency = 8        // parts or ranges in flight per transfer
 	DefaultMaxAttempts = 5        // per request, including the first
-	maxParts           = 10000    // S3's limit on parts per upload
+	// DefaultRequestTimeout bounds one request, body included (a 16 MiB
+	// part at 60 KiB/s): a silent connection must not hold a sync, and the
+	// locks behind it, forever.
+	DefaultRequestTimeout = 5 * time.Minute
+	// DefaultResponseHeaderTimeout bounds the wait for a response's
+	// headers once the request is sent (CompleteMultipartUpload of a large
+	// object is the slowest to answer).
+	DefaultResponseHeaderTimeout = time.Minute
+	maxParts                     = 10000 // S3's limit on parts per upload
 )
 
 // S3Config is what the S3 store needs.
@@ -55,11 +64,13 @@ type S3Config struct {
 }
 
 type s3Options struct {
-	partSize    int64
-	concurrency int
-	maxAttempts int
-	httpClient  aws.HTTPClient
-	logger      *slog.Logger
+	partSize       int64
+	concurrency    int
+	maxAttempts    int
+	requestTimeout time.Duration
+	headerTimeout  time.Duration
+	httpClient     aws.HTTPClient
+	logger         *slog.Logger
 }
 
 // S3Option configures optional knobs of NewS3.
@@ -79,6 +90,18 @@ func WithConcurrency(n int) S3Option {
 // WithMaxAttempts sets the attempts per request (1 disables retries).
 func WithMaxAttempts(n int) S3Option {
 	return func(o *s3Options) { o.maxAttempts = max(n, 1) }
+}
+
+// WithRequestTimeout bounds each request, its body included
+// (DefaultRequestTimeout).
+func WithRequestTimeout(d time.Duration) S3Option {
+	return func(o *s3Options) { o.requestTimeout = d }
+}
+
+// WithResponseHeaderTimeout bounds the wait for response headers
+// (DefaultResponseHeaderTimeout); ignored with WithHTTPClient.
+func WithResponseHeaderTimeout(d time.Duration) S3Option {
+	return func(o *s3Options) { o.headerTimeout = d }
 }
 
 // WithHTTPClient replaces the HTTP client (default: the SDK's, with enough
@@ -114,9 +137,11 @@ func NewS3(ctx context.Context, cfg S3Config, opts ...S3Option) (*S3, error) {
 		return nil, err
 	}
 	o := s3Options{
-		partSize:    DefaultPartSize,
-		concurrency: DefaultConcurrency,
-		maxAttempts: DefaultMaxAttempts,
+		partSize:       DefaultPartSize,
+		concurrency:    DefaultConcurrency,
+		maxAttempts:    DefaultMaxAttempts,
+		requestTimeout: DefaultRequestTimeout,
+		headerTimeout:  DefaultResponseHeaderTimeout,
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -130,6 +155,7 @@ func NewS3(ctx context.Context, cfg S3Config, opts ...S3Option) (*S3, error) {
 			// connections instead of re-dialing for every request.
 			tr.MaxIdleConnsPerHost = 256
 			tr.MaxIdleConns = 256
+			tr.ResponseHeaderTimeout = o.headerTimeout
 		})
 	}
 	region := cfg.Region
@@ -200,6 +226,8 @@ func (s *S3) Bucket() string { return s.bucket }
 // (credentials rejected or access denied), ErrUnavailable (the endpoint cannot
 // be reached), ErrInvalidArgument (wrong region).
 func (s *S3) Check(ctx context.Context) error {
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
 	_, err := s.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(s.bucket)})
 	if err == nil {
 		return nil
@@ -233,7 +261,9 @@ func (s *S3) List(ctx context.Context, prefix string) iter.Seq2[ObjectInfo, erro
 			Prefix: aws.String(prefix),
 		})
 		for p.HasMorePages() {
-			page, err := p.NextPage(ctx)
+			pctx, cancel := s.deadline(ctx)
+			page, err := p.NextPage(pctx)
+			cancel()
 			if err != nil {
 				yield(ObjectInfo{}, mapErr(fmt.Sprintf("list s3://%s/%s", s.bucket, prefix), err))
 				return
@@ -258,6 +288,8 @@ func (s *S3) Head(ctx context.Context, key string) (ObjectInfo, error) {
 	if err := ValidateKey(key); err != nil {
 		return ObjectInfo{}, err
 	}
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
 	out, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(key)})
 	if err != nil {
 		return ObjectInfo{}, mapErr(s.op("head", key), err)
@@ -267,24 +299,48 @@ func (s *S3) Head(ctx context.Context, key string) (ObjectInfo, error) {
 		Size:         aws.ToInt64(out.ContentLength),
 		ETag:         trimETag(aws.ToString(out.ETag)),
 		LastModified: aws.ToTime(out.LastModified),
+		Meta:         Metadata(out.Metadata).lower(),
 	}, nil
 }
 
-// Get implements Store.
+// Get implements Store. The request timeout covers reading the body too.
 func (s *S3) Get(ctx context.Context, key string) (io.ReadCloser, ObjectInfo, error) {
 	if err := ValidateKey(key); err != nil {
 		return nil, ObjectInfo{}, err
 	}
+	ctx, cancel := s.deadline(ctx)
 	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(key)})
 	if err != nil {
+		cancel()
 		return nil, ObjectInfo{}, mapErr(s.op("get", key), err)
 	}
-	return out.Body, ObjectInfo{
+	return &cancelCloser{ReadCloser: out.Body, cancel: cancel}, ObjectInfo{
 		Key:          key,
 		Size:         aws.ToInt64(out.ContentLength),
 		ETag:         trimETag(aws.ToString(out.ETag)),
 		LastModified: aws.ToTime(out.LastModified),
+		Meta:         Metadata(out.Metadata).lower(),
 	}, nil
+}
+
+// cancelCloser releases a request's deadline when its body is closed.
+type cancelCloser struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (c *cancelCloser) Close() error {
+	err := c.ReadCloser.Close()
+	c.cancel()
+	return err
+}
+
+// deadline bounds one request (WithRequestTimeout).
+func (s *S3) deadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	if s.opts.requestTimeout <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, s.opts.requestTimeout)
 }
 
 // Download implements Store. Objects of at least the part size are fetched as
@@ -345,10 +401,13 @@ func (s *S3) getRange(ctx context.Context, key string, off, end int64, ifMatch s
 	if ifMatch != "" {
 		in.IfMatch = aws.String(quoteETag(ifMatch))
 	}
+	ctx, cancel := s.deadline(ctx)
 	out, err := s.client.GetObject(ctx, in)
 	if err != nil {
+		cancel()
 		return nil, mapErr(s.op("get range", key), err)
 	}
+	out.Body = &cancelCloser{ReadCloser: out.Body, cancel: cancel}
 	return out, nil
 }
 
@@ -365,6 +424,7 @@ func (s *S3) downloadRanges(ctx context.Context, key string, w io.WriterAt) (Obj
 		Key:          key,
 		ETag:         trimETag(aws.ToString(first.ETag)),
 		LastModified: aws.ToTime(first.LastModified),
+		Meta:         Metadata(first.Metadata).lower(),
 	}
 	total, ok := totalFromContentRange(aws.ToString(first.ContentRange))
 	if !ok {
@@ -439,18 +499,21 @@ func totalFromContentRange(cr string) (int64, bool) {
 
 // Put implements Store. Bodies of at least the part size are sent as a
 // multipart upload whose completion carries the condition.
-func (s *S3) Put(ctx context.Context, key string, body io.Reader, size int64, cond Cond) (ObjectInfo, error) {
+func (s *S3) Put(ctx context.Context, key string, body io.Reader, size int64, cond Cond, meta Metadata) (ObjectInfo, error) {
 	if err := ValidateKey(key); err != nil {
 		return ObjectInfo{}, err
 	}
 	if err := cond.validate(); err != nil {
 		return ObjectInfo{}, err
 	}
+	if err := meta.validate(); err != nil {
+		return ObjectInfo{}, fmt.Errorf("%s: %w", s.op("put", key), err)
+	}
 	if size < 0 {
 		return ObjectInfo{}, fmt.Errorf("%s: size must be known: %w", s.op("put", key), errdefs.ErrInvalidArgument)
 	}
 	if size >= s.opts.partSize {
-		return s.putMultipart(ctx, key, body, size, cond)
+		return s.putMultipart(ctx, key, body, size, cond, meta)
 	}
 	rs, err := seekable(body, size)
 	if err != nil {
@@ -461,8 +524,11 @@ func (s *S3) Put(ctx context.Context, key string, body io.Reader, size int64, co
 		Key:           aws.String(key),
 		Body:          rs,
 		ContentLength: aws.Int64(size),
+		Metadata:      meta,
 	}
 	setCond(&in.IfMatch, &in.IfNoneMatch, cond)
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
 	out, err := s.client.PutObject(ctx, in)
 	if err != nil {
 		return ObjectInfo{}, mapErr(s.op("put", key)+" ("+cond.String()+")", err)
@@ -529,14 +595,17 @@ func (s *S3) PartSizeFor(size int64) int64 {
 	return ps
 }
 
-func (s *S3) putMultipart(ctx context.Context, key string, body io.Reader, size int64, cond Cond) (ObjectInfo, error) {
+func (s *S3) putMultipart(ctx context.Context, key string, body io.Reader, size int64, cond Cond, meta Metadata) (ObjectInfo, error) {
 	if err := s.precheck(ctx, key, cond); err != nil {
 		return ObjectInfo{}, err
 	}
-	created, err := s.client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{
-		Bucket: aws.String(s.bucket),
-		Key:    aws.String(key),
+	cctx, cancelCreate := s.deadline(ctx)
+	created, err := s.client.CreateMultipartUpload(cctx, &s3.CreateMultipartUploadInput{
+		Bucket:   aws.String(s.bucket),
+		Key:      aws.String(key),
+		Metadata: meta,
 	})
+	cancelCreate()
 	if err != nil {
 		return ObjectInfo{}, mapErr(s.op("create multipart upload", key), err)
 	}
@@ -588,7 +657,9 @@ func (s *S3) putMultipart(ctx context.Context, key string, body io.Reader, size 
 		}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			out, err := s.client.UploadPart(pctx, &s3.UploadPartInput{
+			uctx, cancelPart := s.deadline(pctx)
+			defer cancelPart()
+			out, err := s.client.UploadPart(uctx, &s3.UploadPartInput{
 				Bucket:        aws.String(s.bucket),
 				Key:           aws.String(key),
 				UploadId:      uploadID,
@@ -616,7 +687,9 @@ func (s *S3) putMultipart(ctx context.Context, key string, body io.Reader, size 
 		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
 	}
 	setCond(&in.IfMatch, &in.IfNoneMatch, cond)
-	out, err := s.client.CompleteMultipartUpload(ctx, in)
+	cctx, cancelComplete := s.deadline(ctx)
+	defer cancelComplete()
+	out, err := s.client.CompleteMultipartUpload(cctx, in)
 	if err != nil {
 		abort()
 		return ObjectInfo{}, mapErr(s.op("complete multipart upload", key)+" ("+cond.String()+")", err)
@@ -633,6 +706,8 @@ func (s *S3) Delete(ctx context.Context, key string, ifMatch string) error {
 	if ifMatch != "" {
 		in.IfMatch = aws.String(quoteETag(ifMatch))
 	}
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
 	_, err := s.client.DeleteObject(ctx, in)
 	if err != nil {
 		err = mapErr(s.op("delete", key), err)
@@ -642,6 +717,45 @@ func (s *S3) Delete(ctx context.Context, key string, ifMatch string) error {
 		return err
 	}
 	return nil
+}
+
+// maxCopySize is the largest object one CopyObject request copies.
+const maxCopySize = 5 << 30
+
+// Copy implements Store with CopyObject (metadata copied with the
+// object). Objects over 5 GiB, which need a multipart copy, are refused
+// with errdefs.ErrNotImplemented.
+func (s *S3) Copy(ctx context.Context, src, dst, srcIfMatch string) (ObjectInfo, error) {
+	for _, k := range []string{src, dst} {
+		if err := ValidateKey(k); err != nil {
+			return ObjectInfo{}, err
+		}
+	}
+	in := &s3.CopyObjectInput{
+		Bucket:     aws.String(s.bucket),
+		Key:        aws.String(dst),
+		CopySource: aws.String(s.bucket + "/" + url.PathEscape(src)),
+	}
+	if srcIfMatch != "" {
+		in.CopySourceIfMatch = aws.String(quoteETag(srcIfMatch))
+	}
+	if info, err := s.Head(ctx, src); err != nil {
+		return ObjectInfo{}, err
+	} else if info.Size > maxCopySize {
+		return ObjectInfo{}, fmt.Errorf("%s: %d bytes, over the 5 GiB of one copy: %w", s.op("copy", src), info.Size, errdefs.ErrNotImplemented)
+	}
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
+	out, err := s.client.CopyObject(ctx, in)
+	if err != nil {
+		return ObjectInfo{}, mapErr(s.op("copy", src)+" to "+dst, err)
+	}
+	info := ObjectInfo{Key: dst}
+	if r := out.CopyObjectResult; r != nil {
+		info.ETag = trimETag(aws.ToString(r.ETag))
+		info.LastModified = aws.ToTime(r.LastModified)
+	}
+	return info, nil
 }
 
 func (s *S3) op(verb, key string) string {

@@ -236,7 +236,7 @@ func TestS3ErrorsAreClassified(t *testing.T) {
 	srv := s3test.Start(t)
 	s := newS3(t, srv, srv.NewBucket(t))
 	ctx := testCtx(t)
-	if _, err := s.Put(ctx, strings.Repeat("k", 1025), strings.NewReader(""), 0, objstore.Cond{}); !errdefs.IsInvalidArgument(err) {
+	if _, err := s.Put(ctx, strings.Repeat("k", 1025), strings.NewReader(""), 0, objstore.Cond{}, nil); !errdefs.IsInvalidArgument(err) {
 		t.Errorf("put of a 1025-byte key = %v, want InvalidArgument", err)
 	}
 	cctx, cancel := context.WithCancel(ctx)

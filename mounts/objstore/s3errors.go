@@ -49,8 +49,13 @@ func mapErr(op string, err error) error {
 	if err == nil {
 		return nil
 	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, context.Canceled) {
 		return fmt.Errorf("%s: %w", op, err)
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		// A request's own deadline (WithRequestTimeout): worth another
+		// try while the caller's context lives.
+		return fmt.Errorf("%s: %w: %w", op, errdefs.ErrUnavailable, err)
 	}
 	code := apiCode(err)
 	switch code {

@@ -81,7 +81,7 @@ func md5hex(b []byte) string {
 
 func put(t *testing.T, s objstore.Store, key string, body []byte, cond objstore.Cond) objstore.ObjectInfo {
 	t.Helper()
-	info, err := s.Put(testCtx(t), key, bytes.NewReader(body), int64(len(body)), cond)
+	info, err := s.Put(testCtx(t), key, bytes.NewReader(body), int64(len(body)), cond, nil)
 	if err != nil {
 		t.Fatalf("put %s: %v", key, err)
 	}
@@ -190,7 +190,7 @@ func TestConditionalPut(t *testing.T) {
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
 				before, _ := s.Head(ctx, tt.key)
-				_, err := s.Put(ctx, tt.key, strings.NewReader(tt.body), int64(len(tt.body)), tt.cond)
+				_, err := s.Put(ctx, tt.key, strings.NewReader(tt.body), int64(len(tt.body)), tt.cond, nil)
 				if tt.wantErr == nil {
 					if err != nil {
 						t.Fatalf("put: %v", err)
@@ -250,7 +250,7 @@ func TestConcurrentCreateOnly(t *testing.T) {
 		for i := range n {
 			wg.Go(func() {
 				body := bytes.Repeat([]byte{byte('a' + i)}, 1000)
-				_, err := s.Put(ctx, "race/obj", bytes.NewReader(body), int64(len(body)), objstore.IfNoneMatch("*"))
+				_, err := s.Put(ctx, "race/obj", bytes.NewReader(body), int64(len(body)), objstore.IfNoneMatch("*"), nil)
 				mu.Lock()
 				defer mu.Unlock()
 				switch {
@@ -283,17 +283,17 @@ func TestLargeObject(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer src.Close()
-		info, err := s.Put(ctx, "big/obj", src, int64(len(data)), objstore.IfNoneMatch("*"))
+		info, err := s.Put(ctx, "big/obj", src, int64(len(data)), objstore.IfNoneMatch("*"), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		// A sequential (non-ReaderAt) body of the same size works too, and
 		// the If-Match on completion accepts the current ETag.
-		info2, err := s.Put(ctx, "big/obj", io.MultiReader(bytes.NewReader(data)), int64(len(data)), objstore.IfMatch(info.ETag))
+		info2, err := s.Put(ctx, "big/obj", io.MultiReader(bytes.NewReader(data)), int64(len(data)), objstore.IfMatch(info.ETag), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Put(ctx, "big/obj", src, int64(len(data)), objstore.IfNoneMatch("*")); !errdefs.IsFailedPrecondition(err) {
+		if _, err := s.Put(ctx, "big/obj", src, int64(len(data)), objstore.IfNoneMatch("*"), nil); !errdefs.IsFailedPrecondition(err) {
 			t.Fatalf("create-only multipart put over an existing object = %v", err)
 		}
 

@@ -1,6 +1,7 @@
 package objstore
 
 import (
+	"errors"
 	"os"
 	"syscall"
 
@@ -13,15 +14,21 @@ func getXattr(f *os.File, name string) ([]byte, error) {
 		return nil, err
 	}
 	buf := make([]byte, 128)
-	var n int
-	var xerr error
-	if err := rc.Control(func(fd uintptr) { n, xerr = unix.Fgetxattr(int(fd), name, buf) }); err != nil {
-		return nil, err
+	for {
+		var n int
+		var xerr error
+		if err := rc.Control(func(fd uintptr) { n, xerr = unix.Fgetxattr(int(fd), name, buf) }); err != nil {
+			return nil, err
+		}
+		if errors.Is(xerr, unix.ERANGE) && len(buf) < 64<<10 {
+			buf = make([]byte, 4*len(buf))
+			continue
+		}
+		if xerr != nil {
+			return nil, xerr
+		}
+		return buf[:n], nil
 	}
-	if xerr != nil {
-		return nil, xerr
-	}
-	return buf[:n], nil
 }
 
 func setXattr(f *os.File, name string, value []byte) error {
@@ -43,3 +50,5 @@ func fileID(fi os.FileInfo) uint64 {
 	}
 	return 0
 }
+
+func removeXattr(fd int, name string) error { return unix.Fremovexattr(fd, name) }

@@ -15,3 +15,5 @@ func getXattr(*os.File, string) ([]byte, error) { return nil, errNoXattr }
 func setXattr(*os.File, string, []byte) error { return errNoXattr }
 
 func fileID(os.FileInfo) uint64 { return 0 }
+
+func removeXattr(int, string) error { return errNoXattr }

@@ -365,7 +365,7 @@ func (o options) place(dirs ...string) (release func(), err error) {
 		}
 		made = append(made, d)
 		if o.disk {
-			if err := disk.Make(d+".img", d, 4<<30, os.Geteuid(), os.Getegid()); err != nil {
+			if err := disk.Make(d+".img", d, 4<<30, os.Geteuid(), os.Getegid(), 0); err != nil {
 				release()
 				return nil, err
 			}

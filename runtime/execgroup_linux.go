@@ -114,13 +114,49 @@ func (g *execGroup) killLoop() error {
 	return errors.New("exec cgroup still has processes after repeated SIGKILL")
 }
 
-func (g *execGroup) signalAll() error {
+func (g *execGroup) signalAll() error { return g.signalAllWith(syscall.SIGKILL) }
+
+// signal delivers sig to every member at once: the group is frozen while
+// it is signalled (freezer on v1, cgroup.freeze on v2), so no member forks
+// a child that misses it; the members take delivery when thawed.
+func (g *execGroup) signal(sig syscall.Signal) error {
+	file, frozen, thawed := filepath.Join(g.dir, "freezer.state"), "FROZEN", "THAWED"
+	if g.v2 {
+		file, frozen, thawed = filepath.Join(g.dir, "cgroup.freeze"), "1", "0"
+	}
+	if err := os.WriteFile(file, []byte(frozen), 0); err != nil {
+		return g.signalAllWith(sig) // no freezer: best effort, one pass
+	}
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		if g.isFrozen() {
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	err := g.signalAllWith(sig)
+	if terr := os.WriteFile(file, []byte(thawed), 0); terr != nil && err == nil {
+		err = terr
+	}
+	return err
+}
+
+func (g *execGroup) isFrozen() bool {
+	if g.v2 {
+		b, _ := os.ReadFile(filepath.Join(g.dir, "cgroup.events"))
+		return strings.Contains(string(b), "frozen 1")
+	}
+	b, _ := os.ReadFile(filepath.Join(g.dir, "freezer.state"))
+	return strings.TrimSpace(string(b)) == "FROZEN"
+}
+
+func (g *execGroup) signalAllWith(sig syscall.Signal) error {
 	pids, err := g.pids()
 	if err != nil {
 		return err
 	}
 	for _, p := range pids {
-		if err := unix.Kill(p, syscall.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+		if err := unix.Kill(p, sig); err != nil && !errors.Is(err, unix.ESRCH) {
 			return fmt.Errorf("kill %d: %w", p, err)
 		}
 	}

@@ -33,6 +33,7 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/errdefs"
 	"github.com/matrx-dev/matrx/runtime/network"
+	"github.com/matrx-dev/matrx/runtime/relay"
 )
 
 // Label keys on every sandbox container.
@@ -52,7 +53,11 @@ type Config struct {
 	StateDir string
 	// InitPath is the static matrx-init binary on the host.
 	InitPath string
-	Logger   *slog.Logger
+	// RelayPath is the static matrx-relay binary on the host, which the
+	// runc shim starts for each background process (optional: without it
+	// StartProcess fails with NotImplemented).
+	RelayPath string
+	Logger    *slog.Logger
 }
 
 // Runtime is the daemon's single containerd client and the state it keeps
@@ -72,6 +77,12 @@ type Runtime struct {
 
 	mu    sync.Mutex
 	tasks map[string]*sandboxTask // live handles, rebuilt lazily after a restart
+
+	relayPath string
+	watcher   *relay.Watcher // nil: followers poll
+	pmu       sync.Mutex
+	procs     map[string]*sandboxProcs // background processes by sandbox
+	ploadMu   sync.Mutex               // one adoption at a time
 }
 
 // Option configures optional runtime knobs.
@@ -158,6 +169,19 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Runtime, error) {
 		tmpfs:       DefaultTmpfsSizes,
 		swap:        swapAccounting(),
 		tasks:       map[string]*sandboxTask{},
+		procs:       map[string]*sandboxProcs{},
+	}
+	if cfg.RelayPath != "" {
+		st, err := os.Stat(cfg.RelayPath)
+		if err != nil || !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
+			return nil, fmt.Errorf("process relay binary %s is not an executable file: %w", cfg.RelayPath, errdefs.ErrFailedPrecondition)
+		}
+		r.relayPath = cfg.RelayPath
+	}
+	if w, err := relay.NewWatcher(); err == nil {
+		r.watcher = w
+	} else {
+		r.log.Warn("no inotify: process output followers poll", "error", err)
 	}
 	for _, o := range opts {
 		o(r)
@@ -180,8 +204,24 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Runtime, error) {
 	return r, nil
 }
 
-// Close releases the containerd connection. Sandboxes keep running.
-func (r *Runtime) Close() error { return r.client.Close() }
+// Close releases the containerd connection. Sandboxes and their background
+// processes keep running; their supervisors stop (the next daemon adopts
+// the processes).
+func (r *Runtime) Close() error {
+	r.pmu.Lock()
+	for _, sp := range r.procs {
+		for _, p := range sp.byID {
+			if p.cancel != nil {
+				p.cancel()
+			}
+		}
+	}
+	r.pmu.Unlock()
+	if r.watcher != nil {
+		r.watcher.Close()
+	}
+	return r.client.Close()
+}
 
 // Version reports containerd's version.
 func (r *Runtime) Version(ctx context.Context) (string, error) {
@@ -237,6 +277,9 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 	// Sticky and world-writable so agent and root execs can both leave
 	// their cwd files.
 	if err := mountControlDir(control); err != nil {
+		return err
+	}
+	if err := makeStdinDir(control); err != nil {
 		return err
 	}
 
@@ -333,6 +376,10 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 func (r *Runtime) Destroy(ctx context.Context, id string, grace time.Duration) error {
 	ctx = r.nsCtx(ctx)
 	r.forget(id)
+	// Background processes die with the task; their supervisors must not
+	// record that as their exit, and their directories go with the sandbox.
+	r.cancelProcesses(id)
+	defer r.forgetProcesses(id)
 	defer removeControlDir(r.controlDir(id))
 	container, err := r.client.LoadContainer(ctx, id)
 	if errdefs.IsNotFound(err) {

@@ -27,7 +27,7 @@ func newRuntime(t *testing.T, opts ...runtime.Option) (*runtime.Runtime, *contai
 	ctx := context.Background()
 	rt, err := runtime.New(ctx, runtime.Config{
 		Address: env.Address, Namespace: testNS,
-		StateDir: filepath.Join(env.Dir, "matrx"), InitPath: env.InitPath,
+		StateDir: filepath.Join(env.Dir, "matrx"), InitPath: env.InitPath, RelayPath: env.RelayPath,
 	}, opts...)
 	if err != nil {
 		t.Fatal(err)

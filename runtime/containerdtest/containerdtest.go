@@ -40,6 +40,7 @@ type Env struct {
 	Address   string // containerd socket
 	Dir       string // everything lives below here
 	InitPath  string // built matrx-init
+	RelayPath string // built matrx-relay
 	ImageTar  string // minimal image archive
 	cmd       *exec.Cmd
 	namespace []string
@@ -139,7 +140,21 @@ func Start(t testing.TB, nsToClean ...string) *Env {
 		time.Sleep(50 * time.Millisecond)
 	}
 	e.InitPath = BuildInit(t, dir)
+	e.RelayPath = BuildStatic(t, dir, "matrx-relay")
 	return e
+}
+
+// BuildStatic compiles cmd/NAME statically (CGO_ENABLED=0) into dir.
+func BuildStatic(t testing.TB, dir, name string) string {
+	t.Helper()
+	out := filepath.Join(dir, name)
+	cmd := exec.Command("go", "build", "-o", out, "./cmd/"+name)
+	cmd.Dir = RepoRoot()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", name, err, b)
+	}
+	return out
 }
 
 // BuildInit compiles cmd/matrx-init statically into dir.

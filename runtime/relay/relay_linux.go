@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -160,9 +161,16 @@ type holder struct {
 }
 
 func (h *holder) open(path string) error {
-	fd, err := unix.Openat2(unix.AT_FDCWD, path, &unix.OpenHow{
+	// Only the last two elements can be in reach of a sandbox (the control
+	// directory's stdin directory and the FIFO): no symlink there.
+	dfd, err := unix.Open(filepath.Dir(filepath.Dir(path)), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("stdin fifo %s: %w", path, err)
+	}
+	defer unix.Close(dfd)
+	fd, err := unix.Openat2(dfd, filepath.Join(filepath.Base(filepath.Dir(path)), filepath.Base(path)), &unix.OpenHow{
 		Flags:   unix.O_RDWR | unix.O_NONBLOCK | unix.O_CLOEXEC | unix.O_NOFOLLOW,
-		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
 	})
 	if err != nil {
 		return fmt.Errorf("stdin fifo %s: %w", path, err)

@@ -45,6 +45,11 @@ type ExecRequest struct {
 	// OutputLimit caps stdout and stderr each; bytes beyond it are read and
 	// discarded, never buffered.
 	OutputLimit int64
+	// Stdout and Stderr, when set, receive the output as it comes instead
+	// of the result (streamed exec; no cap, nothing buffered). A slow
+	// writer slows the command down (its pipe fills), never the daemon's
+	// memory. They may be called concurrently with each other.
+	Stdout, Stderr io.Writer
 }
 
 // ExecResult is what came back.
@@ -117,12 +122,19 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 
 	stdout := &cappedBuffer{limit: req.OutputLimit}
 	stderr := &cappedBuffer{limit: req.OutputLimit}
+	var outW, errW io.Writer = stdout, stderr
+	if req.Stdout != nil {
+		outW = req.Stdout
+	}
+	if req.Stderr != nil {
+		errW = req.Stderr
+	}
 	gateR, gateW := io.Pipe()
 	defer gateW.Close()
 	// No separate "is it running" check first: the exec request itself is
 	// that check, atomically. Only when it fails is the task's state asked,
 	// to tell "not running" (409) from a runtime failure.
-	proc, err := st.task.Exec(ctx, execID, pspec, cio.NewCreator(cio.WithStreams(gateR, stdout, stderr)))
+	proc, err := st.task.Exec(ctx, execID, pspec, cio.NewCreator(cio.WithStreams(gateR, outW, errW)))
 	if err != nil {
 		return nil, r.execError(ctx, id, st, "exec in", err)
 	}

@@ -3,6 +3,7 @@ package sandbox
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -18,6 +19,9 @@ type ExecInput struct {
 	User    string        // "", "agent" or "root"
 	Cwd     string        // "": remembered
 	Env     map[string]string
+	// Stdout and Stderr, when set, receive the output as it comes (a
+	// streamed exec); the result then carries none.
+	Stdout, Stderr io.Writer
 }
 
 // Exec runs a command in a live sandbox.
@@ -67,7 +71,7 @@ func (m *Manager) Exec(ctx context.Context, id string, in ExecInput) (*runtime.E
 	st := m.state(id)
 	req := runtime.ExecRequest{
 		Command: in.Command, User: user, Timeout: in.Timeout, OutputLimit: l.OutputLimit,
-		Env: m.sandboxEnv(rec),
+		Env: m.sandboxEnv(rec), Stdout: in.Stdout, Stderr: in.Stderr,
 	}
 	for k, v := range in.Env {
 		req.Env[k] = v

@@ -53,6 +53,9 @@ type Runtime interface {
 	Destroy(ctx context.Context, id string, grace time.Duration) error
 	Exec(ctx context.Context, id string, req runtime.ExecRequest) (*runtime.ExecResult, error)
 	Running(ctx context.Context, id string) (bool, error)
+	StartProcess(ctx context.Context, id string, spec runtime.ProcessSpec) (*runtime.Process, error)
+	Processes(ctx context.Context, id string) ([]*runtime.Process, error)
+	RemoveProcess(ctx context.Context, p *runtime.Process) error
 	Networking() bool
 	CheckNetwork(p network.Policy) error
 }
@@ -99,6 +102,23 @@ type Limits struct {
 	DefaultCmdTimeout time.Duration
 	MaxCmdTimeout     time.Duration
 	OutputLimit       int64
+	// Background processes: at most MaxProcesses running per sandbox (blocking
+	// execs do not count), each keeping ProcessOutputCap bytes of output on
+	// the host; ended ones are kept ProcessRetention, at most
+	// ProcessRetainCount of them; a process timeout is at most
+	// MaxProcessTimeout.
+	MaxProcesses       int
+	ProcessOutputCap   int64
+	ProcessRetention   time.Duration
+	ProcessRetainCount int
+	MaxProcessTimeout  time.Duration
+}
+
+// ProcessOutputBound is the most host disk one sandbox's process output can
+// take: every running process and every retained ended one at the cap (for
+// the host-disk admission of creates).
+func (l Limits) ProcessOutputBound() int64 {
+	return int64(l.MaxProcesses+l.ProcessRetainCount) * l.ProcessOutputCap
 }
 
 // DefaultLimits are ORIGINAL.md's defaults.
@@ -113,7 +133,10 @@ func DefaultLimits() Limits {
 		ShutdownTimeout:   30 * time.Second,
 		MaxCommandLength:  10000,
 		DefaultCmdTimeout: 30 * time.Second, MaxCmdTimeout: 600 * time.Second,
-		OutputLimit: 1 << 20,
+		OutputLimit:  1 << 20,
+		MaxProcesses: 64, ProcessOutputCap: 16 << 20,
+		ProcessRetention: 10 * time.Minute, ProcessRetainCount: 100,
+		MaxProcessTimeout: 24 * time.Hour,
 	}
 }
 
@@ -141,6 +164,14 @@ func (l Limits) Validate() error {
 		return invalid("command timeouts: default %v must be in [1s, max %v]", l.DefaultCmdTimeout, l.MaxCmdTimeout)
 	case l.OutputLimit < 1024:
 		return invalid("output limit %d must be at least 1024 bytes", l.OutputLimit)
+	case l.MaxProcesses < 1 || l.MaxProcesses > 4096:
+		return invalid("max processes %d must be in [1, 4096]", l.MaxProcesses)
+	case l.ProcessOutputCap < 256<<10 || l.ProcessOutputCap > 1<<30:
+		return invalid("process output cap %d must be in [256 KiB, 1 GiB]", l.ProcessOutputCap)
+	case l.ProcessRetention < 0 || l.ProcessRetainCount < 0:
+		return invalid("process retention must not be negative")
+	case l.MaxProcessTimeout < time.Second:
+		return invalid("max process timeout %v must be at least 1s", l.MaxProcessTimeout)
 	}
 	return nil
 }
@@ -166,9 +197,10 @@ type Manager struct {
 	log     *slog.Logger
 	now     func() time.Time
 
-	mu   sync.Mutex
-	live map[string]*liveState // in-memory per-sandbox state, dropped on stop
-	bg   sync.WaitGroup        // background shutdowns
+	mu     sync.Mutex
+	live   map[string]*liveState // in-memory per-sandbox state, dropped on stop
+	procMu sync.Mutex            // process starts and pruning, one at a time
+	bg     sync.WaitGroup        // background shutdowns
 }
 
 // liveState is what the manager remembers about a running sandbox.

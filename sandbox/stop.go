@@ -190,7 +190,10 @@ func (m *Manager) ExpireDue(ctx context.Context) {
 
 // RunExpiry calls ExpireDue every interval until ctx ends.
 func (m *Manager) RunExpiry(ctx context.Context, interval time.Duration) {
-	every(ctx, interval, m.ExpireDue)
+	every(ctx, interval, func(ctx context.Context) {
+		m.ExpireDue(ctx)
+		m.PruneProcesses(ctx)
+	})
 }
 
 // Recover runs once at startup, before the API serves.
@@ -223,6 +226,11 @@ func (m *Manager) Recover(ctx context.Context) error {
 					log.Warn("recover: cold mount failed", "error", err)
 				}
 				m.checkpointOne(ctx, r)
+				// Adopt its background processes now, so that their timeouts
+				// run again and exits while the daemon was away are recorded.
+				if _, err := m.rt.Processes(ctx, r.ID); err != nil {
+					log.Warn("recover: background processes", "error", err)
+				}
 				log.Info("recovered running sandbox")
 				continue
 			}

@@ -24,6 +24,7 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/matrxd ./cmd/matrxd
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/matrx ./cmd/matrx
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/matrx-init ./cmd/matrx-init
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/matrx-relay ./cmd/matrx-relay
 
 # Host packages (containerd, runc, image tools, FUSE, awscli, vagrant...).
 deps:

@@ -250,7 +250,7 @@ SYSTEMD_PID1=0
 [[ -d /run/systemd/system ]] && SYSTEMD_PID1=1 # sd_booted(3)
 
 step "preflight"
-BINARIES=(matrxd matrx matrx-init)
+BINARIES=(matrxd matrx matrx-init matrx-relay)
 for b in "${BINARIES[@]}"; do
   [[ -x "${BIN_DIR}/${b}" ]] || problem "missing ${BIN_DIR}/${b}: run 'make build' first (or pass --bin-dir)" || false
 done
@@ -415,12 +415,16 @@ for b in "${BINARIES[@]}"; do
     would "install ${BIN_DIR}/${b} to /usr/local/bin/${b} (missing now)"
   fi
 done
-# matrx-init is also bind-mounted into every sandbox as its PID 1 from here.
-if [[ -x "${BIN_DIR}/matrx-init" ]]; then
-  install_file 0755 "${BIN_DIR}/matrx-init" /usr/local/lib/matrx/matrx-init
-elif ((DRY_RUN)); then
-  would "install ${BIN_DIR}/matrx-init to /usr/local/lib/matrx/matrx-init (missing now)"
-fi
+# matrx-init is also bind-mounted into every sandbox as its PID 1 from here;
+# matrx-relay, beside it, is started by the runc shim for every background
+# process (its output relay).
+for b in matrx-init matrx-relay; do
+  if [[ -x "${BIN_DIR}/${b}" ]]; then
+    install_file 0755 "${BIN_DIR}/${b}" "/usr/local/lib/matrx/${b}"
+  elif ((DRY_RUN)); then
+    would "install ${BIN_DIR}/${b} to /usr/local/lib/matrx/${b} (missing now)"
+  fi
+done
 
 step "install systemd units"
 for u in matrxd.service matrxd.socket; do

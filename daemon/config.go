@@ -26,6 +26,7 @@ type Config struct {
 	ContainerdNamespace string
 	StateDir            string
 	InitPath            string
+	RelayPath           string
 	Store               string // bolt | memory
 	LogLevel            slog.Level
 	LogFormat           string // json | text
@@ -60,6 +61,12 @@ func flags() []cli.Flag {
 		&cli.StringFlag{Name: "containerd-namespace", Value: "matrx", EnvVars: []string{"MATRX_CONTAINERD_NAMESPACE"}},
 		&cli.StringFlag{Name: "state-dir", Value: "/var/lib/matrx", EnvVars: []string{"MATRX_STATE_DIR"}},
 		&cli.StringFlag{Name: "init-path", EnvVars: []string{"MATRX_INIT_PATH"}, Usage: "static matrx-init binary (default: next to matrxd, else /usr/local/lib/matrx/matrx-init)"},
+		&cli.StringFlag{Name: "relay-path", EnvVars: []string{"MATRX_RELAY_PATH"}, Usage: "static matrx-relay binary, the output relay of background processes (default: next to matrxd, else /usr/local/lib/matrx/matrx-relay)"},
+		&cli.IntFlag{Name: "max-processes", Value: d.MaxProcesses, EnvVars: []string{"MATRX_MAX_PROCESSES"}, Usage: "running background processes per sandbox (blocking execs do not count)"},
+		&cli.Int64Flag{Name: "process-output-limit", Value: d.ProcessOutputCap, EnvVars: []string{"MATRX_PROCESS_OUTPUT_LIMIT"}, Usage: "bytes of output kept per background process (oldest dropped beyond it)"},
+		&cli.DurationFlag{Name: "process-retention", Value: d.ProcessRetention, EnvVars: []string{"MATRX_PROCESS_RETENTION"}, Usage: "how long ended background processes stay listed"},
+		&cli.IntFlag{Name: "process-retain-count", Value: d.ProcessRetainCount, EnvVars: []string{"MATRX_PROCESS_RETAIN_COUNT"}, Usage: "ended background processes kept per sandbox"},
+		&cli.Int64Flag{Name: "max-process-timeout", Value: int64(d.MaxProcessTimeout / time.Second), EnvVars: []string{"MATRX_MAX_PROCESS_TIMEOUT"}, Usage: "largest background process timeout, seconds"},
 		&cli.StringFlag{Name: "image", Value: d.DefaultImage, EnvVars: []string{"MATRX_IMAGE", "MATRX_SANDBOX_IMAGE"}, Usage: "default sandbox image"},
 		&cli.StringFlag{Name: "store", Value: "bolt", EnvVars: []string{"MATRX_SANDBOX_STORE"}, Usage: "registry: bolt (alias persistent) or memory"},
 		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"MATRX_LOG_LEVEL"}, Usage: "debug, info, warn or error"},
@@ -95,6 +102,7 @@ func configFrom(c *cli.Context) (Config, error) {
 		ContainerdNamespace: c.String("containerd-namespace"),
 		StateDir:            c.String("state-dir"),
 		InitPath:            c.String("init-path"),
+		RelayPath:           c.String("relay-path"),
 		Store:               strings.ToLower(c.String("store")),
 		LogFormat:           strings.ToLower(c.String("log-format")),
 		ExpiryInterval:      c.Duration("expiry-interval"),
@@ -102,22 +110,27 @@ func configFrom(c *cli.Context) (Config, error) {
 		TCPAddress:          c.String("tcp-address"),
 		APIKeyFile:          c.String("api-key-file"),
 		Limits: sandbox.Limits{
-			DefaultImage:      c.String("image"),
-			DefaultCPU:        c.Float64("default-cpu"),
-			MaxCPU:            c.Float64("max-cpu"),
-			DefaultMemoryMB:   c.Int64("default-memory-mb"),
-			MaxMemoryMB:       c.Int64("max-memory-mb"),
-			DefaultPids:       c.Int64("default-pids"),
-			MaxPids:           c.Int64("max-pids"),
-			DefaultDiskMB:     c.Int64("default-disk-mb"),
-			MaxDiskMB:         c.Int64("max-disk-mb"),
-			DefaultTTL:        time.Duration(c.Int64("default-ttl")) * time.Second,
-			MaxTTL:            time.Duration(c.Int64("max-ttl")) * time.Second,
-			ShutdownTimeout:   time.Duration(c.Int64("shutdown-timeout")) * time.Second,
-			MaxCommandLength:  c.Int("max-command-length"),
-			DefaultCmdTimeout: time.Duration(c.Int64("command-timeout")) * time.Second,
-			MaxCmdTimeout:     time.Duration(c.Int64("max-command-timeout")) * time.Second,
-			OutputLimit:       c.Int64("output-limit"),
+			DefaultImage:       c.String("image"),
+			DefaultCPU:         c.Float64("default-cpu"),
+			MaxCPU:             c.Float64("max-cpu"),
+			DefaultMemoryMB:    c.Int64("default-memory-mb"),
+			MaxMemoryMB:        c.Int64("max-memory-mb"),
+			DefaultPids:        c.Int64("default-pids"),
+			MaxPids:            c.Int64("max-pids"),
+			DefaultDiskMB:      c.Int64("default-disk-mb"),
+			MaxDiskMB:          c.Int64("max-disk-mb"),
+			DefaultTTL:         time.Duration(c.Int64("default-ttl")) * time.Second,
+			MaxTTL:             time.Duration(c.Int64("max-ttl")) * time.Second,
+			ShutdownTimeout:    time.Duration(c.Int64("shutdown-timeout")) * time.Second,
+			MaxCommandLength:   c.Int("max-command-length"),
+			DefaultCmdTimeout:  time.Duration(c.Int64("command-timeout")) * time.Second,
+			MaxCmdTimeout:      time.Duration(c.Int64("max-command-timeout")) * time.Second,
+			OutputLimit:        c.Int64("output-limit"),
+			MaxProcesses:       c.Int("max-processes"),
+			ProcessOutputCap:   c.Int64("process-output-limit"),
+			ProcessRetention:   c.Duration("process-retention"),
+			ProcessRetainCount: c.Int("process-retain-count"),
+			MaxProcessTimeout:  time.Duration(c.Int64("max-process-timeout")) * time.Second,
 		},
 		Storage: storageConfigFrom(c),
 		UserNS:  UserNSConfig{Mode: strings.ToLower(c.String("userns")), Base: uint32(c.Uint64("userns-base"))},
@@ -131,7 +144,10 @@ func configFrom(c *cli.Context) (Config, error) {
 		return cfg, fmt.Errorf("log level %q: want debug, info, warn or error: %w", c.String("log-level"), errdefs.ErrInvalidArgument)
 	}
 	if cfg.InitPath == "" {
-		cfg.InitPath = defaultInitPath()
+		cfg.InitPath = defaultHelperPath("matrx-init")
+	}
+	if cfg.RelayPath == "" {
+		cfg.RelayPath = defaultHelperPath("matrx-relay")
 	}
 	return cfg, cfg.Validate()
 }
@@ -196,14 +212,16 @@ func (c Config) socketGID() (int, bool, error) {
 	return gid, true, nil
 }
 
-func defaultInitPath() string {
+// defaultHelperPath finds one of matrxd's static helpers (matrx-init,
+// matrx-relay): next to matrxd, else where bootstrap/install.sh puts it.
+func defaultHelperPath(name string) string {
 	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), "matrx-init")
+		p := filepath.Join(filepath.Dir(exe), name)
 		if _, err := os.Stat(p); err == nil {
 			return p
 		}
 	}
-	return "/usr/local/lib/matrx/matrx-init"
+	return "/usr/local/lib/matrx/" + name
 }
 
 // validateListeners checks the optional metrics and TCP listeners. The API

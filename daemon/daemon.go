@@ -114,7 +114,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	}
 	rt, err := runtime.New(ctx, runtime.Config{
 		Address: cfg.ContainerdAddress, Namespace: cfg.ContainerdNamespace,
-		StateDir: filepath.Join(cfg.StateDir, "runtime"), InitPath: cfg.InitPath, Logger: log,
+		StateDir: filepath.Join(cfg.StateDir, "runtime"), InitPath: cfg.InitPath, RelayPath: cfg.RelayPath, Logger: log,
 	}, rtOpts...)
 	if err != nil {
 		return err

@@ -81,7 +81,7 @@ func StartIn(t testing.TB, env *containerdtest.Env, opts ...Option) *Harness {
 	limits.ShutdownTimeout = 2 * time.Second
 	h.Config = daemon.Config{
 		Socket: filepath.Join(env.Dir, "matrxd.sock"), ContainerdAddress: env.Address,
-		ContainerdNamespace: Namespace, StateDir: filepath.Join(env.Dir, "state"), InitPath: env.InitPath,
+		ContainerdNamespace: Namespace, StateDir: filepath.Join(env.Dir, "state"), InitPath: env.InitPath, RelayPath: env.RelayPath,
 		Store: "bolt", LogFormat: "json", ExpiryInterval: time.Second, Limits: limits,
 		// Overcommit: tests share this machine's disk, and their
 		// sandboxes write little of their 20 GiB quotas.

@@ -97,6 +97,7 @@ func (s *Server) routes() []route {
 		{"DELETE /users/{user_id}/storage/{tier}", http.HandlerFunc(s.storageClean)},
 		{"POST /users/{user_id}/storage/restore", http.HandlerFunc(s.storageRestore)},
 	}
+	rs = append(rs, s.processRoutes()...)
 	if s.metrics != nil {
 		rs = append(rs, route{"GET /metrics", s.metrics.Handler()})
 	}
@@ -204,6 +205,10 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	}
 	return w.ResponseWriter.Write(b)
 }
+
+// Unwrap lets http.ResponseController and the WebSocket upgrade reach the
+// connection (Hijack) through the status recorder.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (w *statusWriter) Flush() {
 	if f, ok := w.ResponseWriter.(http.Flusher); ok {
@@ -482,6 +487,10 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		in.Cwd = *req.Cwd
+	}
+	if wantsNDJSON(r) {
+		s.streamExec(w, r, id, in)
+		return
 	}
 	res, err := s.mgr.Exec(r.Context(), id, in)
 	if err != nil {

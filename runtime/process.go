@@ -906,3 +906,6 @@ func (r *Runtime) forgetProcesses(id string) {
 	}
 	os.RemoveAll(r.processRoot(id))
 }
+
+// OutputEnd is the offset just past the output written so far.
+func (p *Process) OutputEnd() (int64, error) { return relay.EndOffset(p.dir) }

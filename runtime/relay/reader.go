@@ -207,3 +207,37 @@ func (r *Reader) Next(buf []byte) (Chunk, error) {
 		return c, nil
 	}
 }
+
+// EndOffset is the offset just past the last whole record written so far
+// (where a reader that wants only new output starts).
+func EndOffset(dir string) (int64, error) {
+	r, err := NewReader(dir, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer r.Close()
+	segs, err := r.segments()
+	if err != nil || len(segs) == 0 {
+		return 0, err
+	}
+	f, err := r.root.Open(SegmentName(segs[len(segs)-1]))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	end, pos := segs[len(segs)-1], int64(0)
+	var hb [HeaderSize]byte
+	for {
+		if n, _ := f.ReadAt(hb[:], pos); n < HeaderSize {
+			return end, nil
+		}
+		h, err := parseHeader(hb[:])
+		if err != nil {
+			return end, nil
+		}
+		if h.kind != KindEnd {
+			end = h.offset + int64(h.length)
+		}
+		pos += HeaderSize + h.dataLen()
+	}
+}

@@ -414,4 +414,3 @@ func TestProcessAPI(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
-

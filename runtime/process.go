@@ -625,7 +625,17 @@ type Output struct {
 	sub    *relay.Sub
 	follow bool
 	buf    []byte
+	// Consecutive records of one stream are returned as one chunk of up to
+	// batchMax bytes (a program printing line by line makes many small
+	// records); what ends a batch waits in pending (or pendErr).
+	batch   []byte
+	pending *relay.Chunk
+	pbuf    []byte
+	pendErr error
 }
+
+// batchMax bounds one chunk Next returns.
+const batchMax = 64 << 10
 
 // OpenOutput reads the process's output from offset; with follow, Next
 // waits for more until the output ends.
@@ -634,7 +644,7 @@ func (p *Process) OpenOutput(offset int64, follow bool) (*Output, error) {
 	if err != nil {
 		return nil, fmt.Errorf("output of process %s: %w", p.info.ID, err)
 	}
-	o := &Output{p: p, r: r, follow: follow, buf: make([]byte, relay.MaxRecord)}
+	o := &Output{p: p, r: r, follow: follow, buf: make([]byte, relay.MaxRecord), batch: make([]byte, 0, batchMax+relay.MaxRecord), pbuf: make([]byte, relay.MaxRecord)}
 	if follow && p.rt.watcher != nil {
 		if sub, err := p.rt.watcher.Watch(p.dir); err == nil {
 			o.sub = sub
@@ -643,14 +653,53 @@ func (p *Process) OpenOutput(offset int64, follow bool) (*Output, error) {
 	return o, nil
 }
 
-// Offset is the offset of the next byte Next returns.
-func (o *Output) Offset() int64 { return o.r.Offset() }
-
-// Next returns the next chunk (data, or a gap where output was dropped).
+// Next returns the next chunk (data, or a gap where output was dropped),
+// merging what is already written of one stream into one chunk.
 // io.EOF: the output is complete (the process ended, or closed its
 // output). Without follow, relay.ErrNoData means "nothing more for now".
 // The chunk's data is valid until the next call.
 func (o *Output) Next(ctx context.Context) (relay.Chunk, error) {
+	var c relay.Chunk
+	switch {
+	case o.pending != nil:
+		c = *o.pending
+		o.pending = nil
+	case o.pendErr != nil:
+		err := o.pendErr
+		o.pendErr = nil
+		return relay.Chunk{}, err
+	default:
+		var err error
+		if c, err = o.next(ctx); err != nil {
+			return c, err
+		}
+	}
+	if c.Kind == relay.KindGap {
+		return c, nil
+	}
+	o.batch = append(o.batch[:0], c.Data...)
+	for len(o.batch) < batchMax {
+		d, err := o.r.Next(o.buf)
+		if errors.Is(err, relay.ErrNoData) {
+			break
+		}
+		if err != nil {
+			o.pendErr = err
+			break
+		}
+		if d.Kind != c.Kind {
+			d.Data = append(o.pbuf[:0], d.Data...)
+			o.pending = &d
+			break
+		}
+		o.batch = append(o.batch, d.Data...)
+	}
+	c.Data = o.batch
+	return c, nil
+}
+
+// next is one record, waiting for it when following.
+func (o *Output) next(ctx context.Context) (relay.Chunk, error) {
 	for {
 		c, err := o.r.Next(o.buf)
 		if !errors.Is(err, relay.ErrNoData) {

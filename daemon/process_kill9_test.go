@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/matrx-dev/matrx/testenv"
 	"net/http"
 	"os"
 	"os/exec"
@@ -111,6 +112,7 @@ func (d *realDaemon) rssKB() int {
 // every process and every byte of output is still there. Then it measures
 // the daemon's memory while a process prints 1 GiB to a slow reader.
 func TestProcessesSurviveKill9(t *testing.T) {
+	testenv.BothContainerds(t)
 	env := containerdtest.Start(t, daemontest.Namespace)
 	d := startRealDaemon(t, env)
 	ctx := context.Background()

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/matrx-dev/matrx/testenv"
 	"io"
 	"os"
 	"path/filepath"
@@ -79,6 +80,7 @@ func waitExit(t *testing.T, p *runtime.Process) runtime.ProcessInfo {
 // a server reached from a later exec, stdin, signals, terminals, timeouts,
 // adoption by a second runtime (a restarted daemon) and the relay's cost.
 func TestProcesses(t *testing.T) {
+	testenv.BothContainerds(t)
 	rt, env := newRuntime(t)
 	id := startSandbox(t, rt, env, runtime.Resources{})
 	ctx := context.Background()

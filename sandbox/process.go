@@ -258,7 +258,7 @@ func (m *Manager) liveRecord(ctx context.Context, id string) (*registry.Record, 
 	if err != nil {
 		return nil, err
 	}
-	if !rec.Status.Live() {
+	if !rec.Status.AcceptsExec() {
 		return nil, fmt.Errorf("sandbox %s is %s, not running: %w", id, rec.Status, errdefs.ErrFailedPrecondition)
 	}
 	return rec, nil

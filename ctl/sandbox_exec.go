@@ -26,11 +26,21 @@ after --) is a shell command string, run by bash -c; several arguments are
 an argv, each quoted, as docker exec runs them. The working directory is
 remembered between execs (cd in one, the next starts there).
 
+With -d the command runs in the background (matrx ps, logs, attach, kill);
+with -t on a terminal, with -i reading this terminal's stdin; -it without
+a command opens a login shell. These survive a daemon restart.
+
 Examples:
+   matrx exec -it sbx-0123456789ab
+   matrx exec -d sbx-0123456789ab -- 'npm run dev'
    matrx exec sbx-0123456789ab -- 'cd /tmp && ls'
    matrx exec sbx-0123456789ab -- printf '%s\n' 'a b' c
    matrx exec sbx-0123456789ab --user root --timeout 60 -- apt list --installed`,
+		UseShortOptionHandling: true,
 		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "interactive", Aliases: []string{"i"}, Usage: "send this terminal's stdin to the command (a background process with stdin)"},
+			&cli.BoolFlag{Name: "tty", Aliases: []string{"t"}, Usage: "run the command on a terminal (raw mode, window size forwarded); without a command, a login shell"},
+			&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "start the command as a background process and print its id"},
 			&cli.StringFlag{Name: "cwd", Usage: "directory to run in (default: where the last exec ended)"},
 			&cli.StringFlag{Name: "user", Value: "agent", Usage: "agent or root"},
 			&cli.StringFlag{Name: "timeout", Usage: "whole seconds or a duration such as 90s or 5m (default: the daemon's, 30 s)"},
@@ -41,6 +51,9 @@ Examples:
 			o, err := execOptionsFrom(c)
 			if err != nil {
 				return err
+			}
+			if o.tty || o.interactive || o.detach {
+				return runProcessExec(c.Context, newClient(c), o, c.App.Writer, c.App.ErrWriter)
 			}
 			if stdinIsData() {
 				return fmt.Errorf("exec: stdin is a pipe or a file, but this exec does not read stdin (its input would be lost); redirect from /dev/null: %w", errdefs.ErrInvalidArgument)
@@ -54,10 +67,16 @@ type execOptions struct {
 	id   string
 	req  apitype.ExecRequest
 	json bool
+	// interactive, tty and detach run the command as a background process
+	// (sandbox_exec_process.go).
+	interactive, tty, detach bool
 }
 
+// loginShell is what `matrx exec -it ID` runs without a command.
+const loginShell = `if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi`
+
 func execOptionsFrom(c *cli.Context) (execOptions, error) {
-	o := execOptions{json: c.Bool("json")}
+	o := execOptions{json: c.Bool("json"), interactive: c.Bool("interactive"), tty: c.Bool("tty"), detach: c.Bool("detach")}
 	args := c.Args().Slice()
 	if len(args) == 0 || args[0] == "--" {
 		return o, fmt.Errorf("exec needs a sandbox id and a command (see 'matrx exec --help'): %w", errdefs.ErrInvalidArgument)
@@ -66,10 +85,14 @@ func execOptionsFrom(c *cli.Context) (execOptions, error) {
 	if len(args) > 0 && args[0] == "--" {
 		args = args[1:]
 	}
-	if len(args) == 0 {
+	switch {
+	case len(args) == 0 && o.tty && !o.detach:
+		o.req.Command = loginShell
+	case len(args) == 0:
 		return o, fmt.Errorf("exec needs a command after the sandbox id (see 'matrx exec --help'): %w", errdefs.ErrInvalidArgument)
+	default:
+		o.req.Command = commandLine(args)
 	}
-	o.req.Command = commandLine(args)
 	o.req.User = c.String("user")
 	if c.IsSet("cwd") {
 		v := c.String("cwd")

@@ -372,6 +372,32 @@ func TestProcessAPI(t *testing.T) {
 		}
 	})
 
+	t.Run("cli: exec -d, ps, logs, kill, exec -t", func(t *testing.T) {
+		out, errOut, code := h.CLI("exec", "-d", id, "--", "trap 'exit 7' TERM; echo out; sleep 0.2; echo err >&2; while :; do sleep 0.1; done")
+		proc := strings.TrimSpace(out)
+		if code != 0 || !strings.HasPrefix(proc, "p-") {
+			t.Fatalf("exec -d: %q %q %d", out, errOut, code)
+		}
+		if out, _, code := h.CLI("ps", id); code != 0 || !strings.Contains(out, proc) || !strings.Contains(out, "running") {
+			t.Fatalf("ps: %q %d", out, code)
+		}
+		follow(t, c, id, proc, 0, untilContains("err"))
+		if _, errOut, code := h.CLI("kill", id, proc); code != 0 {
+			t.Fatalf("kill: %q %d", errOut, code)
+		}
+		out, errOut, code = h.CLI("logs", "-f", id, proc)
+		if out != "out\n" || !strings.HasPrefix(errOut, "err\n") || code != 7 {
+			t.Fatalf("logs -f: %q %q %d", out, errOut, code)
+		}
+		if out, _, code := h.CLI("logs", "--offset", "2", id, proc); out != "t\n" || code != 7 {
+			t.Fatalf("logs --offset: %q %d", out, code)
+		}
+		out, errOut, code = h.CLI("exec", "-t", id, "--", "stty size; exit 3")
+		if !strings.Contains(out, "24 80") || code != 3 {
+			t.Fatalf("exec -t: %q %q %d", out, errOut, code)
+		}
+	})
+
 	t.Run("ended processes are kept up to the retained count; a stop kills them all", func(t *testing.T) {
 		for i := 0; i < 5; i++ {
 			p, err := c.StartProcess(ctx, id, apitype.ProcessRequest{Command: "true"})

@@ -15,6 +15,10 @@
 //   - Each exec is tracked in a child cgroup of the sandbox (freezer on
 //     cgroup v1, the unified hierarchy on v2), so a timeout kills the whole
 //     process tree, including children that called setsid.
+//   - Background processes (process.go) are execs whose output goes to
+//     matrx-relay, the shim's binary logger (package runtime/relay), so
+//     they, their output, stdin and terminal outlive matrxd; the runtime
+//     adopts them again after a restart.
 package runtime
 
 import (

@@ -164,12 +164,11 @@ type Process struct {
 	proc      containerd.Process
 	group     *execGroup
 
-	mu      sync.Mutex
-	info    ProcessInfo
-	stdinW  *os.File
-	done    chan struct{} // closed once the exit is recorded
-	cancel  context.CancelFunc
-	removed bool
+	mu     sync.Mutex
+	info   ProcessInfo
+	stdinW *os.File
+	done   chan struct{} // closed once the exit is recorded
+	cancel context.CancelFunc
 }
 
 // The process wrapper: like execWrapper, but gated on its own cgroup (see

@@ -245,7 +245,8 @@ func (s *Server) processOutput(w http.ResponseWriter, r *http.Request) {
 	}
 	defer out.Close()
 	n := newNDJSON(w)
-	ctx := r.Context()
+	ctx, done := s.streamContext(r)
+	defer done()
 	for {
 		c, err := nextWithin(ctx, out, keepaliveEvery)
 		switch {
@@ -424,7 +425,7 @@ func (s *Server) processAttach(w http.ResponseWriter, r *http.Request) {
 	}
 	defer conn.CloseNow()
 	conn.SetReadLimit(1 << 20)
-	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	ctx, cancel := s.streamContext(r)
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Add(1)

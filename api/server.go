@@ -66,6 +66,22 @@ type Server struct {
 	mux       *http.ServeMux
 	handler   http.Handler
 	patterns  []string
+	// streams ends every output follow and attach (CloseStreams).
+	streams      context.Context
+	closeStreams context.CancelFunc
+}
+
+// CloseStreams ends every open output follow and attach (the processes
+// are not affected; clients resume from their offset). Register it with
+// http.Server.RegisterOnShutdown: those requests would otherwise hold a
+// graceful shutdown for as long as their processes run.
+func (s *Server) CloseStreams() { s.closeStreams() }
+
+// streamContext is r's context, also ended by CloseStreams.
+func (s *Server) streamContext(r *http.Request) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(r.Context())
+	stop := context.AfterFunc(s.streams, cancel)
+	return ctx, func() { stop(); cancel() }
 }
 
 // route is one served pattern ("METHOD /path/{param}") and its handler.
@@ -135,6 +151,7 @@ func NewServer(cfg Config, opts ...Option) (*Server, error) {
 	for _, o := range opts {
 		o(s)
 	}
+	s.streams, s.closeStreams = context.WithCancel(context.Background())
 	mux := http.NewServeMux()
 	for _, rt := range s.routes() {
 		mux.Handle(rt.pattern, rt.handler)

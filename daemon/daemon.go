@@ -163,6 +163,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	// Output follows and attaches last as long as their process: a
+	// shutdown ends them (clients resume after the restart) instead of
+	// waiting out the drain.
+	httpSrv.RegisterOnShutdown(srv.CloseStreams)
 	waitListeners, err := serveOptionalListeners(ctx, cfg, srv, mx, apiKey, log)
 	if err != nil {
 		l.Close()
@@ -293,6 +297,7 @@ func serveOptionalListeners(ctx context.Context, cfg Config, srv *api.Server, mx
 			Handler: h, ConnContext: api.ConnContext, ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		}
+		hs.RegisterOnShutdown(srv.CloseStreams)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

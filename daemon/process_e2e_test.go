@@ -398,6 +398,32 @@ func TestProcessAPI(t *testing.T) {
 		}
 	})
 
+	t.Run("a daemon shutdown ends open follows; the process stays", func(t *testing.T) {
+		p, err := c.StartProcess(ctx, id, apitype.ProcessRequest{Command: "echo up; sleep 300"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := c.ProcessOutput(ctx, id, p.ProcessID, 0, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if ev, err := s.Next(); err != nil || ev.Type != apitype.EventData {
+			t.Fatalf("%+v %v", ev, err)
+		}
+		t0 := time.Now()
+		h.Stop()
+		if d := time.Since(t0); d > 20*time.Second {
+			t.Fatalf("shutdown took %v with a follow open", d)
+		}
+		h.Start()
+		c = h.Client()
+		if got, err := c.Process(ctx, id, p.ProcessID); err != nil || got.Status != "running" {
+			t.Fatalf("after the restart: %v %+v", err, got)
+		}
+		c.SignalProcess(ctx, id, p.ProcessID, "KILL")
+	})
+
 	t.Run("ended processes are kept up to the retained count; a stop kills them all", func(t *testing.T) {
 		for i := 0; i < 5; i++ {
 			p, err := c.StartProcess(ctx, id, apitype.ProcessRequest{Command: "true"})

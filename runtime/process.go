@@ -507,7 +507,7 @@ func (p *Process) Signal(ctx context.Context, sig syscall.Signal) error {
 
 // Resize changes the terminal's size.
 func (p *Process) Resize(ctx context.Context, ws WinSize) error {
-	if p.info.PTY == nil {
+	if p.Info().PTY == nil {
 		return fmt.Errorf("process %s has no terminal to resize: %w", p.info.ID, errdefs.ErrFailedPrecondition)
 	}
 	if p.exited() || p.proc == nil {
@@ -579,7 +579,7 @@ func (p *Process) stdinWriter() (*os.File, error) {
 // CloseStdin ends the process's input: ^D on a terminal (its EOF), else
 // the relay lets go of the FIFO and the process reads EOF.
 func (p *Process) CloseStdin(ctx context.Context) error {
-	if p.info.PTY != nil {
+	if p.Info().PTY != nil {
 		return p.WriteStdin(ctx, []byte{4})
 	}
 	if _, err := p.stdinWriter(); err != nil {

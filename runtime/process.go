@@ -415,11 +415,55 @@ func (p *Process) supervise(ctx context.Context, exited <-chan containerd.ExitSt
 	if ctx.Err() != nil {
 		return // the runtime is closing, or the sandbox is being destroyed
 	}
-	code := int(status.ExitCode())
+	code, at := int(status.ExitCode()), status.ExitTime()
 	if status.Error() != nil {
-		code = -1
+		// The wait failed, not the process (containerd restarting, say):
+		// ask until containerd answers, and wait again while it runs.
+		var ok bool
+		if code, at, ok = p.rewait(ctx, timer); !ok {
+			return
+		}
 	}
-	p.finish(ctx, code, timedOut || fileExists(filepath.Join(p.dir, "timeout")), status.ExitTime())
+	p.finish(ctx, code, timedOut || fileExists(filepath.Join(p.dir, "timeout")), at)
+}
+
+// rewait follows a process whose wait failed: it returns the exit once
+// containerd reports one (-1 if containerd no longer knows the process),
+// and false when the runtime closes first.
+func (p *Process) rewait(ctx context.Context, timer <-chan time.Time) (int, time.Time, bool) {
+	delay := 100 * time.Millisecond
+	for {
+		select {
+		case <-ctx.Done():
+			return 0, time.Time{}, false
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 5*time.Second)
+		st, err := p.proc.Status(ctx)
+		switch {
+		case errdefs.IsNotFound(err):
+			return -1, time.Time{}, true
+		case err != nil:
+			continue
+		case st.Status == containerd.Stopped:
+			return int(st.ExitStatus), st.ExitTime, true
+		}
+		exited, err := p.proc.Wait(ctx)
+		if err != nil {
+			continue
+		}
+		select {
+		case status := <-exited:
+			if status.Error() == nil {
+				return int(status.ExitCode()), status.ExitTime(), true
+			}
+		case <-timer:
+			os.WriteFile(filepath.Join(p.dir, "timeout"), nil, 0o600)
+			p.group.kill()
+		case <-ctx.Done():
+			return 0, time.Time{}, false
+		}
+	}
 }
 
 // finish records an exit and releases the containerd exec.

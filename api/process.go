@@ -494,6 +494,9 @@ func (s *Server) streamExec(w http.ResponseWriter, r *http.Request, id string, i
 	res, err := s.mgr.Exec(r.Context(), id, in)
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
+	// A copy loop cut off at the exec's end may still deliver a chunk: it
+	// must not reach the response once the handler is done with it.
+	sw.bad = true
 	if err != nil {
 		if sw.n == nil {
 			s.fail(w, r, err)

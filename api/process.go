@@ -531,12 +531,15 @@ func (w *execStreamWriter) Write(b []byte) (int, error) {
 	e := w.s
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.bad {
+		return len(b), nil
+	}
 	if e.n == nil {
 		e.n = newNDJSON(e.w)
 	}
 	off := e.off
 	e.off += int64(len(b))
-	if !e.bad && e.n.send(dataEvent(w.name, off, b)) != nil {
+	if e.n.send(dataEvent(w.name, off, b)) != nil {
 		e.bad = true
 	}
 	return len(b), nil

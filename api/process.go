@@ -517,7 +517,7 @@ type execStream struct {
 	w   http.ResponseWriter
 	n   *ndjson
 	off int64
-	bad bool // the client went away: keep draining, stop writing
+	bad bool // the client went away, or the exec ended: drain, write nothing
 }
 
 type execStreamWriter struct {

@@ -30,7 +30,7 @@ func newManagerWithStorage(t *testing.T) (*Manager, *runtime.Runtime, *mounts.St
 	env := containerdtest.Start(t, "matrx-sbx-test")
 	ctx := context.Background()
 	rt, err := runtime.New(ctx, runtime.Config{Address: env.Address, Namespace: "matrx-sbx-test",
-		StateDir: filepath.Join(env.Dir, "rt"), InitPath: env.InitPath})
+		StateDir: filepath.Join(env.Dir, "rt"), InitPath: env.InitPath, RelayPath: env.RelayPath})
 	if err != nil {
 		t.Fatal(err)
 	}

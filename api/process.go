@@ -31,8 +31,8 @@ import (
 // suite; gorilla/websocket, the other candidate, needs a write lock per
 // connection and has no context support).
 
-// keepaliveEvery is how often an idle follow gets a keepalive line, so
-// proxies do not cut it.
+// keepaliveEvery is how often an idle follow gets a keepalive line by
+// default, so proxies do not cut it.
 const keepaliveEvery = 15 * time.Second
 
 func (s *Server) processRoutes() []route {
@@ -248,7 +248,7 @@ func (s *Server) processOutput(w http.ResponseWriter, r *http.Request) {
 	ctx, done := s.streamContext(r)
 	defer done()
 	for {
-		c, err := nextWithin(ctx, out, keepaliveEvery)
+		c, err := nextWithin(ctx, out, s.keepalive)
 		switch {
 		case err == nil && c.Kind == relay.KindGap:
 			off := c.Offset

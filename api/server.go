@@ -66,6 +66,7 @@ type Server struct {
 	mux       *http.ServeMux
 	handler   http.Handler
 	patterns  []string
+	keepalive time.Duration
 	// streams ends every output follow and attach (CloseStreams).
 	streams      context.Context
 	closeStreams context.CancelFunc
@@ -132,6 +133,16 @@ func WithMaxBodyBytes(n int64) Option { return func(s *Server) { s.maxBody = n }
 // WithMaxImportBytes caps image archive uploads (default 16 GiB).
 func WithMaxImportBytes(n int64) Option { return func(s *Server) { s.maxImport = n } }
 
+// WithKeepalive sets how often an idle output follow gets a keepalive
+// line (default, and for 0, 15 s, so that proxies do not cut it).
+func WithKeepalive(d time.Duration) Option {
+	return func(s *Server) {
+		if d > 0 {
+			s.keepalive = d
+		}
+	}
+}
+
 // WithMetrics counts every request by route pattern and status code in m
 // and serves m at GET /metrics (default: no metrics, no route).
 func WithMetrics(m *metrics.Metrics) Option { return func(s *Server) { s.metrics = m } }
@@ -146,7 +157,7 @@ func NewServer(cfg Config, opts ...Option) (*Server, error) {
 	}
 	s := &Server{
 		mgr: cfg.Manager, images: cfg.Images, log: cfg.Logger, version: cfg.Version,
-		started: time.Now(), maxBody: 1 << 20, maxImport: 16 << 30,
+		started: time.Now(), maxBody: 1 << 20, maxImport: 16 << 30, keepalive: keepaliveEvery,
 	}
 	for _, o := range opts {
 		o(s)

@@ -49,6 +49,9 @@ type Config struct {
 	// Metrics receives the daemon's metrics; nil makes Run create its own.
 	// Tests pass one to share it across restarts.
 	Metrics *metrics.Metrics
+	// StreamKeepalive is how often an idle output follow gets a keepalive
+	// line (0: 15 s). Not a flag: tests shorten it.
+	StreamKeepalive time.Duration
 }
 
 // flags are matrxd's command-line flags; each has a MATRX_* twin.

@@ -149,7 +149,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	}
 	defer mgr.Wait()
 
-	srv, err := api.NewServer(api.Config{Manager: mgr, Images: rt, Logger: log, Version: version.Version}, api.WithMetrics(mx))
+	srv, err := api.NewServer(api.Config{Manager: mgr, Images: rt, Logger: log, Version: version.Version}, api.WithMetrics(mx), api.WithKeepalive(cfg.StreamKeepalive))
 	if err != nil {
 		return err
 	}

@@ -78,6 +78,7 @@ func TestProcessAPI(t *testing.T) {
 		c.Limits.ProcessRetainCount = 3
 		c.Limits.ProcessOutputCap = 64 << 20
 		c.Network.Mode = "off"
+		c.StreamKeepalive = 300 * time.Millisecond
 	})
 	c := h.Client()
 	ctx := context.Background()
@@ -114,6 +115,30 @@ func TestProcessAPI(t *testing.T) {
 		_, end := follow(t, c, id, "server", 0, nil)
 		if end == nil || *end.ExitCode == 0 {
 			t.Fatalf("end %+v", end)
+		}
+	})
+
+	t.Run("an idle follow gets keepalives", func(t *testing.T) {
+		p, err := c.StartProcess(ctx, id, apitype.ProcessRequest{Command: "echo once; sleep 300"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.SignalProcess(ctx, id, p.ProcessID, "KILL")
+		s, err := c.ProcessOutput(ctx, id, p.ProcessID, 0, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		var types []string
+		for len(types) < 3 {
+			ev, err := s.Next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			types = append(types, ev.Type)
+		}
+		if strings.Join(types, " ") != "data keepalive keepalive" {
+			t.Fatalf("events %v", types)
 		}
 	})
 

@@ -999,5 +999,20 @@ func (r *Runtime) forgetProcesses(id string) {
 	os.RemoveAll(r.processRoot(id))
 }
 
+// DiskUsage is the bytes the process's directory holds (its output).
+func (p *Process) DiskUsage() int64 {
+	ents, err := os.ReadDir(p.dir)
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+	}
+	return n
+}
+
 // OutputEnd is the offset just past the output written so far.
 func (p *Process) OutputEnd() (int64, error) { return relay.EndOffset(p.dir) }

@@ -172,7 +172,8 @@ func (m *Manager) processes(ctx context.Context, id string) ([]*runtime.Process,
 }
 
 // prune forgets ended processes older than the retention period, beyond
-// the retained count, or beyond the sandbox's output bound.
+// the retained count, or whose output would take the sandbox's ended
+// processes past ProcessRetainBytes (newest kept first).
 func (m *Manager) prune(ctx context.Context, id string, ps []*runtime.Process) []*runtime.Process {
 	l := m.limits
 	var ended []*runtime.Process
@@ -184,8 +185,13 @@ func (m *Manager) prune(ctx context.Context, id string, ps []*runtime.Process) [
 	sort.Slice(ended, func(i, j int) bool { return endedAt(ended[i]).After(endedAt(ended[j])) }) // newest first
 	drop := map[*runtime.Process]bool{}
 	now := m.now()
+	var keptBytes int64
 	for i, p := range ended {
 		if i >= l.ProcessRetainCount || now.Sub(endedAt(p)) > l.ProcessRetention {
+			drop[p] = true
+			continue
+		}
+		if keptBytes += p.DiskUsage(); keptBytes > l.ProcessRetainBytes {
 			drop[p] = true
 		}
 	}

@@ -47,4 +47,27 @@ func TestProcessRetention(t *testing.T) {
 	if _, err := m.Process(ctx, rec.ID, ended.Info().ID); err == nil {
 		t.Fatal("a forgotten process is still found")
 	}
+
+	// Ended processes keep at most ProcessRetainBytes of output together:
+	// the newest stay, older ones go.
+	m.now = time.Now
+	m.limits.ProcessRetainBytes = 150000
+	var big []string
+	for i := 0; i < 3; i++ {
+		p, err := m.StartProcess(ctx, rec.ID, ProcessInput{Command: "head -c 100000 /dev/zero"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Wait(wctx); err != nil {
+			t.Fatal(err)
+		}
+		big = append(big, p.Info().ID)
+	}
+	m.PruneProcesses(ctx)
+	for i, id := range big {
+		_, err := m.Process(ctx, rec.ID, id)
+		if kept := err == nil; kept != (i == 2) {
+			t.Fatalf("process %d of 3 (100 kB each, 150 kB retained): kept %v", i+1, kept)
+		}
+	}
 }

@@ -111,14 +111,17 @@ type Limits struct {
 	ProcessOutputCap   int64
 	ProcessRetention   time.Duration
 	ProcessRetainCount int
+	// ProcessRetainBytes bounds the output ended processes keep, per
+	// sandbox: beyond it the oldest ended processes are forgotten.
+	ProcessRetainBytes int64
 	MaxProcessTimeout  time.Duration
 }
 
 // ProcessOutputBound is the most host disk one sandbox's process output can
-// take: every running process and every retained ended one at the cap (for
-// the host-disk admission of creates).
+// take: every running process at the cap, plus what ended ones may keep
+// (for the host-disk admission of creates).
 func (l Limits) ProcessOutputBound() int64 {
-	return int64(l.MaxProcesses+l.ProcessRetainCount) * l.ProcessOutputCap
+	return int64(l.MaxProcesses)*l.ProcessOutputCap + l.ProcessRetainBytes
 }
 
 // DefaultLimits are ORIGINAL.md's defaults.
@@ -135,7 +138,7 @@ func DefaultLimits() Limits {
 		DefaultCmdTimeout: 30 * time.Second, MaxCmdTimeout: 600 * time.Second,
 		OutputLimit:  1 << 20,
 		MaxProcesses: 64, ProcessOutputCap: 16 << 20,
-		ProcessRetention: 10 * time.Minute, ProcessRetainCount: 100,
+		ProcessRetention: 10 * time.Minute, ProcessRetainCount: 100, ProcessRetainBytes: 256 << 20,
 		MaxProcessTimeout: 24 * time.Hour,
 	}
 }
@@ -170,6 +173,8 @@ func (l Limits) Validate() error {
 		return invalid("process output cap %d must be in [256 KiB, 1 GiB]", l.ProcessOutputCap)
 	case l.ProcessRetention < 0 || l.ProcessRetainCount < 0:
 		return invalid("process retention must not be negative")
+	case l.ProcessRetainBytes < l.ProcessOutputCap:
+		return invalid("process retain bytes %d must be at least the process output cap %d (the newest ended process keeps its output)", l.ProcessRetainBytes, l.ProcessOutputCap)
 	case l.MaxProcessTimeout < time.Second:
 		return invalid("max process timeout %v must be at least 1s", l.MaxProcessTimeout)
 	}

@@ -194,6 +194,9 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Runtime, error) {
 	defer cancel()
 	if _, err := r.Version(vctx); err != nil {
 		client.Close()
+		if r.watcher != nil {
+			r.watcher.Close()
+		}
 		return nil, err
 	}
 	if r.userns.Enabled() {

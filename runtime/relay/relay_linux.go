@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -36,6 +37,8 @@ const readSize = 32 << 10
 func Main() {
 	// A relay is long-lived and small: keep the heap close to its live size.
 	debug.SetGCPercent(20)
+	// Two pipes and a FIFO need no parallelism: fewer runtime threads.
+	runtime.GOMAXPROCS(1)
 	os.Exit(run(os.Args[1:]))
 }
 

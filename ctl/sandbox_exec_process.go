@@ -12,6 +12,7 @@ import (
 
 	"github.com/matrx-dev/matrx/api/apitype"
 	"github.com/matrx-dev/matrx/api/client"
+	"github.com/matrx-dev/matrx/api/client/attach"
 )
 
 // runProcessExec is `matrx exec` with -d, -t or -i: the command runs as a
@@ -52,7 +53,7 @@ func runProcessExec(ctx context.Context, cl *client.Client, o execOptions, w, er
 // mode (restored on the way out), keystrokes sent as they come (^C too:
 // the sandbox's terminal turns it into SIGINT), window changes forwarded.
 func attachTerminal(ctx context.Context, cl *client.Client, id, proc string, offset int64, input bool, term *terminal, w io.Writer) error {
-	a, err := cl.Attach(ctx, id, proc, offset)
+	a, err := attach.Attach(ctx, cl, id, proc, offset)
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/matrx-dev/matrx/api/apitype"
 	"github.com/matrx-dev/matrx/api/client"
+	"github.com/matrx-dev/matrx/api/client/attach"
 	"github.com/matrx-dev/matrx/daemon"
 	"github.com/matrx-dev/matrx/daemon/daemontest"
 )
@@ -323,18 +324,18 @@ func TestProcessAPI(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		a, err := c.Attach(ctx, id, p.ProcessID, 0)
+		a, err := attach.Attach(ctx, c, id, p.ProcessID, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer a.Close()
-		b, err := c.Attach(ctx, id, p.ProcessID, -1) // a second client
+		b, err := attach.Attach(ctx, c, id, p.ProcessID, -1) // a second client
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer b.Close()
-		seen := map[*client.Attachment][]byte{}
-		expect := func(a *client.Attachment, want string) {
+		seen := map[*attach.Attachment][]byte{}
+		expect := func(a *attach.Attachment, want string) {
 			t.Helper()
 			rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 			defer cancel()

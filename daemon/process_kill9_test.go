@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/matrx-dev/matrx/testenv"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,9 +17,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/matrx-dev/matrx/testenv"
+
 	"github.com/matrx-dev/matrx/api/apitest"
 	"github.com/matrx-dev/matrx/api/apitype"
 	"github.com/matrx-dev/matrx/api/client"
+	"github.com/matrx-dev/matrx/api/client/attach"
 	"github.com/matrx-dev/matrx/daemon/daemontest"
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
 )
@@ -149,7 +151,7 @@ done`})
 	}
 	shellPid := func(c *client.Client) string {
 		t.Helper()
-		a, err := c.Attach(ctx, id, shell.ProcessID, -1)
+		a, err := attach.Attach(ctx, c, id, shell.ProcessID, -1)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -225,7 +227,7 @@ done`})
 	t.Logf("writer: %d bytes across the kill, none lost", len(out))
 
 	// The shell is alive and takes input to the end.
-	a, err := d.c.Attach(ctx, id, shell.ProcessID, -1)
+	a, err := attach.Attach(ctx, d.c, id, shell.ProcessID, -1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,14 +5,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strconv"
 
-	"github.com/coder/websocket"
 	"github.com/containerd/errdefs"
 
 	"github.com/matrx-dev/matrx/api/apitype"
@@ -141,13 +139,19 @@ func (c *Client) ExecStream(ctx context.Context, id string, req apitype.ExecRequ
 	return c.openStream(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/exec", nil, b)
 }
 
-// Attachment is a WebSocket attached to a process.
-type Attachment struct {
-	conn *websocket.Conn
+// Dialer is what a WebSocket client needs to reach this daemon: its HTTP
+// client (which dials the socket), the URL of a route, the headers every
+// request carries, and the error mapping. Package api/client/attach uses
+// it, so that this package links no WebSocket library.
+type Dialer struct {
+	HTTP   *http.Client
+	URL    string
+	Header http.Header
 }
 
-// Attach opens GET .../attach. offset < 0 means "from now".
-func (c *Client) Attach(ctx context.Context, id, proc string, offset int64) (*Attachment, error) {
+// AttachDialer returns how to open GET /sandboxes/{id}/processes/{proc}/attach
+// (offset < 0: from now).
+func (c *Client) AttachDialer(id, proc string, offset int64) Dialer {
 	u := "ws://matrxd" + processPath(id, proc) + "/attach"
 	if offset >= 0 {
 		u += "?offset=" + strconv.FormatInt(offset, 10)
@@ -156,59 +160,16 @@ func (c *Client) Attach(ctx context.Context, id, proc string, offset int64) (*At
 	if c.apiKey != "" {
 		h.Set(apitype.APIKeyHeader, c.apiKey)
 	}
-	conn, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPClient: c.http, HTTPHeader: h})
-	if err != nil {
-		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-			var e apitype.ErrorResponse
-			if resp.Body != nil {
-				b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-				json.Unmarshal(b, &e)
-			}
-			return nil, errorFromStatus(resp.StatusCode, e.Detail)
-		}
-		return nil, fmt.Errorf("attach: %v: %w", err, errdefs.ErrUnavailable)
+	return Dialer{HTTP: c.http, URL: u, Header: h}
+}
+
+// ErrorFromResponse turns a daemon's error response into its errdefs class
+// (for callers that make their own requests, like api/client/attach).
+func ErrorFromResponse(resp *http.Response) error {
+	var e apitype.ErrorResponse
+	if resp.Body != nil {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		json.Unmarshal(b, &e)
 	}
-	conn.SetReadLimit(1 << 20)
-	return &Attachment{conn: conn}, nil
-}
-
-// Send writes input (a binary frame).
-func (a *Attachment) Send(ctx context.Context, b []byte) error {
-	return a.conn.Write(ctx, websocket.MessageBinary, b)
-}
-
-// Resize asks for a new terminal size (a text control frame).
-func (a *Attachment) Resize(ctx context.Context, rows, cols int) error {
-	b, _ := json.Marshal(apitype.OutputEvent{Type: apitype.EventResize, Rows: rows, Cols: cols})
-	return a.conn.Write(ctx, websocket.MessageText, b)
-}
-
-// Recv returns the next output bytes, or the end event (ended true) once
-// the process ended. io.EOF: the connection closed without an end.
-func (a *Attachment) Recv(ctx context.Context) (out []byte, end *apitype.OutputEvent, err error) {
-	for {
-		typ, b, err := a.conn.Read(ctx)
-		if err != nil {
-			if websocket.CloseStatus(err) != -1 {
-				return nil, nil, io.EOF
-			}
-			return nil, nil, err
-		}
-		if typ == websocket.MessageBinary {
-			return b, nil, nil
-		}
-		var ev apitype.OutputEvent
-		if json.Unmarshal(b, &ev) == nil && ev.Type == apitype.EventEnd {
-			return nil, &ev, nil
-		}
-	}
-}
-
-// Close closes the attachment (the process is not affected).
-func (a *Attachment) Close() error {
-	err := a.conn.Close(websocket.StatusNormalClosure, "")
-	if errors.Is(err, io.EOF) {
-		return nil
-	}
-	return err
+	return errorFromStatus(resp.StatusCode, e.Detail)
 }

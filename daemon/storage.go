@@ -230,6 +230,7 @@ func openStorage(ctx context.Context, cfg Config, ns runtime.UserNS, mx *metrics
 		Dir: filepath.Join(cfg.StateDir, "hot"), Store: store, Cold: cm, DiskPool: pool,
 		UID: uid, GID: gid, Excludes: sc.Excludes, MaxNames: sc.MaxNames, TrashRetention: sc.TrashRetention,
 		DiskOvercommit: sc.DiskOvercommit, DiskReserve: sc.DiskReserveMB << 20, Logger: log,
+		HostBytesPerSandbox: cfg.Limits.ProcessOutputBound(),
 	})
 	if err != nil {
 		closeFn()

@@ -58,7 +58,11 @@ type StorageConfig struct {
 	// DiskReserve is the free space kept for the daemon's own files
 	// (registry, manifests) that no disk may claim (0: DefaultDiskReserve).
 	DiskReserve int64
-	Logger      *slog.Logger
+	// HostBytesPerSandbox is what each sandbox may also write to the state
+	// filesystem outside its disk image (its background processes' retained
+	// output): admission counts it for every sandbox, on top of its disk.
+	HostBytesPerSandbox int64
+	Logger              *slog.Logger
 }
 
 // Defaults of StorageConfig.
@@ -92,6 +96,7 @@ type Storage struct {
 	retention  time.Duration
 	overcommit float64
 	reserve    int64
+	perSandbox int64 // host bytes each sandbox may use beyond its disk
 	log        *slog.Logger
 
 	mu       sync.Mutex
@@ -124,7 +129,7 @@ func NewStorage(cfg StorageConfig) (*Storage, error) {
 	return &Storage{
 		dir: cfg.Dir, store: cfg.Store, cold: cfg.Cold, pool: cfg.DiskPool, uid: cfg.UID, gid: cfg.GID,
 		excludes: cfg.Excludes, maxNames: cfg.MaxNames, retention: cfg.TrashRetention,
-		overcommit: cfg.DiskOvercommit, reserve: cfg.DiskReserve, log: cfg.Logger,
+		overcommit: cfg.DiskOvercommit, reserve: cfg.DiskReserve, perSandbox: max(cfg.HostBytesPerSandbox, 0), log: cfg.Logger,
 		syncers: map[string]*hotsync.Syncer{}, coldHeld: map[string]string{},
 	}, nil
 }
@@ -485,7 +490,10 @@ func (s *Storage) Clean(ctx context.Context, userID, tier string) (int64, error)
 // already holds), plus size, must not exceed the state filesystem's free
 // space less the reserve, times the overcommit ratio. A sandbox writing
 // its whole quota then never fills the filesystem the registry, the
-// manifests and every other tenant's disk live on. Callers hold s.admit.
+// manifests and every other tenant's disk live on. Every sandbox (the new
+// one included) also counts HostBytesPerSandbox, the most its background
+// processes' retained output may take on the same filesystem. Callers hold
+// s.admit.
 func (s *Storage) admitDisk(size int64) error {
 	total, free, ok := fsFree(s.dir)
 	if !ok {
@@ -497,7 +505,11 @@ func (s *Storage) admitDisk(size int64) error {
 		if apparent, allocated, ok := fileSpace(filepath.Join(s.dir, e.Name(), imageFile)); ok && apparent > allocated {
 			growth += apparent - allocated
 		}
+		if e.IsDir() {
+			growth += s.perSandbox // its process output, at most
+		}
 	}
+	size += s.perSandbox
 	room := float64(free-s.reserve) * s.overcommit
 	if float64(growth+size) <= room {
 		return nil

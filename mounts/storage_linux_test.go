@@ -329,6 +329,34 @@ func TestDiskAdmission(t *testing.T) {
 	}
 }
 
+// TestDiskAdmissionCountsProcessOutput: every sandbox's bound on host bytes
+// beyond its disk (process output) counts, for the new one and for each
+// existing one.
+func TestDiskAdmissionCountsProcessOutput(t *testing.T) {
+	e := newStorageEnv(t)
+	var st unix.Statfs_t
+	if err := unix.Statfs(e.dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	free := int64(st.Bavail) * st.Bsize
+	room := free - mounts.DefaultDiskReserve
+	per := room * 6 / 10 &^ (1<<20 - 1)
+	s, err := mounts.NewStorage(mounts.StorageConfig{Dir: filepath.Join(e.dir, "hot"), Store: e.bucket, Cold: e.cold, UID: 1000, GID: 1000,
+		HostBytesPerSandbox: per, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	small := int64(64 << 20)
+	if _, err := s.PrepareHot("sbx-00000000e001", "u7", small); err != nil {
+		t.Fatalf("first sandbox (disk + output bound fit): %v", err)
+	}
+	// 2 × (output bound) + 2 small disks exceed the room: refused, though
+	// the disks alone would fit many times over.
+	if _, err := s.PrepareHot("sbx-00000000e002", "u7", small); !errclass.IsInsufficientStorage(err) {
+		t.Fatalf("second sandbox: got %v, want insufficient storage (its output bound does not fit)", err)
+	}
+}
+
 // TestTrashRestoreAndPrune: a file deleted in one sandbox (a real rm,
 // propagated) comes back with RestoreHot, as of a given time too, and
 // expired days are pruned.

@@ -102,6 +102,9 @@ type Record struct {
 	HotSyncedAt    *time.Time `json:"hot_synced_at,omitempty"`
 	HotSyncError   string     `json:"hot_sync_error,omitempty"`
 	HotSyncPending bool       `json:"hot_sync_pending,omitempty"`
+	// IPAddress is the sandbox's address on the host's bridge (empty
+	// without networking), recorded once it is ready.
+	IPAddress string `json:"ip_address,omitempty"`
 	// IdempotencyKey is the client's Idempotency-Key of the create that
 	// made this sandbox. Within IdempotencyWindow of CreatedAt, Create
 	// refuses a second record with the same key (IdempotencyConflict).

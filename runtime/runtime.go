@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"github.com/matrx-dev/matrx/undo"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -358,16 +359,19 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 		_, err := task.Delete(ctx, containerd.WithProcessKill)
 		return err
 	})
+	var ip netip.Addr
 	if withNet {
 		nsSrc := fmt.Sprintf("/proc/%d/ns/net", task.Pid())
-		if _, err := r.net.SetupIn(ctx, req.ID, req.Network, nsSrc); err != nil {
+		att, err := r.net.SetupIn(ctx, req.ID, req.Network, nsSrc)
+		if err != nil {
 			return fmt.Errorf("network for %s: %w", req.ID, err)
 		}
+		ip = att.IPv4
 	}
 	if err := task.Start(ctx); err != nil {
 		return fmt.Errorf("start task for %s: %v: %w", req.ID, err, errdefs.ErrUnavailable)
 	}
-	st := &sandboxTask{task: task, shell: detectShell(int(task.Pid()))}
+	st := &sandboxTask{task: task, shell: detectShell(int(task.Pid())), ip: ip}
 	r.mu.Lock()
 	r.tasks[req.ID] = st
 	r.mu.Unlock()
@@ -524,6 +528,19 @@ func (r *Runtime) List(ctx context.Context) ([]Info, error) {
 type sandboxTask struct {
 	task  containerd.Task
 	shell string
+	ip    netip.Addr // set by Create; unknown for a task loaded after a restart
+}
+
+// IPv4 is the bridge address Create gave sandbox id, while this Runtime
+// holds the handle Create made (the caller records it: after a restart the
+// runtime does not know it). Invalid without networking.
+func (r *Runtime) IPv4(id string) netip.Addr {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if st := r.tasks[id]; st != nil {
+		return st.ip
+	}
+	return netip.Addr{}
 }
 
 // sandbox returns the cached task handle, loading it from containerd after

@@ -137,7 +137,13 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 		IdempotencyKey: req.IdempotencyKey,
 	}
 	rec.ContainerID = rec.ID
-	if err := m.store.Create(ctx, rec); err != nil {
+	admitted, err := m.admit(ctx, req.IdempotencyKey)
+	if err != nil {
+		return nil, err
+	}
+	err = m.store.Create(ctx, rec)
+	admitted()
+	if err != nil {
 		if ic := (*registry.IdempotencyConflict)(nil); errors.As(err, &ic) {
 			return m.replayCreate(ctx, ic.SandboxID, userID)
 		}
@@ -225,9 +231,13 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 	m.mu.Unlock()
 	rollback.Push("forget live state", func(context.Context) error { m.forget(rec.ID); return nil })
 	syncedAt := m.now().UTC()
+	ip := m.rt.IPv4(rec.ID)
 	out, err := m.store.Update(ctx, rec.ID, func(r *registry.Record) error {
 		r.Status = registry.StatusReady
 		r.HotSyncedAt = &syncedAt
+		if ip.IsValid() {
+			r.IPAddress = ip.String()
+		}
 		return nil
 	})
 	if err != nil {
@@ -240,6 +250,35 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 	log.Info("sandbox ready", args...)
 	m.metrics.ObserveCreate(time.Since(start), true)
 	return out, nil
+}
+
+// admit holds a slot for a new sandbox when the host has a slot limit:
+// it refuses the create while Limits.MaxSandboxes sandboxes are live, and
+// otherwise returns with the admission lock held, for the caller to
+// release once the new record is stored (so two creates never take the
+// last slot). A create retrying the Idempotency-Key of a live sandbox is
+// let through, to be answered with that sandbox.
+func (m *Manager) admit(ctx context.Context, key string) (release func(), err error) {
+	max := m.limits.MaxSandboxes
+	if max == 0 {
+		return func() {}, nil
+	}
+	m.admitMu.Lock()
+	live, err := m.List(ctx, "", false)
+	if err != nil {
+		m.admitMu.Unlock()
+		return nil, fmt.Errorf("count live sandboxes: %w", err)
+	}
+	if len(live) < max {
+		return m.admitMu.Unlock, nil
+	}
+	m.admitMu.Unlock()
+	for _, r := range live {
+		if key != "" && r.IdempotencyKey == key {
+			return func() {}, nil
+		}
+	}
+	return nil, fmt.Errorf("this host is full: %d of %d sandbox slots in use (matrxd --max-sandboxes): %w", len(live), max, errdefs.ErrResourceExhausted)
 }
 
 // replayCreate answers a create whose Idempotency-Key an earlier create

@@ -17,6 +17,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -58,6 +59,9 @@ type Runtime interface {
 	RemoveProcess(ctx context.Context, p *runtime.Process) error
 	Networking() bool
 	CheckNetwork(p network.Policy) error
+	// IPv4 is the bridge address of a sandbox this runtime created since
+	// it started (invalid without networking or for another sandbox).
+	IPv4(id string) netip.Addr
 }
 
 // Storage is what the lifecycle needs from host-side storage
@@ -115,6 +119,12 @@ type Limits struct {
 	// sandbox: beyond it the oldest ended processes are forgotten.
 	ProcessRetainBytes int64
 	MaxProcessTimeout  time.Duration
+	// MaxSandboxes is the host's sandbox slots: a create beyond this many
+	// live sandboxes is refused (ResourceExhausted). 0 is no limit. A
+	// cluster scheduler places work against it (docs/fleet.md); the daemon
+	// enforces it for everyone, so a create that bypasses the scheduler
+	// cannot overfill the host.
+	MaxSandboxes int
 }
 
 // ProcessOutputBound is the most host disk one sandbox's process output can
@@ -177,6 +187,8 @@ func (l Limits) Validate() error {
 		return invalid("process retain bytes %d must be at least the process output cap %d (the newest ended process keeps its output)", l.ProcessRetainBytes, l.ProcessOutputCap)
 	case l.MaxProcessTimeout < time.Second:
 		return invalid("max process timeout %v must be at least 1s", l.MaxProcessTimeout)
+	case l.MaxSandboxes < 0:
+		return invalid("max sandboxes %d must be 0 (no limit) or positive", l.MaxSandboxes)
 	}
 	return nil
 }
@@ -201,6 +213,10 @@ type Manager struct {
 	limits  Limits
 	log     *slog.Logger
 	now     func() time.Time
+
+	// admitMu makes "count the live sandboxes, record a new one" atomic
+	// when Limits.MaxSandboxes is set.
+	admitMu sync.Mutex
 
 	mu     sync.Mutex
 	live   map[string]*liveState // in-memory per-sandbox state, dropped on stop
@@ -350,4 +366,26 @@ func parseCursor(s string) (cursor, error) {
 func (m *Manager) ActiveCount(ctx context.Context) (int, error) {
 	rs, err := m.List(ctx, "", false)
 	return len(rs), err
+}
+
+// Usage is what the live sandboxes hold of the host: each one a slot, and
+// its CPU and memory limits.
+type Usage struct {
+	Sandboxes int
+	CPU       float64
+	MemoryMB  int64
+}
+
+// Usage sums the limits of the sandboxes that are not in a terminal state.
+func (m *Manager) Usage(ctx context.Context) (Usage, error) {
+	rs, err := m.List(ctx, "", false)
+	if err != nil {
+		return Usage{}, err
+	}
+	u := Usage{Sandboxes: len(rs)}
+	for _, r := range rs {
+		u.CPU += r.Config.CPU
+		u.MemoryMB += r.Config.MemoryMB
+	}
+	return u, nil
 }

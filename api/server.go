@@ -51,6 +51,15 @@ type Config struct {
 	Logger  *slog.Logger
 	// Version is the daemon's build version.
 	Version string
+	// Host is what the host offers sandboxes (GET /capacity).
+	Host Host
+}
+
+// Host is what the daemon's host offers sandboxes, known at startup.
+type Host struct {
+	CPUs          float64
+	MemoryMB      int64
+	NetworkSubnet string // empty without networking
 }
 
 // Server is the HTTP API.
@@ -59,6 +68,7 @@ type Server struct {
 	images    Images
 	log       *slog.Logger
 	version   string
+	host      Host
 	started   time.Time
 	maxBody   int64
 	maxImport int64
@@ -98,6 +108,7 @@ func (s *Server) routes() []route {
 	rs := []route{
 		{"GET /health", http.HandlerFunc(s.health)},
 		{"GET /version", http.HandlerFunc(s.versionInfo)},
+		{"GET /capacity", http.HandlerFunc(s.capacity)},
 		{"GET /openapi.json", http.HandlerFunc(serveOpenAPIJSON)},
 		{"GET /openapi.yaml", http.HandlerFunc(serveOpenAPIYAML)},
 		{"POST /sandboxes", http.HandlerFunc(s.createSandbox)},
@@ -156,7 +167,7 @@ func NewServer(cfg Config, opts ...Option) (*Server, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{
-		mgr: cfg.Manager, images: cfg.Images, log: cfg.Logger, version: cfg.Version,
+		mgr: cfg.Manager, images: cfg.Images, log: cfg.Logger, version: cfg.Version, host: cfg.Host,
 		started: time.Now(), maxBody: 1 << 20, maxImport: 16 << 30, keepalive: keepaliveEvery,
 	}
 	for _, o := range opts {
@@ -353,6 +364,7 @@ func sandboxJSON(r *registry.Record) apitype.Sandbox {
 		LastHeartbeatAt: r.LastHeartbeatAt, StoppedAt: r.StoppedAt, Error: r.Error,
 		HotSyncedAt: r.HotSyncedAt, HotSyncError: r.HotSyncError, HotSyncPending: r.HotSyncPending,
 		HotSyncOverLimit: r.HotSyncOverLimit, HotSyncRejectedCount: r.HotSyncRejectedCount, HotSyncRejected: r.HotSyncRejected,
+		IPAddress: r.IPAddress,
 	}
 	if r.StopReason != "" {
 		reason := r.StopReason
@@ -385,6 +397,20 @@ func (s *Server) versionInfo(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, apitype.Version{Version: s.version, Containerd: v})
+}
+
+func (s *Server) capacity(w http.ResponseWriter, r *http.Request) {
+	u, err := s.mgr.Usage(r.Context())
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, apitype.Capacity{
+		Slots:         apitype.Allocation{Total: int64(s.mgr.Limits().MaxSandboxes), Allocated: int64(u.Sandboxes)},
+		CPU:           apitype.CPUAllocation{Total: s.host.CPUs, Allocated: u.CPU},
+		MemoryMB:      apitype.Allocation{Total: s.host.MemoryMB, Allocated: u.MemoryMB},
+		NetworkSubnet: s.host.NetworkSubnet,
+	})
 }
 
 func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {

@@ -149,7 +149,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	}
 	defer mgr.Wait()
 
-	srv, err := api.NewServer(api.Config{Manager: mgr, Images: rt, Logger: log, Version: version.Version}, api.WithMetrics(mx), api.WithKeepalive(cfg.StreamKeepalive))
+	host := hostCapacity(log)
+	if netMgr != nil {
+		host.NetworkSubnet = netMgr.Subnet().String()
+	}
+	srv, err := api.NewServer(api.Config{Manager: mgr, Images: rt, Logger: log, Version: version.Version, Host: host}, api.WithMetrics(mx), api.WithKeepalive(cfg.StreamKeepalive))
 	if err != nil {
 		return err
 	}

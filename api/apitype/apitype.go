@@ -98,6 +98,9 @@ type Sandbox struct {
 	// first ones as "PATH: REASON".
 	HotSyncRejectedCount int      `json:"hot_sync_rejected_count,omitempty"`
 	HotSyncRejected      []string `json:"hot_sync_rejected,omitempty"`
+	// IPAddress is the sandbox's address on its host's bridge; absent
+	// without networking.
+	IPAddress string `json:"ip_address,omitempty"`
 }
 
 // SandboxList answers GET /sandboxes, newest first. Total counts every
@@ -217,4 +220,36 @@ type StorageCleanResponse struct {
 	UserID  string `json:"user_id"`
 	Tier    string `json:"tier"`
 	Deleted int64  `json:"deleted"`
+}
+
+// Capacity answers GET /capacity: what this host offers sandboxes, and how
+// much of it the live sandboxes (every status but stopped, failed and
+// expired) hold. A cluster node's capacity and allocatable come from it
+// (docs/fleet.md).
+type Capacity struct {
+	// Slots: Total is matrxd's --max-sandboxes (0: no limit), Allocated
+	// the live sandboxes.
+	Slots Allocation `json:"slots"`
+	// CPU: Total is the host's CPUs, Allocated the sum of the live
+	// sandboxes' CPU limits.
+	CPU CPUAllocation `json:"cpu"`
+	// MemoryMB: Total is the host's memory, Allocated the sum of the live
+	// sandboxes' memory limits.
+	MemoryMB Allocation `json:"memory_mb"`
+	// NetworkSubnet is the sandbox bridge's IPv4 subnet; empty when
+	// sandboxes have no network.
+	NetworkSubnet string `json:"network_subnet"`
+}
+
+// Allocation is a whole-number resource: how much there is and how much
+// is held.
+type Allocation struct {
+	Total     int64 `json:"total"`
+	Allocated int64 `json:"allocated"`
+}
+
+// CPUAllocation is CPUs: how many there are and how many are held.
+type CPUAllocation struct {
+	Total     float64 `json:"total"`
+	Allocated float64 `json:"allocated"`
 }

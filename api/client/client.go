@@ -282,6 +282,13 @@ func (c *Client) Version(ctx context.Context) (*apitype.Version, error) {
 	return &v, c.do(ctx, http.MethodGet, "/version", nil, nil, http.StatusOK, &v)
 }
 
+// Capacity calls GET /capacity: the host's sandbox slots, CPUs and memory,
+// and what the live sandboxes hold of them.
+func (c *Client) Capacity(ctx context.Context) (*apitype.Capacity, error) {
+	var v apitype.Capacity
+	return &v, c.do(ctx, http.MethodGet, "/capacity", nil, nil, http.StatusOK, &v)
+}
+
 // CreateOption configures one Create call.
 type CreateOption func(*createCall)
 

@@ -426,13 +426,27 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 			cr.Config.Network = registry.NetworkConfig{Mode: c.Network.Mode, Allow: c.Network.Allow}
 		}
 	}
-	rec, err := s.mgr.Create(r.Context(), cr)
+	ctx := r.Context()
+	if cr.IdempotencyKey != "" {
+		// A keyed create runs to the end even if its caller goes away (a
+		// client that crashed, a provider killed mid-create): the caller
+		// will retry with the key, and must then get this sandbox, not a
+		// create that was undone half-way and so refuses its key.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), keyedCreateTimeout)
+		defer cancel()
+	}
+	rec, err := s.mgr.Create(ctx, cr)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusCreated, sandboxJSON(rec))
 }
+
+// keyedCreateTimeout bounds a create that carries an Idempotency-Key once
+// its caller has gone (an image pull is the long part of a create).
+const keyedCreateTimeout = 30 * time.Minute
 
 func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()

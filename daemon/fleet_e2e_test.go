@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 
@@ -90,5 +91,36 @@ func TestCapacity(t *testing.T) {
 	}
 	if _, err := c.Create(ctx, "alice", nil); !errors.Is(err, errdefs.ErrResourceExhausted) {
 		t.Fatalf("create beyond the slots again: %v", err)
+	}
+}
+
+// TestKeyedCreateOutlivesItsCaller: a create carrying an Idempotency-Key
+// whose caller disconnects mid-way (a provider killed while creating) runs
+// to the end, and the retry gets that sandbox, not a refusal of the key.
+func TestKeyedCreateOutlivesItsCaller(t *testing.T) {
+	h := daemontest.Start(t)
+	c := h.UnvalidatedClient(client.WithRetries(0)) // the cut request has no response to validate
+	defer c.Close()
+	for i := range 3 {
+		key := "caller-gone-" + string(rune('a'+i))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(10+10*i)*time.Millisecond)
+		_, err := c.Create(ctx, "carol", nil, client.WithIdempotencyKey(key))
+		cancel()
+		if err == nil {
+			t.Logf("create %d finished before its caller left", i)
+		}
+		s, err := h.Client().Create(context.Background(), "carol", nil, client.WithIdempotencyKey(key))
+		if err != nil || s.Status != "ready" {
+			t.Fatalf("retry of a create whose caller left: %v %+v", err, s)
+		}
+	}
+	l, err := h.Client().List(context.Background(), "carol", true)
+	if err != nil || len(l.Sandboxes) != 3 {
+		t.Fatalf("want one sandbox per key, got %v %d", err, len(l.Sandboxes))
+	}
+	for _, s := range l.Sandboxes {
+		if s.Status != "ready" {
+			t.Errorf("sandbox %s is %s", s.SandboxID, s.Status)
+		}
 	}
 }

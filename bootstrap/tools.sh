@@ -104,13 +104,13 @@ build_go_tool() {
   ln -sfn "${bin}" "${dir}/${name}"
 }
 
-# dep_version BINARY MODULE prints the version of the dependency MODULE
-# that BINARY was built with (for binaries built inside a tools module,
-# where the main module is the tools module itself).
+# dep_version BINARY MODULE prints the version of MODULE that BINARY was
+# built with, whether MODULE is its main module (a "tool" of a tools
+# module) or a dependency (a main of the tools module itself).
 dep_version() {
   local bin="$1" mod="$2"
   [[ -x "${bin}" ]] || return 0
-  "${GO}" version -m "${bin}" 2>/dev/null | awk -v m="${mod}" '$1 == "dep" && $2 == m { print $3 }'
+  "${GO}" version -m "${bin}" 2>/dev/null | awk -v m="${mod}" '($1 == "mod" || $1 == "dep") && $2 == m { print $3; exit }'
 }
 
 # build_module_tool NAME PKG MODDIR MODULE VERSION SUBDIR [LDFLAGS]

@@ -25,12 +25,14 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/matrx ./cmd/matrx
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/matrx-init ./cmd/matrx-init
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/matrx-relay ./cmd/matrx-relay
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/matrx-vk ./cmd/matrx-vk
 
 # Host packages (containerd, runc, image tools, FUSE, awscli, vagrant...).
 deps:
 	bash bootstrap/install.sh --packages-only --test-tools
 
-# Test tools built from the Go module proxy (versitygw S3 server).
+# Test tools built from the Go module proxy (versitygw S3 server, containerd 2,
+# the Kubernetes control plane of the fleet tests), cached outside the clone.
 tools:
 	bash bootstrap/tools.sh
 
@@ -73,7 +75,7 @@ down:
 	bash bootstrap/up.sh --down
 
 bench: deps tools build image-minimal
-	MATRX_REQUIRE_INTEGRATION=1 $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/
+	MATRX_REQUIRE_INTEGRATION=1 $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/ ./fleet/
 	$(GO) run ./mounts/hotsync/cmd/hotbench
 	@echo "hot sync again, small case, plain directories on the host's root filesystem:"
 	$(GO) run ./mounts/hotsync/cmd/hotbench -cases small -disk=false

@@ -2,6 +2,7 @@ package archtest
 
 import (
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -41,5 +42,37 @@ func TestClientLinksNoDaemon(t *testing.T) {
 		if n < 10 {
 			t.Fatalf("go list -deps %s listed only %d packages: the check is not looking at the real graph", pkg, n)
 		}
+	}
+}
+
+// kubernetesFree are the programs and packages that must not link
+// Kubernetes or Virtual Kubelet (hundreds of packages, and code matrxd has
+// no use for): only the fleet provider (fleet/, cmd/matrx-vk) does.
+var kubernetesFree = []string{
+	module + "/cmd/matrxd", module + "/cmd/matrx", module + "/cmd/matrx-init",
+	module + "/api/client", module + "/daemon", module + "/ctl",
+}
+
+func TestOnlyTheProviderLinksKubernetes(t *testing.T) {
+	for _, pkg := range kubernetesFree {
+		out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", pkg).Output()
+		if err != nil {
+			t.Skipf("go list unavailable: %v", err)
+		}
+		deps := strings.Fields(string(out))
+		if len(deps) < 10 {
+			t.Fatalf("go list -deps %s listed only %d packages: the check is not looking at the real graph", pkg, len(deps))
+		}
+		for _, d := range deps {
+			if strings.HasPrefix(d, "k8s.io/") || strings.HasPrefix(d, "sigs.k8s.io/") ||
+				strings.HasPrefix(d, "github.com/virtual-kubelet/") || strings.HasPrefix(d, module+"/fleet") {
+				t.Errorf("%s links %s: only the fleet provider may link Kubernetes", pkg, d)
+			}
+		}
+	}
+	// The positive control: the check sees Kubernetes where it is.
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", module+"/cmd/matrx-vk").Output()
+	if err != nil || !slices.Contains(strings.Fields(string(out)), "k8s.io/client-go/kubernetes") {
+		t.Fatalf("cmd/matrx-vk does not link client-go: the check cannot see Kubernetes (%v)", err)
 	}
 }

@@ -415,6 +415,11 @@ for b in "${BINARIES[@]}"; do
     would "install ${BIN_DIR}/${b} to /usr/local/bin/${b} (missing now)"
   fi
 done
+# matrx-vk, the fleet provider (docs/fleet.md), is optional: only hosts that
+# join a Kubernetes cluster run it.
+if [[ -x "${BIN_DIR}/matrx-vk" ]]; then
+  install_file 0755 "${BIN_DIR}/matrx-vk" /usr/local/bin/matrx-vk
+fi
 # matrx-init is also bind-mounted into every sandbox as its PID 1 from here;
 # matrx-relay, beside it, is started by the runc shim for every background
 # process (its output relay).
@@ -427,7 +432,9 @@ for b in matrx-init matrx-relay; do
 done
 
 step "install systemd units"
-for u in matrxd.service matrxd.socket; do
+# matrx-vk.service is installed but not enabled: joining a cluster needs its
+# credentials first (docs/fleet.md).
+for u in matrxd.service matrxd.socket matrx-vk.service; do
   install_file 0644 "${HERE}/systemd/${u}" "/etc/systemd/system/${u}"
 done
 if [[ -d /etc/matrx ]]; then

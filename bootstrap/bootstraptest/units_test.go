@@ -125,17 +125,18 @@ func TestUnitsSystemdAnalyzeVerify(t *testing.T) {
 	if err := os.WriteFile(dummy, []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"matrxd.service", "matrxd.socket"} {
+	for _, name := range []string{"matrxd.service", "matrxd.socket", "matrx-vk.service"} {
 		b, err := os.ReadFile(filepath.Join(src, name))
 		if err != nil {
 			t.Fatal(err)
 		}
 		s := string(b)
-		if name == "matrxd.service" {
-			if !strings.Contains(s, "\nExecStart=/usr/local/bin/matrxd\n") {
-				t.Fatal("matrxd.service: ExecStart=/usr/local/bin/matrxd line not found")
+		if bin, ok := strings.CutSuffix(name, ".service"); ok {
+			exec := "\nExecStart=/usr/local/bin/" + bin + "\n"
+			if !strings.Contains(s, exec) {
+				t.Fatalf("%s: ExecStart=/usr/local/bin/%s line not found", name, bin)
 			}
-			s = strings.Replace(s, "\nExecStart=/usr/local/bin/matrxd\n", "\nExecStart="+dummy+"\n", 1)
+			s = strings.Replace(s, exec, "\nExecStart="+dummy+"\n", 1)
 		}
 		if err := os.WriteFile(filepath.Join(tmp, name), []byte(s), 0o644); err != nil {
 			t.Fatal(err)
@@ -147,7 +148,7 @@ func TestUnitsSystemdAnalyzeVerify(t *testing.T) {
 		return runCmd(t, tmp, []string{"SYSTEMD_LOG_TARGET=console"}, analyze, args...)
 	}
 
-	r := verify("./matrxd.service", "./matrxd.socket")
+	r := verify("./matrxd.service", "./matrxd.socket", "./matrx-vk.service")
 	if r.code != 0 || strings.TrimSpace(r.stdout+r.stderr) != "" {
 		t.Fatalf("systemd-analyze verify: %s", r)
 	}

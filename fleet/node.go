@@ -21,6 +21,14 @@ import (
 	"github.com/matrx-dev/matrx/version"
 )
 
+// hostInfo is what the node's status needs of matrxd (api/client's Client).
+type hostInfo interface {
+	Health(ctx context.Context) (*apitype.Health, error)
+	Version(ctx context.Context) (*apitype.Version, error)
+	Capacity(ctx context.Context) (*apitype.Capacity, error)
+	Images(ctx context.Context) (*apitype.ImageList, error)
+}
+
 // hostFacts is what the node status is made of, read from matrxd.
 type hostFacts struct {
 	Capacity   *apitype.Capacity
@@ -170,7 +178,7 @@ func repository(name string) string {
 // through NotifyNodeStatus whenever it changes.
 type nodeProvider struct {
 	spec   nodeSpec
-	mx     Matrxd
+	mx     hostInfo
 	pods   *Provider
 	events record.EventRecorder
 	log    interface {
@@ -194,7 +202,7 @@ func (n *nodeProvider) NotifyNodeStatus(_ context.Context, f func(*corev1.Node))
 }
 
 // facts asks matrxd for its health, capacity and images.
-func facts(ctx context.Context, mx Matrxd) hostFacts {
+func facts(ctx context.Context, mx hostInfo) hostFacts {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	var f hostFacts

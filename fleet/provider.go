@@ -24,26 +24,12 @@ import (
 	"github.com/matrx-dev/matrx/api/client"
 )
 
-// Matrxd is what the provider needs of its host's matrxd (api/client's
-// Client).
-type Matrxd interface {
-	Health(ctx context.Context) (*apitype.Health, error)
-	Version(ctx context.Context) (*apitype.Version, error)
-	Capacity(ctx context.Context) (*apitype.Capacity, error)
-	Images(ctx context.Context) (*apitype.ImageList, error)
-	Create(ctx context.Context, userID string, cfg *apitype.SandboxConfig, opts ...client.CreateOption) (*apitype.Sandbox, error)
-	List(ctx context.Context, userID string, all bool) (*apitype.SandboxList, error)
-	Get(ctx context.Context, id string) (*apitype.Sandbox, error)
-	Delete(ctx context.Context, id string, graceful bool) error
-	Exec(ctx context.Context, id string, req apitype.ExecRequest) (*apitype.ExecResponse, error)
-}
-
 // Provider turns the Pods bound to its node into sandboxes of its host's
 // matrxd. It implements Virtual Kubelet's PodLifecycleHandler (and
 // PodNotifier: statuses are pushed as matrxd's records change) and the
 // kubelet API's exec and logs.
 type Provider struct {
-	mx         Matrxd
+	mx         *client.Client
 	node       string
 	host       string
 	nodeIP     string
@@ -75,6 +61,10 @@ type podState struct {
 	// a stub (namespace, name, UID) until Virtual Kubelet hands over the
 	// Pod itself (UpdatePod, DeletePod), and nothing is published for it.
 	restored bool
+	// mainStarted: the main process was started (by this provider, or
+	// before a restart, as the Pod's ConditionMain says); it is never
+	// started again.
+	mainStarted bool
 	// deleteMu serialises deletes of this Pod (Virtual Kubelet may repeat one).
 	deleteMu sync.Mutex
 	// pubMu orders this Pod's status notifications; last is the last one
@@ -95,7 +85,7 @@ func newProvider(ctx context.Context, cfg providerConfig) *Provider {
 }
 
 type providerConfig struct {
-	Matrxd     Matrxd
+	Matrxd     *client.Client
 	Node       string
 	Host       string
 	NodeIP     string
@@ -154,9 +144,10 @@ func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 	p.mu.Lock()
 	if old := p.pods[key]; old != nil {
 		if old.view.Pod.UID == pod.UID {
-			old.view.Pod, old.restored = pod, false
+			p.adopt(old, pod)
 			p.mu.Unlock()
 			p.publish(old)
+			p.ensureMain(ctx, old)
 			return nil
 		}
 		p.mu.Unlock()
@@ -183,6 +174,9 @@ func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 		p.publish(st)
 		return nil
 	}
+	p.mu.Lock()
+	st.view.Main, st.view.WorkingDir, st.view.MainTTY, st.view.MainStdin = req.Main, req.WorkingDir, req.MainTTY, req.MainStdin
+	p.mu.Unlock()
 	if len(req.Ignored) > 0 {
 		p.events.Eventf(pod, corev1.EventTypeWarning, "Ignored", "a matrx sandbox does not honour: %s", strings.Join(req.Ignored, "; "))
 	}
@@ -232,6 +226,7 @@ func (p *Provider) create(st *podState, req *sandboxRequest) {
 			st.view.Sandbox, st.view.Waiting = sb, ""
 			p.mu.Unlock()
 			p.publish(st)
+			p.ensureMain(p.ctx, st)
 			return
 		case permanent(err):
 			log.Warn("matrxd refused the pod's sandbox", "error", err)
@@ -286,15 +281,79 @@ func (p *Provider) UpdatePod(ctx context.Context, pod *corev1.Pod) error {
 		return p.CreatePod(ctx, pod) // a new Pod of the same name
 	}
 	old, restored := st.view.Pod, st.restored
-	np := pod.DeepCopy()
-	np.Status = corev1.PodStatus{QOSClass: pod.Status.QOSClass}
-	st.view.Pod, st.restored = np, false
+	if restored {
+		p.adopt(st, pod)
+	} else {
+		np := pod.DeepCopy()
+		np.Status = corev1.PodStatus{QOSClass: pod.Status.QOSClass}
+		st.view.Pod = np
+	}
 	p.mu.Unlock()
 	if !restored && specChanged(old, pod) {
 		p.events.Eventf(pod, corev1.EventTypeWarning, "UpdateNotApplied", "a sandbox's image, resources, command and deadline are fixed when it is created; delete and recreate the Pod to change them")
 	}
 	p.publish(st)
+	p.ensureMain(ctx, st)
 	return nil
+}
+
+// adopt gives a state restored from matrxd's records its Pod, as Virtual
+// Kubelet hands it over, with what the Pod's status says happened before
+// the restart. Called with p.mu held.
+func (p *Provider) adopt(st *podState, pod *corev1.Pod) {
+	np := pod.DeepCopy()
+	np.Status = corev1.PodStatus{QOSClass: pod.Status.QOSClass}
+	if st.restored && len(np.Spec.Containers) == 1 {
+		c := np.Spec.Containers[0]
+		st.view.Main = append(append([]string(nil), c.Command...), c.Args...)
+		st.view.WorkingDir, st.view.MainTTY, st.view.MainStdin = c.WorkingDir, c.TTY, c.Stdin
+		st.mainStarted = st.mainStarted || hadMain(pod.Status)
+	}
+	st.view.Pod, st.restored = np, false
+}
+
+// ensureMain starts the Pod's main process (its container's command and
+// args, tagged main) once its sandbox accepts work, unless it was started
+// before (by this provider or, as the Pod's status says, before a restart)
+// or matrxd already runs one. It is started at most once: a Pod's command
+// is not restarted.
+func (p *Provider) ensureMain(ctx context.Context, st *podState) {
+	p.mu.Lock()
+	v := st.view
+	if len(v.Main) == 0 || st.mainStarted || st.restored || st.deleting || v.Sandbox == nil ||
+		(v.Sandbox.Status != "ready" && v.Sandbox.Status != "running") {
+		p.mu.Unlock()
+		return
+	}
+	st.mainStarted = true
+	p.mu.Unlock()
+	id := v.Sandbox.SandboxID
+	proc, err := p.mx.Process(ctx, id, mainTag)
+	if errdefs.IsNotFound(err) {
+		req := apitype.ProcessRequest{Command: quoteArgv(v.Main), Tag: mainTag, Stdin: v.MainStdin}
+		if v.MainTTY {
+			req.PTY = &apitype.PTYSize{Rows: 24, Cols: 80}
+		}
+		if v.WorkingDir != "" {
+			wd := v.WorkingDir
+			req.Cwd = &wd
+		}
+		proc, err = p.mx.StartProcess(ctx, id, req)
+	}
+	p.mu.Lock()
+	switch {
+	case err == nil:
+		st.view.MainProc, st.view.MainError = proc, ""
+	case errdefs.IsUnavailable(err) || errdefs.IsResourceExhausted(err):
+		st.mainStarted = false // matrxd away, or too many processes: the next poll tries again
+	default:
+		st.view.MainError = "the main process could not start: " + err.Error()
+	}
+	p.mu.Unlock()
+	if err != nil {
+		p.log.Warn("main process not started", "namespace", v.Pod.Namespace, "pod", v.Pod.Name, "sandbox_id", id, "error", err)
+	}
+	p.publish(st)
 }
 
 func specChanged(a, b *corev1.Pod) bool {
@@ -342,10 +401,7 @@ func (p *Provider) DeletePod(ctx context.Context, pod *corev1.Pod) error {
 		close(st.stop)
 	}
 	if st.restored && !pod.CreationTimestamp.IsZero() {
-		// Deleted while the provider was away: now the Pod is known.
-		np := pod.DeepCopy()
-		np.Status = corev1.PodStatus{QOSClass: pod.Status.QOSClass}
-		st.view.Pod, st.restored = np, false
+		p.adopt(st, pod) // deleted while the provider was away: now the Pod is known
 	}
 	p.mu.Unlock()
 	if st.creating != nil {
@@ -478,6 +534,7 @@ func (p *Provider) publish(st *podState) {
 // transitionEvent records what changed between two statuses of a Pod.
 func (p *Provider) transitionEvent(v podView, prev *corev1.PodStatus, now corev1.PodStatus) {
 	pod := v.Pod
+	p.mainEvent(v, prev, now)
 	cs := now.ContainerStatuses[0]
 	was := corev1.ContainerStatus{}
 	if prev != nil {
@@ -518,6 +575,37 @@ func (p *Provider) transitionEvent(v podView, prev *corev1.PodStatus, now corev1
 		default:
 			p.events.Event(pod, corev1.EventTypeWarning, now.Reason, now.Message)
 		}
+	}
+}
+
+// mainEvent records the main process's start, exit or failure.
+func (p *Provider) mainEvent(v podView, prev *corev1.PodStatus, now corev1.PodStatus) {
+	find := func(st *corev1.PodStatus) *corev1.PodCondition {
+		if st == nil {
+			return nil
+		}
+		for i := range st.Conditions {
+			if st.Conditions[i].Type == ConditionMain {
+				return &st.Conditions[i]
+			}
+		}
+		return nil
+	}
+	was, c := find(prev), find(&now)
+	if c == nil || was != nil && was.Status == c.Status && was.Reason == c.Reason {
+		return
+	}
+	switch c.Reason {
+	case "Running":
+		p.events.Eventf(v.Pod, corev1.EventTypeNormal, "MainStarted", "started the container's command as the main process: %s", quoteArgv(v.Main))
+	case "Exited":
+		typ := corev1.EventTypeNormal
+		if v.MainProc != nil && (v.MainProc.ExitCode == nil || *v.MainProc.ExitCode != 0) {
+			typ = corev1.EventTypeWarning
+		}
+		p.events.Event(v.Pod, typ, "MainExited", "the main "+c.Message+"; the sandbox keeps running")
+	default:
+		p.events.Event(v.Pod, corev1.EventTypeWarning, "MainFailed", c.Message)
 	}
 }
 
@@ -569,8 +657,17 @@ func (p *Provider) syncStatuses(ctx context.Context) error {
 		} else {
 			st.view.Sandbox = sb
 		}
+		main := st.view.MainProc
 		p.mu.Unlock()
+		if main != nil && main.Status == "running" && !lost {
+			if proc, err := p.mx.Process(ctx, id, main.ProcessID); err == nil {
+				p.mu.Lock()
+				st.view.MainProc = proc
+				p.mu.Unlock()
+			}
+		}
 		p.publish(st)
+		p.ensureMain(ctx, st)
 	}
 	return nil
 }

@@ -27,7 +27,23 @@ type podView struct {
 	// Lost: matrxd has no record of the sandbox any more.
 	Lost   bool
 	NodeIP string
+	// Main is the container's command and args, run as the background
+	// process tagged main (empty: none), in WorkingDir.
+	Main       []string
+	WorkingDir string
+	MainTTY    bool
+	MainStdin  bool
+	// MainProc is the main process as matrxd last reported it (nil before
+	// it started); MainError is why it could not start.
+	MainProc  *apitype.Process
+	MainError string
 }
+
+// ConditionMain is the Pod condition of the main process: True while it
+// runs, False once it exited (or could not start), with its exit code. A
+// Pod that has it had its main process started, so a restarted provider
+// never starts it twice.
+const ConditionMain corev1.PodConditionType = "matrx.dev/main"
 
 // Pod phases' reasons, as `kubectl get pods` shows them.
 const (
@@ -110,7 +126,53 @@ func (v podView) status() corev1.PodStatus {
 	cs.Ready = ready
 	st.ContainerStatuses = []corev1.ContainerStatus{cs}
 	st.Conditions = conditions(st.Phase, ready, sb != nil, since, created)
+	if c, ok := v.mainCondition(); ok {
+		st.Conditions = append(st.Conditions, c)
+	}
 	return st
+}
+
+// mainCondition is ConditionMain, when the main process started or failed
+// to.
+func (v podView) mainCondition() (corev1.PodCondition, bool) {
+	c := corev1.PodCondition{Type: ConditionMain}
+	switch p := v.MainProc; {
+	case v.MainError != "":
+		c.Status, c.Reason, c.Message = corev1.ConditionFalse, "StartFailed", v.MainError
+		if v.Sandbox != nil {
+			c.LastTransitionTime = metav1.NewTime(v.Sandbox.CreatedAt)
+		}
+	case p == nil:
+		return c, false
+	case p.Status == "running":
+		c.Status, c.Reason, c.LastTransitionTime = corev1.ConditionTrue, "Running", metav1.NewTime(p.StartedAt)
+		c.Message = "process " + p.ProcessID
+	default:
+		c.Status, c.Reason = corev1.ConditionFalse, "Exited"
+		code := 0
+		if p.ExitCode != nil {
+			code = *p.ExitCode
+		}
+		c.Message = fmt.Sprintf("process %s exited with %d", p.ProcessID, code)
+		if p.TimedOut {
+			c.Message += " (timed out)"
+		}
+		c.LastTransitionTime = metav1.NewTime(p.StartedAt)
+		if p.EndedAt != nil {
+			c.LastTransitionTime = metav1.NewTime(*p.EndedAt)
+		}
+	}
+	return c, true
+}
+
+// hadMain reports whether a Pod's status says its main process started.
+func hadMain(st corev1.PodStatus) bool {
+	for _, c := range st.Conditions {
+		if c.Type == ConditionMain {
+			return true
+		}
+	}
+	return false
 }
 
 // terminalPhase maps a stopped sandbox to a Pod phase, reason and message.

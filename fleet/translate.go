@@ -62,6 +62,9 @@ type sandboxRequest struct {
 	Main []string
 	// WorkingDir is where Main runs (empty: the sandbox's home).
 	WorkingDir string
+	// MainTTY and MainStdin: Main gets a terminal (the container's tty) or
+	// input (its stdin), for kubectl attach.
+	MainTTY, MainStdin bool
 	// Ignored lists Pod fields the sandbox does not honour, for a warning.
 	Ignored []string
 }
@@ -187,6 +190,7 @@ func translate(pod *corev1.Pod, allowed string, allowedSet bool, node string) (*
 		labelPodUID: string(pod.UID), labelPodNamespace: pod.Namespace, labelPodName: pod.Name, labelNode: node,
 	}
 	req.Main = append(append([]string(nil), c.Command...), c.Args...)
+	req.MainTTY, req.MainStdin = c.TTY, c.Stdin
 	req.Ignored = ignoredFields(pod, c)
 	return req, nil
 }
@@ -362,7 +366,7 @@ func ignoredFields(pod *corev1.Pod, c *corev1.Container) []string {
 	add(c.LivenessProbe != nil || c.ReadinessProbe != nil || c.StartupProbe != nil, "probes (a sandbox is ready when matrxd says so)")
 	add(c.Lifecycle != nil, "lifecycle hooks")
 	add(c.SecurityContext != nil || pod.Spec.SecurityContext != nil && !emptyPodSecurityContext(pod.Spec.SecurityContext), "securityContext (matrx's hardening applies)")
-	add(c.Stdin || c.TTY, "stdin/tty (attach to the main process is not supported)")
+	add((c.Stdin || c.TTY) && len(c.Command)+len(c.Args) == 0, "stdin/tty without a command (there is no main process to attach to)")
 	sort.Strings(out)
 	return out
 }

@@ -34,6 +34,8 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/kubernetes/scheme"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/matrx-dev/matrx/daemon"
 	"github.com/matrx-dev/matrx/daemon/daemontest"
 	"github.com/matrx-dev/matrx/fleet"
@@ -52,7 +54,7 @@ type host struct {
 // startHost starts a matrxd with its own containerd namespace, socket,
 // state dir, bridge and subnet on the shared private containerd, with
 // slots sandbox slots.
-func startHost(t *testing.T, env *containerdtest.Env, name string, slots int) *daemontest.Harness {
+func startHost(t testing.TB, env *containerdtest.Env, name string, slots int) *daemontest.Harness {
 	return daemontest.StartIn(t, env, func(c *daemon.Config) {
 		c.Socket = filepath.Join(env.Dir, name+".sock")
 		c.StateDir = filepath.Join(env.Dir, "state-"+name)
@@ -66,7 +68,7 @@ func startHost(t *testing.T, env *containerdtest.Env, name string, slots int) *d
 
 // provider is one matrx-vk process.
 type provider struct {
-	t    *testing.T
+	t    testing.TB
 	args []string
 	cmd  *exec.Cmd
 	log  *bytes.Buffer
@@ -103,7 +105,7 @@ func providerArgs(cp *kubetest.ControlPlane, d *daemontest.Harness, node string,
 	}
 }
 
-func startProvider(t *testing.T, args []string) *provider {
+func startProvider(t testing.TB, args []string) *provider {
 	t.Helper()
 	bin, err := buildProvider()
 	if err != nil {
@@ -190,7 +192,7 @@ func (p *provider) stop() {
 }
 
 // applyRBAC applies bootstrap/fleet/rbac.yaml as shipped.
-func applyRBAC(t *testing.T, cp *kubetest.ControlPlane) {
+func applyRBAC(t testing.TB, cp *kubetest.ControlPlane) {
 	b, err := os.ReadFile(filepath.Join(containerdtest.RepoRoot(), "bootstrap", "fleet", "rbac.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -237,7 +239,7 @@ func agentPod(name, user string, mut ...func(*corev1.Pod)) *corev1.Pod {
 }
 
 // waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() (bool, string)) {
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	last := ""
@@ -321,9 +323,27 @@ func TestFleet(t *testing.T) {
 
 	// 20 Pods, alternating users: all Running, 10 per host.
 	pods := cp.Admin.CoreV1().Pods("agents")
+	// Two have a command (a main process), each pinned to a host with a
+	// node selector: the scheduler still places them, and the 18 others
+	// fill both hosts' remaining slots.
 	for i := range 20 {
 		user := []string{"alice", "bob"}[i%2]
-		if _, err := pods.Create(ctx, agentPod(fmt.Sprintf("agent-%02d", i), user), metav1.CreateOptions{}); err != nil {
+		var mut []func(*corev1.Pod)
+		switch i {
+		case 0:
+			mut = append(mut, func(p *corev1.Pod) {
+				p.Spec.NodeSelector = map[string]string{fleet.LabelHost: "a"}
+				p.Spec.Containers[0].Command = []string{"sh", "-c"}
+				p.Spec.Containers[0].Args = []string{`echo "hello from $SANDBOX_ID"; echo oops >&2; sleep 0.3; echo last; exec sleep 3600`}
+			})
+		case 1:
+			mut = append(mut, func(p *corev1.Pod) {
+				p.Spec.NodeSelector = map[string]string{fleet.LabelHost: "b"}
+				c := &p.Spec.Containers[0]
+				c.Command, c.Stdin, c.TTY = []string{"sh", "-c", `read x; echo "got $x"; exit 3`}, true, true
+			})
+		}
+		if _, err := pods.Create(ctx, agentPod(fmt.Sprintf("agent-%02d", i), user, mut...), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -362,6 +382,9 @@ func TestFleet(t *testing.T) {
 	})
 
 	if !t.Run("exec and logs", func(t *testing.T) { testExecAndLogs(t, cp, hosts) }) {
+		t.FailNow()
+	}
+	if !t.Run("main process", func(t *testing.T) { testMainProcess(t, cp) }) {
 		t.FailNow()
 	}
 	if !t.Run("provider restart", func(t *testing.T) { testProviderRestart(t, cp, hosts[0]) }) {
@@ -513,7 +536,13 @@ func testExecAndLogs(t *testing.T, cp *kubetest.ControlPlane, hosts []*host) {
 		if err != nil || len(l.Items) == 0 {
 			t.Fatalf("no Pod on %s: %v", h.name, err)
 		}
-		p := l.Items[0]
+		var p corev1.Pod
+		for _, q := range l.Items {
+			if len(q.Spec.Containers[0].Command) == 0 {
+				p = q
+				break
+			}
+		}
 		out, errOut, code := cp.Kubectl("exec", "-n", "agents", p.Name, "--", "sh", "-c", `echo "$SANDBOX_ID $USER_ID" && echo note > /home/agent/note-`+p.Name)
 		sb := strings.TrimPrefix(p.Status.ContainerStatuses[0].ContainerID, "matrx://")
 		if code != 0 || out != sb+" "+p.Annotations[fleet.AnnotationUserID]+"\n" {
@@ -522,12 +551,164 @@ func testExecAndLogs(t *testing.T, cp *kubetest.ControlPlane, hosts []*host) {
 		if _, _, code := cp.Kubectl("exec", "-n", "agents", p.Name, "--", "sh", "-c", "exit 3"); code != 3 {
 			t.Fatalf("kubectl exec exit code: %d, want 3", code)
 		}
+		out, errOut, code = cp.KubectlIn("line one\nline two\n", "exec", "-i", "-n", "agents", p.Name, "--", "sh", "-c", "cat; echo err >&2")
+		if code != 0 || out != "line one\nline two\n" || errOut != "err\n" {
+			t.Fatalf("kubectl exec -i %s: exit %d, %q %q", p.Name, code, out, errOut)
+		}
+		out, code = onTerminal(t, cp.KubectlCmd("exec", "-it", "-n", "agents", p.Name, "--", "sh", "-c", "stty size; tty; exit 7"), nil)
+		if code != 7 || !strings.Contains(out, "33 101") || !strings.Contains(out, "/dev/pts/") {
+			t.Fatalf("kubectl exec -it %s: exit %d, %q", p.Name, code, out)
+		}
 		out, errOut, code = cp.Kubectl("logs", "-n", "agents", p.Name)
 		if code != 0 || out != "" {
-			t.Fatalf("kubectl logs %s: exit %d, %q %q", p.Name, code, out, errOut)
+			t.Fatalf("kubectl logs %s (no command): exit %d, %q %q", p.Name, code, out, errOut)
 		}
 		testKubeletAPIAuth(t, cp, h, p.Name)
 	}
+}
+
+// testMainProcess: a container's command runs as the sandbox's main
+// process (the Pod's matrx.dev/main condition says so); kubectl logs shows
+// its output (--tail too); kubectl attach -it reaches its terminal, and its
+// exit is on the Pod and in an event while the sandbox keeps running.
+func testMainProcess(t *testing.T, cp *kubetest.ControlPlane) {
+	ctx := context.Background()
+	pods := cp.Admin.CoreV1().Pods("agents")
+	p, err := pods.Get(ctx, "agent-00", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb := strings.TrimPrefix(p.Status.ContainerStatuses[0].ContainerID, "matrx://")
+	// stdout and stderr interleave as the relay reads them: the first two
+	// lines come in either order, "last" (written later) after them.
+	waitFor(t, "agent-00's logs", 30*time.Second, func() (bool, string) {
+		out, errOut, code := cp.Kubectl("logs", "-n", "agents", "agent-00")
+		lines := strings.SplitAfter(out, "\n")
+		return code == 0 && len(lines) == 4 && lines[2] == "last\n" && lines[3] == "" &&
+			slices.Contains(lines[:2], "hello from "+sb+"\n") && slices.Contains(lines[:2], "oops\n"), fmt.Sprintf("exit %d %q %q", code, out, errOut)
+	})
+	if out, errOut, code := cp.Kubectl("logs", "-n", "agents", "agent-00", "--tail=1"); code != 0 || out != "last\n" {
+		t.Fatalf("kubectl logs --tail=1: exit %d %q %q", code, out, errOut)
+	}
+	if c := condition(t, cp, "agent-00", fleet.ConditionMain); c == nil || c.Status != corev1.ConditionTrue {
+		t.Fatalf("agent-00's main condition: %+v", c)
+	}
+
+	// agent-01's main process waits on its terminal for a line.
+	out, code := onTerminal(t, cp.KubectlCmd("attach", "-it", "-n", "agents", "agent-01"), func(w io.Writer) { io.WriteString(w, "hi there\r") })
+	if !strings.Contains(out, "got hi there") || code != 3 {
+		t.Fatalf("kubectl attach -it agent-01: exit %d %q", code, out)
+	}
+	waitFor(t, "agent-01's main exit on the Pod", 30*time.Second, func() (bool, string) {
+		c := condition(t, cp, "agent-01", fleet.ConditionMain)
+		p, _ := pods.Get(ctx, "agent-01", metav1.GetOptions{})
+		return c != nil && c.Status == corev1.ConditionFalse && c.Reason == "Exited" && strings.Contains(c.Message, "exited with 3") &&
+			p.Status.Phase == corev1.PodRunning && strings.Contains(podEvents(t, cp, "agents", "agent-01"), "MainExited"), fmt.Sprintf("%+v", c)
+	})
+}
+
+// condition is one of a Pod's conditions (nil if it has none of type c).
+func condition(t *testing.T, cp *kubetest.ControlPlane, pod string, c corev1.PodConditionType) *corev1.PodCondition {
+	p, err := cp.Admin.CoreV1().Pods("agents").Get(context.Background(), pod, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range p.Status.Conditions {
+		if p.Status.Conditions[i].Type == c {
+			return &p.Status.Conditions[i]
+		}
+	}
+	return nil
+}
+
+// onTerminal runs cmd on a new pseudo-terminal of 33 rows and 101
+// columns, as a user at a terminal would, calls input with the terminal
+// once cmd has printed something, and returns what it printed and its exit
+// code.
+func onTerminal(t *testing.T, cmd *exec.Cmd, input func(io.Writer)) (string, int) {
+	t.Helper()
+	master, slave := openPTY(t)
+	defer master.Close()
+	if err := unix.IoctlSetWinsize(int(slave.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: 33, Col: 101}); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	slave.Close()
+	var out bytes.Buffer
+	var mu sync.Mutex
+	read := make(chan struct{})
+	first := make(chan struct{})
+	go func() {
+		defer close(read)
+		once := sync.Once{}
+		b := make([]byte, 4096)
+		for {
+			n, err := master.Read(b)
+			if n > 0 {
+				mu.Lock()
+				out.Write(b[:n])
+				mu.Unlock()
+				once.Do(func() { close(first) })
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	if input != nil {
+		select {
+		case <-first:
+			time.Sleep(500 * time.Millisecond) // the attachment is up: kubectl printed its hint
+			input(master)
+		case <-time.After(30 * time.Second):
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		err = <-done
+		mu.Lock()
+		t.Fatalf("%s did not end on its terminal; it printed %q", strings.Join(cmd.Args, " "), out.String())
+	}
+	<-read
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return out.String(), code
+}
+
+// openPTY returns a new pseudo-terminal's master and slave.
+func openPTY(t *testing.T) (*os.File, *os.File) {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetUint32(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, s
 }
 
 // testKubeletAPIAuth: the provider's kubelet API (code execution in every
@@ -606,12 +787,19 @@ func testProviderRestart(t *testing.T, cp *kubetest.ControlPlane, h *host) {
 	for _, p := range list() {
 		before[p.Name] = p.Status.ContainerStatuses[0].ContainerID
 	}
+	mainBefore, err := h.d.Client().Process(ctx, strings.TrimPrefix(before["agent-00"], "matrx://"), "main")
+	if err != nil {
+		t.Fatalf("agent-00 (on %s) has no main process: %v", h.name, err)
+	}
 	h.vk.kill()
 	// While it is away, two of its Pods are deleted (they wait, marked).
 	var gone []string
 	for name := range before {
 		if len(gone) == 2 {
 			break
+		}
+		if name == "agent-00" || name == "agent-20" {
+			continue
 		}
 		if err := pods.Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
@@ -635,6 +823,23 @@ func testProviderRestart(t *testing.T, cp *kubetest.ControlPlane, h *host) {
 		if was, ok := before[p.Name]; ok && p.Status.ContainerStatuses[0].ContainerID != was {
 			t.Errorf("Pod %s: sandbox %s after the restart, %s before", p.Name, p.Status.ContainerStatuses[0].ContainerID, was)
 		}
+	}
+	// The main process was not started again.
+	procs, err := h.d.Client().Processes(ctx, strings.TrimPrefix(before["agent-00"], "matrx://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mains := 0
+	for _, pr := range procs.Processes {
+		if pr.Tag == "main" {
+			mains++
+			if pr.ProcessID != mainBefore.ProcessID || pr.Status != "running" {
+				t.Errorf("agent-00's main process after the restart: %+v, before: %+v", pr, mainBefore)
+			}
+		}
+	}
+	if mains != 1 {
+		t.Errorf("agent-00 has %d main processes after the restart", mains)
 	}
 	// Every Pod UID has exactly one sandbox on the host, ever.
 	all, err := h.d.Client().List(ctx, "", true)

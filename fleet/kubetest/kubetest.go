@@ -271,10 +271,36 @@ func (cp *ControlPlane) Namespace(name string, annotations map[string]string) {
 // Kubectl runs the kubectl built with the control plane as the admin and
 // returns stdout, stderr and the exit code.
 func (cp *ControlPlane) Kubectl(args ...string) (string, string, int) {
-	cmd := exec.Command(filepath.Join(cp.tools, "kubectl"), append([]string{"--kubeconfig", cp.AdminKubeconfig}, args...)...)
+	return cp.KubectlIn("", args...)
+}
+
+// KubectlCmd is the kubectl command line as the admin, for tests that
+// give it a terminal.
+func (cp *ControlPlane) KubectlCmd(args ...string) *exec.Cmd {
+	return exec.Command(filepath.Join(cp.tools, "kubectl"), append([]string{"--kubeconfig", cp.AdminKubeconfig}, args...)...)
+}
+
+// KubectlIn is Kubectl with stdin as its input.
+func (cp *ControlPlane) KubectlIn(stdin string, args ...string) (string, string, int) {
+	cmd := cp.KubectlCmd(args...)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
+	if err := cmd.Start(); err != nil {
+		cp.t.Fatalf("kubectl %s: %v", strings.Join(args, " "), err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(2 * time.Minute):
+		cmd.Process.Kill()
+		err = <-done
+		cp.t.Errorf("kubectl %s did not end in 2 minutes (killed)", strings.Join(args, " "))
+	}
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()

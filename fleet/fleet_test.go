@@ -674,7 +674,7 @@ func onTerminal(t *testing.T, cmd *exec.Cmd, input func(io.Writer)) (string, int
 	case err = <-done:
 	case <-time.After(60 * time.Second):
 		cmd.Process.Kill()
-		err = <-done
+		<-done
 		mu.Lock()
 		t.Fatalf("%s did not end on its terminal; it printed %q", strings.Join(cmd.Args, " "), out.String())
 	}

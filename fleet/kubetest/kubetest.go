@@ -33,6 +33,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -47,7 +48,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
-	"github.com/matrx-dev/matrx/runtime/containerdtest"
 	"github.com/matrx-dev/matrx/testenv"
 )
 
@@ -77,7 +77,8 @@ func toolsDir() string {
 	if d := os.Getenv("MATRX_TEST_KUBE_DIR"); d != "" {
 		return d
 	}
-	return filepath.Join(containerdtest.RepoRoot(), "build", "tools", "kube")
+	_, file, _, _ := goruntime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", "build", "tools", "kube")
 }
 
 // Start runs a control plane for t and stops it when t ends. Without the

@@ -215,6 +215,9 @@ func (h *helper) read() error {
 	case info.Type != TypeFile:
 		return errorf(CodeNotRegular, "%s is a %s, not a regular file", p, strings.ReplaceAll(info.Kind, "_", " "))
 	}
+	if st.Size == 0 {
+		return h.readPseudo(fd, info)
+	}
 	off, n, rerr := resolveRange(h.req.Range, st.Size)
 	if rerr != nil {
 		return rerr
@@ -223,6 +226,45 @@ func (h *helper) read() error {
 		return err
 	}
 	if err := h.copyOut(fd, p, off, n); err != nil {
+		return err
+	}
+	return h.out.JSON(KindResult, Result{})
+}
+
+// maxPseudo bounds what is read of a file that reports size 0 (/proc and
+// /sys files have content but no size).
+const maxPseudo = 1 << 20
+
+// readPseudo reads a file that reports size 0 to its end (up to
+// maxPseudo), so that its real length can be announced.
+func (h *helper) readPseudo(fd int, info Info) error {
+	buf := make([]byte, maxPseudo+1)
+	n := 0
+	for n < len(buf) {
+		c, err := unix.Read(fd, buf[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return pathErr("read", info.Path, err)
+		}
+		if c == 0 {
+			break
+		}
+		n += c
+	}
+	if n > maxPseudo {
+		return errorf(CodeChanged, "%s reports size 0 but holds more than %d bytes", info.Path, maxPseudo)
+	}
+	info.Size = int64(n)
+	off, length, err := resolveRange(h.req.Range, int64(n))
+	if err != nil {
+		return err
+	}
+	if err := h.out.JSON(KindHeader, Header{Info: info, Offset: off, Length: length}); err != nil {
+		return err
+	}
+	if _, err := h.out.Write(buf[off : off+length]); err != nil {
 		return err
 	}
 	return h.out.JSON(KindResult, Result{})

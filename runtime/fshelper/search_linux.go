@@ -214,4 +214,3 @@ func (f fdReader) Read(p []byte) (int, error) {
 		return n, nil
 	}
 }
-

@@ -16,6 +16,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"log/slog"
 	"slices"
 	"strconv"
@@ -29,6 +30,7 @@ import (
 	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
+	"github.com/matrx-dev/matrx/runtime/fshelper"
 	"github.com/matrx-dev/matrx/runtime/network"
 )
 
@@ -52,6 +54,7 @@ type Runtime interface {
 	Create(ctx context.Context, req runtime.CreateRequest) error
 	Destroy(ctx context.Context, id string, grace time.Duration) error
 	Exec(ctx context.Context, id string, req runtime.ExecRequest) (*runtime.ExecResult, error)
+	Files(ctx context.Context, id string, user runtime.ExecUser, req fshelper.Request, body io.Reader) (*runtime.FilesCall, error)
 	Running(ctx context.Context, id string) (bool, error)
 	StartProcess(ctx context.Context, id string, spec runtime.ProcessSpec) (*runtime.Process, error)
 	Processes(ctx context.Context, id string) ([]*runtime.Process, error)
@@ -210,7 +213,8 @@ type Manager struct {
 
 // liveState is what the manager remembers about a running sandbox.
 type liveState struct {
-	cwd string
+	cwd     string
+	watches int // file watches streaming now (WatchFiles)
 }
 
 // New returns a manager. It does not touch existing sandboxes; call Recover

@@ -62,18 +62,20 @@ type Server struct {
 	started   time.Time
 	maxBody   int64
 	maxImport int64
+	maxUpload int64
 	metrics   *metrics.Metrics
 	mux       *http.ServeMux
 	handler   http.Handler
 	patterns  []string
 	keepalive time.Duration
-	// streams ends every output follow and attach (CloseStreams).
+	// streams ends every output follow, attach and file watch
+	// (CloseStreams).
 	streams      context.Context
 	closeStreams context.CancelFunc
 }
 
-// CloseStreams ends every open output follow and attach (the processes
-// are not affected; clients resume from their offset). Register it with
+// CloseStreams ends every open output follow, attach and file watch (the
+// processes are not affected; clients resume from their offset). Register it with
 // http.Server.RegisterOnShutdown: those requests would otherwise hold a
 // graceful shutdown for as long as their processes run.
 func (s *Server) CloseStreams() { s.closeStreams() }
@@ -108,6 +110,16 @@ func (s *Server) routes() []route {
 		{"POST /sandboxes/{id}/heartbeat", http.HandlerFunc(s.heartbeat)},
 		{"POST /sandboxes/{id}/complete", http.HandlerFunc(s.complete)},
 		{"POST /sandboxes/{id}/error", http.HandlerFunc(s.errorSignal)},
+		{"GET /sandboxes/{id}/files", http.HandlerFunc(s.readFile)},
+		{"PUT /sandboxes/{id}/files", http.HandlerFunc(s.writeFile)},
+		{"DELETE /sandboxes/{id}/files", http.HandlerFunc(s.deleteFile)},
+		{"GET /sandboxes/{id}/files/stat", http.HandlerFunc(s.statFile)},
+		{"GET /sandboxes/{id}/files/list", http.HandlerFunc(s.listFiles)},
+		{"POST /sandboxes/{id}/files/mkdir", http.HandlerFunc(s.mkdirFile)},
+		{"POST /sandboxes/{id}/files/move", http.HandlerFunc(s.moveFile)},
+		{"GET /sandboxes/{id}/files/watch", http.HandlerFunc(s.watchFiles)},
+		{"GET /sandboxes/{id}/files/find", http.HandlerFunc(s.findFiles)},
+		{"GET /sandboxes/{id}/files/grep", http.HandlerFunc(s.grepFiles)},
 		{"GET /images", http.HandlerFunc(s.listImages)},
 		{"POST /images/import", http.HandlerFunc(s.importImage)},
 		{"GET /users/{user_id}/storage", http.HandlerFunc(s.storageStats)},
@@ -143,6 +155,10 @@ func WithKeepalive(d time.Duration) Option {
 	}
 }
 
+// WithMaxUploadBytes caps file upload bodies (default 1 GiB); a larger
+// body is refused with 413.
+func WithMaxUploadBytes(n int64) Option { return func(s *Server) { s.maxUpload = n } }
+
 // WithMetrics counts every request by route pattern and status code in m
 // and serves m at GET /metrics (default: no metrics, no route).
 func WithMetrics(m *metrics.Metrics) Option { return func(s *Server) { s.metrics = m } }
@@ -158,6 +174,7 @@ func NewServer(cfg Config, opts ...Option) (*Server, error) {
 	s := &Server{
 		mgr: cfg.Manager, images: cfg.Images, log: cfg.Logger, version: cfg.Version,
 		started: time.Now(), maxBody: 1 << 20, maxImport: 16 << 30, keepalive: keepaliveEvery,
+		maxUpload: 1 << 30,
 	}
 	for _, o := range opts {
 		o(s)
@@ -260,7 +277,11 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		// The mux records the matched pattern on this request value.
 		r = r.WithContext(ctx)
 		defer func() {
-			if p := recover(); p != nil {
+			// http.ErrAbortHandler ends a stream whose status is already
+			// sent (the client must see it broken, not short): net/http
+			// closes the connection once it is re-raised below.
+			p := recover()
+			if p != nil && p != http.ErrAbortHandler {
 				s.log.Error("panic in handler", "request_id", rid, "panic", fmt.Sprint(p), "path", r.URL.Path)
 				if !sw.written {
 					writeJSON(sw, http.StatusInternalServerError, apitype.ErrorResponse{Detail: "internal error (request " + rid + ")"})
@@ -279,6 +300,9 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			}
 			s.log.Log(ctx, level, "request", attrs...)
 			s.metrics.ObserveRequest(r.Pattern, sw.status, time.Since(start))
+			if p == http.ErrAbortHandler {
+				panic(p)
+			}
 		}()
 		next.ServeHTTP(sw, r)
 	})

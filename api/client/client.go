@@ -146,6 +146,10 @@ func errorFromStatus(status int, detail string) error {
 		class = context.DeadlineExceeded
 	case http.StatusInternalServerError:
 		class = errdefs.ErrInternal
+	case http.StatusRequestEntityTooLarge:
+		class = errclass.ErrTooLarge
+	case http.StatusRequestedRangeNotSatisfiable:
+		class = errclass.ErrUnsatisfiableRange
 	}
 	if detail == "" {
 		detail = http.StatusText(status)

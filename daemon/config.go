@@ -46,6 +46,9 @@ type Config struct {
 	// recommended interface.
 	TCPAddress string
 	APIKeyFile string
+	// MaxUploadMB caps one file upload's body (PUT .../files); 0 means
+	// the default, 1024.
+	MaxUploadMB int64
 	// Metrics receives the daemon's metrics; nil makes Run create its own.
 	// Tests pass one to share it across restarts.
 	Metrics *metrics.Metrics
@@ -89,6 +92,7 @@ func flags() []cli.Flag {
 		&cli.IntFlag{Name: "max-command-length", Value: d.MaxCommandLength, EnvVars: []string{"MATRX_MAX_COMMAND_LENGTH"}},
 		&cli.Int64Flag{Name: "command-timeout", Value: int64(d.DefaultCmdTimeout / time.Second), EnvVars: []string{"MATRX_COMMAND_TIMEOUT"}, Usage: "default exec timeout, seconds"},
 		&cli.Int64Flag{Name: "max-command-timeout", Value: int64(d.MaxCmdTimeout / time.Second), EnvVars: []string{"MATRX_MAX_COMMAND_TIMEOUT"}, Usage: "seconds"},
+		&cli.Int64Flag{Name: "max-upload-mb", Value: 1024, EnvVars: []string{"MATRX_MAX_UPLOAD_MB"}, Usage: "largest file upload body (PUT /sandboxes/{id}/files, a tar's unpacked size too); larger ones get 413"},
 		&cli.Int64Flag{Name: "output-limit", Value: d.OutputLimit, EnvVars: []string{"MATRX_OUTPUT_LIMIT"}, Usage: "bytes kept of each of stdout and stderr per exec"},
 		&cli.DurationFlag{Name: "expiry-interval", Value: 10 * time.Second, EnvVars: []string{"MATRX_EXPIRY_INTERVAL"}, Usage: "how often TTLs are checked"},
 		&cli.StringFlag{Name: "metrics-address", EnvVars: []string{"MATRX_METRICS_ADDRESS"}, Usage: "loopback HOST:PORT serving only GET /metrics (default off; the socket always serves /metrics)"},
@@ -113,6 +117,7 @@ func configFrom(c *cli.Context) (Config, error) {
 		MetricsAddress:      c.String("metrics-address"),
 		TCPAddress:          c.String("tcp-address"),
 		APIKeyFile:          c.String("api-key-file"),
+		MaxUploadMB:         c.Int64("max-upload-mb"),
 		Limits: sandbox.Limits{
 			DefaultImage:       c.String("image"),
 			DefaultCPU:         c.Float64("default-cpu"),
@@ -177,6 +182,8 @@ func (c Config) Validate() error {
 		return bad("log format %q: want json or text", c.LogFormat)
 	case c.ExpiryInterval < 100*time.Millisecond:
 		return bad("expiry interval %v is too short (min 100ms)", c.ExpiryInterval)
+	case c.MaxUploadMB < 0 || c.MaxUploadMB > 1<<30:
+		return bad("max upload %d MB must be positive", c.MaxUploadMB)
 	}
 	switch c.UserNS.Mode {
 	case "", "auto", "on", "off":
@@ -215,6 +222,14 @@ func (c Config) socketGID() (int, bool, error) {
 	}
 	gid, _ := strconv.Atoi(g.Gid)
 	return gid, true, nil
+}
+
+// maxUploadBytes is the file upload limit in bytes.
+func (c Config) maxUploadBytes() int64 {
+	if c.MaxUploadMB == 0 {
+		return 1 << 30
+	}
+	return c.MaxUploadMB << 20
 }
 
 // defaultHelperPath finds one of matrxd's static helpers (matrx-init,

@@ -149,7 +149,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	}
 	defer mgr.Wait()
 
-	srv, err := api.NewServer(api.Config{Manager: mgr, Images: rt, Logger: log, Version: version.Version}, api.WithMetrics(mx), api.WithKeepalive(cfg.StreamKeepalive))
+	srv, err := api.NewServer(api.Config{Manager: mgr, Images: rt, Logger: log, Version: version.Version},
+		api.WithMetrics(mx), api.WithKeepalive(cfg.StreamKeepalive), api.WithMaxUploadBytes(cfg.maxUploadBytes()))
 	if err != nil {
 		return err
 	}
@@ -163,9 +164,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	// Output follows and attaches last as long as their process: a
-	// shutdown ends them (clients resume after the restart) instead of
-	// waiting out the drain.
+	// Output follows, attaches and file watches last as long as their
+	// process or client: a shutdown ends them (clients resume after the
+	// restart) instead of waiting out the drain.
 	httpSrv.RegisterOnShutdown(srv.CloseStreams)
 	waitListeners, err := serveOptionalListeners(ctx, cfg, srv, mx, apiKey, log)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/defaults"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
@@ -28,9 +29,11 @@ import (
 // package doc of runtime/fshelper for why that is race-free).
 //
 // matrxd only moves bytes: the request and an upload's body go to the
-// helper's stdin as frames, and its answer comes back on stdout as frames,
-// both through io.Pipes and containerd's FIFOs, so nothing is ever held
-// whole in memory. The answer is hostile and read with strict bounds.
+// helper's stdin as frames, and its answer comes back on stdout as frames.
+// matrxd reads and writes the exec's FIFOs itself (cio.DirectIO, 1 MiB
+// pipe buffers) rather than through cio's copying goroutines, so a byte
+// crosses one FIFO and the shim's copy, and nothing is ever held whole in
+// memory. The answer is hostile and read with strict bounds.
 
 // filesStopGrace is how long a helper whose call is over (or abandoned)
 // may take to exit by itself before its cgroup is killed: an aborted
@@ -46,9 +49,7 @@ type FilesCall struct {
 	proc    containerd.Process
 	group   *execGroup
 	rd      *fshelper.Reader
-	stdinW  *io.PipeWriter
-	stdinR  *io.PipeReader
-	stdoutR *io.PipeReader
+	dio     *cio.DirectIO
 	stderr  *cappedBuffer
 	exited  chan struct{}
 	status  containerd.ExitStatus
@@ -76,27 +77,34 @@ func (r *Runtime) Files(ctx context.Context, id string, user ExecUser, req fshel
 	}
 	bg := context.WithoutCancel(ctx)
 	execID := newExecID()
-	stdinR, stdinW := io.Pipe()
-	stdoutR, stdoutW := io.Pipe()
+	fifos, err := cio.NewFIFOSetInDir(defaults.DefaultFIFODir, "files-"+execID, false)
+	if err != nil {
+		return nil, fmt.Errorf("files helper fifos: %w", err)
+	}
+	dio, err := cio.NewDirectIO(bg, fifos)
+	if err != nil {
+		return nil, fmt.Errorf("files helper fifos: %w", err)
+	}
 	c := &FilesCall{
-		id: id, bg: bg, stdinR: stdinR, stdinW: stdinW, stdoutR: stdoutR,
+		id: id, bg: bg, dio: dio,
 		stderr: &cappedBuffer{limit: 4096}, exited: make(chan struct{}),
 		log: func(msg string, args ...any) { r.log.Debug(msg, append([]any{"sandbox_id", id}, args...)...) },
 	}
-	c.rd = fshelper.NewReader(stdoutR, fshelper.KindHeader, fshelper.KindData, fshelper.KindEntry, fshelper.KindResult, fshelper.KindError)
+	c.rd = fshelper.NewReader(dio.Stdout, fshelper.KindHeader, fshelper.KindData, fshelper.KindEntry, fshelper.KindResult, fshelper.KindError)
 	defer func() {
 		if err != nil {
-			stdinW.Close()
-			stdoutR.Close()
+			dio.Cancel()
+			dio.Close()
 			c.release(bg)
 		}
 	}()
-	proc, err := st.task.Exec(ctx, execID, pspec, cio.NewCreator(cio.WithStreams(stdinR, stdoutW, c.stderr)))
+	proc, err := st.task.Exec(ctx, execID, pspec, func(string) (cio.IO, error) { return dio, nil })
 	if err != nil {
 		return nil, r.execError(ctx, id, st, "files helper exec in", err)
 	}
 	c.proc = proc
 	c.cleanup = append(c.cleanup, func(ctx context.Context) { proc.Delete(ctx, containerd.WithProcessKill) })
+	go io.Copy(c.stderr, dio.Stderr)
 	exited, err := proc.Wait(bg)
 	if err != nil {
 		return nil, fmt.Errorf("wait files helper in %s: %w", id, err)
@@ -114,6 +122,10 @@ func (r *Runtime) Files(ctx context.Context, id string, user ExecUser, req fshel
 	}
 	c.group = group
 	c.cleanup = append(c.cleanup, func(context.Context) { group.remove() })
+	// Bigger pipes, fewer wake-ups per MiB (best effort; the FIFOs are
+	// open now that the shim started the process).
+	setPipeSize(dio.Stdout)
+	setPipeSize(dio.Stdin)
 	// The shim holds the stdin FIFO open until told: without this, the
 	// helper would not see the end of stdin when the feeder closes it.
 	if err := proc.CloseIO(ctx, containerd.WithStdinCloser); err != nil {
@@ -122,13 +134,13 @@ func (r *Runtime) Files(ctx context.Context, id string, user ExecUser, req fshel
 	go func() {
 		c.status = <-exited
 		// A helper that exited reads no more: unblock the feeder.
-		stdinR.CloseWithError(io.ErrClosedPipe)
+		dio.Stdin.Close()
 		close(c.exited)
 	}()
 	// The request goes out only now that the helper is in its cgroup:
 	// nothing runs before it can be killed as a whole.
 	go c.feed(req, body)
-	c.stopCtx = context.AfterFunc(ctx, func() { c.stdinW.Close() })
+	c.stopCtx = context.AfterFunc(ctx, func() { dio.Stdin.Close() })
 	return c, nil
 }
 
@@ -137,28 +149,26 @@ func (r *Runtime) Files(ctx context.Context, id string, user ExecUser, req fshel
 // closes). A body that fails to read ends stdin without the end frame:
 // the helper discards what it got.
 func (c *FilesCall) feed(req fshelper.Request, body io.Reader) {
-	w := fshelper.NewWriter(c.stdinW)
+	stdin := c.dio.Stdin
+	w := fshelper.NewWriter(stdin)
 	if err := w.JSON(fshelper.KindRequest, req); err != nil {
-		c.stdinW.CloseWithError(err)
+		stdin.Close()
 		return
 	}
 	if body == nil {
 		w.Flush()
 		return
 	}
-	if _, err := w.ReadFrom(body); err != nil {
-		if !errors.Is(err, io.ErrClosedPipe) {
-			c.mu.Lock()
-			c.bodyErr = err
-			c.mu.Unlock()
-		}
-		w.Flush()
-		c.stdinW.Close()
-		return
+	if _, err := w.ReadFrom(body); err != nil && !w.Failed() {
+		// The body failed, not the helper's side.
+		c.mu.Lock()
+		c.bodyErr = err
+		c.mu.Unlock()
+	} else if err == nil {
+		w.End()
 	}
-	w.End()
 	w.Flush()
-	c.stdinW.Close()
+	stdin.Close()
 }
 
 // Next reads the next frame of the answer. An error frame comes back as
@@ -257,7 +267,9 @@ func (c *FilesCall) helperError(e *fshelper.Error) error {
 			return bodyErr
 		}
 		class = errdefs.ErrUnavailable
-	case fshelper.CodeInvalid, fshelper.CodeNotRegular, fshelper.CodeIsDir:
+	case fshelper.CodeIsDir:
+		return fmt.Errorf("%s: download it as a tar (Accept: application/x-tar) or list it: %w", e.Message, errdefs.ErrInvalidArgument)
+	case fshelper.CodeInvalid, fshelper.CodeNotRegular:
 		class = errdefs.ErrInvalidArgument
 	case fshelper.CodeRange:
 		return &RangeError{Size: e.Size, err: fmt.Errorf("%s: %w", e.Message, errclass.ErrUnsatisfiableRange)}
@@ -318,7 +330,7 @@ func (c *FilesCall) Close() error {
 	c.closed = true
 	c.mu.Unlock()
 	c.stopCtx()
-	c.stdinW.Close()
+	c.dio.Stdin.Close()
 	select {
 	case <-c.exited:
 	case <-time.After(filesStopGrace):
@@ -331,10 +343,22 @@ func (c *FilesCall) Close() error {
 			c.log("files helper did not exit after SIGKILL")
 		}
 	}
-	// Whatever the helper still had in flight is not wanted.
-	c.stdoutR.CloseWithError(io.ErrClosedPipe)
+	// Whatever the helper still had in flight is not wanted; the FIFOs go
+	// with the exec (Delete closes its IO).
+	c.dio.Stdout.Close()
 	go c.release(c.bg)
 	return nil
+}
+
+// setPipeSize raises a FIFO's buffer to 1 MiB (the unprivileged maximum).
+func setPipeSize(f any) {
+	sc, ok := f.(syscall.Conn)
+	if !ok {
+		return
+	}
+	if rc, err := sc.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.FcntlInt(fd, unix.F_SETPIPE_SZ, 1<<20) })
+	}
 }
 
 // release frees the exec's containerd entry and cgroup.

@@ -274,6 +274,10 @@ func (f *Writer) ReadFrom(r io.Reader) (int64, error) {
 	}
 }
 
+// Failed reports whether writing to the underlying writer failed (so a
+// copy's error is the writer's, not its source's).
+func (f *Writer) Failed() bool { return f.err != nil }
+
 // End writes the end-of-body frame.
 func (f *Writer) End() error { return f.frame(KindEnd, nil) }
 

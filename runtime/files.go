@@ -198,6 +198,10 @@ func (c *FilesCall) Decode(v any) error {
 	return nil
 }
 
+// FrameLen is the size of the current JSON frame (for callers that bound
+// what they keep).
+func (c *FilesCall) FrameLen() int { return c.rd.Len() }
+
 // Read reads streamed bytes (the data frames in a row); io.EOF at the
 // first frame of another kind.
 func (c *FilesCall) Read(p []byte) (int, error) {

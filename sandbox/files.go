@@ -2,7 +2,6 @@ package sandbox
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -441,23 +440,25 @@ func (m *Manager) stream(ctx context.Context, id, user string, req fshelper.Requ
 			if len(out.Entries)+len(out.Matches) >= limit {
 				return nil, bad("more entries than the limit")
 			}
-			var raw json.RawMessage
-			if err := c.Decode(&raw); err != nil {
-				return nil, err
-			}
-			if size += len(raw); size > maxAnswerBytes {
+			if size += c.FrameLen(); size > maxAnswerBytes {
 				return nil, bad(fmt.Sprintf("answer over %d bytes", maxAnswerBytes))
 			}
 			if req.Op == fshelper.OpGrep {
 				var mt fshelper.Match
-				if err := strictJSON(raw, &mt); err != nil || mt.Check() != nil {
+				if err := c.Decode(&mt); err != nil {
+					return nil, err
+				}
+				if mt.Check() != nil {
 					return nil, bad("malformed match")
 				}
 				out.Matches = append(out.Matches, mt)
 				continue
 			}
 			var info FileInfo
-			if err := strictJSON(raw, &info); err != nil || info.Check() != nil {
+			if err := c.Decode(&info); err != nil {
+				return nil, err
+			}
+			if info.Check() != nil {
 				return nil, bad("malformed entry")
 			}
 			out.Entries = append(out.Entries, info)
@@ -475,12 +476,6 @@ func (m *Manager) stream(ctx context.Context, id, user string, req fshelper.Requ
 			return nil, bad(fmt.Sprintf("unexpected %q frame", k))
 		}
 	}
-}
-
-func strictJSON(b []byte, v any) error {
-	dec := json.NewDecoder(strings.NewReader(string(b)))
-	dec.DisallowUnknownFields()
-	return dec.Decode(v)
 }
 
 // Watch is a stream of changes under a path.

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -432,5 +433,53 @@ func TestFindAndGrep(t *testing.T) {
 	r = serve(t, Request{Op: OpGrep, Path: d, Pattern: "("}, nil, false)
 	if r.err == nil || r.err.Code != CodeInvalid {
 		t.Fatalf("bad regexp: %+v", r.err)
+	}
+}
+
+// TestListLargeDirectory walks a 30,000-entry directory page by page:
+// every entry once, every page bounded.
+func TestListLargeDirectory(t *testing.T) {
+	// tmpfs: no 65,000-link limit, no per-file cost of the host's disk.
+	d, err := os.MkdirTemp("/dev/shm", "fshelper-list-")
+	if err != nil {
+		t.Skipf("no /dev/shm: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	const n = 30_000
+	os.WriteFile(filepath.Join(d, "seed"), nil, 0o644)
+	for i := 0; i < n; i++ {
+		if err := os.Link(filepath.Join(d, "seed"), filepath.Join(d, fmt.Sprintf("f%06d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := make([]bool, n)
+	total, cursor := 0, ""
+	for pages := 0; ; pages++ {
+		r := mustOK(t, serve(t, Request{Op: OpList, Path: d, Limit: 1000, Cursor: cursor}, nil, false))
+		if len(r.entries) > 1000 || pages > n/1000+1 {
+			t.Fatalf("page %d of %d entries", pages, len(r.entries))
+		}
+		for _, e := range r.entries {
+			var info Info
+			if err := decodeStrict(e, &info); err != nil {
+				t.Fatal(err)
+			}
+			total++
+			var i int
+			if info.Name == "seed" {
+				continue
+			}
+			if _, err := fmt.Sscanf(info.Name, "f%06d", &i); err != nil || seen[i] {
+				t.Fatalf("%q unexpected or twice", info.Name)
+			}
+			seen[i] = true
+		}
+		if !r.result.Truncated {
+			break
+		}
+		cursor = r.result.Cursor
+	}
+	if total != n+1 {
+		t.Fatalf("listed %d of %d", total, n+1)
 	}
 }

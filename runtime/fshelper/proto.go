@@ -148,6 +148,9 @@ func (f *Reader) fail(err error) error {
 	return err
 }
 
+// Len is the payload length of the current JSON frame.
+func (f *Reader) Len() int { return len(f.payload) }
+
 // Decode decodes the current JSON frame into v, strictly: unknown fields
 // and trailing data are protocol errors.
 func (f *Reader) Decode(v any) error {

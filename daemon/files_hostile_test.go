@@ -318,7 +318,10 @@ while time.time() < end:
 			}
 			record(err)
 		},
-		func() { _, err := c.ListFiles(ctx, id, "/home/agent/race/x", client.ListFilesOptions{Depth: 2}); record(err) },
+		func() {
+			_, err := c.ListFiles(ctx, id, "/home/agent/race/x", client.ListFilesOptions{Depth: 2})
+			record(err)
+		},
 		func() {
 			rc, err := c.ReadTar(ctx, id, "/home/agent/race/x", "root")
 			if err == nil {
@@ -340,7 +343,10 @@ while time.time() < end:
 		},
 		func() { record(c.RemoveFile(ctx, id, "/home/agent/race/x/g", "", false)) },
 		func() { _, err := c.StatFile(ctx, id, "/home/agent/race/x/secret", ""); record(err) },
-		func() { _, err := c.GrepFiles(ctx, id, "/home/agent/race/x", "canary", client.GrepOptions{}); record(err) },
+		func() {
+			_, err := c.GrepFiles(ctx, id, "/home/agent/race/x", "canary", client.GrepOptions{})
+			record(err)
+		},
 	}
 	var wg sync.WaitGroup
 	end := time.Now().Add(7 * time.Second)

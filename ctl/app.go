@@ -54,6 +54,8 @@ func App() *cli.App {
 			logsCommand(),
 			attachCommand(),
 			killCommand(),
+			cpCommand(),
+			fsCommand(),
 			rmCommand(),
 			imageCommand(),
 			storageCommand(),

@@ -23,8 +23,8 @@ func cpCommand() *cli.Command {
 		Description: `One side is ID:PATH (a path in the sandbox), the other a local path, or -
 for a tar stream on stdin or stdout, as docker cp does. A directory is
 copied whole (modes, modification times and symlinks kept; special files
-skipped). If DST is an existing directory, SRC is copied into it under its
-own name; otherwise DST is created. Files are written atomically in the
+skipped). If DST is an existing directory, or ends with /, SRC is copied
+into it under its own name; otherwise DST is created. Files are written atomically in the
 sandbox, as --user (agent by default), and a tar coming out of a sandbox
 is unpacked locally without ever leaving DST. A progress bar shows on a
 terminal for large transfers.
@@ -121,7 +121,9 @@ func cpUp(ctx context.Context, cl *client.Client, local string, dst cpArg, o cpO
 	if err != nil {
 		return err
 	}
-	if into {
+	// DST/ names a directory, made if missing.
+	slash := strings.HasSuffix(dst.path, "/")
+	if into || slash {
 		target = path.Join(dst.path, filepath.Base(filepath.Clean(local)))
 	}
 	if st.IsDir() {
@@ -144,7 +146,7 @@ func cpUp(ctx context.Context, cl *client.Client, local string, dst cpArg, o cpO
 	body := newProgress(f, st.Size(), "upload "+local, o)
 	defer body.done()
 	mode := fmt.Sprintf("%04o", st.Mode().Perm())
-	_, err = cl.WriteFile(ctx, dst.id, target, body, client.WriteOptions{User: o.user, Mode: mode, Size: st.Size()})
+	_, err = cl.WriteFile(ctx, dst.id, target, body, client.WriteOptions{User: o.user, Mode: mode, Size: st.Size(), Parents: slash})
 	return err
 }
 

@@ -671,11 +671,18 @@ func TestREADMECommands(t *testing.T) {
 		}
 		words := shellWords(t, line)
 		for i, w := range words {
+			if rest, ok := strings.CutPrefix(w, "sbx-0123456789ab:"); ok { // matrx cp ID:PATH
+				words[i] = id + ":" + rest
+			}
 			switch w {
 			case "sbx-0123456789ab":
 				words[i] = id
 			case "build/images/sandbox.tar":
 				words[i] = h.Env.ImageTar // the minimal image, same command
+			case "README.md":
+				words[i] = filepath.Join(containerdtest.RepoRoot(), "README.md")
+			case "./project-copy":
+				words[i] = filepath.Join(t.TempDir(), "project-copy") // not into the source tree
 			}
 		}
 		out, errOut, code := h.CLI(words[1:]...)

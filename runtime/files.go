@@ -56,9 +56,12 @@ type FilesCall struct {
 	cleanup []func(context.Context)
 	stopCtx func() bool
 
+	hasBody bool // an upload: on Close it gets filesStopGrace to clean up
+
 	mu      sync.Mutex
 	bodyErr error // reading the caller's body failed: the real cause
 	closed  bool
+	final   bool // the result or error frame was read
 }
 
 // Files starts the files helper in sandbox id as user and sends it req;
@@ -86,7 +89,7 @@ func (r *Runtime) Files(ctx context.Context, id string, user ExecUser, req fshel
 		return nil, fmt.Errorf("files helper fifos: %w", err)
 	}
 	c := &FilesCall{
-		id: id, bg: bg, dio: dio,
+		id: id, bg: bg, dio: dio, hasBody: body != nil,
 		stderr: &cappedBuffer{limit: 4096}, exited: make(chan struct{}),
 		log: func(msg string, args ...any) { r.log.Debug(msg, append([]any{"sandbox_id", id}, args...)...) },
 	}
@@ -178,6 +181,11 @@ func (c *FilesCall) Next() (byte, error) {
 	k, err := c.rd.Next()
 	if err != nil {
 		return 0, c.broken(err)
+	}
+	if k == fshelper.KindResult || k == fshelper.KindError {
+		c.mu.Lock()
+		c.final = true
+		c.mu.Unlock()
 	}
 	if k == fshelper.KindError {
 		var e fshelper.Error
@@ -323,8 +331,10 @@ func (e *RangeError) Unwrap() error { return e.err }
 
 // Close ends the call: the helper's stdin closes (an upload without its end
 // frame is discarded, a watch stops), the helper gets filesStopGrace to
-// exit, then its cgroup is killed. It returns once the helper is gone;
-// the exec's containerd entry and cgroup are released in the background.
+// exit (an unfinished upload, to remove its temp file; anything else that
+// has not answered is abandoned at once), then its cgroup is killed. It
+// returns once the helper is gone; the exec's containerd entry and cgroup
+// are released in the background.
 func (c *FilesCall) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -332,12 +342,16 @@ func (c *FilesCall) Close() error {
 		return nil
 	}
 	c.closed = true
+	grace := filesStopGrace
+	if !c.final && !c.hasBody {
+		grace = 0
+	}
 	c.mu.Unlock()
 	c.stopCtx()
 	c.dio.Stdin.Close()
 	select {
 	case <-c.exited:
-	case <-time.After(filesStopGrace):
+	case <-time.After(grace):
 		if err := c.group.kill(); err != nil {
 			c.log("files helper kill failed", "error", err)
 		}

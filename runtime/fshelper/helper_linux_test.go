@@ -483,3 +483,20 @@ func TestListLargeDirectory(t *testing.T) {
 		t.Fatalf("listed %d of %d", total, n+1)
 	}
 }
+
+// TestWatchDescriptorBudget: a recursive watch of a tree with more
+// directories than its budget is refused before it starts.
+func TestWatchDescriptorBudget(t *testing.T) {
+	d := t.TempDir()
+	for _, s := range []string{"a", "b", "c/d"} {
+		os.MkdirAll(filepath.Join(d, s), 0o755)
+	}
+	r := serve(t, Request{Op: OpWatch, Path: d, Recursive: true, MaxWatches: 3}, nil, false)
+	if r.err == nil || r.err.Code != CodeLimit || r.header != nil {
+		t.Fatalf("over the budget: %+v %+v", r.err, r.header)
+	}
+	r = serve(t, Request{Op: OpWatch, Path: filepath.Join(d, "missing")}, nil, false)
+	if r.err == nil || r.err.Errno != 2 {
+		t.Fatalf("missing path: %+v", r.err)
+	}
+}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/matrx-dev/matrx/api/apitype"
 	"github.com/matrx-dev/matrx/api/client"
+	"github.com/matrx-dev/matrx/api/client/attach"
 	"github.com/matrx-dev/matrx/daemon"
 	"github.com/matrx-dev/matrx/daemon/daemontest"
 )
@@ -34,7 +35,7 @@ func BenchmarkInteractive(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	a, err := c.Attach(ctx, s.SandboxID, p.ProcessID, -1)
+	a, err := attach.Attach(ctx, c, s.SandboxID, p.ProcessID, -1)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -155,10 +155,19 @@ func exactArgs(c *cli.Context, n int, what string) error {
 	return nil
 }
 
+// stdinOf is the command's stdin: the app's Reader when it is a file (tests
+// set it), os.Stdin otherwise.
+func stdinOf(c *cli.Context) *os.File {
+	if f, ok := c.App.Reader.(*os.File); ok && f != nil {
+		return f
+	}
+	return os.Stdin
+}
+
 // stdinIsData reports whether stdin carries data a command would lose
 // (a pipe or a file), as opposed to a terminal or /dev/null.
-func stdinIsData() bool {
-	st, err := os.Stdin.Stat()
+func stdinIsData(f *os.File) bool {
+	st, err := f.Stat()
 	if err != nil {
 		return false
 	}

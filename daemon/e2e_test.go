@@ -663,7 +663,10 @@ func TestREADMECommands(t *testing.T) {
 		`matrx exec sbx-0123456789ab -- printf '%s\n' 'a b' c`:          "a b\nc\n",
 		"matrx exec sbx-0123456789ab --user root --timeout 60 -- id -u": "0\n",
 	}
-	id, ran := "", 0
+	// Exit codes other than 0 that a line must end with: attach to the
+	// process the INT above ended returns the shell's 130.
+	wantCode := map[string]int{"matrx attach sbx-0123456789ab p-3f9c2a1b7d4e": 130}
+	id, proc, ran := "", "", 0
 	for _, line := range strings.Split(block, "\n") {
 		line = strings.TrimSpace(comment.ReplaceAllString(line, ""))
 		if !strings.HasPrefix(line, "matrx ") {
@@ -677,6 +680,8 @@ func TestREADMECommands(t *testing.T) {
 			switch w {
 			case "sbx-0123456789ab":
 				words[i] = id
+			case "p-3f9c2a1b7d4e":
+				words[i] = proc
 			case "build/images/sandbox.tar":
 				words[i] = h.Env.ImageTar // the minimal image, same command
 			case "README.md":
@@ -692,6 +697,24 @@ func TestREADMECommands(t *testing.T) {
 			id = strings.TrimSpace(out)
 			if code != 0 || !sandbox.ValidSandboxID(id) {
 				t.Fatalf("%s: exit %d, printed %q %s", line, code, out, errOut)
+			}
+		case words[1] == "exec" && words[2] == "-d":
+			proc = strings.TrimSpace(out)
+			if code != 0 || !strings.HasPrefix(proc, "p-") {
+				t.Fatalf("%s: exit %d, printed %q %s", line, code, out, errOut)
+			}
+		case words[1] == "logs" && words[2] != "--offset":
+			// The loop prints a date a second; wait for one.
+			for try := 0; code == 0 && out == "" && try < 50; try++ {
+				time.Sleep(100 * time.Millisecond)
+				out, errOut, code = h.CLI(words[1:]...)
+			}
+			if code != 0 || out == "" {
+				t.Errorf("%s: exit %d, printed %q %s", line, code, out, errOut)
+			}
+		case wantCode[line] != 0:
+			if code != wantCode[line] {
+				t.Errorf("%s: exit %d, want %d\nstdout: %s\nstderr: %s", line, code, wantCode[line], out, errOut)
 			}
 		case words[1] == "doctor":
 			// The host may lack what doctor checks (exit 1), but it
@@ -719,4 +742,30 @@ func shellWords(t *testing.T, line string) []string {
 		t.Fatalf("split %q: %v", line, err)
 	}
 	return strings.Split(strings.TrimSuffix(string(out), "\x00"), "\x00")
+}
+
+// TestPipedStdinReachesExec: echo x | matrx exec ID -- cat prints x (the
+// exec runs as a process with stdin), never silently dropping the input.
+func TestPipedStdinReachesExec(t *testing.T) {
+	h := daemontest.Start(t)
+	s := h.Create("pipe", nil)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { w.WriteString("one\ntwo\n"); w.Close() }()
+	defer r.Close()
+	out, errOut, code := h.CLIWithStdin(r, "exec", s.SandboxID, "--", "cat")
+	if code != 0 || out != "one\ntwo\n" {
+		t.Fatalf("piped stdin: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	// A regular file as stdin, and the exit code of the command.
+	f := filepath.Join(t.TempDir(), "in")
+	os.WriteFile(f, []byte("abc"), 0o600)
+	in, _ := os.Open(f)
+	defer in.Close()
+	out, errOut, code = h.CLIWithStdin(in, "exec", s.SandboxID, "--", "wc -c; exit 3")
+	if code != 3 || strings.TrimSpace(out) != "3" {
+		t.Fatalf("file stdin: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
 }

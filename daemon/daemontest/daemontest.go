@@ -249,9 +249,22 @@ func (h *Harness) Exec(id, cmd string) *apitype.ExecResponse {
 // CLI runs the matrx CLI against this daemon and returns stdout, stderr and
 // the exit code.
 func (h *Harness) CLI(args ...string) (string, string, int) {
+	// The test binary's own stdin (a terminal, or a pipe in CI) is not
+	// the command's: it reads /dev/null, like a script with < /dev/null.
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		h.T.Fatal(err)
+	}
+	defer null.Close()
+	return h.CLIWithStdin(null, args...)
+}
+
+// CLIWithStdin is CLI with the command reading stdin.
+func (h *Harness) CLIWithStdin(stdin *os.File, args ...string) (string, string, int) {
 	var out, errOut bytes.Buffer
 	app := ctl.App()
 	app.Writer, app.ErrWriter = &out, &errOut
+	app.Reader = stdin
 	code := 0
 	app.ExitErrHandler = func(*cli.Context, error) {}
 	err := ctl.Run(app, append([]string{"matrx", "--socket", h.Config.Socket}, args...))

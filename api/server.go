@@ -200,6 +200,8 @@ type ctxKey int
 const (
 	keyPeer ctxKey = iota
 	keyRequestID
+	keyCaller   // *sandboxConn: a connection of the sandbox listener
+	keyCallerID // string: the sandbox a sandbox-listener request comes from
 )
 
 // Peer is the credential of the process on the other end of the socket.
@@ -293,6 +295,9 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			}
 			if peer.Known {
 				attrs = append(attrs, "peer_uid", peer.UID, "peer_pid", peer.PID)
+			}
+			if sc, ok := r.Context().Value(keyCaller).(*sandboxConn); ok {
+				attrs = append(attrs, "listener", "sandbox", "sandbox_id", sc.id)
 			}
 			level := slog.LevelInfo
 			if sw.status >= 500 {

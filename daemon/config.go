@@ -49,6 +49,10 @@ type Config struct {
 	// MaxUploadMB caps one file upload's body (PUT .../files); 0 means
 	// the default, 1024.
 	MaxUploadMB int64
+	// SandboxAPIPort is the TCP port of the sandbox listener on the bridge
+	// gateway address (sandboxes without an address get a socket instead);
+	// 0 turns the way back from inside sandboxes off.
+	SandboxAPIPort int
 	// Metrics receives the daemon's metrics; nil makes Run create its own.
 	// Tests pass one to share it across restarts.
 	Metrics *metrics.Metrics
@@ -56,6 +60,9 @@ type Config struct {
 	// line (0: 15 s). Not a flag: tests shorten it.
 	StreamKeepalive time.Duration
 }
+
+// DefaultSandboxAPIPort is where sandboxes call home on the gateway.
+const DefaultSandboxAPIPort = 8787
 
 // flags are matrxd's command-line flags; each has a MATRX_* twin.
 func flags() []cli.Flag {
@@ -98,6 +105,7 @@ func flags() []cli.Flag {
 		&cli.StringFlag{Name: "metrics-address", EnvVars: []string{"MATRX_METRICS_ADDRESS"}, Usage: "loopback HOST:PORT serving only GET /metrics (default off; the socket always serves /metrics)"},
 		&cli.StringFlag{Name: "tcp-address", EnvVars: []string{"MATRX_TCP_ADDRESS"}, Usage: "HOST:PORT of an optional TCP API listener for old clients, e.g. 127.0.0.1:8000 (default off; needs --api-key-file)"},
 		&cli.StringFlag{Name: "api-key-file", EnvVars: []string{"MATRX_API_KEY_FILE"}, Usage: "file (mode 0600) holding the X-API-Key the TCP listener requires"},
+		&cli.IntFlag{Name: "sandbox-api-port", Value: DefaultSandboxAPIPort, EnvVars: []string{"MATRX_SANDBOX_API_PORT"}, Usage: "TCP port, on the sandbox bridge's gateway address only, where sandboxes call home (ORCHESTRATOR_URL: heartbeat, complete, error, their own record); sandboxes without an address get a socket (MATRX_API_SOCKET); 0 turns it off"},
 	)
 }
 
@@ -118,6 +126,7 @@ func configFrom(c *cli.Context) (Config, error) {
 		TCPAddress:          c.String("tcp-address"),
 		APIKeyFile:          c.String("api-key-file"),
 		MaxUploadMB:         c.Int64("max-upload-mb"),
+		SandboxAPIPort:      c.Int("sandbox-api-port"),
 		Limits: sandbox.Limits{
 			DefaultImage:       c.String("image"),
 			DefaultCPU:         c.Float64("default-cpu"),
@@ -184,6 +193,8 @@ func (c Config) Validate() error {
 		return bad("expiry interval %v is too short (min 100ms)", c.ExpiryInterval)
 	case c.MaxUploadMB < 0 || c.MaxUploadMB > 1<<30:
 		return bad("max upload %d MB must be positive", c.MaxUploadMB)
+	case c.SandboxAPIPort < 0 || c.SandboxAPIPort > 65535:
+		return bad("sandbox api port %d: want 1-65535, or 0 for off", c.SandboxAPIPort)
 	}
 	switch c.UserNS.Mode {
 	case "", "auto", "on", "off":

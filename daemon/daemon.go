@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -27,6 +28,7 @@ import (
 	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
+	"github.com/matrx-dev/matrx/runtime/network"
 	"github.com/matrx-dev/matrx/sandbox"
 	"github.com/matrx-dev/matrx/version"
 	"github.com/urfave/cli/v2"
@@ -133,9 +135,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	// Cold mounts are deliberately not unmounted on exit: running sandboxes
 	// keep using them, and the next start re-acquires them.
 	defer closeStorage()
-	mgr, err := sandbox.New(sandbox.Config{
-		Store: store, Runtime: rt, Storage: storage, Limits: cfg.Limits, Logger: log, Metrics: mx,
-	})
+	home, err := openSandboxAPI(cfg, netMgr, ns, log)
+	if err != nil {
+		return err
+	}
+	mcfg := sandbox.Config{Store: store, Runtime: rt, Storage: storage, Limits: cfg.Limits, Logger: log, Metrics: mx}
+	if home != nil {
+		mcfg.Home = home
+	}
+	mgr, err := sandbox.New(mcfg)
 	if err != nil {
 		return err
 	}
@@ -174,6 +182,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 		return err
 	}
 	defer waitListeners()
+	if home != nil {
+		stopHome, err := home.Start(srv)
+		if err != nil {
+			l.Close()
+			return err
+		}
+		defer stopHome(5 * time.Second)
+	}
 
 	bg, cancelBG := context.WithCancel(ctx)
 	defer cancelBG()
@@ -196,6 +212,26 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
 	log.Info("matrxd stopping; sandboxes keep running")
 	return err
+}
+
+// openSandboxAPI prepares the sandbox listener (nil when it is off): on
+// the gateway address when sandboxes have networking, and per-sandbox
+// sockets under the state dir for those without an address. Its sockets
+// belong to the sandboxes' root and agent group, in host ids.
+func openSandboxAPI(cfg Config, netMgr *network.Manager, ns runtime.UserNS, log *slog.Logger) (*api.SandboxAPI, error) {
+	if cfg.SandboxAPIPort == 0 {
+		log.Info("sandbox listener off: sandboxes cannot call home")
+		return nil, nil
+	}
+	sc := api.SandboxAPIConfig{
+		SocketDir: filepath.Join(cfg.StateDir, "sandbox-api"),
+		SocketUID: int(ns.HostID(0)), SocketGID: int(ns.HostID(runtime.AgentGID)), Logger: log,
+	}
+	if netMgr != nil {
+		sc.Gateway = netip.AddrPortFrom(netMgr.Gateway(), uint16(cfg.SandboxAPIPort))
+		sc.Lookup = netMgr.SandboxAt
+	}
+	return api.NewSandboxAPI(sc)
 }
 
 // listener takes the socket from systemd socket activation when there is

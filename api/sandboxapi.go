@@ -210,7 +210,8 @@ func (h *SandboxAPI) OpenSocket(id string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("listen on %s: %w", path, err)
 	}
-	if err := os.Chown(path, h.cfg.SocketUID, h.cfg.SocketGID); err == nil {
+	err = os.Chown(path, h.cfg.SocketUID, h.cfg.SocketGID)
+	if err == nil {
 		err = os.Chmod(path, 0o660)
 	}
 	if err != nil {

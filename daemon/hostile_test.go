@@ -186,7 +186,9 @@ func TestHostileSandbox(t *testing.T) {
 		{"metadata on the sandbox listener's port", "agent", 10, fmt.Sprintf("curl -sS -m 3 http://169.254.169.254:%d/ 2>&1", daemon.DefaultSandboxAPIPort),
 			func(r *apitype.ExecResponse) bool { return r.ExitCode != 0 && !strings.Contains(r.Stdout, "ami-id") }},
 		{"the sandbox listener's port on other host addresses", "agent", 10, fmt.Sprintf("curl -sS -m 3 http://203.0.113.1:%d/ 2>&1", daemon.DefaultSandboxAPIPort),
-			func(r *apitype.ExecResponse) bool { return r.ExitCode != 0 && !strings.Contains(r.Stdout, "host secret") }},
+			func(r *apitype.ExecResponse) bool {
+				return r.ExitCode != 0 && !strings.Contains(r.Stdout, "host secret")
+			}},
 	}
 	// Positive control: the sandbox does have the internet (a TEST-NET
 	// host in a test namespace), so the blocks above are rules at work.

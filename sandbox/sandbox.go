@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -83,6 +84,7 @@ type Runtime interface {
 	StartProcess(ctx context.Context, id string, spec runtime.ProcessSpec) (*runtime.Process, error)
 	Processes(ctx context.Context, id string) ([]*runtime.Process, error)
 	RemoveProcess(ctx context.Context, p *runtime.Process) error
+	Dial(ctx context.Context, id string, port int) (net.Conn, error)
 	Networking() bool
 	CheckNetwork(p network.Policy) error
 }

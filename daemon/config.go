@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/api"
 	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/runtime"
 	"github.com/matrx-dev/matrx/sandbox"
@@ -53,6 +54,11 @@ type Config struct {
 	// gateway address (sandboxes without an address get a socket instead);
 	// 0 turns the way back from inside sandboxes off.
 	SandboxAPIPort int
+	// PreviewAddress, when set, is where the preview listener serves
+	// sandboxes' ports to browsers (Host: <port>-<sandbox id>.PreviewDomain),
+	// each behind the sandbox's token unless in config.public_ports.
+	PreviewAddress string
+	PreviewDomain  string
 	// Metrics receives the daemon's metrics; nil makes Run create its own.
 	// Tests pass one to share it across restarts.
 	Metrics *metrics.Metrics
@@ -105,6 +111,8 @@ func flags() []cli.Flag {
 		&cli.StringFlag{Name: "metrics-address", EnvVars: []string{"MATRX_METRICS_ADDRESS"}, Usage: "loopback HOST:PORT serving only GET /metrics (default off; the socket always serves /metrics)"},
 		&cli.StringFlag{Name: "tcp-address", EnvVars: []string{"MATRX_TCP_ADDRESS"}, Usage: "HOST:PORT of an optional TCP API listener for old clients, e.g. 127.0.0.1:8000 (default off; needs --api-key-file)"},
 		&cli.StringFlag{Name: "api-key-file", EnvVars: []string{"MATRX_API_KEY_FILE"}, Usage: "file (mode 0600) holding the X-API-Key the TCP listener requires"},
+		&cli.StringFlag{Name: "preview-address", EnvVars: []string{"MATRX_PREVIEW_ADDRESS"}, Usage: "HOST:PORT of the preview listener, e.g. 127.0.0.1:8443: serves http://<port>-<sandbox id>.<preview domain>/ to browsers, with the sandbox's token (POST /sandboxes/{id}/preview) unless the port is in config.public_ports (default off)"},
+		&cli.StringFlag{Name: "preview-domain", Value: "localhost", EnvVars: []string{"MATRX_PREVIEW_DOMAIN"}, Usage: "domain of preview hosts (<port>-<sandbox id>.DOMAIN); localhost resolves to loopback in browsers"},
 		&cli.IntFlag{Name: "sandbox-api-port", Value: DefaultSandboxAPIPort, EnvVars: []string{"MATRX_SANDBOX_API_PORT"}, Usage: "TCP port, on the sandbox bridge's gateway address only, where sandboxes call home (ORCHESTRATOR_URL: heartbeat, complete, error, their own record); sandboxes without an address get a socket (MATRX_API_SOCKET); 0 turns it off"},
 	)
 }
@@ -127,6 +135,8 @@ func configFrom(c *cli.Context) (Config, error) {
 		APIKeyFile:          c.String("api-key-file"),
 		MaxUploadMB:         c.Int64("max-upload-mb"),
 		SandboxAPIPort:      c.Int("sandbox-api-port"),
+		PreviewAddress:      c.String("preview-address"),
+		PreviewDomain:       c.String("preview-domain"),
 		Limits: sandbox.Limits{
 			DefaultImage:       c.String("image"),
 			DefaultCPU:         c.Float64("default-cpu"),
@@ -268,6 +278,18 @@ func (c Config) validateListeners() error {
 				c.MetricsAddress, errdefs.ErrInvalidArgument)
 		}
 	}
+	if c.PreviewAddress != "" {
+		host, port, err := net.SplitHostPort(c.PreviewAddress)
+		if err != nil || port == "" || host == "" {
+			return fmt.Errorf("preview address %q: want HOST:PORT, e.g. 127.0.0.1:8443: %w", c.PreviewAddress, errdefs.ErrInvalidArgument)
+		}
+		if c.PreviewAddress == c.TCPAddress || c.PreviewAddress == c.MetricsAddress {
+			return fmt.Errorf("preview address %q is also another listener's: %w", c.PreviewAddress, errdefs.ErrInvalidArgument)
+		}
+		if err := api.ValidPreviewDomain(c.previewDomain()); err != nil {
+			return err
+		}
+	}
 	if c.TCPAddress == "" {
 		return nil
 	}
@@ -285,6 +307,14 @@ func (c Config) validateListeners() error {
 		return fmt.Errorf("tcp address and metrics address are both %q: %w", c.TCPAddress, errdefs.ErrInvalidArgument)
 	}
 	return nil
+}
+
+// previewDomain is the preview domain, "localhost" when unset.
+func (c Config) previewDomain() string {
+	if c.PreviewDomain == "" {
+		return "localhost"
+	}
+	return c.PreviewDomain
 }
 
 // isLoopback reports whether host is "localhost" or a loopback IP literal.

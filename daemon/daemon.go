@@ -157,8 +157,22 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	}
 	defer mgr.Wait()
 
-	srv, err := api.NewServer(api.Config{Manager: mgr, Images: rt, Logger: log, Version: version.Version},
-		api.WithMetrics(mx), api.WithKeepalive(cfg.StreamKeepalive), api.WithMaxUploadBytes(cfg.maxUploadBytes()))
+	srvOpts := []api.Option{api.WithMetrics(mx), api.WithKeepalive(cfg.StreamKeepalive), api.WithMaxUploadBytes(cfg.maxUploadBytes())}
+	previewL, err := openPreview(cfg, log)
+	if err != nil {
+		return err
+	}
+	if previewL != nil {
+		key, err := api.LoadPreviewKey(filepath.Join(cfg.StateDir, "preview.key"))
+		if err != nil {
+			previewL.Close()
+			return fmt.Errorf("preview listener: %w", err)
+		}
+		srvOpts = append(srvOpts, api.WithPreview(api.PreviewConfig{
+			Domain: cfg.previewDomain(), Key: key, Port: previewL.Addr().(*net.TCPAddr).Port,
+		}))
+	}
+	srv, err := api.NewServer(api.Config{Manager: mgr, Images: rt, Logger: log, Version: version.Version}, srvOpts...)
 	if err != nil {
 		return err
 	}
@@ -176,7 +190,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	// process or client: a shutdown ends them (clients resume after the
 	// restart) instead of waiting out the drain.
 	httpSrv.RegisterOnShutdown(srv.CloseStreams)
-	waitListeners, err := serveOptionalListeners(ctx, cfg, srv, mx, apiKey, log)
+	waitListeners, err := serveOptionalListeners(ctx, cfg, srv, mx, apiKey, previewL, log)
 	if err != nil {
 		l.Close()
 		return err
@@ -232,6 +246,22 @@ func openSandboxAPI(cfg Config, netMgr *network.Manager, ns runtime.UserNS, log 
 		sc.Lookup = netMgr.SandboxAt
 	}
 	return api.NewSandboxAPI(sc)
+}
+
+// openPreview binds the preview listener (nil when it is off) before the
+// server is built, so that the URLs it hands out carry the real port.
+func openPreview(cfg Config, log *slog.Logger) (net.Listener, error) {
+	if cfg.PreviewAddress == "" {
+		return nil, nil
+	}
+	l, err := api.ListenTCP(cfg.PreviewAddress)
+	if err != nil {
+		return nil, fmt.Errorf("preview listener: %w", err)
+	}
+	if host, _, _ := net.SplitHostPort(cfg.PreviewAddress); !isLoopback(host) {
+		log.Warn("preview listener is not on loopback: sandboxes' apps are served to the network behind their tokens, in plain HTTP; put a TLS proxy in front", "address", l.Addr().String())
+	}
+	return l, nil
 }
 
 // listener takes the socket from systemd socket activation when there is
@@ -325,7 +355,7 @@ func daemonMetrics(cfg Config, store registry.Store, log *slog.Logger) *metrics.
 // serveOptionalListeners starts the loopback metrics listener and the TCP
 // API listener when they are configured. They stop when ctx ends or when
 // the returned wait func is called, which blocks until they have drained.
-func serveOptionalListeners(ctx context.Context, cfg Config, srv *api.Server, mx *metrics.Metrics, apiKey []byte, log *slog.Logger) (wait func(), err error) {
+func serveOptionalListeners(ctx context.Context, cfg Config, srv *api.Server, mx *metrics.Metrics, apiKey []byte, previewL net.Listener, log *slog.Logger) (wait func(), err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wait = func() { cancel(); wg.Wait() }
@@ -353,6 +383,10 @@ func serveOptionalListeners(ctx context.Context, cfg Config, srv *api.Server, mx
 		mux.Handle("GET /metrics", mx.Handler())
 		log.Info("metrics listener serving", "address", l.Addr().String())
 		serve("metrics", l, mux, 5*time.Second)
+	}
+	if previewL != nil {
+		log.Info("preview listener serving (a sandbox token required unless a port is public)", "address", previewL.Addr().String(), "domain", cfg.previewDomain())
+		serve("preview", previewL, srv.PreviewHandler(), 5*time.Second)
 	}
 	if cfg.TCPAddress != "" {
 		h, err := srv.TCPHandler(apiKey)

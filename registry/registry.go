@@ -69,6 +69,8 @@ type Config struct {
 	Env        map[string]string `json:"env,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`
 	Network    NetworkConfig     `json:"network"`
+	// PublicPorts are served by the preview listener without a token.
+	PublicPorts []int `json:"public_ports,omitempty"`
 }
 
 // NetworkConfig is a sandbox's egress policy: mode "default" (internet,

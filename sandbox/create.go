@@ -76,6 +76,9 @@ func (m *Manager) resolve(out registry.Config) (registry.Config, error) {
 	if err := validateLabels(out.Labels); err != nil {
 		return out, err
 	}
+	if err := validatePublicPorts(out.PublicPorts); err != nil {
+		return out, err
+	}
 	if out.Network.Mode == "" {
 		out.Network.Mode = string(network.ModeNone)
 		if m.rt != nil && m.rt.Networking() {

@@ -22,6 +22,9 @@ const (
 	// IdempotencyKeyHeader on POST /sandboxes makes a retried create (same
 	// key, within 24 h) return the sandbox the first one made.
 	IdempotencyKeyHeader = "Idempotency-Key"
+	// PreviewTokenHeader carries a sandbox's preview token on the preview
+	// listener (POST /sandboxes/{id}/preview hands it out).
+	PreviewTokenHeader = "X-Matrx-Preview-Token"
 )
 
 // ErrorResponse is every error body.
@@ -50,6 +53,8 @@ type SandboxConfig struct {
 	Env        map[string]string `json:"env,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`
 	Network    *NetworkConfig    `json:"network,omitempty"`
+	// PublicPorts are served by the preview listener without a token.
+	PublicPorts []int `json:"public_ports,omitempty"`
 }
 
 // NetworkConfig is a sandbox's egress policy: mode "default" (the internet,
@@ -158,6 +163,27 @@ type SignalResponse struct {
 	Status        string `json:"status"`
 	SandboxID     string `json:"sandbox_id"`
 	ErrorReceived bool   `json:"error_received,omitempty"`
+}
+
+// PreviewRequest is the body of POST /sandboxes/{id}/preview.
+type PreviewRequest struct {
+	Port       int    `json:"port"`
+	TTLSeconds *int64 `json:"ttl_seconds,omitempty"`
+}
+
+// Preview answers POST /sandboxes/{id}/preview: where the preview listener
+// serves a sandbox's port, and the two ways in (the sandbox's token in
+// TokenHeader, or SignedURL until ExpiresAt). Public ports need neither.
+type Preview struct {
+	SandboxID   string    `json:"sandbox_id"`
+	Port        int       `json:"port"`
+	Host        string    `json:"host"`
+	URL         string    `json:"url"`
+	SignedURL   string    `json:"signed_url"`
+	ExpiresAt   time.Time `json:"expires_at"`
+	Token       string    `json:"token"`
+	TokenHeader string    `json:"token_header"`
+	Public      bool      `json:"public"`
 }
 
 // Image is one image in the daemon's namespace.

@@ -71,7 +71,7 @@ type SandboxAPIConfig struct {
 	// Gateway (network.Manager.SandboxAt).
 	Lookup func(netip.Addr) (string, bool)
 	// SocketDir holds the per-sandbox sockets of sandboxes without an
-	// address (SocketDir/<id>/matrxd.sock). Required; the daemon's own
+	// address (SocketDir/<id>/sandbox.sock). Required; the daemon's own
 	// directory.
 	SocketDir string
 	// SocketUID and SocketGID own each socket (mode 0660): the host ids of

@@ -194,11 +194,11 @@ func TestCallHome(t *testing.T) {
 	t.Run("none mode gets a socket", func(t *testing.T) {
 		n := h.Create("frank", &apitype.SandboxConfig{Network: &apitype.NetworkConfig{Mode: "none"}})
 		r := h.Exec(n.SandboxID, `echo "$ORCHESTRATOR_URL $MATRX_API_SOCKET"; test -S "$MATRX_API_SOCKET" && stat -c '%A %u %g' "$MATRX_API_SOCKET"`)
-		if r.Stdout != "http://localhost /.matrx/api/matrxd.sock\nsrw-rw---- 0 1000\n" {
+		if r.Stdout != "http://localhost /.matrx/api/sandbox.sock\nsrw-rw---- 0 1000\n" {
 			t.Fatalf("none-mode sandbox: %+v", r)
 		}
 		// Bound read-only: not even the sandbox's root replaces it.
-		r, err := h.Client().Exec(ctx, n.SandboxID, apitype.ExecRequest{Command: "rm -f /.matrx/api/matrxd.sock 2>&1; touch /.matrx/api/x 2>&1; test -S /.matrx/api/matrxd.sock", User: "root"})
+		r, err := h.Client().Exec(ctx, n.SandboxID, apitype.ExecRequest{Command: "rm -f /.matrx/api/sandbox.sock 2>&1; touch /.matrx/api/x 2>&1; test -S /.matrx/api/sandbox.sock", User: "root"})
 		if err != nil || r.ExitCode != 0 || strings.Count(r.Stdout, "Read-only file system") != 2 {
 			t.Fatalf("root replacing the socket: %v %+v", err, r)
 		}

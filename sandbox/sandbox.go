@@ -42,7 +42,7 @@ const (
 	// HomeSocketDir holds the sandbox listener's socket (HomeSocketName)
 	// in sandboxes without a bridge address; MATRX_API_SOCKET names it.
 	HomeSocketDir  = "/.matrx/api"
-	HomeSocketName = "matrxd.sock"
+	HomeSocketName = "sandbox.sock"
 )
 
 // Home is the way back from inside a sandbox: a listener that matrxd

@@ -20,7 +20,10 @@ import (
 // callHome is a shell function for the minimal image (busybox nc, no
 // curl): `call METHOD PATH [BODY]` sends one HTTP/1.0 request to
 // $ORCHESTRATOR_URL and prints the status code, a newline, and the body.
-const callHome = `call() {
+// SIGTERM is ignored: complete and error stop the sandbox at once, and
+// the exec must live to print the answer.
+const callHome = `trap '' TERM
+call() {
   hp=${ORCHESTRATOR_URL#http://}
   printf '%s %s HTTP/1.0\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' \
     "$1" "$2" "$hp" "${#3}" "$3" | nc -w 5 "${hp%:*}" "${hp#*:}" >/tmp/resp

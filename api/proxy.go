@@ -177,7 +177,11 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, t *proxyTarget)
 	if sw, ok := w.(*statusWriter); ok {
 		sw.raw = true
 	}
-	s.rproxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), targetKey{}, t)))
+	// A long answer (server-sent events, a WebSocket) ends with the
+	// daemon instead of holding its graceful shutdown.
+	ctx, done := s.streamContext(r)
+	defer done()
+	s.rproxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, targetKey{}, t)))
 }
 
 // connectPort serves POST /sandboxes/{id}/ports/{port}/connect: with
@@ -209,6 +213,10 @@ func (s *Server) connectPort(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, fmt.Errorf("hijack: %v: %w", err, errdefs.ErrInternal))
 		return
 	}
+	// The stream ends with the daemon (hijacked connections are not
+	// waited for by a shutdown, nor closed by it).
+	stop := context.AfterFunc(s.streams, func() { down.Close(); up.Close() })
+	defer stop()
 	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
 	if err := brw.Flush(); err != nil {
 		up.Close()

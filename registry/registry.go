@@ -149,6 +149,7 @@ func (r *Record) Clone() *Record {
 	c.Config.Labels = cloneMap(r.Config.Labels)
 	c.Config.Network.Allow = append([]string(nil), r.Config.Network.Allow...)
 	c.HotSyncRejected = append([]string(nil), r.HotSyncRejected...)
+	c.Config.PublicPorts = append([]int(nil), r.Config.PublicPorts...)
 	if r.LastHeartbeatAt != nil {
 		t := *r.LastHeartbeatAt
 		c.LastHeartbeatAt = &t

@@ -76,6 +76,7 @@ type Server struct {
 	closeStreams context.CancelFunc
 	rproxy       *httputil.ReverseProxy
 	preview      *previewConfig
+	ssh          *SSHInfo
 }
 
 // CloseStreams ends every open output follow, attach and file watch (the
@@ -131,6 +132,8 @@ func (s *Server) routes() []route {
 		{"POST /users/{user_id}/storage/restore", http.HandlerFunc(s.storageRestore)},
 		{"POST /sandboxes/{id}/ports/{port}/connect", http.HandlerFunc(s.connectPort)},
 		{"POST /sandboxes/{id}/preview", http.HandlerFunc(s.createPreview)},
+		{"POST /sandboxes/{id}/access", http.HandlerFunc(s.grantAccess)},
+		{"DELETE /sandboxes/{id}/access", http.HandlerFunc(s.revokeAccess)},
 	}
 	for _, m := range proxyMethods {
 		rs = append(rs, route{m + " /sandboxes/{id}/proxy/{port}/{path...}", http.HandlerFunc(s.proxy)})
@@ -399,7 +402,18 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any, allowEmpt
 	return nil
 }
 
-func sandboxJSON(r *registry.Record) apitype.Sandbox {
+// sandboxJSON is a sandbox as the API shows it; ssh_port is the gateway's
+// port while the sandbox runs and the gateway is on.
+func (s *Server) sandboxJSON(r *registry.Record) apitype.Sandbox {
+	out := recordJSON(r)
+	if s.ssh != nil && r.Status.AcceptsExec() {
+		port := s.ssh.Port
+		out.SSHPort = &port
+	}
+	return out
+}
+
+func recordJSON(r *registry.Record) apitype.Sandbox {
 	out := apitype.Sandbox{
 		SandboxID: r.ID, UserID: r.UserID, Status: string(r.Status), ContainerID: r.ContainerID,
 		CreatedAt: r.CreatedAt, HotPath: sandbox.HotPath, ColdPath: sandbox.ColdPath,
@@ -444,7 +458,11 @@ func (s *Server) versionInfo(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, apitype.Version{Version: s.version, Containerd: v})
+	out := apitype.Version{Version: s.version, Containerd: v}
+	if s.ssh != nil {
+		out.SSHHostKey = s.ssh.Fingerprint
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
@@ -465,7 +483,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, sandboxJSON(rec))
+	writeJSON(w, http.StatusCreated, s.sandboxJSON(rec))
 }
 
 func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
@@ -497,7 +515,7 @@ func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
 	}
 	out := apitype.SandboxList{Sandboxes: []apitype.Sandbox{}, Total: page.Total, NextCursor: page.NextCursor}
 	for _, rec := range page.Records {
-		out.Sandboxes = append(out.Sandboxes, sandboxJSON(rec))
+		out.Sandboxes = append(out.Sandboxes, s.sandboxJSON(rec))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -522,7 +540,7 @@ func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, sandboxJSON(rec))
+	writeJSON(w, http.StatusOK, s.sandboxJSON(rec))
 }
 
 func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {

@@ -208,6 +208,41 @@ type ImportResponse struct {
 type Version struct {
 	Version    string `json:"version"`
 	Containerd string `json:"containerd"`
+	// SSHHostKey is the SSH gateway's host key fingerprint (SHA256:...),
+	// absent when the gateway is off.
+	SSHHostKey string `json:"ssh_host_key,omitempty"`
+}
+
+// AccessRequest is the optional body of POST /sandboxes/{id}/access.
+type AccessRequest struct {
+	User       string `json:"user,omitempty"`
+	TTLSeconds *int64 `json:"ttl_seconds,omitempty"`
+	// PublicKey, an authorized_keys line, is the caller's own key: the
+	// answer then carries no private key.
+	PublicKey string `json:"public_key,omitempty"`
+}
+
+// Access answers POST /sandboxes/{id}/access: the original service's
+// fields (private_key, username, host, port, ssh_command), the gateway's
+// known_hosts line and a command that checks it, and what the grant is.
+type Access struct {
+	PrivateKey       string    `json:"private_key,omitempty"`
+	Username         string    `json:"username"`
+	Host             string    `json:"host"`
+	Port             int       `json:"port"`
+	SSHCommand       string    `json:"ssh_command"`
+	KnownHosts       string    `json:"known_hosts"`
+	SSHCommandStrict string    `json:"ssh_command_strict"`
+	Fingerprint      string    `json:"fingerprint"`
+	HostKey          string    `json:"host_key_fingerprint"`
+	ExpiresAt        time.Time `json:"expires_at"`
+	SandboxID        string    `json:"sandbox_id"`
+}
+
+// AccessRevoked answers DELETE /sandboxes/{id}/access.
+type AccessRevoked struct {
+	SandboxID string `json:"sandbox_id"`
+	Revoked   int    `json:"revoked"`
 }
 
 // TierUsage is the size of one storage tier.

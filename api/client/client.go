@@ -543,3 +543,22 @@ func (s *Stream) CloseWrite() error {
 	}
 	return s.Close()
 }
+
+// GrantAccess calls POST /sandboxes/{id}/access: a key that opens the
+// sandbox over the SSH gateway (the caller's PublicKey, or a key pair made
+// by the daemon whose private half comes back once).
+func (c *Client) GrantAccess(ctx context.Context, id string, req apitype.AccessRequest) (*apitype.Access, error) {
+	var a apitype.Access
+	return &a, c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/access", nil, req, http.StatusOK, &a)
+}
+
+// RevokeAccess calls DELETE /sandboxes/{id}/access: every key of the
+// sandbox, or only the one with fingerprint.
+func (c *Client) RevokeAccess(ctx context.Context, id, fingerprint string) (*apitype.AccessRevoked, error) {
+	var q url.Values
+	if fingerprint != "" {
+		q = url.Values{"fingerprint": {fingerprint}}
+	}
+	var r apitype.AccessRevoked
+	return &r, c.do(ctx, http.MethodDelete, "/sandboxes/"+url.PathEscape(id)+"/access", q, nil, http.StatusOK, &r)
+}

@@ -59,6 +59,10 @@ type Config struct {
 	// each behind the sandbox's token unless in config.public_ports.
 	PreviewAddress string
 	PreviewDomain  string
+	// SSHAddress, when set, is where the SSH gateway listens; clients are
+	// told SSHPublicHost (default: SSHAddress's host).
+	SSHAddress    string
+	SSHPublicHost string
 	// Metrics receives the daemon's metrics; nil makes Run create its own.
 	// Tests pass one to share it across restarts.
 	Metrics *metrics.Metrics
@@ -111,6 +115,8 @@ func flags() []cli.Flag {
 		&cli.StringFlag{Name: "metrics-address", EnvVars: []string{"MATRX_METRICS_ADDRESS"}, Usage: "loopback HOST:PORT serving only GET /metrics (default off; the socket always serves /metrics)"},
 		&cli.StringFlag{Name: "tcp-address", EnvVars: []string{"MATRX_TCP_ADDRESS"}, Usage: "HOST:PORT of an optional TCP API listener for old clients, e.g. 127.0.0.1:8000 (default off; needs --api-key-file)"},
 		&cli.StringFlag{Name: "api-key-file", EnvVars: []string{"MATRX_API_KEY_FILE"}, Usage: "file (mode 0600) holding the X-API-Key the TCP listener requires"},
+		&cli.StringFlag{Name: "ssh-address", Value: "127.0.0.1:2222", EnvVars: []string{"MATRX_SSH_ADDRESS"}, Usage: "HOST:PORT of the SSH gateway (keys from POST /sandboxes/{id}/access); \"\" turns it off; bind a public address (or forward to it) to reach sandboxes from other machines"},
+		&cli.StringFlag{Name: "ssh-public-host", EnvVars: []string{"MATRX_SSH_PUBLIC_HOST"}, Usage: "host name or address clients are told to connect to (default: the --ssh-address host)"},
 		&cli.StringFlag{Name: "preview-address", EnvVars: []string{"MATRX_PREVIEW_ADDRESS"}, Usage: "HOST:PORT of the preview listener, e.g. 127.0.0.1:8443: serves http://<port>-<sandbox id>.<preview domain>/ to browsers, with the sandbox's token (POST /sandboxes/{id}/preview) unless the port is in config.public_ports (default off)"},
 		&cli.StringFlag{Name: "preview-domain", Value: "localhost", EnvVars: []string{"MATRX_PREVIEW_DOMAIN"}, Usage: "domain of preview hosts (<port>-<sandbox id>.DOMAIN); localhost resolves to loopback in browsers"},
 		&cli.IntFlag{Name: "sandbox-api-port", Value: DefaultSandboxAPIPort, EnvVars: []string{"MATRX_SANDBOX_API_PORT"}, Usage: "TCP port, on the sandbox bridge's gateway address only, where sandboxes call home (ORCHESTRATOR_URL: heartbeat, complete, error, their own record); sandboxes without an address get a socket (MATRX_API_SOCKET); 0 turns it off"},
@@ -137,6 +143,8 @@ func configFrom(c *cli.Context) (Config, error) {
 		SandboxAPIPort:      c.Int("sandbox-api-port"),
 		PreviewAddress:      c.String("preview-address"),
 		PreviewDomain:       c.String("preview-domain"),
+		SSHAddress:          c.String("ssh-address"),
+		SSHPublicHost:       c.String("ssh-public-host"),
 		Limits: sandbox.Limits{
 			DefaultImage:       c.String("image"),
 			DefaultCPU:         c.Float64("default-cpu"),
@@ -277,6 +285,23 @@ func (c Config) validateListeners() error {
 			return fmt.Errorf("metrics address %q is not a loopback address: the metrics listener has no authentication, so it binds only 127.0.0.0/8, ::1 or localhost (scrape over the socket or through a proxy instead): %w",
 				c.MetricsAddress, errdefs.ErrInvalidArgument)
 		}
+	}
+	if c.SSHAddress != "" {
+		host, port, err := net.SplitHostPort(c.SSHAddress)
+		if err != nil || port == "" || host == "" {
+			return fmt.Errorf("ssh address %q: want HOST:PORT, e.g. 127.0.0.1:2222 (or \"\" for off): %w", c.SSHAddress, errdefs.ErrInvalidArgument)
+		}
+		for _, other := range []string{c.TCPAddress, c.MetricsAddress, c.PreviewAddress} {
+			if other == c.SSHAddress {
+				return fmt.Errorf("ssh address %q is also another listener's: %w", c.SSHAddress, errdefs.ErrInvalidArgument)
+			}
+		}
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() && c.SSHPublicHost == "" {
+			return fmt.Errorf("ssh address %q listens on every address: set --ssh-public-host to the name clients should connect to: %w", c.SSHAddress, errdefs.ErrInvalidArgument)
+		}
+	}
+	if strings.ContainsAny(c.SSHPublicHost, " \t\n@/") {
+		return fmt.Errorf("ssh public host %q is not a host name or address: %w", c.SSHPublicHost, errdefs.ErrInvalidArgument)
 	}
 	if c.PreviewAddress != "" {
 		host, port, err := net.SplitHostPort(c.PreviewAddress)

@@ -30,6 +30,7 @@ import (
 	"github.com/matrx-dev/matrx/runtime"
 	"github.com/matrx-dev/matrx/runtime/network"
 	"github.com/matrx-dev/matrx/sandbox"
+	"github.com/matrx-dev/matrx/sshgate"
 	"github.com/matrx-dev/matrx/version"
 	"github.com/urfave/cli/v2"
 )
@@ -172,6 +173,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 			Domain: cfg.previewDomain(), Key: key, Port: previewL.Addr().(*net.TCPAddr).Port,
 		}))
 	}
+	gate, err := openSSH(cfg, mgr, log)
+	if err != nil {
+		return err
+	}
+	if gate != nil {
+		defer gate.l.Close()
+		srvOpts = append(srvOpts, api.WithSSH(gate.info))
+	}
 	srv, err := api.NewServer(api.Config{Manager: mgr, Images: rt, Logger: log, Version: version.Version}, srvOpts...)
 	if err != nil {
 		return err
@@ -196,6 +205,19 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 		return err
 	}
 	defer waitListeners()
+	if gate != nil {
+		gctx, stopGate := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := gate.gw.Serve(gctx, gate.l); err != nil {
+				log.Error("ssh gateway stopped", "error", err)
+			}
+		}()
+		// The gateway's sessions end with the daemon (their processes are
+		// hung up), like output follows.
+		defer func() { stopGate(); <-done }()
+	}
 	if home != nil {
 		stopHome, err := home.Start(srv)
 		if err != nil {
@@ -246,6 +268,43 @@ func openSandboxAPI(cfg Config, netMgr *network.Manager, ns runtime.UserNS, log 
 		sc.Lookup = netMgr.SandboxAt
 	}
 	return api.NewSandboxAPI(sc)
+}
+
+// sshGate is the SSH gateway, bound, and how clients reach it.
+type sshGate struct {
+	gw   *sshgate.Gateway
+	l    net.Listener
+	info api.SSHInfo
+}
+
+// openSSH binds the SSH gateway (nil when it is off) with the host key
+// kept under the state dir (made the first time).
+func openSSH(cfg Config, mgr *sandbox.Manager, log *slog.Logger) (*sshGate, error) {
+	if cfg.SSHAddress == "" {
+		log.Info("ssh gateway off")
+		return nil, nil
+	}
+	key, err := sshgate.LoadHostKey(filepath.Join(cfg.StateDir, "ssh"))
+	if err != nil {
+		return nil, err
+	}
+	gw, err := sshgate.New(sshgate.Config{Manager: mgr, HostKey: key, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", cfg.SSHAddress)
+	if err != nil {
+		return nil, fmt.Errorf("ssh gateway: listen on %s: %w", cfg.SSHAddress, err)
+	}
+	host, _, _ := net.SplitHostPort(cfg.SSHAddress)
+	if cfg.SSHPublicHost != "" {
+		host = cfg.SSHPublicHost
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	log.Info("ssh gateway serving", "address", l.Addr().String(), "public_host", host, "host_key", gw.Fingerprint())
+	return &sshGate{gw: gw, l: l, info: api.SSHInfo{
+		Host: host, Port: port, KnownHosts: gw.KnownHosts(host, port), Fingerprint: gw.Fingerprint(),
+	}}, nil
 }
 
 // openPreview binds the preview listener (nil when it is off) before the

@@ -59,6 +59,8 @@ func App() *cli.App {
 			fsCommand(),
 			rmCommand(),
 			portForwardCommand(),
+			sshCommand(),
+			accessCommand(),
 			imageCommand(),
 			storageCommand(),
 			healthCommand(),

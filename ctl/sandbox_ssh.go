@@ -58,7 +58,7 @@ Examples:
 			if c.Bool("root") {
 				user = "root"
 			}
-			code, err := runSSH(c.Context, newClient(c), args[0], user, c.Duration("ttl"), cmd, c.App.ErrWriter)
+			code, err := runSSH(c.Context, newClient(c), args[0], user, c.Duration("ttl"), cmd, c.App.Writer, c.App.ErrWriter)
 			if err != nil {
 				return err
 			}
@@ -71,7 +71,7 @@ Examples:
 }
 
 // runSSH grants a fresh key, runs ssh with it, and revokes it.
-func runSSH(ctx context.Context, cl *client.Client, id, user string, ttl time.Duration, command []string, errw io.Writer) (int, error) {
+func runSSH(ctx context.Context, cl *client.Client, id, user string, ttl time.Duration, command []string, w, errw io.Writer) (int, error) {
 	bin, err := exec.LookPath("ssh")
 	if err != nil {
 		return 0, fmt.Errorf("the ssh client is not installed (Debian: apt-get install openssh-client): %w", errdefs.ErrFailedPrecondition)
@@ -128,7 +128,7 @@ func runSSH(ctx context.Context, cl *client.Client, id, user string, ttl time.Du
 		args = append(args, command...)
 	}
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, w, errw
 	// ^C belongs to ssh (the terminal sends it to both): this process only
 	// waits for it to end.
 	sigs := make(chan os.Signal, 1)

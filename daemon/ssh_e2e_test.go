@@ -414,6 +414,27 @@ func TestSSH(t *testing.T) {
 			}
 		}
 	})
+	t.Run("cli", func(t *testing.T) {
+		// matrx ssh: a key made by the CLI, the host key checked, the exit
+		// code passed through, the key revoked afterwards.
+		out, errOut, code := h.CLI("ssh", a.SandboxID, "--", `echo "$(id -u) $SANDBOX_ID"; exit 4`)
+		if out != "1000 "+a.SandboxID+"\n" || code != 4 {
+			t.Fatalf("matrx ssh: %q %q exit %d", out, errOut, code)
+		}
+		if out, _, code := h.CLI("ssh", a.SandboxID, "--root", "--", "id -u"); out != "0\n" || code != 0 {
+			t.Fatalf("matrx ssh --root: %q %d", out, code)
+		}
+		if n := strings.Count(h.Logs(), `"msg":"ssh access revoked","sandbox_id":"`+a.SandboxID+`","user_id":"sam","keys":1,"fingerprint":"SHA256:`); n != 2 {
+			t.Errorf("matrx ssh revoked its own key %d times, want 2", n)
+		}
+		out, _, code = h.CLI("access", "grant", a.SandboxID, "--ttl", "2m")
+		if code != 0 || !strings.Contains(out, `"private_key": "-----BEGIN OPENSSH PRIVATE KEY-----`) {
+			t.Fatalf("matrx access grant: %d %s", code, out)
+		}
+		if out, _, code := h.CLI("access", "revoke", b.SandboxID); code != 0 || out != b.SandboxID+": 0 key(s) revoked\n" {
+			t.Fatalf("matrx access revoke: %d %q", code, out)
+		}
+	})
 	t.Run("host key", func(t *testing.T) {
 		pk, _, _ := ed25519.GenerateKey(rand.Reader)
 		other, _ := ssh.NewPublicKey(pk)

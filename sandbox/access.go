@@ -206,10 +206,11 @@ type Login struct {
 	ExpiresAt   time.Time
 }
 
-// LookupAccess finds the live sandbox an SSH public key (its wire form)
-// opens. NotFound: no sandbox holds the key; PermissionDenied: its grant
-// expired; FailedPrecondition: its sandbox does not run. The Login of the
-// last two still names the sandbox, for the log.
+// LookupAccess finds the running sandbox an SSH public key (its wire
+// form) opens. NotFound: no running sandbox holds the key (stopped ones
+// are not looked at: a login attempt, which anyone who reaches the
+// gateway can make, reads only the live records); PermissionDenied: its
+// grant expired, and the Login still names the sandbox, for the log.
 func (m *Manager) LookupAccess(ctx context.Context, key []byte) (*Login, error) {
 	pub, err := ssh.ParsePublicKey(key)
 	if err != nil {
@@ -217,37 +218,28 @@ func (m *Manager) LookupAccess(ctx context.Context, key []byte) (*Login, error) 
 	}
 	fp := ssh.FingerprintSHA256(pub)
 	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pub)))
-	rs, err := m.store.List(ctx, registry.Filter{})
+	rs, err := m.store.List(ctx, registry.Filter{Statuses: []registry.Status{registry.StatusReady, registry.StatusRunning}})
 	if err != nil {
 		return nil, err
 	}
 	now := m.now()
-	var found *Login
-	var ferr error
+	var expired *Login
 	for _, r := range rs {
 		for _, k := range r.AccessKeys {
 			if k.Fingerprint != fp || k.PublicKey != line {
 				continue
 			}
 			l := &Login{SandboxID: r.ID, UserID: r.UserID, User: k.User, Fingerprint: fp, ExpiresAt: k.ExpiresAt}
-			switch {
-			case !r.Status.AcceptsExec():
-				if found == nil {
-					found, ferr = l, fmt.Errorf("sandbox %s is %s: %w", r.ID, r.Status, errdefs.ErrFailedPrecondition)
-				}
-			case !now.Before(k.ExpiresAt):
-				if found == nil || ferr != nil && errdefs.IsFailedPrecondition(ferr) {
-					found, ferr = l, fmt.Errorf("the key expired at %s: %w", k.ExpiresAt.Format(time.RFC3339), errdefs.ErrPermissionDenied)
-				}
-			default:
+			if now.Before(k.ExpiresAt) {
 				return l, nil
 			}
+			expired = l
 		}
 	}
-	if found != nil {
-		return found, ferr
+	if expired != nil {
+		return expired, fmt.Errorf("the key expired at %s: %w", expired.ExpiresAt.Format(time.RFC3339), errdefs.ErrPermissionDenied)
 	}
-	return nil, fmt.Errorf("no sandbox holds key %s: %w", fp, errdefs.ErrNotFound)
+	return nil, fmt.Errorf("no running sandbox holds key %s: %w", fp, errdefs.ErrNotFound)
 }
 
 // AccessValid reports whether a login still stands: its sandbox runs and

@@ -188,7 +188,7 @@ func (g *Gateway) serverConfig(ctx context.Context, remote string) *ssh.ServerCo
 			}
 			switch {
 			case err != nil && errdefs.IsNotFound(err):
-				return reject("no sandbox holds this key", err)
+				return reject("no running sandbox holds this key", err)
 			case err != nil:
 				return reject(err.Error(), err)
 			case meta.User() != l.User:

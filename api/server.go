@@ -10,6 +10,7 @@
 package api
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -21,6 +22,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -72,6 +74,9 @@ type Server struct {
 	// (CloseStreams).
 	streams      context.Context
 	closeStreams context.CancelFunc
+	rproxy       *httputil.ReverseProxy
+	preview      *previewConfig
+	ssh          *SSHInfo
 }
 
 // CloseStreams ends every open output follow, attach and file watch (the
@@ -125,6 +130,13 @@ func (s *Server) routes() []route {
 		{"GET /users/{user_id}/storage", http.HandlerFunc(s.storageStats)},
 		{"DELETE /users/{user_id}/storage/{tier}", http.HandlerFunc(s.storageClean)},
 		{"POST /users/{user_id}/storage/restore", http.HandlerFunc(s.storageRestore)},
+		{"POST /sandboxes/{id}/ports/{port}/connect", http.HandlerFunc(s.connectPort)},
+		{"POST /sandboxes/{id}/preview", http.HandlerFunc(s.createPreview)},
+		{"POST /sandboxes/{id}/access", http.HandlerFunc(s.grantAccess)},
+		{"DELETE /sandboxes/{id}/access", http.HandlerFunc(s.revokeAccess)},
+	}
+	for _, m := range proxyMethods {
+		rs = append(rs, route{m + " /sandboxes/{id}/proxy/{port}/{path...}", http.HandlerFunc(s.proxy)})
 	}
 	rs = append(rs, s.processRoutes()...)
 	if s.metrics != nil {
@@ -180,6 +192,7 @@ func NewServer(cfg Config, opts ...Option) (*Server, error) {
 		o(s)
 	}
 	s.streams, s.closeStreams = context.WithCancel(context.Background())
+	s.rproxy = s.newReverseProxy()
 	mux := http.NewServeMux()
 	for _, rt := range s.routes() {
 		mux.Handle(rt.pattern, rt.handler)
@@ -200,7 +213,14 @@ type ctxKey int
 const (
 	keyPeer ctxKey = iota
 	keyRequestID
+	keyCaller   // *sandboxConn: a connection of the sandbox listener
+	keyCallerID // string: the sandbox a sandbox-listener request comes from
+	keyListener // string: which listener served a request, when not the API's
 )
+
+func withListener(ctx context.Context, name string) context.Context {
+	return context.WithValue(ctx, keyListener, name)
+}
 
 // Peer is the credential of the process on the other end of the socket.
 type Peer struct {
@@ -218,6 +238,19 @@ type statusWriter struct {
 	// rewrite turns net/http's own plain-text errors (unknown route, wrong
 	// method) into the JSON error shape.
 	swallow bool
+	// raw passes a response through untouched: a sandbox app's answer
+	// through the proxy is the app's, plain-text errors included.
+	raw bool
+}
+
+// Hijack hands the connection over (WebSocket and TCP upgrades); the
+// request is logged as 101.
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err == nil && !w.written {
+		w.written, w.status = true, http.StatusSwitchingProtocols
+	}
+	return c, brw, err
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -226,7 +259,7 @@ func (w *statusWriter) WriteHeader(code int) {
 	}
 	w.written = true
 	w.status = code
-	if code >= 400 && strings.HasPrefix(w.Header().Get("Content-Type"), "text/plain") {
+	if code >= 400 && !w.raw && strings.HasPrefix(w.Header().Get("Content-Type"), "text/plain") {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Del("X-Content-Type-Options")
 		w.ResponseWriter.WriteHeader(code)
@@ -293,6 +326,11 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			}
 			if peer.Known {
 				attrs = append(attrs, "peer_uid", peer.UID, "peer_pid", peer.PID)
+			}
+			if sc, ok := r.Context().Value(keyCaller).(*sandboxConn); ok {
+				attrs = append(attrs, "listener", "sandbox", "sandbox_id", sc.id)
+			} else if l, ok := r.Context().Value(keyListener).(string); ok {
+				attrs = append(attrs, "listener", l, "host", r.Host)
 			}
 			level := slog.LevelInfo
 			if sw.status >= 500 {
@@ -364,14 +402,26 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any, allowEmpt
 	return nil
 }
 
-func sandboxJSON(r *registry.Record) apitype.Sandbox {
+// sandboxJSON is a sandbox as the API shows it; ssh_port is the gateway's
+// port while the sandbox runs and the gateway is on.
+func (s *Server) sandboxJSON(r *registry.Record) apitype.Sandbox {
+	out := recordJSON(r)
+	if s.ssh != nil && r.Status.AcceptsExec() {
+		port := s.ssh.Port
+		out.SSHPort = &port
+	}
+	return out
+}
+
+func recordJSON(r *registry.Record) apitype.Sandbox {
 	out := apitype.Sandbox{
 		SandboxID: r.ID, UserID: r.UserID, Status: string(r.Status), ContainerID: r.ContainerID,
 		CreatedAt: r.CreatedAt, HotPath: sandbox.HotPath, ColdPath: sandbox.ColdPath,
 		Config: apitype.SandboxConfig{
 			Image: r.Config.Image, CPU: r.Config.CPU, MemoryMB: r.Config.MemoryMB, Pids: r.Config.Pids, DiskMB: r.Config.DiskMB,
 			TTLSeconds: r.Config.TTLSeconds, Env: r.Config.Env, Labels: r.Config.Labels,
-			Network: &apitype.NetworkConfig{Mode: r.Config.Network.Mode, Allow: r.Config.Network.Allow},
+			Network:     &apitype.NetworkConfig{Mode: r.Config.Network.Mode, Allow: r.Config.Network.Allow},
+			PublicPorts: r.Config.PublicPorts,
 		},
 		TTLSeconds: r.Config.TTLSeconds, Image: r.Config.Image, ExpiresAt: r.ExpiresAt,
 		LastHeartbeatAt: r.LastHeartbeatAt, StoppedAt: r.StoppedAt, Error: r.Error,
@@ -408,7 +458,11 @@ func (s *Server) versionInfo(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, apitype.Version{Version: s.version, Containerd: v})
+	out := apitype.Version{Version: s.version, Containerd: v}
+	if s.ssh != nil {
+		out.SSHHostKey = s.ssh.Fingerprint
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
@@ -419,7 +473,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 	}
 	cr := sandbox.CreateRequest{UserID: req.UserID, IdempotencyKey: r.Header.Get(apitype.IdempotencyKeyHeader)}
 	if c := req.Config; c != nil {
-		cr.Config = registry.Config{Image: c.Image, CPU: c.CPU, MemoryMB: c.MemoryMB, Pids: c.Pids, DiskMB: c.DiskMB, TTLSeconds: c.TTLSeconds, Env: c.Env, Labels: c.Labels}
+		cr.Config = registry.Config{Image: c.Image, CPU: c.CPU, MemoryMB: c.MemoryMB, Pids: c.Pids, DiskMB: c.DiskMB, TTLSeconds: c.TTLSeconds, Env: c.Env, Labels: c.Labels, PublicPorts: c.PublicPorts}
 		if c.Network != nil {
 			cr.Config.Network = registry.NetworkConfig{Mode: c.Network.Mode, Allow: c.Network.Allow}
 		}
@@ -429,7 +483,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, sandboxJSON(rec))
+	writeJSON(w, http.StatusCreated, s.sandboxJSON(rec))
 }
 
 func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
@@ -461,7 +515,7 @@ func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
 	}
 	out := apitype.SandboxList{Sandboxes: []apitype.Sandbox{}, Total: page.Total, NextCursor: page.NextCursor}
 	for _, rec := range page.Records {
-		out.Sandboxes = append(out.Sandboxes, sandboxJSON(rec))
+		out.Sandboxes = append(out.Sandboxes, s.sandboxJSON(rec))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -486,7 +540,7 @@ func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, sandboxJSON(rec))
+	writeJSON(w, http.StatusOK, s.sandboxJSON(rec))
 }
 
 func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {

@@ -163,7 +163,8 @@ if [[ "$PKG" == apt ]]; then
   fi
   # vagrant for `vagrant validate`; libseccomp-dev and pkg-config to build
   # runc 1.2 for the containerd 2 test pass (bootstrap/tools.sh).
-  TEST_PACKAGES=(vagrant libseccomp-dev pkg-config)
+  # openssh-client (ssh, scp, sftp) for the SSH gateway's end-to-end tests.
+  TEST_PACKAGES=(vagrant libseccomp-dev pkg-config openssh-client)
   PKG_TOOL=apt-get
 else
   # Amazon Linux 2023 names. The image-build tools (busybox-static,
@@ -178,7 +179,7 @@ else
   )
   OPTIONAL=(containernetworking-plugins s3fs-fuse awscli-2)
   # No vagrant package on AL2023; `vagrant validate` tests skip there.
-  TEST_PACKAGES=()
+  TEST_PACKAGES=(openssh-clients)
   PKG_TOOL=dnf
 fi
 if ((TEST_TOOLS)); then

@@ -14,6 +14,7 @@
 package ctl
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -57,6 +58,9 @@ func App() *cli.App {
 			cpCommand(),
 			fsCommand(),
 			rmCommand(),
+			portForwardCommand(),
+			sshCommand(),
+			accessCommand(),
 			imageCommand(),
 			storageCommand(),
 			healthCommand(),
@@ -76,6 +80,12 @@ func App() *cli.App {
 // command's flags in front of its positional arguments. An error it
 // returns has been printed; a cli.ExitCoder carries the exit code.
 func Run(app *cli.App, args []string) error {
+	return RunContext(context.Background(), app, args)
+}
+
+// RunContext is Run with a context that commands which run until
+// interrupted (port-forward) also stop on.
+func RunContext(ctx context.Context, app *cli.App, args []string) error {
 	args, err := reorderFlags(app, args)
 	if err != nil {
 		w := app.ErrWriter
@@ -85,7 +95,7 @@ func Run(app *cli.App, args []string) error {
 		fmt.Fprintln(w, "matrx: "+err.Error())
 		return cli.Exit("", 2)
 	}
-	return app.Run(args)
+	return app.RunContext(ctx, args)
 }
 
 func setUsageError(c *cli.Command) {

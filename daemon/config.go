@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/api"
 	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/runtime"
 	"github.com/matrx-dev/matrx/sandbox"
@@ -49,6 +50,19 @@ type Config struct {
 	// MaxUploadMB caps one file upload's body (PUT .../files); 0 means
 	// the default, 1024.
 	MaxUploadMB int64
+	// SandboxAPIPort is the TCP port of the sandbox listener on the bridge
+	// gateway address (sandboxes without an address get a socket instead);
+	// 0 turns the way back from inside sandboxes off.
+	SandboxAPIPort int
+	// PreviewAddress, when set, is where the preview listener serves
+	// sandboxes' ports to browsers (Host: <port>-<sandbox id>.PreviewDomain),
+	// each behind the sandbox's token unless in config.public_ports.
+	PreviewAddress string
+	PreviewDomain  string
+	// SSHAddress, when set, is where the SSH gateway listens; clients are
+	// told SSHPublicHost (default: SSHAddress's host).
+	SSHAddress    string
+	SSHPublicHost string
 	// Metrics receives the daemon's metrics; nil makes Run create its own.
 	// Tests pass one to share it across restarts.
 	Metrics *metrics.Metrics
@@ -56,6 +70,9 @@ type Config struct {
 	// line (0: 15 s). Not a flag: tests shorten it.
 	StreamKeepalive time.Duration
 }
+
+// DefaultSandboxAPIPort is where sandboxes call home on the gateway.
+const DefaultSandboxAPIPort = 8787
 
 // flags are matrxd's command-line flags; each has a MATRX_* twin.
 func flags() []cli.Flag {
@@ -98,6 +115,11 @@ func flags() []cli.Flag {
 		&cli.StringFlag{Name: "metrics-address", EnvVars: []string{"MATRX_METRICS_ADDRESS"}, Usage: "loopback HOST:PORT serving only GET /metrics (default off; the socket always serves /metrics)"},
 		&cli.StringFlag{Name: "tcp-address", EnvVars: []string{"MATRX_TCP_ADDRESS"}, Usage: "HOST:PORT of an optional TCP API listener for old clients, e.g. 127.0.0.1:8000 (default off; needs --api-key-file)"},
 		&cli.StringFlag{Name: "api-key-file", EnvVars: []string{"MATRX_API_KEY_FILE"}, Usage: "file (mode 0600) holding the X-API-Key the TCP listener requires"},
+		&cli.StringFlag{Name: "ssh-address", Value: "127.0.0.1:2222", EnvVars: []string{"MATRX_SSH_ADDRESS"}, Usage: "HOST:PORT of the SSH gateway (keys from POST /sandboxes/{id}/access); \"\" turns it off; bind a public address (or forward to it) to reach sandboxes from other machines"},
+		&cli.StringFlag{Name: "ssh-public-host", EnvVars: []string{"MATRX_SSH_PUBLIC_HOST"}, Usage: "host name or address clients are told to connect to (default: the --ssh-address host)"},
+		&cli.StringFlag{Name: "preview-address", EnvVars: []string{"MATRX_PREVIEW_ADDRESS"}, Usage: "HOST:PORT of the preview listener, e.g. 127.0.0.1:8443: serves http://<port>-<sandbox id>.<preview domain>/ to browsers, with the sandbox's token (POST /sandboxes/{id}/preview) unless the port is in config.public_ports (default off)"},
+		&cli.StringFlag{Name: "preview-domain", Value: "localhost", EnvVars: []string{"MATRX_PREVIEW_DOMAIN"}, Usage: "domain of preview hosts (<port>-<sandbox id>.DOMAIN); localhost resolves to loopback in browsers"},
+		&cli.IntFlag{Name: "sandbox-api-port", Value: DefaultSandboxAPIPort, EnvVars: []string{"MATRX_SANDBOX_API_PORT"}, Usage: "TCP port, on the sandbox bridge's gateway address only, where sandboxes call home (ORCHESTRATOR_URL: heartbeat, complete, error, their own record); sandboxes without an address get a socket (MATRX_API_SOCKET); 0 turns it off"},
 	)
 }
 
@@ -118,6 +140,11 @@ func configFrom(c *cli.Context) (Config, error) {
 		TCPAddress:          c.String("tcp-address"),
 		APIKeyFile:          c.String("api-key-file"),
 		MaxUploadMB:         c.Int64("max-upload-mb"),
+		SandboxAPIPort:      c.Int("sandbox-api-port"),
+		PreviewAddress:      c.String("preview-address"),
+		PreviewDomain:       c.String("preview-domain"),
+		SSHAddress:          c.String("ssh-address"),
+		SSHPublicHost:       c.String("ssh-public-host"),
 		Limits: sandbox.Limits{
 			DefaultImage:       c.String("image"),
 			DefaultCPU:         c.Float64("default-cpu"),
@@ -184,6 +211,8 @@ func (c Config) Validate() error {
 		return bad("expiry interval %v is too short (min 100ms)", c.ExpiryInterval)
 	case c.MaxUploadMB < 0 || c.MaxUploadMB > 1<<30:
 		return bad("max upload %d MB must be positive", c.MaxUploadMB)
+	case c.SandboxAPIPort < 0 || c.SandboxAPIPort > 65535:
+		return bad("sandbox api port %d: want 1-65535, or 0 for off", c.SandboxAPIPort)
 	}
 	switch c.UserNS.Mode {
 	case "", "auto", "on", "off":
@@ -257,6 +286,35 @@ func (c Config) validateListeners() error {
 				c.MetricsAddress, errdefs.ErrInvalidArgument)
 		}
 	}
+	if c.SSHAddress != "" {
+		host, port, err := net.SplitHostPort(c.SSHAddress)
+		if err != nil || port == "" || host == "" {
+			return fmt.Errorf("ssh address %q: want HOST:PORT, e.g. 127.0.0.1:2222 (or \"\" for off): %w", c.SSHAddress, errdefs.ErrInvalidArgument)
+		}
+		for _, other := range []string{c.TCPAddress, c.MetricsAddress, c.PreviewAddress} {
+			if other == c.SSHAddress {
+				return fmt.Errorf("ssh address %q is also another listener's: %w", c.SSHAddress, errdefs.ErrInvalidArgument)
+			}
+		}
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() && c.SSHPublicHost == "" {
+			return fmt.Errorf("ssh address %q listens on every address: set --ssh-public-host to the name clients should connect to: %w", c.SSHAddress, errdefs.ErrInvalidArgument)
+		}
+	}
+	if strings.ContainsAny(c.SSHPublicHost, " \t\n@/") {
+		return fmt.Errorf("ssh public host %q is not a host name or address: %w", c.SSHPublicHost, errdefs.ErrInvalidArgument)
+	}
+	if c.PreviewAddress != "" {
+		host, port, err := net.SplitHostPort(c.PreviewAddress)
+		if err != nil || port == "" || host == "" {
+			return fmt.Errorf("preview address %q: want HOST:PORT, e.g. 127.0.0.1:8443: %w", c.PreviewAddress, errdefs.ErrInvalidArgument)
+		}
+		if c.PreviewAddress == c.TCPAddress || c.PreviewAddress == c.MetricsAddress {
+			return fmt.Errorf("preview address %q is also another listener's: %w", c.PreviewAddress, errdefs.ErrInvalidArgument)
+		}
+		if err := api.ValidPreviewDomain(c.previewDomain()); err != nil {
+			return err
+		}
+	}
 	if c.TCPAddress == "" {
 		return nil
 	}
@@ -274,6 +332,14 @@ func (c Config) validateListeners() error {
 		return fmt.Errorf("tcp address and metrics address are both %q: %w", c.TCPAddress, errdefs.ErrInvalidArgument)
 	}
 	return nil
+}
+
+// previewDomain is the preview domain, "localhost" when unset.
+func (c Config) previewDomain() string {
+	if c.PreviewDomain == "" {
+		return "localhost"
+	}
+	return c.PreviewDomain
 }
 
 // isLoopback reports whether host is "localhost" or a loopback IP literal.

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -27,7 +28,9 @@ import (
 	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
+	"github.com/matrx-dev/matrx/runtime/network"
 	"github.com/matrx-dev/matrx/sandbox"
+	"github.com/matrx-dev/matrx/sshgate"
 	"github.com/matrx-dev/matrx/version"
 	"github.com/urfave/cli/v2"
 )
@@ -133,9 +136,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	// Cold mounts are deliberately not unmounted on exit: running sandboxes
 	// keep using them, and the next start re-acquires them.
 	defer closeStorage()
-	mgr, err := sandbox.New(sandbox.Config{
-		Store: store, Runtime: rt, Storage: storage, Limits: cfg.Limits, Logger: log, Metrics: mx,
-	})
+	home, err := openSandboxAPI(cfg, netMgr, ns, log)
+	if err != nil {
+		return err
+	}
+	mcfg := sandbox.Config{Store: store, Runtime: rt, Storage: storage, Limits: cfg.Limits, Logger: log, Metrics: mx}
+	if home != nil {
+		mcfg.Home = home
+	}
+	mgr, err := sandbox.New(mcfg)
 	if err != nil {
 		return err
 	}
@@ -149,8 +158,30 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	}
 	defer mgr.Wait()
 
-	srv, err := api.NewServer(api.Config{Manager: mgr, Images: rt, Logger: log, Version: version.Version},
-		api.WithMetrics(mx), api.WithKeepalive(cfg.StreamKeepalive), api.WithMaxUploadBytes(cfg.maxUploadBytes()))
+	srvOpts := []api.Option{api.WithMetrics(mx), api.WithKeepalive(cfg.StreamKeepalive), api.WithMaxUploadBytes(cfg.maxUploadBytes())}
+	previewL, err := openPreview(cfg, log)
+	if err != nil {
+		return err
+	}
+	if previewL != nil {
+		key, err := api.LoadPreviewKey(filepath.Join(cfg.StateDir, "preview.key"))
+		if err != nil {
+			previewL.Close()
+			return fmt.Errorf("preview listener: %w", err)
+		}
+		srvOpts = append(srvOpts, api.WithPreview(api.PreviewConfig{
+			Domain: cfg.previewDomain(), Key: key, Port: previewL.Addr().(*net.TCPAddr).Port,
+		}))
+	}
+	gate, err := openSSH(cfg, mgr, log)
+	if err != nil {
+		return err
+	}
+	if gate != nil {
+		defer gate.l.Close()
+		srvOpts = append(srvOpts, api.WithSSH(gate.info))
+	}
+	srv, err := api.NewServer(api.Config{Manager: mgr, Images: rt, Logger: log, Version: version.Version}, srvOpts...)
 	if err != nil {
 		return err
 	}
@@ -168,12 +199,33 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	// process or client: a shutdown ends them (clients resume after the
 	// restart) instead of waiting out the drain.
 	httpSrv.RegisterOnShutdown(srv.CloseStreams)
-	waitListeners, err := serveOptionalListeners(ctx, cfg, srv, mx, apiKey, log)
+	waitListeners, err := serveOptionalListeners(ctx, cfg, srv, mx, apiKey, previewL, log)
 	if err != nil {
 		l.Close()
 		return err
 	}
 	defer waitListeners()
+	if gate != nil {
+		gctx, stopGate := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := gate.gw.Serve(gctx, gate.l); err != nil {
+				log.Error("ssh gateway stopped", "error", err)
+			}
+		}()
+		// The gateway's sessions end with the daemon (their processes are
+		// hung up), like output follows.
+		defer func() { stopGate(); <-done }()
+	}
+	if home != nil {
+		stopHome, err := home.Start(srv)
+		if err != nil {
+			l.Close()
+			return err
+		}
+		defer stopHome(5 * time.Second)
+	}
 
 	bg, cancelBG := context.WithCancel(ctx)
 	defer cancelBG()
@@ -196,6 +248,79 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
 	log.Info("matrxd stopping; sandboxes keep running")
 	return err
+}
+
+// openSandboxAPI prepares the sandbox listener (nil when it is off): on
+// the gateway address when sandboxes have networking, and per-sandbox
+// sockets under the state dir for those without an address. Its sockets
+// belong to the sandboxes' root and agent group, in host ids.
+func openSandboxAPI(cfg Config, netMgr *network.Manager, ns runtime.UserNS, log *slog.Logger) (*api.SandboxAPI, error) {
+	if cfg.SandboxAPIPort == 0 {
+		log.Info("sandbox listener off: sandboxes cannot call home")
+		return nil, nil
+	}
+	sc := api.SandboxAPIConfig{
+		SocketDir: filepath.Join(cfg.StateDir, "sandbox-api"),
+		SocketUID: int(ns.HostID(0)), SocketGID: int(ns.HostID(runtime.AgentGID)), Logger: log,
+	}
+	if netMgr != nil {
+		sc.Gateway = netip.AddrPortFrom(netMgr.Gateway(), uint16(cfg.SandboxAPIPort))
+		sc.Lookup = netMgr.SandboxAt
+	}
+	return api.NewSandboxAPI(sc)
+}
+
+// sshGate is the SSH gateway, bound, and how clients reach it.
+type sshGate struct {
+	gw   *sshgate.Gateway
+	l    net.Listener
+	info api.SSHInfo
+}
+
+// openSSH binds the SSH gateway (nil when it is off) with the host key
+// kept under the state dir (made the first time).
+func openSSH(cfg Config, mgr *sandbox.Manager, log *slog.Logger) (*sshGate, error) {
+	if cfg.SSHAddress == "" {
+		log.Info("ssh gateway off")
+		return nil, nil
+	}
+	key, err := sshgate.LoadHostKey(filepath.Join(cfg.StateDir, "ssh"))
+	if err != nil {
+		return nil, err
+	}
+	gw, err := sshgate.New(sshgate.Config{Manager: mgr, HostKey: key, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", cfg.SSHAddress)
+	if err != nil {
+		return nil, fmt.Errorf("ssh gateway: listen on %s: %w", cfg.SSHAddress, err)
+	}
+	host, _, _ := net.SplitHostPort(cfg.SSHAddress)
+	if cfg.SSHPublicHost != "" {
+		host = cfg.SSHPublicHost
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	log.Info("ssh gateway serving", "address", l.Addr().String(), "public_host", host, "host_key", gw.Fingerprint())
+	return &sshGate{gw: gw, l: l, info: api.SSHInfo{
+		Host: host, Port: port, KnownHosts: gw.KnownHosts(host, port), Fingerprint: gw.Fingerprint(),
+	}}, nil
+}
+
+// openPreview binds the preview listener (nil when it is off) before the
+// server is built, so that the URLs it hands out carry the real port.
+func openPreview(cfg Config, log *slog.Logger) (net.Listener, error) {
+	if cfg.PreviewAddress == "" {
+		return nil, nil
+	}
+	l, err := api.ListenTCP(cfg.PreviewAddress)
+	if err != nil {
+		return nil, fmt.Errorf("preview listener: %w", err)
+	}
+	if host, _, _ := net.SplitHostPort(cfg.PreviewAddress); !isLoopback(host) {
+		log.Warn("preview listener is not on loopback: sandboxes' apps are served to the network behind their tokens, in plain HTTP; put a TLS proxy in front", "address", l.Addr().String())
+	}
+	return l, nil
 }
 
 // listener takes the socket from systemd socket activation when there is
@@ -289,7 +414,7 @@ func daemonMetrics(cfg Config, store registry.Store, log *slog.Logger) *metrics.
 // serveOptionalListeners starts the loopback metrics listener and the TCP
 // API listener when they are configured. They stop when ctx ends or when
 // the returned wait func is called, which blocks until they have drained.
-func serveOptionalListeners(ctx context.Context, cfg Config, srv *api.Server, mx *metrics.Metrics, apiKey []byte, log *slog.Logger) (wait func(), err error) {
+func serveOptionalListeners(ctx context.Context, cfg Config, srv *api.Server, mx *metrics.Metrics, apiKey []byte, previewL net.Listener, log *slog.Logger) (wait func(), err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wait = func() { cancel(); wg.Wait() }
@@ -317,6 +442,10 @@ func serveOptionalListeners(ctx context.Context, cfg Config, srv *api.Server, mx
 		mux.Handle("GET /metrics", mx.Handler())
 		log.Info("metrics listener serving", "address", l.Addr().String())
 		serve("metrics", l, mux, 5*time.Second)
+	}
+	if previewL != nil {
+		log.Info("preview listener serving (a sandbox token required unless a port is public)", "address", previewL.Addr().String(), "domain", cfg.previewDomain())
+		serve("preview", previewL, srv.PreviewHandler(), 5*time.Second)
 	}
 	if cfg.TCPAddress != "" {
 		h, err := srv.TCPHandler(apiKey)

@@ -43,7 +43,7 @@ func startRealDaemon(t *testing.T, env *containerdtest.Env, extra ...string) *re
 	os.MkdirAll(dir, 0o700)
 	d := &realDaemon{t: t, bin: daemontest.BuildMatrxd(t, dir), sock: filepath.Join(dir, "matrxd.sock")}
 	d.args = append([]string{
-		"--socket", d.sock, "--containerd-address", env.Address, "--containerd-namespace", daemontest.Namespace,
+		"--socket", d.sock, "--containerd-address", env.Address, "--containerd-namespace", daemontest.Namespace, "--ssh-address=",
 		"--state-dir", filepath.Join(dir, "state"), "--init-path", env.InitPath, "--relay-path", env.RelayPath,
 		"--network", "off", "--image", containerdtest.MinimalImage, "--log-format", "text", "--log-level", "debug",
 		"--expiry-interval", "1s", "--checkpoint-interval", "0",

@@ -69,6 +69,8 @@ type Config struct {
 	Env        map[string]string `json:"env,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`
 	Network    NetworkConfig     `json:"network"`
+	// PublicPorts are served by the preview listener without a token.
+	PublicPorts []int `json:"public_ports,omitempty"`
 }
 
 // NetworkConfig is a sandbox's egress policy: mode "default" (internet,
@@ -115,6 +117,20 @@ type Record struct {
 	// first of them with the reason ("PATH: REASON").
 	HotSyncRejectedCount int      `json:"hot_sync_rejected_count,omitempty"`
 	HotSyncRejected      []string `json:"hot_sync_rejected,omitempty"`
+	// AccessKeys are the public keys that open the sandbox over the SSH
+	// gateway (never a private key), each for one user until its expiry.
+	AccessKeys []AccessKey `json:"access_keys,omitempty"`
+}
+
+// AccessKey is one public key that opens a sandbox over SSH.
+type AccessKey struct {
+	// Fingerprint is the key's SHA256 fingerprint (as ssh-keygen -l).
+	Fingerprint string `json:"fingerprint"`
+	// PublicKey is the key in authorized_keys form.
+	PublicKey string    `json:"public_key"`
+	User      string    `json:"user"` // agent or root
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at"`
 }
 
 // MaxRejectedListed bounds Record.HotSyncRejected.
@@ -147,6 +163,8 @@ func (r *Record) Clone() *Record {
 	c.Config.Labels = cloneMap(r.Config.Labels)
 	c.Config.Network.Allow = append([]string(nil), r.Config.Network.Allow...)
 	c.HotSyncRejected = append([]string(nil), r.HotSyncRejected...)
+	c.Config.PublicPorts = append([]int(nil), r.Config.PublicPorts...)
+	c.AccessKeys = append([]AccessKey(nil), r.AccessKeys...)
 	if r.LastHeartbeatAt != nil {
 		t := *r.LastHeartbeatAt
 		c.LastHeartbeatAt = &t

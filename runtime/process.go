@@ -629,6 +629,11 @@ func (p *Process) CloseStdin(ctx context.Context) error {
 	if _, err := p.stdinWriter(); err != nil {
 		return err
 	}
+	// The process opens its FIFO only once it runs in its cgroup (the
+	// wrapper's exec 0<FIFO). Let go before that, and the FIFO has no
+	// writer left: the open waits for one forever. So wait (a few seconds
+	// at most) until the process holds its end, or has ended.
+	p.waitStdinOpen(ctx)
 	p.mu.Lock()
 	p.info.StdinClosed = true
 	info := p.info
@@ -648,6 +653,23 @@ func (p *Process) CloseStdin(ctx context.Context) error {
 	defer ctl.Close()
 	_, err = ctl.Write([]byte{relay.CmdReleaseStdin})
 	return err
+}
+
+// waitStdinOpen waits until the process's stdin is its FIFO, it has
+// ended, ctx ends, or a few seconds have passed (a command that moved its
+// stdin elsewhere never matches).
+func (p *Process) waitStdinOpen(ctx context.Context) {
+	info := p.Info()
+	deadline := time.Now().Add(5 * time.Second)
+	for !p.exited() && !stdinOpened(info.HostPid, info.StdinPath) && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.done:
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // relayRunning reports whether the process's relay still has its control

@@ -76,6 +76,9 @@ func (m *Manager) resolve(out registry.Config) (registry.Config, error) {
 	if err := validateLabels(out.Labels); err != nil {
 		return out, err
 	}
+	if err := validatePublicPorts(out.PublicPorts); err != nil {
+		return out, err
+	}
 	if out.Network.Mode == "" {
 		out.Network.Mode = string(network.ModeNone)
 		if m.rt != nil && m.rt.Networking() {
@@ -199,14 +202,23 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 		return nil, err
 	}
 	policy, _ := networkPolicy(cfg.Network) // validated by resolve
+	mounts := []runtime.Mount{
+		{Source: home, Destination: HotPath},
+		{Source: coldPath, Destination: ColdPath, Slave: true},
+	}
+	if m.home != nil && !bridged(rec) {
+		dir, err := m.home.OpenSocket(rec.ID)
+		if err != nil {
+			return nil, err
+		}
+		rollback.Push("close home socket", func(context.Context) error { m.home.CloseSocket(rec.ID); return nil })
+		mounts = append(mounts, runtime.Mount{Source: dir, Destination: HomeSocketDir, ReadOnly: true})
+	}
 	t1 := time.Now()
 	err = m.rt.Create(ctx, runtime.CreateRequest{
 		ID: rec.ID, UserID: userID, Image: cfg.Image,
 		Resources: runtime.Resources{CPU: cfg.CPU, MemoryBytes: cfg.MemoryMB << 20, Pids: cfg.Pids},
-		Mounts: []runtime.Mount{
-			{Source: home, Destination: HotPath},
-			{Source: coldPath, Destination: ColdPath, Slave: true},
-		},
+		Mounts:    mounts,
 		Env:       m.sandboxEnv(rec),
 		Network:   policy,
 		CreatedAt: now,
@@ -335,7 +347,26 @@ func (m *Manager) sandboxEnv(rec *registry.Record) map[string]string {
 	env["USER_ID"] = rec.UserID
 	env["HOT_PATH"] = HotPath
 	env["COLD_PATH"] = ColdPath
+	switch {
+	case m.home == nil:
+	case bridged(rec):
+		if u := m.home.URL(); u != "" {
+			env["ORCHESTRATOR_URL"] = u
+		}
+	default:
+		// No address: the socket carries the requests; the URL gives
+		// clients a host to put in them (curl --unix-socket
+		// "$MATRX_API_SOCKET" "$ORCHESTRATOR_URL/sandboxes/$SANDBOX_ID").
+		env["ORCHESTRATOR_URL"] = "http://localhost"
+		env["MATRX_API_SOCKET"] = HomeSocketDir + "/" + HomeSocketName
+	}
 	return env
+}
+
+// bridged reports whether a sandbox has an address on the bridge (resolve
+// records mode none when the daemon has no networking).
+func bridged(rec *registry.Record) bool {
+	return rec.Config.Network.Mode != string(network.ModeNone)
 }
 
 func (m *Manager) setStatus(ctx context.Context, id string, s registry.Status) (*registry.Record, error) {

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,7 +39,31 @@ import (
 const (
 	HotPath  = "/home/agent"
 	ColdPath = "/data/cold"
+	// HomeSocketDir holds the sandbox listener's socket (HomeSocketName)
+	// in sandboxes without a bridge address; MATRX_API_SOCKET names it.
+	HomeSocketDir  = "/.matrx/api"
+	HomeSocketName = "sandbox.sock"
 )
+
+// Home is the way back from inside a sandbox: a listener that matrxd
+// serves for sandboxes only (package api), where a sandbox may read its
+// own record and send heartbeats and complete/error signals about itself.
+// A sandbox with a bridge address reaches it at URL (the gateway); one
+// without (network mode none, or networking off) through a Unix socket of
+// its own, bound read-only at HomeSocketDir. Every process of the sandbox
+// learns where from ORCHESTRATOR_URL (and MATRX_API_SOCKET).
+type Home interface {
+	// URL is where sandboxes with a bridge address reach home, e.g.
+	// http://10.213.0.1:8787; "" when they cannot.
+	URL() string
+	// OpenSocket makes (or, after a daemon restart, makes again) the
+	// socket of a sandbox without a bridge address and returns the host
+	// directory holding it, to bind at HomeSocketDir.
+	OpenSocket(id string) (string, error)
+	// CloseSocket stops serving a sandbox's socket and removes it and its
+	// directory. Closing a sandbox that has none is a no-op.
+	CloseSocket(id string)
+}
 
 // Stop reasons recorded on a stopped sandbox.
 const (
@@ -59,6 +84,7 @@ type Runtime interface {
 	StartProcess(ctx context.Context, id string, spec runtime.ProcessSpec) (*runtime.Process, error)
 	Processes(ctx context.Context, id string) ([]*runtime.Process, error)
 	RemoveProcess(ctx context.Context, p *runtime.Process) error
+	Dial(ctx context.Context, id string, port int) (net.Conn, error)
 	Networking() bool
 	CheckNetwork(p network.Policy) error
 }
@@ -193,6 +219,9 @@ type Config struct {
 	Logger  *slog.Logger
 	// Metrics, when set, records lifecycle latencies and sync volumes.
 	Metrics *metrics.Metrics
+	// Home, when set, is the listener sandboxes call home on; without it
+	// no process in a sandbox is told of any way back.
+	Home Home
 }
 
 // Manager runs sandbox lifecycles.
@@ -201,6 +230,7 @@ type Manager struct {
 	rt      Runtime
 	storage Storage
 	metrics *metrics.Metrics
+	home    Home
 	limits  Limits
 	log     *slog.Logger
 	now     func() time.Time
@@ -230,7 +260,7 @@ func New(cfg Config) (*Manager, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Manager{
-		store: cfg.Store, rt: cfg.Runtime, storage: cfg.Storage, metrics: cfg.Metrics, limits: cfg.Limits,
+		store: cfg.Store, rt: cfg.Runtime, storage: cfg.Storage, metrics: cfg.Metrics, home: cfg.Home, limits: cfg.Limits,
 		log: cfg.Logger, now: time.Now, live: map[string]*liveState{},
 	}, nil
 }

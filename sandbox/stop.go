@@ -120,6 +120,7 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 	var serr error
 	var rep syncReport
 	if derr == nil {
+		m.closeHome(rec.ID)
 		rep, serr = m.finalSync(dctx, rec.ID, rec.UserID, m.shutdownSyncBudget(), log)
 		if err := m.storage.ReleaseCold(dctx, rec.UserID, rec.ID); err != nil {
 			log.Warn("cold release failed", "error", err)
@@ -225,6 +226,13 @@ func (m *Manager) Recover(ctx context.Context) error {
 				if _, err := m.storage.AcquireCold(ctx, r.UserID, r.ID); err != nil {
 					log.Warn("recover: cold mount failed", "error", err)
 				}
+				if m.home != nil && !bridged(r) {
+					// The socket died with the previous daemon; its
+					// directory is still bound in the sandbox.
+					if _, err := m.home.OpenSocket(r.ID); err != nil {
+						log.Warn("recover: the sandbox's way home could not be reopened", "error", err)
+					}
+				}
 				m.checkpointOne(ctx, r)
 				// Adopt its background processes now, so that their timeouts
 				// run again and exits while the daemon was away are recorded.
@@ -237,6 +245,8 @@ func (m *Manager) Recover(ctx context.Context) error {
 		}
 		if err := m.rt.Destroy(ctx, r.ID, 0); err != nil {
 			log.Warn("recover: destroy leftover failed", "error", err)
+		} else {
+			m.closeHome(r.ID)
 		}
 		var serr error
 		var rep syncReport
@@ -340,6 +350,13 @@ func (m *Manager) discardHot(ctx context.Context, id string, log *slog.Logger) e
 	}
 	log.Info("recover: removed the hot dir of a sandbox that never became ready (its agent never ran)")
 	return nil
+}
+
+// closeHome removes a stopped sandbox's way home (a no-op without one).
+func (m *Manager) closeHome(id string) {
+	if m.home != nil {
+		m.home.CloseSocket(id)
+	}
 }
 
 // Wait blocks until background shutdowns have finished.

@@ -20,7 +20,11 @@ var (
 
 // reservedEnv are set by matrx on every process; a request may not override
 // them (an agent that could lie about SANDBOX_ID could confuse its SDK).
-var reservedEnv = map[string]bool{"SANDBOX_ID": true, "USER_ID": true, "HOT_PATH": true, "COLD_PATH": true}
+// ORCHESTRATOR_URL and MATRX_API_SOCKET say where the sandbox listener is.
+var reservedEnv = map[string]bool{
+	"SANDBOX_ID": true, "USER_ID": true, "HOT_PATH": true, "COLD_PATH": true,
+	"ORCHESTRATOR_URL": true, "MATRX_API_SOCKET": true,
+}
 
 func invalid(format string, args ...any) error {
 	return fmt.Errorf(format+": %w", append(args, errdefs.ErrInvalidArgument)...)
@@ -104,6 +108,27 @@ func validateIdempotencyKey(k string) error {
 		if k[i] < 0x21 || k[i] > 0x7e {
 			return invalid("Idempotency-Key may hold only printable ASCII characters without spaces")
 		}
+	}
+	return nil
+}
+
+// MaxPublicPorts bounds config.public_ports.
+const MaxPublicPorts = 16
+
+// validatePublicPorts checks config.public_ports: TCP ports, each once.
+func validatePublicPorts(ports []int) error {
+	if len(ports) > MaxPublicPorts {
+		return invalid("config.public_ports has %d entries, at most %d allowed", len(ports), MaxPublicPorts)
+	}
+	seen := map[int]bool{}
+	for _, p := range ports {
+		if p < 1 || p > 65535 {
+			return invalid("config.public_ports entry %d is not a TCP port (1-65535)", p)
+		}
+		if seen[p] {
+			return invalid("config.public_ports lists %d twice", p)
+		}
+		seen[p] = true
 	}
 	return nil
 }

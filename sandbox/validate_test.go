@@ -59,6 +59,12 @@ func TestResolveConfig(t *testing.T) {
 		{"env key", registry.Config{Env: map[string]string{"A-B": "x"}}, "config.env"},
 		{"env reserved", registry.Config{Env: map[string]string{"USER_ID": "x"}}, "reserved"},
 		{"env NUL", registry.Config{Env: map[string]string{"A": "\x00"}}, "config.env"},
+		{"env orchestrator", registry.Config{Env: map[string]string{"ORCHESTRATOR_URL": "http://evil"}}, "reserved"},
+		{"public ports", registry.Config{PublicPorts: []int{80, 8080}}, ""},
+		{"public port 0", registry.Config{PublicPorts: []int{0}}, "config.public_ports"},
+		{"public port high", registry.Config{PublicPorts: []int{65536}}, "config.public_ports"},
+		{"public port twice", registry.Config{PublicPorts: []int{80, 80}}, "twice"},
+		{"public ports many", registry.Config{PublicPorts: []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17}}, "at most 16"},
 		{"label key", registry.Config{Labels: map[string]string{"": "x"}}, "config.labels"},
 		{"label value", registry.Config{Labels: map[string]string{"a": strings.Repeat("x", 256)}}, "config.labels"},
 	}

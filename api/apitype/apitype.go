@@ -22,6 +22,9 @@ const (
 	// IdempotencyKeyHeader on POST /sandboxes makes a retried create (same
 	// key, within 24 h) return the sandbox the first one made.
 	IdempotencyKeyHeader = "Idempotency-Key"
+	// PreviewTokenHeader carries a sandbox's preview token on the preview
+	// listener (POST /sandboxes/{id}/preview hands it out).
+	PreviewTokenHeader = "X-Matrx-Preview-Token"
 )
 
 // ErrorResponse is every error body.
@@ -50,6 +53,8 @@ type SandboxConfig struct {
 	Env        map[string]string `json:"env,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`
 	Network    *NetworkConfig    `json:"network,omitempty"`
+	// PublicPorts are served by the preview listener without a token.
+	PublicPorts []int `json:"public_ports,omitempty"`
 }
 
 // NetworkConfig is a sandbox's egress policy: mode "default" (the internet,
@@ -160,6 +165,27 @@ type SignalResponse struct {
 	ErrorReceived bool   `json:"error_received,omitempty"`
 }
 
+// PreviewRequest is the body of POST /sandboxes/{id}/preview.
+type PreviewRequest struct {
+	Port       int    `json:"port"`
+	TTLSeconds *int64 `json:"ttl_seconds,omitempty"`
+}
+
+// Preview answers POST /sandboxes/{id}/preview: where the preview listener
+// serves a sandbox's port, and the two ways in (the sandbox's token in
+// TokenHeader, or SignedURL until ExpiresAt). Public ports need neither.
+type Preview struct {
+	SandboxID   string    `json:"sandbox_id"`
+	Port        int       `json:"port"`
+	Host        string    `json:"host"`
+	URL         string    `json:"url"`
+	SignedURL   string    `json:"signed_url"`
+	ExpiresAt   time.Time `json:"expires_at"`
+	Token       string    `json:"token"`
+	TokenHeader string    `json:"token_header"`
+	Public      bool      `json:"public"`
+}
+
 // Image is one image in the daemon's namespace.
 type Image struct {
 	Name      string    `json:"name"`
@@ -182,6 +208,41 @@ type ImportResponse struct {
 type Version struct {
 	Version    string `json:"version"`
 	Containerd string `json:"containerd"`
+	// SSHHostKey is the SSH gateway's host key fingerprint (SHA256:...),
+	// absent when the gateway is off.
+	SSHHostKey string `json:"ssh_host_key,omitempty"`
+}
+
+// AccessRequest is the optional body of POST /sandboxes/{id}/access.
+type AccessRequest struct {
+	User       string `json:"user,omitempty"`
+	TTLSeconds *int64 `json:"ttl_seconds,omitempty"`
+	// PublicKey, an authorized_keys line, is the caller's own key: the
+	// answer then carries no private key.
+	PublicKey string `json:"public_key,omitempty"`
+}
+
+// Access answers POST /sandboxes/{id}/access: the original service's
+// fields (private_key, username, host, port, ssh_command), the gateway's
+// known_hosts line and a command that checks it, and what the grant is.
+type Access struct {
+	PrivateKey       string    `json:"private_key,omitempty"`
+	Username         string    `json:"username"`
+	Host             string    `json:"host"`
+	Port             int       `json:"port"`
+	SSHCommand       string    `json:"ssh_command"`
+	KnownHosts       string    `json:"known_hosts"`
+	SSHCommandStrict string    `json:"ssh_command_strict"`
+	Fingerprint      string    `json:"fingerprint"`
+	HostKey          string    `json:"host_key_fingerprint"`
+	ExpiresAt        time.Time `json:"expires_at"`
+	SandboxID        string    `json:"sandbox_id"`
+}
+
+// AccessRevoked answers DELETE /sandboxes/{id}/access.
+type AccessRevoked struct {
+	SandboxID string `json:"sandbox_id"`
+	Revoked   int    `json:"revoked"`
 }
 
 // TierUsage is the size of one storage tier.

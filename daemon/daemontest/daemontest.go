@@ -61,7 +61,8 @@ type Harness struct {
 
 // Start builds the default test configuration (minimal image, 256 MiB and
 // one CPU per sandbox, 2 s shutdown timeout, bolt store, user namespaces
-// and networking as the host allows, checkpoints off), applies opts, starts
+// and networking as the host allows, checkpoints off, the sandbox listener
+// on its default port), applies opts, starts
 // the daemon, waits until it answers, and imports the minimal image.
 func Start(t testing.TB, opts ...Option) *Harness {
 	t.Helper()
@@ -88,6 +89,9 @@ func StartIn(t testing.TB, env *containerdtest.Env, opts ...Option) *Harness {
 		Storage: daemon.StorageConfig{ColdDriver: "auto", CheckpointInterval: time.Hour, DiskOvercommit: 8},
 		UserNS:  daemon.UserNSConfig{Mode: "auto", Base: 1_000_000},
 		Network: Network(t),
+		// Each harness has its own bridge, so its own gateway address:
+		// the default port does not collide between harnesses.
+		SandboxAPIPort: daemon.DefaultSandboxAPIPort,
 	}
 	for _, o := range opts {
 		o(&h.Config)

@@ -1,0 +1,34 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"net"
+
+	"github.com/containerd/errdefs"
+)
+
+// Dial connects to TCP port on 127.0.0.1 inside a running sandbox (its
+// own network namespace: it works in network mode none too, and opens
+// nothing on the host). It is what the HTTP proxy, port forwarding and
+// SSH local forwarding use.
+func (m *Manager) Dial(ctx context.Context, id string, port int) (net.Conn, error) {
+	if !ValidSandboxID(id) {
+		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
+	}
+	if port < 1 || port > 65535 {
+		return nil, invalid("port %d is out of range [1, 65535]", port)
+	}
+	rec, err := m.store.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if !rec.Status.AcceptsExec() {
+		return nil, fmt.Errorf("sandbox %s is %s, not running: %w", id, rec.Status, errdefs.ErrFailedPrecondition)
+	}
+	c, err := m.rt.Dial(ctx, id, port)
+	if errdefs.IsNotFound(err) {
+		return nil, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrFailedPrecondition)
+	}
+	return c, err
+}

@@ -91,6 +91,48 @@ func (m *Memory) List(_ context.Context, f Filter) ([]*Record, error) {
 	return out, nil
 }
 
+// Counts implements Store.
+func (m *Memory) Counts(context.Context) (Counts, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c := Counts{ByStatus: map[Status]int{}}
+	for _, r := range m.records {
+		c.ByStatus[r.Status]++
+		if r.Status.Terminal() && r.HotSyncPending {
+			c.TerminalPending++
+		}
+	}
+	return c, nil
+}
+
+// Prune implements Store.
+func (m *Memory) Prune(_ context.Context, stoppedBefore time.Time) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for id, r := range m.records {
+		if !r.Status.Terminal() {
+			continue
+		}
+		at := r.CreatedAt
+		if r.StoppedAt != nil {
+			at = *r.StoppedAt
+		}
+		if !at.Before(stoppedBefore) {
+			continue
+		}
+		if k := r.IdempotencyKey; k != "" && m.idem[k] == id {
+			delete(m.idem, k)
+		}
+		delete(m.records, id)
+		n++
+	}
+	return n, nil
+}
+
+// Quarantined implements Store: records in memory never fail to decode.
+func (m *Memory) Quarantined(context.Context) ([]Quarantined, error) { return nil, nil }
+
 // Close implements Store.
 func (m *Memory) Close() error { return nil }
 

@@ -10,15 +10,30 @@
 // Records are never deleted by the lifecycle: a destroyed sandbox stays as
 // "stopped" with StoppedAt and StopReason, for audit.
 //
-// Bucket layout of the bbolt file, schema version 2 (see bolt.go for the
+// Bucket layout of the bbolt file, schema version 3 (see bolt.go for the
 // ordered migrations that produce it):
 //
 //	meta/                    bucket
-//	  schema_version -> "1"  decimal; absent in a brand-new file
+//	  schema_version -> "3"  decimal; absent in a brand-new file
 //	sandboxes/               bucket
 //	  <sandbox id>  -> JSON-encoded Record
 //	idempotency/             bucket (version 2)
 //	  <idempotency key> -> <sandbox id>   the create that used the key
+//	live/                    bucket (version 3): records not in a terminal status
+//	  <sandbox id>  -> <status>
+//	stopped/                 bucket (version 3): terminal records, oldest stop first
+//	  <stopped_at, 8-byte big-endian Unix ns><sandbox id> -> <status>["|pending"]
+//	quarantine/              bucket (version 3): records that failed to decode
+//	  <sandbox id>  -> JSON {raw, error, quarantined_at}
+//
+// live/ and stopped/ are indexes, written in the same transaction as the
+// record they describe: every periodic loop of the daemon (supervision,
+// checkpoints, TTLs, health, metrics) reads live/ and decodes only those
+// records, and pruning (--record-retention) walks stopped/ in time order,
+// so neither grows with the number of records ever written. A record that
+// cannot be decoded is moved to quarantine/ (bytes kept for an operator)
+// the first time anything reads it, instead of failing List and with it
+// the daemon's startup.
 //
 // Fields added to Record after version 1 are optional in JSON, so they need
 // no migration; a change of meaning or key layout does.
@@ -46,6 +61,16 @@ const (
 	StatusExpired      Status = "expired"
 )
 
+// Statuses lists every status, in lifecycle order.
+func Statuses() []Status {
+	return []Status{StatusCreating, StatusStarting, StatusReady, StatusRunning, StatusShuttingDown, StatusStopped, StatusFailed, StatusExpired}
+}
+
+// LiveStatuses are the statuses that are not terminal.
+func LiveStatuses() []Status {
+	return []Status{StatusCreating, StatusStarting, StatusReady, StatusRunning, StatusShuttingDown}
+}
+
 // Terminal reports whether no container should exist for a sandbox in s.
 func (s Status) Terminal() bool {
 	return s == StatusStopped || s == StatusFailed || s == StatusExpired
@@ -71,6 +96,12 @@ type Config struct {
 	Network    NetworkConfig     `json:"network"`
 	// PublicPorts are served by the preview listener without a token.
 	PublicPorts []int `json:"public_ports,omitempty"`
+	// HeartbeatTimeoutSeconds > 0 stops the sandbox (failed,
+	// heartbeat_lost) when no heartbeat came for that long.
+	HeartbeatTimeoutSeconds int64 `json:"heartbeat_timeout_seconds,omitempty"`
+	// IdleTimeoutSeconds > 0 stops the sandbox (stopped, idle) when
+	// nothing touched it for that long (see sandbox.Manager.Touch).
+	IdleTimeoutSeconds int64 `json:"idle_timeout_seconds,omitempty"`
 }
 
 // NetworkConfig is a sandbox's egress policy: mode "default" (internet,
@@ -120,6 +151,17 @@ type Record struct {
 	// AccessKeys are the public keys that open the sandbox over the SSH
 	// gateway (never a private key), each for one user until its expiry.
 	AccessKeys []AccessKey `json:"access_keys,omitempty"`
+	// ReadyAt is when the sandbox first became ready.
+	ReadyAt *time.Time `json:"ready_at,omitempty"`
+	// LastActivityAt is the last activity the daemon saved (API calls
+	// about the sandbox, heartbeats, process output, attach, SSH,
+	// proxied requests); the manager keeps a fresher value in memory.
+	LastActivityAt *time.Time `json:"last_activity_at,omitempty"`
+	// ExitCode is PID 1's exit status, for a sandbox whose init exited
+	// or was killed (stop reasons exited, oom_killed, runtime_lost).
+	ExitCode *int `json:"exit_code,omitempty"`
+	// OOMKills counts the kernel OOM kills inside the sandbox.
+	OOMKills int `json:"oom_kills,omitempty"`
 }
 
 // AccessKey is one public key that opens a sandbox over SSH.
@@ -173,10 +215,21 @@ func (r *Record) Clone() *Record {
 		t := *r.StoppedAt
 		c.StoppedAt = &t
 	}
-	if r.HotSyncedAt != nil {
-		t := *r.HotSyncedAt
-		c.HotSyncedAt = &t
+	c.HotSyncedAt = cloneTime(r.HotSyncedAt)
+	c.ReadyAt = cloneTime(r.ReadyAt)
+	c.LastActivityAt = cloneTime(r.LastActivityAt)
+	if r.ExitCode != nil {
+		n := *r.ExitCode
+		c.ExitCode = &n
 	}
+	return &c
+}
+
+func cloneTime(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	c := *t
 	return &c
 }
 
@@ -202,11 +255,15 @@ func (f Filter) match(r *Record) bool {
 	if f.UserID != "" && r.UserID != f.UserID {
 		return false
 	}
+	return f.matchStatus(r.Status)
+}
+
+func (f Filter) matchStatus(s Status) bool {
 	if len(f.Statuses) == 0 {
 		return true
 	}
-	for _, s := range f.Statuses {
-		if r.Status == s {
+	for _, want := range f.Statuses {
+		if s == want {
 			return true
 		}
 	}
@@ -225,8 +282,35 @@ type Store interface {
 	// Update applies fn to the stored record atomically and saves the result.
 	// If fn returns an error nothing is saved and the error is returned.
 	Update(ctx context.Context, id string, fn func(*Record) error) (*Record, error)
-	// List returns copies of matching records, oldest first.
+	// List returns copies of matching records, oldest first. Records
+	// that cannot be decoded are quarantined and skipped. A filter on
+	// live statuses only reads the live index.
 	List(ctx context.Context, f Filter) ([]*Record, error)
+	// Counts counts records by status, and the terminal ones whose hot
+	// files are still pending, from the indexes (no record is decoded).
+	Counts(ctx context.Context) (Counts, error)
+	// Prune deletes terminal records that stopped before the given time
+	// (and their idempotency keys), returning how many went.
+	Prune(ctx context.Context, stoppedBefore time.Time) (int, error)
+	// Quarantined lists the records that failed to decode, as moved
+	// aside by List, Get or Update.
+	Quarantined(ctx context.Context) ([]Quarantined, error)
 	// Close releases the store.
 	Close() error
+}
+
+// Counts is what Store.Counts returns.
+type Counts struct {
+	ByStatus map[Status]int
+	// TerminalPending counts terminal records whose hot files are still
+	// only on the host (HotSyncPending).
+	TerminalPending int
+}
+
+// Quarantined is a record that failed to decode, kept byte for byte.
+type Quarantined struct {
+	ID            string    `json:"id"`
+	Raw           []byte    `json:"raw"`
+	Error         string    `json:"error"`
+	QuarantinedAt time.Time `json:"quarantined_at"`
 }

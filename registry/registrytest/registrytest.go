@@ -209,6 +209,92 @@ func Run(t *testing.T, open func(t *testing.T) registry.Store) {
 			t.Fatalf("unknown user: %v", ids(none))
 		}
 	})
+	t.Run("StatusChangesMoveBetweenLiveAndStopped", func(t *testing.T) {
+		s := open(t)
+		for i := 1; i <= 4; i++ {
+			if err := s.Create(ctx, rec(fmt.Sprintf("sbx-00000000000%d", i), "u", base.Add(time.Duration(i)*time.Second))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		stop := func(id string, status registry.Status, at time.Time, pending bool) {
+			t.Helper()
+			if _, err := s.Update(ctx, id, func(r *registry.Record) error {
+				r.Status, r.StoppedAt, r.HotSyncPending = status, &at, pending
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		stop("sbx-000000000001", registry.StatusStopped, base.Add(time.Hour), false)
+		stop("sbx-000000000002", registry.StatusFailed, base.Add(2*time.Hour), true)
+		if _, err := s.Update(ctx, "sbx-000000000003", func(r *registry.Record) error { r.Status = registry.StatusRunning; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		live, err := s.List(ctx, registry.Filter{Statuses: registry.LiveStatuses()})
+		if err != nil || len(live) != 2 || live[0].ID != "sbx-000000000003" || live[1].ID != "sbx-000000000004" {
+			t.Fatalf("live list: %v %v", err, ids(live))
+		}
+		c, err := s.Counts(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[registry.Status]int{registry.StatusStopped: 1, registry.StatusFailed: 1, registry.StatusRunning: 1, registry.StatusCreating: 1}
+		for st, n := range want {
+			if c.ByStatus[st] != n {
+				t.Errorf("count %s = %d, want %d (%v)", st, c.ByStatus[st], n, c.ByStatus)
+			}
+		}
+		if c.TerminalPending != 1 {
+			t.Errorf("terminal pending = %d, want 1", c.TerminalPending)
+		}
+		// A pending sync that later succeeds leaves the count.
+		if _, err := s.Update(ctx, "sbx-000000000002", func(r *registry.Record) error { r.HotSyncPending = false; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if c, _ := s.Counts(ctx); c.TerminalPending != 0 || c.ByStatus[registry.StatusFailed] != 1 {
+			t.Errorf("after the retried sync: %+v", c)
+		}
+	})
+	t.Run("Prune", func(t *testing.T) {
+		s := open(t)
+		for i := 1; i <= 3; i++ {
+			r := rec(fmt.Sprintf("sbx-00000000000%d", i), "u", base)
+			r.IdempotencyKey = fmt.Sprintf("k%d", i)
+			if err := s.Create(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i, at := range []time.Time{base.Add(time.Hour), base.Add(3 * time.Hour)} {
+			at := at
+			if _, err := s.Update(ctx, fmt.Sprintf("sbx-00000000000%d", i+1), func(r *registry.Record) error {
+				r.Status, r.StoppedAt = registry.StatusStopped, &at
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		n, err := s.Prune(ctx, base.Add(2*time.Hour))
+		if err != nil || n != 1 {
+			t.Fatalf("prune: %d %v, want 1", n, err)
+		}
+		if _, err := s.Get(ctx, "sbx-000000000001"); !errdefs.IsNotFound(err) {
+			t.Fatalf("pruned record: %v", err)
+		}
+		for _, id := range []string{"sbx-000000000002", "sbx-000000000003"} {
+			if _, err := s.Get(ctx, id); err != nil {
+				t.Fatalf("%s (stopped after the cutoff, or live) was pruned: %v", id, err)
+			}
+		}
+		// The pruned record's idempotency key names no sandbox any more.
+		again := rec("sbx-000000000009", "u", base.Add(time.Minute))
+		again.IdempotencyKey = "k1"
+		if err := s.Create(ctx, again); err != nil {
+			t.Fatalf("key of a pruned record: %v", err)
+		}
+		if n, err := s.Prune(ctx, base.Add(100*time.Hour)); err != nil || n != 1 {
+			t.Fatalf("second prune: %d %v, want 1 (the live records stay)", n, err)
+		}
+	})
 }
 
 func ids(rs []*registry.Record) []string {

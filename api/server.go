@@ -109,10 +109,11 @@ func (s *Server) routes() []route {
 		{"GET /openapi.yaml", http.HandlerFunc(serveOpenAPIYAML)},
 		{"POST /sandboxes", http.HandlerFunc(s.createSandbox)},
 		{"GET /sandboxes", http.HandlerFunc(s.listSandboxes)},
-		{"GET /sandboxes/{id}", http.HandlerFunc(s.getSandbox)},
+		{"GET /sandboxes/{id}", s.touching(s.getSandbox)},
+		{"PATCH /sandboxes/{id}", s.touching(s.updateSandbox)},
 		{"DELETE /sandboxes/{id}", http.HandlerFunc(s.deleteSandbox)},
-		{"POST /sandboxes/{id}/exec", http.HandlerFunc(s.exec)},
-		{"POST /sandboxes/{id}/heartbeat", http.HandlerFunc(s.heartbeat)},
+		{"POST /sandboxes/{id}/exec", s.touching(s.exec)},
+		{"POST /sandboxes/{id}/heartbeat", s.touching(s.heartbeat)},
 		{"POST /sandboxes/{id}/complete", http.HandlerFunc(s.complete)},
 		{"POST /sandboxes/{id}/error", http.HandlerFunc(s.errorSignal)},
 		{"GET /sandboxes/{id}/files", http.HandlerFunc(s.readFile)},
@@ -125,6 +126,8 @@ func (s *Server) routes() []route {
 		{"GET /sandboxes/{id}/files/watch", http.HandlerFunc(s.watchFiles)},
 		{"GET /sandboxes/{id}/files/find", http.HandlerFunc(s.findFiles)},
 		{"GET /sandboxes/{id}/files/grep", http.HandlerFunc(s.grepFiles)},
+		{"GET /events", http.HandlerFunc(s.streamEvents)},
+		{"GET /admin/quarantine", s.rootOnly(s.quarantine)},
 		{"GET /images", http.HandlerFunc(s.listImages)},
 		{"POST /images/import", http.HandlerFunc(s.importImage)},
 		{"GET /users/{user_id}/storage", http.HandlerFunc(s.storageStats)},
@@ -427,7 +430,10 @@ func recordJSON(r *registry.Record) apitype.Sandbox {
 		LastHeartbeatAt: r.LastHeartbeatAt, StoppedAt: r.StoppedAt, Error: r.Error,
 		HotSyncedAt: r.HotSyncedAt, HotSyncError: r.HotSyncError, HotSyncPending: r.HotSyncPending,
 		HotSyncOverLimit: r.HotSyncOverLimit, HotSyncRejectedCount: r.HotSyncRejectedCount, HotSyncRejected: r.HotSyncRejected,
+		ExitCode: r.ExitCode, OOMKills: r.OOMKills, LastActivityAt: r.LastActivityAt, IdleExpiresAt: sandbox.IdleExpiresAt(r),
 	}
+	out.Config.HeartbeatTimeoutSeconds = r.Config.HeartbeatTimeoutSeconds
+	out.Config.IdleTimeoutSeconds = r.Config.IdleTimeoutSeconds
 	if r.StopReason != "" {
 		reason := r.StopReason
 		out.StopReason = &reason
@@ -437,6 +443,8 @@ func recordJSON(r *registry.Record) apitype.Sandbox {
 
 // --- handlers ---------------------------------------------------------------
 
+// health answers from memory and the registry's index: it never waits on
+// containerd or the bucket, whose state supervision keeps (conditions).
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	n, err := s.mgr.ActiveCount(r.Context())
 	if err != nil {
@@ -444,11 +452,16 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h := apitype.Health{Status: "healthy", ActiveSandboxes: n, UptimeSeconds: time.Since(s.started).Seconds(), Version: s.version, ContainerdStatus: "ok"}
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
-	if _, err := s.images.Version(ctx); err != nil {
-		h.Status, h.ContainerdStatus = "degraded", err.Error()
+	var details []string
+	for _, c := range s.mgr.Conditions() {
+		h.Status = "degraded"
+		h.Reasons = append(h.Reasons, c.Reason)
+		details = append(details, c.Reason+": "+c.Detail)
+		if c.Reason == sandbox.ConditionContainerd {
+			h.ContainerdStatus = c.Detail
+		}
 	}
+	h.Detail = strings.Join(details, "; ")
 	writeJSON(w, http.StatusOK, h)
 }
 
@@ -473,7 +486,8 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 	}
 	cr := sandbox.CreateRequest{UserID: req.UserID, IdempotencyKey: r.Header.Get(apitype.IdempotencyKeyHeader)}
 	if c := req.Config; c != nil {
-		cr.Config = registry.Config{Image: c.Image, CPU: c.CPU, MemoryMB: c.MemoryMB, Pids: c.Pids, DiskMB: c.DiskMB, TTLSeconds: c.TTLSeconds, Env: c.Env, Labels: c.Labels, PublicPorts: c.PublicPorts}
+		cr.Config = registry.Config{Image: c.Image, CPU: c.CPU, MemoryMB: c.MemoryMB, Pids: c.Pids, DiskMB: c.DiskMB, TTLSeconds: c.TTLSeconds, Env: c.Env, Labels: c.Labels,
+			HeartbeatTimeoutSeconds: c.HeartbeatTimeoutSeconds, IdleTimeoutSeconds: c.IdleTimeoutSeconds}
 		if c.Network != nil {
 			cr.Config.Network = registry.NetworkConfig{Mode: c.Network.Mode, Allow: c.Network.Allow}
 		}

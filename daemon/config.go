@@ -32,10 +32,26 @@ type Config struct {
 	LogLevel            slog.Level
 	LogFormat           string // json | text
 	ExpiryInterval      time.Duration
-	Limits              sandbox.Limits
-	Storage             StorageConfig
-	UserNS              UserNSConfig
-	Network             NetworkConfig
+	// ReconcileInterval is how often supervision compares the registry
+	// with containerd, mounts, networks and disks and repairs the
+	// differences (it also runs at startup and after containerd returns);
+	// 0 means 30 s.
+	ReconcileInterval time.Duration
+	// RecordRetention > 0 prunes stopped records older than that (0: keep
+	// every record, for audit).
+	RecordRetention time.Duration
+	// LockDir holds the locks of host-wide resources (containerd
+	// namespace, bridge and subnet); the state dir and the socket lock
+	// next to themselves. matrxd's flag defaults it to /run/matrx; an
+	// empty LockDir (a Config built in code) means <StateDir>/locks, which
+	// only catches daemons that share the state dir.
+	LockDir string
+	// TCPMaxConns caps the TCP listener's connections (0: 128).
+	TCPMaxConns int
+	Limits      sandbox.Limits
+	Storage     StorageConfig
+	UserNS      UserNSConfig
+	Network     NetworkConfig
 
 	// MetricsAddress, when set, is a loopback HOST:PORT where a second
 	// listener serves only GET /metrics, for a scraper that cannot use the
@@ -111,7 +127,13 @@ func flags() []cli.Flag {
 		&cli.Int64Flag{Name: "max-command-timeout", Value: int64(d.MaxCmdTimeout / time.Second), EnvVars: []string{"MATRX_MAX_COMMAND_TIMEOUT"}, Usage: "seconds"},
 		&cli.Int64Flag{Name: "max-upload-mb", Value: 1024, EnvVars: []string{"MATRX_MAX_UPLOAD_MB"}, Usage: "largest file upload body (PUT /sandboxes/{id}/files, a tar's unpacked size too); larger ones get 413"},
 		&cli.Int64Flag{Name: "output-limit", Value: d.OutputLimit, EnvVars: []string{"MATRX_OUTPUT_LIMIT"}, Usage: "bytes kept of each of stdout and stderr per exec"},
-		&cli.DurationFlag{Name: "expiry-interval", Value: 10 * time.Second, EnvVars: []string{"MATRX_EXPIRY_INTERVAL"}, Usage: "how often TTLs are checked"},
+		&cli.DurationFlag{Name: "expiry-interval", Value: 10 * time.Second, EnvVars: []string{"MATRX_EXPIRY_INTERVAL"}, Usage: "how often TTLs, heartbeat and idle timeouts are checked"},
+		&cli.DurationFlag{Name: "reconcile-interval", Value: 30 * time.Second, EnvVars: []string{"MATRX_RECONCILE_INTERVAL"}, Usage: "how often the registry is compared with containerd, mounts, networks and disks (and differences repaired)"},
+		&cli.DurationFlag{Name: "record-retention", EnvVars: []string{"MATRX_RECORD_RETENTION"}, Usage: "prune stopped sandbox records older than this, e.g. 720h (default 0: keep every record)"},
+		&cli.Int64Flag{Name: "default-heartbeat-timeout", EnvVars: []string{"MATRX_DEFAULT_HEARTBEAT_TIMEOUT"}, Usage: "seconds without a heartbeat before a sandbox fails (heartbeat_lost), for sandboxes whose config does not say; 0: off"},
+		&cli.Int64Flag{Name: "default-idle-timeout", EnvVars: []string{"MATRX_DEFAULT_IDLE_TIMEOUT"}, Usage: "seconds without activity before a sandbox stops (idle), for sandboxes whose config does not say; 0: off"},
+		&cli.StringFlag{Name: "lock-dir", Value: "/run/matrx", EnvVars: []string{"MATRX_LOCK_DIR"}, Usage: "where host-wide locks live (containerd namespace, bridge, subnet): one daemon per host state"},
+		&cli.IntFlag{Name: "tcp-max-connections", Value: api.DefaultTCPMaxConns, EnvVars: []string{"MATRX_TCP_MAX_CONNECTIONS"}, Usage: "concurrent connections the TCP listener accepts"},
 		&cli.StringFlag{Name: "metrics-address", EnvVars: []string{"MATRX_METRICS_ADDRESS"}, Usage: "loopback HOST:PORT serving only GET /metrics (default off; the socket always serves /metrics)"},
 		&cli.StringFlag{Name: "tcp-address", EnvVars: []string{"MATRX_TCP_ADDRESS"}, Usage: "HOST:PORT of an optional TCP API listener for old clients, e.g. 127.0.0.1:8000 (default off; needs --api-key-file)"},
 		&cli.StringFlag{Name: "api-key-file", EnvVars: []string{"MATRX_API_KEY_FILE"}, Usage: "file (mode 0600) holding the X-API-Key the TCP listener requires"},
@@ -136,6 +158,10 @@ func configFrom(c *cli.Context) (Config, error) {
 		Store:               strings.ToLower(c.String("store")),
 		LogFormat:           strings.ToLower(c.String("log-format")),
 		ExpiryInterval:      c.Duration("expiry-interval"),
+		ReconcileInterval:   c.Duration("reconcile-interval"),
+		RecordRetention:     c.Duration("record-retention"),
+		LockDir:             c.String("lock-dir"),
+		TCPMaxConns:         c.Int("tcp-max-connections"),
 		MetricsAddress:      c.String("metrics-address"),
 		TCPAddress:          c.String("tcp-address"),
 		APIKeyFile:          c.String("api-key-file"),
@@ -146,28 +172,30 @@ func configFrom(c *cli.Context) (Config, error) {
 		SSHAddress:          c.String("ssh-address"),
 		SSHPublicHost:       c.String("ssh-public-host"),
 		Limits: sandbox.Limits{
-			DefaultImage:       c.String("image"),
-			DefaultCPU:         c.Float64("default-cpu"),
-			MaxCPU:             c.Float64("max-cpu"),
-			DefaultMemoryMB:    c.Int64("default-memory-mb"),
-			MaxMemoryMB:        c.Int64("max-memory-mb"),
-			DefaultPids:        c.Int64("default-pids"),
-			MaxPids:            c.Int64("max-pids"),
-			DefaultDiskMB:      c.Int64("default-disk-mb"),
-			MaxDiskMB:          c.Int64("max-disk-mb"),
-			DefaultTTL:         time.Duration(c.Int64("default-ttl")) * time.Second,
-			MaxTTL:             time.Duration(c.Int64("max-ttl")) * time.Second,
-			ShutdownTimeout:    time.Duration(c.Int64("shutdown-timeout")) * time.Second,
-			MaxCommandLength:   c.Int("max-command-length"),
-			DefaultCmdTimeout:  time.Duration(c.Int64("command-timeout")) * time.Second,
-			MaxCmdTimeout:      time.Duration(c.Int64("max-command-timeout")) * time.Second,
-			OutputLimit:        c.Int64("output-limit"),
-			MaxProcesses:       c.Int("max-processes"),
-			ProcessOutputCap:   c.Int64("process-output-limit"),
-			ProcessRetention:   c.Duration("process-retention"),
-			ProcessRetainCount: c.Int("process-retain-count"),
-			ProcessRetainBytes: c.Int64("process-retain-bytes"),
-			MaxProcessTimeout:  time.Duration(c.Int64("max-process-timeout")) * time.Second,
+			DefaultImage:            c.String("image"),
+			DefaultCPU:              c.Float64("default-cpu"),
+			MaxCPU:                  c.Float64("max-cpu"),
+			DefaultMemoryMB:         c.Int64("default-memory-mb"),
+			MaxMemoryMB:             c.Int64("max-memory-mb"),
+			DefaultPids:             c.Int64("default-pids"),
+			MaxPids:                 c.Int64("max-pids"),
+			DefaultDiskMB:           c.Int64("default-disk-mb"),
+			MaxDiskMB:               c.Int64("max-disk-mb"),
+			DefaultTTL:              time.Duration(c.Int64("default-ttl")) * time.Second,
+			MaxTTL:                  time.Duration(c.Int64("max-ttl")) * time.Second,
+			ShutdownTimeout:         time.Duration(c.Int64("shutdown-timeout")) * time.Second,
+			MaxCommandLength:        c.Int("max-command-length"),
+			DefaultCmdTimeout:       time.Duration(c.Int64("command-timeout")) * time.Second,
+			MaxCmdTimeout:           time.Duration(c.Int64("max-command-timeout")) * time.Second,
+			OutputLimit:             c.Int64("output-limit"),
+			MaxProcesses:            c.Int("max-processes"),
+			ProcessOutputCap:        c.Int64("process-output-limit"),
+			ProcessRetention:        c.Duration("process-retention"),
+			ProcessRetainCount:      c.Int("process-retain-count"),
+			ProcessRetainBytes:      c.Int64("process-retain-bytes"),
+			MaxProcessTimeout:       time.Duration(c.Int64("max-process-timeout")) * time.Second,
+			DefaultHeartbeatTimeout: time.Duration(c.Int64("default-heartbeat-timeout")) * time.Second,
+			DefaultIdleTimeout:      time.Duration(c.Int64("default-idle-timeout")) * time.Second,
 		},
 		Storage: storageConfigFrom(c),
 		UserNS:  UserNSConfig{Mode: strings.ToLower(c.String("userns")), Base: uint32(c.Uint64("userns-base"))},
@@ -213,6 +241,14 @@ func (c Config) Validate() error {
 		return bad("max upload %d MB must be positive", c.MaxUploadMB)
 	case c.SandboxAPIPort < 0 || c.SandboxAPIPort > 65535:
 		return bad("sandbox api port %d: want 1-65535, or 0 for off", c.SandboxAPIPort)
+	case c.ReconcileInterval != 0 && c.ReconcileInterval < time.Second:
+		return bad("reconcile interval %v is too short (min 1s)", c.ReconcileInterval)
+	case c.RecordRetention < 0 || c.RecordRetention > 0 && c.RecordRetention < time.Hour:
+		return bad("record retention %v: want 0 (keep forever) or at least 1h", c.RecordRetention)
+	case c.LockDir != "" && !filepath.IsAbs(c.LockDir):
+		return bad("lock dir %q must be an absolute path", c.LockDir)
+	case c.TCPMaxConns < 0:
+		return bad("tcp max connections %d must be at least 1", c.TCPMaxConns)
 	}
 	switch c.UserNS.Mode {
 	case "", "auto", "on", "off":
@@ -234,6 +270,27 @@ func (c Config) Validate() error {
 		return err
 	}
 	return c.Limits.Validate()
+}
+
+func (c Config) reconcileInterval() time.Duration {
+	if c.ReconcileInterval == 0 {
+		return 30 * time.Second
+	}
+	return c.ReconcileInterval
+}
+
+func (c Config) lockDir() string {
+	if c.LockDir == "" {
+		return filepath.Join(c.StateDir, "locks")
+	}
+	return c.LockDir
+}
+
+func (c Config) tcpMaxConns() int {
+	if c.TCPMaxConns == 0 {
+		return api.DefaultTCPMaxConns
+	}
+	return c.TCPMaxConns
 }
 
 // socketGID resolves the socket group: a gid, a group name, or root's group

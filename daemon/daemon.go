@@ -66,6 +66,13 @@ func newLogger(cfg Config) *slog.Logger {
 }
 
 // Run starts matrxd and blocks until ctx ends.
+//
+// Startup order: claim the host state (one daemon per state dir, socket,
+// containerd namespace and bridge/subnet), open the registry, connect to
+// containerd, open storage (a bucket that does not answer within 2 s
+// starts the daemon degraded rather than blocking it), recover records
+// (fast: containerd only; storage recovery continues in the background),
+// start supervision, serve, and only then say READY=1.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -77,6 +84,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
+	release, err := holdLocks(cfg, cfg.Network.Mode != "off")
+	if err != nil {
+		return err
+	}
+	defer release()
 	var store registry.Store
 	if cfg.Store == "memory" {
 		log.Warn("registry is in memory: sandbox records are lost on restart")
@@ -129,18 +141,18 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 		log.Warn("default image is not imported yet; creates without config.image will fail until it is", "image", cfg.Limits.DefaultImage)
 	}
 
-	storage, closeStorage, err := openStorage(ctx, cfg, ns, mx, log)
+	st, err := openStorage(ctx, cfg, ns, mx, log)
 	if err != nil {
 		return err
 	}
 	// Cold mounts are deliberately not unmounted on exit: running sandboxes
 	// keep using them, and the next start re-acquires them.
-	defer closeStorage()
+	defer st.close()
 	home, err := openSandboxAPI(cfg, netMgr, ns, log)
 	if err != nil {
 		return err
 	}
-	mcfg := sandbox.Config{Store: store, Runtime: rt, Storage: storage, Limits: cfg.Limits, Logger: log, Metrics: mx}
+	mcfg := sandbox.Config{Store: store, Runtime: rt, Storage: st.storage, Limits: cfg.Limits, Logger: log, Metrics: mx}
 	if home != nil {
 		mcfg.Home = home
 	}
@@ -148,15 +160,18 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := mgr.Recover(ctx); err != nil {
+	if st.unreachable != nil {
+		mgr.SetCondition(sandbox.ConditionS3, st.unreachable)
+	}
+	bg, cancelBG := context.WithCancel(ctx)
+	defer cancelBG()
+	// Background work (storage recovery, supervised stops) is waited for
+	// after the listeners closed and the loops were cancelled.
+	defer mgr.Wait()
+	defer cancelBG()
+	if err := mgr.Recover(bg); err != nil {
 		return fmt.Errorf("recover sandboxes: %w", err)
 	}
-	// Release network leftovers of sandboxes that no longer run (a crash
-	// between a container's death and its teardown).
-	if err := rt.GCNetwork(ctx, mgr.HasContainer); err != nil {
-		log.Warn("network garbage collection failed", "error", err)
-	}
-	defer mgr.Wait()
 
 	srvOpts := []api.Option{api.WithMetrics(mx), api.WithKeepalive(cfg.StreamKeepalive), api.WithMaxUploadBytes(cfg.maxUploadBytes())}
 	previewL, err := openPreview(cfg, log)
@@ -193,6 +208,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 		Handler:           srv,
 		ConnContext:       api.ConnContext,
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	// Output follows, attaches and file watches last as long as their
@@ -227,9 +243,27 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 		defer stopHome(5 * time.Second)
 	}
 
-	bg, cancelBG := context.WithCancel(ctx)
-	defer cancelBG()
-	go mgr.RunExpiry(bg, cfg.ExpiryInterval)
+	var loops sync.WaitGroup
+	defer loops.Wait()
+	loops.Go(func() { mgr.Supervise(bg, 0) })
+	loops.Go(func() { mgr.RunExpiry(bg, cfg.ExpiryInterval) })
+	loops.Go(func() { mgr.RunDeadlines(bg, cfg.ExpiryInterval) })
+	loops.Go(func() {
+		// The startup reconcile ends Recover's background work.
+		<-mgr.Recovered()
+		mgr.RunReconcile(bg, cfg.reconcileInterval())
+	})
+	if cfg.RecordRetention > 0 {
+		loops.Go(func() {
+			mgr.PruneRecords(bg, cfg.RecordRetention)
+			runEvery(bg, time.Hour, func(ctx context.Context) { mgr.PruneRecords(ctx, cfg.RecordRetention) })
+		})
+	}
+	if st.probe != nil {
+		loops.Go(func() {
+			runEvery(bg, bucketProbeInterval, func(ctx context.Context) { mgr.SetCondition(sandbox.ConditionS3, st.probe(ctx)) })
+		})
+	}
 	// Failed final syncs are retried on the checkpoint tick, and every
 	// 5 minutes even with checkpoints turned off: files waiting on the
 	// host are never left to the next restart.
@@ -237,8 +271,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	if retryEvery <= 0 {
 		retryEvery = 5 * time.Minute
 	}
-	go mgr.RunStorageTasks(bg, cfg.Storage.CheckpointInterval, retryEvery)
-	go watchdog(bg)
+	loops.Go(func() { mgr.RunStorageTasks(bg, cfg.Storage.CheckpointInterval, retryEvery) })
+	loops.Go(func() { watchdog(bg) })
 
 	log.Info("matrxd serving", "socket", l.Addr().String(), "version", version.Version)
 	sddaemon.SdNotify(false, sddaemon.SdNotifyReady)
@@ -247,6 +281,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	err = api.Serve(ctx, httpSrv, l, cfg.Limits.MaxCmdTimeout+5*time.Second)
 	sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
 	log.Info("matrxd stopping; sandboxes keep running")
+	cancelBG()
 	return err
 }
 
@@ -323,6 +358,24 @@ func openPreview(cfg Config, log *slog.Logger) (net.Listener, error) {
 	return l, nil
 }
 
+// bucketProbeInterval is how often the bucket is asked whether it answers
+// (s3_unreachable comes and goes with it).
+const bucketProbeInterval = 10 * time.Second
+
+// runEvery calls fn every interval until ctx ends.
+func runEvery(ctx context.Context, interval time.Duration, fn func(context.Context)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			fn(ctx)
+		}
+	}
+}
+
 // listener takes the socket from systemd socket activation when there is
 // one, and creates its own otherwise.
 func listener(cfg Config, log *slog.Logger) (net.Listener, error) {
@@ -388,23 +441,13 @@ func daemonMetrics(cfg Config, store registry.Store, log *slog.Logger) *metrics.
 		mx = metrics.New(metrics.WithLogger(log))
 	}
 	mx.SetSandboxStatus(func(ctx context.Context) (metrics.Snapshot, error) {
-		rs, err := store.List(ctx, registry.Filter{})
+		c, err := store.Counts(ctx) // the registry's indexes: no record is decoded
 		if err != nil {
 			return metrics.Snapshot{}, err
 		}
-		counts := map[string]int{}
-		for _, s := range []registry.Status{
-			registry.StatusCreating, registry.StatusStarting, registry.StatusReady, registry.StatusRunning,
-			registry.StatusShuttingDown, registry.StatusStopped, registry.StatusFailed, registry.StatusExpired,
-		} {
-			counts[string(s)] = 0 // every status is exported, zero included
-		}
-		snap := metrics.Snapshot{ByStatus: counts}
-		for _, r := range rs {
-			counts[string(r.Status)]++
-			if r.HotSyncPending && r.Status.Terminal() {
-				snap.HotSyncPending++
-			}
+		snap := metrics.Snapshot{ByStatus: map[string]int{}, HotSyncPending: c.TerminalPending}
+		for _, s := range registry.Statuses() {
+			snap.ByStatus[string(s)] = c.ByStatus[s] // every status is exported, zero included
 		}
 		return snap, nil
 	})
@@ -419,10 +462,7 @@ func serveOptionalListeners(ctx context.Context, cfg Config, srv *api.Server, mx
 	var wg sync.WaitGroup
 	wait = func() { cancel(); wg.Wait() }
 	serve := func(name string, l net.Listener, h http.Handler, drain time.Duration) {
-		hs := &http.Server{
-			Handler: h, ConnContext: api.ConnContext, ReadHeaderTimeout: 10 * time.Second,
-			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		}
+		hs := api.TCPServer(h, log)
 		hs.RegisterOnShutdown(srv.CloseStreams)
 		wg.Add(1)
 		go func() {
@@ -452,6 +492,7 @@ func serveOptionalListeners(ctx context.Context, cfg Config, srv *api.Server, mx
 		if err == nil {
 			var l net.Listener
 			if l, err = api.ListenTCP(cfg.TCPAddress); err == nil {
+				l = api.LimitListener(l, cfg.tcpMaxConns())
 				if host, _, _ := net.SplitHostPort(cfg.TCPAddress); !isLoopback(host) {
 					log.Warn("tcp api listener is not on loopback: it speaks plain HTTP with a shared key; prefer the unix socket or a TLS proxy", "address", l.Addr().String())
 				}

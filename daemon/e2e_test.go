@@ -284,7 +284,7 @@ func TestBadInput(t *testing.T) {
 	if hot, _ := os.ReadDir(filepath.Join(h.Config.StateDir, "hot")); len(hot) != 1 {
 		t.Fatalf("hot dirs: %d, want 1 (the live sandbox)", len(hot))
 	}
-	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), "/users/u/cold") {
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), h.Config.StateDir+"/cold/mnt/users/u/cold") {
 		t.Fatalf("cold mount of the failed create left behind:\n%s", mi)
 	}
 }
@@ -421,7 +421,7 @@ func TestConcurrentDeletes(t *testing.T) {
 		t.Fatalf("sandbox was stopped %d times, want once", n)
 	}
 	// The user's cold mount is still held for b.
-	if mi, _ := os.ReadFile("/proc/self/mountinfo"); !strings.Contains(string(mi), "/users/hank/cold") {
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); !strings.Contains(string(mi), h.Config.StateDir+"/cold/mnt/users/hank/cold") {
 		t.Fatal("the user's cold mount was released while another sandbox uses it")
 	}
 	if got, _ := h.Client().Get(ctx, a.SandboxID); got.Status != "stopped" {
@@ -449,8 +449,12 @@ func TestCreateDestroyCyclesLeaveNothing(t *testing.T) {
 		})
 		return n
 	}
+	// Only this test's resources are looked at: other daemons (a `make up`
+	// demo, other tests) may have sandboxes on this host.
+	var ids []string
 	for i := 0; i < 50; i++ {
 		s := h.Create("cycler", nil)
+		ids = append(ids, s.SandboxID)
 		if i == 0 && countLeases() != 1 {
 			t.Fatalf("a live sandbox holds %d leases; the leak check below would prove nothing", countLeases())
 		}
@@ -464,8 +468,14 @@ func TestCreateDestroyCyclesLeaveNothing(t *testing.T) {
 		}
 	}
 	out, _ := exec.Command("iptables", "-S").CombinedOutput()
-	if strings.Contains(string(out), "matrx-sandbox=") {
-		t.Errorf("sandbox iptables rules left:\n%s", out)
+	for _, id := range ids {
+		if strings.Contains(string(out), "matrx-sandbox="+id) {
+			t.Errorf("iptables rules of %s left:\n%s", id, out)
+		}
+	}
+	chain := "MATRX-" + h.Config.Network.Bridge + "-SBX"
+	if out, _ := exec.Command("iptables", "-S", chain).CombinedOutput(); strings.Contains(string(out), "matrx-sandbox=") {
+		t.Errorf("sandbox rules left in this daemon's chain %s:\n%s", chain, out)
 	}
 	if out, _ := exec.Command("ip", "-o", "link", "show", "master", h.Config.Network.Bridge).CombinedOutput(); strings.TrimSpace(string(out)) != "" {
 		t.Errorf("veths left on %s:\n%s", h.Config.Network.Bridge, out)

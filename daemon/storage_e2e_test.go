@@ -289,15 +289,19 @@ func TestFailedFinalSyncIsRetried(t *testing.T) {
 	bucketBack()
 	h.Stop()
 	h.Start()
-	if v, ok := get(t, srv, bucket, "users/dana/hot/keep.txt"); !ok || v != "unsynced\n" {
-		t.Fatalf("pending hot files not synced at restart: %q %v", v, ok)
-	}
-	got, _ = h.Client().Get(ctx, s.SandboxID)
-	if got.HotSyncPending || got.HotSyncedAt == nil {
-		t.Fatalf("record after the retry: %+v", got)
-	}
-	if _, err := os.Stat(filepath.Join(h.Config.StateDir, "hot", s.SandboxID)); !os.IsNotExist(err) {
-		t.Fatalf("hot dir not removed after a successful retry: %v", err)
+	// Recovery syncs in the background, right after the daemon serves.
+	waitObject(t, srv, bucket, "users/dana/hot/keep.txt", "unsynced\n")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, _ = h.Client().Get(ctx, s.SandboxID)
+		_, statErr := os.Stat(filepath.Join(h.Config.StateDir, "hot", s.SandboxID))
+		if !got.HotSyncPending && got.HotSyncedAt != nil && os.IsNotExist(statErr) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the retry at restart: record %+v, hot dir: %v", got, statErr)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

@@ -451,6 +451,12 @@ func (s *Storage) ReleaseCold(ctx context.Context, userID, sandboxID string) err
 	return s.cold.Release(ctx, userID)
 }
 
+// SweepCold unmounts cold mounts that no reference holds (left by a
+// previous daemon) and returns their users.
+func (s *Storage) SweepCold(ctx context.Context) ([]string, error) {
+	return s.cold.SweepStale(ctx)
+}
+
 // TierStats is the size of one user's tiers.
 type TierStats struct {
 	Hot, Cold objstore.Usage

@@ -305,7 +305,8 @@ func (b *Bolt) Counts(context.Context) (Counts, error) {
 const pruneBatch = 500
 
 // Prune implements Store: it walks stopped/ from the oldest stop and stops
-// at the first one after the cutoff.
+// at the first one after the cutoff. Records whose hot files are still
+// pending stay (the retry needs them).
 func (b *Bolt) Prune(_ context.Context, stoppedBefore time.Time) (int, error) {
 	total := 0
 	for {
@@ -317,9 +318,12 @@ func (b *Bolt) Prune(_ context.Context, stoppedBefore time.Time) (int, error) {
 			idem := tx.Bucket(bucketIdem)
 			var keys [][]byte
 			c := idx.Cursor()
-			for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			for k, v := c.First(); k != nil; k, v = c.Next() {
 				if len(k) < 8 || int64(binary.BigEndian.Uint64(k[:8])) >= stoppedBefore.UnixNano() {
 					break
+				}
+				if strings.HasSuffix(string(v), pendingSuffix) {
+					continue // its hot files still wait on the host for this record
 				}
 				if len(keys) == pruneBatch {
 					more = true

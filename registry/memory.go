@@ -111,7 +111,7 @@ func (m *Memory) Prune(_ context.Context, stoppedBefore time.Time) (int, error) 
 	defer m.mu.Unlock()
 	n := 0
 	for id, r := range m.records {
-		if !r.Status.Terminal() {
+		if !r.Status.Terminal() || r.HotSyncPending {
 			continue
 		}
 		at := r.CreatedAt

@@ -290,7 +290,8 @@ type Store interface {
 	// files are still pending, from the indexes (no record is decoded).
 	Counts(ctx context.Context) (Counts, error)
 	// Prune deletes terminal records that stopped before the given time
-	// (and their idempotency keys), returning how many went.
+	// (and their idempotency keys), returning how many went. Records whose
+	// hot files are still pending (HotSyncPending) are kept.
 	Prune(ctx context.Context, stoppedBefore time.Time) (int, error)
 	// Quarantined lists the records that failed to decode, as moved
 	// aside by List, Get or Update.

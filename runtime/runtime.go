@@ -115,15 +115,6 @@ func (r *Runtime) CheckNetwork(p network.Policy) error {
 	return r.net.CheckPolicy(p)
 }
 
-// GCNetwork releases network namespaces, leases and rules of sandboxes that
-// keep does not name (after a crash). A no-op without networking.
-func (r *Runtime) GCNetwork(ctx context.Context, keep func(id string) bool) error {
-	if r.net == nil {
-		return nil
-	}
-	return r.net.GC(ctx, keep)
-}
-
 // WithUserNS runs every sandbox in a user namespace with this mapping.
 func WithUserNS(u UserNS) Option { return func(r *Runtime) { r.userns = u } }
 

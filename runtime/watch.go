@@ -324,3 +324,46 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 		return true
 	}
 }
+
+// TaskState is what containerd says of one sandbox right now.
+type TaskState struct {
+	Container  bool // its container exists
+	Task       bool // the container has a task
+	Running    bool
+	Stopped    bool // PID 1 exited (ExitStatus says how)
+	ExitStatus uint32
+}
+
+// TaskState asks containerd about a sandbox's container and task. A
+// sandbox containerd does not know is the zero TaskState, not an error;
+// errors mean containerd (or the task's shim) did not answer.
+func (r *Runtime) TaskState(ctx context.Context, id string) (TaskState, error) {
+	nctx := r.nsCtx(ctx)
+	c, err := r.client.LoadContainer(nctx, id)
+	if errdefs.IsNotFound(err) {
+		return TaskState{}, nil
+	}
+	if err != nil {
+		return TaskState{}, unavailable(err)
+	}
+	out := TaskState{Container: true}
+	t, err := c.Task(nctx, nil)
+	if errdefs.IsNotFound(err) {
+		return out, nil
+	}
+	if err != nil {
+		return out, fmt.Errorf("load task %s: %w", id, err)
+	}
+	out.Task = true
+	st, err := t.Status(nctx)
+	if errdefs.IsNotFound(err) {
+		return TaskState{Container: true}, nil
+	}
+	if err != nil {
+		return out, fmt.Errorf("task status %s: %w", id, err)
+	}
+	out.Running = st.Status == containerd.Running || st.Status == containerd.Paused || st.Status == containerd.Pausing
+	out.Stopped = st.Status == containerd.Stopped
+	out.ExitStatus = st.ExitStatus
+	return out, nil
+}

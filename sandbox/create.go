@@ -70,6 +70,21 @@ func (m *Manager) resolve(out registry.Config) (registry.Config, error) {
 	if out.TTLSeconds < 60 || out.TTLSeconds > int64(l.MaxTTL/time.Second) {
 		return out, invalid("config.ttl_seconds %d is out of range [60, %d]", out.TTLSeconds, int64(l.MaxTTL/time.Second))
 	}
+	for _, t := range []struct {
+		field string
+		v     *int64
+		def   time.Duration
+	}{
+		{"config.heartbeat_timeout_seconds", &out.HeartbeatTimeoutSeconds, l.DefaultHeartbeatTimeout},
+		{"config.idle_timeout_seconds", &out.IdleTimeoutSeconds, l.DefaultIdleTimeout},
+	} {
+		if *t.v == 0 {
+			*t.v = int64(t.def / time.Second)
+		}
+		if *t.v < 0 || *t.v > int64(l.MaxTTL/time.Second) {
+			return out, invalid("%s %d is out of range [1, %d] (0 or omitted: the daemon's default)", t.field, *t.v, int64(l.MaxTTL/time.Second))
+		}
+	}
 	if err := validateEnv(out.Env, "config.env"); err != nil {
 		return out, err
 	}
@@ -133,6 +148,9 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 	if err != nil {
 		return nil, err
 	}
+	if err := m.refuseWhileDegraded("create", ConditionContainerd, ConditionS3); err != nil {
+		return nil, err
+	}
 	now := m.now().UTC()
 	rec := &registry.Record{
 		ID: newSandboxID(), UserID: userID, Status: registry.StatusCreating,
@@ -148,6 +166,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 	}
 	log := m.log.With("sandbox_id", rec.ID, "user_id", userID)
 	log.Info("sandbox creating", "image", cfg.Image, "cpu", cfg.CPU, "memory_mb", cfg.MemoryMB, "pids", cfg.Pids)
+	m.emit(Event{Type: EventCreated, SandboxID: rec.ID, UserID: userID, Status: string(registry.StatusCreating)})
 
 	// Undo steps, run newest first if anything below fails. Hot files may
 	// be removed here: the agent never ran. The failure is recorded even
@@ -168,6 +187,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 			r.StopReason = ReasonError
 			return nil
 		})
+		m.emit(Event{Type: EventStopped, SandboxID: rec.ID, UserID: userID, Status: string(registry.StatusFailed), Reason: ReasonError, Detail: err.Error()})
 		log.Error("sandbox create failed", "error", err)
 		m.metrics.ObserveCreate(time.Since(start), false)
 	}()
@@ -232,19 +252,22 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 		return nil, m.syncDownError(userID, cfg, err)
 	}
 	phase["sync_down"] = down.took
+	syncedAt := m.now().UTC()
 	m.mu.Lock()
-	m.live[rec.ID] = &liveState{cwd: HotPath}
+	m.live[rec.ID] = &liveState{cwd: HotPath, activity: syncedAt, saved: syncedAt}
 	m.mu.Unlock()
 	rollback.Push("forget live state", func(context.Context) error { m.forget(rec.ID); return nil })
-	syncedAt := m.now().UTC()
 	out, err := m.store.Update(ctx, rec.ID, func(r *registry.Record) error {
 		r.Status = registry.StatusReady
 		r.HotSyncedAt = &syncedAt
+		r.ReadyAt = &syncedAt
+		r.LastActivityAt = &syncedAt
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
+	m.emit(Event{Type: EventReady, SandboxID: rec.ID, UserID: userID, Status: string(registry.StatusReady)})
 	args := []any{"total_ms", ms(time.Since(start))}
 	for _, k := range []string{"ensure_user", "prepare_hot", "cold", "container", "sync_down"} {
 		args = append(args, k+"_ms", ms(phase[k]))

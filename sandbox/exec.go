@@ -68,7 +68,20 @@ func (m *Manager) Exec(ctx context.Context, id string, in ExecInput) (*runtime.E
 	if !rec.Status.AcceptsExec() {
 		return nil, fmt.Errorf("sandbox %s is %s, not running: %w", id, rec.Status, errdefs.ErrFailedPrecondition)
 	}
+	if err := m.refuseWhileDegraded("exec", ConditionContainerd); err != nil {
+		return nil, err
+	}
 	st := m.state(id)
+	// An exec in flight is activity for as long as it runs.
+	m.mu.Lock()
+	st.execs++
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		st.execs--
+		m.mu.Unlock()
+		m.Touch(context.WithoutCancel(ctx), id)
+	}()
 	req := runtime.ExecRequest{
 		Command: in.Command, User: user, Timeout: in.Timeout, OutputLimit: l.OutputLimit,
 		Env: m.sandboxEnv(rec), Stdout: in.Stdout, Stderr: in.Stderr,
@@ -121,6 +134,11 @@ func (m *Manager) Exec(ctx context.Context, id string, in ExecInput) (*runtime.E
 func (m *Manager) state(id string) *liveState {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.stateLocked(id)
+}
+
+// stateLocked is state with m.mu held.
+func (m *Manager) stateLocked(id string) *liveState {
 	st, ok := m.live[id]
 	if !ok {
 		st = &liveState{cwd: HotPath}

@@ -8,8 +8,19 @@
 // an errdefs class; api maps those classes to status codes.
 //
 // Statuses move creating → starting → ready → running (first exec or
-// heartbeat) → shutting_down → stopped | expired | failed. Records are never
-// deleted.
+// heartbeat) → shutting_down → stopped | expired | failed. Records are
+// kept for audit (pruned only by --record-retention).
+//
+// Supervision (supervise.go, reconcile.go) keeps every record true: task
+// deaths, missed heartbeats and idleness become stops through the normal
+// stop path, and a reconcile loop repairs whatever a crash left behind.
+//
+// Activity: Manager.Touch is the one method every kind of activity calls
+// to keep a sandbox from idling out (idle_timeout_seconds). The API calls
+// it for every request about a sandbox and for heartbeats; background
+// processes must call it for process output and attach sessions, and the
+// SSH and port proxies for SSH sessions and proxied requests. It is
+// cheap enough to call per chunk of output.
 package sandbox
 
 import (
@@ -87,6 +98,11 @@ type Runtime interface {
 	Dial(ctx context.Context, id string, port int) (net.Conn, error)
 	Networking() bool
 	CheckNetwork(p network.Policy) error
+	// Supervision (runtime.Watch, GC, TaskState, Connected).
+	Watch(ctx context.Context, cfg runtime.WatchConfig)
+	GC(ctx context.Context, p runtime.GCPolicy) ([]runtime.Leftover, error)
+	TaskState(ctx context.Context, id string) (runtime.TaskState, error)
+	Connected() error
 }
 
 // Storage is what the lifecycle needs from host-side storage
@@ -105,6 +121,9 @@ type Storage interface {
 	// release by a sandbox that holds none (its acquire failed) is a no-op.
 	AcquireCold(ctx context.Context, userID, sandboxID string) (string, error)
 	ReleaseCold(ctx context.Context, userID, sandboxID string) error
+	// SweepCold unmounts cold mounts no reference holds (a previous
+	// daemon's), returning their users.
+	SweepCold(ctx context.Context) ([]string, error)
 	Stats(ctx context.Context, userID string) (mounts.TierStats, error)
 	Clean(ctx context.Context, userID, tier string) (int64, error)
 	PruneTrash(ctx context.Context, userID string, now time.Time) (int, error)
@@ -131,6 +150,10 @@ type Limits struct {
 	DefaultCmdTimeout time.Duration
 	MaxCmdTimeout     time.Duration
 	OutputLimit       int64
+	// DefaultHeartbeatTimeout and DefaultIdleTimeout apply to sandboxes
+	// whose config does not set them; 0 is off.
+	DefaultHeartbeatTimeout time.Duration
+	DefaultIdleTimeout      time.Duration
 	// Background processes: at most MaxProcesses running per sandbox (blocking
 	// execs do not count), each keeping ProcessOutputCap bytes of output on
 	// the host; ended ones are kept ProcessRetention, at most
@@ -188,6 +211,10 @@ func (l Limits) Validate() error {
 		return invalid("disk limits: default %d MB must be 0 (off) or in [64, max %d MB]", l.DefaultDiskMB, l.MaxDiskMB)
 	case l.MaxTTL < time.Minute || l.DefaultTTL < time.Minute || l.DefaultTTL > l.MaxTTL:
 		return invalid("ttl limits: default %v must be in [1m, max %v]", l.DefaultTTL, l.MaxTTL)
+	case l.DefaultHeartbeatTimeout < 0 || l.DefaultHeartbeatTimeout > l.MaxTTL:
+		return invalid("default heartbeat timeout %v must be in [0 (off), max ttl %v]", l.DefaultHeartbeatTimeout, l.MaxTTL)
+	case l.DefaultIdleTimeout < 0 || l.DefaultIdleTimeout > l.MaxTTL:
+		return invalid("default idle timeout %v must be in [0 (off), max ttl %v]", l.DefaultIdleTimeout, l.MaxTTL)
 	case l.ShutdownTimeout < 0 || l.ShutdownTimeout > 10*time.Minute:
 		return invalid("shutdown timeout %v must be in [0, 10m]", l.ShutdownTimeout)
 	case l.MaxCommandLength < 1:
@@ -235,16 +262,26 @@ type Manager struct {
 	log     *slog.Logger
 	now     func() time.Time
 
-	mu     sync.Mutex
-	live   map[string]*liveState // in-memory per-sandbox state, dropped on stop
-	procMu sync.Mutex            // process starts and pruning, one at a time
-	bg     sync.WaitGroup        // background shutdowns
+	mu      sync.Mutex
+	live    map[string]*liveState // in-memory per-sandbox state, dropped on stop
+	procMu  sync.Mutex            // process starts and pruning, one at a time
+	hotBusy map[string]bool       // hot dirs a retry or repair is syncing now
+	bg      sync.WaitGroup        // background shutdowns, recovery, saves
+
+	events      eventLog
+	conds       conditions
+	stopSem     chan struct{} // bounds supervision's concurrent stops
+	reconcileMu sync.Mutex
+	recovered   chan struct{} // closed once startup recovery finished
 }
 
 // liveState is what the manager remembers about a running sandbox.
 type liveState struct {
-	cwd     string
-	watches int // file watches streaming now (WatchFiles)
+	cwd      string
+	watches  int       // file watches streaming now (WatchFiles)
+	activity time.Time // last Touch
+	saved    time.Time // when activity was last written to the record
+	execs    int       // execs in flight
 }
 
 // New returns a manager. It does not touch existing sandboxes; call Recover
@@ -262,6 +299,7 @@ func New(cfg Config) (*Manager, error) {
 	return &Manager{
 		store: cfg.Store, rt: cfg.Runtime, storage: cfg.Storage, metrics: cfg.Metrics, home: cfg.Home, limits: cfg.Limits,
 		log: cfg.Logger, now: time.Now, live: map[string]*liveState{},
+		hotBusy: map[string]bool{}, stopSem: make(chan struct{}, maxBackgroundStops), recovered: make(chan struct{}),
 	}, nil
 }
 
@@ -273,7 +311,8 @@ func (m *Manager) Get(ctx context.Context, id string) (*registry.Record, error) 
 	if !ValidSandboxID(id) {
 		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
-	return m.store.Get(ctx, id)
+	r, err := m.store.Get(ctx, id)
+	return m.withActivity(r), err
 }
 
 // List returns a user's sandboxes (all users when userID is empty); only
@@ -286,9 +325,13 @@ func (m *Manager) List(ctx context.Context, userID string, all bool) ([]*registr
 	}
 	f := registry.Filter{UserID: userID}
 	if !all {
-		f.Statuses = []registry.Status{registry.StatusCreating, registry.StatusStarting, registry.StatusReady, registry.StatusRunning, registry.StatusShuttingDown}
+		f.Statuses = registry.LiveStatuses()
 	}
-	return m.store.List(ctx, f)
+	rs, err := m.store.List(ctx, f)
+	for _, r := range rs {
+		m.withActivity(r)
+	}
+	return rs, err
 }
 
 // MaxPageSize bounds one page of GET /sandboxes.
@@ -380,8 +423,16 @@ func parseCursor(s string) (cursor, error) {
 	return cursor{At: time.Unix(0, n).UTC(), ID: id}, nil
 }
 
-// ActiveCount is the number of sandboxes that are not in a terminal state.
+// ActiveCount is the number of sandboxes that are not in a terminal state
+// (from the registry's index: no record is read).
 func (m *Manager) ActiveCount(ctx context.Context) (int, error) {
-	rs, err := m.List(ctx, "", false)
-	return len(rs), err
+	c, err := m.store.Counts(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, s := range registry.LiveStatuses() {
+		n += c.ByStatus[s]
+	}
+	return n, nil
 }

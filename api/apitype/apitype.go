@@ -32,13 +32,18 @@ type ErrorResponse struct {
 	Detail string `json:"detail"`
 }
 
-// Health answers GET /health.
+// Health answers GET /health. Status is "healthy", or "degraded" with
+// Reasons naming why (containerd_unavailable, s3_unreachable) and Detail
+// saying what was seen. A degraded daemon still answers get and list from
+// its registry; creates (and, without containerd, execs) answer 503.
 type Health struct {
-	Status           string  `json:"status"`
-	ActiveSandboxes  int     `json:"active_sandboxes"`
-	UptimeSeconds    float64 `json:"uptime_seconds"`
-	Version          string  `json:"version,omitempty"`
-	ContainerdStatus string  `json:"containerd,omitempty"`
+	Status           string   `json:"status"`
+	ActiveSandboxes  int      `json:"active_sandboxes"`
+	UptimeSeconds    float64  `json:"uptime_seconds"`
+	Version          string   `json:"version,omitempty"`
+	ContainerdStatus string   `json:"containerd,omitempty"`
+	Reasons          []string `json:"reasons,omitempty"`
+	Detail           string   `json:"detail,omitempty"`
 }
 
 // SandboxConfig is the create request's config object and the config echoed
@@ -55,6 +60,12 @@ type SandboxConfig struct {
 	Network    *NetworkConfig    `json:"network,omitempty"`
 	// PublicPorts are served by the preview listener without a token.
 	PublicPorts []int `json:"public_ports,omitempty"`
+	// HeartbeatTimeoutSeconds: no heartbeat for that long stops the
+	// sandbox as failed (heartbeat_lost). IdleTimeoutSeconds: no activity
+	// (API call about it, heartbeat, process output, attach, SSH, proxied
+	// request) for that long stops it (idle). 0: the daemon's default.
+	HeartbeatTimeoutSeconds int64 `json:"heartbeat_timeout_seconds,omitempty"`
+	IdleTimeoutSeconds      int64 `json:"idle_timeout_seconds,omitempty"`
 }
 
 // NetworkConfig is a sandbox's egress policy: mode "default" (the internet,
@@ -103,6 +114,48 @@ type Sandbox struct {
 	// first ones as "PATH: REASON".
 	HotSyncRejectedCount int      `json:"hot_sync_rejected_count,omitempty"`
 	HotSyncRejected      []string `json:"hot_sync_rejected,omitempty"`
+	// Supervision: PID 1's exit status once it exited or was killed, the
+	// OOM kills seen inside, the last activity, and when idleness stops
+	// the sandbox (null without an idle timeout).
+	ExitCode       *int       `json:"exit_code"`
+	OOMKills       int        `json:"oom_kills"`
+	LastActivityAt *time.Time `json:"last_activity_at"`
+	IdleExpiresAt  *time.Time `json:"idle_expires_at"`
+}
+
+// UpdateSandboxRequest is the body of PATCH /sandboxes/{id}: TTLSeconds
+// makes the sandbox expire that many seconds from now (its ttl_seconds
+// becomes expires_at − created_at, at most the daemon's maximum).
+type UpdateSandboxRequest struct {
+	TTLSeconds *int64 `json:"ttl_seconds"`
+}
+
+// Event is one line of GET /events (application/x-ndjson).
+type Event struct {
+	Seq       uint64    `json:"seq"`
+	Time      time.Time `json:"time"`
+	Type      string    `json:"type"`
+	SandboxID string    `json:"sandbox_id,omitempty"`
+	UserID    string    `json:"user_id,omitempty"`
+	Status    string    `json:"status,omitempty"`
+	Reason    string    `json:"reason,omitempty"`
+	ExitCode  *int      `json:"exit_code,omitempty"`
+	Repair    string    `json:"repair,omitempty"`
+	Detail    string    `json:"detail,omitempty"`
+}
+
+// QuarantinedRecord is a registry record that failed to decode, kept for
+// an operator: Raw holds its bytes, base64-encoded.
+type QuarantinedRecord struct {
+	SandboxID     string    `json:"sandbox_id"`
+	Raw           string    `json:"raw_b64"`
+	Error         string    `json:"error"`
+	QuarantinedAt time.Time `json:"quarantined_at"`
+}
+
+// QuarantineList answers GET /admin/quarantine.
+type QuarantineList struct {
+	Records []QuarantinedRecord `json:"records"`
 }
 
 // SandboxList answers GET /sandboxes, newest first. Total counts every

@@ -562,3 +562,55 @@ func (c *Client) RevokeAccess(ctx context.Context, id, fingerprint string) (*api
 	var r apitype.AccessRevoked
 	return &r, c.do(ctx, http.MethodDelete, "/sandboxes/"+url.PathEscape(id)+"/access", q, nil, http.StatusOK, &r)
 }
+
+// SetTTL calls PATCH /sandboxes/{id}: the sandbox expires ttl from now.
+func (c *Client) SetTTL(ctx context.Context, id string, ttl time.Duration) (*apitype.Sandbox, error) {
+	n := int64(ttl / time.Second)
+	var s apitype.Sandbox
+	return &s, c.do(ctx, http.MethodPatch, "/sandboxes/"+url.PathEscape(id), nil, apitype.UpdateSandboxRequest{TTLSeconds: &n}, http.StatusOK, &s)
+}
+
+// Quarantine calls GET /admin/quarantine (root on the Unix socket only).
+func (c *Client) Quarantine(ctx context.Context) (*apitype.QuarantineList, error) {
+	var q apitype.QuarantineList
+	return &q, c.do(ctx, http.MethodGet, "/admin/quarantine", nil, nil, http.StatusOK, &q)
+}
+
+// LifecycleStream is an open GET /events.
+type LifecycleStream struct {
+	body io.ReadCloser
+	dec  *json.Decoder
+}
+
+// Events opens GET /events; since (zero: only new events) replays the
+// events the daemon kept since then first.
+func (c *Client) Events(ctx context.Context, since time.Time) (*LifecycleStream, error) {
+	u := c.base + "/events"
+	if !since.IsZero() {
+		u += "?" + url.Values{"since": {since.UTC().Format(time.RFC3339Nano)}}.Encode()
+	}
+	req, err := c.newRequest(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("build request: %w", err)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("matrxd GET /events: %v: %w", err, errdefs.ErrUnavailable)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, c.decode(resp, http.StatusOK, nil)
+	}
+	return &LifecycleStream{body: resp.Body, dec: json.NewDecoder(resp.Body)}, nil
+}
+
+// Next blocks for the next event; io.EOF once the stream ended.
+func (s *LifecycleStream) Next() (*apitype.Event, error) {
+	var e apitype.Event
+	if err := s.dec.Decode(&e); err != nil {
+		return nil, err
+	}
+	return &e, nil
+}
+
+// Close ends the stream.
+func (s *LifecycleStream) Close() error { return s.body.Close() }

@@ -87,6 +87,7 @@ func StartIn(t testing.TB, env *containerdtest.Env, opts ...Option) *Harness {
 		// Overcommit: tests share this machine's disk, and their
 		// sandboxes write little of their 20 GiB quotas.
 		Storage: daemon.StorageConfig{ColdDriver: "auto", CheckpointInterval: time.Hour, DiskOvercommit: 8},
+		LockDir: filepath.Join(env.Dir, "locks"),
 		UserNS:  daemon.UserNSConfig{Mode: "auto", Base: 1_000_000},
 		Network: Network(t),
 		// Each harness has its own bridge, so its own gateway address:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/containerd/errdefs"
@@ -92,13 +93,15 @@ func (m *Manager) cleanStage() error {
 }
 
 // SweepStale removes mounts below Root that no live Acquire holds (left by a
-// previous daemon) and their directories. Call it once the sandboxes that
-// survived a restart have re-acquired their users' mounts.
-func (m *Manager) SweepStale(ctx context.Context) error {
+// previous daemon) and their directories, and returns the users whose
+// mounts it removed. Call it once the sandboxes that survived a restart
+// have re-acquired their users' mounts.
+func (m *Manager) SweepStale(ctx context.Context) ([]string, error) {
 	mounts, err := readMountinfo()
 	if err != nil {
-		return err
+		return nil, err
 	}
+	var swept []string
 	usersDir := filepath.Join(m.root, "users")
 	seen := make(map[string]bool)
 	var errs []error
@@ -120,13 +123,16 @@ func (m *Manager) SweepStale(ctx context.Context) error {
 			errs = append(errs, err)
 			continue
 		}
+		if !slices.Contains(swept, userID) {
+			swept = append(swept, userID)
+		}
 		if rest == "cold" {
 			if err := m.removeUserDirs(userID); err != nil {
 				errs = append(errs, err)
 			}
 		}
 	}
-	return errors.Join(errs...)
+	return swept, errors.Join(errs...)
 }
 
 // unbindIfEmpty unmounts the bind mounts of Dir/stage and Dir/mnt that this

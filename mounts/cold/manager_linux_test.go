@@ -117,7 +117,7 @@ func TestRestartStacksOnStaleMounts(t *testing.T) {
 		t.Fatalf("%d mounts on %s, want the dead one and the new one", n, mp)
 	}
 
-	if err := m2.SweepStale(ctx); err != nil {
+	if _, err := m2.SweepStale(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(stackAt(mustMountinfo(t), carol)); n != 0 {

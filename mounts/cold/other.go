@@ -26,6 +26,6 @@ func NewManager(context.Context, ManagerConfig, ...ManagerOption) (*Manager, err
 }
 
 // SweepStale is not supported on this OS.
-func (m *Manager) SweepStale(context.Context) error { return errNotSupported }
+func (m *Manager) SweepStale(context.Context) ([]string, error) { return nil, errNotSupported }
 
 func (m *Manager) unbindIfEmpty() error { return errNotSupported }

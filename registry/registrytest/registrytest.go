@@ -291,8 +291,18 @@ func Run(t *testing.T, open func(t *testing.T) registry.Store) {
 		if err := s.Create(ctx, again); err != nil {
 			t.Fatalf("key of a pruned record: %v", err)
 		}
+		if _, err := s.Update(ctx, "sbx-000000000003", func(r *registry.Record) error {
+			at := base.Add(4 * time.Hour)
+			r.Status, r.StoppedAt, r.HotSyncPending = registry.StatusFailed, &at, true
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
 		if n, err := s.Prune(ctx, base.Add(100*time.Hour)); err != nil || n != 1 {
-			t.Fatalf("second prune: %d %v, want 1 (the live records stay)", n, err)
+			t.Fatalf("second prune: %d %v, want 1 (live records and pending hot files stay)", n, err)
+		}
+		if _, err := s.Get(ctx, "sbx-000000000003"); err != nil {
+			t.Fatalf("a record whose hot files are pending was pruned: %v", err)
 		}
 	})
 }

@@ -61,6 +61,7 @@ func App() *cli.App {
 			portForwardCommand(),
 			sshCommand(),
 			accessCommand(),
+			ttlCommand(),
 			imageCommand(),
 			storageCommand(),
 			healthCommand(),

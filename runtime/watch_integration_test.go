@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/matrx-dev/matrx/runtime"
+	"github.com/matrx-dev/matrx/testenv"
 )
 
 // events collects what Watch reports.
@@ -66,6 +67,7 @@ func (e *events) none(t *testing.T, id string) {
 // killed with SIGKILL are each reported within 5 s; execs that exit and a
 // healthy sandbox are not.
 func TestWatchReportsDeaths(t *testing.T) {
+	testenv.BothContainerds(t)
 	rt, env := newRuntime(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -124,6 +126,7 @@ func TestWatchReportsDeaths(t *testing.T) {
 // says so; when it is back, Watch says so again and still reports a death
 // that happened while it was away (the poll, since no event is replayed).
 func TestWatchSurvivesContainerdRestart(t *testing.T) {
+	testenv.BothContainerds(t)
 	rt, env := newRuntime(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	var ev events

@@ -56,7 +56,7 @@ func holdersOf(f *os.File) map[string]string {
 // claim takes the exclusive lock on path, describing the resource as what,
 // and records this process and info in it. A held lock fails with an
 // error naming the resource and the holder's pid.
-func claim(path, what string, info map[string]string) (*hostLock, error) {
+func claim(path, what, flag string, info map[string]string) (*hostLock, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("lock dir for %s: %w", what, err)
 	}
@@ -72,8 +72,8 @@ func claim(path, what string, info map[string]string) (*hostLock, error) {
 			if pid == "" {
 				pid = "unknown"
 			}
-			return nil, fmt.Errorf("another matrxd (pid %s) already uses %s (lock %s): stop it, or give this daemon its own: %w",
-				pid, what, path, errdefs.ErrFailedPrecondition)
+			return nil, fmt.Errorf("another matrxd (pid %s) already uses %s (lock %s): stop it, or give this daemon its own %s: %w",
+				pid, what, path, flag, errdefs.ErrFailedPrecondition)
 		}
 		return nil, fmt.Errorf("lock %s (%s): %w", what, path, err)
 	}
@@ -90,9 +90,9 @@ func claim(path, what string, info map[string]string) (*hostLock, error) {
 
 // holdLocks claims every host resource cfg names. The returned func
 // releases them (at exit; the kernel does it anyway).
-func holdLocks(cfg Config, withNetwork bool) (release func(), err error) {
+func holdLocks(cfg Config, withNetwork bool) (_ func(), err error) {
 	var held []*hostLock
-	release = func() {
+	release := func() {
 		for _, l := range held {
 			l.release()
 		}
@@ -102,17 +102,17 @@ func holdLocks(cfg Config, withNetwork bool) (release func(), err error) {
 			release()
 		}
 	}()
-	take := func(path, what string, info map[string]string) error {
-		l, err := claim(path, what, info)
+	take := func(path, what, flag string) error {
+		l, err := claim(path, what, flag, nil)
 		if err == nil {
 			held = append(held, l)
 		}
 		return err
 	}
-	if err := take(filepath.Join(cfg.StateDir, "matrxd.lock"), "the state dir "+cfg.StateDir, nil); err != nil {
+	if err := take(filepath.Join(cfg.StateDir, "matrxd.lock"), "the state dir "+cfg.StateDir, "--state-dir"); err != nil {
 		return nil, err
 	}
-	if err := take(cfg.Socket+".lock", "the socket "+cfg.Socket, nil); err != nil {
+	if err := take(cfg.Socket+".lock", "the socket "+cfg.Socket, "--socket"); err != nil {
 		return nil, err
 	}
 	addr := cfg.ContainerdAddress
@@ -121,7 +121,7 @@ func holdLocks(cfg Config, withNetwork bool) (release func(), err error) {
 	}
 	sum := sha256.Sum256([]byte(addr))
 	nsLock := filepath.Join(cfg.lockDir(), "containerd-"+safeName(cfg.ContainerdNamespace)+"-"+hex.EncodeToString(sum[:6])+".lock")
-	if err := take(nsLock, fmt.Sprintf("the containerd namespace %q of %s", cfg.ContainerdNamespace, addr), nil); err != nil {
+	if err := take(nsLock, fmt.Sprintf("the containerd namespace %q of %s", cfg.ContainerdNamespace, addr), "--containerd-namespace"); err != nil {
 		return nil, err
 	}
 	if !withNetwork {
@@ -145,12 +145,12 @@ func holdLocks(cfg Config, withNetwork bool) (release func(), err error) {
 // claimNetwork locks the bridge and checks, under a guard lock, that no
 // live daemon's bridge uses a subnet that overlaps ours.
 func claimNetwork(dir, bridge string, subnet netip.Prefix) (*hostLock, error) {
-	guard, err := claim(filepath.Join(dir, "network.guard"), "the network lock guard", nil)
+	guard, err := claim(filepath.Join(dir, "network.guard"), "the network lock guard", "--lock-dir", nil)
 	for i := 0; err != nil && errdefs.IsFailedPrecondition(err) && i < 50; i++ {
 		// Another daemon is checking right now: it holds the guard for
 		// milliseconds.
 		unix.Nanosleep(&unix.Timespec{Nsec: 20e6}, nil)
-		guard, err = claim(filepath.Join(dir, "network.guard"), "the network lock guard", nil)
+		guard, err = claim(filepath.Join(dir, "network.guard"), "the network lock guard", "--lock-dir", nil)
 	}
 	if err != nil {
 		return nil, err
@@ -178,7 +178,7 @@ func claimNetwork(dir, bridge string, subnet netip.Prefix) (*hostLock, error) {
 				h["pid"], other, h["bridge"], subnet, errdefs.ErrFailedPrecondition)
 		}
 	}
-	return claim(filepath.Join(dir, "bridge-"+safeName(bridge)+".lock"), "the network bridge "+bridge,
+	return claim(filepath.Join(dir, "bridge-"+safeName(bridge)+".lock"), "the network bridge "+bridge, "--network-bridge and --network-subnet",
 		map[string]string{"bridge": bridge, "subnet": subnet.String()})
 }
 

@@ -77,6 +77,8 @@ type Server struct {
 	rproxy       *httputil.ReverseProxy
 	preview      *previewConfig
 	ssh          *SSHInfo
+	// tcpBodyTimeout bounds reading a request body on the TCP listener.
+	tcpBodyTimeout time.Duration
 }
 
 // CloseStreams ends every open output follow, attach and file watch (the

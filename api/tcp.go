@@ -18,6 +18,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -138,7 +139,11 @@ func (s *Server) TCPHandler(key []byte) (http.Handler, error) {
 		}
 		writeJSON(w, http.StatusUnauthorized, apitype.ErrorResponse{Detail: detail})
 	})
-	return s.middleware(bodyDeadline(auth, tcpBodyTimeout)), nil
+	body := s.tcpBodyTimeout
+	if body <= 0 {
+		body = tcpBodyTimeout
+	}
+	return bodyDeadline(s.middleware(auth), body), nil
 }
 
 // TCP listener limits.
@@ -155,6 +160,10 @@ const (
 	// tcpRejectLogBurst is how many rejected keys are logged per minute.
 	tcpRejectLogBurst = 10
 )
+
+// WithTCPBodyTimeout sets how long a TCP client may take to send a request
+// body (default 30 s; image uploads are not bound by it).
+func WithTCPBodyTimeout(d time.Duration) Option { return func(s *Server) { s.tcpBodyTimeout = d } }
 
 // TCPServer returns the http.Server for the TCP listener: h (TCPHandler)
 // with header and idle timeouts. There is no overall read or write
@@ -193,7 +202,10 @@ func bodyDeadline(next http.Handler, d time.Duration) http.Handler {
 	})
 }
 
-// deadlineBody lifts its connection's read deadline at the end of the body.
+// deadlineBody lifts its connection's read deadline once the whole body
+// arrived (EOF). A body that failed (the deadline passed) keeps it, so
+// that net/http's own attempt to drain the rest fails fast too and the
+// connection is closed.
 type deadlineBody struct {
 	io.ReadCloser
 	once sync.Once
@@ -202,15 +214,10 @@ type deadlineBody struct {
 
 func (b *deadlineBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	if err != nil {
+	if errors.Is(err, io.EOF) {
 		b.once.Do(b.lift)
 	}
 	return n, err
-}
-
-func (b *deadlineBody) Close() error {
-	b.once.Do(b.lift)
-	return b.ReadCloser.Close()
 }
 
 // logLimiter allows burst log lines per minute and counts the rest.

@@ -94,7 +94,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 		log.Warn("registry is in memory: sandbox records are lost on restart")
 		store = registry.NewMemory()
 	} else {
-		b, err := registry.OpenBolt(ctx, filepath.Join(cfg.StateDir, "registry.db"))
+		b, err := registry.OpenBolt(ctx, filepath.Join(cfg.StateDir, "registry.db"), registry.WithLogger(log))
 		if err != nil {
 			return err
 		}

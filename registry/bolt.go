@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -90,11 +91,19 @@ var migrations = []migration{
 type Bolt struct {
 	db  *bolt.DB
 	now func() time.Time
+	log *slog.Logger
 }
+
+// BoltOption sets an optional knob of OpenBolt.
+type BoltOption func(*Bolt)
+
+// WithLogger receives a line for every record quarantined (default:
+// discarded).
+func WithLogger(l *slog.Logger) BoltOption { return func(b *Bolt) { b.log = l } }
 
 // OpenBolt opens (creating if needed) the registry file at path and migrates
 // it to SchemaVersion. The parent directory is created with mode 0700.
-func OpenBolt(ctx context.Context, path string) (*Bolt, error) {
+func OpenBolt(ctx context.Context, path string, opts ...BoltOption) (*Bolt, error) {
 	if path == "" {
 		return nil, fmt.Errorf("registry path is empty: %w", errdefs.ErrInvalidArgument)
 	}
@@ -110,7 +119,10 @@ func OpenBolt(ctx context.Context, path string) (*Bolt, error) {
 		}
 		return nil, fmt.Errorf("open registry %s: %w", path, err)
 	}
-	b := &Bolt{db: db, now: time.Now}
+	b := &Bolt{db: db, now: time.Now, log: slog.New(slog.DiscardHandler)}
+	for _, o := range opts {
+		o(b)
+	}
 	if err := b.migrate(); err != nil {
 		db.Close()
 		return nil, err
@@ -120,6 +132,7 @@ func OpenBolt(ctx context.Context, path string) (*Bolt, error) {
 
 func (b *Bolt) migrate() error {
 	var current int
+	var quarantined []string
 	err := b.db.Update(func(tx *bolt.Tx) error {
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
@@ -152,6 +165,14 @@ func (b *Bolt) migrate() error {
 		if err != nil {
 			return fmt.Errorf("registry migration to version %d: %w", m.to, err)
 		}
+	}
+	if q, err := b.Quarantined(context.Background()); err == nil {
+		for _, r := range q {
+			quarantined = append(quarantined, r.ID)
+		}
+	}
+	if len(quarantined) > 0 {
+		b.log.Warn("registry: records are quarantined (they do not decode); see GET /admin/quarantine", "records", len(quarantined))
 	}
 	return nil
 }
@@ -404,6 +425,8 @@ func (b *Bolt) quarantine(id string) error {
 		if err == nil {
 			return nil
 		}
+		b.log.Error("registry: record does not decode; quarantined (skipped from now on, kept for GET /admin/quarantine)",
+			"sandbox_id", id, "error", err, "bytes", len(v))
 		return quarantineTx(tx, id, bytes.Clone(v), err.Error(), b.now().UTC())
 	})
 }

@@ -275,14 +275,13 @@ func (m *Manager) Recover(ctx context.Context) error {
 		d.rec = rec
 		dead = append(dead, d)
 	}
-	m.bg.Go(func() {
-		defer close(m.recovered)
-		m.recoverStorage(ctx, survivors, dead)
-	})
+	m.bg.Go(func() { m.recoverStorage(ctx, survivors, dead) })
 	return nil
 }
 
-// Recovered is closed once the background part of Recover has finished.
+// Recovered is closed once the background part of Recover has given every
+// survivor its cold mount reference back and finished the sandboxes it
+// claimed (the first reconcile then starts).
 func (m *Manager) Recovered() <-chan struct{} { return m.recovered }
 
 // recoveredStop is a sandbox Recover found dead or mid-transition.
@@ -304,6 +303,18 @@ const recoveryParallelism = 4
 // did not finish, the next start does.
 func (m *Manager) recoverStorage(ctx context.Context, survivors []*registry.Record, dead []recoveredStop) {
 	start := time.Now()
+	// Every step needs the bucket (cold mounts, checkpoints, final
+	// syncs): while it does not answer, trying would only wait out one
+	// deadline per sandbox. The sandboxes run and accept exec meanwhile.
+	if m.holds(ConditionS3) {
+		m.log.Warn("recovery waits for the bucket to answer", "survivors", len(survivors), "stopped", len(dead))
+		for m.holds(ConditionS3) {
+			if !sleepCtx(ctx, 500*time.Millisecond) {
+				close(m.recovered)
+				return
+			}
+		}
+	}
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, recoveryParallelism)
 	for _, r := range survivors {
@@ -325,13 +336,14 @@ func (m *Manager) recoverStorage(ctx context.Context, survivors []*registry.Reco
 		})
 	}
 	wg.Wait()
-	if err := m.retryPending(ctx, true, m.shutdownSyncBudget()); err != nil {
-		m.log.Warn("recover: pending hot sync scan failed", "error", err)
-	}
-	m.log.Info("recovery finished", "survivors", len(survivors), "stopped", len(dead), "took_ms", ms(time.Since(start)))
+	close(m.recovered)
+	// The first reconcile removes what no live record names (containers
+	// first, so that hot dirs are quiescent) and retries pending hot dirs,
+	// orphans included: the in-memory registry forgets records on restart.
 	if ctx.Err() == nil {
 		m.Reconcile(ctx)
 	}
+	m.log.Info("recovery finished", "survivors", len(survivors), "stopped", len(dead), "took_ms", ms(time.Since(start)))
 }
 
 // finishRecovered stops a sandbox Recover claimed: destroy what is left,

@@ -103,6 +103,26 @@ func (m *Manager) Conditions() []Condition {
 	return out
 }
 
+// holds reports whether a degraded condition holds now.
+func (m *Manager) holds(reason string) bool {
+	c := &m.conds
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.m[reason]
+	return ok
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
 // refuseWhileDegraded answers Unavailable when one of reasons holds.
 func (m *Manager) refuseWhileDegraded(op string, reasons ...string) error {
 	var held []string

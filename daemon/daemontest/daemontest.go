@@ -146,11 +146,17 @@ func UninstallNetworkAtEnd(t testing.TB, stateDir string, nc daemon.NetworkConfi
 }
 
 // BuildMatrxd builds the real matrxd binary into dir, for tests that must
-// kill -9 a daemon process or run it the way systemd does.
-func BuildMatrxd(t testing.TB, dir string) string {
+// kill -9 a daemon process or run it the way systemd does. Build tags
+// select test-only code (matrxfault: the crash-injection points).
+func BuildMatrxd(t testing.TB, dir string, tags ...string) string {
 	t.Helper()
 	bin := filepath.Join(dir, "matrxd")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/matrxd")
+	args := []string{"build", "-o", bin}
+	if len(tags) > 0 {
+		bin += "-" + strings.Join(tags, "-")
+		args = []string{"build", "-tags", strings.Join(tags, ","), "-o", bin}
+	}
+	build := exec.Command("go", append(args, "./cmd/matrxd")...)
 	build.Dir = containerdtest.RepoRoot()
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build matrxd: %v\n%s", err, out)

@@ -23,6 +23,7 @@ var forbidden = map[string][]string{
 	"metrics":    {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor"},
 	"doctor":     {"api", "sandbox", "daemon", "ctl", "registry"},
 	"errclass":   {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics", "undo"},
+	"fault":      {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics", "undo"},
 }
 
 func TestImportDirections(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/matrx-dev/matrx/errclass"
+	"github.com/matrx-dev/matrx/fault"
 	"github.com/matrx-dev/matrx/mounts/cold"
 	"github.com/matrx-dev/matrx/mounts/disk"
 	"github.com/matrx-dev/matrx/mounts/hotsync"
@@ -323,7 +324,10 @@ func (s *Storage) FinishHot(ctx context.Context, sandboxID, userID string) (hots
 	if err != nil {
 		return hotsync.Result{}, err
 	}
-	return sy.Finish(ctx, func() error { return s.removeHot(sandboxID) })
+	return sy.Finish(ctx, func() error {
+		fault.At(ctx, "synced")
+		return s.removeHot(sandboxID)
+	})
 }
 
 // RemoveHot deletes a hot directory without syncing. Only for directories

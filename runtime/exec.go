@@ -19,6 +19,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
+
+	"github.com/matrx-dev/matrx/fault"
 )
 
 // ExitTimedOut is the exit code reported for an exec killed at its deadline
@@ -162,6 +164,7 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 	// Release the gate: the shell is in its cgroup now.
 	gateW.Write([]byte("\n"))
 	gateW.Close()
+	fault.At(ctx, "exec/started")
 	// The shim keeps the stdin FIFO open until told: close it so the command
 	// sees EOF on stdin instead of waiting for input that never comes.
 	if err := proc.CloseIO(ctx, containerd.WithStdinCloser); err != nil {
@@ -195,6 +198,7 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 	if err := exit.Error(); err != nil {
 		return nil, fmt.Errorf("exec in %s: %w", id, err)
 	}
+	fault.At(ctx, "exec/exited")
 	// Let the output reach EOF, but not forever (see ioDrainGrace).
 	drained := make(chan struct{})
 	go func() { proc.IO().Wait(); close(drained) }()

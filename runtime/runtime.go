@@ -25,6 +25,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/matrx-dev/matrx/fault"
 	"github.com/matrx-dev/matrx/undo"
 	"log/slog"
 	"os"
@@ -282,6 +283,7 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 	if err := makeStdinDir(control); err != nil {
 		return err
 	}
+	fault.At(ctx, "create/control-dir")
 
 	env := envList(req.Env)
 	in := SpecInput{
@@ -342,6 +344,7 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 	rollback.Push("delete container", func(ctx context.Context) error {
 		return container.Delete(ctx, containerd.WithSnapshotCleanup)
 	})
+	fault.At(ctx, "create/container")
 
 	task, err := container.NewTask(ctx, nullIO)
 	if err != nil {
@@ -351,15 +354,18 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 		_, err := task.Delete(ctx, containerd.WithProcessKill)
 		return err
 	})
+	fault.At(ctx, "create/task")
 	if withNet {
 		nsSrc := fmt.Sprintf("/proc/%d/ns/net", task.Pid())
 		if _, err := r.net.SetupIn(ctx, req.ID, req.Network, nsSrc); err != nil {
 			return fmt.Errorf("network for %s: %w", req.ID, err)
 		}
+		fault.At(ctx, "create/network")
 	}
 	if err := task.Start(ctx); err != nil {
 		return fmt.Errorf("start task for %s: %v: %w", req.ID, err, errdefs.ErrUnavailable)
 	}
+	fault.At(ctx, "create/started")
 	st := &sandboxTask{task: task, shell: detectShell(int(task.Pid()))}
 	r.mu.Lock()
 	r.tasks[req.ID] = st
@@ -397,6 +403,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string, grace time.Duration) e
 		if err := stopTask(ctx, task, grace); err != nil {
 			return fmt.Errorf("stop task %s: %w", id, err)
 		}
+		fault.At(ctx, "task-killed")
 		// Every process is gone (PID 1 exited, so the kernel killed the
 		// rest of the PID namespace): the network goes while containerd
 		// reaps the shim. Both take ~25-50 ms and touch nothing in common.
@@ -407,9 +414,11 @@ func (r *Runtime) Destroy(ctx context.Context, id string, grace time.Duration) e
 		if terr != nil && !errdefs.IsNotFound(terr) {
 			return errors.Join(fmt.Errorf("delete task %s: %w", id, terr), nerr)
 		}
+		fault.At(ctx, "task-deleted")
 		if err := container.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 			return errors.Join(fmt.Errorf("delete container %s: %w", id, err), nerr)
 		}
+		fault.At(ctx, "container-deleted")
 		return nerr
 	}
 	if err := container.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {

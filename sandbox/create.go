@@ -12,6 +12,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/matrx-dev/matrx/fault"
 	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
@@ -164,6 +165,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 		}
 		return nil, fmt.Errorf("record sandbox: %w", err)
 	}
+	fault.At(ctx, "create/recorded")
 	log := m.log.With("sandbox_id", rec.ID, "user_id", userID)
 	log.Info("sandbox creating", "image", cfg.Image, "cpu", cfg.CPU, "memory_mb", cfg.MemoryMB, "pids", cfg.Pids)
 	m.emit(Event{Type: EventCreated, SandboxID: rec.ID, UserID: userID, Status: string(registry.StatusCreating)})
@@ -204,6 +206,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 		return nil, err
 	}
 	mark("prepare_hot", t0)
+	fault.At(ctx, "create/hot-prepared")
 	rollback.Push("remove hot dir", func(c context.Context) error { return m.storage.RemoveHot(c, rec.ID) })
 	// Hot files download while the cold mount and the container come up.
 	// The download must have ended before any undo step runs (it writes
@@ -217,10 +220,12 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 		return nil, err
 	}
 	mark("cold", t0)
+	fault.At(ctx, "create/cold-acquired")
 	rollback.Push("release cold mount", func(c context.Context) error { return m.storage.ReleaseCold(c, userID, rec.ID) })
 	if _, err := m.setStatus(ctx, rec.ID, registry.StatusStarting); err != nil {
 		return nil, err
 	}
+	fault.At(ctx, "create/starting")
 	policy, _ := networkPolicy(cfg.Network) // validated by resolve
 	mounts := []runtime.Mount{
 		{Source: home, Destination: HotPath},
@@ -252,6 +257,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 		return nil, m.syncDownError(userID, cfg, err)
 	}
 	phase["sync_down"] = down.took
+	fault.At(ctx, "create/synced-down")
 	syncedAt := m.now().UTC()
 	m.mu.Lock()
 	m.live[rec.ID] = &liveState{cwd: HotPath, activity: syncedAt, saved: syncedAt}
@@ -268,6 +274,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 		return nil, err
 	}
 	m.emit(Event{Type: EventReady, SandboxID: rec.ID, UserID: userID, Status: string(registry.StatusReady)})
+	fault.At(ctx, "create/ready")
 	args := []any{"total_ms", ms(time.Since(start))}
 	for _, k := range []string{"ensure_user", "prepare_hot", "cold", "container", "sync_down"} {
 		args = append(args, k+"_ms", ms(phase[k]))

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/fault"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
 )
@@ -106,6 +107,7 @@ func (m *Manager) Exec(ctx context.Context, id string, in ExecInput) (*runtime.E
 	if err != nil {
 		return nil, err
 	}
+	fault.At(ctx, "exec/done")
 	if res.Cwd == "" {
 		res.Cwd = req.Cwd
 	} else {

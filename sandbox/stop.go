@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/errdefs"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/matrx-dev/matrx/fault"
 	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/registry"
 )
@@ -110,6 +111,8 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 	// The container must go even if the client hangs up mid-request.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace+time.Minute)
 	defer cancel()
+	dctx = fault.With(dctx, "stop")
+	fault.At(dctx, "stop/shutting-down")
 	t0 := time.Now()
 	derr = m.rt.Destroy(dctx, rec.ID, grace)
 	m.forget(rec.ID)
@@ -124,9 +127,11 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 	if derr == nil {
 		m.closeHome(rec.ID)
 		rep, serr = m.finalSync(dctx, rec.ID, rec.UserID, m.shutdownSyncBudget(), log)
+		fault.At(dctx, "stop/synced")
 		if err := m.storage.ReleaseCold(dctx, rec.UserID, rec.ID); err != nil {
 			log.Warn("cold release failed", "error", err)
 		}
+		fault.At(dctx, "stop/cold-released")
 	} else {
 		// The container may still be running and writing: save what is
 		// there, keep the directory and the mount, and let recovery finish.
@@ -150,6 +155,7 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 		recordSync(r, rep, serr, now)
 		return nil
 	})
+	fault.At(dctx, "stop/recorded")
 	if out != nil {
 		m.emit(Event{Type: EventStopped, SandboxID: rec.ID, UserID: rec.UserID, Status: string(out.Status), Reason: reason, ExitCode: out.ExitCode, Detail: out.Error})
 	}

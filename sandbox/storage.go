@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/errdefs"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/matrx-dev/matrx/fault"
 	"github.com/matrx-dev/matrx/mounts"
 	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/registry"
@@ -22,7 +23,7 @@ func (m *Manager) finalSync(ctx context.Context, id, userID string, budget time.
 	if !m.storage.HasHot(id) {
 		return syncReport{}, nil
 	}
-	sctx, cancel := context.WithTimeout(ctx, budget)
+	sctx, cancel := context.WithTimeout(fault.With(ctx, "final-sync"), budget)
 	defer cancel()
 	res, err := m.storage.FinishHot(sctx, id, userID)
 	rep := reportOf(res, err)
@@ -132,6 +133,7 @@ func (m *Manager) checkpointOne(ctx context.Context, r *registry.Record) {
 	if cur, err := m.store.Get(ctx, r.ID); err != nil || !cur.Status.AcceptsExec() {
 		return
 	}
+	ctx = fault.With(ctx, "checkpoint")
 	cctx, cancel := context.WithTimeout(ctx, checkpointBudget)
 	defer cancel()
 	res, err := m.storage.SyncUp(cctx, r.ID, r.UserID)
@@ -146,6 +148,7 @@ func (m *Manager) checkpointOne(ctx context.Context, r *registry.Record) {
 		log.Info("hot checkpoint", "uploaded", len(res.Uploaded), "deleted", len(res.Deleted), "conflicts", len(res.Conflicts), "bytes", res.Bytes)
 	}
 	rep := reportOf(res, err)
+	fault.At(ctx, "checkpoint/synced")
 	now := m.now().UTC()
 	m.store.Update(ctx, r.ID, func(rec *registry.Record) error {
 		if rec.Status.AcceptsExec() {

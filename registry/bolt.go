@@ -40,6 +40,7 @@ var (
 	bucketLive       = []byte("live")
 	bucketStopped    = []byte("stopped")
 	bucketQuarantine = []byte("quarantine")
+	bucketUsers      = []byte("users")
 	keySchema        = []byte("schema_version")
 )
 
@@ -60,7 +61,7 @@ var migrations = []migration{
 		return err
 	}},
 	{to: 3, apply: func(tx *bolt.Tx, now time.Time) error {
-		for _, b := range [][]byte{bucketLive, bucketStopped, bucketQuarantine} {
+		for _, b := range [][]byte{bucketLive, bucketStopped, bucketQuarantine, bucketUsers} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -72,6 +73,9 @@ var migrations = []migration{
 			if err := json.Unmarshal(v, &r); err != nil {
 				bad = append(bad, [2][]byte{bytes.Clone(k), bytes.Clone(v)})
 				return nil
+			}
+			if err := tx.Bucket(bucketUsers).Put([]byte(r.UserID), nil); err != nil {
+				return err
 			}
 			return putIndex(tx, &r)
 		})
@@ -201,6 +205,9 @@ func (b *Bolt) Create(_ context.Context, r *Record) error {
 		c := r.Clone()
 		c.UpdatedAt = b.now().UTC()
 		if err := putIndex(tx, c); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketUsers).Put([]byte(c.UserID), nil); err != nil {
 			return err
 		}
 		return put(bkt, c)
@@ -388,6 +395,18 @@ func (b *Bolt) Quarantined(context.Context) ([]Quarantined, error) {
 				q = Quarantined{ID: string(k), Raw: bytes.Clone(v), Error: "quarantine entry itself does not decode: " + err.Error()}
 			}
 			out = append(out, q)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Users implements Store (from the users/ index: no record is decoded).
+func (b *Bolt) Users(context.Context) ([]string, error) {
+	var out []string
+	err := b.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketUsers).ForEach(func(k, _ []byte) error {
+			out = append(out, string(k))
 			return nil
 		})
 	})

@@ -130,6 +130,22 @@ func (m *Memory) Prune(_ context.Context, stoppedBefore time.Time) (int, error) 
 	return n, nil
 }
 
+// Users implements Store.
+func (m *Memory) Users(context.Context) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	seen := map[string]bool{}
+	var out []string
+	for _, r := range m.records {
+		if !seen[r.UserID] {
+			seen[r.UserID] = true
+			out = append(out, r.UserID)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
 // Quarantined implements Store: records in memory never fail to decode.
 func (m *Memory) Quarantined(context.Context) ([]Quarantined, error) { return nil, nil }
 

@@ -25,12 +25,15 @@
 //	  <stopped_at, 8-byte big-endian Unix ns><sandbox id> -> <status>["|pending"]
 //	quarantine/              bucket (version 3): records that failed to decode
 //	  <sandbox id>  -> JSON {raw, error, quarantined_at}
+//	users/                   bucket (version 3): every user with a record
+//	  <user id>     -> (empty)
 //
 // live/ and stopped/ are indexes, written in the same transaction as the
 // record they describe: every periodic loop of the daemon (supervision,
 // checkpoints, TTLs, health, metrics) reads live/ and decodes only those
-// records, and pruning (--record-retention) walks stopped/ in time order,
-// so neither grows with the number of records ever written. A record that
+// records, pruning (--record-retention) walks stopped/ in time order, and
+// the hourly trash pruning reads users/, so none grows with the number of
+// records ever written. A record that
 // cannot be decoded is moved to quarantine/ (bytes kept for an operator)
 // the first time anything reads it, instead of failing List and with it
 // the daemon's startup.
@@ -293,6 +296,9 @@ type Store interface {
 	// (and their idempotency keys), returning how many went. Records whose
 	// hot files are still pending (HotSyncPending) are kept.
 	Prune(ctx context.Context, stoppedBefore time.Time) (int, error)
+	// Users lists every user that has (or had) a record, sorted, from an
+	// index (no record is decoded).
+	Users(ctx context.Context) ([]string, error)
 	// Quarantined lists the records that failed to decode, as moved
 	// aside by List, Get or Update.
 	Quarantined(ctx context.Context) ([]Quarantined, error)

@@ -140,6 +140,9 @@ func TestBoltMigratesVersion2(t *testing.T) {
 	if c.ByStatus[registry.StatusRunning] != 1 || c.ByStatus[registry.StatusStopped] != 1 {
 		t.Fatalf("counts after migration: %+v", c)
 	}
+	if us, _ := s.Users(ctx); fmt.Sprint(us) != "[u]" {
+		t.Fatalf("users after migration: %v", us)
+	}
 	q, err := s.Quarantined(ctx)
 	if err != nil || len(q) != 1 || q[0].ID != "sbx-000000000003" || string(q[0].Raw) != `{"sandbox_id": truncated` || q[0].Error == "" {
 		t.Fatalf("quarantine after migration: %v %+v", err, q)

@@ -176,23 +176,19 @@ func (m *Manager) RunStorageTasks(ctx context.Context, checkpoint, retry time.Du
 // trashPruneInterval: trash expires by the day, so hourly is plenty.
 const trashPruneInterval = time.Hour
 
-// PruneTrash drops expired trash of every user the registry knows.
+// PruneTrash drops expired trash of every user the registry knows (from
+// the registry's user index: no record is decoded).
 func (m *Manager) PruneTrash(ctx context.Context) {
-	rs, err := m.store.List(ctx, registry.Filter{})
+	users, err := m.store.Users(ctx)
 	if err != nil {
 		m.log.Warn("trash prune scan failed", "error", err)
 		return
 	}
-	seen := map[string]bool{}
-	for _, r := range rs {
-		if seen[r.UserID] {
-			continue
-		}
-		seen[r.UserID] = true
-		if n, err := m.storage.PruneTrash(ctx, r.UserID, m.now()); err != nil {
-			m.log.Warn("trash prune failed", "user_id", r.UserID, "error", err)
+	for _, u := range users {
+		if n, err := m.storage.PruneTrash(ctx, u, m.now()); err != nil {
+			m.log.Warn("trash prune failed", "user_id", u, "error", err)
 		} else if n > 0 {
-			m.log.Info("expired trash pruned", "user_id", r.UserID, "objects", n)
+			m.log.Info("expired trash pruned", "user_id", u, "objects", n)
 		}
 	}
 }

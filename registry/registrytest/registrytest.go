@@ -255,6 +255,17 @@ func Run(t *testing.T, open func(t *testing.T) registry.Store) {
 			t.Errorf("after the retried sync: %+v", c)
 		}
 	})
+	t.Run("Users", func(t *testing.T) {
+		s := open(t)
+		for i, u := range []string{"bob", "alice", "bob"} {
+			if err := s.Create(ctx, rec(fmt.Sprintf("sbx-00000000000%d", i+1), u, base)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if us, err := s.Users(ctx); err != nil || fmt.Sprint(us) != "[alice bob]" {
+			t.Fatalf("users: %v %v", us, err)
+		}
+	})
 	t.Run("Prune", func(t *testing.T) {
 		s := open(t)
 		for i := 1; i <= 3; i++ {

@@ -141,7 +141,7 @@ type crashSuite struct {
 	c, op     *client.Client // op: no retries (the daemon dies under it)
 	srv       *s3test.Server
 	bucket    string
-	proxy     *freezeProxy
+	proxy     *s3test.Proxy
 	env       *containerdtest.Env
 	arm       string
 	environ   []string
@@ -165,7 +165,7 @@ const crashUser = "crash"
 
 func TestCrashInjection(t *testing.T) {
 	srv, bucket := s3Env(t)
-	proxy := newFreezeProxy(t, srv.Endpoint)
+	proxy := s3test.NewProxy(t, srv)
 	env := containerdtest.Start(t, daemontest.Namespace)
 	prod := daemontest.BuildMatrxd(t, env.Dir)
 	bin := daemontest.BuildMatrxd(t, env.Dir, "matrxfault")

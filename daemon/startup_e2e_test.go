@@ -18,6 +18,7 @@ import (
 	"github.com/matrx-dev/matrx/api/apitype"
 	"github.com/matrx-dev/matrx/api/client"
 	"github.com/matrx-dev/matrx/daemon/daemontest"
+	"github.com/matrx-dev/matrx/mounts/s3test"
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
 )
 
@@ -58,7 +59,7 @@ func notifySocket(t *testing.T, dir string) (string, <-chan time.Time) {
 // A bucket that answers definitely (missing) still fails startup fast.
 func TestStartupNeverHangs(t *testing.T) {
 	srv, bucket := s3Env(t)
-	proxy := newFreezeProxy(t, srv.Endpoint)
+	proxy := s3test.NewProxy(t, srv)
 	env := containerdtest.Start(t, daemontest.Namespace)
 	bin := daemontest.BuildMatrxd(t, env.Dir)
 	s3flags := []string{"--s3-bucket", bucket, "--s3-endpoint", proxy.Endpoint, "--s3-region", srv.Region, "--cold-driver", "s3fs",

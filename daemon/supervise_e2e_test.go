@@ -10,9 +10,7 @@ package daemon_test
 
 import (
 	"context"
-	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -488,118 +486,5 @@ func TestSecondDaemonRefused(t *testing.T) {
 	}
 	if r := h.Exec(s.SandboxID, "echo still-here"); r.Stdout != "still-here\n" {
 		t.Errorf("the first daemon's sandbox after the refusals: %+v", r)
-	}
-}
-
-// freezeProxy is a TCP proxy on loopback in front of the S3 server that a
-// test can freeze: while frozen no byte moves and new connections hang,
-// which is what an S3 endpoint that does not answer looks like.
-type freezeProxy struct {
-	Endpoint string
-	ln       net.Listener
-	target   string
-	mu       sync.Mutex
-	thawed   chan struct{}
-	conns    map[net.Conn]bool
-}
-
-func newFreezeProxy(t *testing.T, target string) *freezeProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &freezeProxy{Endpoint: "http://" + ln.Addr().String(), ln: ln, target: strings.TrimPrefix(target, "http://"),
-		thawed: make(chan struct{}), conns: map[net.Conn]bool{}}
-	close(p.thawed)
-	go p.serve()
-	t.Cleanup(func() {
-		p.Thaw()
-		ln.Close()
-		p.mu.Lock()
-		for c := range p.conns {
-			c.Close()
-		}
-		p.mu.Unlock()
-	})
-	return p
-}
-
-func (p *freezeProxy) gate() <-chan struct{} {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.thawed
-}
-
-// Freeze stops every byte; Thaw lets them through again.
-func (p *freezeProxy) Freeze() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	select {
-	case <-p.thawed:
-		p.thawed = make(chan struct{})
-	default:
-	}
-}
-
-func (p *freezeProxy) Thaw() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	select {
-	case <-p.thawed:
-	default:
-		close(p.thawed)
-	}
-}
-
-func (p *freezeProxy) serve() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			<-p.gate()
-			up, err := net.Dial("tcp", p.target)
-			if err != nil {
-				c.Close()
-				return
-			}
-			p.mu.Lock()
-			p.conns[c], p.conns[up] = true, true
-			p.mu.Unlock()
-			defer func() {
-				c.Close()
-				up.Close()
-				p.mu.Lock()
-				delete(p.conns, c)
-				delete(p.conns, up)
-				p.mu.Unlock()
-			}()
-			done := make(chan struct{}, 2)
-			pipe := func(dst, src net.Conn) {
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := src.Read(buf)
-					if n > 0 {
-						<-p.gate()
-						if _, werr := dst.Write(buf[:n]); werr != nil {
-							break
-						}
-					}
-					if err != nil {
-						if tc, ok := dst.(*net.TCPConn); ok && err == io.EOF {
-							tc.CloseWrite()
-						}
-						break
-					}
-				}
-				done <- struct{}{}
-			}
-			go pipe(up, c)
-			go pipe(c, up)
-			<-done
-			<-done
-		}()
 	}
 }

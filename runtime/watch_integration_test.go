@@ -18,9 +18,8 @@ import (
 
 // events collects what Watch reports.
 type events struct {
-	mu   sync.Mutex
-	got  []runtime.TaskEvent
-	conn []error
+	mu  sync.Mutex
+	got []runtime.TaskEvent
 }
 
 func (e *events) add(ev runtime.TaskEvent) {

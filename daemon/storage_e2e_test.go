@@ -195,7 +195,7 @@ func TestCrashRecoverySyncsHotFiles(t *testing.T) {
 	daemontest.UninstallNetworkAtEnd(t, state, nc)
 	start := func() *exec.Cmd {
 		cmd := exec.Command(bin, "--socket", sock, "--containerd-address", env.Address, "--containerd-namespace", daemontest.Namespace, "--ssh-address=",
-			"--state-dir", state, "--init-path", env.InitPath, "--image", containerdtest.MinimalImage,
+			"--state-dir", state, "--lock-dir", filepath.Join(env.Dir, "locks"), "--init-path", env.InitPath, "--image", containerdtest.MinimalImage,
 			"--default-memory-mb", "256", "--default-cpu", "1", "--checkpoint-interval", "1h",
 			"--s3-bucket", bucket, "--s3-endpoint", srv.Endpoint, "--s3-region", srv.Region, "--cold-driver", "s3fs",
 			"--network", "on", "--network-bridge", nc.Bridge, "--network-subnet", nc.Subnet.String())

@@ -81,10 +81,10 @@ func (r *Runtime) Watch(ctx context.Context, cfg WatchConfig) {
 		cfg.OnEvent = func(TaskEvent) {}
 	}
 	w := &watcher{r: r, cfg: cfg, oom: map[string]time.Time{}, connected: true}
-	var wg sync.WaitGroup
-	wg.Go(func() { w.pollLoop(ctx) })
+	w.wg.Go(func() { w.pollLoop(ctx) })
 	w.streamLoop(ctx)
-	wg.Wait()
+	// No report after Watch returns: the caller may be shutting down.
+	w.wg.Wait()
 }
 
 // Connected reports whether containerd answered the supervisor's last
@@ -102,6 +102,7 @@ type watcher struct {
 	mu        sync.Mutex
 	oom       map[string]time.Time // last OOM event per sandbox
 	connected bool
+	wg        sync.WaitGroup // the poll loop and exit classifications
 }
 
 // setConn records containerd's reachability and reports changes.
@@ -185,12 +186,12 @@ func (w *watcher) handle(ctx context.Context, any typeurl.Any) {
 			return // an exec's process, not PID 1
 		}
 		status := e.ExitStatus
-		go w.classifyExit(ctx, e.ContainerID, &status)
+		w.wg.Go(func() { w.classifyExit(ctx, e.ContainerID, &status) })
 	case *eventstypes.TaskDelete:
 		// Our own deletes come after the caller stopped the sandbox; one
 		// it did not ask for is a lost task (a dead shim's cleanup
 		// publishes exit, then delete).
-		go w.classifyExit(ctx, e.ContainerID, nil)
+		w.wg.Go(func() { w.classifyExit(ctx, e.ContainerID, nil) })
 	}
 }
 

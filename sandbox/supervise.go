@@ -301,7 +301,9 @@ func (m *Manager) Touch(ctx context.Context, id string) {
 		m.mu.Unlock()
 	}
 	if save {
-		m.bg.Go(func() {
+		// Not on m.bg: callers (output streams, proxies) may touch while
+		// the daemon stops; a save after the registry closed just fails.
+		go func() {
 			m.store.Update(context.WithoutCancel(ctx), id, func(r *registry.Record) error {
 				if r.Status.Terminal() {
 					return errSkip
@@ -311,7 +313,7 @@ func (m *Manager) Touch(ctx context.Context, id string) {
 				}
 				return nil
 			})
-		})
+		}()
 	}
 }
 

@@ -256,9 +256,10 @@ func (w *watcher) pollLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := w.poll(ctx); err != nil {
-				w.setConn(err)
-			}
+			// A poll that answers also ends an outage: the stream is
+			// resubscribed on its own backoff, and the poll covers the
+			// events it misses meanwhile.
+			w.setConn(w.poll(ctx))
 		}
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/matrx-dev/matrx/runtime/network"
@@ -149,7 +150,7 @@ func claimNetwork(dir, bridge string, subnet netip.Prefix) (*hostLock, error) {
 	for i := 0; err != nil && errdefs.IsFailedPrecondition(err) && i < 50; i++ {
 		// Another daemon is checking right now: it holds the guard for
 		// milliseconds.
-		unix.Nanosleep(&unix.Timespec{Nsec: 20e6}, nil)
+		time.Sleep(20 * time.Millisecond)
 		guard, err = claim(filepath.Join(dir, "network.guard"), "the network lock guard", "--lock-dir", nil)
 	}
 	if err != nil {

@@ -214,12 +214,28 @@ func TestSupervisionStopsDeadSandboxes(t *testing.T) {
 	if got := events.types(b.SandboxID); !contains(got, "oom") || !contains(got, "stopped/oom_killed/failed") {
 		t.Errorf("events of the OOM-killed sandbox: %v", got)
 	}
+	// From the kill to the record saying so: within 5 s.
+	if oom, stop := events.at(b.SandboxID, "oom"), events.at(b.SandboxID, "stopped"); oom.IsZero() || stop.Sub(oom) > 5*time.Second {
+		t.Errorf("OOM kill at %v, record failed at %v: want within 5 s", oom, stop)
+	}
 	if n := strings.Count(h.Logs(), `"msg":"sandbox stopping","sandbox_id":"`+a.SandboxID); n != 1 {
 		t.Errorf("the dead sandbox was stopped %d times, want once", n)
 	}
 	if health, err := c.Health(ctx); err != nil || health.ActiveSandboxes != 0 {
 		t.Errorf("health counts dead sandboxes: %v %+v", err, health)
 	}
+}
+
+// at is when the first event of a type was published for a sandbox.
+func (l *eventLog) at(id, typ string) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.got {
+		if e.SandboxID == id && e.Type == typ {
+			return e.Time
+		}
+	}
+	return time.Time{}
 }
 
 func contains(list []string, s string) bool {
@@ -274,8 +290,9 @@ func TestHeartbeatIdleAndTTL(t *testing.T) {
 			t.Errorf("idle_expires_at did not move with activity: %v then %v", first, s.IdleExpiresAt)
 		}
 	}
-	// An exec in flight longer than the idle timeout is activity too.
-	if r := h.Exec(idle.SandboxID, "sleep 4; echo done"); r.Stdout != "done\n" {
+	// An exec in flight longer than the idle timeout is activity too;
+	// CPU use alone (a busy loop left running) is not.
+	if r := h.Exec(idle.SandboxID, "(while :; do :; done) >/dev/null 2>&1 & sleep 4; echo done"); r.Stdout != "done\n" {
 		t.Fatalf("long exec: %+v", r)
 	}
 	start = time.Now()

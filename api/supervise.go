@@ -103,6 +103,10 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	backlog, events, cancel := s.mgr.Events(since)
 	defer cancel()
+	// A daemon shutdown ends the stream (CloseStreams), or it would hold
+	// the graceful drain; clients reconnect with since.
+	ctx, done := s.streamContext(r)
+	defer done()
 	// A long-lived response: no write deadline, and a read deadline set
 	// for the request headers must not cut it.
 	rc := http.NewResponseController(w)
@@ -128,7 +132,7 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request) {
 	// NDJSON readers, so idle streams simply stay open.
 	for {
 		select {
-		case <-r.Context().Done():
+		case <-ctx.Done():
 			return
 		case e, ok := <-events:
 			if !ok {

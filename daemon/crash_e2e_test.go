@@ -137,7 +137,7 @@ func TestCrashPointsCoverTheSource(t *testing.T) {
 // crashSuite is the state shared by the rows of the table.
 type crashSuite struct {
 	t         *testing.T
-	d         *realDaemon
+	d         *binDaemon
 	c, op     *client.Client // op: no retries (the daemon dies under it)
 	srv       *s3test.Server
 	bucket    string
@@ -182,7 +182,7 @@ func TestCrashInjection(t *testing.T) {
 	}
 	x := &crashSuite{t: t, srv: srv, bucket: bucket, proxy: proxy, env: env, arm: filepath.Join(env.Dir, "fault-point")}
 	x.environ = []string{"MATRX_FAULT_FILE=" + x.arm}
-	x.d = newRealDaemon(t, env, bin, "--s3-bucket", bucket, "--s3-endpoint", proxy.Endpoint, "--s3-region", srv.Region,
+	x.d = newBinDaemon(t, env, bin, "--s3-bucket", bucket, "--s3-endpoint", proxy.Endpoint, "--s3-region", srv.Region,
 		"--cold-driver", "s3fs", "--checkpoint-interval", "1h", "--reconcile-interval", "1s",
 		"--default-disk-mb", "64", "--disk-pool", "2")
 	x.c = x.d.client(client.WithRetries(20), client.WithBackoff(50*time.Millisecond))

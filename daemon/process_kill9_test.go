@@ -44,7 +44,7 @@ func startRealDaemon(t *testing.T, env *containerdtest.Env, extra ...string) *re
 	d := &realDaemon{t: t, bin: daemontest.BuildMatrxd(t, dir), sock: filepath.Join(dir, "matrxd.sock")}
 	d.args = append([]string{
 		"--socket", d.sock, "--containerd-address", env.Address, "--containerd-namespace", daemontest.Namespace, "--ssh-address=",
-		"--state-dir", filepath.Join(dir, "state"), "--init-path", env.InitPath, "--relay-path", env.RelayPath,
+		"--state-dir", filepath.Join(dir, "state"), "--lock-dir", filepath.Join(dir, "locks"), "--init-path", env.InitPath, "--relay-path", env.RelayPath,
 		"--network", "off", "--image", containerdtest.MinimalImage, "--log-format", "text", "--log-level", "debug",
 		"--expiry-interval", "1s", "--checkpoint-interval", "0",
 	}, extra...)

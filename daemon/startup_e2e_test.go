@@ -64,7 +64,7 @@ func TestStartupNeverHangs(t *testing.T) {
 	bin := daemontest.BuildMatrxd(t, env.Dir)
 	s3flags := []string{"--s3-bucket", bucket, "--s3-endpoint", proxy.Endpoint, "--s3-region", srv.Region, "--cold-driver", "s3fs",
 		"--checkpoint-interval", "1h", "--default-disk-mb", "64", "--disk-pool", "4"}
-	d := newRealDaemon(t, env, bin, s3flags...)
+	d := newBinDaemon(t, env, bin, s3flags...)
 	d.start()
 	c := d.client(client.WithRetries(0))
 	defer c.Close()
@@ -156,7 +156,7 @@ func TestStartupNeverHangs(t *testing.T) {
 	d.stop()
 
 	// A definite answer still fails fast: a bucket that does not exist.
-	miss := newRealDaemon(t, env, bin, "--s3-bucket", "no-such-bucket-here", "--s3-endpoint", srv.Endpoint, "--s3-region", srv.Region)
+	miss := newBinDaemon(t, env, bin, "--s3-bucket", "no-such-bucket-here", "--s3-endpoint", srv.Endpoint, "--s3-region", srv.Region)
 	miss.sock, miss.state = filepath.Join(env.Dir, "miss.sock"), filepath.Join(env.Dir, "miss-state")
 	start = time.Now()
 	miss.start()

@@ -264,7 +264,7 @@ func TestHeartbeatIdleAndTTL(t *testing.T) {
 		}
 	}
 	start := time.Now()
-	got := waitFor(t, c, hb.SandboxID, 5*time.Second, "failed/heartbeat_lost", stopped("failed", "heartbeat_lost"))
+	got := waitFor(t, c, hb.SandboxID, 10*time.Second, "failed/heartbeat_lost", stopped("failed", "heartbeat_lost"))
 	if time.Since(start) < time.Second {
 		t.Errorf("stopped %v after the last heartbeat, before its 2 s timeout", time.Since(start))
 	}
@@ -296,7 +296,7 @@ func TestHeartbeatIdleAndTTL(t *testing.T) {
 		t.Fatalf("long exec: %+v", r)
 	}
 	start = time.Now()
-	waitFor(t, c, idle.SandboxID, 5*time.Second, "stopped/idle", stopped("stopped", "idle"))
+	waitFor(t, c, idle.SandboxID, 10*time.Second, "stopped/idle", stopped("stopped", "idle"))
 	if time.Since(start) < time.Second {
 		t.Errorf("idled out %v after the last activity, before its 2 s timeout", time.Since(start))
 	}
@@ -304,9 +304,24 @@ func TestHeartbeatIdleAndTTL(t *testing.T) {
 		t.Errorf("file of the idled sandbox not synced: %v", err)
 	}
 
+	// A background process's output is activity, read or not.
+	chatty := h.Create("sup-chatty", &apitype.SandboxConfig{IdleTimeoutSeconds: 2})
+	p, err := c.StartProcess(ctx, chatty.SandboxID, apitype.ProcessRequest{Command: "while :; do echo tick; sleep 0.3; done"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(4 * time.Second)
+	if got := waitFor(t, c, chatty.SandboxID, time.Second, "listed", func(*apitype.Sandbox) bool { return true }); got.Status != "running" {
+		t.Fatalf("a sandbox whose process writes output idled out: %+v", got)
+	}
+	if err := c.SignalProcess(ctx, chatty.SandboxID, p.ProcessID, "KILL"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, c, chatty.SandboxID, 15*time.Second, "stopped/idle once its process is quiet", stopped("stopped", "idle"))
+
 	s := h.Create("sup-ttl", nil)
 	before := time.Now()
-	got, err := c.SetTTL(ctx, s.SandboxID, 2*time.Hour)
+	got, err = c.SetTTL(ctx, s.SandboxID, 2*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

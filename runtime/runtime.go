@@ -88,8 +88,8 @@ type Runtime struct {
 	pmu       sync.Mutex
 	procs     map[string]*sandboxProcs // background processes by sandbox
 	ploadMu   sync.Mutex               // one adoption at a time
-	connMu  sync.Mutex
-	connErr error // containerd's reachability as Watch last saw it
+	connMu    sync.Mutex
+	connErr   error // containerd's reachability as Watch last saw it
 }
 
 // Option configures optional runtime knobs.

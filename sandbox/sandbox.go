@@ -17,10 +17,12 @@
 //
 // Activity: Manager.Touch is the one method every kind of activity calls
 // to keep a sandbox from idling out (idle_timeout_seconds). The API calls
-// it for every request about a sandbox and for heartbeats; background
-// processes must call it for process output and attach sessions, and the
-// SSH and port proxies for SSH sessions and proxied requests. It is
-// cheap enough to call per chunk of output.
+// it for every request about a sandbox (its processes included), for
+// heartbeats, and per chunk a follow or an attach delivers and per
+// attach keystroke; an exec in flight counts, and so does a background
+// process's output growing (the idle check looks before it stops a
+// sandbox). The SSH and port proxies must call it for SSH sessions and
+// proxied requests. It is cheap enough to call per chunk of output.
 package sandbox
 
 import (
@@ -282,6 +284,9 @@ type liveState struct {
 	activity time.Time // last Touch
 	saved    time.Time // when activity was last written to the record
 	execs    int       // execs in flight
+	// outputEnds is where each background process's output ended when
+	// idleness last looked (its growth is activity).
+	outputEnds map[string]int64
 }
 
 // New returns a manager. It does not touch existing sandboxes; call Recover

@@ -268,9 +268,10 @@ const activitySaveEvery = 5 * time.Second
 
 // Touch records activity on a sandbox. Every kind of activity that keeps
 // a sandbox from idling out must call it: API calls about the sandbox and
-// heartbeats (package api does), process output and attach sessions
-// (background processes), SSH sessions and proxied requests (the SSH and
-// port proxies). CPU use alone is not activity. It is cheap (memory; the
+// heartbeats, output delivered to follows and attaches and attach input
+// (package api does all of these), SSH sessions and proxied requests (the
+// SSH and port proxies). Output a background process writes is noticed by
+// EnforceDeadlines itself. CPU use alone is not activity. It is cheap (memory; the
 // record is written at most every 5 s) and safe from any goroutine; an id
 // that is unknown or not live is ignored.
 func (m *Manager) Touch(ctx context.Context, id string) {
@@ -391,15 +392,50 @@ func (m *Manager) EnforceDeadlines(ctx context.Context) {
 		if idle <= 0 || m.execsInFlight(r.ID) > 0 {
 			continue
 		}
-		if last := m.lastActivity(r); now.Sub(last) >= idle {
-			m.stopAsync(ctx, r.ID, stopCause{reason: ReasonIdle, final: registry.StatusStopped, graceful: true})
+		if last := m.lastActivity(r); now.Sub(last) < idle {
+			continue
 		}
+		// Output of a background process is activity, read or not.
+		if m.processOutputGrew(ctx, r.ID) {
+			m.Touch(ctx, r.ID)
+			continue
+		}
+		m.stopAsync(ctx, r.ID, stopCause{reason: ReasonIdle, final: registry.StatusStopped, graceful: true})
 	}
 }
 
 // RunDeadlines calls EnforceDeadlines every interval until ctx ends.
 func (m *Manager) RunDeadlines(ctx context.Context, interval time.Duration) {
 	every(ctx, interval, m.EnforceDeadlines)
+}
+
+// processOutputGrew reports whether any background process of the sandbox
+// wrote output since the last look (the first look counts as growth when
+// there is any output, so a restart never idles out a chatty sandbox).
+func (m *Manager) processOutputGrew(ctx context.Context, id string) bool {
+	ps, err := m.rt.Processes(ctx, id)
+	if err != nil {
+		return false
+	}
+	grew := false
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := m.stateLocked(id)
+	if st.outputEnds == nil {
+		st.outputEnds = map[string]int64{}
+	}
+	for _, p := range ps {
+		end, err := p.OutputEnd()
+		if err != nil {
+			continue
+		}
+		pid := p.Info().ID
+		if prev, seen := st.outputEnds[pid]; end > prev || !seen && end > 0 {
+			grew = true
+		}
+		st.outputEnds[pid] = end
+	}
+	return grew
 }
 
 func (m *Manager) execsInFlight(id string) int {

@@ -17,10 +17,10 @@ import (
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
 )
 
-// realDaemon runs the real matrxd binary on a private containerd, for
+// binDaemon runs the real matrxd binary on a private containerd, for
 // tests that kill -9 it: its own socket, state dir, lock dir, bridge and
 // subnet, and the minimal test image.
-type realDaemon struct {
+type binDaemon struct {
 	t     *testing.T
 	bin   string
 	env   *containerdtest.Env
@@ -34,9 +34,9 @@ type realDaemon struct {
 	all   *daemontest.LogBuffer // every run's log, for failures
 }
 
-func newRealDaemon(t *testing.T, env *containerdtest.Env, bin string, flags ...string) *realDaemon {
+func newBinDaemon(t *testing.T, env *containerdtest.Env, bin string, flags ...string) *binDaemon {
 	t.Helper()
-	d := &realDaemon{t: t, bin: bin, env: env, sock: filepath.Join(env.Dir, "d.sock"), state: filepath.Join(env.Dir, "state"),
+	d := &binDaemon{t: t, bin: bin, env: env, sock: filepath.Join(env.Dir, "d.sock"), state: filepath.Join(env.Dir, "state"),
 		nc: daemontest.Network(t), flags: flags, all: &daemontest.LogBuffer{}}
 	daemontest.UninstallNetworkAtEnd(t, d.state, d.nc)
 	t.Cleanup(func() {
@@ -49,20 +49,21 @@ func newRealDaemon(t *testing.T, env *containerdtest.Env, bin string, flags ...s
 	return d
 }
 
-func (d *realDaemon) args() []string {
-	return append([]string{"--socket", d.sock, "--containerd-address", d.env.Address, "--containerd-namespace", daemontest.Namespace,
+func (d *binDaemon) args() []string {
+	return append([]string{"--socket", d.sock, "--containerd-address", d.env.Address, "--containerd-namespace", daemontest.Namespace, "--ssh-address=",
 		"--state-dir", d.state, "--lock-dir", filepath.Join(d.env.Dir, "locks"), "--init-path", d.env.InitPath,
+		"--relay-path", d.env.RelayPath,
 		"--image", containerdtest.MinimalImage, "--default-memory-mb", "128", "--default-cpu", "1", "--shutdown-timeout", "2",
 		"--expiry-interval", "1s", "--network", "on", "--network-bridge", d.nc.Bridge, "--network-subnet", d.nc.Subnet.String()},
 		d.flags...)
 }
 
 // start runs matrxd with extra environment variables, without waiting.
-func (d *realDaemon) start(environ ...string) {
+func (d *binDaemon) start(environ ...string) {
 	d.t.Helper()
 	d.cmd = exec.Command(d.bin, d.args()...)
 	d.logs = &daemontest.LogBuffer{}
-	w := teeWriter{d.logs, d.all}
+	w := binTee{d.logs, d.all}
 	d.cmd.Stdout, d.cmd.Stderr = w, w
 	d.cmd.Env = append(d.cmd.Environ(), environ...)
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -74,7 +75,7 @@ func (d *realDaemon) start(environ ...string) {
 }
 
 // up waits until matrxd answers (or fails t if it exited).
-func (d *realDaemon) up(c *client.Client) {
+func (d *binDaemon) up(c *client.Client) {
 	d.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -97,7 +98,7 @@ func (d *realDaemon) up(c *client.Client) {
 }
 
 // exited waits up to d for the process to end by itself.
-func (d *realDaemon) exited(timeout time.Duration) bool {
+func (d *binDaemon) exited(timeout time.Duration) bool {
 	select {
 	case <-d.done:
 		return true
@@ -107,7 +108,7 @@ func (d *realDaemon) exited(timeout time.Duration) bool {
 }
 
 // kill9 SIGKILLs matrxd (its FUSE processes and sandboxes live on).
-func (d *realDaemon) kill9() {
+func (d *binDaemon) kill9() {
 	if d.cmd == nil {
 		return
 	}
@@ -116,7 +117,7 @@ func (d *realDaemon) kill9() {
 	d.cmd = nil
 }
 
-func (d *realDaemon) stop() {
+func (d *binDaemon) stop() {
 	if d.cmd == nil {
 		return
 	}
@@ -132,7 +133,7 @@ func (d *realDaemon) stop() {
 
 // client returns a client of the daemon whose exchanges are validated
 // against api/openapi.yaml.
-func (d *realDaemon) client(opts ...client.Option) *client.Client {
+func (d *binDaemon) client(opts ...client.Option) *client.Client {
 	doc := apitest.Load(d.t)
 	validate := client.WithTransportWrapper(func(rt http.RoundTripper) http.RoundTripper {
 		return doc.Transport(rt, d.t.Errorf)
@@ -140,9 +141,9 @@ func (d *realDaemon) client(opts ...client.Option) *client.Client {
 	return client.New(d.sock, append([]client.Option{validate}, opts...)...)
 }
 
-type teeWriter [2]*daemontest.LogBuffer
+type binTee [2]*daemontest.LogBuffer
 
-func (w teeWriter) Write(p []byte) (int, error) {
+func (w binTee) Write(p []byte) (int, error) {
 	w[0].Write(p)
 	return w[1].Write(p)
 }

@@ -19,6 +19,11 @@
 //     matrx-relay, the shim's binary logger (package runtime/relay), so
 //     they, their output, stdin and terminal outlive matrxd; the runtime
 //     adopts them again after a restart.
+//   - Supervision (watch.go) reads containerd's task events and polls task
+//     status (events are not replayed after a reconnect) and tells the
+//     caller, never deciding what a death means for a record; GC (gc.go)
+//     removes what a caller's policy says no sandbox keeps, and never an
+//     image snapshot or anything not named like a sandbox.
 package runtime
 
 import (

@@ -118,16 +118,16 @@ func (s *Server) routes() []route {
 		{"POST /sandboxes/{id}/heartbeat", s.touching(s.heartbeat)},
 		{"POST /sandboxes/{id}/complete", http.HandlerFunc(s.complete)},
 		{"POST /sandboxes/{id}/error", http.HandlerFunc(s.errorSignal)},
-		{"GET /sandboxes/{id}/files", http.HandlerFunc(s.readFile)},
-		{"PUT /sandboxes/{id}/files", http.HandlerFunc(s.writeFile)},
-		{"DELETE /sandboxes/{id}/files", http.HandlerFunc(s.deleteFile)},
-		{"GET /sandboxes/{id}/files/stat", http.HandlerFunc(s.statFile)},
-		{"GET /sandboxes/{id}/files/list", http.HandlerFunc(s.listFiles)},
-		{"POST /sandboxes/{id}/files/mkdir", http.HandlerFunc(s.mkdirFile)},
-		{"POST /sandboxes/{id}/files/move", http.HandlerFunc(s.moveFile)},
-		{"GET /sandboxes/{id}/files/watch", http.HandlerFunc(s.watchFiles)},
-		{"GET /sandboxes/{id}/files/find", http.HandlerFunc(s.findFiles)},
-		{"GET /sandboxes/{id}/files/grep", http.HandlerFunc(s.grepFiles)},
+		{"GET /sandboxes/{id}/files", s.touching(s.readFile)},
+		{"PUT /sandboxes/{id}/files", s.touching(s.writeFile)},
+		{"DELETE /sandboxes/{id}/files", s.touching(s.deleteFile)},
+		{"GET /sandboxes/{id}/files/stat", s.touching(s.statFile)},
+		{"GET /sandboxes/{id}/files/list", s.touching(s.listFiles)},
+		{"POST /sandboxes/{id}/files/mkdir", s.touching(s.mkdirFile)},
+		{"POST /sandboxes/{id}/files/move", s.touching(s.moveFile)},
+		{"GET /sandboxes/{id}/files/watch", s.touching(s.watchFiles)},
+		{"GET /sandboxes/{id}/files/find", s.touching(s.findFiles)},
+		{"GET /sandboxes/{id}/files/grep", s.touching(s.grepFiles)},
 		{"GET /events", http.HandlerFunc(s.streamEvents)},
 		{"GET /admin/quarantine", s.rootOnly(s.quarantine)},
 		{"GET /images", http.HandlerFunc(s.listImages)},
@@ -135,13 +135,13 @@ func (s *Server) routes() []route {
 		{"GET /users/{user_id}/storage", http.HandlerFunc(s.storageStats)},
 		{"DELETE /users/{user_id}/storage/{tier}", http.HandlerFunc(s.storageClean)},
 		{"POST /users/{user_id}/storage/restore", http.HandlerFunc(s.storageRestore)},
-		{"POST /sandboxes/{id}/ports/{port}/connect", http.HandlerFunc(s.connectPort)},
-		{"POST /sandboxes/{id}/preview", http.HandlerFunc(s.createPreview)},
-		{"POST /sandboxes/{id}/access", http.HandlerFunc(s.grantAccess)},
-		{"DELETE /sandboxes/{id}/access", http.HandlerFunc(s.revokeAccess)},
+		{"POST /sandboxes/{id}/ports/{port}/connect", s.touching(s.connectPort)},
+		{"POST /sandboxes/{id}/preview", s.touching(s.createPreview)},
+		{"POST /sandboxes/{id}/access", s.touching(s.grantAccess)},
+		{"DELETE /sandboxes/{id}/access", s.touching(s.revokeAccess)},
 	}
 	for _, m := range proxyMethods {
-		rs = append(rs, route{m + " /sandboxes/{id}/proxy/{port}/{path...}", http.HandlerFunc(s.proxy)})
+		rs = append(rs, route{m + " /sandboxes/{id}/proxy/{port}/{path...}", s.touching(s.proxy)})
 	}
 	rs = append(rs, s.processRoutes()...)
 	if s.metrics != nil {

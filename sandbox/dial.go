@@ -30,5 +30,40 @@ func (m *Manager) Dial(ctx context.Context, id string, port int) (net.Conn, erro
 	if errdefs.IsNotFound(err) {
 		return nil, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrFailedPrecondition)
 	}
-	return c, err
+	if err != nil {
+		return nil, err
+	}
+	m.Touch(ctx, id)
+	return &activeConn{Conn: c, touch: func() { m.Touch(context.Background(), id) }}, nil
+}
+
+// activeConn is a connection into a sandbox (a proxied request, a port
+// tunnel, an SSH forward): every byte it moves is activity (Touch).
+type activeConn struct {
+	net.Conn
+	touch func()
+}
+
+func (c *activeConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.touch()
+	}
+	return n, err
+}
+
+func (c *activeConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if n > 0 {
+		c.touch()
+	}
+	return n, err
+}
+
+// CloseWrite passes a half-close on (port tunnels need it).
+func (c *activeConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
 }

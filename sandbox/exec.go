@@ -161,7 +161,7 @@ func (m *Manager) Heartbeat(ctx context.Context, id string) (*registry.Record, e
 		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
 	now := m.now().UTC()
-	return m.store.Update(ctx, id, func(r *registry.Record) error {
+	rec, err := m.store.Update(ctx, id, func(r *registry.Record) error {
 		if !r.Status.AcceptsExec() {
 			return fmt.Errorf("sandbox %s is %s: %w", id, r.Status, errdefs.ErrFailedPrecondition)
 		}
@@ -171,4 +171,9 @@ func (m *Manager) Heartbeat(ctx context.Context, id string) (*registry.Record, e
 		}
 		return nil
 	})
+	if err == nil {
+		// From the API or from inside the sandbox: activity either way.
+		m.Touch(ctx, id)
+	}
+	return rec, err
 }

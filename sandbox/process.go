@@ -118,6 +118,7 @@ func (m *Manager) StartProcess(ctx context.Context, id string, in ProcessInput) 
 		return nil, err
 	}
 	m.log.Info("background process started", "sandbox_id", id, "user_id", rec.UserID, "process_id", spec.ID, "tag", in.Tag)
+	m.Touch(ctx, id) // over the API or as an SSH session: activity either way
 	m.markRunning(ctx, rec)
 	return p, nil
 }

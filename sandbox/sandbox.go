@@ -21,8 +21,11 @@
 // heartbeats, and per chunk a follow or an attach delivers and per
 // attach keystroke; an exec in flight counts, and so does a background
 // process's output growing (the idle check looks before it stops a
-// sandbox). The SSH and port proxies must call it for SSH sessions and
-// proxied requests. It is cheap enough to call per chunk of output.
+// sandbox). SSH sessions start processes (StartProcess touches), and
+// every connection Dial makes into a sandbox (HTTP proxy, preview, port
+// tunnels, SSH forwards) touches per read and write. Heartbeats touch,
+// also those sent from inside over the sandbox listener. It is cheap
+// enough to call per chunk of output.
 package sandbox
 
 import (

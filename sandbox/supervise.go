@@ -269,9 +269,11 @@ const activitySaveEvery = 5 * time.Second
 // Touch records activity on a sandbox. Every kind of activity that keeps
 // a sandbox from idling out must call it: API calls about the sandbox and
 // heartbeats, output delivered to follows and attaches and attach input
-// (package api does all of these), SSH sessions and proxied requests (the
-// SSH and port proxies). Output a background process writes is noticed by
-// EnforceDeadlines itself. CPU use alone is not activity. It is cheap (memory; the
+// (package api does all of these); StartProcess (SSH sessions too),
+// Heartbeat and every connection Dial makes (proxied requests, preview,
+// port tunnels, SSH forwards) touch by themselves. Output a background
+// process writes is noticed by EnforceDeadlines. CPU use alone is not
+// activity. It is cheap (memory; the
 // record is written at most every 5 s) and safe from any goroutine; an id
 // that is unknown or not live is ignored.
 func (m *Manager) Touch(ctx context.Context, id string) {

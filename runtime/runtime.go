@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"github.com/matrx-dev/matrx/undo"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -78,6 +79,8 @@ type Runtime struct {
 	userns      UserNS
 	idmapped    bool // the snapshotter maps ids itself (idmapped mounts)
 	net         *network.Manager
+	registries  RegistryConfig
+	regClient   *http.Client
 
 	mu    sync.Mutex
 	tasks map[string]*sandboxTask // live handles, rebuilt lazily after a restart
@@ -174,6 +177,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Runtime, error) {
 		swap:        swapAccounting(),
 		tasks:       map[string]*sandboxTask{},
 		procs:       map[string]*sandboxProcs{},
+		regClient:   newRegistryClient(),
 	}
 	if cfg.RelayPath != "" {
 		st, err := os.Stat(cfg.RelayPath)

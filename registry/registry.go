@@ -71,6 +71,9 @@ type Config struct {
 	Network    NetworkConfig     `json:"network"`
 	// PublicPorts are served by the preview listener without a token.
 	PublicPorts []int `json:"public_ports,omitempty"`
+	// Pull is the image pull policy the sandbox was created with
+	// (if_not_present, always, never).
+	Pull string `json:"pull,omitempty"`
 }
 
 // NetworkConfig is a sandbox's egress policy: mode "default" (internet,
@@ -120,6 +123,9 @@ type Record struct {
 	// AccessKeys are the public keys that open the sandbox over the SSH
 	// gateway (never a private key), each for one user until its expiry.
 	AccessKeys []AccessKey `json:"access_keys,omitempty"`
+	// ImageDigest is the digest of the image the sandbox started from
+	// (Config.Image names it; a tag can move later).
+	ImageDigest string `json:"image_digest,omitempty"`
 }
 
 // AccessKey is one public key that opens a sandbox over SSH.

@@ -111,7 +111,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	if err != nil {
 		return err
 	}
-	rtOpts := []runtime.Option{runtime.WithUserNS(ns)}
+	regs, err := openRegistries(cfg.Registry, log)
+	if err != nil {
+		return err
+	}
+	rtOpts := []runtime.Option{runtime.WithUserNS(ns), runtime.WithRegistries(regs)}
 	if netMgr != nil {
 		rtOpts = append(rtOpts, runtime.WithNetwork(netMgr))
 	}
@@ -125,9 +129,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	defer rt.Close()
 	ctrdVersion, _ := rt.Version(ctx)
 	log.Info("connected to containerd", "address", cfg.ContainerdAddress, "namespace", cfg.ContainerdNamespace, "containerd_version", ctrdVersion)
-	if ok, err := rt.HasImage(ctx, cfg.Limits.DefaultImage); err == nil && !ok {
-		log.Warn("default image is not imported yet; creates without config.image will fail until it is", "image", cfg.Limits.DefaultImage)
-	}
 
 	storage, closeStorage, err := openStorage(ctx, cfg, ns, mx, log)
 	if err != nil {
@@ -140,13 +141,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	if err != nil {
 		return err
 	}
-	mcfg := sandbox.Config{Store: store, Runtime: rt, Storage: storage, Limits: cfg.Limits, Logger: log, Metrics: mx}
+	mcfg := sandbox.Config{Store: store, Runtime: rt, Storage: storage, Limits: cfg.Limits, Logger: log, Metrics: mx,
+		PinnedImages: cfg.Registry.PinnedImages}
 	if home != nil {
 		mcfg.Home = home
 	}
 	mgr, err := sandbox.New(mcfg)
 	if err != nil {
 		return err
+	}
+	if ok, err := rt.HasImage(ctx, mgr.Limits().DefaultImage); err == nil && !ok {
+		log.Warn("default image is not present yet; the first create without config.image pulls it (or fails with config.pull never)", "image", mgr.Limits().DefaultImage)
 	}
 	if err := mgr.Recover(ctx); err != nil {
 		return fmt.Errorf("recover sandboxes: %w", err)

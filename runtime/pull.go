@@ -28,6 +28,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/platforms"
 	"github.com/distribution/reference"
+	"github.com/matrx-dev/matrx/errclass"
 	"github.com/matrx-dev/matrx/runtime/registryauth"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -81,8 +82,9 @@ const (
 
 // PullError is a failed pull. It unwraps to an errdefs class (NotFound for
 // not_found and platform, Unavailable for unreachable, PermissionDenied for
-// unauthorized, Unknown otherwise) and reports Upstream() for failures that
-// are the registry's, which the API answers as 502.
+// unauthorized, Unknown otherwise) and, for failures that are the
+// registry's (unauthorized, unreachable, failed), to errclass.ErrUpstream
+// as well, which the API answers as 502.
 type PullError struct {
 	Ref      string
 	Registry string
@@ -92,12 +94,12 @@ type PullError struct {
 }
 
 func (e *PullError) Error() string { return e.msg }
-func (e *PullError) Unwrap() error { return e.class }
 
-// Upstream reports whether the registry (not the request, not matrxd)
-// caused the failure.
-func (e *PullError) Upstream() bool {
-	return e.Reason == PullUnauthorized || e.Reason == PullUnreachable || e.Reason == PullFailed
+func (e *PullError) Unwrap() []error {
+	if e.Reason == PullUnauthorized || e.Reason == PullUnreachable || e.Reason == PullFailed {
+		return []error{e.class, errclass.ErrUpstream}
+	}
+	return []error{e.class}
 }
 
 // PullProgress is the state of one layer's download.
@@ -142,6 +144,18 @@ func ValidateRegistryHost(h string) error {
 	}
 	if host == "" || strings.ContainsAny(host, "/@ \t") || port != "" && strings.Trim(port, "0123456789") != "" {
 		return fmt.Errorf("registry host %q: want HOST or HOST:PORT, e.g. 127.0.0.1:5000: %w", h, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// ValidatePlatform checks a platform ("os/arch[/variant]"; empty: this
+// host's).
+func ValidatePlatform(p string) error {
+	if p == "" {
+		return nil
+	}
+	if _, err := platforms.Parse(p); err != nil {
+		return fmt.Errorf("platform %q: want os/arch[/variant], e.g. linux/amd64: %w", p, errdefs.ErrInvalidArgument)
 	}
 	return nil
 }

@@ -91,6 +91,11 @@ func (m *Manager) ensureImage(ctx context.Context, image, policy string) (string
 		if err == nil || policy == PullNever || !errdefs.IsNotFound(err) {
 			return d, err
 		}
+		d, err = m.sharedPull(ctx, image)
+		if err != nil {
+			return "", fmt.Errorf("image %s is not present here (pull with config.pull %q, or import it with 'matrx image import'), and pulling it failed: %w", image, PullNever, err)
+		}
+		return d, nil
 	}
 	return m.sharedPull(ctx, image)
 }
@@ -188,6 +193,20 @@ func normalizeImage(field, ref string) (string, error) {
 		return "", invalid("%s %q is not a valid image reference (want [REGISTRY/]REPOSITORY[:TAG][@DIGEST], lowercase)", field, ref)
 	}
 	return name, nil
+}
+
+// ValidatePull checks an explicit pull request and normalizes its
+// reference, before a stream of progress starts.
+func (m *Manager) ValidatePull(req *runtime.PullRequest) error {
+	name, err := normalizeImage("ref", req.Ref)
+	if err != nil {
+		return err
+	}
+	if err := runtime.ValidatePlatform(req.Platform); err != nil {
+		return err
+	}
+	req.Ref = name
+	return nil
 }
 
 // PullImage pulls an image for an explicit request (POST /images/pull),

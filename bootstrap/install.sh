@@ -239,6 +239,13 @@ install_packages() {
     step "install optional packages ${opt[*]}"
     pkg_install "${opt[@]}"
   fi
+  # Debian's docker-registry enables a registry on :5000, every interface,
+  # where systemd runs. The tests start their own on loopback: the
+  # package's service must not run.
+  if ((TEST_TOOLS)) && [[ -d /run/systemd/system ]] && pkg_installed docker-registry; then
+    step "disable the docker-registry service (the tests run their own on loopback)"
+    run systemctl disable --now docker-registry.service
+  fi
 }
 
 if [[ "$MODE" == "packages" ]]; then

@@ -132,6 +132,9 @@ func (s *Server) routes() []route {
 		{"GET /admin/quarantine", s.rootOnly(s.quarantine)},
 		{"GET /images", http.HandlerFunc(s.listImages)},
 		{"POST /images/import", http.HandlerFunc(s.importImage)},
+		{"POST /images/pull", http.HandlerFunc(s.pullImage)},
+		{"POST /images/prune", http.HandlerFunc(s.pruneImages)},
+		{"DELETE /images/{name...}", http.HandlerFunc(s.deleteImage)},
 		{"GET /users/{user_id}/storage", http.HandlerFunc(s.storageStats)},
 		{"DELETE /users/{user_id}/storage/{tier}", http.HandlerFunc(s.storageClean)},
 		{"POST /users/{user_id}/storage/restore", http.HandlerFunc(s.storageRestore)},
@@ -427,8 +430,10 @@ func recordJSON(r *registry.Record) apitype.Sandbox {
 			TTLSeconds: r.Config.TTLSeconds, Env: r.Config.Env, Labels: r.Config.Labels,
 			Network:     &apitype.NetworkConfig{Mode: r.Config.Network.Mode, Allow: r.Config.Network.Allow},
 			PublicPorts: r.Config.PublicPorts,
+			Pull:        r.Config.Pull,
 		},
-		TTLSeconds: r.Config.TTLSeconds, Image: r.Config.Image, ExpiresAt: r.ExpiresAt,
+		ImageDigest: r.ImageDigest,
+		TTLSeconds:  r.Config.TTLSeconds, Image: r.Config.Image, ExpiresAt: r.ExpiresAt,
 		LastHeartbeatAt: r.LastHeartbeatAt, StoppedAt: r.StoppedAt, Error: r.Error,
 		HotSyncedAt: r.HotSyncedAt, HotSyncError: r.HotSyncError, HotSyncPending: r.HotSyncPending,
 		HotSyncOverLimit: r.HotSyncOverLimit, HotSyncRejectedCount: r.HotSyncRejectedCount, HotSyncRejected: r.HotSyncRejected,
@@ -488,7 +493,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 	}
 	cr := sandbox.CreateRequest{UserID: req.UserID, IdempotencyKey: r.Header.Get(apitype.IdempotencyKeyHeader)}
 	if c := req.Config; c != nil {
-		cr.Config = registry.Config{Image: c.Image, CPU: c.CPU, MemoryMB: c.MemoryMB, Pids: c.Pids, DiskMB: c.DiskMB, TTLSeconds: c.TTLSeconds, Env: c.Env, Labels: c.Labels,
+		cr.Config = registry.Config{Image: c.Image, CPU: c.CPU, MemoryMB: c.MemoryMB, Pids: c.Pids, DiskMB: c.DiskMB, TTLSeconds: c.TTLSeconds, Env: c.Env, Labels: c.Labels, PublicPorts: c.PublicPorts, Pull: c.Pull,
 			HeartbeatTimeoutSeconds: c.HeartbeatTimeoutSeconds, IdleTimeoutSeconds: c.IdleTimeoutSeconds}
 		if c.Network != nil {
 			cr.Config.Network = registry.NetworkConfig{Mode: c.Network.Mode, Allow: c.Network.Allow}

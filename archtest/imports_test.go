@@ -60,7 +60,7 @@ func TestImportDirections(t *testing.T) {
 }
 
 // testSupport are packages only tests (and benchmark commands) may import.
-var testSupport = []string{"testenv", "runtime/containerdtest", "daemon/daemontest", "api/apitest", "registry/registrytest"}
+var testSupport = []string{"testenv", "runtime/containerdtest", "runtime/regtest", "daemon/daemontest", "api/apitest", "registry/registrytest"}
 
 // TestProductionCodeImportsNoTestSupport: no daemon, CLI or library
 // package links test harnesses.

@@ -52,6 +52,7 @@ type Config struct {
 	Storage     StorageConfig
 	UserNS      UserNSConfig
 	Network     NetworkConfig
+	Registry    RegistryConfig
 
 	// MetricsAddress, when set, is a loopback HOST:PORT where a second
 	// listener serves only GET /metrics, for a scraper that cannot use the
@@ -93,7 +94,7 @@ const DefaultSandboxAPIPort = 8787
 // flags are matrxd's command-line flags; each has a MATRX_* twin.
 func flags() []cli.Flag {
 	d := sandbox.DefaultLimits()
-	return append(append(storageFlags(), networkFlags()...),
+	return append(append(append(storageFlags(), networkFlags()...), registryFlags()...),
 		&cli.StringFlag{Name: "socket", Value: "/run/matrx/matrxd.sock", EnvVars: []string{"MATRX_SOCKET"}, Usage: "API Unix socket (ignored when systemd passes one)"},
 		&cli.StringFlag{Name: "socket-group", Value: "matrx", EnvVars: []string{"MATRX_SOCKET_GROUP"}, Usage: "group allowed to use the socket (name or gid); falls back to root's group if the named group does not exist"},
 		&cli.StringFlag{Name: "containerd-address", Value: "/run/containerd/containerd.sock", EnvVars: []string{"MATRX_CONTAINERD_ADDRESS"}},
@@ -197,8 +198,9 @@ func configFrom(c *cli.Context) (Config, error) {
 			DefaultHeartbeatTimeout: time.Duration(c.Int64("default-heartbeat-timeout")) * time.Second,
 			DefaultIdleTimeout:      time.Duration(c.Int64("default-idle-timeout")) * time.Second,
 		},
-		Storage: storageConfigFrom(c),
-		UserNS:  UserNSConfig{Mode: strings.ToLower(c.String("userns")), Base: uint32(c.Uint64("userns-base"))},
+		Storage:  storageConfigFrom(c),
+		Registry: registryConfigFrom(c),
+		UserNS:   UserNSConfig{Mode: strings.ToLower(c.String("userns")), Base: uint32(c.Uint64("userns-base"))},
 	}
 	nc, err := networkConfigFrom(c)
 	if err != nil {
@@ -264,6 +266,9 @@ func (c Config) Validate() error {
 		return err
 	}
 	if err := c.Storage.Validate(); err != nil {
+		return err
+	}
+	if err := c.Registry.Validate(); err != nil {
 		return err
 	}
 	if err := c.validateListeners(); err != nil {

@@ -123,7 +123,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	if err != nil {
 		return err
 	}
-	rtOpts := []runtime.Option{runtime.WithUserNS(ns)}
+	regs, err := openRegistries(cfg.Registry, log)
+	if err != nil {
+		return err
+	}
+	rtOpts := []runtime.Option{runtime.WithUserNS(ns), runtime.WithRegistries(regs)}
 	if netMgr != nil {
 		rtOpts = append(rtOpts, runtime.WithNetwork(netMgr))
 	}
@@ -137,9 +141,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	defer rt.Close()
 	ctrdVersion, _ := rt.Version(ctx)
 	log.Info("connected to containerd", "address", cfg.ContainerdAddress, "namespace", cfg.ContainerdNamespace, "containerd_version", ctrdVersion)
-	if ok, err := rt.HasImage(ctx, cfg.Limits.DefaultImage); err == nil && !ok {
-		log.Warn("default image is not imported yet; creates without config.image will fail until it is", "image", cfg.Limits.DefaultImage)
-	}
 
 	st, err := openStorage(ctx, cfg, ns, mx, log)
 	if err != nil {
@@ -152,13 +153,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	if err != nil {
 		return err
 	}
-	mcfg := sandbox.Config{Store: store, Runtime: rt, Storage: st.storage, Limits: cfg.Limits, Logger: log, Metrics: mx}
+	mcfg := sandbox.Config{Store: store, Runtime: rt, Storage: st.storage, Limits: cfg.Limits, Logger: log, Metrics: mx,
+		PinnedImages: cfg.Registry.PinnedImages}
 	if home != nil {
 		mcfg.Home = home
 	}
 	mgr, err := sandbox.New(mcfg)
 	if err != nil {
 		return err
+	}
+	if ok, err := rt.HasImage(ctx, mgr.Limits().DefaultImage); err == nil && !ok {
+		log.Warn("default image is not present yet; the first create without config.image pulls it (or fails with config.pull never)", "image", mgr.Limits().DefaultImage)
 	}
 	if st.unreachable != nil {
 		mgr.SetCondition(sandbox.ConditionS3, st.unreachable)

@@ -226,7 +226,17 @@ func TestBadInput(t *testing.T) {
 		{"bad label", "POST", "/sandboxes", `{"user_id":"u","config":{"labels":{"-x":"y"}}}`, 400, "labels"},
 		{"bad image", "POST", "/sandboxes", `{"user_id":"u","config":{"image":"../../x"}}`, 400, "image"},
 		{"wrong type", "POST", "/sandboxes", `{"user_id":5}`, 400, "malformed JSON"},
-		{"unknown image", "POST", "/sandboxes", `{"user_id":"u","config":{"image":"localhost/none:latest"}}`, 404, "not present"},
+		{"unknown image, pull never", "POST", "/sandboxes", `{"user_id":"u","config":{"image":"localhost/none:latest","pull":"never"}}`, 404, "not present"},
+		{"unknown image, registry unreachable", "POST", "/sandboxes", `{"user_id":"u","config":{"image":"127.0.0.1:1/none:latest"}}`, 502, "not present here"},
+		{"bad pull policy", "POST", "/sandboxes", `{"user_id":"u","config":{"pull":"sometimes"}}`, 400, "config.pull"},
+		{"pull without ref", "POST", "/images/pull", `{}`, 400, "ref"},
+		{"pull bad ref", "POST", "/images/pull", `{"ref":"127.0.0.1:1/Team/App:1"}`, 400, "ref"},
+		{"pull bad platform", "POST", "/images/pull", `{"ref":"127.0.0.1:1/x:1","platform":"linux/amd64/v9/x"}`, 400, "platform"},
+		{"pull empty password", "POST", "/images/pull", `{"ref":"127.0.0.1:1/x:1","auth":{"username":"u","password":""}}`, 400, "auth.password"},
+		{"pull unknown field", "POST", "/images/pull", `{"ref":"127.0.0.1:1/x:1","force":true}`, 400, "unknown field"},
+		{"delete unknown image", "DELETE", "/images/localhost/none:latest", ``, 404, "none"},
+		{"delete bad image name", "DELETE", "/images/..%2Fx", ``, 400, "image"},
+		{"prune with a body", "POST", "/images/prune", `{"all":true}`, 400, "unknown field"},
 		{"unknown sandbox", "GET", "/sandboxes/sbx-doesnotexist", ``, 404, ""},
 		{"unknown well-formed sandbox", "GET", "/sandboxes/sbx-000000000000", ``, 404, ""},
 		{"weird sandbox id", "GET", "/sandboxes/..%2f..%2fetc", ``, 404, ""},
@@ -449,8 +459,6 @@ func TestCreateDestroyCyclesLeaveNothing(t *testing.T) {
 		})
 		return n
 	}
-	// Only this test's resources are looked at: other daemons (a `make up`
-	// demo, other tests) may have sandboxes on this host.
 	var ids []string
 	for i := 0; i < 50; i++ {
 		s := h.Create("cycler", nil)
@@ -467,10 +475,13 @@ func TestCreateDestroyCyclesLeaveNothing(t *testing.T) {
 			t.Fatalf("cycle %d: %v", i, err)
 		}
 	}
+	// Only this test's sandboxes count: other daemons (make up's, other
+	// tests') have rules of their own on this host.
 	out, _ := exec.Command("iptables", "-S").CombinedOutput()
 	for _, id := range ids {
 		if strings.Contains(string(out), "matrx-sandbox="+id) {
 			t.Errorf("iptables rules of %s left:\n%s", id, out)
+			break
 		}
 	}
 	chain := "MATRX-" + h.Config.Network.Bridge + "-SBX"

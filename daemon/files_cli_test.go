@@ -73,10 +73,9 @@ func TestFilesCLI(t *testing.T) {
 	}
 	in.WriteString(out)
 	in.Seek(0, 0)
-	old := os.Stdin
-	os.Stdin = in
-	cli("cp", "-", id+":/home/agent/fromstdin")
-	os.Stdin = old
+	if _, errOut, code := h.CLIWithStdin(in, "cp", "-", id+":/home/agent/fromstdin"); code != 0 {
+		t.Fatalf("cp - from stdin: exit %d: %s", code, errOut)
+	}
 	in.Close()
 	if r := h.Exec(id, "cat /home/agent/fromstdin/sub/b.sh"); r.Stdout != "echo b\n" {
 		t.Fatalf("tar from stdin: %q", r.Stdout)

@@ -238,15 +238,6 @@ func (l *eventLog) at(id, typ string) time.Time {
 	return time.Time{}
 }
 
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
-
 // TestHeartbeatIdleAndTTL: a sandbox whose heartbeats stop fails
 // (heartbeat_lost); one that nothing touches stops (idle), while API calls
 // and an exec in flight keep it alive; PATCH /sandboxes/{id} and matrx ttl

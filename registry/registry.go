@@ -105,6 +105,9 @@ type Config struct {
 	// IdleTimeoutSeconds > 0 stops the sandbox (stopped, idle) when
 	// nothing touched it for that long (see sandbox.Manager.Touch).
 	IdleTimeoutSeconds int64 `json:"idle_timeout_seconds,omitempty"`
+	// Pull is the image pull policy the sandbox was created with
+	// (if_not_present, always, never).
+	Pull string `json:"pull,omitempty"`
 }
 
 // NetworkConfig is a sandbox's egress policy: mode "default" (internet,
@@ -165,6 +168,9 @@ type Record struct {
 	ExitCode *int `json:"exit_code,omitempty"`
 	// OOMKills counts the kernel OOM kills inside the sandbox.
 	OOMKills int `json:"oom_kills,omitempty"`
+	// ImageDigest is the digest of the image the sandbox started from
+	// (Config.Image names it; a tag can move later).
+	ImageDigest string `json:"image_digest,omitempty"`
 }
 
 // AccessKey is one public key that opens a sandbox over SSH.

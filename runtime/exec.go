@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -85,6 +86,48 @@ trap '__matrx_s=$?; pwd >"$__matrx_f" 2>/dev/null; exit $__matrx_s' EXIT
 unset __matrx_d __matrx_b
 eval "$__matrx_c"`
 
+// agentHome is the agent's home directory in every sandbox.
+const agentHome = "/home/agent"
+
+// execEnv is one exec's environment: PID 1's (the image's environment
+// plus the sandbox's variables), HOME for the user, then the request's
+// variables. For root, the image's PATH loses every entry under the
+// agent's home (the production image appends ~/.local/bin for pip and npm
+// installs): a root exec must never run a program the agent planted. A
+// PATH the request itself sets is the caller's choice and kept.
+func execEnv(base []string, user ExecUser, req []string) []string {
+	home := "HOME=" + agentHome
+	if user == UserRoot {
+		home = "HOME=/root"
+	}
+	env := mergeEnv(base, []string{home})
+	if !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "PATH=") }) {
+		env = mergeEnv(env, []string{"PATH=" + defaultPath})
+	}
+	if user == UserRoot {
+		for i, kv := range env {
+			if p, ok := strings.CutPrefix(kv, "PATH="); ok {
+				env[i] = "PATH=" + withoutAgentDirs(p)
+			}
+		}
+	}
+	return mergeEnv(env, req)
+}
+
+// withoutAgentDirs drops PATH entries at or below the agent's home, and
+// relative ones (they resolve against a cwd the agent may control).
+func withoutAgentDirs(path string) string {
+	var kept []string
+	for _, d := range strings.Split(path, ":") {
+		clean := filepath.Clean(d)
+		if d == "" || !filepath.IsAbs(d) || clean == agentHome || strings.HasPrefix(clean, agentHome+"/") {
+			continue
+		}
+		kept = append(kept, d)
+	}
+	return strings.Join(kept, ":")
+}
+
 // Exec runs req in sandbox id and waits for it, up to req.Timeout.
 func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecResult, error) {
 	start := time.Now()
@@ -112,10 +155,7 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 	hostCwdFile := filepath.Join(r.controlDir(id), execID+".cwd")
 	cleanups = append(cleanups, func(context.Context) { os.Remove(hostCwdFile) })
 
-	env := append([]string{"PATH=" + defaultPath, "HOME=/home/agent"}, envList(req.Env)...)
-	if req.User == UserRoot {
-		env[1] = "HOME=/root"
-	}
+	env := execEnv(st.env, req.User, envList(req.Env))
 	args := []string{st.shell, "-c", execWrapper, "matrx-exec", cwdFile, req.Cwd, req.FallbackCwd, req.Command}
 	pspec, err := execProcess(req.User, args, env)
 	if err != nil {

@@ -279,10 +279,9 @@ func (r *Runtime) StartProcess(ctx context.Context, id string, spec ProcessSpec)
 	cfg.Stdout, cfg.Stderr = uri.String(), uri.String()
 
 	groupName := "proc-" + spec.ID[2:]
-	env := append([]string{"PATH=" + defaultPath, "HOME=/home/agent"}, envList(spec.Env)...)
-	if spec.User == UserRoot {
-		env[1] = "HOME=/root"
-	}
+	// The same environment as an exec's (execEnv): the image's, HOME per
+	// user, root's PATH without the agent's directories.
+	env := execEnv(st.env, spec.User, envList(spec.Env))
 	if spec.PTY != nil && spec.Env["TERM"] == "" {
 		env = append(env, "TERM=xterm-256color")
 	}

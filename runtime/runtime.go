@@ -33,6 +33,7 @@ import (
 	"github.com/matrx-dev/matrx/fault"
 	"github.com/matrx-dev/matrx/undo"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -84,6 +85,8 @@ type Runtime struct {
 	userns      UserNS
 	idmapped    bool // the snapshotter maps ids itself (idmapped mounts)
 	net         *network.Manager
+	registries  RegistryConfig
+	regClient   *http.Client
 
 	mu    sync.Mutex
 	tasks map[string]*sandboxTask // live handles, rebuilt lazily after a restart
@@ -173,6 +176,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Runtime, error) {
 		swap:        swapAccounting(),
 		tasks:       map[string]*sandboxTask{},
 		procs:       map[string]*sandboxProcs{},
+		regClient:   newRegistryClient(),
 	}
 	if cfg.RelayPath != "" {
 		st, err := os.Stat(cfg.RelayPath)
@@ -290,10 +294,13 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 	}
 	fault.At(ctx, "create/control-dir")
 
-	env := envList(req.Env)
+	base, err := imageEnv(ctx, img)
+	if err != nil {
+		return err
+	}
 	in := SpecInput{
 		ID:              req.ID,
-		Env:             append([]string{"PATH=" + defaultPath}, env...),
+		Env:             mergeEnv(base, envList(req.Env)),
 		Resources:       req.Resources,
 		Mounts:          req.Mounts,
 		Tmpfs:           r.tmpfs.Within(req.Resources.MemoryBytes),
@@ -371,7 +378,7 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 		return fmt.Errorf("start task for %s: %v: %w", req.ID, err, errdefs.ErrUnavailable)
 	}
 	fault.At(ctx, "create/started")
-	st := &sandboxTask{task: task, shell: detectShell(int(task.Pid()))}
+	st := &sandboxTask{task: task, shell: detectShell(int(task.Pid())), env: in.Env}
 	r.mu.Lock()
 	r.tasks[req.ID] = st
 	r.mu.Unlock()
@@ -379,6 +386,47 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 }
 
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// imageEnv is the environment the image's config asks for (PATH, LANG,
+// ...), the base of PID 1's and every exec's environment; matrx's own
+// variables go on top. HOME is not taken from the image: the runtime sets
+// it per exec user. An image without PATH gets defaultPath.
+func imageEnv(ctx context.Context, img containerd.Image) ([]string, error) {
+	spec, err := img.Spec(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read config of image %s: %w", img.Name(), err)
+	}
+	env := []string{"PATH=" + defaultPath}
+	for _, kv := range spec.Config.Env {
+		k, _, ok := strings.Cut(kv, "=")
+		if !ok || k == "" || k == "HOME" || strings.IndexByte(kv, 0) >= 0 {
+			continue
+		}
+		env = mergeEnv(env, []string{kv})
+	}
+	return env, nil
+}
+
+// mergeEnv returns base with every KEY=VALUE of over applied in order: a
+// key already in base is replaced in place, a new one appended.
+func mergeEnv(base, over []string) []string {
+	out := append([]string(nil), base...)
+	idx := map[string]int{}
+	for i, kv := range out {
+		k, _, _ := strings.Cut(kv, "=")
+		idx[k] = i
+	}
+	for _, kv := range over {
+		k, _, _ := strings.Cut(kv, "=")
+		if i, ok := idx[k]; ok {
+			out[i] = kv
+			continue
+		}
+		idx[k] = len(out)
+		out = append(out, kv)
+	}
+	return out
+}
 
 // Destroy stops and removes a sandbox's task, container and snapshot. With a
 // grace period, every process gets SIGTERM first and SIGKILL once grace runs
@@ -531,6 +579,7 @@ func (r *Runtime) List(ctx context.Context) ([]Info, error) {
 type sandboxTask struct {
 	task  containerd.Task
 	shell string
+	env   []string // PID 1's environment: the base of every exec's
 }
 
 // sandbox returns the cached task handle, loading it from containerd after
@@ -556,7 +605,15 @@ func (r *Runtime) sandbox(ctx context.Context, id string) (*sandboxTask, error) 
 		}
 		return nil, fmt.Errorf("load task %s: %w", id, err)
 	}
-	st = &sandboxTask{task: task, shell: detectShell(int(task.Pid()))}
+	spec, err := container.Spec(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("load spec of %s: %w", id, err)
+	}
+	var env []string
+	if spec.Process != nil {
+		env = spec.Process.Env
+	}
+	st = &sandboxTask{task: task, shell: detectShell(int(task.Pid())), env: env}
 	r.mu.Lock()
 	r.tasks[id] = st
 	r.mu.Unlock()

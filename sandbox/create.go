@@ -36,7 +36,12 @@ func (m *Manager) resolve(out registry.Config) (registry.Config, error) {
 	if out.Image == "" {
 		out.Image = l.DefaultImage
 	}
-	if err := validateImage(out.Image); err != nil {
+	image, err := normalizeImage("config.image", out.Image)
+	if err != nil {
+		return out, err
+	}
+	out.Image = image
+	if out.Pull, err = validatePull(out.Pull); err != nil {
 		return out, err
 	}
 	if out.CPU == 0 {
@@ -167,7 +172,11 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 	}
 	fault.At(ctx, "create/recorded")
 	log := m.log.With("sandbox_id", rec.ID, "user_id", userID)
-	log.Info("sandbox creating", "image", cfg.Image, "cpu", cfg.CPU, "memory_mb", cfg.MemoryMB, "pids", cfg.Pids)
+	log.Info("sandbox creating", "image", cfg.Image, "pull", cfg.Pull, "cpu", cfg.CPU, "memory_mb", cfg.MemoryMB, "pids", cfg.Pids)
+	// The image is in use from here until the container exists (then
+	// containerd and the record say so): a prune in between keeps it.
+	releaseImage := m.acquireImage(cfg.Image)
+	defer releaseImage()
 	m.emit(Event{Type: EventCreated, SandboxID: rec.ID, UserID: userID, Status: string(registry.StatusCreating)})
 
 	// Undo steps, run newest first if anything below fails. Hot files may
@@ -194,13 +203,26 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 		m.metrics.ObserveCreate(time.Since(start), false)
 	}()
 
-	if err := m.storage.EnsureUser(ctx, userID); err != nil {
+	// The image first: a create that cannot have it does no storage work.
+	digest, err := m.ensureImage(ctx, cfg.Image, cfg.Pull)
+	if err != nil {
+		return nil, err
+	}
+	if rec, err = m.store.Update(ctx, rec.ID, func(r *registry.Record) error {
+		r.ImageDigest = digest
+		return nil
+	}); err != nil {
 		return nil, err
 	}
 	// Phase timings for the "sandbox ready" line: where create time goes.
-	phase := map[string]time.Duration{"ensure_user": time.Since(start)}
+	phase := map[string]time.Duration{"image": time.Since(start)}
 	mark := func(name string, since time.Time) { phase[name] = time.Since(since) }
 	t0 := time.Now()
+	if err := m.storage.EnsureUser(ctx, userID); err != nil {
+		return nil, err
+	}
+	mark("ensure_user", t0)
+	t0 = time.Now()
 	home, err := m.storage.PrepareHot(rec.ID, userID, cfg.DiskMB<<20)
 	if err != nil {
 		return nil, err
@@ -276,7 +298,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 	m.emit(Event{Type: EventReady, SandboxID: rec.ID, UserID: userID, Status: string(registry.StatusReady)})
 	fault.At(ctx, "create/ready")
 	args := []any{"total_ms", ms(time.Since(start))}
-	for _, k := range []string{"ensure_user", "prepare_hot", "cold", "container", "sync_down"} {
+	for _, k := range []string{"image", "ensure_user", "prepare_hot", "cold", "container", "sync_down"} {
 		args = append(args, k+"_ms", ms(phase[k]))
 	}
 	log.Info("sandbox ready", args...)

@@ -108,6 +108,12 @@ type Runtime interface {
 	GC(ctx context.Context, p runtime.GCPolicy) ([]runtime.Leftover, error)
 	TaskState(ctx context.Context, id string) (runtime.TaskState, error)
 	Connected() error
+	// Images (images.go).
+	ImageDigest(ctx context.Context, name string) (string, error)
+	Pull(ctx context.Context, req runtime.PullRequest) (runtime.ImageInfo, error)
+	Images(ctx context.Context) ([]runtime.ImageInfo, error)
+	ImagesInUse(ctx context.Context) (map[string][]string, error)
+	DeleteImage(ctx context.Context, name string) error
 }
 
 // Storage is what the lifecycle needs from host-side storage
@@ -254,6 +260,9 @@ type Config struct {
 	// Home, when set, is the listener sandboxes call home on; without it
 	// no process in a sandbox is told of any way back.
 	Home Home
+	// PinnedImages are kept by PruneImages even when no sandbox uses
+	// them (the default image always is).
+	PinnedImages []string
 }
 
 // Manager runs sandbox lifecycles.
@@ -278,6 +287,9 @@ type Manager struct {
 	stopSem     chan struct{} // bounds supervision's concurrent stops
 	reconcileMu sync.Mutex
 	recovered   chan struct{} // closed once startup recovery finished
+	pins        []string      // normalized PinnedImages
+	images      imageState    // pulls in flight, images of starting sandboxes
+
 }
 
 // liveState is what the manager remembers about a running sandbox.
@@ -304,10 +316,26 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	// Images are kept by their full names, the way containerd stores them.
+	def, err := normalizeImage("default image", cfg.Limits.DefaultImage)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Limits.DefaultImage = def
+	var pins []string
+	for _, p := range cfg.PinnedImages {
+		n, err := normalizeImage("pinned image", p)
+		if err != nil {
+			return nil, err
+		}
+		pins = append(pins, n)
+	}
 	return &Manager{
 		store: cfg.Store, rt: cfg.Runtime, storage: cfg.Storage, metrics: cfg.Metrics, home: cfg.Home, limits: cfg.Limits,
 		log: cfg.Logger, now: time.Now, live: map[string]*liveState{},
 		hotBusy: map[string]bool{}, stopSem: make(chan struct{}, maxBackgroundStops), recovered: make(chan struct{}),
+		pins:   pins,
+		images: imageState{starting: map[string]int{}, pulls: map[string]*sharedPull{}},
 	}, nil
 }
 

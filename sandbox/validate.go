@@ -77,9 +77,9 @@ func validateLabels(labels map[string]string) error {
 	return nil
 }
 
-func validateImage(name string) error {
+func validateImageAs(field, name string) error {
 	if !imageRe.MatchString(name) || strings.Contains(name, "..") {
-		return invalid("config.image %q is not a valid image reference", name)
+		return invalid("%s %q is not a valid image reference", field, name)
 	}
 	return nil
 }

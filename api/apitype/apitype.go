@@ -66,6 +66,9 @@ type SandboxConfig struct {
 	// request) for that long stops it (idle). 0: the daemon's default.
 	HeartbeatTimeoutSeconds int64 `json:"heartbeat_timeout_seconds,omitempty"`
 	IdleTimeoutSeconds      int64 `json:"idle_timeout_seconds,omitempty"`
+	// Pull is when the image is pulled from its registry: if_not_present
+	// (default), always, or never (it must have been pulled or imported).
+	Pull string `json:"pull,omitempty"`
 }
 
 // NetworkConfig is a sandbox's egress policy: mode "default" (the internet,
@@ -114,6 +117,8 @@ type Sandbox struct {
 	// first ones as "PATH: REASON".
 	HotSyncRejectedCount int      `json:"hot_sync_rejected_count,omitempty"`
 	HotSyncRejected      []string `json:"hot_sync_rejected,omitempty"`
+	// ImageDigest is the digest of the image the sandbox started from.
+	ImageDigest string `json:"image_digest,omitempty"`
 	// Supervision: PID 1's exit status once it exited or was killed, the
 	// OOM kills seen inside, the last activity, and when idleness stops
 	// the sandbox (null without an idle timeout).
@@ -255,6 +260,71 @@ type ImageList struct {
 // ImportResponse answers POST /images/import.
 type ImportResponse struct {
 	Images []string `json:"images"`
+}
+
+// PullRequest is the body of POST /images/pull.
+type PullRequest struct {
+	// Ref is the image reference, e.g. registry.example:5000/team/app:1.4.
+	Ref string `json:"ref"`
+	// Auth, when set, is used for this pull instead of the daemon's
+	// credentials for the registry. It is never stored or logged.
+	Auth *RegistryAuth `json:"auth,omitempty"`
+	// Platform is os/arch[/variant]; default: the daemon's.
+	Platform string `json:"platform,omitempty"`
+}
+
+// RegistryAuth is a registry login. An empty Username with a Password is
+// an identity token.
+type RegistryAuth struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+// Types of PullEvent.
+const (
+	PullEventProgress = "progress"
+	PullEventDone     = "done"
+	PullEventError    = "error"
+)
+
+// Reasons of a PullEvent of type error.
+const (
+	PullReasonUnauthorized = "unauthorized" // the registry refused the credentials, or wants some
+	PullReasonNotFound     = "not_found"    // no such repository or tag
+	PullReasonUnreachable  = "unreachable"  // no answer, TLS failure, plain HTTP without --insecure-registry
+	PullReasonPlatform     = "platform"     // no manifest for the platform
+	PullReasonFailed       = "failed"       // anything else
+)
+
+// PullEvent is one line of POST /images/pull's application/x-ndjson
+// answer: progress events (layer, done, total bytes), then one done event
+// (image, digest) or one error event (detail, reason).
+type PullEvent struct {
+	Type   string `json:"type"`
+	Layer  string `json:"layer,omitempty"`
+	Done   *int64 `json:"done,omitempty"`
+	Total  *int64 `json:"total,omitempty"`
+	Image  string `json:"image,omitempty"`
+	Digest string `json:"digest,omitempty"`
+	Detail string `json:"detail,omitempty"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// ImageDeleteResponse answers DELETE /images/{name}.
+type ImageDeleteResponse struct {
+	Deleted []string `json:"deleted"`
+}
+
+// KeptImage is an image prune left, and why.
+type KeptImage struct {
+	Image  string `json:"image"`
+	Reason string `json:"reason"`
+}
+
+// ImagePruneResponse answers POST /images/prune.
+type ImagePruneResponse struct {
+	Deleted []string    `json:"deleted"`
+	Kept    []KeptImage `json:"kept"`
 }
 
 // Version answers GET /version.

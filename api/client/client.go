@@ -153,6 +153,11 @@ func errorFromStatus(status int, detail string) error {
 		class = errclass.ErrTooLarge
 	case http.StatusRequestedRangeNotSatisfiable:
 		class = errclass.ErrUnsatisfiableRange
+	case http.StatusBadGateway:
+		// An image registry failed (api.statusOf): not retried, and
+		// never Unauthenticated, even when the registry refused
+		// credentials.
+		class = errclass.ErrUpstream
 	}
 	if detail == "" {
 		detail = http.StatusText(status)

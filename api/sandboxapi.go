@@ -43,7 +43,6 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 
 	"github.com/matrx-dev/matrx/api/apitype"
@@ -204,19 +203,11 @@ func (h *SandboxAPI) OpenSocket(id string) (string, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return "", fmt.Errorf("remove stale sandbox socket: %w", err)
 	}
-	old := unix.Umask(0o777) // no window where anyone else may connect
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	unix.Umask(old)
+	// Bound outside the sandbox's directory (which the sandbox sees), then
+	// moved into it.
+	l, err := bindPrivate(h.cfg.SocketDir, path, h.cfg.SocketUID, h.cfg.SocketGID, 0o660)
 	if err != nil {
-		return "", fmt.Errorf("listen on %s: %w", path, err)
-	}
-	err = os.Chown(path, h.cfg.SocketUID, h.cfg.SocketGID)
-	if err == nil {
-		err = os.Chmod(path, 0o660)
-	}
-	if err != nil {
-		l.Close()
-		return "", fmt.Errorf("sandbox socket %s: %w", path, err)
+		return "", fmt.Errorf("sandbox socket: %w", err)
 	}
 	h.mu.Lock()
 	h.sockets[id] = l

@@ -733,6 +733,11 @@ func TestREADMECommands(t *testing.T) {
 			if code != 0 || out == "" {
 				t.Errorf("%s: exit %d, printed %q %s", line, code, out, errOut)
 			}
+		case words[1] == "kill" && code == 0:
+			// The attach below must find the process ended, or it would
+			// wait for it: give the signal time to land, and say so if
+			// it never does.
+			waitEnded(t, h, id, proc, 15*time.Second)
 		case wantCode[line] != 0:
 			if code != wantCode[line] {
 				t.Errorf("%s: exit %d, want %d\nstdout: %s\nstderr: %s", line, code, wantCode[line], out, errOut)
@@ -752,6 +757,25 @@ func TestREADMECommands(t *testing.T) {
 	}
 	if ran < 15 {
 		t.Fatalf("ran only %d README commands", ran)
+	}
+}
+
+// waitEnded waits until a background process is no longer running.
+func waitEnded(t *testing.T, h *daemontest.Harness, id, proc string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		p, err := h.Client().Process(context.Background(), id, proc)
+		if err != nil {
+			t.Fatalf("process %s: %v", proc, err)
+		}
+		if p.Status != "running" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %s still running %v after the signal: %+v", proc, within, p)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

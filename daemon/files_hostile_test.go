@@ -88,6 +88,7 @@ func (c *canary) check(t *testing.T) {
 // TestFilesHostile runs the files API against a hostile sandbox of the
 // production image, with a canary file on the host that nothing may touch.
 func TestFilesHostile(t *testing.T) {
+	t.Parallel() // see TestMain (storage_e2e_test.go)
 	prod := productionImage(t)
 	h := daemontest.Start(t)
 	importImage(t, h, prod)

@@ -23,6 +23,7 @@ import (
 // a sandbox of the production image. Each must fail inside the sandbox
 // while the daemon, a neighbour sandbox and the host stay healthy.
 func TestHostileSandbox(t *testing.T) {
+	t.Parallel() // see TestMain (storage_e2e_test.go)
 	testenv.BothContainerds(t)
 	prod := filepath.Join(containerdtest.RepoRoot(), "build", "images", "sandbox.tar")
 	if _, err := os.Stat(prod); err != nil {

@@ -114,6 +114,7 @@ func (d *realDaemon) rssKB() int {
 // every process and every byte of output is still there. Then it measures
 // the daemon's memory while a process prints 1 GiB to a slow reader.
 func TestProcessesSurviveKill9(t *testing.T) {
+	t.Parallel() // see TestMain (storage_e2e_test.go)
 	testenv.BothContainerds(t)
 	env := containerdtest.Start(t, daemontest.Namespace)
 	d := startRealDaemon(t, env)

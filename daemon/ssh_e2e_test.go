@@ -137,6 +137,7 @@ func (c *sshCreds) goClient(t *testing.T) *ssh.Client {
 // expiry, revocation and the sandbox's stop; the host key, checked; 50
 // sessions at once; and the sftp server's view of hostile symlinks.
 func TestSSH(t *testing.T) {
+	t.Parallel() // see TestMain (storage_e2e_test.go)
 	for _, bin := range []string{"ssh", "scp", "sftp"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			testenv.Skip(t, "%s missing (apt-get install openssh-client)", bin)

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,18 +27,33 @@ import (
 	"github.com/matrx-dev/matrx/testenv"
 )
 
+// TestMain starts the local S3 server on first use and stops it at the end.
+//
+// The heaviest end-to-end tests (production image imports, torture,
+// streaming at scale, real-binary daemons) call t.Parallel(): each owns
+// its containerd, daemon, bridge, subnet, state dir and bucket, and they
+// take most of the package's time waiting on I/O and timers. Tests that
+// measure the test process itself (TestFilesLarge's RSS) or assert a
+// liveness deadline stay sequential; Go never runs those alongside the
+// parallel ones.
 func TestMain(m *testing.M) { s3test.Main(m) }
 
+var exportCredentials sync.Once
+
 // s3Env starts (once) the local S3 server, makes a fresh bucket and exports
-// the credentials the way an operator would (standard AWS chain).
+// the credentials the way an operator would (standard AWS chain). The
+// credentials are the one server's, so they are exported once for the
+// whole process (t.Setenv is not allowed in parallel tests).
 func s3Env(t *testing.T) (*s3test.Server, string) {
 	srv := s3test.Start(t)
 	if _, err := exec.LookPath("s3fs"); err != nil {
 		containerdtest.Skip(t, "s3fs not installed")
 	}
 	bucket := srv.NewBucket(t)
-	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
+	exportCredentials.Do(func() {
+		os.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
+		os.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
+	})
 	return srv, bucket
 }
 

@@ -270,15 +270,26 @@ func (h *Harness) CLI(args ...string) (string, string, int) {
 	return h.CLIWithStdin(null, args...)
 }
 
+// CLITimeout bounds one CLI call: a command that would wait forever (an
+// attach or a follow whose process never ends) fails the test with what
+// it printed instead of hanging the suite until go test's own timeout.
+const CLITimeout = 3 * time.Minute
+
 // CLIWithStdin is CLI with the command reading stdin.
 func (h *Harness) CLIWithStdin(stdin *os.File, args ...string) (string, string, int) {
+	h.T.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), CLITimeout)
+	defer cancel()
 	var out, errOut bytes.Buffer
 	app := ctl.App()
 	app.Writer, app.ErrWriter = &out, &errOut
 	app.Reader = stdin
 	code := 0
 	app.ExitErrHandler = func(*cli.Context, error) {}
-	err := ctl.Run(app, append([]string{"matrx", "--socket", h.Config.Socket}, args...))
+	err := ctl.RunContext(ctx, app, append([]string{"matrx", "--socket", h.Config.Socket}, args...))
+	if ctx.Err() != nil {
+		h.T.Errorf("matrx %s: still running after %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), CLITimeout, &out, &errOut)
+	}
 	if ec, ok := err.(interface{ ExitCode() int }); ok {
 		code = ec.ExitCode()
 	} else if err != nil {

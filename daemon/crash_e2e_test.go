@@ -164,6 +164,7 @@ type crashRow struct {
 const crashUser = "crash"
 
 func TestCrashInjection(t *testing.T) {
+	t.Parallel() // see TestMain (storage_e2e_test.go)
 	srv, bucket := s3Env(t)
 	proxy := s3test.NewProxy(t, srv)
 	env := containerdtest.Start(t, daemontest.Namespace)

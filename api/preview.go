@@ -41,7 +41,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/matrx-dev/matrx/api/apitype"
-	"github.com/matrx-dev/matrx/sandbox"
+	"github.com/matrx-dev/matrx/ids"
 )
 
 const (
@@ -175,7 +175,7 @@ func (p *previewConfig) parseHost(h string) (string, int, bool) {
 	}
 	ps, id, ok := strings.Cut(label, "-")
 	port, err := parsePort(ps)
-	if !ok || err != nil || !sandbox.ValidSandboxID(id) {
+	if !ok || err != nil || !ids.ValidSandboxID(id) {
 		return "", 0, false
 	}
 	return id, port, true

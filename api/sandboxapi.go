@@ -46,6 +46,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/matrx-dev/matrx/api/apitype"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/sandbox"
 )
 
@@ -186,7 +187,7 @@ func (h *SandboxAPI) serve(l net.Listener) {
 // OpenSocket makes sandbox id's socket, replacing one an earlier daemon
 // left, and returns its directory (to bind at sandbox.HomeSocketDir).
 func (h *SandboxAPI) OpenSocket(id string) (string, error) {
-	if !sandbox.ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		return "", fmt.Errorf("sandbox id %q: %w", id, errdefs.ErrInvalidArgument)
 	}
 	dir := filepath.Join(h.cfg.SocketDir, id)
@@ -225,7 +226,7 @@ func (h *SandboxAPI) OpenSocket(id string) (string, error) {
 
 // CloseSocket stops serving sandbox id's socket and removes its directory.
 func (h *SandboxAPI) CloseSocket(id string) {
-	if !sandbox.ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		return
 	}
 	h.closeListener(id)

@@ -33,6 +33,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/matrx-dev/matrx/api/apitype"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
@@ -423,7 +424,7 @@ func (s *Server) sandboxJSON(r *registry.Record) apitype.Sandbox {
 
 func recordJSON(r *registry.Record) apitype.Sandbox {
 	out := apitype.Sandbox{
-		SandboxID: r.ID, UserID: r.UserID, Status: string(r.Status), ContainerID: r.ContainerID,
+		SandboxID: r.ID, UserID: r.UserID.String(), Status: string(r.Status), ContainerID: r.ContainerID,
 		CreatedAt: r.CreatedAt, HotPath: sandbox.HotPath, ColdPath: sandbox.ColdPath,
 		Config: apitype.SandboxConfig{
 			Image: r.Config.Image, CPU: r.Config.CPU, MemoryMB: r.Config.MemoryMB, Pids: r.Config.Pids, DiskMB: r.Config.DiskMB,
@@ -583,7 +584,7 @@ func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
 // found" whatever the request carries.
 func (s *Server) sandboxID(w http.ResponseWriter, r *http.Request) (string, bool) {
 	id := r.PathValue("id")
-	if !sandbox.ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		s.fail(w, r, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound))
 		return "", false
 	}

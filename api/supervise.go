@@ -147,7 +147,7 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request) {
 }
 
 func eventJSON(e sandbox.Event) apitype.Event {
-	return apitype.Event{Seq: e.Seq, Time: e.Time, Type: e.Type, SandboxID: e.SandboxID, UserID: e.UserID,
+	return apitype.Event{Seq: e.Seq, Time: e.Time, Type: e.Type, SandboxID: e.SandboxID, UserID: e.UserID.String(),
 		Status: e.Status, Reason: e.Reason, ExitCode: e.ExitCode, Repair: e.Repair, Detail: e.Detail}
 }
 

@@ -24,6 +24,7 @@ var forbidden = map[string][]string{
 	"doctor":     {"api", "sandbox", "daemon", "ctl", "registry"},
 	"errclass":   {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics", "undo"},
 	"fault":      {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics", "undo"},
+	"ids":        {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics", "undo", "errclass", "fault"},
 }
 
 func TestImportDirections(t *testing.T) {

@@ -52,7 +52,7 @@ func newBinDaemon(t *testing.T, env *containerdtest.Env, bin string, flags ...st
 func (d *binDaemon) args() []string {
 	return append([]string{"--socket", d.sock, "--containerd-address", d.env.Address, "--containerd-namespace", daemontest.Namespace, "--ssh-address=",
 		"--state-dir", d.state, "--lock-dir", filepath.Join(d.env.Dir, "locks"), "--init-path", d.env.InitPath,
-		"--relay-path", d.env.RelayPath,
+		"--relay-path", d.env.RelayPath, "--disk-overcommit", "8", // tests share the machine's disk
 		"--image", containerdtest.MinimalImage, "--default-memory-mb", "128", "--default-cpu", "1", "--shutdown-timeout", "2",
 		"--expiry-interval", "1s", "--network", "on", "--network-bridge", d.nc.Bridge, "--network-subnet", d.nc.Subnet.String()},
 		d.flags...)

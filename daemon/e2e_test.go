@@ -23,8 +23,8 @@ import (
 	"github.com/matrx-dev/matrx/api/apitype"
 	"github.com/matrx-dev/matrx/api/client"
 	"github.com/matrx-dev/matrx/daemon/daemontest"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
-	"github.com/matrx-dev/matrx/sandbox"
 	"github.com/matrx-dev/matrx/testenv"
 )
 
@@ -33,7 +33,7 @@ func TestLifecycle(t *testing.T) {
 	h := daemontest.Start(t)
 	ctx := context.Background()
 	s := h.Create("alice", &apitype.SandboxConfig{Labels: map[string]string{"team": "a"}, Env: map[string]string{"GREETING": "hi"}})
-	if !sandbox.ValidSandboxID(s.SandboxID) || s.Status != "ready" || s.UserID != "alice" || s.HotPath != "/home/agent" ||
+	if !ids.ValidSandboxID(s.SandboxID) || s.Status != "ready" || s.UserID != "alice" || s.HotPath != "/home/agent" ||
 		s.ColdPath != "/data/cold" || s.TTLSeconds != 7200 || s.SSHPort != nil || s.ContainerID == "" || s.Image != containerdtest.MinimalImage {
 		t.Fatalf("created sandbox: %+v", s)
 	}
@@ -335,7 +335,7 @@ func TestCLI(t *testing.T) {
 	run := h.CLI
 	out, errOut, code := run("create", "--user", "erin", "--label", "k=v")
 	id := strings.TrimSpace(out)
-	if code != 0 || !sandbox.ValidSandboxID(id) {
+	if code != 0 || !ids.ValidSandboxID(id) {
 		t.Fatalf("create: %q %q %d", out, errOut, code)
 	}
 	out, errOut, code = run("exec", id, "--cwd", "/tmp", "--", "pwd; echo err >&2; exit 3")
@@ -716,7 +716,7 @@ func TestREADMECommands(t *testing.T) {
 		switch {
 		case words[1] == "create":
 			id = strings.TrimSpace(out)
-			if code != 0 || !sandbox.ValidSandboxID(id) {
+			if code != 0 || !ids.ValidSandboxID(id) {
 				t.Fatalf("%s: exit %d, printed %q %s", line, code, out, errOut)
 			}
 		case words[1] == "exec" && words[2] == "-d":

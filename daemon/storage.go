@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/mounts"
 	"github.com/matrx-dev/matrx/mounts/cold"
@@ -231,7 +232,7 @@ func openStorage(ctx context.Context, cfg Config, ns runtime.UserNS, mx *metrics
 	}
 	cm, err := cold.NewManager(ctx, cold.ManagerConfig{Dir: filepath.Join(cfg.StateDir, "cold"), Driver: drv, Logger: log},
 		cold.WithOwner(uint32(uid), uint32(gid)),
-		cold.WithRemountHook(func(string) { mx.IncFUSERemount(drv.Name()) }))
+		cold.WithRemountHook(func(ids.UserID) { mx.IncFUSERemount(drv.Name()) }))
 	if err != nil {
 		closeFn()
 		return nil, err
@@ -299,10 +300,10 @@ func coldOptions(systemd bool, log *slog.Logger) []cold.Option {
 
 // scopeWrapper prefixes a FUSE daemon's argv with systemd-run --scope,
 // which execs the daemon in place (the supervisor watches that pid).
-func scopeWrapper(userID string, argv []string) []string {
+func scopeWrapper(userID ids.UserID, argv []string) []string {
 	var b [4]byte
 	rand.Read(b[:])
 	unit := fmt.Sprintf("matrx-cold-%s-%x", userID, b)
 	return append([]string{"systemd-run", "--scope", "--collect", "--quiet",
-		"--unit=" + unit, "--description=matrx cold storage of " + userID, "--"}, argv...)
+		"--unit=" + unit, "--description=matrx cold storage of " + userID.String(), "--"}, argv...)
 }

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 )
@@ -402,11 +403,14 @@ func (b *Bolt) Quarantined(context.Context) ([]Quarantined, error) {
 }
 
 // Users implements Store (from the users/ index: no record is decoded).
-func (b *Bolt) Users(context.Context) ([]string, error) {
-	var out []string
+func (b *Bolt) Users(context.Context) ([]ids.UserID, error) {
+	var out []ids.UserID
 	err := b.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketUsers).ForEach(func(k, _ []byte) error {
-			out = append(out, string(k))
+			// Keys come from decoded records, whose user ids parsed.
+			if u, err := ids.ParseUserID(string(k)); err == nil {
+				out = append(out, u)
+			}
 			return nil
 		})
 	})

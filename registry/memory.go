@@ -3,11 +3,13 @@ package registry
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 )
 
 // Memory is an in-process Store for development and tests. Its records die
@@ -131,18 +133,18 @@ func (m *Memory) Prune(_ context.Context, stoppedBefore time.Time) (int, error) 
 }
 
 // Users implements Store.
-func (m *Memory) Users(context.Context) ([]string, error) {
+func (m *Memory) Users(context.Context) ([]ids.UserID, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	seen := map[string]bool{}
-	var out []string
+	seen := map[ids.UserID]bool{}
+	var out []ids.UserID
 	for _, r := range m.records {
 		if !seen[r.UserID] {
 			seen[r.UserID] = true
 			out = append(out, r.UserID)
 		}
 	}
-	sort.Strings(out)
+	slices.Sort(out)
 	return out, nil
 }
 

@@ -47,6 +47,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 )
 
 // Status is a sandbox's lifecycle state, spelled as the original API spells it.
@@ -121,7 +122,7 @@ type NetworkConfig struct {
 // Record is one sandbox as the registry stores it.
 type Record struct {
 	ID              string     `json:"sandbox_id"`
-	UserID          string     `json:"user_id"`
+	UserID          ids.UserID `json:"user_id"`
 	Status          Status     `json:"status"`
 	ContainerID     string     `json:"container_id"`
 	Config          Config     `json:"config"`
@@ -255,7 +256,7 @@ func cloneMap(m map[string]string) map[string]string {
 
 // Filter selects records in List. Zero fields match everything.
 type Filter struct {
-	UserID string
+	UserID ids.UserID
 	// Statuses, when non-empty, keeps only records in one of these statuses.
 	Statuses []Status
 }
@@ -304,7 +305,7 @@ type Store interface {
 	Prune(ctx context.Context, stoppedBefore time.Time) (int, error)
 	// Users lists every user that has (or had) a record, sorted, from an
 	// index (no record is decoded).
-	Users(ctx context.Context) ([]string, error)
+	Users(ctx context.Context) ([]ids.UserID, error)
 	// Quarantined lists the records that failed to decode, as moved
 	// aside by List, Get or Update.
 	Quarantined(ctx context.Context) ([]Quarantined, error)

@@ -23,6 +23,7 @@ import (
 	"github.com/containerd/errdefs"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/registry"
 )
 
@@ -58,7 +59,7 @@ type AccessGrant struct {
 
 // GrantAccess records a public key that opens a running sandbox as a user.
 func (m *Manager) GrantAccess(ctx context.Context, id string, req AccessRequest) (*AccessGrant, error) {
-	if !ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
 	user, err := execUser(req.User)
@@ -178,7 +179,7 @@ func (m *Manager) sandboxOfKey(ctx context.Context, fp, except string) (string, 
 // every one when fingerprint is empty. It returns how many went; sessions
 // they opened end within seconds.
 func (m *Manager) RevokeAccess(ctx context.Context, id, fingerprint string) (int, error) {
-	if !ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		return 0, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
 	n := 0
@@ -229,7 +230,7 @@ func (m *Manager) LookupAccess(ctx context.Context, key []byte) (*Login, error) 
 			if k.Fingerprint != fp || k.PublicKey != line {
 				continue
 			}
-			l := &Login{SandboxID: r.ID, UserID: r.UserID, User: k.User, Fingerprint: fp, ExpiresAt: k.ExpiresAt}
+			l := &Login{SandboxID: r.ID, UserID: r.UserID.String(), User: k.User, Fingerprint: fp, ExpiresAt: k.ExpiresAt}
 			if now.Before(k.ExpiresAt) {
 				return l, nil
 			}

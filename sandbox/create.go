@@ -2,8 +2,6 @@ package sandbox
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +11,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/matrx-dev/matrx/fault"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
@@ -143,8 +142,8 @@ func networkPolicy(c registry.NetworkConfig) (network.Policy, error) {
 // reason.
 func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Record, err error) {
 	start := time.Now()
-	userID := req.UserID
-	if err := ValidateUserID(userID); err != nil {
+	userID, err := ids.ParseUserID(req.UserID)
+	if err != nil {
 		return nil, err
 	}
 	if err := validateIdempotencyKey(req.IdempotencyKey); err != nil {
@@ -159,7 +158,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 	}
 	now := m.now().UTC()
 	rec := &registry.Record{
-		ID: newSandboxID(), UserID: userID, Status: registry.StatusCreating,
+		ID: ids.NewSandboxID(), UserID: userID, Status: registry.StatusCreating,
 		Config: cfg, CreatedAt: now, ExpiresAt: now.Add(time.Duration(cfg.TTLSeconds) * time.Second),
 		IdempotencyKey: req.IdempotencyKey,
 	}
@@ -263,7 +262,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 	}
 	t1 := time.Now()
 	err = m.rt.Create(ctx, runtime.CreateRequest{
-		ID: rec.ID, UserID: userID, Image: cfg.Image,
+		ID: rec.ID, UserID: userID.String(), Image: cfg.Image,
 		Resources: runtime.Resources{CPU: cfg.CPU, MemoryBytes: cfg.MemoryMB << 20, Pids: cfg.Pids},
 		Mounts:    mounts,
 		Env:       m.sandboxEnv(rec),
@@ -311,7 +310,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 // a client (or the fleet provider after a crash) that retries never gets
 // two sandboxes. A key is bound to its user; a create that failed is not
 // retried under the same key.
-func (m *Manager) replayCreate(ctx context.Context, id, userID string) (*registry.Record, error) {
+func (m *Manager) replayCreate(ctx context.Context, id string, userID ids.UserID) (*registry.Record, error) {
 	for {
 		rec, err := m.store.Get(ctx, id)
 		if err != nil {
@@ -349,7 +348,7 @@ func (d *syncDown) wait() error {
 }
 
 // startSyncDown starts filling a new sandbox's hot dir from the bucket.
-func (m *Manager) startSyncDown(ctx context.Context, id, userID string, log *slog.Logger) *syncDown {
+func (m *Manager) startSyncDown(ctx context.Context, id string, userID ids.UserID, log *slog.Logger) *syncDown {
 	d := &syncDown{done: make(chan struct{})}
 	t0 := time.Now()
 	go func() {
@@ -369,7 +368,7 @@ func (m *Manager) startSyncDown(ctx context.Context, id, userID string, log *slo
 // syncDownError explains a failed sync-down. When the request chose (or
 // defaulted) a disk too small for the user's files, it says which field to
 // change and to what.
-func (m *Manager) syncDownError(userID string, cfg registry.Config, err error) error {
+func (m *Manager) syncDownError(userID ids.UserID, cfg registry.Config, err error) error {
 	if nr := (*hotsync.NoRoomError)(nil); cfg.DiskMB > 0 && errors.As(err, &nr) {
 		// Filesystem overhead (journal, inode tables) is what the empty
 		// disk lacks of its size; 16 MiB more leaves room to work.
@@ -396,7 +395,7 @@ func (m *Manager) sandboxEnv(rec *registry.Record) map[string]string {
 		env[k] = v
 	}
 	env["SANDBOX_ID"] = rec.ID
-	env["USER_ID"] = rec.UserID
+	env["USER_ID"] = rec.UserID.String()
 	env["HOT_PATH"] = HotPath
 	env["COLD_PATH"] = ColdPath
 	switch {
@@ -426,10 +425,4 @@ func (m *Manager) setStatus(ctx context.Context, id string, s registry.Status) (
 		r.Status = s
 		return nil
 	})
-}
-
-func newSandboxID() string {
-	var b [6]byte
-	rand.Read(b[:])
-	return "sbx-" + hex.EncodeToString(b[:])
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 )
 
 // Dial connects to TCP port on 127.0.0.1 inside a running sandbox (its
@@ -13,7 +14,7 @@ import (
 // nothing on the host). It is what the HTTP proxy, port forwarding and
 // SSH local forwarding use.
 func (m *Manager) Dial(ctx context.Context, id string, port int) (net.Conn, error) {
-	if !ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
 	if port < 1 || port > 65535 {

@@ -3,6 +3,8 @@ package sandbox
 import (
 	"sync"
 	"time"
+
+	"github.com/matrx-dev/matrx/ids"
 )
 
 // Event types, as GET /events streams them (docker events style).
@@ -21,7 +23,7 @@ type Event struct {
 	Time      time.Time
 	Type      string
 	SandboxID string
-	UserID    string
+	UserID    ids.UserID
 	// Status is the sandbox's status after the event.
 	Status string
 	// Reason is the stop reason (stopping, stopped) or why a repair ran.

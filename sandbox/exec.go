@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/matrx-dev/matrx/fault"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
 )
@@ -29,7 +30,7 @@ type ExecInput struct {
 // The result's Cwd is where the next exec starts.
 func (m *Manager) Exec(ctx context.Context, id string, in ExecInput) (*runtime.ExecResult, error) {
 	l := m.limits
-	if !ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
 	if in.Command == "" {
@@ -157,7 +158,7 @@ func (m *Manager) forget(id string) {
 
 // Heartbeat records that the agent is alive.
 func (m *Manager) Heartbeat(ctx context.Context, id string) (*registry.Record, error) {
-	if !ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
 	now := m.now().UTC()

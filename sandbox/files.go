@@ -8,6 +8,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/runtime"
 	"github.com/matrx-dev/matrx/runtime/fshelper"
 )
@@ -63,7 +64,7 @@ func fileUser(user string) (runtime.ExecUser, error) {
 
 // filesCall starts the helper for req in a running sandbox.
 func (m *Manager) filesCall(ctx context.Context, id, user string, req fshelper.Request, body io.Reader) (*runtime.FilesCall, error) {
-	if !ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
 	u, err := fileUser(user)
@@ -520,7 +521,7 @@ func (w *Watch) Close() error {
 // FUSE paths (/data/cold) report only changes made through the sandbox's
 // own mount, and may report none.
 func (m *Manager) WatchFiles(ctx context.Context, id, user, path string, recursive bool) (_ *Watch, err error) {
-	if !ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
 	// Only a running sandbox gets a slot (filesCall checks again).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
 )
@@ -80,7 +81,7 @@ func (m *Manager) reconcileRuntime(ctx context.Context) {
 			m.repaired(RepairRecord, r.ID, r.UserID, "record said "+string(r.Status)+" but the container is gone")
 		}
 	}
-	left, err := m.rt.GC(ctx, runtime.GCPolicy{IsSandbox: ValidSandboxID, Keep: m.HasContainer})
+	left, err := m.rt.GC(ctx, runtime.GCPolicy{IsSandbox: ids.ValidSandboxID, Keep: m.HasContainer})
 	for _, l := range left {
 		if l.Kind == runtime.LeftoverContainer {
 			m.closeHome(l.SandboxID)
@@ -108,7 +109,7 @@ func (m *Manager) forgetGone(ctx context.Context) {
 }
 
 // repaired logs, counts and publishes one repair.
-func (m *Manager) repaired(kind, id, userID, detail string) {
+func (m *Manager) repaired(kind, id string, userID ids.UserID, detail string) {
 	m.log.Warn("reconcile: repaired", "kind", kind, "sandbox_id", id, "user_id", userID, "detail", detail)
 	m.metrics.IncReconcileRepair(kind)
 	m.emit(Event{Type: EventRepaired, SandboxID: id, UserID: userID, Repair: kind, Detail: detail})

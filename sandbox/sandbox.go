@@ -42,6 +42,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/mounts"
 	"github.com/matrx-dev/matrx/mounts/hotsync"
@@ -120,25 +121,25 @@ type Runtime interface {
 // (mounts.Storage): per-sandbox hot directories synced with the bucket and
 // per-user cold mounts.
 type Storage interface {
-	EnsureUser(ctx context.Context, userID string) error
-	PrepareHot(sandboxID, userID string, diskBytes int64) (string, error)
-	SyncDown(ctx context.Context, sandboxID, userID string) (hotsync.Result, error)
-	SyncUp(ctx context.Context, sandboxID, userID string) (hotsync.Result, error)
-	FinishHot(ctx context.Context, sandboxID, userID string) (hotsync.Result, error)
+	EnsureUser(ctx context.Context, userID ids.UserID) error
+	PrepareHot(sandboxID string, userID ids.UserID, diskBytes int64) (string, error)
+	SyncDown(ctx context.Context, sandboxID string, userID ids.UserID) (hotsync.Result, error)
+	SyncUp(ctx context.Context, sandboxID string, userID ids.UserID) (hotsync.Result, error)
+	FinishHot(ctx context.Context, sandboxID string, userID ids.UserID) (hotsync.Result, error)
 	RemoveHot(ctx context.Context, sandboxID string) error
 	HasHot(sandboxID string) bool
 	Pending() ([]mounts.PendingHot, error)
 	// AcquireCold and ReleaseCold count one reference per sandbox: a
 	// release by a sandbox that holds none (its acquire failed) is a no-op.
-	AcquireCold(ctx context.Context, userID, sandboxID string) (string, error)
-	ReleaseCold(ctx context.Context, userID, sandboxID string) error
+	AcquireCold(ctx context.Context, userID ids.UserID, sandboxID string) (string, error)
+	ReleaseCold(ctx context.Context, userID ids.UserID, sandboxID string) error
 	// SweepCold unmounts cold mounts no reference holds (a previous
 	// daemon's), returning their users.
-	SweepCold(ctx context.Context) ([]string, error)
-	Stats(ctx context.Context, userID string) (mounts.TierStats, error)
-	Clean(ctx context.Context, userID, tier string) (int64, error)
-	PruneTrash(ctx context.Context, userID string, now time.Time) (int, error)
-	RestoreHot(ctx context.Context, userID, path string, at time.Time) ([]string, error)
+	SweepCold(ctx context.Context) ([]ids.UserID, error)
+	Stats(ctx context.Context, userID ids.UserID) (mounts.TierStats, error)
+	Clean(ctx context.Context, userID ids.UserID, tier string) (int64, error)
+	PruneTrash(ctx context.Context, userID ids.UserID, now time.Time) (int, error)
+	RestoreHot(ctx context.Context, userID ids.UserID, path string, at time.Time) ([]string, error)
 }
 
 // Limits are the daemon's defaults and the maximums a request may ask for.
@@ -344,7 +345,7 @@ func (m *Manager) Limits() Limits { return m.limits }
 
 // Get returns one sandbox.
 func (m *Manager) Get(ctx context.Context, id string) (*registry.Record, error) {
-	if !ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
 	r, err := m.store.Get(ctx, id)
@@ -354,12 +355,14 @@ func (m *Manager) Get(ctx context.Context, id string) (*registry.Record, error) 
 // List returns a user's sandboxes (all users when userID is empty); only
 // live ones unless all is set.
 func (m *Manager) List(ctx context.Context, userID string, all bool) ([]*registry.Record, error) {
+	var f registry.Filter
 	if userID != "" {
-		if err := ValidateUserID(userID); err != nil {
+		u, err := ids.ParseUserID(userID)
+		if err != nil {
 			return nil, err
 		}
+		f.UserID = u
 	}
-	f := registry.Filter{UserID: userID}
 	if !all {
 		f.Statuses = registry.LiveStatuses()
 	}
@@ -453,7 +456,7 @@ func parseCursor(s string) (cursor, error) {
 	}
 	ns, id, ok := strings.Cut(string(b), ":")
 	n, err := strconv.ParseInt(ns, 10, 64)
-	if !ok || err != nil || !ValidSandboxID(id) {
+	if !ok || err != nil || !ids.ValidSandboxID(id) {
 		return cursor{}, bad
 	}
 	return cursor{At: time.Unix(0, n).UTC(), ID: id}, nil

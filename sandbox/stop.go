@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/matrx-dev/matrx/fault"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/registry"
 )
@@ -77,7 +78,7 @@ func (m *Manager) Signal(ctx context.Context, id string, reason, errMsg string) 
 // stopped is returned as it is. A sandbox already in a
 // terminal state is returned unchanged.
 func (m *Manager) beginShutdown(ctx context.Context, id, errMsg string) (*registry.Record, bool, error) {
-	if !ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		return nil, false, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
 	started := false
@@ -436,7 +437,7 @@ func (m *Manager) retryPending(ctx context.Context, orphans bool, budget time.Du
 }
 
 // retryOne is retryPending for one dir; rec is nil when it has no record.
-func (m *Manager) retryOne(ctx context.Context, id, userID string, rec *registry.Record, budget time.Duration) {
+func (m *Manager) retryOne(ctx context.Context, id string, userID ids.UserID, rec *registry.Record, budget time.Duration) {
 	log := m.log.With("sandbox_id", id, "user_id", userID)
 	if derr := m.rt.Destroy(ctx, id, 0); derr != nil {
 		log.Warn("pending hot sync: sandbox still not destroyed; files kept", "error", derr)

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/matrx-dev/matrx/fault"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/mounts"
 	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/registry"
@@ -19,7 +20,7 @@ import (
 
 // finalSync runs the last hot sync of a stopped sandbox within budget
 // (shutdownSyncBudget on a stop path, retrySyncBudget for a retry).
-func (m *Manager) finalSync(ctx context.Context, id, userID string, budget time.Duration, log *slog.Logger) (syncReport, error) {
+func (m *Manager) finalSync(ctx context.Context, id string, userID ids.UserID, budget time.Duration, log *slog.Logger) (syncReport, error) {
 	if !m.storage.HasHot(id) {
 		return syncReport{}, nil
 	}
@@ -208,8 +209,9 @@ func every(ctx context.Context, interval time.Duration, fn func(context.Context)
 }
 
 // StorageStats reports a user's stored objects per tier.
-func (m *Manager) StorageStats(ctx context.Context, userID string) (mounts.TierStats, error) {
-	if err := ValidateUserID(userID); err != nil {
+func (m *Manager) StorageStats(ctx context.Context, user string) (mounts.TierStats, error) {
+	userID, err := ids.ParseUserID(user)
+	if err != nil {
 		return mounts.TierStats{}, err
 	}
 	return m.storage.Stats(ctx, userID)
@@ -218,14 +220,15 @@ func (m *Manager) StorageStats(ctx context.Context, userID string) (mounts.TierS
 // CleanStorage deletes one tier of a user's stored objects. It is an
 // explicit admin action and refuses while the user has any sandbox that is
 // not stopped (its files would come back, or vanish under it).
-func (m *Manager) CleanStorage(ctx context.Context, userID, tier string) (int64, error) {
-	if err := ValidateUserID(userID); err != nil {
+func (m *Manager) CleanStorage(ctx context.Context, user string, tier string) (int64, error) {
+	userID, err := ids.ParseUserID(user)
+	if err != nil {
 		return 0, err
 	}
 	if tier != "hot" && tier != "cold" && tier != "trash" {
 		return 0, invalid("tier %q: want hot, cold or trash", tier)
 	}
-	active, err := m.List(ctx, userID, false)
+	active, err := m.List(ctx, userID.String(), false)
 	if err != nil {
 		return 0, err
 	}
@@ -244,14 +247,15 @@ func (m *Manager) CleanStorage(ctx context.Context, userID, tier string) (int64,
 // last one trashed. Like CleanStorage it refuses while the user has any
 // sandbox that is not stopped: a running sandbox's next sync does not know
 // the restored objects and would turn them into conflicts.
-func (m *Manager) RestoreStorage(ctx context.Context, userID, path string, at time.Time) ([]string, error) {
-	if err := ValidateUserID(userID); err != nil {
+func (m *Manager) RestoreStorage(ctx context.Context, user string, path string, at time.Time) ([]string, error) {
+	userID, err := ids.ParseUserID(user)
+	if err != nil {
 		return nil, err
 	}
 	if path == "" {
 		return nil, invalid("path is required (a file or directory relative to the home)")
 	}
-	active, err := m.List(ctx, userID, false)
+	active, err := m.List(ctx, userID.String(), false)
 	if err != nil {
 		return nil, err
 	}

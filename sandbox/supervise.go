@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
 )
@@ -159,7 +160,7 @@ func (m *Manager) Supervise(ctx context.Context, poll time.Duration) {
 }
 
 func (m *Manager) onTaskEvent(ctx context.Context, ev runtime.TaskEvent) {
-	if !ValidSandboxID(ev.SandboxID) {
+	if !ids.ValidSandboxID(ev.SandboxID) {
 		return
 	}
 	id := ev.SandboxID
@@ -277,7 +278,7 @@ const activitySaveEvery = 5 * time.Second
 // record is written at most every 5 s) and safe from any goroutine; an id
 // that is unknown or not live is ignored.
 func (m *Manager) Touch(ctx context.Context, id string) {
-	if !ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		return
 	}
 	now := m.now().UTC()
@@ -455,7 +456,7 @@ func (m *Manager) execsInFlight(id string) int {
 // from now, and its ttl_seconds becomes the whole lifetime (expires_at −
 // created_at), which may not exceed the daemon's maximum TTL.
 func (m *Manager) SetTTL(ctx context.Context, id string, ttl time.Duration) (*registry.Record, error) {
-	if !ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
 	if ttl < time.Second {

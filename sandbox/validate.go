@@ -11,11 +11,9 @@ import (
 )
 
 var (
-	userIDRe    = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,255}$`)
-	sandboxIDRe = regexp.MustCompile(`^sbx-[0-9a-f]{12}$`)
-	envKeyRe    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
-	labelKeyRe  = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9._/-]{0,61}[a-zA-Z0-9])?$`)
-	imageRe     = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._/:@-]{0,254}$`)
+	envKeyRe   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
+	labelKeyRe = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9._/-]{0,61}[a-zA-Z0-9])?$`)
+	imageRe    = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._/:@-]{0,254}$`)
 )
 
 // reservedEnv are set by matrx on every process; a request may not override
@@ -29,20 +27,6 @@ var reservedEnv = map[string]bool{
 func invalid(format string, args ...any) error {
 	return fmt.Errorf(format+": %w", append(args, errdefs.ErrInvalidArgument)...)
 }
-
-// ValidateUserID checks a user id as the original API did, and also refuses
-// "." and "..", which the original pattern allowed and which would name the
-// parent of the per-user directory on the host.
-func ValidateUserID(id string) error {
-	if !userIDRe.MatchString(id) || id == "." || id == ".." {
-		return invalid("user_id %q is invalid: want 1-255 of [a-zA-Z0-9._-], not . or ..", id)
-	}
-	return nil
-}
-
-// ValidSandboxID reports whether id has the shape of a sandbox id
-// ("sbx-" + 12 lowercase hex). Anything else is unknown by construction.
-func ValidSandboxID(id string) bool { return sandboxIDRe.MatchString(id) }
 
 func validateEnv(env map[string]string, field string) error {
 	if len(env) > 128 {

@@ -9,33 +9,6 @@ import (
 	"github.com/matrx-dev/matrx/registry"
 )
 
-func TestValidateUserID(t *testing.T) {
-	for _, c := range []struct {
-		id string
-		ok bool
-	}{
-		{"alice", true}, {"A.b_c-1", true}, {strings.Repeat("a", 255), true},
-		{"", false}, {".", false}, {"..", false}, {"a/b", false}, {"a b", false}, {"ä", false},
-		{strings.Repeat("a", 256), false}, {"a\x00", false},
-	} {
-		err := ValidateUserID(c.id)
-		if c.ok != (err == nil) || (err != nil && !errdefs.IsInvalidArgument(err)) {
-			t.Errorf("ValidateUserID(%q) = %v", c.id, err)
-		}
-	}
-}
-
-func TestValidSandboxID(t *testing.T) {
-	for id, ok := range map[string]bool{
-		"sbx-0123456789ab": true, "sbx-doesnotexist": false, "sbx-0123456789AB": false,
-		"sbx-0123456789abc": false, "0123456789ab": false, "": false, "sbx-../../etc1": false,
-	} {
-		if ValidSandboxID(id) != ok {
-			t.Errorf("ValidSandboxID(%q) != %v", id, ok)
-		}
-	}
-}
-
 func TestResolveConfig(t *testing.T) {
 	m := &Manager{limits: DefaultLimits()}
 	cases := []struct {

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 	"golang.org/x/sys/unix"
 )
 
@@ -44,7 +45,7 @@ func NewManager(ctx context.Context, cfg ManagerConfig, opts ...ManagerOption) (
 		stage:   filepath.Join(dir, "stage"),
 		cache:   filepath.Join(dir, "cache"),
 		secrets: filepath.Join(dir, "secrets"),
-		users:   make(map[string]*entry),
+		users:   make(map[ids.UserID]*entry),
 	}
 	for _, opt := range opts {
 		opt(m)
@@ -96,19 +97,20 @@ func (m *Manager) cleanStage() error {
 // previous daemon) and their directories, and returns the users whose
 // mounts it removed. Call it once the sandboxes that survived a restart
 // have re-acquired their users' mounts.
-func (m *Manager) SweepStale(ctx context.Context) ([]string, error) {
+func (m *Manager) SweepStale(ctx context.Context) ([]ids.UserID, error) {
 	mounts, err := readMountinfo()
 	if err != nil {
 		return nil, err
 	}
-	var swept []string
+	var swept []ids.UserID
 	usersDir := filepath.Join(m.root, "users")
 	seen := make(map[string]bool)
 	var errs []error
 	for _, mi := range below(mounts, usersDir) {
 		rel := strings.TrimPrefix(mi.Mountpoint, usersDir+"/")
-		userID, rest, _ := strings.Cut(rel, "/")
-		if seen[mi.Mountpoint] || ValidateUserID(userID) != nil {
+		name, rest, _ := strings.Cut(rel, "/")
+		userID, err := ids.ParseUserID(name)
+		if seen[mi.Mountpoint] || err != nil {
 			continue
 		}
 		seen[mi.Mountpoint] = true

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 	"golang.org/x/sys/unix"
 )
 
@@ -91,7 +92,7 @@ func TestRestartStacksOnStaleMounts(t *testing.T) {
 	}
 	sandbox := filepath.Join(dir, "sandbox")
 	bindLikeContainer(t, mp, sandbox)
-	for _, u := range []string{"alice", "carol"} { // the crash
+	for _, u := range []ids.UserID{"alice", "carol"} { // the crash
 		fm := fuseMountOf(t, m1, u)
 		fm.cancel()
 		<-fm.done

@@ -11,13 +11,15 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/registry"
 )
 
 // Run exercises a fresh, empty store returned by open.
 func Run(t *testing.T, open func(t *testing.T) registry.Store) {
 	ctx := context.Background()
-	rec := func(id, user string, at time.Time) *registry.Record {
+	rec := func(id string, user ids.UserID, at time.Time) *registry.Record {
 		return &registry.Record{
 			ID: id, UserID: user, Status: registry.StatusCreating, CreatedAt: at,
 			Config: registry.Config{Image: "img", Env: map[string]string{"A": "1"}},
@@ -183,7 +185,7 @@ func Run(t *testing.T, open func(t *testing.T) registry.Store) {
 	})
 	t.Run("ListFilterOrder", func(t *testing.T) {
 		s := open(t)
-		for i, u := range []string{"u2", "u1", "u1"} {
+		for i, u := range []ids.UserID{"u2", "u1", "u1"} {
 			r := rec(fmt.Sprintf("sbx-00000000000%d", 3-i), u, base.Add(time.Duration(i)*time.Minute))
 			if err := s.Create(ctx, r); err != nil {
 				t.Fatal(err)
@@ -194,19 +196,19 @@ func Run(t *testing.T, open func(t *testing.T) registry.Store) {
 		}
 		all, _ := s.List(ctx, registry.Filter{})
 		if len(all) != 3 || all[0].ID != "sbx-000000000003" || all[2].ID != "sbx-000000000001" {
-			t.Fatalf("list order: %v", ids(all))
+			t.Fatalf("list order: %v", recordIDs(all))
 		}
 		u1, _ := s.List(ctx, registry.Filter{UserID: "u1"})
 		if len(u1) != 2 {
-			t.Fatalf("user filter: %v", ids(u1))
+			t.Fatalf("user filter: %v", recordIDs(u1))
 		}
 		ready, _ := s.List(ctx, registry.Filter{UserID: "u1", Statuses: []registry.Status{registry.StatusReady, registry.StatusRunning}})
 		if len(ready) != 1 || ready[0].ID != "sbx-000000000001" {
-			t.Fatalf("status filter: %v", ids(ready))
+			t.Fatalf("status filter: %v", recordIDs(ready))
 		}
 		none, _ := s.List(ctx, registry.Filter{UserID: "nobody"})
 		if len(none) != 0 {
-			t.Fatalf("unknown user: %v", ids(none))
+			t.Fatalf("unknown user: %v", recordIDs(none))
 		}
 	})
 	t.Run("StatusChangesMoveBetweenLiveAndStopped", func(t *testing.T) {
@@ -232,7 +234,7 @@ func Run(t *testing.T, open func(t *testing.T) registry.Store) {
 		}
 		live, err := s.List(ctx, registry.Filter{Statuses: registry.LiveStatuses()})
 		if err != nil || len(live) != 2 || live[0].ID != "sbx-000000000003" || live[1].ID != "sbx-000000000004" {
-			t.Fatalf("live list: %v %v", err, ids(live))
+			t.Fatalf("live list: %v %v", err, recordIDs(live))
 		}
 		c, err := s.Counts(ctx)
 		if err != nil {
@@ -257,7 +259,7 @@ func Run(t *testing.T, open func(t *testing.T) registry.Store) {
 	})
 	t.Run("Users", func(t *testing.T) {
 		s := open(t)
-		for i, u := range []string{"bob", "alice", "bob"} {
+		for i, u := range []ids.UserID{"bob", "alice", "bob"} {
 			if err := s.Create(ctx, rec(fmt.Sprintf("sbx-00000000000%d", i+1), u, base)); err != nil {
 				t.Fatal(err)
 			}
@@ -318,7 +320,7 @@ func Run(t *testing.T, open func(t *testing.T) registry.Store) {
 	})
 }
 
-func ids(rs []*registry.Record) []string {
+func recordIDs(rs []*registry.Record) []string {
 	var out []string
 	for _, r := range rs {
 		out = append(out, r.ID)

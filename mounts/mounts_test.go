@@ -1,7 +1,6 @@
 package mounts
 
 import (
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -44,30 +43,3 @@ func FuzzUserPath(f *testing.F) {
 	})
 }
 
-func TestHomeDir(t *testing.T) {
-	root := t.TempDir()
-	uid, gid := os.Getuid(), os.Getgid()
-	dir, err := HomeDir(root, "alice", uid, gid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	again, err := HomeDir(root, "alice", uid, gid)
-	if err != nil || again != dir {
-		t.Fatalf("second call: %q %v", again, err)
-	}
-	if b, _ := os.ReadFile(filepath.Join(dir, "f")); string(b) != "x" {
-		t.Fatal("home contents lost on second call")
-	}
-	if err := os.WriteFile(filepath.Join(root, "bob"), nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := HomeDir(root, "bob", uid, gid); !errdefs.IsFailedPrecondition(err) {
-		t.Fatalf("home that is a file: %v", err)
-	}
-	if _, err := HomeDir(root, "..", uid, gid); !errdefs.IsInvalidArgument(err) {
-		t.Fatalf("traversal: %v", err)
-	}
-}

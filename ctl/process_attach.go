@@ -33,9 +33,9 @@ Example:
 					rows, cols := term.size()
 					cl.ResizeProcess(c.Context, id, p.ProcessID, rows, cols)
 				}
-				return attachTerminal(c.Context, cl, id, p.ProcessID, -1, input, stdinOf(c), term, c.App.Writer)
+				return attachTerminal(c.Context, cl, id, p.ProcessID, -1, input, true, stdinOf(c), term, c.App.Writer)
 			}
-			return attachTerminal(c.Context, cl, id, p.ProcessID, -1, input, stdinOf(c), nil, c.App.Writer)
+			return attachTerminal(c.Context, cl, id, p.ProcessID, -1, input, false, stdinOf(c), nil, c.App.Writer)
 		},
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -44,7 +45,7 @@ func runProcessExec(ctx context.Context, cl *client.Client, o execOptions, w, er
 		return nil
 	}
 	if o.tty {
-		return attachTerminal(ctx, cl, o.id, p.ProcessID, 0, o.interactive, o.stdin, term, w)
+		return attachTerminal(ctx, cl, o.id, p.ProcessID, 0, o.interactive, true, o.stdin, term, w)
 	}
 	return followWithStdin(ctx, cl, o.id, p.ProcessID, o.stdin, w, errw)
 }
@@ -55,8 +56,13 @@ func runProcessExec(ctx context.Context, cl *client.Client, o execOptions, w, er
 //
 // When stdin ends (it is not a terminal, or it was closed), the process
 // gets end-of-input the terminal way (^D), so a shell reading it exits
-// instead of waiting forever.
-func attachTerminal(ctx context.Context, cl *client.Client, id, proc string, offset int64, input bool, stdin *os.File, term *terminal, w io.Writer) error {
+// instead of waiting forever. On a terminal (pty) a ^D is an end only at
+// the start of a line and once the shell reads its terminal: one that
+// lands after a partial line, or while a login shell is still setting its
+// terminal up, is not. So it is repeated each second (at most
+// eofRepeats times) until the process ends, as a user would press it
+// again.
+func attachTerminal(ctx context.Context, cl *client.Client, id, proc string, offset int64, input, pty bool, stdin *os.File, term *terminal, w io.Writer) error {
 	a, err := attach.Attach(ctx, cl, id, proc, offset)
 	if err != nil {
 		return err
@@ -87,6 +93,16 @@ func attachTerminal(ctx context.Context, cl *client.Client, id, proc string, off
 				}
 				if err != nil {
 					cl.WriteStdin(ctx, id, proc, nil, true)
+					for i := 0; pty && i < eofRepeats; i++ {
+						select {
+						case <-ctx.Done():
+							return
+						case <-time.After(time.Second):
+						}
+						if a.Send(ctx, []byte{4}) != nil {
+							return // the session ended
+						}
+					}
 					return
 				}
 			}
@@ -106,6 +122,9 @@ func attachTerminal(ctx context.Context, cl *client.Client, id, proc string, off
 		w.Write(out)
 	}
 }
+
+// eofRepeats bounds how often a terminal's end of input (^D) is repeated.
+const eofRepeats = 30
 
 // followWithStdin copies stdin to the process (then closes its input) and
 // prints its output until it ends.

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/matrx-dev/matrx/fault"
+	"github.com/matrx-dev/matrx/undo"
 )
 
 // ExitTimedOut is the exit code reported for an exec killed at its deadline
@@ -137,23 +138,20 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 		return nil, err
 	}
 	// Releasing what an exec made (its containerd process entry, cgroup and
-	// cwd file) runs after the result is returned: it is off the latency
-	// path, and nothing later depends on it.
-	var cleanups []func(context.Context)
-	defer func() {
-		go func() {
-			c, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			defer cancel()
-			for i := len(cleanups) - 1; i >= 0; i-- {
-				cleanups[i](c)
-			}
-		}()
-	}()
+	// cwd file) runs after the result is returned, whether the exec worked
+	// or not: it is off the latency path, and nothing later depends on it.
+	var release undo.Stack
+	defer func() { go release.Run(ctx, r.log) }()
 
 	execID := newExecID()
 	cwdFile := filepath.Join(ControlDir, execID+".cwd")
 	hostCwdFile := filepath.Join(r.controlDir(id), execID+".cwd")
-	cleanups = append(cleanups, func(context.Context) { os.Remove(hostCwdFile) })
+	release.Push("cwd file", func(context.Context) error {
+		if err := os.Remove(hostCwdFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	})
 
 	env := execEnv(st.env, req.User, envList(req.Env))
 	args := []string{st.shell, "-c", execWrapper, "matrx-exec", cwdFile, req.Cwd, req.FallbackCwd, req.Command}
@@ -183,7 +181,10 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 	cleanupCtx := func() (context.Context, context.CancelFunc) {
 		return context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	}
-	cleanups = append(cleanups, func(c context.Context) { proc.Delete(c, containerd.WithProcessKill) })
+	release.Push("exec process", func(c context.Context) error {
+		_, err := proc.Delete(c, containerd.WithProcessKill)
+		return err
+	})
 	exited, err := proc.Wait(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("wait exec in %s: %w", id, err)
@@ -200,7 +201,7 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 		cancel()
 		return nil, fmt.Errorf("track exec in %s: %w", id, err)
 	}
-	cleanups = append(cleanups, func(context.Context) { group.remove() })
+	release.Push("exec cgroup", func(context.Context) error { group.remove(); return nil })
 	// Release the gate: the shell is in its cgroup now.
 	gateW.Write([]byte("\n"))
 	gateW.Close()

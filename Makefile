@@ -40,6 +40,8 @@ $(IMAGES)/minimal.tar: bootstrap/image/build-minimal.sh bootstrap/image/lib.sh $
 	bash bootstrap/image/build-minimal.sh $@
 
 $(IMAGES)/sandbox.tar: bootstrap/image/build-sandbox.sh bootstrap/image/lib.sh $(wildcard bootstrap/image/ocipack/*.go)
+	@# A link to the cache entry it would be relinked to: mv refuses "the same file".
+	rm -f $@
 	bash bootstrap/image/build-sandbox.sh $@
 
 image-minimal: $(IMAGES)/minimal.tar

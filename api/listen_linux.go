@@ -1,11 +1,14 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -43,22 +46,78 @@ func ListenUnix(path string, mode os.FileMode, gid int) (net.Listener, error) {
 			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
 		}
 	}
-	// Create the socket with no permissions for anyone, then open it up:
-	// no window where it is world-connectable.
-	old := unix.Umask(0o777)
-	l, err := net.Listen("unix", path)
-	unix.Umask(old)
+	l, err := bindPrivate(filepath.Dir(path), path, 0, gid, mode)
+	if err != nil {
+		return nil, err
+	}
+	return &unlinkOnClose{UnixListener: l, path: path}, nil
+}
+
+// bindPrivate listens on a unix socket at path owned by uid:gid with mode,
+// with no window in which anyone else may connect to it: the socket is
+// bound in a fresh directory under tmpParent that only its owner (root)
+// can enter, given its owner and mode there, and renamed into place (the
+// same filesystem as path). The classic way, umask(0777) around bind, is
+// process-wide: any other goroutine creating a file meanwhile (a
+// concurrent create's hot dir, a record) would get mode 0.
+func bindPrivate(tmpParent, path string, uid, gid int, mode os.FileMode) (*net.UnixListener, error) {
+	tmp, err := os.MkdirTemp(tmpParent, ".s")
+	if err != nil {
+		return nil, fmt.Errorf("socket %s: %w", path, err)
+	}
+	defer os.RemoveAll(tmp)
+	bound := filepath.Join(tmp, "s")
+	if len(bound) >= 108 {
+		return nil, fmt.Errorf("socket path %s (while binding) is longer than 107 bytes: %w", bound, errdefs.ErrInvalidArgument)
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: bound, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
-	l.(*net.UnixListener).SetUnlinkOnClose(true)
-	if err := os.Chown(path, 0, gid); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("chown socket %s: %w", path, err)
+	l.SetUnlinkOnClose(false) // its name moves; the owner unlinks path
+	err = os.Chown(bound, uid, gid)
+	if err == nil {
+		err = os.Chmod(bound, mode)
 	}
-	if err := os.Chmod(path, mode); err != nil {
+	if err == nil {
+		err = os.Rename(bound, path)
+	}
+	if err != nil {
 		l.Close()
-		return nil, fmt.Errorf("chmod socket %s: %w", path, err)
+		return nil, fmt.Errorf("socket %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// unlinkOnClose removes the socket's final name when it closes (the
+// listener only knows the name it was bound under).
+type unlinkOnClose struct {
+	*net.UnixListener
+	path string
+	once sync.Once
+}
+
+func (l *unlinkOnClose) Close() error {
+	err := l.UnixListener.Close()
+	l.once.Do(func() { os.Remove(l.path) })
+	return err
+}
+
+// listenFreebind listens on a TCP address that need not exist yet
+// (IP_FREEBIND): the bridge gateway appears with the first sandbox.
+func listenFreebind(addr netip.AddrPort) (net.Listener, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_FREEBIND, 1)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	l, err := lc.Listen(context.Background(), "tcp4", addr.String())
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
 	return l, nil
 }

@@ -5,6 +5,7 @@ package api
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 
 	"github.com/containerd/errdefs"
@@ -16,3 +17,7 @@ func ListenUnix(string, os.FileMode, int) (net.Listener, error) {
 }
 
 func peerOf(net.Conn) Peer { return Peer{} }
+
+func listenFreebind(netip.AddrPort) (net.Listener, error) {
+	return nil, fmt.Errorf("the sandbox listener is not supported on this OS: %w", errdefs.ErrNotImplemented)
+}

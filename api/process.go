@@ -37,14 +37,16 @@ const keepaliveEvery = 15 * time.Second
 
 func (s *Server) processRoutes() []route {
 	return []route{
-		{"POST /sandboxes/{id}/processes", http.HandlerFunc(s.startProcess)},
-		{"GET /sandboxes/{id}/processes", http.HandlerFunc(s.listProcesses)},
-		{"GET /sandboxes/{id}/processes/{process}", http.HandlerFunc(s.getProcess)},
-		{"GET /sandboxes/{id}/processes/{process}/output", http.HandlerFunc(s.processOutput)},
-		{"POST /sandboxes/{id}/processes/{process}/stdin", http.HandlerFunc(s.processStdin)},
-		{"POST /sandboxes/{id}/processes/{process}/signal", http.HandlerFunc(s.processSignal)},
-		{"POST /sandboxes/{id}/processes/{process}/resize", http.HandlerFunc(s.processResize)},
-		{"GET /sandboxes/{id}/processes/{process}/attach", http.HandlerFunc(s.processAttach)},
+		// Every call about a sandbox's processes is activity (Touch);
+		// follows and attaches also touch per chunk and keystroke.
+		{"POST /sandboxes/{id}/processes", s.touching(s.startProcess)},
+		{"GET /sandboxes/{id}/processes", s.touching(s.listProcesses)},
+		{"GET /sandboxes/{id}/processes/{process}", s.touching(s.getProcess)},
+		{"GET /sandboxes/{id}/processes/{process}/output", s.touching(s.processOutput)},
+		{"POST /sandboxes/{id}/processes/{process}/stdin", s.touching(s.processStdin)},
+		{"POST /sandboxes/{id}/processes/{process}/signal", s.touching(s.processSignal)},
+		{"POST /sandboxes/{id}/processes/{process}/resize", s.touching(s.processResize)},
+		{"GET /sandboxes/{id}/processes/{process}/attach", s.touching(s.processAttach)},
 	}
 }
 
@@ -254,6 +256,7 @@ func (s *Server) processOutput(w http.ResponseWriter, r *http.Request) {
 			off := c.Offset
 			err = n.send(apitype.OutputEvent{Type: apitype.EventDropped, Offset: &off, Bytes: c.Lost})
 		case err == nil:
+			s.mgr.Touch(ctx, p.SandboxID())
 			err = n.send(dataEvent(streamName(c.Kind), c.Offset, c.Data))
 		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 			err = n.send(apitype.OutputEvent{Type: apitype.EventKeepalive})
@@ -437,6 +440,7 @@ func (s *Server) processAttach(w http.ResponseWriter, r *http.Request) {
 			if err != nil {
 				return
 			}
+			s.mgr.Touch(ctx, p.SandboxID())
 			if typ == websocket.MessageBinary {
 				if err := p.WriteStdin(ctx, b); err != nil && ctx.Err() == nil {
 					conn.Close(websocket.StatusPolicyViolation, truncate(err.Error(), 120))
@@ -467,6 +471,7 @@ func (s *Server) processAttach(w http.ResponseWriter, r *http.Request) {
 		if c.Kind == relay.KindGap {
 			continue
 		}
+		s.mgr.Touch(ctx, p.SandboxID())
 		if err := conn.Write(ctx, websocket.MessageBinary, c.Data); err != nil {
 			break
 		}

@@ -10,6 +10,7 @@
 package api
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -21,6 +22,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -31,6 +33,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/matrx-dev/matrx/api/apitype"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
@@ -72,18 +75,25 @@ type Server struct {
 	started   time.Time
 	maxBody   int64
 	maxImport int64
+	maxUpload int64
 	metrics   *metrics.Metrics
 	mux       *http.ServeMux
 	handler   http.Handler
 	patterns  []string
 	keepalive time.Duration
-	// streams ends every output follow and attach (CloseStreams).
+	// streams ends every output follow, attach and file watch
+	// (CloseStreams).
 	streams      context.Context
 	closeStreams context.CancelFunc
+	rproxy       *httputil.ReverseProxy
+	preview      *previewConfig
+	ssh          *SSHInfo
+	// tcpBodyTimeout bounds reading a request body on the TCP listener.
+	tcpBodyTimeout time.Duration
 }
 
-// CloseStreams ends every open output follow and attach (the processes
-// are not affected; clients resume from their offset). Register it with
+// CloseStreams ends every open output follow, attach and file watch (the
+// processes are not affected; clients resume from their offset). Register it with
 // http.Server.RegisterOnShutdown: those requests would otherwise hold a
 // graceful shutdown for as long as their processes run.
 func (s *Server) CloseStreams() { s.closeStreams() }
@@ -113,17 +123,40 @@ func (s *Server) routes() []route {
 		{"GET /openapi.yaml", http.HandlerFunc(serveOpenAPIYAML)},
 		{"POST /sandboxes", http.HandlerFunc(s.createSandbox)},
 		{"GET /sandboxes", http.HandlerFunc(s.listSandboxes)},
-		{"GET /sandboxes/{id}", http.HandlerFunc(s.getSandbox)},
+		{"GET /sandboxes/{id}", s.touching(s.getSandbox)},
+		{"PATCH /sandboxes/{id}", s.touching(s.updateSandbox)},
 		{"DELETE /sandboxes/{id}", http.HandlerFunc(s.deleteSandbox)},
-		{"POST /sandboxes/{id}/exec", http.HandlerFunc(s.exec)},
-		{"POST /sandboxes/{id}/heartbeat", http.HandlerFunc(s.heartbeat)},
+		{"POST /sandboxes/{id}/exec", s.touching(s.exec)},
+		{"POST /sandboxes/{id}/heartbeat", s.touching(s.heartbeat)},
 		{"POST /sandboxes/{id}/complete", http.HandlerFunc(s.complete)},
 		{"POST /sandboxes/{id}/error", http.HandlerFunc(s.errorSignal)},
+		{"GET /sandboxes/{id}/files", s.touching(s.readFile)},
+		{"PUT /sandboxes/{id}/files", s.touching(s.writeFile)},
+		{"DELETE /sandboxes/{id}/files", s.touching(s.deleteFile)},
+		{"GET /sandboxes/{id}/files/stat", s.touching(s.statFile)},
+		{"GET /sandboxes/{id}/files/list", s.touching(s.listFiles)},
+		{"POST /sandboxes/{id}/files/mkdir", s.touching(s.mkdirFile)},
+		{"POST /sandboxes/{id}/files/move", s.touching(s.moveFile)},
+		{"GET /sandboxes/{id}/files/watch", s.touching(s.watchFiles)},
+		{"GET /sandboxes/{id}/files/find", s.touching(s.findFiles)},
+		{"GET /sandboxes/{id}/files/grep", s.touching(s.grepFiles)},
+		{"GET /events", http.HandlerFunc(s.streamEvents)},
+		{"GET /admin/quarantine", s.rootOnly(s.quarantine)},
 		{"GET /images", http.HandlerFunc(s.listImages)},
 		{"POST /images/import", http.HandlerFunc(s.importImage)},
+		{"POST /images/pull", http.HandlerFunc(s.pullImage)},
+		{"POST /images/prune", http.HandlerFunc(s.pruneImages)},
+		{"DELETE /images/{name...}", http.HandlerFunc(s.deleteImage)},
 		{"GET /users/{user_id}/storage", http.HandlerFunc(s.storageStats)},
 		{"DELETE /users/{user_id}/storage/{tier}", http.HandlerFunc(s.storageClean)},
 		{"POST /users/{user_id}/storage/restore", http.HandlerFunc(s.storageRestore)},
+		{"POST /sandboxes/{id}/ports/{port}/connect", s.touching(s.connectPort)},
+		{"POST /sandboxes/{id}/preview", s.touching(s.createPreview)},
+		{"POST /sandboxes/{id}/access", s.touching(s.grantAccess)},
+		{"DELETE /sandboxes/{id}/access", s.touching(s.revokeAccess)},
+	}
+	for _, m := range proxyMethods {
+		rs = append(rs, route{m + " /sandboxes/{id}/proxy/{port}/{path...}", s.touching(s.proxy)})
 	}
 	rs = append(rs, s.processRoutes()...)
 	if s.metrics != nil {
@@ -154,6 +187,10 @@ func WithKeepalive(d time.Duration) Option {
 	}
 }
 
+// WithMaxUploadBytes caps file upload bodies (default 1 GiB); a larger
+// body is refused with 413.
+func WithMaxUploadBytes(n int64) Option { return func(s *Server) { s.maxUpload = n } }
+
 // WithMetrics counts every request by route pattern and status code in m
 // and serves m at GET /metrics (default: no metrics, no route).
 func WithMetrics(m *metrics.Metrics) Option { return func(s *Server) { s.metrics = m } }
@@ -169,11 +206,13 @@ func NewServer(cfg Config, opts ...Option) (*Server, error) {
 	s := &Server{
 		mgr: cfg.Manager, images: cfg.Images, log: cfg.Logger, version: cfg.Version, host: cfg.Host,
 		started: time.Now(), maxBody: 1 << 20, maxImport: 16 << 30, keepalive: keepaliveEvery,
+		maxUpload: 1 << 30,
 	}
 	for _, o := range opts {
 		o(s)
 	}
 	s.streams, s.closeStreams = context.WithCancel(context.Background())
+	s.rproxy = s.newReverseProxy()
 	mux := http.NewServeMux()
 	for _, rt := range s.routes() {
 		mux.Handle(rt.pattern, rt.handler)
@@ -194,7 +233,14 @@ type ctxKey int
 const (
 	keyPeer ctxKey = iota
 	keyRequestID
+	keyCaller   // *sandboxConn: a connection of the sandbox listener
+	keyCallerID // string: the sandbox a sandbox-listener request comes from
+	keyListener // string: which listener served a request, when not the API's
 )
+
+func withListener(ctx context.Context, name string) context.Context {
+	return context.WithValue(ctx, keyListener, name)
+}
 
 // Peer is the credential of the process on the other end of the socket.
 type Peer struct {
@@ -212,6 +258,19 @@ type statusWriter struct {
 	// rewrite turns net/http's own plain-text errors (unknown route, wrong
 	// method) into the JSON error shape.
 	swallow bool
+	// raw passes a response through untouched: a sandbox app's answer
+	// through the proxy is the app's, plain-text errors included.
+	raw bool
+}
+
+// Hijack hands the connection over (WebSocket and TCP upgrades); the
+// request is logged as 101.
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err == nil && !w.written {
+		w.written, w.status = true, http.StatusSwitchingProtocols
+	}
+	return c, brw, err
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -220,7 +279,7 @@ func (w *statusWriter) WriteHeader(code int) {
 	}
 	w.written = true
 	w.status = code
-	if code >= 400 && strings.HasPrefix(w.Header().Get("Content-Type"), "text/plain") {
+	if code >= 400 && !w.raw && strings.HasPrefix(w.Header().Get("Content-Type"), "text/plain") {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Del("X-Content-Type-Options")
 		w.ResponseWriter.WriteHeader(code)
@@ -271,7 +330,11 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		// The mux records the matched pattern on this request value.
 		r = r.WithContext(ctx)
 		defer func() {
-			if p := recover(); p != nil {
+			// http.ErrAbortHandler ends a stream whose status is already
+			// sent (the client must see it broken, not short): net/http
+			// closes the connection once it is re-raised below.
+			p := recover()
+			if p != nil && p != http.ErrAbortHandler {
 				s.log.Error("panic in handler", "request_id", rid, "panic", fmt.Sprint(p), "path", r.URL.Path)
 				if !sw.written {
 					writeJSON(sw, http.StatusInternalServerError, apitype.ErrorResponse{Detail: "internal error (request " + rid + ")"})
@@ -284,12 +347,20 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			if peer.Known {
 				attrs = append(attrs, "peer_uid", peer.UID, "peer_pid", peer.PID)
 			}
+			if sc, ok := r.Context().Value(keyCaller).(*sandboxConn); ok {
+				attrs = append(attrs, "listener", "sandbox", "sandbox_id", sc.id)
+			} else if l, ok := r.Context().Value(keyListener).(string); ok {
+				attrs = append(attrs, "listener", l, "host", r.Host)
+			}
 			level := slog.LevelInfo
 			if sw.status >= 500 {
 				level = slog.LevelError
 			}
 			s.log.Log(ctx, level, "request", attrs...)
 			s.metrics.ObserveRequest(r.Pattern, sw.status, time.Since(start))
+			if p == http.ErrAbortHandler {
+				panic(p)
+			}
 		}()
 		next.ServeHTTP(sw, r)
 	})
@@ -351,21 +422,38 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any, allowEmpt
 	return nil
 }
 
-func sandboxJSON(r *registry.Record) apitype.Sandbox {
+// sandboxJSON is a sandbox as the API shows it; ssh_port is the gateway's
+// port while the sandbox runs and the gateway is on.
+func (s *Server) sandboxJSON(r *registry.Record) apitype.Sandbox {
+	out := recordJSON(r)
+	if s.ssh != nil && r.Status.AcceptsExec() {
+		port := s.ssh.Port
+		out.SSHPort = &port
+	}
+	return out
+}
+
+func recordJSON(r *registry.Record) apitype.Sandbox {
 	out := apitype.Sandbox{
-		SandboxID: r.ID, UserID: r.UserID, Status: string(r.Status), ContainerID: r.ContainerID,
+		SandboxID: r.ID, UserID: r.UserID.String(), Status: string(r.Status), ContainerID: r.ContainerID,
 		CreatedAt: r.CreatedAt, HotPath: sandbox.HotPath, ColdPath: sandbox.ColdPath,
 		Config: apitype.SandboxConfig{
 			Image: r.Config.Image, CPU: r.Config.CPU, MemoryMB: r.Config.MemoryMB, Pids: r.Config.Pids, DiskMB: r.Config.DiskMB,
 			TTLSeconds: r.Config.TTLSeconds, Env: r.Config.Env, Labels: r.Config.Labels,
-			Network: &apitype.NetworkConfig{Mode: r.Config.Network.Mode, Allow: r.Config.Network.Allow},
+			Network:     &apitype.NetworkConfig{Mode: r.Config.Network.Mode, Allow: r.Config.Network.Allow},
+			PublicPorts: r.Config.PublicPorts,
+			Pull:        r.Config.Pull,
 		},
-		TTLSeconds: r.Config.TTLSeconds, Image: r.Config.Image, ExpiresAt: r.ExpiresAt,
+		ImageDigest: r.ImageDigest,
+		TTLSeconds:  r.Config.TTLSeconds, Image: r.Config.Image, ExpiresAt: r.ExpiresAt,
 		LastHeartbeatAt: r.LastHeartbeatAt, StoppedAt: r.StoppedAt, Error: r.Error,
 		HotSyncedAt: r.HotSyncedAt, HotSyncError: r.HotSyncError, HotSyncPending: r.HotSyncPending,
 		HotSyncOverLimit: r.HotSyncOverLimit, HotSyncRejectedCount: r.HotSyncRejectedCount, HotSyncRejected: r.HotSyncRejected,
 		IPAddress: r.IPAddress,
+		ExitCode:  r.ExitCode, OOMKills: r.OOMKills, LastActivityAt: r.LastActivityAt, IdleExpiresAt: sandbox.IdleExpiresAt(r),
 	}
+	out.Config.HeartbeatTimeoutSeconds = r.Config.HeartbeatTimeoutSeconds
+	out.Config.IdleTimeoutSeconds = r.Config.IdleTimeoutSeconds
 	if r.StopReason != "" {
 		reason := r.StopReason
 		out.StopReason = &reason
@@ -375,6 +463,8 @@ func sandboxJSON(r *registry.Record) apitype.Sandbox {
 
 // --- handlers ---------------------------------------------------------------
 
+// health answers from memory and the registry's index: it never waits on
+// containerd or the bucket, whose state supervision keeps (conditions).
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	n, err := s.mgr.ActiveCount(r.Context())
 	if err != nil {
@@ -382,11 +472,16 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h := apitype.Health{Status: "healthy", ActiveSandboxes: n, UptimeSeconds: time.Since(s.started).Seconds(), Version: s.version, ContainerdStatus: "ok"}
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
-	if _, err := s.images.Version(ctx); err != nil {
-		h.Status, h.ContainerdStatus = "degraded", err.Error()
+	var details []string
+	for _, c := range s.mgr.Conditions() {
+		h.Status = "degraded"
+		h.Reasons = append(h.Reasons, c.Reason)
+		details = append(details, c.Reason+": "+c.Detail)
+		if c.Reason == sandbox.ConditionContainerd {
+			h.ContainerdStatus = c.Detail
+		}
 	}
+	h.Detail = strings.Join(details, "; ")
 	writeJSON(w, http.StatusOK, h)
 }
 
@@ -396,7 +491,11 @@ func (s *Server) versionInfo(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, apitype.Version{Version: s.version, Containerd: v})
+	out := apitype.Version{Version: s.version, Containerd: v}
+	if s.ssh != nil {
+		out.SSHHostKey = s.ssh.Fingerprint
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) capacity(w http.ResponseWriter, r *http.Request) {
@@ -421,7 +520,8 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 	}
 	cr := sandbox.CreateRequest{UserID: req.UserID, IdempotencyKey: r.Header.Get(apitype.IdempotencyKeyHeader)}
 	if c := req.Config; c != nil {
-		cr.Config = registry.Config{Image: c.Image, CPU: c.CPU, MemoryMB: c.MemoryMB, Pids: c.Pids, DiskMB: c.DiskMB, TTLSeconds: c.TTLSeconds, Env: c.Env, Labels: c.Labels}
+		cr.Config = registry.Config{Image: c.Image, CPU: c.CPU, MemoryMB: c.MemoryMB, Pids: c.Pids, DiskMB: c.DiskMB, TTLSeconds: c.TTLSeconds, Env: c.Env, Labels: c.Labels, PublicPorts: c.PublicPorts, Pull: c.Pull,
+			HeartbeatTimeoutSeconds: c.HeartbeatTimeoutSeconds, IdleTimeoutSeconds: c.IdleTimeoutSeconds}
 		if c.Network != nil {
 			cr.Config.Network = registry.NetworkConfig{Mode: c.Network.Mode, Allow: c.Network.Allow}
 		}
@@ -441,7 +541,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, sandboxJSON(rec))
+	writeJSON(w, http.StatusCreated, s.sandboxJSON(rec))
 }
 
 // keyedCreateTimeout bounds a create that carries an Idempotency-Key once
@@ -477,7 +577,7 @@ func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
 	}
 	out := apitype.SandboxList{Sandboxes: []apitype.Sandbox{}, Total: page.Total, NextCursor: page.NextCursor}
 	for _, rec := range page.Records {
-		out.Sandboxes = append(out.Sandboxes, sandboxJSON(rec))
+		out.Sandboxes = append(out.Sandboxes, s.sandboxJSON(rec))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -502,7 +602,7 @@ func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, sandboxJSON(rec))
+	writeJSON(w, http.StatusOK, s.sandboxJSON(rec))
 }
 
 func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
@@ -524,7 +624,7 @@ func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
 // found" whatever the request carries.
 func (s *Server) sandboxID(w http.ResponseWriter, r *http.Request) (string, bool) {
 	id := r.PathValue("id")
-	if !sandbox.ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		s.fail(w, r, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound))
 		return "", false
 	}

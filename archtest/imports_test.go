@@ -14,8 +14,9 @@ var forbidden = map[string][]string{
 	"runtime":    {"api", "sandbox", "daemon", "ctl", "mounts", "registry"},
 	"mounts":     {"api", "sandbox", "daemon", "ctl", "runtime", "registry"},
 	"registry":   {"api", "sandbox", "daemon", "ctl", "runtime", "mounts"},
-	"sandbox":    {"api", "daemon", "ctl"},
-	"api":        {"daemon", "ctl"},
+	"sandbox":    {"api", "daemon", "ctl", "sshgate"},
+	"api":        {"daemon", "ctl", "sshgate"},
+	"sshgate":    {"api", "daemon", "ctl", "mounts"},
 	"api/client": {"sandbox", "runtime", "registry", "mounts", "daemon", "ctl"},
 	"ctl":        {"sandbox", "runtime", "registry", "mounts", "daemon"},
 	"undo":       {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics"},
@@ -24,6 +25,8 @@ var forbidden = map[string][]string{
 	"errclass":   {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics", "undo"},
 	// The fleet provider speaks to matrxd through api/client only.
 	"fleet": {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics"},
+	"fault":      {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics", "undo"},
+	"ids":        {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics", "undo", "errclass", "fault"},
 }
 
 func TestImportDirections(t *testing.T) {
@@ -61,7 +64,7 @@ func TestImportDirections(t *testing.T) {
 }
 
 // testSupport are packages only tests (and benchmark commands) may import.
-var testSupport = []string{"testenv", "runtime/containerdtest", "daemon/daemontest", "api/apitest", "registry/registrytest", "fleet/kubetest"}
+var testSupport = []string{"testenv", "runtime/containerdtest", "runtime/regtest", "daemon/daemontest", "api/apitest", "registry/registrytest", "fleet/kubetest"}
 
 // TestProductionCodeImportsNoTestSupport: no daemon, CLI or library
 // package links test harnesses.

@@ -46,8 +46,8 @@ func hardLinks(b *testing.B, copies int) {
 		b.Fatalf("build matrxd: %v\n%s", err, out)
 	}
 	sock := filepath.Join(env.Dir, "matrxd.sock")
-	cmd := exec.Command(bin, "--socket", sock, "--containerd-address", env.Address, "--containerd-namespace", nsLinks,
-		"--state-dir", filepath.Join(env.Dir, "state"), "--init-path", env.InitPath, "--network", "off",
+	cmd := exec.Command(bin, "--socket", sock, "--containerd-address", env.Address, "--containerd-namespace", nsLinks, "--ssh-address=",
+		"--state-dir", filepath.Join(env.Dir, "state"), "--lock-dir", filepath.Join(env.Dir, "locks"), "--init-path", env.InitPath, "--network", "off",
 		"--image", containerdtest.MinimalImage, "--default-memory-mb", "256", "--default-cpu", "1",
 		"--checkpoint-interval", "1h", "--log-format", "text", "--log-level", "warn")
 	var logs strings.Builder

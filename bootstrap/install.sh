@@ -163,7 +163,11 @@ if [[ "$PKG" == apt ]]; then
   fi
   # vagrant for `vagrant validate`; libseccomp-dev and pkg-config to build
   # runc 1.2 for the containerd 2 test pass (bootstrap/tools.sh).
-  TEST_PACKAGES=(vagrant libseccomp-dev pkg-config)
+  # openssh-client (ssh, scp, sftp) for the SSH gateway's end-to-end tests.
+  # A real image registry for the pull tests: docker-registry (distribution
+  # 2.8), htpasswd (apache2-utils) for its basic auth, skopeo to push our
+  # own OCI archives to it.
+  TEST_PACKAGES=(vagrant libseccomp-dev pkg-config openssh-client docker-registry apache2-utils skopeo)
   PKG_TOOL=apt-get
 else
   # Amazon Linux 2023 names. The image-build tools (busybox-static,
@@ -178,7 +182,7 @@ else
   )
   OPTIONAL=(containernetworking-plugins s3fs-fuse awscli-2)
   # No vagrant package on AL2023; `vagrant validate` tests skip there.
-  TEST_PACKAGES=()
+  TEST_PACKAGES=(openssh-clients)
   PKG_TOOL=dnf
 fi
 if ((TEST_TOOLS)); then
@@ -234,6 +238,13 @@ install_packages() {
   if ((${#opt[@]})); then
     step "install optional packages ${opt[*]}"
     pkg_install "${opt[@]}"
+  fi
+  # Debian's docker-registry enables a registry on :5000, every interface,
+  # where systemd runs. The tests start their own on loopback: the
+  # package's service must not run.
+  if ((TEST_TOOLS)) && [[ -d /run/systemd/system ]] && pkg_installed docker-registry; then
+    step "disable the docker-registry service (the tests run their own on loopback)"
+    run systemctl disable --now docker-registry.service
   fi
 }
 

@@ -14,6 +14,7 @@
 package ctl
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -54,7 +55,13 @@ func App() *cli.App {
 			logsCommand(),
 			attachCommand(),
 			killCommand(),
+			cpCommand(),
+			fsCommand(),
 			rmCommand(),
+			portForwardCommand(),
+			sshCommand(),
+			accessCommand(),
+			ttlCommand(),
 			imageCommand(),
 			storageCommand(),
 			healthCommand(),
@@ -74,6 +81,12 @@ func App() *cli.App {
 // command's flags in front of its positional arguments. An error it
 // returns has been printed; a cli.ExitCoder carries the exit code.
 func Run(app *cli.App, args []string) error {
+	return RunContext(context.Background(), app, args)
+}
+
+// RunContext is Run with a context that commands which run until
+// interrupted (port-forward) also stop on.
+func RunContext(ctx context.Context, app *cli.App, args []string) error {
 	args, err := reorderFlags(app, args)
 	if err != nil {
 		w := app.ErrWriter
@@ -83,7 +96,7 @@ func Run(app *cli.App, args []string) error {
 		fmt.Fprintln(w, "matrx: "+err.Error())
 		return cli.Exit("", 2)
 	}
-	return app.Run(args)
+	return app.RunContext(ctx, args)
 }
 
 func setUsageError(c *cli.Command) {
@@ -153,10 +166,19 @@ func exactArgs(c *cli.Context, n int, what string) error {
 	return nil
 }
 
+// stdinOf is the command's stdin: the app's Reader when it is a file (tests
+// set it), os.Stdin otherwise.
+func stdinOf(c *cli.Context) *os.File {
+	if f, ok := c.App.Reader.(*os.File); ok && f != nil {
+		return f
+	}
+	return os.Stdin
+}
+
 // stdinIsData reports whether stdin carries data a command would lose
 // (a pipe or a file), as opposed to a terminal or /dev/null.
-func stdinIsData() bool {
-	st, err := os.Stdin.Stat()
+func stdinIsData(f *os.File) bool {
+	st, err := f.Stat()
 	if err != nil {
 		return false
 	}

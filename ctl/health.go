@@ -26,6 +26,9 @@ func healthCommand() *cli.Command {
 				return printJSON(c.App.Writer, h)
 			}
 			fmt.Fprintf(c.App.Writer, "status: %s\nactive sandboxes: %d\nuptime: %.0fs\n", h.Status, h.ActiveSandboxes, h.UptimeSeconds)
+			if h.Detail != "" {
+				fmt.Fprintf(c.App.Writer, "degraded: %s\n", h.Detail)
+			}
 			return nil
 		},
 	}

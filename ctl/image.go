@@ -10,7 +10,10 @@ func imageCommand() *cli.Command {
 		Usage: "manage the images sandboxes start from",
 		Subcommands: []*cli.Command{
 			imageImportCommand(),
+			imagePullCommand(),
 			imageLsCommand(),
+			imageRmCommand(),
+			imagePruneCommand(),
 		},
 	}
 }

@@ -1,8 +1,6 @@
 package ctl
 
 import (
-	"os"
-
 	"github.com/urfave/cli/v2"
 )
 
@@ -30,14 +28,14 @@ Example:
 			}
 			input := p.Stdin
 			if p.PTY != nil {
-				term := terminalOf(os.Stdin)
+				term := terminalOf(stdinOf(c))
 				if term != nil {
 					rows, cols := term.size()
 					cl.ResizeProcess(c.Context, id, p.ProcessID, rows, cols)
 				}
-				return attachTerminal(c.Context, cl, id, p.ProcessID, -1, input, term, c.App.Writer)
+				return attachTerminal(c.Context, cl, id, p.ProcessID, -1, input, true, stdinOf(c), term, c.App.Writer)
 			}
-			return attachTerminal(c.Context, cl, id, p.ProcessID, -1, input, nil, c.App.Writer)
+			return attachTerminal(c.Context, cl, id, p.ProcessID, -1, input, false, stdinOf(c), nil, c.App.Writer)
 		},
 	}
 }

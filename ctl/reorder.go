@@ -96,7 +96,7 @@ func reorderFlags(app *cli.App, args []string) ([]string, error) {
 // positionalLimit is, per command, how many positional arguments come
 // before the command line it runs (0: no command line).
 func positionalLimit(cmd string) int {
-	if cmd == "exec" {
+	if cmd == "exec" || cmd == "ssh" {
 		return 1
 	}
 	return 0

@@ -21,10 +21,12 @@ the daemon's defaults (2 CPUs, 4096 MiB, 20 GiB disk, 2 h TTL unless configured)
 
 Examples:
    matrx create --user alice
-   matrx create --user alice --cpu 1 --memory 1024 --env FOO=bar --network none`,
+   matrx create --user alice --cpu 1 --memory 1024 --env FOO=bar --network none
+   matrx create --user alice --image registry.example:5000/team/sandbox:1.4`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "user", Required: true, Usage: "user id owning the sandbox"},
-			&cli.StringFlag{Name: "image", Usage: "image name (default: the daemon's)"},
+			&cli.StringFlag{Name: "image", Usage: "image reference, e.g. registry.example:5000/team/app:1 (default: the daemon's); pulled first when missing"},
+			&cli.StringFlag{Name: "pull", Usage: "if_not_present (default), always or never"},
 			&cli.Float64Flag{Name: "cpu", Usage: "CPUs"},
 			&cli.Int64Flag{Name: "memory", Usage: "memory limit in MiB"},
 			&cli.Int64Flag{Name: "pids", Usage: "process limit"},
@@ -51,7 +53,7 @@ Examples:
 			if err != nil {
 				return err
 			}
-			o.cfg.Image, o.cfg.CPU, o.cfg.MemoryMB = c.String("image"), c.Float64("cpu"), c.Int64("memory")
+			o.cfg.Image, o.cfg.Pull, o.cfg.CPU, o.cfg.MemoryMB = c.String("image"), c.String("pull"), c.Float64("cpu"), c.Int64("memory")
 			o.cfg.Pids, o.cfg.DiskMB, o.cfg.TTLSeconds = c.Int64("pids"), c.Int64("disk"), c.Int64("ttl")
 			if c.IsSet("network") || c.IsSet("allow") {
 				o.cfg.Network = &apitype.NetworkConfig{Mode: c.String("network"), Allow: c.StringSlice("allow")}

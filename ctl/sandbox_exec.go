@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -24,7 +25,8 @@ func execCommand() *cli.Command {
 		Description: `Runs CMD in the sandbox and waits for it. One argument after the id (or
 after --) is a shell command string, run by bash -c; several arguments are
 an argv, each quoted, as docker exec runs them. The working directory is
-remembered between execs (cd in one, the next starts there).
+remembered between execs (cd in one, the next starts there). Piped stdin
+(echo x | matrx exec ID -- cat) reaches the command, as with -i.
 
 With -d the command runs in the background (matrx ps, logs, attach, kill);
 with -t on a terminal, with -i reading this terminal's stdin; -it without
@@ -52,11 +54,14 @@ Examples:
 			if err != nil {
 				return err
 			}
+			o.stdin = stdinOf(c)
+			// Piped stdin (echo x | matrx exec ID -- cat) reaches the
+			// command: it runs as a process with stdin, as with -i.
+			if !o.tty && !o.detach && stdinIsData(o.stdin) {
+				o.interactive = true
+			}
 			if o.tty || o.interactive || o.detach {
 				return runProcessExec(c.Context, newClient(c), o, c.App.Writer, c.App.ErrWriter)
-			}
-			if stdinIsData() {
-				return fmt.Errorf("exec: stdin is a pipe or a file, but this exec does not read stdin (its input would be lost); redirect from /dev/null: %w", errdefs.ErrInvalidArgument)
 			}
 			return runExec(c.Context, newClient(c), o, c.App.Writer, c.App.ErrWriter)
 		},
@@ -64,9 +69,10 @@ Examples:
 }
 
 type execOptions struct {
-	id   string
-	req  apitype.ExecRequest
-	json bool
+	stdin *os.File // where -i and -t read input
+	id    string
+	req   apitype.ExecRequest
+	json  bool
 	// interactive, tty and detach run the command as a background process
 	// (sandbox_exec_process.go).
 	interactive, tty, detach bool

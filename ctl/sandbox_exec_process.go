@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -22,7 +23,7 @@ import (
 // stderr from the output stream. The exit code passes through.
 func runProcessExec(ctx context.Context, cl *client.Client, o execOptions, w, errw io.Writer) error {
 	req := apitype.ProcessRequest{Command: o.req.Command, Cwd: o.req.Cwd, Env: o.req.Env, User: o.req.User, Timeout: o.req.Timeout}
-	term := terminalOf(os.Stdin)
+	term := terminalOf(o.stdin)
 	if o.tty {
 		rows, cols := 24, 80
 		if term != nil {
@@ -44,15 +45,24 @@ func runProcessExec(ctx context.Context, cl *client.Client, o execOptions, w, er
 		return nil
 	}
 	if o.tty {
-		return attachTerminal(ctx, cl, o.id, p.ProcessID, 0, o.interactive, term, w)
+		return attachTerminal(ctx, cl, o.id, p.ProcessID, 0, o.interactive, true, o.stdin, term, w)
 	}
-	return followWithStdin(ctx, cl, o.id, p.ProcessID, w, errw)
+	return followWithStdin(ctx, cl, o.id, p.ProcessID, o.stdin, w, errw)
 }
 
 // attachTerminal attaches to a process's terminal: this terminal in raw
 // mode (restored on the way out), keystrokes sent as they come (^C too:
 // the sandbox's terminal turns it into SIGINT), window changes forwarded.
-func attachTerminal(ctx context.Context, cl *client.Client, id, proc string, offset int64, input bool, term *terminal, w io.Writer) error {
+//
+// When stdin ends (it is not a terminal, or it was closed), the process
+// gets end-of-input the terminal way (^D), so a shell reading it exits
+// instead of waiting forever. On a terminal (pty) a ^D is an end only at
+// the start of a line and once the shell reads its terminal: one that
+// lands after a partial line, or while a login shell is still setting its
+// terminal up, is not. So it is repeated each second (at most
+// eofRepeats times) until the process ends, as a user would press it
+// again.
+func attachTerminal(ctx context.Context, cl *client.Client, id, proc string, offset int64, input, pty bool, stdin *os.File, term *terminal, w io.Writer) error {
 	a, err := attach.Attach(ctx, cl, id, proc, offset)
 	if err != nil {
 		return err
@@ -77,11 +87,22 @@ func attachTerminal(ctx context.Context, cl *client.Client, id, proc string, off
 		go func() {
 			buf := make([]byte, 4096)
 			for {
-				n, err := os.Stdin.Read(buf)
+				n, err := stdin.Read(buf)
 				if n > 0 && a.Send(ctx, buf[:n]) != nil {
 					return
 				}
 				if err != nil {
+					cl.WriteStdin(ctx, id, proc, nil, true)
+					for i := 0; pty && i < eofRepeats; i++ {
+						select {
+						case <-ctx.Done():
+							return
+						case <-time.After(time.Second):
+						}
+						if a.Send(ctx, []byte{4}) != nil {
+							return // the session ended
+						}
+					}
 					return
 				}
 			}
@@ -102,13 +123,16 @@ func attachTerminal(ctx context.Context, cl *client.Client, id, proc string, off
 	}
 }
 
+// eofRepeats bounds how often a terminal's end of input (^D) is repeated.
+const eofRepeats = 30
+
 // followWithStdin copies stdin to the process (then closes its input) and
 // prints its output until it ends.
-func followWithStdin(ctx context.Context, cl *client.Client, id, proc string, w, errw io.Writer) error {
+func followWithStdin(ctx context.Context, cl *client.Client, id, proc string, stdin *os.File, w, errw io.Writer) error {
 	go func() {
 		buf := make([]byte, 32<<10)
 		for {
-			n, err := os.Stdin.Read(buf)
+			n, err := stdin.Read(buf)
 			if n > 0 {
 				if cl.WriteStdin(ctx, id, proc, buf[:n], false) != nil {
 					return

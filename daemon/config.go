@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/api"
 	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/runtime"
 	"github.com/matrx-dev/matrx/sandbox"
@@ -31,10 +32,27 @@ type Config struct {
 	LogLevel            slog.Level
 	LogFormat           string // json | text
 	ExpiryInterval      time.Duration
-	Limits              sandbox.Limits
-	Storage             StorageConfig
-	UserNS              UserNSConfig
-	Network             NetworkConfig
+	// ReconcileInterval is how often supervision compares the registry
+	// with containerd, mounts, networks and disks and repairs the
+	// differences (it also runs at startup and after containerd returns);
+	// 0 means 30 s.
+	ReconcileInterval time.Duration
+	// RecordRetention > 0 prunes stopped records older than that (0: keep
+	// every record, for audit).
+	RecordRetention time.Duration
+	// LockDir holds the locks of host-wide resources (containerd
+	// namespace, bridge and subnet); the state dir and the socket lock
+	// next to themselves. matrxd's flag defaults it to /run/matrx; an
+	// empty LockDir (a Config built in code) means <StateDir>/locks, which
+	// only catches daemons that share the state dir.
+	LockDir string
+	// TCPMaxConns caps the TCP listener's connections (0: 128).
+	TCPMaxConns int
+	Limits      sandbox.Limits
+	Storage     StorageConfig
+	UserNS      UserNSConfig
+	Network     NetworkConfig
+	Registry    RegistryConfig
 
 	// MetricsAddress, when set, is a loopback HOST:PORT where a second
 	// listener serves only GET /metrics, for a scraper that cannot use the
@@ -46,6 +64,22 @@ type Config struct {
 	// recommended interface.
 	TCPAddress string
 	APIKeyFile string
+	// MaxUploadMB caps one file upload's body (PUT .../files); 0 means
+	// the default, 1024.
+	MaxUploadMB int64
+	// SandboxAPIPort is the TCP port of the sandbox listener on the bridge
+	// gateway address (sandboxes without an address get a socket instead);
+	// 0 turns the way back from inside sandboxes off.
+	SandboxAPIPort int
+	// PreviewAddress, when set, is where the preview listener serves
+	// sandboxes' ports to browsers (Host: <port>-<sandbox id>.PreviewDomain),
+	// each behind the sandbox's token unless in config.public_ports.
+	PreviewAddress string
+	PreviewDomain  string
+	// SSHAddress, when set, is where the SSH gateway listens; clients are
+	// told SSHPublicHost (default: SSHAddress's host).
+	SSHAddress    string
+	SSHPublicHost string
 	// Metrics receives the daemon's metrics; nil makes Run create its own.
 	// Tests pass one to share it across restarts.
 	Metrics *metrics.Metrics
@@ -54,10 +88,13 @@ type Config struct {
 	StreamKeepalive time.Duration
 }
 
+// DefaultSandboxAPIPort is where sandboxes call home on the gateway.
+const DefaultSandboxAPIPort = 8787
+
 // flags are matrxd's command-line flags; each has a MATRX_* twin.
 func flags() []cli.Flag {
 	d := sandbox.DefaultLimits()
-	return append(append(storageFlags(), networkFlags()...),
+	return append(append(append(storageFlags(), networkFlags()...), registryFlags()...),
 		&cli.StringFlag{Name: "socket", Value: "/run/matrx/matrxd.sock", EnvVars: []string{"MATRX_SOCKET"}, Usage: "API Unix socket (ignored when systemd passes one)"},
 		&cli.StringFlag{Name: "socket-group", Value: "matrx", EnvVars: []string{"MATRX_SOCKET_GROUP"}, Usage: "group allowed to use the socket (name or gid); falls back to root's group if the named group does not exist"},
 		&cli.StringFlag{Name: "containerd-address", Value: "/run/containerd/containerd.sock", EnvVars: []string{"MATRX_CONTAINERD_ADDRESS"}},
@@ -89,12 +126,24 @@ func flags() []cli.Flag {
 		&cli.IntFlag{Name: "max-command-length", Value: d.MaxCommandLength, EnvVars: []string{"MATRX_MAX_COMMAND_LENGTH"}},
 		&cli.Int64Flag{Name: "command-timeout", Value: int64(d.DefaultCmdTimeout / time.Second), EnvVars: []string{"MATRX_COMMAND_TIMEOUT"}, Usage: "default exec timeout, seconds"},
 		&cli.Int64Flag{Name: "max-command-timeout", Value: int64(d.MaxCmdTimeout / time.Second), EnvVars: []string{"MATRX_MAX_COMMAND_TIMEOUT"}, Usage: "seconds"},
+		&cli.Int64Flag{Name: "max-upload-mb", Value: 1024, EnvVars: []string{"MATRX_MAX_UPLOAD_MB"}, Usage: "largest file upload body (PUT /sandboxes/{id}/files, a tar's unpacked size too); larger ones get 413"},
 		&cli.Int64Flag{Name: "output-limit", Value: d.OutputLimit, EnvVars: []string{"MATRX_OUTPUT_LIMIT"}, Usage: "bytes kept of each of stdout and stderr per exec"},
 		&cli.IntFlag{Name: "max-sandboxes", Value: d.MaxSandboxes, EnvVars: []string{"MATRX_MAX_SANDBOXES"}, Usage: "the host's sandbox slots: creates beyond this many live sandboxes answer 429 (0: no limit); a fleet node's capacity"},
-		&cli.DurationFlag{Name: "expiry-interval", Value: 10 * time.Second, EnvVars: []string{"MATRX_EXPIRY_INTERVAL"}, Usage: "how often TTLs are checked"},
+		&cli.DurationFlag{Name: "expiry-interval", Value: 10 * time.Second, EnvVars: []string{"MATRX_EXPIRY_INTERVAL"}, Usage: "how often TTLs, heartbeat and idle timeouts are checked"},
+		&cli.DurationFlag{Name: "reconcile-interval", Value: 30 * time.Second, EnvVars: []string{"MATRX_RECONCILE_INTERVAL"}, Usage: "how often the registry is compared with containerd, mounts, networks and disks (and differences repaired)"},
+		&cli.DurationFlag{Name: "record-retention", EnvVars: []string{"MATRX_RECORD_RETENTION"}, Usage: "prune stopped sandbox records older than this, e.g. 720h (default 0: keep every record)"},
+		&cli.Int64Flag{Name: "default-heartbeat-timeout", EnvVars: []string{"MATRX_DEFAULT_HEARTBEAT_TIMEOUT"}, Usage: "seconds without a heartbeat before a sandbox fails (heartbeat_lost), for sandboxes whose config does not say; 0: off"},
+		&cli.Int64Flag{Name: "default-idle-timeout", EnvVars: []string{"MATRX_DEFAULT_IDLE_TIMEOUT"}, Usage: "seconds without activity before a sandbox stops (idle), for sandboxes whose config does not say; 0: off"},
+		&cli.StringFlag{Name: "lock-dir", Value: "/run/matrx", EnvVars: []string{"MATRX_LOCK_DIR"}, Usage: "where host-wide locks live (containerd namespace, bridge, subnet): one daemon per host state"},
+		&cli.IntFlag{Name: "tcp-max-connections", Value: api.DefaultTCPMaxConns, EnvVars: []string{"MATRX_TCP_MAX_CONNECTIONS"}, Usage: "concurrent connections the TCP listener accepts"},
 		&cli.StringFlag{Name: "metrics-address", EnvVars: []string{"MATRX_METRICS_ADDRESS"}, Usage: "loopback HOST:PORT serving only GET /metrics (default off; the socket always serves /metrics)"},
 		&cli.StringFlag{Name: "tcp-address", EnvVars: []string{"MATRX_TCP_ADDRESS"}, Usage: "HOST:PORT of an optional TCP API listener for old clients, e.g. 127.0.0.1:8000 (default off; needs --api-key-file)"},
 		&cli.StringFlag{Name: "api-key-file", EnvVars: []string{"MATRX_API_KEY_FILE"}, Usage: "file (mode 0600) holding the X-API-Key the TCP listener requires"},
+		&cli.StringFlag{Name: "ssh-address", Value: "127.0.0.1:2222", EnvVars: []string{"MATRX_SSH_ADDRESS"}, Usage: "HOST:PORT of the SSH gateway (keys from POST /sandboxes/{id}/access); \"\" turns it off; bind a public address (or forward to it) to reach sandboxes from other machines"},
+		&cli.StringFlag{Name: "ssh-public-host", EnvVars: []string{"MATRX_SSH_PUBLIC_HOST"}, Usage: "host name or address clients are told to connect to (default: the --ssh-address host)"},
+		&cli.StringFlag{Name: "preview-address", EnvVars: []string{"MATRX_PREVIEW_ADDRESS"}, Usage: "HOST:PORT of the preview listener, e.g. 127.0.0.1:8443: serves http://<port>-<sandbox id>.<preview domain>/ to browsers, with the sandbox's token (POST /sandboxes/{id}/preview) unless the port is in config.public_ports (default off)"},
+		&cli.StringFlag{Name: "preview-domain", Value: "localhost", EnvVars: []string{"MATRX_PREVIEW_DOMAIN"}, Usage: "domain of preview hosts (<port>-<sandbox id>.DOMAIN); localhost resolves to loopback in browsers"},
+		&cli.IntFlag{Name: "sandbox-api-port", Value: DefaultSandboxAPIPort, EnvVars: []string{"MATRX_SANDBOX_API_PORT"}, Usage: "TCP port, on the sandbox bridge's gateway address only, where sandboxes call home (ORCHESTRATOR_URL: heartbeat, complete, error, their own record); sandboxes without an address get a socket (MATRX_API_SOCKET); 0 turns it off"},
 	)
 }
 
@@ -111,36 +160,49 @@ func configFrom(c *cli.Context) (Config, error) {
 		Store:               strings.ToLower(c.String("store")),
 		LogFormat:           strings.ToLower(c.String("log-format")),
 		ExpiryInterval:      c.Duration("expiry-interval"),
+		ReconcileInterval:   c.Duration("reconcile-interval"),
+		RecordRetention:     c.Duration("record-retention"),
+		LockDir:             c.String("lock-dir"),
+		TCPMaxConns:         c.Int("tcp-max-connections"),
 		MetricsAddress:      c.String("metrics-address"),
 		TCPAddress:          c.String("tcp-address"),
 		APIKeyFile:          c.String("api-key-file"),
+		MaxUploadMB:         c.Int64("max-upload-mb"),
+		SandboxAPIPort:      c.Int("sandbox-api-port"),
+		PreviewAddress:      c.String("preview-address"),
+		PreviewDomain:       c.String("preview-domain"),
+		SSHAddress:          c.String("ssh-address"),
+		SSHPublicHost:       c.String("ssh-public-host"),
 		Limits: sandbox.Limits{
-			DefaultImage:       c.String("image"),
-			DefaultCPU:         c.Float64("default-cpu"),
-			MaxCPU:             c.Float64("max-cpu"),
-			DefaultMemoryMB:    c.Int64("default-memory-mb"),
-			MaxMemoryMB:        c.Int64("max-memory-mb"),
-			DefaultPids:        c.Int64("default-pids"),
-			MaxPids:            c.Int64("max-pids"),
-			DefaultDiskMB:      c.Int64("default-disk-mb"),
-			MaxDiskMB:          c.Int64("max-disk-mb"),
-			DefaultTTL:         time.Duration(c.Int64("default-ttl")) * time.Second,
-			MaxTTL:             time.Duration(c.Int64("max-ttl")) * time.Second,
-			ShutdownTimeout:    time.Duration(c.Int64("shutdown-timeout")) * time.Second,
-			MaxCommandLength:   c.Int("max-command-length"),
-			DefaultCmdTimeout:  time.Duration(c.Int64("command-timeout")) * time.Second,
-			MaxCmdTimeout:      time.Duration(c.Int64("max-command-timeout")) * time.Second,
-			OutputLimit:        c.Int64("output-limit"),
-			MaxProcesses:       c.Int("max-processes"),
-			ProcessOutputCap:   c.Int64("process-output-limit"),
-			ProcessRetention:   c.Duration("process-retention"),
-			ProcessRetainCount: c.Int("process-retain-count"),
-			ProcessRetainBytes: c.Int64("process-retain-bytes"),
-			MaxProcessTimeout:  time.Duration(c.Int64("max-process-timeout")) * time.Second,
-			MaxSandboxes:       c.Int("max-sandboxes"),
+			DefaultImage:            c.String("image"),
+			DefaultCPU:              c.Float64("default-cpu"),
+			MaxCPU:                  c.Float64("max-cpu"),
+			DefaultMemoryMB:         c.Int64("default-memory-mb"),
+			MaxMemoryMB:             c.Int64("max-memory-mb"),
+			DefaultPids:             c.Int64("default-pids"),
+			MaxPids:                 c.Int64("max-pids"),
+			DefaultDiskMB:           c.Int64("default-disk-mb"),
+			MaxDiskMB:               c.Int64("max-disk-mb"),
+			DefaultTTL:              time.Duration(c.Int64("default-ttl")) * time.Second,
+			MaxTTL:                  time.Duration(c.Int64("max-ttl")) * time.Second,
+			ShutdownTimeout:         time.Duration(c.Int64("shutdown-timeout")) * time.Second,
+			MaxCommandLength:        c.Int("max-command-length"),
+			DefaultCmdTimeout:       time.Duration(c.Int64("command-timeout")) * time.Second,
+			MaxCmdTimeout:           time.Duration(c.Int64("max-command-timeout")) * time.Second,
+			OutputLimit:             c.Int64("output-limit"),
+			MaxProcesses:            c.Int("max-processes"),
+			ProcessOutputCap:        c.Int64("process-output-limit"),
+			ProcessRetention:        c.Duration("process-retention"),
+			ProcessRetainCount:      c.Int("process-retain-count"),
+			ProcessRetainBytes:      c.Int64("process-retain-bytes"),
+			MaxProcessTimeout:       time.Duration(c.Int64("max-process-timeout")) * time.Second,
+			DefaultHeartbeatTimeout: time.Duration(c.Int64("default-heartbeat-timeout")) * time.Second,
+			DefaultIdleTimeout:      time.Duration(c.Int64("default-idle-timeout")) * time.Second,
+			MaxSandboxes:            c.Int("max-sandboxes"),
 		},
-		Storage: storageConfigFrom(c),
-		UserNS:  UserNSConfig{Mode: strings.ToLower(c.String("userns")), Base: uint32(c.Uint64("userns-base"))},
+		Storage:  storageConfigFrom(c),
+		Registry: registryConfigFrom(c),
+		UserNS:   UserNSConfig{Mode: strings.ToLower(c.String("userns")), Base: uint32(c.Uint64("userns-base"))},
 	}
 	nc, err := networkConfigFrom(c)
 	if err != nil {
@@ -179,6 +241,18 @@ func (c Config) Validate() error {
 		return bad("log format %q: want json or text", c.LogFormat)
 	case c.ExpiryInterval < 100*time.Millisecond:
 		return bad("expiry interval %v is too short (min 100ms)", c.ExpiryInterval)
+	case c.MaxUploadMB < 0 || c.MaxUploadMB > 1<<30:
+		return bad("max upload %d MB must be positive", c.MaxUploadMB)
+	case c.SandboxAPIPort < 0 || c.SandboxAPIPort > 65535:
+		return bad("sandbox api port %d: want 1-65535, or 0 for off", c.SandboxAPIPort)
+	case c.ReconcileInterval != 0 && c.ReconcileInterval < time.Second:
+		return bad("reconcile interval %v is too short (min 1s)", c.ReconcileInterval)
+	case c.RecordRetention < 0 || c.RecordRetention > 0 && c.RecordRetention < time.Hour:
+		return bad("record retention %v: want 0 (keep forever) or at least 1h", c.RecordRetention)
+	case c.LockDir != "" && !filepath.IsAbs(c.LockDir):
+		return bad("lock dir %q must be an absolute path", c.LockDir)
+	case c.TCPMaxConns < 0:
+		return bad("tcp max connections %d must be at least 1", c.TCPMaxConns)
 	}
 	switch c.UserNS.Mode {
 	case "", "auto", "on", "off":
@@ -196,10 +270,34 @@ func (c Config) Validate() error {
 	if err := c.Storage.Validate(); err != nil {
 		return err
 	}
+	if err := c.Registry.Validate(); err != nil {
+		return err
+	}
 	if err := c.validateListeners(); err != nil {
 		return err
 	}
 	return c.Limits.Validate()
+}
+
+func (c Config) reconcileInterval() time.Duration {
+	if c.ReconcileInterval == 0 {
+		return 30 * time.Second
+	}
+	return c.ReconcileInterval
+}
+
+func (c Config) lockDir() string {
+	if c.LockDir == "" {
+		return filepath.Join(c.StateDir, "locks")
+	}
+	return c.LockDir
+}
+
+func (c Config) tcpMaxConns() int {
+	if c.TCPMaxConns == 0 {
+		return api.DefaultTCPMaxConns
+	}
+	return c.TCPMaxConns
 }
 
 // socketGID resolves the socket group: a gid, a group name, or root's group
@@ -217,6 +315,14 @@ func (c Config) socketGID() (int, bool, error) {
 	}
 	gid, _ := strconv.Atoi(g.Gid)
 	return gid, true, nil
+}
+
+// maxUploadBytes is the file upload limit in bytes.
+func (c Config) maxUploadBytes() int64 {
+	if c.MaxUploadMB == 0 {
+		return 1 << 30
+	}
+	return c.MaxUploadMB << 20
 }
 
 // defaultHelperPath finds one of matrxd's static helpers (matrx-init,
@@ -244,6 +350,35 @@ func (c Config) validateListeners() error {
 				c.MetricsAddress, errdefs.ErrInvalidArgument)
 		}
 	}
+	if c.SSHAddress != "" {
+		host, port, err := net.SplitHostPort(c.SSHAddress)
+		if err != nil || port == "" || host == "" {
+			return fmt.Errorf("ssh address %q: want HOST:PORT, e.g. 127.0.0.1:2222 (or \"\" for off): %w", c.SSHAddress, errdefs.ErrInvalidArgument)
+		}
+		for _, other := range []string{c.TCPAddress, c.MetricsAddress, c.PreviewAddress} {
+			if other == c.SSHAddress {
+				return fmt.Errorf("ssh address %q is also another listener's: %w", c.SSHAddress, errdefs.ErrInvalidArgument)
+			}
+		}
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() && c.SSHPublicHost == "" {
+			return fmt.Errorf("ssh address %q listens on every address: set --ssh-public-host to the name clients should connect to: %w", c.SSHAddress, errdefs.ErrInvalidArgument)
+		}
+	}
+	if strings.ContainsAny(c.SSHPublicHost, " \t\n@/") {
+		return fmt.Errorf("ssh public host %q is not a host name or address: %w", c.SSHPublicHost, errdefs.ErrInvalidArgument)
+	}
+	if c.PreviewAddress != "" {
+		host, port, err := net.SplitHostPort(c.PreviewAddress)
+		if err != nil || port == "" || host == "" {
+			return fmt.Errorf("preview address %q: want HOST:PORT, e.g. 127.0.0.1:8443: %w", c.PreviewAddress, errdefs.ErrInvalidArgument)
+		}
+		if c.PreviewAddress == c.TCPAddress || c.PreviewAddress == c.MetricsAddress {
+			return fmt.Errorf("preview address %q is also another listener's: %w", c.PreviewAddress, errdefs.ErrInvalidArgument)
+		}
+		if err := api.ValidPreviewDomain(c.previewDomain()); err != nil {
+			return err
+		}
+	}
 	if c.TCPAddress == "" {
 		return nil
 	}
@@ -261,6 +396,14 @@ func (c Config) validateListeners() error {
 		return fmt.Errorf("tcp address and metrics address are both %q: %w", c.TCPAddress, errdefs.ErrInvalidArgument)
 	}
 	return nil
+}
+
+// previewDomain is the preview domain, "localhost" when unset.
+func (c Config) previewDomain() string {
+	if c.PreviewDomain == "" {
+		return "localhost"
+	}
+	return c.PreviewDomain
 }
 
 // isLoopback reports whether host is "localhost" or a loopback IP literal.

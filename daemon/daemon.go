@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -27,7 +28,9 @@ import (
 	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
+	"github.com/matrx-dev/matrx/runtime/network"
 	"github.com/matrx-dev/matrx/sandbox"
+	"github.com/matrx-dev/matrx/sshgate"
 	"github.com/matrx-dev/matrx/version"
 	"github.com/urfave/cli/v2"
 )
@@ -63,6 +66,13 @@ func newLogger(cfg Config) *slog.Logger {
 }
 
 // Run starts matrxd and blocks until ctx ends.
+//
+// Startup order: claim the host state (one daemon per state dir, socket,
+// containerd namespace and bridge/subnet), open the registry, connect to
+// containerd, open storage (a bucket that does not answer within 2 s
+// starts the daemon degraded rather than blocking it), recover records
+// (fast: containerd only; storage recovery continues in the background),
+// start supervision, serve, and only then say READY=1.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -74,12 +84,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
+	release, err := holdLocks(cfg, cfg.Network.Mode != "off")
+	if err != nil {
+		return err
+	}
+	defer release()
 	var store registry.Store
 	if cfg.Store == "memory" {
 		log.Warn("registry is in memory: sandbox records are lost on restart")
 		store = registry.NewMemory()
 	} else {
-		b, err := registry.OpenBolt(ctx, filepath.Join(cfg.StateDir, "registry.db"))
+		b, err := registry.OpenBolt(ctx, filepath.Join(cfg.StateDir, "registry.db"), registry.WithLogger(log))
 		if err != nil {
 			return err
 		}
@@ -108,7 +123,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	if err != nil {
 		return err
 	}
-	rtOpts := []runtime.Option{runtime.WithUserNS(ns)}
+	regs, err := openRegistries(cfg.Registry, log)
+	if err != nil {
+		return err
+	}
+	rtOpts := []runtime.Option{runtime.WithUserNS(ns), runtime.WithRegistries(regs)}
 	if netMgr != nil {
 		rtOpts = append(rtOpts, runtime.WithNetwork(netMgr))
 	}
@@ -122,38 +141,71 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	defer rt.Close()
 	ctrdVersion, _ := rt.Version(ctx)
 	log.Info("connected to containerd", "address", cfg.ContainerdAddress, "namespace", cfg.ContainerdNamespace, "containerd_version", ctrdVersion)
-	if ok, err := rt.HasImage(ctx, cfg.Limits.DefaultImage); err == nil && !ok {
-		log.Warn("default image is not imported yet; creates without config.image will fail until it is", "image", cfg.Limits.DefaultImage)
-	}
 
-	storage, closeStorage, err := openStorage(ctx, cfg, ns, mx, log)
+	st, err := openStorage(ctx, cfg, ns, mx, log)
 	if err != nil {
 		return err
 	}
 	// Cold mounts are deliberately not unmounted on exit: running sandboxes
 	// keep using them, and the next start re-acquires them.
-	defer closeStorage()
-	mgr, err := sandbox.New(sandbox.Config{
-		Store: store, Runtime: rt, Storage: storage, Limits: cfg.Limits, Logger: log, Metrics: mx,
-	})
+	defer st.close()
+	home, err := openSandboxAPI(cfg, netMgr, ns, log)
 	if err != nil {
 		return err
 	}
-	if err := mgr.Recover(ctx); err != nil {
+	mcfg := sandbox.Config{Store: store, Runtime: rt, Storage: st.storage, Limits: cfg.Limits, Logger: log, Metrics: mx,
+		PinnedImages: cfg.Registry.PinnedImages}
+	if home != nil {
+		mcfg.Home = home
+	}
+	mgr, err := sandbox.New(mcfg)
+	if err != nil {
+		return err
+	}
+	if ok, err := rt.HasImage(ctx, mgr.Limits().DefaultImage); err == nil && !ok {
+		log.Warn("default image is not present yet; the first create without config.image pulls it (or fails with config.pull never)", "image", mgr.Limits().DefaultImage)
+	}
+	if st.unreachable != nil {
+		mgr.SetCondition(sandbox.ConditionS3, st.unreachable)
+	}
+	bg, cancelBG := context.WithCancel(ctx)
+	defer cancelBG()
+	// Background work (storage recovery, supervised stops) is waited for
+	// after the listeners closed and the loops were cancelled.
+	defer mgr.Wait()
+	defer cancelBG()
+	if err := mgr.Recover(bg); err != nil {
 		return fmt.Errorf("recover sandboxes: %w", err)
 	}
-	// Release network leftovers of sandboxes that no longer run (a crash
-	// between a container's death and its teardown).
-	if err := rt.GCNetwork(ctx, mgr.HasContainer); err != nil {
-		log.Warn("network garbage collection failed", "error", err)
-	}
-	defer mgr.Wait()
 
+	srvOpts := []api.Option{api.WithMetrics(mx), api.WithKeepalive(cfg.StreamKeepalive), api.WithMaxUploadBytes(cfg.maxUploadBytes())}
+	previewL, err := openPreview(cfg, log)
+	if err != nil {
+		return err
+	}
+	if previewL != nil {
+		key, err := api.LoadPreviewKey(filepath.Join(cfg.StateDir, "preview.key"))
+		if err != nil {
+			previewL.Close()
+			return fmt.Errorf("preview listener: %w", err)
+		}
+		srvOpts = append(srvOpts, api.WithPreview(api.PreviewConfig{
+			Domain: cfg.previewDomain(), Key: key, Port: previewL.Addr().(*net.TCPAddr).Port,
+		}))
+	}
+	gate, err := openSSH(cfg, mgr, log)
+	if err != nil {
+		return err
+	}
+	if gate != nil {
+		defer gate.l.Close()
+		srvOpts = append(srvOpts, api.WithSSH(gate.info))
+	}
 	host := hostCapacity(log)
 	if netMgr != nil {
 		host.NetworkSubnet = netMgr.Subnet().String()
 	}
-	srv, err := api.NewServer(api.Config{Manager: mgr, Images: rt, Logger: log, Version: version.Version, Host: host}, api.WithMetrics(mx), api.WithKeepalive(cfg.StreamKeepalive))
+	srv, err := api.NewServer(api.Config{Manager: mgr, Images: rt, Logger: log, Version: version.Version, Host: host}, srvOpts...)
 	if err != nil {
 		return err
 	}
@@ -165,22 +217,62 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 		Handler:           srv,
 		ConnContext:       api.ConnContext,
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	// Output follows and attaches last as long as their process: a
-	// shutdown ends them (clients resume after the restart) instead of
-	// waiting out the drain.
+	// Output follows, attaches and file watches last as long as their
+	// process or client: a shutdown ends them (clients resume after the
+	// restart) instead of waiting out the drain.
 	httpSrv.RegisterOnShutdown(srv.CloseStreams)
-	waitListeners, err := serveOptionalListeners(ctx, cfg, srv, mx, apiKey, log)
+	waitListeners, err := serveOptionalListeners(ctx, cfg, srv, mx, apiKey, previewL, log)
 	if err != nil {
 		l.Close()
 		return err
 	}
 	defer waitListeners()
+	if gate != nil {
+		gctx, stopGate := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := gate.gw.Serve(gctx, gate.l); err != nil {
+				log.Error("ssh gateway stopped", "error", err)
+			}
+		}()
+		// The gateway's sessions end with the daemon (their processes are
+		// hung up), like output follows.
+		defer func() { stopGate(); <-done }()
+	}
+	if home != nil {
+		stopHome, err := home.Start(srv)
+		if err != nil {
+			l.Close()
+			return err
+		}
+		defer stopHome(5 * time.Second)
+	}
 
-	bg, cancelBG := context.WithCancel(ctx)
-	defer cancelBG()
-	go mgr.RunExpiry(bg, cfg.ExpiryInterval)
+	var loops sync.WaitGroup
+	defer loops.Wait()
+	loops.Go(func() { mgr.Supervise(bg, 0) })
+	loops.Go(func() { mgr.RunExpiry(bg, cfg.ExpiryInterval) })
+	loops.Go(func() { mgr.RunDeadlines(bg, cfg.ExpiryInterval) })
+	loops.Go(func() {
+		// The startup reconcile ends Recover's background work.
+		<-mgr.Recovered()
+		mgr.RunReconcile(bg, cfg.reconcileInterval())
+	})
+	if cfg.RecordRetention > 0 {
+		loops.Go(func() {
+			mgr.PruneRecords(bg, cfg.RecordRetention)
+			runEvery(bg, time.Hour, func(ctx context.Context) { mgr.PruneRecords(ctx, cfg.RecordRetention) })
+		})
+	}
+	if st.probe != nil {
+		loops.Go(func() {
+			runEvery(bg, bucketProbeInterval, func(ctx context.Context) { mgr.SetCondition(sandbox.ConditionS3, st.probe(ctx)) })
+		})
+	}
 	// Failed final syncs are retried on the checkpoint tick, and every
 	// 5 minutes even with checkpoints turned off: files waiting on the
 	// host are never left to the next restart.
@@ -188,8 +280,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	if retryEvery <= 0 {
 		retryEvery = 5 * time.Minute
 	}
-	go mgr.RunStorageTasks(bg, cfg.Storage.CheckpointInterval, retryEvery)
-	go watchdog(bg)
+	loops.Go(func() { mgr.RunStorageTasks(bg, cfg.Storage.CheckpointInterval, retryEvery) })
+	loops.Go(func() { watchdog(bg) })
 
 	log.Info("matrxd serving", "socket", l.Addr().String(), "version", version.Version)
 	sddaemon.SdNotify(false, sddaemon.SdNotifyReady)
@@ -198,7 +290,99 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	err = api.Serve(ctx, httpSrv, l, cfg.Limits.MaxCmdTimeout+5*time.Second)
 	sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
 	log.Info("matrxd stopping; sandboxes keep running")
+	cancelBG()
 	return err
+}
+
+// openSandboxAPI prepares the sandbox listener (nil when it is off): on
+// the gateway address when sandboxes have networking, and per-sandbox
+// sockets under the state dir for those without an address. Its sockets
+// belong to the sandboxes' root and agent group, in host ids.
+func openSandboxAPI(cfg Config, netMgr *network.Manager, ns runtime.UserNS, log *slog.Logger) (*api.SandboxAPI, error) {
+	if cfg.SandboxAPIPort == 0 {
+		log.Info("sandbox listener off: sandboxes cannot call home")
+		return nil, nil
+	}
+	sc := api.SandboxAPIConfig{
+		SocketDir: filepath.Join(cfg.StateDir, "sandbox-api"),
+		SocketUID: int(ns.HostID(0)), SocketGID: int(ns.HostID(runtime.AgentGID)), Logger: log,
+	}
+	if netMgr != nil {
+		sc.Gateway = netip.AddrPortFrom(netMgr.Gateway(), uint16(cfg.SandboxAPIPort))
+		sc.Lookup = netMgr.SandboxAt
+	}
+	return api.NewSandboxAPI(sc)
+}
+
+// sshGate is the SSH gateway, bound, and how clients reach it.
+type sshGate struct {
+	gw   *sshgate.Gateway
+	l    net.Listener
+	info api.SSHInfo
+}
+
+// openSSH binds the SSH gateway (nil when it is off) with the host key
+// kept under the state dir (made the first time).
+func openSSH(cfg Config, mgr *sandbox.Manager, log *slog.Logger) (*sshGate, error) {
+	if cfg.SSHAddress == "" {
+		log.Info("ssh gateway off")
+		return nil, nil
+	}
+	key, err := sshgate.LoadHostKey(filepath.Join(cfg.StateDir, "ssh"))
+	if err != nil {
+		return nil, err
+	}
+	gw, err := sshgate.New(sshgate.Config{Manager: mgr, HostKey: key, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", cfg.SSHAddress)
+	if err != nil {
+		return nil, fmt.Errorf("ssh gateway: listen on %s: %w", cfg.SSHAddress, err)
+	}
+	host, _, _ := net.SplitHostPort(cfg.SSHAddress)
+	if cfg.SSHPublicHost != "" {
+		host = cfg.SSHPublicHost
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	log.Info("ssh gateway serving", "address", l.Addr().String(), "public_host", host, "host_key", gw.Fingerprint())
+	return &sshGate{gw: gw, l: l, info: api.SSHInfo{
+		Host: host, Port: port, KnownHosts: gw.KnownHosts(host, port), Fingerprint: gw.Fingerprint(),
+	}}, nil
+}
+
+// openPreview binds the preview listener (nil when it is off) before the
+// server is built, so that the URLs it hands out carry the real port.
+func openPreview(cfg Config, log *slog.Logger) (net.Listener, error) {
+	if cfg.PreviewAddress == "" {
+		return nil, nil
+	}
+	l, err := api.ListenTCP(cfg.PreviewAddress)
+	if err != nil {
+		return nil, fmt.Errorf("preview listener: %w", err)
+	}
+	if host, _, _ := net.SplitHostPort(cfg.PreviewAddress); !isLoopback(host) {
+		log.Warn("preview listener is not on loopback: sandboxes' apps are served to the network behind their tokens, in plain HTTP; put a TLS proxy in front", "address", l.Addr().String())
+	}
+	return l, nil
+}
+
+// bucketProbeInterval is how often the bucket is asked whether it answers
+// (s3_unreachable comes and goes with it).
+const bucketProbeInterval = 10 * time.Second
+
+// runEvery calls fn every interval until ctx ends.
+func runEvery(ctx context.Context, interval time.Duration, fn func(context.Context)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			fn(ctx)
+		}
+	}
 }
 
 // listener takes the socket from systemd socket activation when there is
@@ -266,23 +450,13 @@ func daemonMetrics(cfg Config, store registry.Store, log *slog.Logger) *metrics.
 		mx = metrics.New(metrics.WithLogger(log))
 	}
 	mx.SetSandboxStatus(func(ctx context.Context) (metrics.Snapshot, error) {
-		rs, err := store.List(ctx, registry.Filter{})
+		c, err := store.Counts(ctx) // the registry's indexes: no record is decoded
 		if err != nil {
 			return metrics.Snapshot{}, err
 		}
-		counts := map[string]int{}
-		for _, s := range []registry.Status{
-			registry.StatusCreating, registry.StatusStarting, registry.StatusReady, registry.StatusRunning,
-			registry.StatusShuttingDown, registry.StatusStopped, registry.StatusFailed, registry.StatusExpired,
-		} {
-			counts[string(s)] = 0 // every status is exported, zero included
-		}
-		snap := metrics.Snapshot{ByStatus: counts}
-		for _, r := range rs {
-			counts[string(r.Status)]++
-			if r.HotSyncPending && r.Status.Terminal() {
-				snap.HotSyncPending++
-			}
+		snap := metrics.Snapshot{ByStatus: map[string]int{}, HotSyncPending: c.TerminalPending}
+		for _, s := range registry.Statuses() {
+			snap.ByStatus[string(s)] = c.ByStatus[s] // every status is exported, zero included
 		}
 		return snap, nil
 	})
@@ -292,15 +466,12 @@ func daemonMetrics(cfg Config, store registry.Store, log *slog.Logger) *metrics.
 // serveOptionalListeners starts the loopback metrics listener and the TCP
 // API listener when they are configured. They stop when ctx ends or when
 // the returned wait func is called, which blocks until they have drained.
-func serveOptionalListeners(ctx context.Context, cfg Config, srv *api.Server, mx *metrics.Metrics, apiKey []byte, log *slog.Logger) (wait func(), err error) {
+func serveOptionalListeners(ctx context.Context, cfg Config, srv *api.Server, mx *metrics.Metrics, apiKey []byte, previewL net.Listener, log *slog.Logger) (wait func(), err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wait = func() { cancel(); wg.Wait() }
 	serve := func(name string, l net.Listener, h http.Handler, drain time.Duration) {
-		hs := &http.Server{
-			Handler: h, ConnContext: api.ConnContext, ReadHeaderTimeout: 10 * time.Second,
-			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		}
+		hs := api.TCPServer(h, log)
 		hs.RegisterOnShutdown(srv.CloseStreams)
 		wg.Add(1)
 		go func() {
@@ -321,11 +492,16 @@ func serveOptionalListeners(ctx context.Context, cfg Config, srv *api.Server, mx
 		log.Info("metrics listener serving", "address", l.Addr().String())
 		serve("metrics", l, mux, 5*time.Second)
 	}
+	if previewL != nil {
+		log.Info("preview listener serving (a sandbox token required unless a port is public)", "address", previewL.Addr().String(), "domain", cfg.previewDomain())
+		serve("preview", previewL, srv.PreviewHandler(), 5*time.Second)
+	}
 	if cfg.TCPAddress != "" {
 		h, err := srv.TCPHandler(apiKey)
 		if err == nil {
 			var l net.Listener
 			if l, err = api.ListenTCP(cfg.TCPAddress); err == nil {
+				l = api.LimitListener(l, cfg.tcpMaxConns())
 				if host, _, _ := net.SplitHostPort(cfg.TCPAddress); !isLoopback(host) {
 					log.Warn("tcp api listener is not on loopback: it speaks plain HTTP with a shared key; prefer the unix socket or a TLS proxy", "address", l.Addr().String())
 				}

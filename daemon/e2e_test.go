@@ -23,8 +23,8 @@ import (
 	"github.com/matrx-dev/matrx/api/apitype"
 	"github.com/matrx-dev/matrx/api/client"
 	"github.com/matrx-dev/matrx/daemon/daemontest"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
-	"github.com/matrx-dev/matrx/sandbox"
 	"github.com/matrx-dev/matrx/testenv"
 )
 
@@ -33,7 +33,7 @@ func TestLifecycle(t *testing.T) {
 	h := daemontest.Start(t)
 	ctx := context.Background()
 	s := h.Create("alice", &apitype.SandboxConfig{Labels: map[string]string{"team": "a"}, Env: map[string]string{"GREETING": "hi"}})
-	if !sandbox.ValidSandboxID(s.SandboxID) || s.Status != "ready" || s.UserID != "alice" || s.HotPath != "/home/agent" ||
+	if !ids.ValidSandboxID(s.SandboxID) || s.Status != "ready" || s.UserID != "alice" || s.HotPath != "/home/agent" ||
 		s.ColdPath != "/data/cold" || s.TTLSeconds != 7200 || s.SSHPort != nil || s.ContainerID == "" || s.Image != containerdtest.MinimalImage {
 		t.Fatalf("created sandbox: %+v", s)
 	}
@@ -226,7 +226,17 @@ func TestBadInput(t *testing.T) {
 		{"bad label", "POST", "/sandboxes", `{"user_id":"u","config":{"labels":{"-x":"y"}}}`, 400, "labels"},
 		{"bad image", "POST", "/sandboxes", `{"user_id":"u","config":{"image":"../../x"}}`, 400, "image"},
 		{"wrong type", "POST", "/sandboxes", `{"user_id":5}`, 400, "malformed JSON"},
-		{"unknown image", "POST", "/sandboxes", `{"user_id":"u","config":{"image":"localhost/none:latest"}}`, 404, "not present"},
+		{"unknown image, pull never", "POST", "/sandboxes", `{"user_id":"u","config":{"image":"localhost/none:latest","pull":"never"}}`, 404, "not present"},
+		{"unknown image, registry unreachable", "POST", "/sandboxes", `{"user_id":"u","config":{"image":"127.0.0.1:1/none:latest"}}`, 502, "not present here"},
+		{"bad pull policy", "POST", "/sandboxes", `{"user_id":"u","config":{"pull":"sometimes"}}`, 400, "config.pull"},
+		{"pull without ref", "POST", "/images/pull", `{}`, 400, "ref"},
+		{"pull bad ref", "POST", "/images/pull", `{"ref":"127.0.0.1:1/Team/App:1"}`, 400, "ref"},
+		{"pull bad platform", "POST", "/images/pull", `{"ref":"127.0.0.1:1/x:1","platform":"linux/amd64/v9/x"}`, 400, "platform"},
+		{"pull empty password", "POST", "/images/pull", `{"ref":"127.0.0.1:1/x:1","auth":{"username":"u","password":""}}`, 400, "auth.password"},
+		{"pull unknown field", "POST", "/images/pull", `{"ref":"127.0.0.1:1/x:1","force":true}`, 400, "unknown field"},
+		{"delete unknown image", "DELETE", "/images/localhost/none:latest", ``, 404, "none"},
+		{"delete bad image name", "DELETE", "/images/..%2Fx", ``, 400, "image"},
+		{"prune with a body", "POST", "/images/prune", `{"all":true}`, 400, "unknown field"},
 		{"unknown sandbox", "GET", "/sandboxes/sbx-doesnotexist", ``, 404, ""},
 		{"unknown well-formed sandbox", "GET", "/sandboxes/sbx-000000000000", ``, 404, ""},
 		{"weird sandbox id", "GET", "/sandboxes/..%2f..%2fetc", ``, 404, ""},
@@ -284,7 +294,7 @@ func TestBadInput(t *testing.T) {
 	if hot, _ := os.ReadDir(filepath.Join(h.Config.StateDir, "hot")); len(hot) != 1 {
 		t.Fatalf("hot dirs: %d, want 1 (the live sandbox)", len(hot))
 	}
-	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), "/users/u/cold") {
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), h.Config.StateDir+"/cold/mnt/users/u/cold") {
 		t.Fatalf("cold mount of the failed create left behind:\n%s", mi)
 	}
 }
@@ -325,7 +335,7 @@ func TestCLI(t *testing.T) {
 	run := h.CLI
 	out, errOut, code := run("create", "--user", "erin", "--label", "k=v")
 	id := strings.TrimSpace(out)
-	if code != 0 || !sandbox.ValidSandboxID(id) {
+	if code != 0 || !ids.ValidSandboxID(id) {
 		t.Fatalf("create: %q %q %d", out, errOut, code)
 	}
 	out, errOut, code = run("exec", id, "--cwd", "/tmp", "--", "pwd; echo err >&2; exit 3")
@@ -421,7 +431,7 @@ func TestConcurrentDeletes(t *testing.T) {
 		t.Fatalf("sandbox was stopped %d times, want once", n)
 	}
 	// The user's cold mount is still held for b.
-	if mi, _ := os.ReadFile("/proc/self/mountinfo"); !strings.Contains(string(mi), "/users/hank/cold") {
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); !strings.Contains(string(mi), h.Config.StateDir+"/cold/mnt/users/hank/cold") {
 		t.Fatal("the user's cold mount was released while another sandbox uses it")
 	}
 	if got, _ := h.Client().Get(ctx, a.SandboxID); got.Status != "stopped" {
@@ -449,8 +459,10 @@ func TestCreateDestroyCyclesLeaveNothing(t *testing.T) {
 		})
 		return n
 	}
+	var ids []string
 	for i := 0; i < 50; i++ {
 		s := h.Create("cycler", nil)
+		ids = append(ids, s.SandboxID)
 		if i == 0 && countLeases() != 1 {
 			t.Fatalf("a live sandbox holds %d leases; the leak check below would prove nothing", countLeases())
 		}
@@ -463,9 +475,18 @@ func TestCreateDestroyCyclesLeaveNothing(t *testing.T) {
 			t.Fatalf("cycle %d: %v", i, err)
 		}
 	}
+	// Only this test's sandboxes count: other daemons (make up's, other
+	// tests') have rules of their own on this host.
 	out, _ := exec.Command("iptables", "-S").CombinedOutput()
-	if strings.Contains(string(out), "matrx-sandbox=") {
-		t.Errorf("sandbox iptables rules left:\n%s", out)
+	for _, id := range ids {
+		if strings.Contains(string(out), "matrx-sandbox="+id) {
+			t.Errorf("iptables rules of %s left:\n%s", id, out)
+			break
+		}
+	}
+	chain := "MATRX-" + h.Config.Network.Bridge + "-SBX"
+	if out, _ := exec.Command("iptables", "-S", chain).CombinedOutput(); strings.Contains(string(out), "matrx-sandbox=") {
+		t.Errorf("sandbox rules left in this daemon's chain %s:\n%s", chain, out)
 	}
 	if out, _ := exec.Command("ip", "-o", "link", "show", "master", h.Config.Network.Bridge).CombinedOutput(); strings.TrimSpace(string(out)) != "" {
 		t.Errorf("veths left on %s:\n%s", h.Config.Network.Bridge, out)
@@ -663,7 +684,10 @@ func TestREADMECommands(t *testing.T) {
 		`matrx exec sbx-0123456789ab -- printf '%s\n' 'a b' c`:          "a b\nc\n",
 		"matrx exec sbx-0123456789ab --user root --timeout 60 -- id -u": "0\n",
 	}
-	id, ran := "", 0
+	// Exit codes other than 0 that a line must end with: attach to the
+	// process the INT above ended returns the shell's 130.
+	wantCode := map[string]int{"matrx attach sbx-0123456789ab p-3f9c2a1b7d4e": 130}
+	id, proc, ran := "", "", 0
 	for _, line := range strings.Split(block, "\n") {
 		line = strings.TrimSpace(comment.ReplaceAllString(line, ""))
 		if !strings.HasPrefix(line, "matrx ") {
@@ -671,11 +695,20 @@ func TestREADMECommands(t *testing.T) {
 		}
 		words := shellWords(t, line)
 		for i, w := range words {
+			if rest, ok := strings.CutPrefix(w, "sbx-0123456789ab:"); ok { // matrx cp ID:PATH
+				words[i] = id + ":" + rest
+			}
 			switch w {
 			case "sbx-0123456789ab":
 				words[i] = id
+			case "p-3f9c2a1b7d4e":
+				words[i] = proc
 			case "build/images/sandbox.tar":
 				words[i] = h.Env.ImageTar // the minimal image, same command
+			case "README.md":
+				words[i] = filepath.Join(containerdtest.RepoRoot(), "README.md")
+			case "./project-copy":
+				words[i] = filepath.Join(t.TempDir(), "project-copy") // not into the source tree
 			}
 		}
 		out, errOut, code := h.CLI(words[1:]...)
@@ -683,8 +716,31 @@ func TestREADMECommands(t *testing.T) {
 		switch {
 		case words[1] == "create":
 			id = strings.TrimSpace(out)
-			if code != 0 || !sandbox.ValidSandboxID(id) {
+			if code != 0 || !ids.ValidSandboxID(id) {
 				t.Fatalf("%s: exit %d, printed %q %s", line, code, out, errOut)
+			}
+		case words[1] == "exec" && words[2] == "-d":
+			proc = strings.TrimSpace(out)
+			if code != 0 || !strings.HasPrefix(proc, "p-") {
+				t.Fatalf("%s: exit %d, printed %q %s", line, code, out, errOut)
+			}
+		case words[1] == "logs" && words[2] != "--offset":
+			// The loop prints a date a second; wait for one.
+			for try := 0; code == 0 && out == "" && try < 50; try++ {
+				time.Sleep(100 * time.Millisecond)
+				out, errOut, code = h.CLI(words[1:]...)
+			}
+			if code != 0 || out == "" {
+				t.Errorf("%s: exit %d, printed %q %s", line, code, out, errOut)
+			}
+		case words[1] == "kill" && code == 0:
+			// The attach below must find the process ended, or it would
+			// wait for it: give the signal time to land, and say so if
+			// it never does.
+			waitEnded(t, h, id, proc, 15*time.Second)
+		case wantCode[line] != 0:
+			if code != wantCode[line] {
+				t.Errorf("%s: exit %d, want %d\nstdout: %s\nstderr: %s", line, code, wantCode[line], out, errOut)
 			}
 		case words[1] == "doctor":
 			// The host may lack what doctor checks (exit 1), but it
@@ -704,6 +760,25 @@ func TestREADMECommands(t *testing.T) {
 	}
 }
 
+// waitEnded waits until a background process is no longer running.
+func waitEnded(t *testing.T, h *daemontest.Harness, id, proc string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		p, err := h.Client().Process(context.Background(), id, proc)
+		if err != nil {
+			t.Fatalf("process %s: %v", proc, err)
+		}
+		if p.Status != "running" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %s still running %v after the signal: %+v", proc, within, p)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // shellWords splits a command line the way bash does.
 func shellWords(t *testing.T, line string) []string {
 	t.Helper()
@@ -712,4 +787,30 @@ func shellWords(t *testing.T, line string) []string {
 		t.Fatalf("split %q: %v", line, err)
 	}
 	return strings.Split(strings.TrimSuffix(string(out), "\x00"), "\x00")
+}
+
+// TestPipedStdinReachesExec: echo x | matrx exec ID -- cat prints x (the
+// exec runs as a process with stdin), never silently dropping the input.
+func TestPipedStdinReachesExec(t *testing.T) {
+	h := daemontest.Start(t)
+	s := h.Create("pipe", nil)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { w.WriteString("one\ntwo\n"); w.Close() }()
+	defer r.Close()
+	out, errOut, code := h.CLIWithStdin(r, "exec", s.SandboxID, "--", "cat")
+	if code != 0 || out != "one\ntwo\n" {
+		t.Fatalf("piped stdin: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	// A regular file as stdin, and the exit code of the command.
+	f := filepath.Join(t.TempDir(), "in")
+	os.WriteFile(f, []byte("abc"), 0o600)
+	in, _ := os.Open(f)
+	defer in.Close()
+	out, errOut, code = h.CLIWithStdin(in, "exec", s.SandboxID, "--", "wc -c; exit 3")
+	if code != 3 || strings.TrimSpace(out) != "3" {
+		t.Fatalf("file stdin: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
 }

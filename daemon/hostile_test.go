@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/matrx-dev/matrx/api/apitype"
+	"github.com/matrx-dev/matrx/daemon"
 	"github.com/matrx-dev/matrx/daemon/daemontest"
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
 	"github.com/matrx-dev/matrx/testenv"
@@ -22,6 +23,7 @@ import (
 // a sandbox of the production image. Each must fail inside the sandbox
 // while the daemon, a neighbour sandbox and the host stay healthy.
 func TestHostileSandbox(t *testing.T) {
+	t.Parallel() // see TestMain (storage_e2e_test.go)
 	testenv.BothContainerds(t)
 	prod := filepath.Join(containerdtest.RepoRoot(), "build", "images", "sandbox.tar")
 	if _, err := os.Stat(prod); err != nil {
@@ -46,6 +48,13 @@ func TestHostileSandbox(t *testing.T) {
 	neighbour := h.Create("nina", nil)
 	internet := internetHost(t)
 	metadataHost(t)
+	// The metadata address also answers on the sandbox listener's port:
+	// opening that port on the gateway must not open it anywhere else.
+	httpServer(t, "", fmt.Sprintf("169.254.169.254:%d", daemon.DefaultSandboxAPIPort), "ami-id: secret\n")
+	// So does another host address (the host end of the internet veth).
+	httpServer(t, "", fmt.Sprintf("203.0.113.1:%d", daemon.DefaultSandboxAPIPort), "host secret\n")
+	// A sandbox without an address calls home through its own socket.
+	offline := h.Create("olga", &apitype.SandboxConfig{Image: "localhost/matrx/sandbox:latest", Network: &apitype.NetworkConfig{Mode: "none"}})
 	// The neighbour serves HTTP on its sandbox address.
 	h.Exec(neighbour.SandboxID, "mkdir -p /tmp/www && echo neighbour secret > /tmp/www/index.html && (httpd -p 8080 -h /tmp/www &)")
 	neighbourIP := strings.Fields(h.Exec(neighbour.SandboxID, "grep "+neighbour.SandboxID+" /etc/hosts").Stdout)[0]
@@ -170,6 +179,17 @@ func TestHostileSandbox(t *testing.T) {
 			func(r *apitype.ExecResponse) bool { return r.ExitCode != 0 && !strings.Contains(r.Stdout, "ami-id") }},
 		{"metadata over IPv6", "agent", 10, "curl -sS -m 3 -g 'http://[fd00:ec2::254]/' 2>&1",
 			func(r *apitype.ExecResponse) bool { return r.ExitCode != 0 }},
+		// The way home serves the caller about itself, nothing else.
+		{"call home as the neighbour", "agent", 10, `for r in heartbeat complete; do curl -sS -m 3 -o /dev/null -w '%{http_code} ' -XPOST $ORCHESTRATOR_URL/sandboxes/` + neighbour.SandboxID + `/$r; done`,
+			func(r *apitype.ExecResponse) bool { return r.Stdout == "403 403 " }},
+		{"host-only routes over the way home", "agent", 10, `curl -sS -m 3 -o /dev/null -w '%{http_code} ' -XPOST $ORCHESTRATOR_URL/sandboxes -d '{"user_id":"mallory"}'; curl -sS -m 3 -o /dev/null -w '%{http_code}' -XPOST $ORCHESTRATOR_URL/sandboxes/$SANDBOX_ID/exec -d '{"command":"id"}'`,
+			func(r *apitype.ExecResponse) bool { return r.Stdout == "404 404" }},
+		{"metadata on the sandbox listener's port", "agent", 10, fmt.Sprintf("curl -sS -m 3 http://169.254.169.254:%d/ 2>&1", daemon.DefaultSandboxAPIPort),
+			func(r *apitype.ExecResponse) bool { return r.ExitCode != 0 && !strings.Contains(r.Stdout, "ami-id") }},
+		{"the sandbox listener's port on other host addresses", "agent", 10, fmt.Sprintf("curl -sS -m 3 http://203.0.113.1:%d/ 2>&1", daemon.DefaultSandboxAPIPort),
+			func(r *apitype.ExecResponse) bool {
+				return r.ExitCode != 0 && !strings.Contains(r.Stdout, "host secret")
+			}},
 	}
 	// Positive control: the sandbox does have the internet (a TEST-NET
 	// host in a test namespace), so the blocks above are rules at work.
@@ -178,6 +198,19 @@ func TestHostileSandbox(t *testing.T) {
 	}
 	if r := h.Exec(neighbour.SandboxID, "wget -qO- http://127.0.0.1:8080/"); r.Stdout != "neighbour secret\n" {
 		t.Fatalf("neighbour's server is not up (the neighbour test would prove nothing): %+v", r)
+	}
+	// Positive controls of the way home, with the real curl: a heartbeat
+	// from the attacker over the gateway, and from the sandbox without an
+	// address over its socket (another sandbox's id refused there too).
+	if r := h.Exec(attacker.SandboxID, `curl -sS -m 5 -XPOST $ORCHESTRATOR_URL/sandboxes/$SANDBOX_ID/heartbeat`); !strings.Contains(r.Stdout, `"acknowledged":true`) {
+		t.Fatalf("heartbeat from inside: %+v", r)
+	}
+	if got, err := h.Client().Get(ctx, attacker.SandboxID); err != nil || got.LastHeartbeatAt == nil {
+		t.Fatalf("the heartbeat from inside was not recorded: %v %+v", err, got)
+	}
+	if r := h.Exec(offline.SandboxID, `curl -sS -m 5 --unix-socket "$MATRX_API_SOCKET" -XPOST "$ORCHESTRATOR_URL/sandboxes/$SANDBOX_ID/heartbeat"; echo; `+
+		`curl -sS -m 5 -o /dev/null -w '%{http_code}' --unix-socket "$MATRX_API_SOCKET" -XPOST "$ORCHESTRATOR_URL/sandboxes/`+attacker.SandboxID+`/complete"`); !strings.Contains(r.Stdout, `"acknowledged":true`) || !strings.HasSuffix(r.Stdout, "\n403") {
+		t.Fatalf("heartbeat over the socket of a sandbox without an address: %+v", r)
 	}
 	for _, a := range attacks {
 		t.Run(a.name, func(t *testing.T) {

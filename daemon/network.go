@@ -99,7 +99,7 @@ func openNetwork(ctx context.Context, cfg Config, log *slog.Logger) (*network.Ma
 	}
 	m, err := network.New(ctx, network.Config{
 		StateDir: filepath.Join(cfg.StateDir, "network"), AllowInternal: nc.AllowInternal,
-		Nameservers: nc.Nameservers, Logger: log,
+		Nameservers: nc.Nameservers, GatewayPort: uint16(cfg.SandboxAPIPort), Logger: log,
 	}, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox networking: %w", err)

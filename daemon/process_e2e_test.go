@@ -74,6 +74,7 @@ func untilContains(s string) func([]byte) bool {
 }
 
 func TestProcessAPI(t *testing.T) {
+	t.Parallel() // see TestMain (storage_e2e_test.go)
 	h := daemontest.Start(t, func(c *daemon.Config) {
 		c.Limits.MaxProcesses = 4
 		c.Limits.ProcessRetainCount = 3

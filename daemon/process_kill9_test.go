@@ -43,8 +43,8 @@ func startRealDaemon(t *testing.T, env *containerdtest.Env, extra ...string) *re
 	os.MkdirAll(dir, 0o700)
 	d := &realDaemon{t: t, bin: daemontest.BuildMatrxd(t, dir), sock: filepath.Join(dir, "matrxd.sock")}
 	d.args = append([]string{
-		"--socket", d.sock, "--containerd-address", env.Address, "--containerd-namespace", daemontest.Namespace,
-		"--state-dir", filepath.Join(dir, "state"), "--init-path", env.InitPath, "--relay-path", env.RelayPath,
+		"--socket", d.sock, "--containerd-address", env.Address, "--containerd-namespace", daemontest.Namespace, "--ssh-address=",
+		"--state-dir", filepath.Join(dir, "state"), "--lock-dir", filepath.Join(dir, "locks"), "--init-path", env.InitPath, "--relay-path", env.RelayPath,
 		"--network", "off", "--image", containerdtest.MinimalImage, "--log-format", "text", "--log-level", "debug",
 		"--expiry-interval", "1s", "--checkpoint-interval", "0",
 	}, extra...)
@@ -114,6 +114,7 @@ func (d *realDaemon) rssKB() int {
 // every process and every byte of output is still there. Then it measures
 // the daemon's memory while a process prints 1 GiB to a slow reader.
 func TestProcessesSurviveKill9(t *testing.T) {
+	t.Parallel() // see TestMain (storage_e2e_test.go)
 	testenv.BothContainerds(t)
 	env := containerdtest.Start(t, daemontest.Namespace)
 	d := startRealDaemon(t, env)

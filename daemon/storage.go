@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/mounts"
 	"github.com/matrx-dev/matrx/mounts/cold"
@@ -158,19 +160,37 @@ func (s StorageConfig) Validate() error {
 	return nil
 }
 
+// bucketCheckTimeout is how long startup (and each later probe) waits for
+// the bucket to answer: a definite answer (missing, forbidden, wrong
+// region) fails startup; silence starts the daemon degraded
+// (s3_unreachable) instead of blocking it.
+const bucketCheckTimeout = 2 * time.Second
+
+// openedStorage is openStorage's result.
+type openedStorage struct {
+	storage *mounts.Storage
+	close   func()
+	// probe checks the bucket answers (nil with local storage); unreachable
+	// is its error at startup, when the bucket did not answer in time.
+	probe       func(context.Context) error
+	unreachable error
+}
+
 // openStorage builds the object store, checks the bucket (failing fast with
-// distinct errors for a missing, forbidden or unreachable bucket), picks the
-// cold driver, and returns the host-side storage.
-func openStorage(ctx context.Context, cfg Config, ns runtime.UserNS, mx *metrics.Metrics, log *slog.Logger) (*mounts.Storage, func(), error) {
+// distinct errors for a missing, forbidden or wrong-region bucket; an
+// endpoint that does not answer within 2 s is reported, not fatal), picks
+// the cold driver, and returns the host-side storage.
+func openStorage(ctx context.Context, cfg Config, ns runtime.UserNS, mx *metrics.Metrics, log *slog.Logger) (*openedStorage, error) {
 	uid, gid := int(ns.HostID(runtime.AgentUID)), int(ns.HostID(runtime.AgentGID))
 	sc := cfg.Storage
 	var store mounts.ObjectStore
+	out := &openedStorage{}
 	closeFn := func() {}
 	localDir := filepath.Join(cfg.StateDir, "storage")
 	if sc.Bucket == "" {
 		l, err := objstore.NewLocal(localDir)
 		if err != nil {
-			return nil, nil, fmt.Errorf("local storage: %w", err)
+			return nil, fmt.Errorf("local storage: %w", err)
 		}
 		closeFn = func() { l.Close() }
 		store = l
@@ -179,13 +199,23 @@ func openStorage(ctx context.Context, cfg Config, ns runtime.UserNS, mx *metrics
 		s3, err := objstore.NewS3(ctx, objstore.S3Config{Bucket: sc.Bucket, Region: sc.Region, Endpoint: sc.Endpoint, PathStyle: sc.PathStyle},
 			objstore.WithLogger(log))
 		if err != nil {
-			return nil, nil, fmt.Errorf("s3 storage: %w", err)
+			return nil, fmt.Errorf("s3 storage: %w", err)
 		}
-		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-		err = s3.Check(cctx)
-		cancel()
-		if err != nil {
-			return nil, nil, fmt.Errorf("bucket %q: %w", sc.Bucket, err)
+		out.probe = func(ctx context.Context) error {
+			cctx, cancel := context.WithTimeout(ctx, bucketCheckTimeout)
+			defer cancel()
+			err := s3.Check(cctx)
+			if errors.Is(err, context.DeadlineExceeded) {
+				err = fmt.Errorf("s3 endpoint gave no answer within %v: %w", bucketCheckTimeout, errdefs.ErrUnavailable)
+			}
+			return err
+		}
+		if err := out.probe(ctx); err != nil {
+			if !errdefs.IsUnavailable(err) {
+				return nil, fmt.Errorf("bucket %q: %w", sc.Bucket, err)
+			}
+			out.unreachable = fmt.Errorf("bucket %q: %w", sc.Bucket, err)
+			log.Warn("storage: the bucket does not answer; starting degraded (creates are refused until it does)", "bucket", sc.Bucket, "error", err)
 		}
 		store = s3
 		log.Info("storage: s3", "bucket", sc.Bucket, "region", sc.Region, "endpoint", sc.Endpoint)
@@ -198,14 +228,14 @@ func openStorage(ctx context.Context, cfg Config, ns runtime.UserNS, mx *metrics
 	}, coldOptions(systemdIsPID1(), log)...)
 	if err != nil {
 		closeFn()
-		return nil, nil, err
+		return nil, err
 	}
 	cm, err := cold.NewManager(ctx, cold.ManagerConfig{Dir: filepath.Join(cfg.StateDir, "cold"), Driver: drv, Logger: log},
 		cold.WithOwner(uint32(uid), uint32(gid)),
-		cold.WithRemountHook(func(string) { mx.IncFUSERemount(drv.Name()) }))
+		cold.WithRemountHook(func(ids.UserID) { mx.IncFUSERemount(drv.Name()) }))
 	if err != nil {
 		closeFn()
-		return nil, nil, err
+		return nil, err
 	}
 	var pool *disk.Pool
 	if n := sc.DiskPool; n >= 0 && cfg.Limits.DefaultDiskMB > 0 {
@@ -221,7 +251,7 @@ func openStorage(ctx context.Context, cfg Config, ns runtime.UserNS, mx *metrics
 		pool, err = disk.NewPool(filepath.Join(cfg.StateDir, "disk-pool"), size, uid, gid, disk.Inodes(size, maxNames), n, log)
 		if err != nil {
 			closeFn()
-			return nil, nil, err
+			return nil, err
 		}
 		prev := closeFn
 		closeFn = func() { pool.Close(); prev() }
@@ -234,9 +264,10 @@ func openStorage(ctx context.Context, cfg Config, ns runtime.UserNS, mx *metrics
 	})
 	if err != nil {
 		closeFn()
-		return nil, nil, err
+		return nil, err
 	}
-	return st, closeFn, nil
+	out.storage, out.close = st, closeFn
+	return out, nil
 }
 
 // accessKey and secretKey pass static credentials from the environment
@@ -269,10 +300,10 @@ func coldOptions(systemd bool, log *slog.Logger) []cold.Option {
 
 // scopeWrapper prefixes a FUSE daemon's argv with systemd-run --scope,
 // which execs the daemon in place (the supervisor watches that pid).
-func scopeWrapper(userID string, argv []string) []string {
+func scopeWrapper(userID ids.UserID, argv []string) []string {
 	var b [4]byte
 	rand.Read(b[:])
 	unit := fmt.Sprintf("matrx-cold-%s-%x", userID, b)
 	return append([]string{"systemd-run", "--scope", "--collect", "--quiet",
-		"--unit=" + unit, "--description=matrx cold storage of " + userID, "--"}, argv...)
+		"--unit=" + unit, "--description=matrx cold storage of " + userID.String(), "--"}, argv...)
 }

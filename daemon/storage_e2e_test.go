@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,18 +27,33 @@ import (
 	"github.com/matrx-dev/matrx/testenv"
 )
 
+// TestMain starts the local S3 server on first use and stops it at the end.
+//
+// The heaviest end-to-end tests (production image imports, torture,
+// streaming at scale, real-binary daemons) call t.Parallel(): each owns
+// its containerd, daemon, bridge, subnet, state dir and bucket, and they
+// take most of the package's time waiting on I/O and timers. Tests that
+// measure the test process itself (TestFilesLarge's RSS) or assert a
+// liveness deadline stay sequential; Go never runs those alongside the
+// parallel ones.
 func TestMain(m *testing.M) { s3test.Main(m) }
 
+var exportCredentials sync.Once
+
 // s3Env starts (once) the local S3 server, makes a fresh bucket and exports
-// the credentials the way an operator would (standard AWS chain).
+// the credentials the way an operator would (standard AWS chain). The
+// credentials are the one server's, so they are exported once for the
+// whole process (t.Setenv is not allowed in parallel tests).
 func s3Env(t *testing.T) (*s3test.Server, string) {
 	srv := s3test.Start(t)
 	if _, err := exec.LookPath("s3fs"); err != nil {
 		containerdtest.Skip(t, "s3fs not installed")
 	}
 	bucket := srv.NewBucket(t)
-	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
+	exportCredentials.Do(func() {
+		os.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
+		os.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
+	})
 	return srv, bucket
 }
 
@@ -194,8 +210,8 @@ func TestCrashRecoverySyncsHotFiles(t *testing.T) {
 	nc := daemontest.Network(t)
 	daemontest.UninstallNetworkAtEnd(t, state, nc)
 	start := func() *exec.Cmd {
-		cmd := exec.Command(bin, "--socket", sock, "--containerd-address", env.Address, "--containerd-namespace", daemontest.Namespace,
-			"--state-dir", state, "--init-path", env.InitPath, "--image", containerdtest.MinimalImage,
+		cmd := exec.Command(bin, "--socket", sock, "--containerd-address", env.Address, "--containerd-namespace", daemontest.Namespace, "--ssh-address=",
+			"--state-dir", state, "--lock-dir", filepath.Join(env.Dir, "locks"), "--init-path", env.InitPath, "--image", containerdtest.MinimalImage,
 			"--default-memory-mb", "256", "--default-cpu", "1", "--checkpoint-interval", "1h",
 			"--s3-bucket", bucket, "--s3-endpoint", srv.Endpoint, "--s3-region", srv.Region, "--cold-driver", "s3fs",
 			"--network", "on", "--network-bridge", nc.Bridge, "--network-subnet", nc.Subnet.String())
@@ -289,15 +305,19 @@ func TestFailedFinalSyncIsRetried(t *testing.T) {
 	bucketBack()
 	h.Stop()
 	h.Start()
-	if v, ok := get(t, srv, bucket, "users/dana/hot/keep.txt"); !ok || v != "unsynced\n" {
-		t.Fatalf("pending hot files not synced at restart: %q %v", v, ok)
-	}
-	got, _ = h.Client().Get(ctx, s.SandboxID)
-	if got.HotSyncPending || got.HotSyncedAt == nil {
-		t.Fatalf("record after the retry: %+v", got)
-	}
-	if _, err := os.Stat(filepath.Join(h.Config.StateDir, "hot", s.SandboxID)); !os.IsNotExist(err) {
-		t.Fatalf("hot dir not removed after a successful retry: %v", err)
+	// Recovery syncs in the background, right after the daemon serves.
+	waitObject(t, srv, bucket, "users/dana/hot/keep.txt", "unsynced\n")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, _ = h.Client().Get(ctx, s.SandboxID)
+		_, statErr := os.Stat(filepath.Join(h.Config.StateDir, "hot", s.SandboxID))
+		if !got.HotSyncPending && got.HotSyncedAt != nil && os.IsNotExist(statErr) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the retry at restart: record %+v, hot dir: %v", got, statErr)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

@@ -49,6 +49,7 @@ func importProduction(t *testing.T, h *daemontest.Harness) string {
 // (modes, types, nanosecond mtimes of files, directories and symlinks,
 // link targets), git sees the same clean history, and the script runs.
 func TestRoundTripKeepsAUsersFilesAsLeft(t *testing.T) {
+	t.Parallel() // see TestMain (storage_e2e_test.go)
 	srv, bucket := s3Env(t)
 	h := daemontest.Start(t, withS3(srv, bucket))
 	image := importProduction(t, h)
@@ -165,6 +166,7 @@ func TestDiskAdmissionAnswers507(t *testing.T) {
 // nothing is lost, and once the endpoint answers again the retry puts
 // them in the bucket.
 func TestDeleteWithAFrozenBucketEndsInTime(t *testing.T) {
+	t.Parallel() // see TestMain (storage_e2e_test.go)
 	srv, bucket := s3Env(t)
 	proxy := s3test.NewProxy(t, srv)
 	h := daemontest.Start(t, func(c *daemon.Config) {

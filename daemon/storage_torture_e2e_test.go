@@ -35,6 +35,7 @@ import (
 // started with exactly what the one before it left, and no conflict copy
 // appears (no two sandboxes of one user overlapped).
 func TestStorageTorture(t *testing.T) {
+	t.Parallel() // see TestMain (storage_e2e_test.go)
 	srv, bucket := s3Env(t)
 	proxy := s3test.NewProxy(t, srv)
 	h := daemontest.Start(t, func(c *daemon.Config) {

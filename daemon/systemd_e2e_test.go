@@ -59,8 +59,8 @@ func TestSystemdIntegration(t *testing.T) {
 	ownSocket := filepath.Join(env.Dir, "own.sock")
 	// LISTEN_PID must be matrxd's own pid: the shell execs in place.
 	cmd := exec.Command("sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`, bin,
-		"--socket", ownSocket, "--containerd-address", env.Address, "--containerd-namespace", daemontest.Namespace,
-		"--state-dir", filepath.Join(env.Dir, "state"), "--init-path", env.InitPath, "--network", "off")
+		"--socket", ownSocket, "--containerd-address", env.Address, "--containerd-namespace", daemontest.Namespace, "--ssh-address=",
+		"--state-dir", filepath.Join(env.Dir, "state"), "--lock-dir", filepath.Join(env.Dir, "locks"), "--init-path", env.InitPath, "--network", "off")
 	// WatchdogSec=1s in unit terms: matrxd must ping at half of it.
 	cmd.Env = append(os.Environ(), "LISTEN_FDS=1", "NOTIFY_SOCKET="+notifyPath, "WATCHDOG_USEC=1000000")
 	cmd.ExtraFiles = []*os.File{lf} // fd 3, SD_LISTEN_FDS_START

@@ -115,6 +115,12 @@ func checkImage(ctx context.Context, e *env) Result {
 	defer cancel()
 	img, err := c.GetImage(ctx, e.cfg.Image)
 	if errdefs.IsNotFound(err) {
+		if !strings.HasPrefix(e.cfg.Image, "localhost/") {
+			// A registry image: the first create pulls it (config.pull
+			// if_not_present), if the registry and credentials allow.
+			return warn("pull it now to find out whether the registry and credentials work: `matrx image pull "+e.cfg.Image+"`",
+				"image %s is not in containerd namespace %q yet: the first create without config.image pulls it", e.cfg.Image, e.cfg.ContainerdNamespace)
+		}
 		fix := "import it: `matrx image import ARCHIVE` with matrxd running"
 		if e.cfg.Image == DefaultImage {
 			fix = "build and import it: `make image`, then `matrx image import build/images/sandbox.tar` (make up does both)"

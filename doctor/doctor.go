@@ -1,7 +1,8 @@
 // Package doctor checks that a host can run matrxd: containerd and runc,
 // cgroups, overlayfs, loop devices and mkfs.ext4 for disk quotas, FUSE and
 // its S3 drivers, CNI plugins, kernel knobs,
-// the S3 bucket, disk space, the API socket and the default image. Each
+// the S3 bucket, disk space, the API socket, the SSH gateway's host key
+// (its fingerprint, for clients' known_hosts) and the default image. Each
 // check returns PASS, WARN or FAIL with what it found and, when it is not
 // PASS, how to fix it. `matrx doctor` prints the report; a FAIL makes it
 // exit non-zero.
@@ -209,6 +210,7 @@ func checks() []check {
 		{"s3-bucket", checkS3},
 		{"state-disk", checkDisk},
 		{"socket", checkSocket},
+		{"ssh-host-key", checkSSHHostKey},
 		{"image", checkImage},
 	}
 }

@@ -11,7 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/matrx-dev/matrx/sandbox"
+	"github.com/matrx-dev/matrx/sshgate"
 )
 
 // fakeHost is a broken-or-healthy host tree under a temp dir.
@@ -391,5 +394,31 @@ func TestMajorMinor(t *testing.T) {
 func TestDefaultImageMatchesDaemon(t *testing.T) {
 	if want := sandbox.DefaultLimits().DefaultImage; DefaultImage != want {
 		t.Fatalf("doctor.DefaultImage = %q, matrxd's default is %q", DefaultImage, want)
+	}
+}
+
+func TestSSHHostKeyFileMatchesDaemon(t *testing.T) {
+	if want := filepath.Join("ssh", sshgate.HostKeyName); SSHHostKeyFile != want {
+		t.Fatalf("doctor.SSHHostKeyFile = %q, matrxd keeps it at %q", SSHHostKeyFile, want)
+	}
+}
+
+func TestSSHHostKey(t *testing.T) {
+	f := newFakeHost(t)
+	dir := t.TempDir()
+	if r := f.run(checkSSHHostKey, Config{StateDir: dir}); r.Status != Warn || !strings.Contains(r.Detail, "no SSH host key") {
+		t.Fatalf("before the first start: %+v", r)
+	}
+	key, err := sshgate.LoadHostKey(filepath.Join(dir, "ssh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := f.run(checkSSHHostKey, Config{StateDir: dir})
+	if r.Status != Pass || !strings.Contains(r.Detail, ssh.FingerprintSHA256(key.PublicKey())) {
+		t.Fatalf("with a key: %+v", r)
+	}
+	os.Chmod(filepath.Join(dir, SSHHostKeyFile), 0o644)
+	if r := f.run(checkSSHHostKey, Config{StateDir: dir}); r.Status != Fail || !strings.Contains(r.Fix, "chmod 600") {
+		t.Fatalf("a readable private key: %+v", r)
 	}
 }

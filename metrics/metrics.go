@@ -53,6 +53,15 @@ func direction(d string) string {
 	return Other
 }
 
+// repairKind folds a repair kind onto the known set.
+func repairKind(k string) string {
+	switch k {
+	case "record", "container", "snapshot", "control_dir", "network", "hot_dir", "cold_mount":
+		return k
+	}
+	return Other
+}
+
 func driver(d string) string {
 	switch d {
 	case "mount-s3", "s3fs", "local":
@@ -87,6 +96,7 @@ type Metrics struct {
 	syncConflicts         *prometheus.CounterVec
 	syncErrors            *prometheus.CounterVec
 	fuseRemounts          *prometheus.CounterVec
+	repairs               *prometheus.CounterVec
 
 	status      atomic.Pointer[StatusFunc]
 	statusDesc  *prometheus.Desc
@@ -155,6 +165,10 @@ func New(opts ...Option) *Metrics {
 			Name: "matrx_fuse_remounts_total",
 			Help: "FUSE cold storage mounts restarted after their process died, by driver.",
 		}, []string{"driver"}),
+		repairs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "matrx_reconcile_repairs_total",
+			Help: "Differences between the registry and the host that supervision repaired, by kind (record, container, snapshot, control_dir, network, hot_dir, cold_mount).",
+		}, []string{"kind"}),
 		statusDesc: prometheus.NewDesc("matrx_sandboxes",
 			"Sandboxes by status, as recorded in the registry at scrape time.", []string{"status"}, nil),
 		pendingDesc: prometheus.NewDesc("matrx_hotsync_pending_sandboxes",
@@ -162,7 +176,7 @@ func New(opts ...Option) *Metrics {
 	}
 	m.reg.MustRegister(
 		m.create, m.exec, m.destroy, m.requests, m.requestDuration,
-		m.syncBytes, m.syncFiles, m.syncConflicts, m.syncErrors, m.fuseRemounts,
+		m.syncBytes, m.syncFiles, m.syncConflicts, m.syncErrors, m.fuseRemounts, m.repairs,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -238,6 +252,14 @@ func (m *Metrics) AddHotSync(dir string, bytes, files int64, conflicts, errors i
 	if errors > 0 {
 		m.syncErrors.WithLabelValues(d).Add(float64(errors))
 	}
+}
+
+// IncReconcileRepair counts one repair of supervision's reconcile loop.
+func (m *Metrics) IncReconcileRepair(kind string) {
+	if m == nil {
+		return
+	}
+	m.repairs.WithLabelValues(repairKind(kind)).Inc()
 }
 
 // IncFUSERemount counts one restart of a FUSE mount ("mount-s3", "s3fs").

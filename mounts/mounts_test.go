@@ -1,7 +1,6 @@
 package mounts
 
 import (
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -9,65 +8,39 @@ import (
 	"github.com/containerd/errdefs"
 )
 
-func TestUserPath(t *testing.T) {
+func TestSandboxDir(t *testing.T) {
+	s := &Storage{dir: "/r/hot"}
 	cases := []struct {
 		id string
 		ok bool
 	}{
-		{"alice", true}, {"a.b-c_d", true}, {"..x", true},
+		{"sbx-0123456789ab", true}, {"a.b-c_d", true}, {"..x", true},
 		{"", false}, {".", false}, {"..", false}, {"a/b", false}, {"/abs", false}, {"a\x00b", false},
 		{strings.Repeat("a", 256), false},
 	}
 	for _, c := range cases {
-		p, err := UserPath("/r/homes", c.id)
+		p, err := s.sandboxDir(c.id)
 		if c.ok != (err == nil) {
-			t.Fatalf("UserPath(%q) = %q, %v", c.id, p, err)
+			t.Fatalf("sandboxDir(%q) = %q, %v", c.id, p, err)
 		}
 		if err != nil && !errdefs.IsInvalidArgument(err) {
-			t.Fatalf("UserPath(%q): error class %v", c.id, err)
+			t.Fatalf("sandboxDir(%q): error class %v", c.id, err)
 		}
 	}
 }
 
-func FuzzUserPath(f *testing.F) {
-	for _, s := range []string{"alice", "..", "a/../b", "", "\x00"} {
+func FuzzSandboxDir(f *testing.F) {
+	for _, s := range []string{"sbx-0123456789ab", "..", "a/../b", "", "\x00"} {
 		f.Add(s)
 	}
+	s := &Storage{dir: "/r/hot"}
 	f.Fuzz(func(t *testing.T, id string) {
-		p, err := UserPath("/r/homes", id)
+		p, err := s.sandboxDir(id)
 		if err != nil {
 			return
 		}
-		if filepath.Dir(p) != "/r/homes" {
-			t.Fatalf("UserPath(%q) = %q escapes the root", id, p)
+		if filepath.Dir(p) != "/r/hot" {
+			t.Fatalf("sandboxDir(%q) = %q escapes the root", id, p)
 		}
 	})
-}
-
-func TestHomeDir(t *testing.T) {
-	root := t.TempDir()
-	uid, gid := os.Getuid(), os.Getgid()
-	dir, err := HomeDir(root, "alice", uid, gid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	again, err := HomeDir(root, "alice", uid, gid)
-	if err != nil || again != dir {
-		t.Fatalf("second call: %q %v", again, err)
-	}
-	if b, _ := os.ReadFile(filepath.Join(dir, "f")); string(b) != "x" {
-		t.Fatal("home contents lost on second call")
-	}
-	if err := os.WriteFile(filepath.Join(root, "bob"), nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := HomeDir(root, "bob", uid, gid); !errdefs.IsFailedPrecondition(err) {
-		t.Fatalf("home that is a file: %v", err)
-	}
-	if _, err := HomeDir(root, "..", uid, gid); !errdefs.IsInvalidArgument(err) {
-		t.Fatalf("traversal: %v", err)
-	}
 }

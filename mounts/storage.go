@@ -16,6 +16,8 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/matrx-dev/matrx/errclass"
+	"github.com/matrx-dev/matrx/fault"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/mounts/cold"
 	"github.com/matrx-dev/matrx/mounts/disk"
 	"github.com/matrx-dev/matrx/mounts/hotsync"
@@ -101,8 +103,8 @@ type Storage struct {
 
 	mu       sync.Mutex
 	syncers  map[string]*hotsync.Syncer
-	coldHeld map[string]string // sandbox id -> user id, for each cold reference held
-	admit    sync.Mutex        // one disk admission at a time
+	coldHeld map[string]ids.UserID // sandbox id -> user id, for each cold reference held
+	admit    sync.Mutex            // one disk admission at a time
 }
 
 // NewStorage checks cfg and creates the hot root (mode 0700: manifests and
@@ -130,7 +132,7 @@ func NewStorage(cfg StorageConfig) (*Storage, error) {
 		dir: cfg.Dir, store: cfg.Store, cold: cfg.Cold, pool: cfg.DiskPool, uid: cfg.UID, gid: cfg.GID,
 		excludes: cfg.Excludes, maxNames: cfg.MaxNames, retention: cfg.TrashRetention,
 		overcommit: cfg.DiskOvercommit, reserve: cfg.DiskReserve, perSandbox: max(cfg.HostBytesPerSandbox, 0), log: cfg.Logger,
-		syncers: map[string]*hotsync.Syncer{}, coldHeld: map[string]string{},
+		syncers: map[string]*hotsync.Syncer{}, coldHeld: map[string]ids.UserID{},
 	}, nil
 }
 
@@ -143,31 +145,30 @@ const (
 	imageFile    = "home.img"
 )
 
-// Prefix is a user's key prefix for a tier ("hot" or "cold").
-func Prefix(userID, tier string) string { return "users/" + userID + "/" + tier + "/" }
-
 // EnsureUser makes sure users/<user>/hot/ and cold/ exist in the bucket.
-func (s *Storage) EnsureUser(ctx context.Context, userID string) error {
-	if _, err := UserPath(s.dir, userID); err != nil {
-		return err
-	}
+func (s *Storage) EnsureUser(ctx context.Context, userID ids.UserID) error {
 	for _, tier := range []string{"hot", "cold"} {
-		if err := objstore.EnsurePrefix(ctx, s.store, Prefix(userID, tier)); err != nil {
+		if err := objstore.EnsurePrefix(ctx, s.store, userID.KeyPrefix(tier)); err != nil {
 			return fmt.Errorf("ensure %s prefix of %q: %w", tier, userID, err)
 		}
 	}
 	return nil
 }
 
+// sandboxDir is the sandbox's hot directory, refusing any id that is not
+// a single plain path element (".", "..", separators, NUL, empty).
 func (s *Storage) sandboxDir(sandboxID string) (string, error) {
-	return UserPath(s.dir, sandboxID) // same single-element rule as user ids
+	if sandboxID == "" || sandboxID == "." || sandboxID == ".." || strings.ContainsAny(sandboxID, "/\x00") || len(sandboxID) > 255 {
+		return "", fmt.Errorf("sandbox id %q cannot name a directory: %w", sandboxID, errdefs.ErrInvalidArgument)
+	}
+	return filepath.Join(s.dir, sandboxID), nil
 }
 
 // PrepareHot creates the sandbox's empty hot directory and records its
 // owner, and returns the directory to bind at /home/agent. With diskBytes
 // > 0 the directory is a loop-mounted ext4 image of that size (the
 // sandbox's disk quota). Fill it with SyncDown.
-func (s *Storage) PrepareHot(sandboxID, userID string, diskBytes int64) (_ string, err error) {
+func (s *Storage) PrepareHot(sandboxID string, userID ids.UserID, diskBytes int64) (_ string, err error) {
 	d, err := s.sandboxDir(sandboxID)
 	if err != nil {
 		return "", err
@@ -231,7 +232,7 @@ func (s *Storage) PrepareHot(sandboxID, userID string, diskBytes int64) (_ strin
 	return home, nil
 }
 
-func (s *Storage) syncer(sandboxID, userID string) (*hotsync.Syncer, error) {
+func (s *Storage) syncer(sandboxID string, userID ids.UserID) (*hotsync.Syncer, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if sy, ok := s.syncers[sandboxID]; ok {
@@ -274,13 +275,13 @@ func (s *Storage) syncer(sandboxID, userID string) (*hotsync.Syncer, error) {
 		return nil, fmt.Errorf("hot dir sentinel of %s: %w", sandboxID, err)
 	}
 	cfg := hotsync.Config{
-		Store: s.store, Prefix: Prefix(userID, "hot"), Dir: home, DirIsMount: hasDisk,
+		Store: s.store, Prefix: userID.KeyPrefix("hot"), Dir: home, DirIsMount: hasDisk,
 		ManifestPath: filepath.Join(d, "manifest.json"), SandboxID: sandboxID, Sentinel: string(token),
 		MaxNames: s.maxNames, Excludes: s.excludes, UID: s.uid, GID: s.gid,
 		Logger: s.log.With("sandbox_id", sandboxID, "user_id", userID),
 	}
 	if s.retention > 0 {
-		cfg.TrashPrefix = Prefix(userID, "trash")
+		cfg.TrashPrefix = userID.KeyPrefix("trash")
 	}
 	sy, err := hotsync.New(cfg)
 	if err != nil {
@@ -291,7 +292,7 @@ func (s *Storage) syncer(sandboxID, userID string) (*hotsync.Syncer, error) {
 }
 
 // SyncDown fills the hot directory from the bucket.
-func (s *Storage) SyncDown(ctx context.Context, sandboxID, userID string) (hotsync.Result, error) {
+func (s *Storage) SyncDown(ctx context.Context, sandboxID string, userID ids.UserID) (hotsync.Result, error) {
 	sy, err := s.syncer(sandboxID, userID)
 	if err != nil {
 		return hotsync.Result{}, err
@@ -301,7 +302,7 @@ func (s *Storage) SyncDown(ctx context.Context, sandboxID, userID string) (hotsy
 
 // SyncUp uploads what changed in the hot directory since the last sync
 // (a checkpoint, or the final sync once the sandbox has stopped).
-func (s *Storage) SyncUp(ctx context.Context, sandboxID, userID string) (hotsync.Result, error) {
+func (s *Storage) SyncUp(ctx context.Context, sandboxID string, userID ids.UserID) (hotsync.Result, error) {
 	sy, err := s.syncer(sandboxID, userID)
 	if err != nil {
 		return hotsync.Result{}, err
@@ -313,7 +314,7 @@ func (s *Storage) SyncUp(ctx context.Context, sandboxID, userID string) (hotsync
 // hot directory, under the syncer's lock: no checkpoint runs between the
 // two or after them. On failure (or held deletions, or over the names
 // cap) the directory stays for a later retry.
-func (s *Storage) FinishHot(ctx context.Context, sandboxID, userID string) (hotsync.Result, error) {
+func (s *Storage) FinishHot(ctx context.Context, sandboxID string, userID ids.UserID) (hotsync.Result, error) {
 	if d, err := s.sandboxDir(sandboxID); err == nil && fileExists(filepath.Join(d, removingFile)) {
 		// A removal that began (after a complete final sync, or of a dir
 		// whose data was safe) and was cut short: finish it.
@@ -323,7 +324,10 @@ func (s *Storage) FinishHot(ctx context.Context, sandboxID, userID string) (hots
 	if err != nil {
 		return hotsync.Result{}, err
 	}
-	return sy.Finish(ctx, func() error { return s.removeHot(sandboxID) })
+	return sy.Finish(ctx, func() error {
+		fault.At(ctx, "synced")
+		return s.removeHot(sandboxID)
+	})
 }
 
 // RemoveHot deletes a hot directory without syncing. Only for directories
@@ -387,7 +391,8 @@ func (s *Storage) HasHot(sandboxID string) bool {
 
 // PendingHot is a hot directory found on disk.
 type PendingHot struct {
-	SandboxID, UserID string
+	SandboxID string
+	UserID    ids.UserID
 }
 
 // Pending lists the hot directories on the host, oldest first by name.
@@ -406,7 +411,12 @@ func (s *Storage) Pending() ([]PendingHot, error) {
 			s.log.Warn("hot dir without owner record; leaving it alone", "dir", filepath.Join(s.dir, e.Name()))
 			continue
 		}
-		out = append(out, PendingHot{SandboxID: e.Name(), UserID: strings.TrimSpace(string(b))})
+		user, err := ids.ParseUserID(strings.TrimSpace(string(b)))
+		if err != nil {
+			s.log.Warn("hot dir with an invalid owner record; leaving it alone", "dir", filepath.Join(s.dir, e.Name()), "error", err)
+			continue
+		}
+		out = append(out, PendingHot{SandboxID: e.Name(), UserID: user})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].SandboxID < out[j].SandboxID })
 	return out, nil
@@ -415,7 +425,7 @@ func (s *Storage) Pending() ([]PendingHot, error) {
 // AcquireCold mounts (or shares) the user's cold storage for one sandbox
 // and returns the host path to bind at /data/cold. A sandbox holds at most
 // one reference: acquiring again returns the same path.
-func (s *Storage) AcquireCold(ctx context.Context, userID, sandboxID string) (string, error) {
+func (s *Storage) AcquireCold(ctx context.Context, userID ids.UserID, sandboxID string) (string, error) {
 	s.mu.Lock()
 	held, ok := s.coldHeld[sandboxID]
 	s.mu.Unlock()
@@ -438,7 +448,7 @@ func (s *Storage) AcquireCold(ctx context.Context, userID, sandboxID string) (st
 // ReleaseCold drops the sandbox's reference to its user's cold mount, if
 // it holds one: a sandbox whose acquire failed (at recovery, say) releases
 // nothing, so it can never take another sandbox's mount away.
-func (s *Storage) ReleaseCold(ctx context.Context, userID, sandboxID string) error {
+func (s *Storage) ReleaseCold(ctx context.Context, userID ids.UserID, sandboxID string) error {
 	s.mu.Lock()
 	held, ok := s.coldHeld[sandboxID]
 	if ok && held == userID {
@@ -451,21 +461,24 @@ func (s *Storage) ReleaseCold(ctx context.Context, userID, sandboxID string) err
 	return s.cold.Release(ctx, userID)
 }
 
+// SweepCold unmounts cold mounts that no reference holds (left by a
+// previous daemon) and returns their users.
+func (s *Storage) SweepCold(ctx context.Context) ([]ids.UserID, error) {
+	return s.cold.SweepStale(ctx)
+}
+
 // TierStats is the size of one user's tiers.
 type TierStats struct {
 	Hot, Cold objstore.Usage
 }
 
 // Stats counts a user's objects and bytes per tier.
-func (s *Storage) Stats(ctx context.Context, userID string) (TierStats, error) {
-	if _, err := UserPath(s.dir, userID); err != nil {
-		return TierStats{}, err
-	}
-	hot, err := objstore.Stats(ctx, s.store, Prefix(userID, "hot"))
+func (s *Storage) Stats(ctx context.Context, userID ids.UserID) (TierStats, error) {
+	hot, err := objstore.Stats(ctx, s.store, userID.KeyPrefix("hot"))
 	if err != nil {
 		return TierStats{}, err
 	}
-	cld, err := objstore.Stats(ctx, s.store, Prefix(userID, "cold"))
+	cld, err := objstore.Stats(ctx, s.store, userID.KeyPrefix("cold"))
 	if err != nil {
 		return TierStats{}, err
 	}
@@ -475,14 +488,11 @@ func (s *Storage) Stats(ctx context.Context, userID string) (TierStats, error) {
 // Clean deletes every object of one tier of one user. It is an explicit
 // admin action, never triggered by the lifecycle; the caller must make
 // sure the user has no live sandbox.
-func (s *Storage) Clean(ctx context.Context, userID, tier string) (int64, error) {
-	if _, err := UserPath(s.dir, userID); err != nil {
-		return 0, err
-	}
+func (s *Storage) Clean(ctx context.Context, userID ids.UserID, tier string) (int64, error) {
 	if tier != "hot" && tier != "cold" && tier != "trash" {
 		return 0, fmt.Errorf("tier %q: want hot, cold or trash: %w", tier, errdefs.ErrInvalidArgument)
 	}
-	return objstore.DeletePrefix(ctx, s.store, Prefix(userID, tier))
+	return objstore.DeletePrefix(ctx, s.store, userID.KeyPrefix(tier))
 }
 
 // admitDisk refuses a new disk of size bytes unless it fits: what every

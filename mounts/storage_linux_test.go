@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/matrx-dev/matrx/errclass"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/mounts"
 	"github.com/matrx-dev/matrx/mounts/cold"
 	"github.com/matrx-dev/matrx/mounts/objstore"
@@ -206,7 +207,7 @@ func TestCheckpointRacingFinishHotDeletesNothing(t *testing.T) {
 	e := newStorageEnv(t)
 	s := e.storage(t)
 	for round := range 8 {
-		id, user := fmt.Sprintf("sbx-00000000b%03d", round), "racer"
+		id, user := fmt.Sprintf("sbx-00000000b%03d", round), ids.UserID("racer")
 		home, err := s.PrepareHot(id, user, 64<<20)
 		if err != nil {
 			t.Fatal(err)

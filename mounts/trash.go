@@ -10,6 +10,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/mounts/objstore"
 )
@@ -40,14 +41,11 @@ type TrashedVersion struct {
 // PruneTrash deletes a user's trashed versions of days older than the
 // retention, and returns how many it deleted. Without retention (trash
 // off) it deletes nothing.
-func (s *Storage) PruneTrash(ctx context.Context, userID string, now time.Time) (int, error) {
-	if _, err := UserPath(s.dir, userID); err != nil {
-		return 0, err
-	}
+func (s *Storage) PruneTrash(ctx context.Context, userID ids.UserID, now time.Time) (int, error) {
 	if s.retention <= 0 {
 		return 0, nil
 	}
-	prefix := Prefix(userID, "trash")
+	prefix := userID.KeyPrefix("trash")
 	cutoff := now.UTC().Add(-s.retention).Truncate(24 * time.Hour)
 	var expired []string
 	for obj, err := range s.store.List(ctx, prefix) {
@@ -70,15 +68,12 @@ func (s *Storage) PruneTrash(ctx context.Context, userID string, now time.Time) 
 
 // Trash lists a user's kept versions of path (a file, or a directory:
 // everything below it; "" for all), oldest first.
-func (s *Storage) Trash(ctx context.Context, userID, p string) ([]TrashedVersion, error) {
-	if _, err := UserPath(s.dir, userID); err != nil {
-		return nil, err
-	}
+func (s *Storage) Trash(ctx context.Context, userID ids.UserID, p string) ([]TrashedVersion, error) {
 	p, err := cleanRestorePath(p)
 	if err != nil {
 		return nil, err
 	}
-	prefix := Prefix(userID, "trash")
+	prefix := userID.KeyPrefix("trash")
 	var out []TrashedVersion
 	for obj, err := range s.store.List(ctx, prefix) {
 		if err != nil {
@@ -112,7 +107,7 @@ func cleanRestorePath(p string) (string, error) {
 // now is trashed first, so a restore is itself undoable. The caller must
 // make sure the user has no live sandbox (its next sync would not know the
 // restored objects). It returns the restored paths.
-func (s *Storage) RestoreHot(ctx context.Context, userID, p string, at time.Time) ([]string, error) {
+func (s *Storage) RestoreHot(ctx context.Context, userID ids.UserID, p string, at time.Time) ([]string, error) {
 	if s.retention <= 0 {
 		return nil, fmt.Errorf("the trash is off on this daemon (--hot-trash-retention 0): %w", errdefs.ErrFailedPrecondition)
 	}
@@ -133,7 +128,7 @@ func (s *Storage) RestoreHot(ctx context.Context, userID, p string, at time.Time
 	if len(pick) == 0 {
 		return nil, fmt.Errorf("no trashed version of %q for user %q: %w", p, userID, errdefs.ErrNotFound)
 	}
-	hot, trash := Prefix(userID, "hot"), Prefix(userID, "trash")
+	hot, trash := userID.KeyPrefix("hot"), userID.KeyPrefix("trash")
 	now := time.Now()
 	var restored []string
 	for _, rel := range slices.Sorted(func(yield func(string) bool) {

@@ -3,11 +3,13 @@ package registry
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 )
 
 // Memory is an in-process Store for development and tests. Its records die
@@ -90,6 +92,64 @@ func (m *Memory) List(_ context.Context, f Filter) ([]*Record, error) {
 	sortRecords(out)
 	return out, nil
 }
+
+// Counts implements Store.
+func (m *Memory) Counts(context.Context) (Counts, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c := Counts{ByStatus: map[Status]int{}}
+	for _, r := range m.records {
+		c.ByStatus[r.Status]++
+		if r.Status.Terminal() && r.HotSyncPending {
+			c.TerminalPending++
+		}
+	}
+	return c, nil
+}
+
+// Prune implements Store.
+func (m *Memory) Prune(_ context.Context, stoppedBefore time.Time) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for id, r := range m.records {
+		if !r.Status.Terminal() || r.HotSyncPending {
+			continue
+		}
+		at := r.CreatedAt
+		if r.StoppedAt != nil {
+			at = *r.StoppedAt
+		}
+		if !at.Before(stoppedBefore) {
+			continue
+		}
+		if k := r.IdempotencyKey; k != "" && m.idem[k] == id {
+			delete(m.idem, k)
+		}
+		delete(m.records, id)
+		n++
+	}
+	return n, nil
+}
+
+// Users implements Store.
+func (m *Memory) Users(context.Context) ([]ids.UserID, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	seen := map[ids.UserID]bool{}
+	var out []ids.UserID
+	for _, r := range m.records {
+		if !seen[r.UserID] {
+			seen[r.UserID] = true
+			out = append(out, r.UserID)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// Quarantined implements Store: records in memory never fail to decode.
+func (m *Memory) Quarantined(context.Context) ([]Quarantined, error) { return nil, nil }
 
 // Close implements Store.
 func (m *Memory) Close() error { return nil }

@@ -10,15 +10,33 @@
 // Records are never deleted by the lifecycle: a destroyed sandbox stays as
 // "stopped" with StoppedAt and StopReason, for audit.
 //
-// Bucket layout of the bbolt file, schema version 2 (see bolt.go for the
+// Bucket layout of the bbolt file, schema version 3 (see bolt.go for the
 // ordered migrations that produce it):
 //
 //	meta/                    bucket
-//	  schema_version -> "1"  decimal; absent in a brand-new file
+//	  schema_version -> "3"  decimal; absent in a brand-new file
 //	sandboxes/               bucket
 //	  <sandbox id>  -> JSON-encoded Record
 //	idempotency/             bucket (version 2)
 //	  <idempotency key> -> <sandbox id>   the create that used the key
+//	live/                    bucket (version 3): records not in a terminal status
+//	  <sandbox id>  -> <status>
+//	stopped/                 bucket (version 3): terminal records, oldest stop first
+//	  <stopped_at, 8-byte big-endian Unix ns><sandbox id> -> <status>["|pending"]
+//	quarantine/              bucket (version 3): records that failed to decode
+//	  <sandbox id>  -> JSON {raw, error, quarantined_at}
+//	users/                   bucket (version 3): every user with a record
+//	  <user id>     -> (empty)
+//
+// live/ and stopped/ are indexes, written in the same transaction as the
+// record they describe: every periodic loop of the daemon (supervision,
+// checkpoints, TTLs, health, metrics) reads live/ and decodes only those
+// records, pruning (--record-retention) walks stopped/ in time order, and
+// the hourly trash pruning reads users/, so none grows with the number of
+// records ever written. A record that
+// cannot be decoded is moved to quarantine/ (bytes kept for an operator)
+// the first time anything reads it, instead of failing List and with it
+// the daemon's startup.
 //
 // Fields added to Record after version 1 are optional in JSON, so they need
 // no migration; a change of meaning or key layout does.
@@ -29,6 +47,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 )
 
 // Status is a sandbox's lifecycle state, spelled as the original API spells it.
@@ -45,6 +64,16 @@ const (
 	StatusFailed       Status = "failed"
 	StatusExpired      Status = "expired"
 )
+
+// Statuses lists every status, in lifecycle order.
+func Statuses() []Status {
+	return []Status{StatusCreating, StatusStarting, StatusReady, StatusRunning, StatusShuttingDown, StatusStopped, StatusFailed, StatusExpired}
+}
+
+// LiveStatuses are the statuses that are not terminal.
+func LiveStatuses() []Status {
+	return []Status{StatusCreating, StatusStarting, StatusReady, StatusRunning, StatusShuttingDown}
+}
 
 // Terminal reports whether no container should exist for a sandbox in s.
 func (s Status) Terminal() bool {
@@ -69,6 +98,17 @@ type Config struct {
 	Env        map[string]string `json:"env,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`
 	Network    NetworkConfig     `json:"network"`
+	// PublicPorts are served by the preview listener without a token.
+	PublicPorts []int `json:"public_ports,omitempty"`
+	// HeartbeatTimeoutSeconds > 0 stops the sandbox (failed,
+	// heartbeat_lost) when no heartbeat came for that long.
+	HeartbeatTimeoutSeconds int64 `json:"heartbeat_timeout_seconds,omitempty"`
+	// IdleTimeoutSeconds > 0 stops the sandbox (stopped, idle) when
+	// nothing touched it for that long (see sandbox.Manager.Touch).
+	IdleTimeoutSeconds int64 `json:"idle_timeout_seconds,omitempty"`
+	// Pull is the image pull policy the sandbox was created with
+	// (if_not_present, always, never).
+	Pull string `json:"pull,omitempty"`
 }
 
 // NetworkConfig is a sandbox's egress policy: mode "default" (internet,
@@ -82,7 +122,7 @@ type NetworkConfig struct {
 // Record is one sandbox as the registry stores it.
 type Record struct {
 	ID              string     `json:"sandbox_id"`
-	UserID          string     `json:"user_id"`
+	UserID          ids.UserID `json:"user_id"`
 	Status          Status     `json:"status"`
 	ContainerID     string     `json:"container_id"`
 	Config          Config     `json:"config"`
@@ -118,6 +158,34 @@ type Record struct {
 	// first of them with the reason ("PATH: REASON").
 	HotSyncRejectedCount int      `json:"hot_sync_rejected_count,omitempty"`
 	HotSyncRejected      []string `json:"hot_sync_rejected,omitempty"`
+	// AccessKeys are the public keys that open the sandbox over the SSH
+	// gateway (never a private key), each for one user until its expiry.
+	AccessKeys []AccessKey `json:"access_keys,omitempty"`
+	// ReadyAt is when the sandbox first became ready.
+	ReadyAt *time.Time `json:"ready_at,omitempty"`
+	// LastActivityAt is the last activity the daemon saved (API calls
+	// about the sandbox, heartbeats, process output, attach, SSH,
+	// proxied requests); the manager keeps a fresher value in memory.
+	LastActivityAt *time.Time `json:"last_activity_at,omitempty"`
+	// ExitCode is PID 1's exit status, for a sandbox whose init exited
+	// or was killed (stop reasons exited, oom_killed, runtime_lost).
+	ExitCode *int `json:"exit_code,omitempty"`
+	// OOMKills counts the kernel OOM kills inside the sandbox.
+	OOMKills int `json:"oom_kills,omitempty"`
+	// ImageDigest is the digest of the image the sandbox started from
+	// (Config.Image names it; a tag can move later).
+	ImageDigest string `json:"image_digest,omitempty"`
+}
+
+// AccessKey is one public key that opens a sandbox over SSH.
+type AccessKey struct {
+	// Fingerprint is the key's SHA256 fingerprint (as ssh-keygen -l).
+	Fingerprint string `json:"fingerprint"`
+	// PublicKey is the key in authorized_keys form.
+	PublicKey string    `json:"public_key"`
+	User      string    `json:"user"` // agent or root
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at"`
 }
 
 // MaxRejectedListed bounds Record.HotSyncRejected.
@@ -150,6 +218,8 @@ func (r *Record) Clone() *Record {
 	c.Config.Labels = cloneMap(r.Config.Labels)
 	c.Config.Network.Allow = append([]string(nil), r.Config.Network.Allow...)
 	c.HotSyncRejected = append([]string(nil), r.HotSyncRejected...)
+	c.Config.PublicPorts = append([]int(nil), r.Config.PublicPorts...)
+	c.AccessKeys = append([]AccessKey(nil), r.AccessKeys...)
 	if r.LastHeartbeatAt != nil {
 		t := *r.LastHeartbeatAt
 		c.LastHeartbeatAt = &t
@@ -158,10 +228,21 @@ func (r *Record) Clone() *Record {
 		t := *r.StoppedAt
 		c.StoppedAt = &t
 	}
-	if r.HotSyncedAt != nil {
-		t := *r.HotSyncedAt
-		c.HotSyncedAt = &t
+	c.HotSyncedAt = cloneTime(r.HotSyncedAt)
+	c.ReadyAt = cloneTime(r.ReadyAt)
+	c.LastActivityAt = cloneTime(r.LastActivityAt)
+	if r.ExitCode != nil {
+		n := *r.ExitCode
+		c.ExitCode = &n
 	}
+	return &c
+}
+
+func cloneTime(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	c := *t
 	return &c
 }
 
@@ -178,7 +259,7 @@ func cloneMap(m map[string]string) map[string]string {
 
 // Filter selects records in List. Zero fields match everything.
 type Filter struct {
-	UserID string
+	UserID ids.UserID
 	// Statuses, when non-empty, keeps only records in one of these statuses.
 	Statuses []Status
 }
@@ -187,11 +268,15 @@ func (f Filter) match(r *Record) bool {
 	if f.UserID != "" && r.UserID != f.UserID {
 		return false
 	}
+	return f.matchStatus(r.Status)
+}
+
+func (f Filter) matchStatus(s Status) bool {
 	if len(f.Statuses) == 0 {
 		return true
 	}
-	for _, s := range f.Statuses {
-		if r.Status == s {
+	for _, want := range f.Statuses {
+		if s == want {
 			return true
 		}
 	}
@@ -210,8 +295,39 @@ type Store interface {
 	// Update applies fn to the stored record atomically and saves the result.
 	// If fn returns an error nothing is saved and the error is returned.
 	Update(ctx context.Context, id string, fn func(*Record) error) (*Record, error)
-	// List returns copies of matching records, oldest first.
+	// List returns copies of matching records, oldest first. Records
+	// that cannot be decoded are quarantined and skipped. A filter on
+	// live statuses only reads the live index.
 	List(ctx context.Context, f Filter) ([]*Record, error)
+	// Counts counts records by status, and the terminal ones whose hot
+	// files are still pending, from the indexes (no record is decoded).
+	Counts(ctx context.Context) (Counts, error)
+	// Prune deletes terminal records that stopped before the given time
+	// (and their idempotency keys), returning how many went. Records whose
+	// hot files are still pending (HotSyncPending) are kept.
+	Prune(ctx context.Context, stoppedBefore time.Time) (int, error)
+	// Users lists every user that has (or had) a record, sorted, from an
+	// index (no record is decoded).
+	Users(ctx context.Context) ([]ids.UserID, error)
+	// Quarantined lists the records that failed to decode, as moved
+	// aside by List, Get or Update.
+	Quarantined(ctx context.Context) ([]Quarantined, error)
 	// Close releases the store.
 	Close() error
+}
+
+// Counts is what Store.Counts returns.
+type Counts struct {
+	ByStatus map[Status]int
+	// TerminalPending counts terminal records whose hot files are still
+	// only on the host (HotSyncPending).
+	TerminalPending int
+}
+
+// Quarantined is a record that failed to decode, kept byte for byte.
+type Quarantined struct {
+	ID            string    `json:"id"`
+	Raw           []byte    `json:"raw"`
+	Error         string    `json:"error"`
+	QuarantinedAt time.Time `json:"quarantined_at"`
 }

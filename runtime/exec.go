@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,6 +20,9 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
+
+	"github.com/matrx-dev/matrx/fault"
+	"github.com/matrx-dev/matrx/undo"
 )
 
 // ExitTimedOut is the exit code reported for an exec killed at its deadline
@@ -83,6 +87,48 @@ trap '__matrx_s=$?; pwd >"$__matrx_f" 2>/dev/null; exit $__matrx_s' EXIT
 unset __matrx_d __matrx_b
 eval "$__matrx_c"`
 
+// agentHome is the agent's home directory in every sandbox.
+const agentHome = "/home/agent"
+
+// execEnv is one exec's environment: PID 1's (the image's environment
+// plus the sandbox's variables), HOME for the user, then the request's
+// variables. For root, the image's PATH loses every entry under the
+// agent's home (the production image appends ~/.local/bin for pip and npm
+// installs): a root exec must never run a program the agent planted. A
+// PATH the request itself sets is the caller's choice and kept.
+func execEnv(base []string, user ExecUser, req []string) []string {
+	home := "HOME=" + agentHome
+	if user == UserRoot {
+		home = "HOME=/root"
+	}
+	env := mergeEnv(base, []string{home})
+	if !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "PATH=") }) {
+		env = mergeEnv(env, []string{"PATH=" + defaultPath})
+	}
+	if user == UserRoot {
+		for i, kv := range env {
+			if p, ok := strings.CutPrefix(kv, "PATH="); ok {
+				env[i] = "PATH=" + withoutAgentDirs(p)
+			}
+		}
+	}
+	return mergeEnv(env, req)
+}
+
+// withoutAgentDirs drops PATH entries at or below the agent's home, and
+// relative ones (they resolve against a cwd the agent may control).
+func withoutAgentDirs(path string) string {
+	var kept []string
+	for _, d := range strings.Split(path, ":") {
+		clean := filepath.Clean(d)
+		if d == "" || !filepath.IsAbs(d) || clean == agentHome || strings.HasPrefix(clean, agentHome+"/") {
+			continue
+		}
+		kept = append(kept, d)
+	}
+	return strings.Join(kept, ":")
+}
+
 // Exec runs req in sandbox id and waits for it, up to req.Timeout.
 func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecResult, error) {
 	start := time.Now()
@@ -92,28 +138,22 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 		return nil, err
 	}
 	// Releasing what an exec made (its containerd process entry, cgroup and
-	// cwd file) runs after the result is returned: it is off the latency
-	// path, and nothing later depends on it.
-	var cleanups []func(context.Context)
-	defer func() {
-		go func() {
-			c, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			defer cancel()
-			for i := len(cleanups) - 1; i >= 0; i-- {
-				cleanups[i](c)
-			}
-		}()
-	}()
+	// cwd file) runs after the result is returned, whether the exec worked
+	// or not: it is off the latency path, and nothing later depends on it.
+	var release undo.Stack
+	defer func() { go release.Run(ctx, r.log) }()
 
 	execID := newExecID()
 	cwdFile := filepath.Join(ControlDir, execID+".cwd")
 	hostCwdFile := filepath.Join(r.controlDir(id), execID+".cwd")
-	cleanups = append(cleanups, func(context.Context) { os.Remove(hostCwdFile) })
+	release.Push("cwd file", func(context.Context) error {
+		if err := os.Remove(hostCwdFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	})
 
-	env := append([]string{"PATH=" + defaultPath, "HOME=/home/agent"}, envList(req.Env)...)
-	if req.User == UserRoot {
-		env[1] = "HOME=/root"
-	}
+	env := execEnv(st.env, req.User, envList(req.Env))
 	args := []string{st.shell, "-c", execWrapper, "matrx-exec", cwdFile, req.Cwd, req.FallbackCwd, req.Command}
 	pspec, err := execProcess(req.User, args, env)
 	if err != nil {
@@ -141,7 +181,10 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 	cleanupCtx := func() (context.Context, context.CancelFunc) {
 		return context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	}
-	cleanups = append(cleanups, func(c context.Context) { proc.Delete(c, containerd.WithProcessKill) })
+	release.Push("exec process", func(c context.Context) error {
+		_, err := proc.Delete(c, containerd.WithProcessKill)
+		return err
+	})
 	exited, err := proc.Wait(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("wait exec in %s: %w", id, err)
@@ -158,10 +201,11 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 		cancel()
 		return nil, fmt.Errorf("track exec in %s: %w", id, err)
 	}
-	cleanups = append(cleanups, func(context.Context) { group.remove() })
+	release.Push("exec cgroup", func(context.Context) error { group.remove(); return nil })
 	// Release the gate: the shell is in its cgroup now.
 	gateW.Write([]byte("\n"))
 	gateW.Close()
+	fault.At(ctx, "exec/started")
 	// The shim keeps the stdin FIFO open until told: close it so the command
 	// sees EOF on stdin instead of waiting for input that never comes.
 	if err := proc.CloseIO(ctx, containerd.WithStdinCloser); err != nil {
@@ -195,6 +239,7 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 	if err := exit.Error(); err != nil {
 		return nil, fmt.Errorf("exec in %s: %w", id, err)
 	}
+	fault.At(ctx, "exec/exited")
 	// Let the output reach EOF, but not forever (see ioDrainGrace).
 	drained := make(chan struct{})
 	go func() { proc.IO().Wait(); close(drained) }()

@@ -279,10 +279,9 @@ func (r *Runtime) StartProcess(ctx context.Context, id string, spec ProcessSpec)
 	cfg.Stdout, cfg.Stderr = uri.String(), uri.String()
 
 	groupName := "proc-" + spec.ID[2:]
-	env := append([]string{"PATH=" + defaultPath, "HOME=/home/agent"}, envList(spec.Env)...)
-	if spec.User == UserRoot {
-		env[1] = "HOME=/root"
-	}
+	// The same environment as an exec's (execEnv): the image's, HOME per
+	// user, root's PATH without the agent's directories.
+	env := execEnv(st.env, spec.User, envList(spec.Env))
 	if spec.PTY != nil && spec.Env["TERM"] == "" {
 		env = append(env, "TERM=xterm-256color")
 	}
@@ -629,6 +628,11 @@ func (p *Process) CloseStdin(ctx context.Context) error {
 	if _, err := p.stdinWriter(); err != nil {
 		return err
 	}
+	// The process opens its FIFO only once it runs in its cgroup (the
+	// wrapper's exec 0<FIFO). Let go before that, and the FIFO has no
+	// writer left: the open waits for one forever. So wait (a few seconds
+	// at most) until the process holds its end, or has ended.
+	p.waitStdinOpen(ctx)
 	p.mu.Lock()
 	p.info.StdinClosed = true
 	info := p.info
@@ -648,6 +652,23 @@ func (p *Process) CloseStdin(ctx context.Context) error {
 	defer ctl.Close()
 	_, err = ctl.Write([]byte{relay.CmdReleaseStdin})
 	return err
+}
+
+// waitStdinOpen waits until the process's stdin is its FIFO, it has
+// ended, ctx ends, or a few seconds have passed (a command that moved its
+// stdin elsewhere never matches).
+func (p *Process) waitStdinOpen(ctx context.Context) {
+	info := p.Info()
+	deadline := time.Now().Add(5 * time.Second)
+	for !p.exited() && !stdinOpened(info.HostPid, info.StdinPath) && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.done:
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // relayRunning reports whether the process's relay still has its control

@@ -138,3 +138,13 @@ func sandboxPid(hostPid int) int {
 	}
 	return hostPid
 }
+
+// stdinOpened reports whether pid's stdin is the FIFO at path (the same
+// file, by device and inode).
+func stdinOpened(pid int, path string) bool {
+	var fifo, in unix.Stat_t
+	if unix.Stat(path, &fifo) != nil || unix.Stat("/proc/"+strconv.Itoa(pid)+"/fd/0", &in) != nil {
+		return false
+	}
+	return fifo.Dev == in.Dev && fifo.Ino == in.Ino
+}

@@ -18,3 +18,4 @@ func (r *Runtime) makeSandboxStdin(string, string, ExecUser) (string, string, er
 }
 func resolveCwd(int, string, string) (string, error) { return "", errNeedsLinux }
 func sandboxPid(p int) int                           { return p }
+func stdinOpened(int, string) bool                   { return false }

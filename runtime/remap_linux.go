@@ -31,7 +31,7 @@ func (r *Runtime) withRemappedSnapshot(id string, img containerd.Image) containe
 			return err
 		}
 		parent := identity.ChainID(diffIDs).String()
-		name := fmt.Sprintf("matrx-userns-%d-%d-%s", r.userns.Base, r.userns.Size, parent)
+		name := fmt.Sprintf("%s%d-%d-%s", remapPrefix, r.userns.Base, r.userns.Size, parent)
 		sn := client.SnapshotService(r.snapshotter)
 		if _, err := sn.Stat(ctx, name); err != nil {
 			if !errdefs.IsNotFound(err) {

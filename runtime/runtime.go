@@ -19,15 +19,22 @@
 //     matrx-relay, the shim's binary logger (package runtime/relay), so
 //     they, their output, stdin and terminal outlive matrxd; the runtime
 //     adopts them again after a restart.
+//   - Supervision (watch.go) reads containerd's task events and polls task
+//     status (events are not replayed after a reconnect) and tells the
+//     caller, never deciding what a death means for a record; GC (gc.go)
+//     removes what a caller's policy says no sandbox keeps, and never an
+//     image snapshot or anything not named like a sandbox.
 package runtime
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/matrx-dev/matrx/fault"
 	"github.com/matrx-dev/matrx/undo"
 	"log/slog"
 	"net/netip"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -79,6 +86,8 @@ type Runtime struct {
 	userns      UserNS
 	idmapped    bool // the snapshotter maps ids itself (idmapped mounts)
 	net         *network.Manager
+	registries  RegistryConfig
+	regClient   *http.Client
 
 	mu    sync.Mutex
 	tasks map[string]*sandboxTask // live handles, rebuilt lazily after a restart
@@ -88,6 +97,8 @@ type Runtime struct {
 	pmu       sync.Mutex
 	procs     map[string]*sandboxProcs // background processes by sandbox
 	ploadMu   sync.Mutex               // one adoption at a time
+	connMu    sync.Mutex
+	connErr   error // containerd's reachability as Watch last saw it
 }
 
 // Option configures optional runtime knobs.
@@ -112,15 +123,6 @@ func (r *Runtime) CheckNetwork(p network.Policy) error {
 		return fmt.Errorf("networking is off on this daemon; only network mode %q is available: %w", network.ModeNone, errdefs.ErrInvalidArgument)
 	}
 	return r.net.CheckPolicy(p)
-}
-
-// GCNetwork releases network namespaces, leases and rules of sandboxes that
-// keep does not name (after a crash). A no-op without networking.
-func (r *Runtime) GCNetwork(ctx context.Context, keep func(id string) bool) error {
-	if r.net == nil {
-		return nil
-	}
-	return r.net.GC(ctx, keep)
 }
 
 // WithUserNS runs every sandbox in a user namespace with this mapping.
@@ -175,6 +177,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Runtime, error) {
 		swap:        swapAccounting(),
 		tasks:       map[string]*sandboxTask{},
 		procs:       map[string]*sandboxProcs{},
+		regClient:   newRegistryClient(),
 	}
 	if cfg.RelayPath != "" {
 		st, err := os.Stat(cfg.RelayPath)
@@ -290,11 +293,15 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 	if err := makeStdinDir(control); err != nil {
 		return err
 	}
+	fault.At(ctx, "create/control-dir")
 
-	env := envList(req.Env)
+	base, err := imageEnv(ctx, img)
+	if err != nil {
+		return err
+	}
 	in := SpecInput{
 		ID:              req.ID,
-		Env:             append([]string{"PATH=" + defaultPath}, env...),
+		Env:             mergeEnv(base, envList(req.Env)),
 		Resources:       req.Resources,
 		Mounts:          req.Mounts,
 		Tmpfs:           r.tmpfs.Within(req.Resources.MemoryBytes),
@@ -350,6 +357,7 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 	rollback.Push("delete container", func(ctx context.Context) error {
 		return container.Delete(ctx, containerd.WithSnapshotCleanup)
 	})
+	fault.At(ctx, "create/container")
 
 	task, err := container.NewTask(ctx, nullIO)
 	if err != nil {
@@ -360,6 +368,7 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 		return err
 	})
 	var ip netip.Addr
+	fault.At(ctx, "create/task")
 	if withNet {
 		nsSrc := fmt.Sprintf("/proc/%d/ns/net", task.Pid())
 		att, err := r.net.SetupIn(ctx, req.ID, req.Network, nsSrc)
@@ -367,11 +376,13 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 			return fmt.Errorf("network for %s: %w", req.ID, err)
 		}
 		ip = att.IPv4
+		fault.At(ctx, "create/network")
 	}
 	if err := task.Start(ctx); err != nil {
 		return fmt.Errorf("start task for %s: %v: %w", req.ID, err, errdefs.ErrUnavailable)
 	}
-	st := &sandboxTask{task: task, shell: detectShell(int(task.Pid())), ip: ip}
+	fault.At(ctx, "create/started")
+	st := &sandboxTask{task: task, shell: detectShell(int(task.Pid())), ip: ip, env: in.Env}
 	r.mu.Lock()
 	r.tasks[req.ID] = st
 	r.mu.Unlock()
@@ -379,6 +390,47 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 }
 
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// imageEnv is the environment the image's config asks for (PATH, LANG,
+// ...), the base of PID 1's and every exec's environment; matrx's own
+// variables go on top. HOME is not taken from the image: the runtime sets
+// it per exec user. An image without PATH gets defaultPath.
+func imageEnv(ctx context.Context, img containerd.Image) ([]string, error) {
+	spec, err := img.Spec(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read config of image %s: %w", img.Name(), err)
+	}
+	env := []string{"PATH=" + defaultPath}
+	for _, kv := range spec.Config.Env {
+		k, _, ok := strings.Cut(kv, "=")
+		if !ok || k == "" || k == "HOME" || strings.IndexByte(kv, 0) >= 0 {
+			continue
+		}
+		env = mergeEnv(env, []string{kv})
+	}
+	return env, nil
+}
+
+// mergeEnv returns base with every KEY=VALUE of over applied in order: a
+// key already in base is replaced in place, a new one appended.
+func mergeEnv(base, over []string) []string {
+	out := append([]string(nil), base...)
+	idx := map[string]int{}
+	for i, kv := range out {
+		k, _, _ := strings.Cut(kv, "=")
+		idx[k] = i
+	}
+	for _, kv := range over {
+		k, _, _ := strings.Cut(kv, "=")
+		if i, ok := idx[k]; ok {
+			out[i] = kv
+			continue
+		}
+		idx[k] = len(out)
+		out = append(out, kv)
+	}
+	return out
+}
 
 // Destroy stops and removes a sandbox's task, container and snapshot. With a
 // grace period, every process gets SIGTERM first and SIGKILL once grace runs
@@ -408,6 +460,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string, grace time.Duration) e
 		if err := stopTask(ctx, task, grace); err != nil {
 			return fmt.Errorf("stop task %s: %w", id, err)
 		}
+		fault.At(ctx, "task-killed")
 		// Every process is gone (PID 1 exited, so the kernel killed the
 		// rest of the PID namespace): the network goes while containerd
 		// reaps the shim. Both take ~25-50 ms and touch nothing in common.
@@ -418,9 +471,11 @@ func (r *Runtime) Destroy(ctx context.Context, id string, grace time.Duration) e
 		if terr != nil && !errdefs.IsNotFound(terr) {
 			return errors.Join(fmt.Errorf("delete task %s: %w", id, terr), nerr)
 		}
+		fault.At(ctx, "task-deleted")
 		if err := container.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 			return errors.Join(fmt.Errorf("delete container %s: %w", id, err), nerr)
 		}
+		fault.At(ctx, "container-deleted")
 		return nerr
 	}
 	if err := container.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
@@ -529,6 +584,7 @@ type sandboxTask struct {
 	task  containerd.Task
 	shell string
 	ip    netip.Addr // set by Create; unknown for a task loaded after a restart
+	env   []string // PID 1's environment: the base of every exec's
 }
 
 // IPv4 is the bridge address Create gave sandbox id, while this Runtime
@@ -566,7 +622,15 @@ func (r *Runtime) sandbox(ctx context.Context, id string) (*sandboxTask, error) 
 		}
 		return nil, fmt.Errorf("load task %s: %w", id, err)
 	}
-	st = &sandboxTask{task: task, shell: detectShell(int(task.Pid()))}
+	spec, err := container.Spec(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("load spec of %s: %w", id, err)
+	}
+	var env []string
+	if spec.Process != nil {
+		env = spec.Process.Env
+	}
+	st = &sandboxTask{task: task, shell: detectShell(int(task.Pid())), env: env}
 	r.mu.Lock()
 	r.tasks[id] = st
 	r.mu.Unlock()

@@ -411,36 +411,3 @@ func TestCreateUnknownImageLeavesNothing(t *testing.T) {
 		t.Fatal("control dir left behind")
 	}
 }
-
-// TestProductionImage runs the real sandbox image: bash is detected and
-// used, and the promised tools are there for the agent.
-func TestProductionImage(t *testing.T) {
-	tar := filepath.Join(containerdtest.RepoRoot(), "build", "images", "sandbox.tar")
-	if _, err := os.Stat(tar); err != nil {
-		containerdtest.Skip(t, "production image %s missing (run make image)", tar)
-	}
-	rt, env := newRuntime(t)
-	ctx := context.Background()
-	f, err := os.Open(tar)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if names, err := rt.Import(ctx, f); err != nil || names[0] != "localhost/matrx/sandbox:latest" {
-		t.Fatalf("import: %v %v", err, names)
-	}
-	home := filepath.Join(env.Dir, "prod-home")
-	os.MkdirAll(home, 0o755)
-	os.Chown(home, runtime.AgentUID, runtime.AgentGID)
-	id := "sbx-00000000beef"
-	if err := rt.Create(ctx, runtime.CreateRequest{ID: id, UserID: "u", Image: "localhost/matrx/sandbox:latest",
-		Resources: runtime.Resources{CPU: 1, MemoryBytes: 512 << 20, Pids: 256},
-		Mounts:    []runtime.Mount{{Source: home, Destination: "/home/agent", Slave: true}}, CreatedAt: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rt.Destroy(ctx, id, 0) })
-	res := run(t, rt, id, runtime.ExecRequest{Command: `[ -n "$BASH_VERSION" ] && echo bash; for c in python3 node git curl jq rg fdfind tmux less ps; do command -v $c >/dev/null || echo "missing $c"; done; python3 -c 'print(6*7)'`})
-	if string(res.Stdout) != "bash\n42\n" {
-		t.Fatalf("production image: stdout %q stderr %q", res.Stdout, res.Stderr)
-	}
-}

@@ -164,6 +164,7 @@ func specOpts(in SpecInput) []oci.SpecOpts {
 		oci.WithCPUCFS(cpuQuota, cpuPeriod),
 		oci.WithMemoryLimit(uint64(mem)),
 		oci.WithPidsLimit(in.Resources.Pids),
+		withPingGroupRange(in.UserNS),
 		withoutMount("/run"),
 		withoutMount("/dev/shm"),
 		oci.WithMounts(sandboxMounts(in)),
@@ -240,6 +241,31 @@ func withoutMount(dst string) oci.SpecOpts {
 		s.Mounts = kept
 		return nil
 	}
+}
+
+// withPingGroupRange lets every group of the sandbox open ICMP echo
+// ("ping") sockets in the sandbox's own network namespace. ping needs
+// either CAP_NET_RAW (never granted; file capabilities on /bin/ping are
+// ignored under no_new_privs) or a gid within net.ipv4.ping_group_range,
+// which is 1 0 (nobody) by default. The sysctl is per network namespace,
+// so this changes nothing on the host or for other sandboxes, and ICMP
+// sockets cannot forge packets as raw sockets could. Under a user
+// namespace the kernel accepts only gids mapped in it, hence 0..Size-1.
+func withPingGroupRange(u UserNS) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *specs.Spec) error {
+		if s.Linux.Sysctl == nil {
+			s.Linux.Sysctl = map[string]string{}
+		}
+		s.Linux.Sysctl["net.ipv4.ping_group_range"] = pingGroupRange(u)
+		return nil
+	}
+}
+
+func pingGroupRange(u UserNS) string {
+	if u.Enabled() {
+		return fmt.Sprintf("0 %d", u.Size-1)
+	}
+	return "0 2147483647"
 }
 
 // oomScoreAdj makes sandbox processes the kernel's first choice under host

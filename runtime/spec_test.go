@@ -90,6 +90,8 @@ func TestSpecBuilder(t *testing.T) {
 		{"sandbox processes are the host OOM killer's first choice", s.Process.OOMScoreAdj != nil && *s.Process.OOMScoreAdj == 500},
 		{"/dev/shm is size-limited", mountAt(s, "/dev/shm") != nil && slices.Contains(mountAt(s, "/dev/shm").Options, "size=67108864")},
 		{"env passed to PID 1", slices.Contains(s.Process.Env, "SANDBOX_ID=sbx-0123456789ab")},
+		{"every sandbox gid may ping (ICMP sockets, no CAP_NET_RAW)", s.Linux.Sysctl["net.ipv4.ping_group_range"] == "0 2147483647"},
+		{"no other sysctl", len(s.Linux.Sysctl) == 1},
 	}
 	for _, c := range checks {
 		if !c.ok {
@@ -105,6 +107,19 @@ func TestSpecBuilder(t *testing.T) {
 	}
 	if n != 1 {
 		t.Errorf("%d mounts at /run, want 1", n)
+	}
+}
+
+// TestSpecPingGroupRangeUserNS: under a user namespace the kernel accepts
+// only mapped gids in ping_group_range.
+func TestSpecPingGroupRangeUserNS(t *testing.T) {
+	u, err := NewUserNS(DefaultUserNSBase)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := buildSpec(t, SpecInput{ID: "sbx-0123456789ab", Resources: Resources{CPU: 1, MemoryBytes: 1 << 30, Pids: 10}, Tmpfs: DefaultTmpfsSizes, UserNS: u})
+	if got := s.Linux.Sysctl["net.ipv4.ping_group_range"]; got != "0 65535" {
+		t.Fatalf("ping_group_range %q, want \"0 65535\"", got)
 	}
 }
 

@@ -116,3 +116,7 @@ func EnsureTraversable(dir string) ([]string, error) {
 		}
 	}
 }
+
+// remapPrefix names the chowned user-namespace copies of images
+// (remap_linux.go): remapPrefix + "BASE-SIZE-CHAINID".
+const remapPrefix = "matrx-userns-"

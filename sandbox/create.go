@@ -2,8 +2,6 @@ package sandbox
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +10,8 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/matrx-dev/matrx/fault"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
@@ -35,7 +35,12 @@ func (m *Manager) resolve(out registry.Config) (registry.Config, error) {
 	if out.Image == "" {
 		out.Image = l.DefaultImage
 	}
-	if err := validateImage(out.Image); err != nil {
+	image, err := normalizeImage("config.image", out.Image)
+	if err != nil {
+		return out, err
+	}
+	out.Image = image
+	if out.Pull, err = validatePull(out.Pull); err != nil {
 		return out, err
 	}
 	if out.CPU == 0 {
@@ -70,10 +75,28 @@ func (m *Manager) resolve(out registry.Config) (registry.Config, error) {
 	if out.TTLSeconds < 60 || out.TTLSeconds > int64(l.MaxTTL/time.Second) {
 		return out, invalid("config.ttl_seconds %d is out of range [60, %d]", out.TTLSeconds, int64(l.MaxTTL/time.Second))
 	}
+	for _, t := range []struct {
+		field string
+		v     *int64
+		def   time.Duration
+	}{
+		{"config.heartbeat_timeout_seconds", &out.HeartbeatTimeoutSeconds, l.DefaultHeartbeatTimeout},
+		{"config.idle_timeout_seconds", &out.IdleTimeoutSeconds, l.DefaultIdleTimeout},
+	} {
+		if *t.v == 0 {
+			*t.v = int64(t.def / time.Second)
+		}
+		if *t.v < 0 || *t.v > int64(l.MaxTTL/time.Second) {
+			return out, invalid("%s %d is out of range [1, %d] (0 or omitted: the daemon's default)", t.field, *t.v, int64(l.MaxTTL/time.Second))
+		}
+	}
 	if err := validateEnv(out.Env, "config.env"); err != nil {
 		return out, err
 	}
 	if err := validateLabels(out.Labels); err != nil {
+		return out, err
+	}
+	if err := validatePublicPorts(out.PublicPorts); err != nil {
 		return out, err
 	}
 	if out.Network.Mode == "" {
@@ -119,8 +142,8 @@ func networkPolicy(c registry.NetworkConfig) (network.Policy, error) {
 // reason.
 func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Record, err error) {
 	start := time.Now()
-	userID := req.UserID
-	if err := ValidateUserID(userID); err != nil {
+	userID, err := ids.ParseUserID(req.UserID)
+	if err != nil {
 		return nil, err
 	}
 	if err := validateIdempotencyKey(req.IdempotencyKey); err != nil {
@@ -130,9 +153,12 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 	if err != nil {
 		return nil, err
 	}
+	if err := m.refuseWhileDegraded("create", ConditionContainerd, ConditionS3); err != nil {
+		return nil, err
+	}
 	now := m.now().UTC()
 	rec := &registry.Record{
-		ID: newSandboxID(), UserID: userID, Status: registry.StatusCreating,
+		ID: ids.NewSandboxID(), UserID: userID, Status: registry.StatusCreating,
 		Config: cfg, CreatedAt: now, ExpiresAt: now.Add(time.Duration(cfg.TTLSeconds) * time.Second),
 		IdempotencyKey: req.IdempotencyKey,
 	}
@@ -149,8 +175,14 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 		}
 		return nil, fmt.Errorf("record sandbox: %w", err)
 	}
+	fault.At(ctx, "create/recorded")
 	log := m.log.With("sandbox_id", rec.ID, "user_id", userID)
-	log.Info("sandbox creating", "image", cfg.Image, "cpu", cfg.CPU, "memory_mb", cfg.MemoryMB, "pids", cfg.Pids)
+	log.Info("sandbox creating", "image", cfg.Image, "pull", cfg.Pull, "cpu", cfg.CPU, "memory_mb", cfg.MemoryMB, "pids", cfg.Pids)
+	// The image is in use from here until the container exists (then
+	// containerd and the record say so): a prune in between keeps it.
+	releaseImage := m.acquireImage(cfg.Image)
+	defer releaseImage()
+	m.emit(Event{Type: EventCreated, SandboxID: rec.ID, UserID: userID, Status: string(registry.StatusCreating)})
 
 	// Undo steps, run newest first if anything below fails. Hot files may
 	// be removed here: the agent never ran. The failure is recorded even
@@ -171,22 +203,37 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 			r.StopReason = ReasonError
 			return nil
 		})
+		m.emit(Event{Type: EventStopped, SandboxID: rec.ID, UserID: userID, Status: string(registry.StatusFailed), Reason: ReasonError, Detail: err.Error()})
 		log.Error("sandbox create failed", "error", err)
 		m.metrics.ObserveCreate(time.Since(start), false)
 	}()
 
-	if err := m.storage.EnsureUser(ctx, userID); err != nil {
+	// The image first: a create that cannot have it does no storage work.
+	digest, err := m.ensureImage(ctx, cfg.Image, cfg.Pull)
+	if err != nil {
+		return nil, err
+	}
+	if rec, err = m.store.Update(ctx, rec.ID, func(r *registry.Record) error {
+		r.ImageDigest = digest
+		return nil
+	}); err != nil {
 		return nil, err
 	}
 	// Phase timings for the "sandbox ready" line: where create time goes.
-	phase := map[string]time.Duration{"ensure_user": time.Since(start)}
+	phase := map[string]time.Duration{"image": time.Since(start)}
 	mark := func(name string, since time.Time) { phase[name] = time.Since(since) }
 	t0 := time.Now()
+	if err := m.storage.EnsureUser(ctx, userID); err != nil {
+		return nil, err
+	}
+	mark("ensure_user", t0)
+	t0 = time.Now()
 	home, err := m.storage.PrepareHot(rec.ID, userID, cfg.DiskMB<<20)
 	if err != nil {
 		return nil, err
 	}
 	mark("prepare_hot", t0)
+	fault.At(ctx, "create/hot-prepared")
 	rollback.Push("remove hot dir", func(c context.Context) error { return m.storage.RemoveHot(c, rec.ID) })
 	// Hot files download while the cold mount and the container come up.
 	// The download must have ended before any undo step runs (it writes
@@ -200,19 +247,30 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 		return nil, err
 	}
 	mark("cold", t0)
+	fault.At(ctx, "create/cold-acquired")
 	rollback.Push("release cold mount", func(c context.Context) error { return m.storage.ReleaseCold(c, userID, rec.ID) })
 	if _, err := m.setStatus(ctx, rec.ID, registry.StatusStarting); err != nil {
 		return nil, err
 	}
+	fault.At(ctx, "create/starting")
 	policy, _ := networkPolicy(cfg.Network) // validated by resolve
+	mounts := []runtime.Mount{
+		{Source: home, Destination: HotPath},
+		{Source: coldPath, Destination: ColdPath, Slave: true},
+	}
+	if m.home != nil && !bridged(rec) {
+		dir, err := m.home.OpenSocket(rec.ID)
+		if err != nil {
+			return nil, err
+		}
+		rollback.Push("close home socket", func(context.Context) error { m.home.CloseSocket(rec.ID); return nil })
+		mounts = append(mounts, runtime.Mount{Source: dir, Destination: HomeSocketDir, ReadOnly: true})
+	}
 	t1 := time.Now()
 	err = m.rt.Create(ctx, runtime.CreateRequest{
-		ID: rec.ID, UserID: userID, Image: cfg.Image,
+		ID: rec.ID, UserID: userID.String(), Image: cfg.Image,
 		Resources: runtime.Resources{CPU: cfg.CPU, MemoryBytes: cfg.MemoryMB << 20, Pids: cfg.Pids},
-		Mounts: []runtime.Mount{
-			{Source: home, Destination: HotPath},
-			{Source: coldPath, Destination: ColdPath, Slave: true},
-		},
+		Mounts:    mounts,
 		Env:       m.sandboxEnv(rec),
 		Network:   policy,
 		CreatedAt: now,
@@ -226,15 +284,18 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 		return nil, m.syncDownError(userID, cfg, err)
 	}
 	phase["sync_down"] = down.took
+	fault.At(ctx, "create/synced-down")
+	syncedAt := m.now().UTC()
 	m.mu.Lock()
-	m.live[rec.ID] = &liveState{cwd: HotPath}
+	m.live[rec.ID] = &liveState{cwd: HotPath, activity: syncedAt, saved: syncedAt}
 	m.mu.Unlock()
 	rollback.Push("forget live state", func(context.Context) error { m.forget(rec.ID); return nil })
-	syncedAt := m.now().UTC()
 	ip := m.rt.IPv4(rec.ID)
 	out, err := m.store.Update(ctx, rec.ID, func(r *registry.Record) error {
 		r.Status = registry.StatusReady
 		r.HotSyncedAt = &syncedAt
+		r.ReadyAt = &syncedAt
+		r.LastActivityAt = &syncedAt
 		if ip.IsValid() {
 			r.IPAddress = ip.String()
 		}
@@ -243,8 +304,10 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 	if err != nil {
 		return nil, err
 	}
+	m.emit(Event{Type: EventReady, SandboxID: rec.ID, UserID: userID, Status: string(registry.StatusReady)})
+	fault.At(ctx, "create/ready")
 	args := []any{"total_ms", ms(time.Since(start))}
-	for _, k := range []string{"ensure_user", "prepare_hot", "cold", "container", "sync_down"} {
+	for _, k := range []string{"image", "ensure_user", "prepare_hot", "cold", "container", "sync_down"} {
 		args = append(args, k+"_ms", ms(phase[k]))
 	}
 	log.Info("sandbox ready", args...)
@@ -286,7 +349,7 @@ func (m *Manager) admit(ctx context.Context, key string) (release func(), err er
 // a client (or the fleet provider after a crash) that retries never gets
 // two sandboxes. A key is bound to its user; a create that failed is not
 // retried under the same key.
-func (m *Manager) replayCreate(ctx context.Context, id, userID string) (*registry.Record, error) {
+func (m *Manager) replayCreate(ctx context.Context, id string, userID ids.UserID) (*registry.Record, error) {
 	for {
 		rec, err := m.store.Get(ctx, id)
 		if err != nil {
@@ -324,7 +387,7 @@ func (d *syncDown) wait() error {
 }
 
 // startSyncDown starts filling a new sandbox's hot dir from the bucket.
-func (m *Manager) startSyncDown(ctx context.Context, id, userID string, log *slog.Logger) *syncDown {
+func (m *Manager) startSyncDown(ctx context.Context, id string, userID ids.UserID, log *slog.Logger) *syncDown {
 	d := &syncDown{done: make(chan struct{})}
 	t0 := time.Now()
 	go func() {
@@ -344,7 +407,7 @@ func (m *Manager) startSyncDown(ctx context.Context, id, userID string, log *slo
 // syncDownError explains a failed sync-down. When the request chose (or
 // defaulted) a disk too small for the user's files, it says which field to
 // change and to what.
-func (m *Manager) syncDownError(userID string, cfg registry.Config, err error) error {
+func (m *Manager) syncDownError(userID ids.UserID, cfg registry.Config, err error) error {
 	if nr := (*hotsync.NoRoomError)(nil); cfg.DiskMB > 0 && errors.As(err, &nr) {
 		// Filesystem overhead (journal, inode tables) is what the empty
 		// disk lacks of its size; 16 MiB more leaves room to work.
@@ -371,10 +434,29 @@ func (m *Manager) sandboxEnv(rec *registry.Record) map[string]string {
 		env[k] = v
 	}
 	env["SANDBOX_ID"] = rec.ID
-	env["USER_ID"] = rec.UserID
+	env["USER_ID"] = rec.UserID.String()
 	env["HOT_PATH"] = HotPath
 	env["COLD_PATH"] = ColdPath
+	switch {
+	case m.home == nil:
+	case bridged(rec):
+		if u := m.home.URL(); u != "" {
+			env["ORCHESTRATOR_URL"] = u
+		}
+	default:
+		// No address: the socket carries the requests; the URL gives
+		// clients a host to put in them (curl --unix-socket
+		// "$MATRX_API_SOCKET" "$ORCHESTRATOR_URL/sandboxes/$SANDBOX_ID").
+		env["ORCHESTRATOR_URL"] = "http://localhost"
+		env["MATRX_API_SOCKET"] = HomeSocketDir + "/" + HomeSocketName
+	}
 	return env
+}
+
+// bridged reports whether a sandbox has an address on the bridge (resolve
+// records mode none when the daemon has no networking).
+func bridged(rec *registry.Record) bool {
+	return rec.Config.Network.Mode != string(network.ModeNone)
 }
 
 func (m *Manager) setStatus(ctx context.Context, id string, s registry.Status) (*registry.Record, error) {
@@ -382,10 +464,4 @@ func (m *Manager) setStatus(ctx context.Context, id string, s registry.Status) (
 		r.Status = s
 		return nil
 	})
-}
-
-func newSandboxID() string {
-	var b [6]byte
-	rand.Read(b[:])
-	return "sbx-" + hex.EncodeToString(b[:])
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/fault"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
 )
@@ -28,7 +30,7 @@ type ExecInput struct {
 // The result's Cwd is where the next exec starts.
 func (m *Manager) Exec(ctx context.Context, id string, in ExecInput) (*runtime.ExecResult, error) {
 	l := m.limits
-	if !ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
 	if in.Command == "" {
@@ -68,7 +70,20 @@ func (m *Manager) Exec(ctx context.Context, id string, in ExecInput) (*runtime.E
 	if !rec.Status.AcceptsExec() {
 		return nil, fmt.Errorf("sandbox %s is %s, not running: %w", id, rec.Status, errdefs.ErrFailedPrecondition)
 	}
+	if err := m.refuseWhileDegraded("exec", ConditionContainerd); err != nil {
+		return nil, err
+	}
 	st := m.state(id)
+	// An exec in flight is activity for as long as it runs.
+	m.mu.Lock()
+	st.execs++
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		st.execs--
+		m.mu.Unlock()
+		m.Touch(context.WithoutCancel(ctx), id)
+	}()
 	req := runtime.ExecRequest{
 		Command: in.Command, User: user, Timeout: in.Timeout, OutputLimit: l.OutputLimit,
 		Env: m.sandboxEnv(rec), Stdout: in.Stdout, Stderr: in.Stderr,
@@ -93,6 +108,7 @@ func (m *Manager) Exec(ctx context.Context, id string, in ExecInput) (*runtime.E
 	if err != nil {
 		return nil, err
 	}
+	fault.At(ctx, "exec/done")
 	if res.Cwd == "" {
 		res.Cwd = req.Cwd
 	} else {
@@ -121,6 +137,11 @@ func (m *Manager) Exec(ctx context.Context, id string, in ExecInput) (*runtime.E
 func (m *Manager) state(id string) *liveState {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.stateLocked(id)
+}
+
+// stateLocked is state with m.mu held.
+func (m *Manager) stateLocked(id string) *liveState {
 	st, ok := m.live[id]
 	if !ok {
 		st = &liveState{cwd: HotPath}
@@ -137,11 +158,11 @@ func (m *Manager) forget(id string) {
 
 // Heartbeat records that the agent is alive.
 func (m *Manager) Heartbeat(ctx context.Context, id string) (*registry.Record, error) {
-	if !ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
 	now := m.now().UTC()
-	return m.store.Update(ctx, id, func(r *registry.Record) error {
+	rec, err := m.store.Update(ctx, id, func(r *registry.Record) error {
 		if !r.Status.AcceptsExec() {
 			return fmt.Errorf("sandbox %s is %s: %w", id, r.Status, errdefs.ErrFailedPrecondition)
 		}
@@ -151,4 +172,9 @@ func (m *Manager) Heartbeat(ctx context.Context, id string) (*registry.Record, e
 		}
 		return nil
 	})
+	if err == nil {
+		// From the API or from inside the sandbox: activity either way.
+		m.Touch(ctx, id)
+	}
+	return rec, err
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/registry"
 )
 
@@ -23,7 +24,7 @@ func pagingManager(t *testing.T, n int) *Manager {
 			status = registry.StatusStopped
 		}
 		// Two records per timestamp: ties are ordered by id.
-		r := &registry.Record{ID: fmt.Sprintf("sbx-%012x", i), UserID: fmt.Sprintf("u%d", i%2), Status: status, CreatedAt: base.Add(time.Duration(i/2) * time.Second)}
+		r := &registry.Record{ID: fmt.Sprintf("sbx-%012x", i), UserID: ids.MustParseUserID(fmt.Sprintf("u%d", i%2)), Status: status, CreatedAt: base.Add(time.Duration(i/2) * time.Second)}
 		if err := m.store.Create(context.Background(), r); err != nil {
 			t.Fatal(err)
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
 )
@@ -44,7 +45,7 @@ var tagRe = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$`)
 // StartProcess starts a background process in a live sandbox.
 func (m *Manager) StartProcess(ctx context.Context, id string, in ProcessInput) (*runtime.Process, error) {
 	l := m.limits
-	if !ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
 	if err := m.validateCommand(in.Command); err != nil {
@@ -118,6 +119,7 @@ func (m *Manager) StartProcess(ctx context.Context, id string, in ProcessInput) 
 		return nil, err
 	}
 	m.log.Info("background process started", "sandbox_id", id, "user_id", rec.UserID, "process_id", spec.ID, "tag", in.Tag)
+	m.Touch(ctx, id) // over the API or as an SSH session: activity either way
 	m.markRunning(ctx, rec)
 	return p, nil
 }
@@ -125,7 +127,7 @@ func (m *Manager) StartProcess(ctx context.Context, id string, in ProcessInput) 
 // Processes lists a live sandbox's processes (running and recently ended),
 // oldest first.
 func (m *Manager) Processes(ctx context.Context, id string) ([]*runtime.Process, error) {
-	if !ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
 	if _, err := m.liveRecord(ctx, id); err != nil {

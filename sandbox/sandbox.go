@@ -8,16 +8,34 @@
 // an errdefs class; api maps those classes to status codes.
 //
 // Statuses move creating → starting → ready → running (first exec or
-// heartbeat) → shutting_down → stopped | expired | failed. Records are never
-// deleted.
+// heartbeat) → shutting_down → stopped | expired | failed. Records are
+// kept for audit (pruned only by --record-retention).
+//
+// Supervision (supervise.go, reconcile.go) keeps every record true: task
+// deaths, missed heartbeats and idleness become stops through the normal
+// stop path, and a reconcile loop repairs whatever a crash left behind.
+//
+// Activity: Manager.Touch is the one method every kind of activity calls
+// to keep a sandbox from idling out (idle_timeout_seconds). The API calls
+// it for every request about a sandbox (its processes included), for
+// heartbeats, and per chunk a follow or an attach delivers and per
+// attach keystroke; an exec in flight counts, and so does a background
+// process's output growing (the idle check looks before it stops a
+// sandbox). SSH sessions start processes (StartProcess touches), and
+// every connection Dial makes into a sandbox (HTTP proxy, preview, port
+// tunnels, SSH forwards) touches per read and write. Heartbeats touch,
+// also those sent from inside over the sandbox listener. It is cheap
+// enough to call per chunk of output.
 package sandbox
 
 import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,11 +43,13 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/mounts"
 	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/registry"
 	"github.com/matrx-dev/matrx/runtime"
+	"github.com/matrx-dev/matrx/runtime/fshelper"
 	"github.com/matrx-dev/matrx/runtime/network"
 )
 
@@ -37,7 +57,31 @@ import (
 const (
 	HotPath  = "/home/agent"
 	ColdPath = "/data/cold"
+	// HomeSocketDir holds the sandbox listener's socket (HomeSocketName)
+	// in sandboxes without a bridge address; MATRX_API_SOCKET names it.
+	HomeSocketDir  = "/.matrx/api"
+	HomeSocketName = "sandbox.sock"
 )
+
+// Home is the way back from inside a sandbox: a listener that matrxd
+// serves for sandboxes only (package api), where a sandbox may read its
+// own record and send heartbeats and complete/error signals about itself.
+// A sandbox with a bridge address reaches it at URL (the gateway); one
+// without (network mode none, or networking off) through a Unix socket of
+// its own, bound read-only at HomeSocketDir. Every process of the sandbox
+// learns where from ORCHESTRATOR_URL (and MATRX_API_SOCKET).
+type Home interface {
+	// URL is where sandboxes with a bridge address reach home, e.g.
+	// http://10.213.0.1:8787; "" when they cannot.
+	URL() string
+	// OpenSocket makes (or, after a daemon restart, makes again) the
+	// socket of a sandbox without a bridge address and returns the host
+	// directory holding it, to bind at HomeSocketDir.
+	OpenSocket(id string) (string, error)
+	// CloseSocket stops serving a sandbox's socket and removes it and its
+	// directory. Closing a sandbox that has none is a no-op.
+	CloseSocket(id string)
+}
 
 // Stop reasons recorded on a stopped sandbox.
 const (
@@ -53,37 +97,53 @@ type Runtime interface {
 	Create(ctx context.Context, req runtime.CreateRequest) error
 	Destroy(ctx context.Context, id string, grace time.Duration) error
 	Exec(ctx context.Context, id string, req runtime.ExecRequest) (*runtime.ExecResult, error)
+	Files(ctx context.Context, id string, user runtime.ExecUser, req fshelper.Request, body io.Reader) (*runtime.FilesCall, error)
 	Running(ctx context.Context, id string) (bool, error)
 	StartProcess(ctx context.Context, id string, spec runtime.ProcessSpec) (*runtime.Process, error)
 	Processes(ctx context.Context, id string) ([]*runtime.Process, error)
 	RemoveProcess(ctx context.Context, p *runtime.Process) error
+	Dial(ctx context.Context, id string, port int) (net.Conn, error)
 	Networking() bool
 	CheckNetwork(p network.Policy) error
 	// IPv4 is the bridge address of a sandbox this runtime created since
 	// it started (invalid without networking or for another sandbox).
 	IPv4(id string) netip.Addr
+	// Supervision (runtime.Watch, GC, TaskState, Connected).
+	Watch(ctx context.Context, cfg runtime.WatchConfig)
+	GC(ctx context.Context, p runtime.GCPolicy) ([]runtime.Leftover, error)
+	TaskState(ctx context.Context, id string) (runtime.TaskState, error)
+	Connected() error
+	// Images (images.go).
+	ImageDigest(ctx context.Context, name string) (string, error)
+	Pull(ctx context.Context, req runtime.PullRequest) (runtime.ImageInfo, error)
+	Images(ctx context.Context) ([]runtime.ImageInfo, error)
+	ImagesInUse(ctx context.Context) (map[string][]string, error)
+	DeleteImage(ctx context.Context, name string) error
 }
 
 // Storage is what the lifecycle needs from host-side storage
 // (mounts.Storage): per-sandbox hot directories synced with the bucket and
 // per-user cold mounts.
 type Storage interface {
-	EnsureUser(ctx context.Context, userID string) error
-	PrepareHot(sandboxID, userID string, diskBytes int64) (string, error)
-	SyncDown(ctx context.Context, sandboxID, userID string) (hotsync.Result, error)
-	SyncUp(ctx context.Context, sandboxID, userID string) (hotsync.Result, error)
-	FinishHot(ctx context.Context, sandboxID, userID string) (hotsync.Result, error)
+	EnsureUser(ctx context.Context, userID ids.UserID) error
+	PrepareHot(sandboxID string, userID ids.UserID, diskBytes int64) (string, error)
+	SyncDown(ctx context.Context, sandboxID string, userID ids.UserID) (hotsync.Result, error)
+	SyncUp(ctx context.Context, sandboxID string, userID ids.UserID) (hotsync.Result, error)
+	FinishHot(ctx context.Context, sandboxID string, userID ids.UserID) (hotsync.Result, error)
 	RemoveHot(ctx context.Context, sandboxID string) error
 	HasHot(sandboxID string) bool
 	Pending() ([]mounts.PendingHot, error)
 	// AcquireCold and ReleaseCold count one reference per sandbox: a
 	// release by a sandbox that holds none (its acquire failed) is a no-op.
-	AcquireCold(ctx context.Context, userID, sandboxID string) (string, error)
-	ReleaseCold(ctx context.Context, userID, sandboxID string) error
-	Stats(ctx context.Context, userID string) (mounts.TierStats, error)
-	Clean(ctx context.Context, userID, tier string) (int64, error)
-	PruneTrash(ctx context.Context, userID string, now time.Time) (int, error)
-	RestoreHot(ctx context.Context, userID, path string, at time.Time) ([]string, error)
+	AcquireCold(ctx context.Context, userID ids.UserID, sandboxID string) (string, error)
+	ReleaseCold(ctx context.Context, userID ids.UserID, sandboxID string) error
+	// SweepCold unmounts cold mounts no reference holds (a previous
+	// daemon's), returning their users.
+	SweepCold(ctx context.Context) ([]ids.UserID, error)
+	Stats(ctx context.Context, userID ids.UserID) (mounts.TierStats, error)
+	Clean(ctx context.Context, userID ids.UserID, tier string) (int64, error)
+	PruneTrash(ctx context.Context, userID ids.UserID, now time.Time) (int, error)
+	RestoreHot(ctx context.Context, userID ids.UserID, path string, at time.Time) ([]string, error)
 }
 
 // Limits are the daemon's defaults and the maximums a request may ask for.
@@ -106,6 +166,10 @@ type Limits struct {
 	DefaultCmdTimeout time.Duration
 	MaxCmdTimeout     time.Duration
 	OutputLimit       int64
+	// DefaultHeartbeatTimeout and DefaultIdleTimeout apply to sandboxes
+	// whose config does not set them; 0 is off.
+	DefaultHeartbeatTimeout time.Duration
+	DefaultIdleTimeout      time.Duration
 	// Background processes: at most MaxProcesses running per sandbox (blocking
 	// execs do not count), each keeping ProcessOutputCap bytes of output on
 	// the host; ended ones are kept ProcessRetention, at most
@@ -169,6 +233,10 @@ func (l Limits) Validate() error {
 		return invalid("disk limits: default %d MB must be 0 (off) or in [64, max %d MB]", l.DefaultDiskMB, l.MaxDiskMB)
 	case l.MaxTTL < time.Minute || l.DefaultTTL < time.Minute || l.DefaultTTL > l.MaxTTL:
 		return invalid("ttl limits: default %v must be in [1m, max %v]", l.DefaultTTL, l.MaxTTL)
+	case l.DefaultHeartbeatTimeout < 0 || l.DefaultHeartbeatTimeout > l.MaxTTL:
+		return invalid("default heartbeat timeout %v must be in [0 (off), max ttl %v]", l.DefaultHeartbeatTimeout, l.MaxTTL)
+	case l.DefaultIdleTimeout < 0 || l.DefaultIdleTimeout > l.MaxTTL:
+		return invalid("default idle timeout %v must be in [0 (off), max ttl %v]", l.DefaultIdleTimeout, l.MaxTTL)
 	case l.ShutdownTimeout < 0 || l.ShutdownTimeout > 10*time.Minute:
 		return invalid("shutdown timeout %v must be in [0, 10m]", l.ShutdownTimeout)
 	case l.MaxCommandLength < 1:
@@ -202,6 +270,12 @@ type Config struct {
 	Logger  *slog.Logger
 	// Metrics, when set, records lifecycle latencies and sync volumes.
 	Metrics *metrics.Metrics
+	// Home, when set, is the listener sandboxes call home on; without it
+	// no process in a sandbox is told of any way back.
+	Home Home
+	// PinnedImages are kept by PruneImages even when no sandbox uses
+	// them (the default image always is).
+	PinnedImages []string
 }
 
 // Manager runs sandbox lifecycles.
@@ -210,6 +284,7 @@ type Manager struct {
 	rt      Runtime
 	storage Storage
 	metrics *metrics.Metrics
+	home    Home
 	limits  Limits
 	log     *slog.Logger
 	now     func() time.Time
@@ -218,15 +293,32 @@ type Manager struct {
 	// when Limits.MaxSandboxes is set.
 	admitMu sync.Mutex
 
-	mu     sync.Mutex
-	live   map[string]*liveState // in-memory per-sandbox state, dropped on stop
-	procMu sync.Mutex            // process starts and pruning, one at a time
-	bg     sync.WaitGroup        // background shutdowns
+	mu      sync.Mutex
+	live    map[string]*liveState // in-memory per-sandbox state, dropped on stop
+	procMu  sync.Mutex            // process starts and pruning, one at a time
+	hotBusy map[string]bool       // hot dirs a retry or repair is syncing now
+	bg      sync.WaitGroup        // background shutdowns, recovery, saves
+
+	events      eventLog
+	conds       conditions
+	stopSem     chan struct{} // bounds supervision's concurrent stops
+	reconcileMu sync.Mutex
+	recovered   chan struct{} // closed once startup recovery finished
+	pins        []string      // normalized PinnedImages
+	images      imageState    // pulls in flight, images of starting sandboxes
+
 }
 
 // liveState is what the manager remembers about a running sandbox.
 type liveState struct {
-	cwd string
+	cwd      string
+	watches  int       // file watches streaming now (WatchFiles)
+	activity time.Time // last Touch
+	saved    time.Time // when activity was last written to the record
+	execs    int       // execs in flight
+	// outputEnds is where each background process's output ended when
+	// idleness last looked (its growth is activity).
+	outputEnds map[string]int64
 }
 
 // New returns a manager. It does not touch existing sandboxes; call Recover
@@ -241,9 +333,26 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	// Images are kept by their full names, the way containerd stores them.
+	def, err := normalizeImage("default image", cfg.Limits.DefaultImage)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Limits.DefaultImage = def
+	var pins []string
+	for _, p := range cfg.PinnedImages {
+		n, err := normalizeImage("pinned image", p)
+		if err != nil {
+			return nil, err
+		}
+		pins = append(pins, n)
+	}
 	return &Manager{
-		store: cfg.Store, rt: cfg.Runtime, storage: cfg.Storage, metrics: cfg.Metrics, limits: cfg.Limits,
+		store: cfg.Store, rt: cfg.Runtime, storage: cfg.Storage, metrics: cfg.Metrics, home: cfg.Home, limits: cfg.Limits,
 		log: cfg.Logger, now: time.Now, live: map[string]*liveState{},
+		hotBusy: map[string]bool{}, stopSem: make(chan struct{}, maxBackgroundStops), recovered: make(chan struct{}),
+		pins:   pins,
+		images: imageState{starting: map[string]int{}, pulls: map[string]*sharedPull{}},
 	}, nil
 }
 
@@ -252,25 +361,32 @@ func (m *Manager) Limits() Limits { return m.limits }
 
 // Get returns one sandbox.
 func (m *Manager) Get(ctx context.Context, id string) (*registry.Record, error) {
-	if !ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
-	return m.store.Get(ctx, id)
+	r, err := m.store.Get(ctx, id)
+	return m.withActivity(r), err
 }
 
 // List returns a user's sandboxes (all users when userID is empty); only
 // live ones unless all is set.
 func (m *Manager) List(ctx context.Context, userID string, all bool) ([]*registry.Record, error) {
+	var f registry.Filter
 	if userID != "" {
-		if err := ValidateUserID(userID); err != nil {
+		u, err := ids.ParseUserID(userID)
+		if err != nil {
 			return nil, err
 		}
+		f.UserID = u
 	}
-	f := registry.Filter{UserID: userID}
 	if !all {
-		f.Statuses = []registry.Status{registry.StatusCreating, registry.StatusStarting, registry.StatusReady, registry.StatusRunning, registry.StatusShuttingDown}
+		f.Statuses = registry.LiveStatuses()
 	}
-	return m.store.List(ctx, f)
+	rs, err := m.store.List(ctx, f)
+	for _, r := range rs {
+		m.withActivity(r)
+	}
+	return rs, err
 }
 
 // MaxPageSize bounds one page of GET /sandboxes.
@@ -356,16 +472,24 @@ func parseCursor(s string) (cursor, error) {
 	}
 	ns, id, ok := strings.Cut(string(b), ":")
 	n, err := strconv.ParseInt(ns, 10, 64)
-	if !ok || err != nil || !ValidSandboxID(id) {
+	if !ok || err != nil || !ids.ValidSandboxID(id) {
 		return cursor{}, bad
 	}
 	return cursor{At: time.Unix(0, n).UTC(), ID: id}, nil
 }
 
-// ActiveCount is the number of sandboxes that are not in a terminal state.
+// ActiveCount is the number of sandboxes that are not in a terminal state
+// (from the registry's index: no record is read).
 func (m *Manager) ActiveCount(ctx context.Context) (int, error) {
-	rs, err := m.List(ctx, "", false)
-	return len(rs), err
+	c, err := m.store.Counts(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, s := range registry.LiveStatuses() {
+		n += c.ByStatus[s]
+	}
+	return n, nil
 }
 
 // Usage is what the live sandboxes hold of the host: each one a slot, and

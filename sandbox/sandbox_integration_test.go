@@ -107,6 +107,7 @@ func TestRecoverMarksLostSandboxes(t *testing.T) {
 	if err := m.Recover(ctx); err != nil {
 		t.Fatal(err)
 	}
+	<-m.Recovered()
 	for _, id := range []string{s.ID, stuck.ID} {
 		got, _ := m.Get(ctx, id)
 		if got.Status != registry.StatusFailed || got.Error == "" {
@@ -173,6 +174,7 @@ func TestRecoverDiscardsHotDirsOfSandboxesNeverReady(t *testing.T) {
 	if err := m.Recover(ctx); err != nil {
 		t.Fatal(err)
 	}
+	<-m.Recovered()
 	for _, id := range []string{"sbx-00000000aaaa", "sbx-00000000bbbb"} {
 		if storage.HasHot(id) {
 			t.Errorf("hot dir of %s left after recovery", id)

@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/matrx-dev/matrx/fault"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/registry"
 )
@@ -75,7 +78,7 @@ func (m *Manager) Signal(ctx context.Context, id string, reason, errMsg string) 
 // stopped is returned as it is. A sandbox already in a
 // terminal state is returned unchanged.
 func (m *Manager) beginShutdown(ctx context.Context, id, errMsg string) (*registry.Record, bool, error) {
-	if !ValidSandboxID(id) {
+	if !ids.ValidSandboxID(id) {
 		return nil, false, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
 	started := false
@@ -100,6 +103,7 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 	start := time.Now()
 	log := m.log.With("sandbox_id", rec.ID, "user_id", rec.UserID)
 	log.Info("sandbox stopping", "reason", reason, "graceful", graceful)
+	m.emit(Event{Type: EventStopping, SandboxID: rec.ID, UserID: rec.UserID, Status: string(registry.StatusShuttingDown), Reason: reason})
 	defer func() { m.metrics.ObserveDestroy(time.Since(start), derr == nil) }()
 	grace := time.Duration(0)
 	if graceful {
@@ -108,6 +112,8 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 	// The container must go even if the client hangs up mid-request.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace+time.Minute)
 	defer cancel()
+	dctx = fault.With(dctx, "stop")
+	fault.At(dctx, "stop/shutting-down")
 	t0 := time.Now()
 	derr = m.rt.Destroy(dctx, rec.ID, grace)
 	m.forget(rec.ID)
@@ -120,10 +126,13 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 	var serr error
 	var rep syncReport
 	if derr == nil {
+		m.closeHome(rec.ID)
 		rep, serr = m.finalSync(dctx, rec.ID, rec.UserID, m.shutdownSyncBudget(), log)
+		fault.At(dctx, "stop/synced")
 		if err := m.storage.ReleaseCold(dctx, rec.UserID, rec.ID); err != nil {
 			log.Warn("cold release failed", "error", err)
 		}
+		fault.At(dctx, "stop/cold-released")
 	} else {
 		// The container may still be running and writing: save what is
 		// there, keep the directory and the mount, and let recovery finish.
@@ -147,6 +156,10 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 		recordSync(r, rep, serr, now)
 		return nil
 	})
+	fault.At(dctx, "stop/recorded")
+	if out != nil {
+		m.emit(Event{Type: EventStopped, SandboxID: rec.ID, UserID: rec.UserID, Status: string(out.Status), Reason: reason, ExitCode: out.ExitCode, Detail: out.Error})
+	}
 	if derr != nil {
 		log.Error("sandbox destroy failed", "error", derr)
 		return out, derr
@@ -196,74 +209,189 @@ func (m *Manager) RunExpiry(ctx context.Context, interval time.Duration) {
 	})
 }
 
-// Recover runs once at startup, before the API serves.
+// Recover runs once at startup, before the API serves, and returns as
+// soon as it has asked containerd about every live record (no storage
+// call, so an S3 endpoint that does not answer never holds startup back):
 //
-//   - Live sandboxes whose task still runs keep running: their cold mount is
-//     acquired again (the refcount lives in memory) and their hot files are
-//     checkpointed now, so nothing written before a daemon crash waits for
-//     the next interval.
-//   - Sandboxes caught mid-transition (creating, starting, shutting_down) or
-//     whose task is gone are stopped, their hot files synced up, and marked
-//     failed with the reason.
-//   - Hot directories whose final sync failed earlier (or that have no
-//     record at all, e.g. with the in-memory registry) are synced again and
-//     removed only on success.
+//   - Live sandboxes whose task still runs keep running and accept exec at
+//     once.
+//   - Sandboxes caught mid-transition (creating, starting, shutting_down)
+//     or whose task is gone are claimed (shutting_down) right away.
+//
+// The storage work then runs in the background, with deadlines (see
+// recoverStorage): survivors get their cold mount reference back and are
+// checkpointed, the claimed ones are destroyed, synced and marked failed,
+// pending hot dirs are retried, and the first reconcile runs. Recovered
+// closes when it is done.
 func (m *Manager) Recover(ctx context.Context) error {
-	rs, err := m.List(ctx, "", false)
+	rs, err := m.store.List(ctx, registry.Filter{Statuses: registry.LiveStatuses()})
 	if err != nil {
 		return err
 	}
+	var survivors []*registry.Record
+	var dead []recoveredStop
 	for _, r := range rs {
 		log := m.log.With("sandbox_id", r.ID, "user_id", r.UserID)
+		d := recoveredStop{was: r.Status, fresh: neverReady(r), reason: ReasonError,
+			message: fmt.Sprintf("daemon restarted while sandbox was %s", r.Status)}
 		if r.Status.AcceptsExec() {
-			ok, err := m.rt.Running(ctx, r.ID)
+			st, err := m.rt.TaskState(ctx, r.ID)
 			if err != nil {
-				log.Warn("recover: cannot check sandbox", "error", err)
+				log.Warn("recover: cannot check sandbox; supervision will", "error", err)
 				continue
 			}
-			if ok {
-				if _, err := m.storage.AcquireCold(ctx, r.UserID, r.ID); err != nil {
-					log.Warn("recover: cold mount failed", "error", err)
+			if st.Running {
+				survivors = append(survivors, r)
+				if m.home != nil && !bridged(r) {
+					// The socket died with the previous daemon; its
+					// directory is still bound in the sandbox.
+					if _, err := m.home.OpenSocket(r.ID); err != nil {
+						log.Warn("recover: the sandbox's way home could not be reopened", "error", err)
+					}
 				}
-				m.checkpointOne(ctx, r)
-				// Adopt its background processes now, so that their timeouts
-				// run again and exits while the daemon was away are recorded.
+				// Adopt its background processes now (containerd only), so
+				// that their timeouts run again and exits while the daemon
+				// was away are recorded.
 				if _, err := m.rt.Processes(ctx, r.ID); err != nil {
 					log.Warn("recover: background processes", "error", err)
 				}
 				log.Info("recovered running sandbox")
 				continue
 			}
+			d.reason, d.message = ReasonRuntimeLost, "its task was gone when the daemon restarted"
+			if st.Stopped {
+				code := int(st.ExitStatus)
+				d.exitCode = &code
+				d.reason, d.message = ReasonExited, fmt.Sprintf("PID 1 exited with status %d while the daemon was away", st.ExitStatus)
+			}
 		}
-		if err := m.rt.Destroy(ctx, r.ID, 0); err != nil {
-			log.Warn("recover: destroy leftover failed", "error", err)
-		}
-		var serr error
-		var rep syncReport
-		fresh := neverReady(r)
-		if fresh {
-			// The agent never ran: the hot dir holds only what sync-down
-			// wrote, maybe half a file and no manifest. Syncing it up would
-			// turn partial downloads into conflict copies in the bucket.
-			serr = m.discardHot(ctx, r.ID, log)
-		} else {
-			rep, serr = m.finalSync(ctx, r.ID, r.UserID, m.shutdownSyncBudget(), log)
-		}
-		now := m.now().UTC()
-		status := r.Status
-		m.store.Update(ctx, r.ID, func(rec *registry.Record) error {
-			rec.Status = registry.StatusFailed
-			rec.Error = fmt.Sprintf("daemon restarted while sandbox was %s", status)
-			rec.StoppedAt = &now
-			rec.StopReason = ReasonError
-			if !fresh || serr != nil {
-				recordSync(rec, rep, serr, now) // nothing was synced for a discarded dir
+		rec, err := m.store.Update(ctx, r.ID, func(rec *registry.Record) error {
+			rec.Status = registry.StatusShuttingDown
+			if rec.Error == "" || r.Status.AcceptsExec() {
+				rec.Error = d.message
+			}
+			if d.exitCode != nil {
+				rec.ExitCode = d.exitCode
 			}
 			return nil
 		})
-		log.Warn("recover: sandbox marked failed", "was", status)
+		if err != nil {
+			log.Warn("recover: cannot claim sandbox", "error", err)
+			continue
+		}
+		d.rec = rec
+		dead = append(dead, d)
 	}
-	return m.retryPending(ctx, true, m.shutdownSyncBudget())
+	m.bg.Go(func() { m.recoverStorage(ctx, survivors, dead) })
+	return nil
+}
+
+// Recovered is closed once the background part of Recover has given every
+// survivor its cold mount reference back and finished the sandboxes it
+// claimed (the first reconcile then starts).
+func (m *Manager) Recovered() <-chan struct{} { return m.recovered }
+
+// recoveredStop is a sandbox Recover found dead or mid-transition.
+type recoveredStop struct {
+	rec      *registry.Record
+	was      registry.Status
+	fresh    bool // never became ready: its hot dir holds nothing of the agent's
+	reason   string
+	message  string
+	exitCode *int
+}
+
+// recoveryParallelism bounds the background recovery's concurrent
+// storage calls (cold mounts, checkpoints, final syncs).
+const recoveryParallelism = 4
+
+// recoverStorage is Recover's background half. Each step has a deadline,
+// and the whole of it stops when ctx ends (the daemon stopping): what it
+// did not finish, the next start does.
+func (m *Manager) recoverStorage(ctx context.Context, survivors []*registry.Record, dead []recoveredStop) {
+	start := time.Now()
+	// Every step needs the bucket (cold mounts, checkpoints, final
+	// syncs): while it does not answer, trying would only wait out one
+	// deadline per sandbox. The sandboxes run and accept exec meanwhile.
+	if m.holds(ConditionS3) {
+		m.log.Warn("recovery waits for the bucket to answer", "survivors", len(survivors), "stopped", len(dead))
+		for m.holds(ConditionS3) {
+			if !sleepCtx(ctx, 500*time.Millisecond) {
+				close(m.recovered)
+				return
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, recoveryParallelism)
+	for _, r := range survivors {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			log := m.log.With("sandbox_id", r.ID, "user_id", r.UserID)
+			m.reacquireCold(ctx, r, log)
+			cctx, cancel := context.WithTimeout(ctx, m.shutdownSyncBudget())
+			defer cancel()
+			m.checkpointOne(cctx, r)
+		})
+	}
+	for _, d := range dead {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			m.finishRecovered(ctx, d)
+		})
+	}
+	wg.Wait()
+	close(m.recovered)
+	// The first reconcile removes what no live record names (containers
+	// first, so that hot dirs are quiescent) and retries pending hot dirs,
+	// orphans included: the in-memory registry forgets records on restart.
+	if ctx.Err() == nil {
+		m.Reconcile(ctx)
+	}
+	m.log.Info("recovery finished", "survivors", len(survivors), "stopped", len(dead), "took_ms", ms(time.Since(start)))
+}
+
+// finishRecovered stops a sandbox Recover claimed: destroy what is left,
+// save (or, for one that never became ready, discard) its hot files, and
+// mark it failed.
+func (m *Manager) finishRecovered(ctx context.Context, d recoveredStop) {
+	r := d.rec
+	log := m.log.With("sandbox_id", r.ID, "user_id", r.UserID)
+	if err := m.rt.Destroy(ctx, r.ID, 0); err != nil {
+		log.Warn("recover: destroy leftover failed", "error", err)
+	} else {
+		m.closeHome(r.ID)
+	}
+	m.forget(r.ID)
+	var serr error
+	var rep syncReport
+	if d.fresh {
+		// The agent never ran: the hot dir holds only what sync-down
+		// wrote, maybe half a file and no manifest. Syncing it up would
+		// turn partial downloads into conflict copies in the bucket.
+		serr = m.discardHot(ctx, r.ID, log)
+	} else {
+		rep, serr = m.finalSync(ctx, r.ID, r.UserID, m.shutdownSyncBudget(), log)
+	}
+	if ctx.Err() != nil {
+		return // the daemon is stopping: the record stays claimed for the next start
+	}
+	now := m.now().UTC()
+	out, err := m.store.Update(context.WithoutCancel(ctx), r.ID, func(rec *registry.Record) error {
+		rec.Status = registry.StatusFailed
+		rec.StoppedAt = &now
+		rec.StopReason = d.reason
+		if !d.fresh || serr != nil {
+			recordSync(rec, rep, serr, now) // nothing was synced for a discarded dir
+		}
+		return nil
+	})
+	if err == nil {
+		m.emit(Event{Type: EventStopped, SandboxID: r.ID, UserID: r.UserID, Status: string(out.Status), Reason: d.reason, ExitCode: out.ExitCode, Detail: out.Error})
+	}
+	log.Warn("recover: sandbox marked failed", "was", d.was, "reason", d.reason)
 }
 
 // RetryPending syncs up the hot files of stopped sandboxes whose final
@@ -277,12 +405,15 @@ func (m *Manager) RetryPending(ctx context.Context) {
 }
 
 // retryPending syncs the hot dirs of stopped sandboxes within budget. At
-// startup (orphans true, with the shutdown budget so that the API is not
-// held back; what is cut short is retried later) a hot dir without a
-// record is synced too, since the in-memory registry forgets records on
-// restart; later only dirs of records in a terminal state. The container
-// is destroyed first (a no-op when gone): a sandbox whose destroy failed
-// may still be writing, and its dir stays until it is really gone.
+// startup and in the reconcile loop (orphans true, with the shutdown
+// budget so that nothing waits long; what is cut short is retried later)
+// a hot dir without a record is synced too, since the in-memory registry
+// forgets records on restart; the checkpoint tick only retries dirs of
+// records in a terminal state. The container is destroyed first (a no-op
+// when gone): a sandbox whose destroy failed may still be writing, and
+// its dir stays until it is really gone. A dir another retry is syncing
+// right now is skipped. Each dir it finishes (synced and removed, or
+// discarded) is a repair.
 func (m *Manager) retryPending(ctx context.Context, orphans bool, budget time.Duration) error {
 	pending, err := m.storage.Pending()
 	if err != nil {
@@ -296,30 +427,63 @@ func (m *Manager) retryPending(ctx context.Context, orphans bool, budget time.Du
 		case err != nil && !orphans:
 			continue
 		}
-		log := m.log.With("sandbox_id", p.SandboxID, "user_id", p.UserID)
-		if derr := m.rt.Destroy(ctx, p.SandboxID, 0); derr != nil {
-			log.Warn("pending hot sync: sandbox still not destroyed; files kept", "error", derr)
+		if !m.tryHot(p.SandboxID) {
 			continue
 		}
-		if err == nil && neverReady(rec) {
-			// A create that failed, or was caught by a crash, and whose
-			// dir could not be removed then: nothing to save.
-			m.discardHot(ctx, p.SandboxID, log)
-			continue
-		}
-		rep, serr := m.finalSync(ctx, p.SandboxID, p.UserID, budget, log)
-		if err == nil {
-			now := m.now().UTC()
-			m.store.Update(ctx, p.SandboxID, func(r *registry.Record) error {
-				recordSync(r, rep, serr, now)
-				return nil
-			})
-		}
-		if serr == nil {
-			log.Info("pending hot files synced")
-		}
+		m.retryOne(ctx, p.SandboxID, p.UserID, rec, budget)
+		m.doneHot(p.SandboxID)
 	}
 	return nil
+}
+
+// retryOne is retryPending for one dir; rec is nil when it has no record.
+func (m *Manager) retryOne(ctx context.Context, id string, userID ids.UserID, rec *registry.Record, budget time.Duration) {
+	log := m.log.With("sandbox_id", id, "user_id", userID)
+	if derr := m.rt.Destroy(ctx, id, 0); derr != nil {
+		log.Warn("pending hot sync: sandbox still not destroyed; files kept", "error", derr)
+		return
+	}
+	why := "its sandbox has no record"
+	if rec != nil {
+		why = "its sandbox is " + string(rec.Status)
+	}
+	if rec != nil && neverReady(rec) {
+		// A create that failed, or was caught by a crash, and whose
+		// dir could not be removed then: nothing to save.
+		if m.discardHot(ctx, id, log) == nil {
+			m.repaired(RepairHotDir, id, userID, "removed the hot dir of a sandbox that never became ready")
+		}
+		return
+	}
+	rep, serr := m.finalSync(ctx, id, userID, budget, log)
+	if rec != nil {
+		now := m.now().UTC()
+		m.store.Update(ctx, id, func(r *registry.Record) error {
+			recordSync(r, rep, serr, now)
+			return nil
+		})
+	}
+	if serr == nil {
+		log.Info("pending hot files synced")
+		m.repaired(RepairHotDir, id, userID, "synced and removed the hot dir ("+why+")")
+	}
+}
+
+// tryHot marks a hot dir as being synced by a retry; false if one is.
+func (m *Manager) tryHot(id string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.hotBusy[id] {
+		return false
+	}
+	m.hotBusy[id] = true
+	return true
+}
+
+func (m *Manager) doneHot(id string) {
+	m.mu.Lock()
+	delete(m.hotBusy, id)
+	m.mu.Unlock()
 }
 
 // neverReady reports whether a sandbox never became ready, so no agent
@@ -340,6 +504,13 @@ func (m *Manager) discardHot(ctx context.Context, id string, log *slog.Logger) e
 	}
 	log.Info("recover: removed the hot dir of a sandbox that never became ready (its agent never ran)")
 	return nil
+}
+
+// closeHome removes a stopped sandbox's way home (a no-op without one).
+func (m *Manager) closeHome(id string) {
+	if m.home != nil {
+		m.home.CloseSocket(id)
+	}
 }
 
 // Wait blocks until background shutdowns have finished.

@@ -11,6 +11,8 @@ import (
 	"github.com/containerd/errdefs"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/matrx-dev/matrx/fault"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/mounts"
 	"github.com/matrx-dev/matrx/mounts/hotsync"
 	"github.com/matrx-dev/matrx/registry"
@@ -18,11 +20,11 @@ import (
 
 // finalSync runs the last hot sync of a stopped sandbox within budget
 // (shutdownSyncBudget on a stop path, retrySyncBudget for a retry).
-func (m *Manager) finalSync(ctx context.Context, id, userID string, budget time.Duration, log *slog.Logger) (syncReport, error) {
+func (m *Manager) finalSync(ctx context.Context, id string, userID ids.UserID, budget time.Duration, log *slog.Logger) (syncReport, error) {
 	if !m.storage.HasHot(id) {
 		return syncReport{}, nil
 	}
-	sctx, cancel := context.WithTimeout(ctx, budget)
+	sctx, cancel := context.WithTimeout(fault.With(ctx, "final-sync"), budget)
 	defer cancel()
 	res, err := m.storage.FinishHot(sctx, id, userID)
 	rep := reportOf(res, err)
@@ -132,6 +134,7 @@ func (m *Manager) checkpointOne(ctx context.Context, r *registry.Record) {
 	if cur, err := m.store.Get(ctx, r.ID); err != nil || !cur.Status.AcceptsExec() {
 		return
 	}
+	ctx = fault.With(ctx, "checkpoint")
 	cctx, cancel := context.WithTimeout(ctx, checkpointBudget)
 	defer cancel()
 	res, err := m.storage.SyncUp(cctx, r.ID, r.UserID)
@@ -146,6 +149,7 @@ func (m *Manager) checkpointOne(ctx context.Context, r *registry.Record) {
 		log.Info("hot checkpoint", "uploaded", len(res.Uploaded), "deleted", len(res.Deleted), "conflicts", len(res.Conflicts), "bytes", res.Bytes)
 	}
 	rep := reportOf(res, err)
+	fault.At(ctx, "checkpoint/synced")
 	now := m.now().UTC()
 	m.store.Update(ctx, r.ID, func(rec *registry.Record) error {
 		if rec.Status.AcceptsExec() {
@@ -173,23 +177,19 @@ func (m *Manager) RunStorageTasks(ctx context.Context, checkpoint, retry time.Du
 // trashPruneInterval: trash expires by the day, so hourly is plenty.
 const trashPruneInterval = time.Hour
 
-// PruneTrash drops expired trash of every user the registry knows.
+// PruneTrash drops expired trash of every user the registry knows (from
+// the registry's user index: no record is decoded).
 func (m *Manager) PruneTrash(ctx context.Context) {
-	rs, err := m.store.List(ctx, registry.Filter{})
+	users, err := m.store.Users(ctx)
 	if err != nil {
 		m.log.Warn("trash prune scan failed", "error", err)
 		return
 	}
-	seen := map[string]bool{}
-	for _, r := range rs {
-		if seen[r.UserID] {
-			continue
-		}
-		seen[r.UserID] = true
-		if n, err := m.storage.PruneTrash(ctx, r.UserID, m.now()); err != nil {
-			m.log.Warn("trash prune failed", "user_id", r.UserID, "error", err)
+	for _, u := range users {
+		if n, err := m.storage.PruneTrash(ctx, u, m.now()); err != nil {
+			m.log.Warn("trash prune failed", "user_id", u, "error", err)
 		} else if n > 0 {
-			m.log.Info("expired trash pruned", "user_id", r.UserID, "objects", n)
+			m.log.Info("expired trash pruned", "user_id", u, "objects", n)
 		}
 	}
 }
@@ -209,8 +209,9 @@ func every(ctx context.Context, interval time.Duration, fn func(context.Context)
 }
 
 // StorageStats reports a user's stored objects per tier.
-func (m *Manager) StorageStats(ctx context.Context, userID string) (mounts.TierStats, error) {
-	if err := ValidateUserID(userID); err != nil {
+func (m *Manager) StorageStats(ctx context.Context, user string) (mounts.TierStats, error) {
+	userID, err := ids.ParseUserID(user)
+	if err != nil {
 		return mounts.TierStats{}, err
 	}
 	return m.storage.Stats(ctx, userID)
@@ -219,14 +220,15 @@ func (m *Manager) StorageStats(ctx context.Context, userID string) (mounts.TierS
 // CleanStorage deletes one tier of a user's stored objects. It is an
 // explicit admin action and refuses while the user has any sandbox that is
 // not stopped (its files would come back, or vanish under it).
-func (m *Manager) CleanStorage(ctx context.Context, userID, tier string) (int64, error) {
-	if err := ValidateUserID(userID); err != nil {
+func (m *Manager) CleanStorage(ctx context.Context, user string, tier string) (int64, error) {
+	userID, err := ids.ParseUserID(user)
+	if err != nil {
 		return 0, err
 	}
 	if tier != "hot" && tier != "cold" && tier != "trash" {
 		return 0, invalid("tier %q: want hot, cold or trash", tier)
 	}
-	active, err := m.List(ctx, userID, false)
+	active, err := m.List(ctx, userID.String(), false)
 	if err != nil {
 		return 0, err
 	}
@@ -245,14 +247,15 @@ func (m *Manager) CleanStorage(ctx context.Context, userID, tier string) (int64,
 // last one trashed. Like CleanStorage it refuses while the user has any
 // sandbox that is not stopped: a running sandbox's next sync does not know
 // the restored objects and would turn them into conflicts.
-func (m *Manager) RestoreStorage(ctx context.Context, userID, path string, at time.Time) ([]string, error) {
-	if err := ValidateUserID(userID); err != nil {
+func (m *Manager) RestoreStorage(ctx context.Context, user string, path string, at time.Time) ([]string, error) {
+	userID, err := ids.ParseUserID(user)
+	if err != nil {
 		return nil, err
 	}
 	if path == "" {
 		return nil, invalid("path is required (a file or directory relative to the home)")
 	}
-	active, err := m.List(ctx, userID, false)
+	active, err := m.List(ctx, userID.String(), false)
 	if err != nil {
 		return nil, err
 	}

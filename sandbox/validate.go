@@ -11,34 +11,22 @@ import (
 )
 
 var (
-	userIDRe    = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,255}$`)
-	sandboxIDRe = regexp.MustCompile(`^sbx-[0-9a-f]{12}$`)
-	envKeyRe    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
-	labelKeyRe  = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9._/-]{0,61}[a-zA-Z0-9])?$`)
-	imageRe     = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._/:@-]{0,254}$`)
+	envKeyRe   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
+	labelKeyRe = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9._/-]{0,61}[a-zA-Z0-9])?$`)
+	imageRe    = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._/:@-]{0,254}$`)
 )
 
 // reservedEnv are set by matrx on every process; a request may not override
 // them (an agent that could lie about SANDBOX_ID could confuse its SDK).
-var reservedEnv = map[string]bool{"SANDBOX_ID": true, "USER_ID": true, "HOT_PATH": true, "COLD_PATH": true}
+// ORCHESTRATOR_URL and MATRX_API_SOCKET say where the sandbox listener is.
+var reservedEnv = map[string]bool{
+	"SANDBOX_ID": true, "USER_ID": true, "HOT_PATH": true, "COLD_PATH": true,
+	"ORCHESTRATOR_URL": true, "MATRX_API_SOCKET": true,
+}
 
 func invalid(format string, args ...any) error {
 	return fmt.Errorf(format+": %w", append(args, errdefs.ErrInvalidArgument)...)
 }
-
-// ValidateUserID checks a user id as the original API did, and also refuses
-// "." and "..", which the original pattern allowed and which would name the
-// parent of the per-user directory on the host.
-func ValidateUserID(id string) error {
-	if !userIDRe.MatchString(id) || id == "." || id == ".." {
-		return invalid("user_id %q is invalid: want 1-255 of [a-zA-Z0-9._-], not . or ..", id)
-	}
-	return nil
-}
-
-// ValidSandboxID reports whether id has the shape of a sandbox id
-// ("sbx-" + 12 lowercase hex). Anything else is unknown by construction.
-func ValidSandboxID(id string) bool { return sandboxIDRe.MatchString(id) }
 
 func validateEnv(env map[string]string, field string) error {
 	if len(env) > 128 {
@@ -73,9 +61,9 @@ func validateLabels(labels map[string]string) error {
 	return nil
 }
 
-func validateImage(name string) error {
+func validateImageAs(field, name string) error {
 	if !imageRe.MatchString(name) || strings.Contains(name, "..") {
-		return invalid("config.image %q is not a valid image reference", name)
+		return invalid("%s %q is not a valid image reference", field, name)
 	}
 	return nil
 }
@@ -104,6 +92,27 @@ func validateIdempotencyKey(k string) error {
 		if k[i] < 0x21 || k[i] > 0x7e {
 			return invalid("Idempotency-Key may hold only printable ASCII characters without spaces")
 		}
+	}
+	return nil
+}
+
+// MaxPublicPorts bounds config.public_ports.
+const MaxPublicPorts = 16
+
+// validatePublicPorts checks config.public_ports: TCP ports, each once.
+func validatePublicPorts(ports []int) error {
+	if len(ports) > MaxPublicPorts {
+		return invalid("config.public_ports has %d entries, at most %d allowed", len(ports), MaxPublicPorts)
+	}
+	seen := map[int]bool{}
+	for _, p := range ports {
+		if p < 1 || p > 65535 {
+			return invalid("config.public_ports entry %d is not a TCP port (1-65535)", p)
+		}
+		if seen[p] {
+			return invalid("config.public_ports lists %d twice", p)
+		}
+		seen[p] = true
 	}
 	return nil
 }

@@ -9,33 +9,6 @@ import (
 	"github.com/matrx-dev/matrx/registry"
 )
 
-func TestValidateUserID(t *testing.T) {
-	for _, c := range []struct {
-		id string
-		ok bool
-	}{
-		{"alice", true}, {"A.b_c-1", true}, {strings.Repeat("a", 255), true},
-		{"", false}, {".", false}, {"..", false}, {"a/b", false}, {"a b", false}, {"ä", false},
-		{strings.Repeat("a", 256), false}, {"a\x00", false},
-	} {
-		err := ValidateUserID(c.id)
-		if c.ok != (err == nil) || (err != nil && !errdefs.IsInvalidArgument(err)) {
-			t.Errorf("ValidateUserID(%q) = %v", c.id, err)
-		}
-	}
-}
-
-func TestValidSandboxID(t *testing.T) {
-	for id, ok := range map[string]bool{
-		"sbx-0123456789ab": true, "sbx-doesnotexist": false, "sbx-0123456789AB": false,
-		"sbx-0123456789abc": false, "0123456789ab": false, "": false, "sbx-../../etc1": false,
-	} {
-		if ValidSandboxID(id) != ok {
-			t.Errorf("ValidSandboxID(%q) != %v", id, ok)
-		}
-	}
-}
-
 func TestResolveConfig(t *testing.T) {
 	m := &Manager{limits: DefaultLimits()}
 	cases := []struct {
@@ -56,11 +29,29 @@ func TestResolveConfig(t *testing.T) {
 		{"ttl high", registry.Config{TTLSeconds: 1 << 40}, "config.ttl_seconds"},
 		{"image", registry.Config{Image: "a b"}, "config.image"},
 		{"image traversal", registry.Config{Image: "a/../b"}, "config.image"},
+		{"image uppercase repository", registry.Config{Image: "registry.example:5000/Team/app:1"}, "config.image"},
+		{"image empty tag", registry.Config{Image: "registry.example/app:"}, "config.image"},
+		{"pull", registry.Config{Pull: "sometimes"}, "config.pull"},
+		{"pull always", registry.Config{Pull: "always"}, ""},
 		{"env key", registry.Config{Env: map[string]string{"A-B": "x"}}, "config.env"},
 		{"env reserved", registry.Config{Env: map[string]string{"USER_ID": "x"}}, "reserved"},
 		{"env NUL", registry.Config{Env: map[string]string{"A": "\x00"}}, "config.env"},
+		{"env orchestrator", registry.Config{Env: map[string]string{"ORCHESTRATOR_URL": "http://evil"}}, "reserved"},
+		{"public ports", registry.Config{PublicPorts: []int{80, 8080}}, ""},
+		{"public port 0", registry.Config{PublicPorts: []int{0}}, "config.public_ports"},
+		{"public port high", registry.Config{PublicPorts: []int{65536}}, "config.public_ports"},
+		{"public port twice", registry.Config{PublicPorts: []int{80, 80}}, "twice"},
+		{"public ports many", registry.Config{PublicPorts: []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17}}, "at most 16"},
 		{"label key", registry.Config{Labels: map[string]string{"": "x"}}, "config.labels"},
 		{"label value", registry.Config{Labels: map[string]string{"a": strings.Repeat("x", 256)}}, "config.labels"},
+	}
+	// Names are stored the way containerd stores them.
+	out, err := m.resolve(registry.Config{Image: "registry.example:5000/team/app"})
+	if err != nil || out.Image != "registry.example:5000/team/app:latest" || out.Pull != PullIfNotPresent {
+		t.Errorf("normalized image %q, pull %q, %v", out.Image, out.Pull, err)
+	}
+	if out, _ := m.resolve(registry.Config{Image: "alpine"}); out.Image != "docker.io/library/alpine:latest" {
+		t.Errorf("alpine normalized to %q", out.Image)
 	}
 	for _, c := range cases {
 		out, err := m.resolve(c.in)

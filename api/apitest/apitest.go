@@ -16,7 +16,11 @@
 //     reads them, each line against the response's schema (which describes
 //     one line);
 //   - 101 Switching Protocols (WebSocket upgrades) is checked for being
-//     documented; its frames are not.
+//     documented; its frames are not;
+//   - a body documented only as "*/*" (a sandbox app's answer through the
+//     proxy) is checked for being documented; its content is not;
+//   - a path parameter marked `x-rest-of-path: true` (the mux's
+//     {name...}) matches the rest of the path, slashes included.
 package apitest
 
 import (
@@ -49,6 +53,7 @@ const maxValidatedBody = 8 << 20
 type Document struct {
 	T      *openapi3.T
 	router routers.Router
+	rest   map[string]bool // rest-of-path parameter names
 }
 
 var (
@@ -77,11 +82,32 @@ func Parse(b []byte) (*Document, error) {
 	if err := doc.Validate(context.Background()); err != nil {
 		return nil, fmt.Errorf("invalid document: %w", err)
 	}
-	r, err := legacy.NewRouter(doc)
+	// The router sees rest-of-path parameters as the legacy router's
+	// {name*}; the document itself keeps OpenAPI's {name}.
+	routing, err := l.LoadFromData(b)
+	if err != nil {
+		return nil, fmt.Errorf("load: %w", err)
+	}
+	rest := map[string]bool{}
+	for _, path := range routing.Paths.Keys() {
+		item := routing.Paths.Value(path)
+		renamed := path
+		for _, p := range item.Parameters {
+			if p.Value != nil && p.Value.In == "path" && p.Value.Extensions["x-rest-of-path"] == true {
+				renamed = strings.Replace(renamed, "{"+p.Value.Name+"}", "{"+p.Value.Name+"*}", 1)
+				rest[p.Value.Name] = true
+			}
+		}
+		if renamed != path {
+			routing.Paths.Delete(path)
+			routing.Paths.Set(renamed, item)
+		}
+	}
+	r, err := legacy.NewRouter(routing)
 	if err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
-	return &Document{T: doc, router: r}, nil
+	return &Document{T: doc, router: r, rest: rest}, nil
 }
 
 // Reporter receives validation failures (a *testing.T's Errorf).
@@ -128,6 +154,13 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		t.report("openapi: %s (answered %d) is not in api/openapi.yaml: %v", where, resp.StatusCode, ferr)
 		return resp, nil
 	}
+	for name := range t.doc.rest {
+		// The rest of the path may be empty (the app's root); OpenAPI has
+		// no empty path parameter.
+		if v, ok := params[name]; ok && v == "" {
+			params[name] = "/"
+		}
+	}
 	in := &openapi3filter.RequestValidationInput{
 		Request: cloneForRoute(req, reqBody), PathParams: params, Route: route,
 		Options: &openapi3filter.Options{
@@ -146,7 +179,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	ct := resp.Header.Get("Content-Type")
 	switch {
-	case resp.StatusCode == http.StatusSwitchingProtocols:
+	case resp.StatusCode == http.StatusSwitchingProtocols || anyContent(route, resp.StatusCode):
 		out.Options.ExcludeResponseBody = true
 		if err := openapi3filter.ValidateResponse(req.Context(), out); err != nil {
 			t.report("openapi: %s upgrade: %v", where, err)
@@ -211,6 +244,19 @@ func cloneForRoute(req *http.Request, body []byte) *http.Request {
 		c.Body = http.NoBody
 	}
 	return c
+}
+
+// anyContent reports whether a response is documented only as "*/*":
+// whatever a sandbox's app answered, passed through.
+func anyContent(route *routers.Route, status int) bool {
+	ref := route.Operation.Responses.Status(status)
+	if ref == nil {
+		ref = route.Operation.Responses.Default()
+	}
+	if ref == nil || ref.Value == nil || len(ref.Value.Content) != 1 {
+		return false
+	}
+	return ref.Value.Content.Get("*/*") != nil && ref.Value.Content["*/*"] != nil
 }
 
 // lineSchema is the schema of one line of an NDJSON response.

@@ -22,6 +22,9 @@ const (
 	// IdempotencyKeyHeader on POST /sandboxes makes a retried create (same
 	// key, within 24 h) return the sandbox the first one made.
 	IdempotencyKeyHeader = "Idempotency-Key"
+	// PreviewTokenHeader carries a sandbox's preview token on the preview
+	// listener (POST /sandboxes/{id}/preview hands it out).
+	PreviewTokenHeader = "X-Matrx-Preview-Token"
 )
 
 // ErrorResponse is every error body.
@@ -29,13 +32,18 @@ type ErrorResponse struct {
 	Detail string `json:"detail"`
 }
 
-// Health answers GET /health.
+// Health answers GET /health. Status is "healthy", or "degraded" with
+// Reasons naming why (containerd_unavailable, s3_unreachable) and Detail
+// saying what was seen. A degraded daemon still answers get and list from
+// its registry; creates (and, without containerd, execs) answer 503.
 type Health struct {
-	Status           string  `json:"status"`
-	ActiveSandboxes  int     `json:"active_sandboxes"`
-	UptimeSeconds    float64 `json:"uptime_seconds"`
-	Version          string  `json:"version,omitempty"`
-	ContainerdStatus string  `json:"containerd,omitempty"`
+	Status           string   `json:"status"`
+	ActiveSandboxes  int      `json:"active_sandboxes"`
+	UptimeSeconds    float64  `json:"uptime_seconds"`
+	Version          string   `json:"version,omitempty"`
+	ContainerdStatus string   `json:"containerd,omitempty"`
+	Reasons          []string `json:"reasons,omitempty"`
+	Detail           string   `json:"detail,omitempty"`
 }
 
 // SandboxConfig is the create request's config object and the config echoed
@@ -50,6 +58,17 @@ type SandboxConfig struct {
 	Env        map[string]string `json:"env,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`
 	Network    *NetworkConfig    `json:"network,omitempty"`
+	// PublicPorts are served by the preview listener without a token.
+	PublicPorts []int `json:"public_ports,omitempty"`
+	// HeartbeatTimeoutSeconds: no heartbeat for that long stops the
+	// sandbox as failed (heartbeat_lost). IdleTimeoutSeconds: no activity
+	// (API call about it, heartbeat, process output, attach, SSH, proxied
+	// request) for that long stops it (idle). 0: the daemon's default.
+	HeartbeatTimeoutSeconds int64 `json:"heartbeat_timeout_seconds,omitempty"`
+	IdleTimeoutSeconds      int64 `json:"idle_timeout_seconds,omitempty"`
+	// Pull is when the image is pulled from its registry: if_not_present
+	// (default), always, or never (it must have been pulled or imported).
+	Pull string `json:"pull,omitempty"`
 }
 
 // NetworkConfig is a sandbox's egress policy: mode "default" (the internet,
@@ -101,6 +120,50 @@ type Sandbox struct {
 	// IPAddress is the sandbox's address on its host's bridge; absent
 	// without networking.
 	IPAddress string `json:"ip_address,omitempty"`
+	// ImageDigest is the digest of the image the sandbox started from.
+	ImageDigest string `json:"image_digest,omitempty"`
+	// Supervision: PID 1's exit status once it exited or was killed, the
+	// OOM kills seen inside, the last activity, and when idleness stops
+	// the sandbox (null without an idle timeout).
+	ExitCode       *int       `json:"exit_code"`
+	OOMKills       int        `json:"oom_kills"`
+	LastActivityAt *time.Time `json:"last_activity_at"`
+	IdleExpiresAt  *time.Time `json:"idle_expires_at"`
+}
+
+// UpdateSandboxRequest is the body of PATCH /sandboxes/{id}: TTLSeconds
+// makes the sandbox expire that many seconds from now (its ttl_seconds
+// becomes expires_at − created_at, at most the daemon's maximum).
+type UpdateSandboxRequest struct {
+	TTLSeconds *int64 `json:"ttl_seconds"`
+}
+
+// Event is one line of GET /events (application/x-ndjson).
+type Event struct {
+	Seq       uint64    `json:"seq"`
+	Time      time.Time `json:"time"`
+	Type      string    `json:"type"`
+	SandboxID string    `json:"sandbox_id,omitempty"`
+	UserID    string    `json:"user_id,omitempty"`
+	Status    string    `json:"status,omitempty"`
+	Reason    string    `json:"reason,omitempty"`
+	ExitCode  *int      `json:"exit_code,omitempty"`
+	Repair    string    `json:"repair,omitempty"`
+	Detail    string    `json:"detail,omitempty"`
+}
+
+// QuarantinedRecord is a registry record that failed to decode, kept for
+// an operator: Raw holds its bytes, base64-encoded.
+type QuarantinedRecord struct {
+	SandboxID     string    `json:"sandbox_id"`
+	Raw           string    `json:"raw_b64"`
+	Error         string    `json:"error"`
+	QuarantinedAt time.Time `json:"quarantined_at"`
+}
+
+// QuarantineList answers GET /admin/quarantine.
+type QuarantineList struct {
+	Records []QuarantinedRecord `json:"records"`
 }
 
 // SandboxList answers GET /sandboxes, newest first. Total counts every
@@ -163,6 +226,27 @@ type SignalResponse struct {
 	ErrorReceived bool   `json:"error_received,omitempty"`
 }
 
+// PreviewRequest is the body of POST /sandboxes/{id}/preview.
+type PreviewRequest struct {
+	Port       int    `json:"port"`
+	TTLSeconds *int64 `json:"ttl_seconds,omitempty"`
+}
+
+// Preview answers POST /sandboxes/{id}/preview: where the preview listener
+// serves a sandbox's port, and the two ways in (the sandbox's token in
+// TokenHeader, or SignedURL until ExpiresAt). Public ports need neither.
+type Preview struct {
+	SandboxID   string    `json:"sandbox_id"`
+	Port        int       `json:"port"`
+	Host        string    `json:"host"`
+	URL         string    `json:"url"`
+	SignedURL   string    `json:"signed_url"`
+	ExpiresAt   time.Time `json:"expires_at"`
+	Token       string    `json:"token"`
+	TokenHeader string    `json:"token_header"`
+	Public      bool      `json:"public"`
+}
+
 // Image is one image in the daemon's namespace.
 type Image struct {
 	Name      string    `json:"name"`
@@ -181,10 +265,110 @@ type ImportResponse struct {
 	Images []string `json:"images"`
 }
 
+// PullRequest is the body of POST /images/pull.
+type PullRequest struct {
+	// Ref is the image reference, e.g. registry.example:5000/team/app:1.4.
+	Ref string `json:"ref"`
+	// Auth, when set, is used for this pull instead of the daemon's
+	// credentials for the registry. It is never stored or logged.
+	Auth *RegistryAuth `json:"auth,omitempty"`
+	// Platform is os/arch[/variant]; default: the daemon's.
+	Platform string `json:"platform,omitempty"`
+}
+
+// RegistryAuth is a registry login. An empty Username with a Password is
+// an identity token.
+type RegistryAuth struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+// Types of PullEvent.
+const (
+	PullEventProgress = "progress"
+	PullEventDone     = "done"
+	PullEventError    = "error"
+)
+
+// Reasons of a PullEvent of type error.
+const (
+	PullReasonUnauthorized = "unauthorized" // the registry refused the credentials, or wants some
+	PullReasonNotFound     = "not_found"    // no such repository or tag
+	PullReasonUnreachable  = "unreachable"  // no answer, TLS failure, plain HTTP without --insecure-registry
+	PullReasonPlatform     = "platform"     // no manifest for the platform
+	PullReasonFailed       = "failed"       // anything else
+)
+
+// PullEvent is one line of POST /images/pull's application/x-ndjson
+// answer: progress events (layer, done, total bytes), then one done event
+// (image, digest) or one error event (detail, reason).
+type PullEvent struct {
+	Type   string `json:"type"`
+	Layer  string `json:"layer,omitempty"`
+	Done   *int64 `json:"done,omitempty"`
+	Total  *int64 `json:"total,omitempty"`
+	Image  string `json:"image,omitempty"`
+	Digest string `json:"digest,omitempty"`
+	Detail string `json:"detail,omitempty"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// ImageDeleteResponse answers DELETE /images/{name}.
+type ImageDeleteResponse struct {
+	Deleted []string `json:"deleted"`
+}
+
+// KeptImage is an image prune left, and why.
+type KeptImage struct {
+	Image  string `json:"image"`
+	Reason string `json:"reason"`
+}
+
+// ImagePruneResponse answers POST /images/prune.
+type ImagePruneResponse struct {
+	Deleted []string    `json:"deleted"`
+	Kept    []KeptImage `json:"kept"`
+}
+
 // Version answers GET /version.
 type Version struct {
 	Version    string `json:"version"`
 	Containerd string `json:"containerd"`
+	// SSHHostKey is the SSH gateway's host key fingerprint (SHA256:...),
+	// absent when the gateway is off.
+	SSHHostKey string `json:"ssh_host_key,omitempty"`
+}
+
+// AccessRequest is the optional body of POST /sandboxes/{id}/access.
+type AccessRequest struct {
+	User       string `json:"user,omitempty"`
+	TTLSeconds *int64 `json:"ttl_seconds,omitempty"`
+	// PublicKey, an authorized_keys line, is the caller's own key: the
+	// answer then carries no private key.
+	PublicKey string `json:"public_key,omitempty"`
+}
+
+// Access answers POST /sandboxes/{id}/access: the original service's
+// fields (private_key, username, host, port, ssh_command), the gateway's
+// known_hosts line and a command that checks it, and what the grant is.
+type Access struct {
+	PrivateKey       string    `json:"private_key,omitempty"`
+	Username         string    `json:"username"`
+	Host             string    `json:"host"`
+	Port             int       `json:"port"`
+	SSHCommand       string    `json:"ssh_command"`
+	KnownHosts       string    `json:"known_hosts"`
+	SSHCommandStrict string    `json:"ssh_command_strict"`
+	Fingerprint      string    `json:"fingerprint"`
+	HostKey          string    `json:"host_key_fingerprint"`
+	ExpiresAt        time.Time `json:"expires_at"`
+	SandboxID        string    `json:"sandbox_id"`
+}
+
+// AccessRevoked answers DELETE /sandboxes/{id}/access.
+type AccessRevoked struct {
+	SandboxID string `json:"sandbox_id"`
+	Revoked   int    `json:"revoked"`
 }
 
 // TierUsage is the size of one storage tier.

@@ -33,6 +33,8 @@ const DefaultSocket = "/run/matrx/matrxd.sock"
 // Client talks to one matrxd.
 type Client struct {
 	http     *http.Client
+	network  string // "unix" or "tcp"
+	address  string
 	base     string
 	retries  int
 	backoff  time.Duration
@@ -82,6 +84,7 @@ func newClient(network, address string, opts []Option) *Client {
 	}
 	c := &Client{
 		http:    &http.Client{Transport: tr},
+		network: network, address: address,
 		base:    "http://matrxd",
 		retries: 4, backoff: 100 * time.Millisecond, maxDelay: 2 * time.Second,
 	}
@@ -146,6 +149,15 @@ func errorFromStatus(status int, detail string) error {
 		class = context.DeadlineExceeded
 	case http.StatusInternalServerError:
 		class = errdefs.ErrInternal
+	case http.StatusRequestEntityTooLarge:
+		class = errclass.ErrTooLarge
+	case http.StatusRequestedRangeNotSatisfiable:
+		class = errclass.ErrUnsatisfiableRange
+	case http.StatusBadGateway:
+		// An image registry failed (api.statusOf): not retried, and
+		// never Unauthenticated, even when the registry refused
+		// credentials.
+		class = errclass.ErrUpstream
 	}
 	if detail == "" {
 		detail = http.StatusText(status)
@@ -476,3 +488,141 @@ func (c *Client) CleanStorage(ctx context.Context, userID, tier string) (*apityp
 	q := url.Values{"confirm": {"true"}}
 	return &r, c.do(ctx, http.MethodDelete, "/users/"+url.PathEscape(userID)+"/storage/"+url.PathEscape(tier), q, nil, http.StatusOK, &r)
 }
+
+// Preview calls POST /sandboxes/{id}/preview: where the preview listener
+// serves port, with the sandbox's token and a signed URL (ttl 0: the
+// daemon's default).
+func (c *Client) Preview(ctx context.Context, id string, port int, ttl time.Duration) (*apitype.Preview, error) {
+	req := apitype.PreviewRequest{Port: port}
+	if ttl > 0 {
+		secs := int64(ttl / time.Second)
+		req.TTLSeconds = &secs
+	}
+	var p apitype.Preview
+	return &p, c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/preview", nil, req, http.StatusOK, &p)
+}
+
+// ConnectPort opens a raw TCP stream to port inside sandbox id (POST
+// /sandboxes/{id}/ports/{port}/connect, upgraded to "tcp"). The stream
+// supports CloseWrite: a half-close reaches the app as EOF.
+func (c *Client) ConnectPort(ctx context.Context, id string, port int) (*Stream, error) {
+	var raw net.Conn
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			conn, err := d.DialContext(ctx, c.network, c.address)
+			raw = conn
+			return conn, err
+		},
+		DisableKeepAlives: true,
+	}
+	var rt http.RoundTripper = tr
+	if c.wrap != nil {
+		rt = c.wrap(tr)
+	}
+	req, err := c.newRequest(ctx, http.MethodPost, fmt.Sprintf("%s/sandboxes/%s/ports/%d/connect", c.base, url.PathEscape(id), port), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "tcp")
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		return nil, fmt.Errorf("matrxd connect to port %d of %s: %v: %w", port, id, err, errdefs.ErrUnavailable)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		return nil, c.decode(resp, http.StatusSwitchingProtocols, nil)
+	}
+	rwc, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok || raw == nil {
+		resp.Body.Close()
+		return nil, fmt.Errorf("matrxd switched protocols without a usable stream: %w", errdefs.ErrUnknown)
+	}
+	return &Stream{ReadWriteCloser: rwc, conn: raw}, nil
+}
+
+// Stream is a raw TCP stream into a sandbox.
+type Stream struct {
+	io.ReadWriteCloser
+	conn net.Conn
+}
+
+// CloseWrite half-closes the stream: the app reads EOF, and can still
+// answer.
+func (s *Stream) CloseWrite() error {
+	if cw, ok := s.conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return s.Close()
+}
+
+// GrantAccess calls POST /sandboxes/{id}/access: a key that opens the
+// sandbox over the SSH gateway (the caller's PublicKey, or a key pair made
+// by the daemon whose private half comes back once).
+func (c *Client) GrantAccess(ctx context.Context, id string, req apitype.AccessRequest) (*apitype.Access, error) {
+	var a apitype.Access
+	return &a, c.do(ctx, http.MethodPost, "/sandboxes/"+url.PathEscape(id)+"/access", nil, req, http.StatusOK, &a)
+}
+
+// RevokeAccess calls DELETE /sandboxes/{id}/access: every key of the
+// sandbox, or only the one with fingerprint.
+func (c *Client) RevokeAccess(ctx context.Context, id, fingerprint string) (*apitype.AccessRevoked, error) {
+	var q url.Values
+	if fingerprint != "" {
+		q = url.Values{"fingerprint": {fingerprint}}
+	}
+	var r apitype.AccessRevoked
+	return &r, c.do(ctx, http.MethodDelete, "/sandboxes/"+url.PathEscape(id)+"/access", q, nil, http.StatusOK, &r)
+}
+
+// SetTTL calls PATCH /sandboxes/{id}: the sandbox expires ttl from now.
+func (c *Client) SetTTL(ctx context.Context, id string, ttl time.Duration) (*apitype.Sandbox, error) {
+	n := int64(ttl / time.Second)
+	var s apitype.Sandbox
+	return &s, c.do(ctx, http.MethodPatch, "/sandboxes/"+url.PathEscape(id), nil, apitype.UpdateSandboxRequest{TTLSeconds: &n}, http.StatusOK, &s)
+}
+
+// Quarantine calls GET /admin/quarantine (root on the Unix socket only).
+func (c *Client) Quarantine(ctx context.Context) (*apitype.QuarantineList, error) {
+	var q apitype.QuarantineList
+	return &q, c.do(ctx, http.MethodGet, "/admin/quarantine", nil, nil, http.StatusOK, &q)
+}
+
+// LifecycleStream is an open GET /events.
+type LifecycleStream struct {
+	body io.ReadCloser
+	dec  *json.Decoder
+}
+
+// Events opens GET /events; since (zero: only new events) replays the
+// events the daemon kept since then first.
+func (c *Client) Events(ctx context.Context, since time.Time) (*LifecycleStream, error) {
+	u := c.base + "/events"
+	if !since.IsZero() {
+		u += "?" + url.Values{"since": {since.UTC().Format(time.RFC3339Nano)}}.Encode()
+	}
+	req, err := c.newRequest(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("build request: %w", err)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("matrxd GET /events: %v: %w", err, errdefs.ErrUnavailable)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, c.decode(resp, http.StatusOK, nil)
+	}
+	return &LifecycleStream{body: resp.Body, dec: json.NewDecoder(resp.Body)}, nil
+}
+
+// Next blocks for the next event; io.EOF once the stream ended.
+func (s *LifecycleStream) Next() (*apitype.Event, error) {
+	var e apitype.Event
+	if err := s.dec.Decode(&e); err != nil {
+		return nil, err
+	}
+	return &e, nil
+}
+
+// Close ends the stream.
+func (s *LifecycleStream) Close() error { return s.body.Close() }

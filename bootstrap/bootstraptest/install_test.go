@@ -89,11 +89,12 @@ const (
 	al2023   = "NAME=\"Amazon Linux\"\nVERSION=\"2023\"\nID=\"amzn\"\nID_LIKE=\"fedora\"\nVERSION_ID=\"2023\"\nPRETTY_NAME=\"Amazon Linux 2023\"\n"
 )
 
-// fakeBinDir holds stand-in matrxd, matrx and matrx-init executables.
+// fakeBinDir holds stand-in matrxd, matrx, matrx-init and matrx-relay
+// executables.
 func fakeBinDir(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	for _, b := range []string{"matrxd", "matrx", "matrx-init"} {
+	for _, b := range []string{"matrxd", "matrx", "matrx-init", "matrx-relay"} {
 		if err := os.WriteFile(filepath.Join(dir, b), []byte("#!/bin/sh\necho fake "+b+"\n"), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -115,6 +116,7 @@ func hostState(t *testing.T) map[string]string {
 		"/usr/local/bin/matrxd",
 		"/usr/local/bin/matrx",
 		"/usr/local/bin/matrx-init",
+		"/usr/local/bin/matrx-relay",
 		"/usr/local/lib/matrx",
 		"/etc/apt/sources.list.d",
 	} {

@@ -3,11 +3,21 @@
 # image localhost/matrx/sandbox:latest as an OCI archive.
 #
 # A Debian bookworm rootfs made with mmdebstrap (variant apt, no recommends)
-# from the host's Debian apt sources, with the agent's tools: bash,
-# coreutils, procps, python3, nodejs, git, curl, jq, ripgrep, fd-find (also
-# as `fd`), tmux, less, ca-certificates. User agent 1000:1000 (/home/agent,
-# bash), /data/cold owned by agent. No man pages, docs (copyright files
-# stay), translations, apt lists or caches.
+# from the host's Debian apt sources, with the tools of the original
+# service's image (ORIGINAL.md), all from Debian packages: shell and core
+# tools, network tools, a C toolchain, Python 3.11 with pip, venv, headers
+# and the common libraries, Node.js 18 with npm, headless Chromium with
+# fonts, poppler-utils. User agent 1000:1000 (/home/agent, bash),
+# /data/cold owned by agent. No sudo. No man pages, docs (copyright files
+# stay), translations, apt lists or caches. The list is PACKAGES below; the
+# README (bootstrap/image/README.md) says why each configuration file
+# exists.
+#
+# The build takes minutes, so the archive is cached outside the clone
+# (lib.sh, "the build cache"): OUT becomes a link to
+# ${MATRX_IMAGE_CACHE:-/var/cache/matrx/images}/sandbox-KEY.tar when one
+# with the same inputs exists. MATRX_IMAGE_REBUILD=1 builds anew (to pick up
+# the mirror's security updates).
 #
 # Reproducible with the same mirror content: every mtime is clamped to
 # SOURCE_DATE_EPOCH, which defaults to the newest Date: of the suites'
@@ -23,16 +33,30 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 IMAGE_NAME="localhost/matrx/sandbox:latest"
 SUITE="bookworm"
 PACKAGES=(
-  bash coreutils procps less
-  python3 nodejs
-  git curl ca-certificates jq ripgrep fd-find tmux
-  passwd # useradd, below
+  # shell and core tools
+  bash coreutils procps less passwd tar gzip zip unzip file tree htop tmux vim-tiny
+  # network
+  ca-certificates curl wget gnupg dnsutils iputils-ping net-tools openssh-client
+  # development
+  git jq ripgrep fd-find build-essential libffi-dev libssl-dev poppler-utils
+  # Python 3.11: pip, venv, headers, `python` (python-is-python3) and the
+  # libraries the original image preinstalled
+  python3 python3-pip python3-venv python3-dev python-is-python3
+  python3-httpx python3-requests python3-aiohttp python3-pydantic python3-rich
+  python3-click python3-yaml python3-toml python3-dotenv python3-bs4 python3-lxml
+  python3-pandas python3-numpy
+  # Node.js 18 (Debian 12's) and npm
+  nodejs npm
+  # headless browser and fonts for it
+  chromium fonts-liberation fonts-dejavu-core
 )
+PATH_ENV="PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/home/agent/.local/bin"
 image_init sandbox "$@"
 ROOTFS="$WORK/rootfs"
+SELF="$(realpath -- "${BASH_SOURCE[0]}")"
 
 step "check tools"
-for tool in mmdebstrap chroot; do
+for tool in mmdebstrap chroot flock; do
   command -v "$tool" >/dev/null || { echo "image: $tool not found (apt-get install mmdebstrap)" >&2; false; }
 done
 
@@ -47,7 +71,24 @@ else
   echo "image: $APT_SOURCES missing or not $SUITE; using mmdebstrap's default mirrors"
 fi
 
-step "mmdebstrap $SUITE (${PACKAGES[*]})"
+step "look up the build cache"
+KEY="$(image_cache_key "$SELF" "$REPO/bootstrap/image/lib.sh" "${MIRRORS[@]}")"
+ENTRY="$IMAGE_CACHE/sandbox-$KEY.tar"
+mkdir -p "$IMAGE_CACHE"
+# One build per machine at a time: a second clone waits here, then finds
+# the entry the first one made.
+exec 9>"$IMAGE_CACHE/.sandbox.lock"
+flock 9
+if [[ -f "$ENTRY" && "${MATRX_IMAGE_REBUILD:-0}" != 1 ]]; then
+  image_link_cached "$ENTRY"
+  echo "image: cached build $ENTRY (key $KEY; MATRX_IMAGE_REBUILD=1 rebuilds)"
+  IMAGE_VERB="linked cached"
+  image_done "$IMAGE_NAME"
+  exit 0
+fi
+echo "image: no cached build for key $KEY; building"
+
+step "mmdebstrap $SUITE (${#PACKAGES[@]} packages)"
 # The customize hook runs before mmdebstrap deletes the apt lists: it keeps
 # the Release dates, the default SOURCE_DATE_EPOCH below.
 include="$(IFS=,; echo "${PACKAGES[*]}")"
@@ -58,6 +99,7 @@ nice -n 10 mmdebstrap \
   --variant=apt \
   --include="$include" \
   --aptopt='Acquire::Languages "none"' \
+  --aptopt='APT::Install-Recommends "false"' \
   --dpkgopt='path-exclude=/usr/share/man/*' \
   --dpkgopt='path-exclude=/usr/share/info/*' \
   --dpkgopt='path-exclude=/usr/share/doc/*' \
@@ -87,9 +129,40 @@ chmod 0755 "$ROOTFS/home/agent"
 install -d -m 0755 "$ROOTFS/data"
 install -d -m 0755 -o 1000 -g 1000 "$ROOTFS/data/cold"
 
-step "finish /etc and tools"
+step "configure tools for a read-only root"
 # fd-find installs the binary as fdfind (a clash with an older Debian package).
 ln -sfn /usr/bin/fdfind "$ROOTFS/usr/local/bin/fd"
+# PEP 668: Debian marks its Python "externally managed", so pip refuses
+# even --user installs. Inside a sandbox the root filesystem is read-only,
+# so a system-wide install cannot happen anyway; allowing pip past the
+# marker makes `pip install --user X` (and plain `pip install X`, which
+# falls back to the user site when site-packages is not writable) install
+# into ~/.local. venvs are unaffected. The cache goes to the /tmp tmpfs,
+# not into the home directory that is synced to S3.
+cat >"$ROOTFS/etc/pip.conf" <<'EOF'
+# matrx sandbox image: see bootstrap/image/README.md (PEP 668).
+[global]
+break-system-packages = true
+cache-dir = /tmp/pip-cache
+EOF
+# npm: `npm install -g` goes to ~/.local (its bin dir is on PATH) instead
+# of the read-only /usr/local; the cache to /tmp.
+cat >"$ROOTFS/etc/npmrc" <<'EOF'
+# matrx sandbox image: see bootstrap/image/README.md.
+prefix=${HOME}/.local
+cache=/tmp/npm-cache
+update-notifier=false
+fund=false
+EOF
+# Chromium cannot build its own sandbox inside ours (it needs user
+# namespaces or CAP_SYS_ADMIN, and seccomp forbids unshare): our sandbox is
+# the boundary. The Debian wrapper (/usr/bin/chromium) reads these flags; its
+# own /etc/chromium.d/dev-shm already moves shared memory to /tmp when
+# /dev/shm is small, as it is here.
+cat >"$ROOTFS/etc/chromium.d/matrx" <<'EOF'
+# matrx sandbox image: see bootstrap/image/README.md (Chromium).
+export CHROMIUM_FLAGS="$CHROMIUM_FLAGS --no-sandbox"
+EOF
 # mmdebstrap copied the host's; the runtime provides its own.
 write_runtime_etc "$ROOTFS"
 
@@ -98,21 +171,49 @@ step "trim"
 # already gone (mmdebstrap's cleanup).
 rm -f "$ROOTFS"/etc/{passwd,group,shadow,gshadow,subuid,subgid}- \
   "$ROOTFS"/var/cache/debconf/*-old "$ROOTFS"/var/lib/dpkg/*-old
+rm -rf "$ROOTFS"/root/.cache "$ROOTFS"/root/.npm
 find "$ROOTFS/var/log" -type f -delete
+# fontconfig's caches record each font directory's mtime, and ocipack
+# clamps every mtime to SOURCE_DATE_EPOCH: caches made at install time would
+# be stale inside a sandbox (where /var/cache is read-only, so every
+# Chromium start would rebuild them into the synced home) and differ from
+# build to build. Rebuilt against the clamped mtimes, they are valid there
+# and the same bytes every time.
+find "$ROOTFS/usr/share/fonts" "$ROOTFS/usr/local/share/fonts" -exec touch -h -d "@${SOURCE_DATE_EPOCH}" {} +
+rm -f "$ROOTFS"/var/cache/fontconfig/*
+chroot "$ROOTFS" fc-cache -f
 
 step "smoke-test the rootfs in a chroot"
+# As root: every tool is there, the user database resolves, no sudo.
 # shellcheck disable=SC2016 # expanded inside the chroot
 chroot "$ROOTFS" /bin/bash -ec '
-  for t in bash python3 node git curl jq rg fd fdfind tmux less ps; do command -v "$t" >/dev/null; done
-  python3 -c "import ssl, json, sqlite3"
-  [ "$(id -u agent):$(id -g agent)" = 1000:1000 ]
-  [ "$(getent passwd agent | cut -d: -f6,7)" = /home/agent:/bin/bash ]
-  [ -s /etc/ssl/certs/ca-certificates.crt ]
+  for t in bash python python3 pip pip3 node npm git curl wget jq rg fd fdfind tmux less ps \
+      zip unzip file tree htop vi gpg dig ping netstat ssh pdftotext cc gcc make chromium; do
+    command -v "$t" >/dev/null || { echo "image: missing $t" >&2; exit 1; }
+  done
+  if command -v sudo >/dev/null; then echo "image: sudo must not be installed" >&2; exit 1; fi
+  python3 -c "import ssl, json, sqlite3, venv, ensurepip"
+  python3 -c "import httpx, requests, aiohttp, pydantic, rich, click, yaml, toml, dotenv, bs4, lxml, pandas, numpy"
+  [ "$(id -u agent):$(id -g agent)" = 1000:1000 ] || { echo "image: agent is not 1000:1000" >&2; exit 1; }
+  [ "$(getent passwd agent | cut -d: -f6,7)" = /home/agent:/bin/bash ] || { echo "image: agent home or shell" >&2; exit 1; }
+  [ -s /etc/ssl/certs/ca-certificates.crt ] || { echo "image: no CA bundle" >&2; exit 1; }
 '
+# As agent: pip and npm read our configuration.
+chroot --userspec=1000:1000 "$ROOTFS" /usr/bin/env -i HOME=/home/agent "$PATH_ENV" /bin/bash -ec '
+  pip config list | grep -qx "global.break-system-packages=.true." || { echo "image: pip does not see /etc/pip.conf" >&2; exit 1; }
+  [ "$(npm config get prefix)" = /home/agent/.local ] || { echo "image: npm does not see /etc/npmrc" >&2; exit 1; }
+'
+rm -rf "$ROOTFS"/home/agent/.npm "$ROOTFS"/home/agent/.config
+find "$ROOTFS/tmp" -mindepth 1 -delete
 
 build_ocipack
+FINAL_OUT="$OUT"
+OUT="$ENTRY" # ocipack writes it atomically
 pack_rootfs "$ROOTFS" "$IMAGE_NAME" \
-  --env "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+  --env "$PATH_ENV" \
   --env "LANG=C.UTF-8"
+OUT="$FINAL_OUT"
+image_link_cached "$ENTRY"
+image_cache_prune sandbox
 du -sh --apparent-size "$ROOTFS" | sed 's/^/image: rootfs size /'
 image_done "$IMAGE_NAME"

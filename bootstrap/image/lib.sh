@@ -105,12 +105,68 @@ pack_rootfs() {
   nice -n 10 "$OCIPACK" --rootfs "$rootfs" --name "$name" --out "$OUT" "$@"
 }
 
+# --- the build cache --------------------------------------------------------
+#
+# A slow image (the production one: minutes, hundreds of MB from the
+# mirror) is built once per machine and kept OUTSIDE the clone, in
+# ${MATRX_IMAGE_CACHE:-/var/cache/matrx/images}/NAME-KEY.tar, where KEY is a
+# hash of everything that determines the archive: the build scripts (their
+# package lists included), ocipack's sources and the versions of the modules
+# and Go toolchain it is built with, the apt sources file, the architecture
+# and a SOURCE_DATE_EPOCH override. A fresh clone (CI) with the same inputs
+# links the cached archive instead of rebuilding. What the key cannot see is
+# the mirror moving on (security updates): MATRX_IMAGE_REBUILD=1 builds anew
+# and replaces the entry. Only the newest IMAGE_CACHE_KEEP (3) entries of a
+# name are kept.
+
+IMAGE_CACHE="${MATRX_IMAGE_CACHE:-/var/cache/matrx/images}"
+IMAGE_CACHE_KEEP=3
+
+# image_cache_key FILE... — prints the cache key of a build whose inputs are
+# FILE... plus ocipack (sources, module versions, Go version).
+image_cache_key() {
+  local go
+  go="$(find_go)"
+  {
+    echo "arch $(uname -m)"
+    echo "epoch ${SOURCE_DATE_EPOCH:-}"
+    "$go" version
+    (cd "$REPO" && "$go" list -deps -f '{{with .Module}}{{.Path}}@{{.Version}}{{end}}' ./bootstrap/image/ocipack | sort -u)
+    local f
+    for f in "$@" "$REPO"/bootstrap/image/ocipack/*.go; do
+      [[ "$f" == *_test.go ]] && continue
+      [[ -f "$f" ]] || { echo "missing $f"; continue; }
+      printf '%s ' "${f#"$REPO"/}"
+      sha256sum <"$f" | cut -d' ' -f1
+    done
+  } | sha256sum | cut -c1-16
+}
+
+# image_link_cached ENTRY — points $OUT at the cache entry: a hard link
+# when both are on one file system (the archive then survives the cache
+# being pruned), a symbolic link otherwise.
+image_link_cached() {
+  local entry="$1" tmp
+  mkdir -p "$(dirname "$OUT")"
+  tmp="$(mktemp -u "$(dirname "$OUT")/.$(basename "$OUT").XXXXXX")"
+  ln -- "$entry" "$tmp" 2>/dev/null || ln -s -- "$entry" "$tmp"
+  mv -fT -- "$tmp" "$OUT"
+}
+
+# image_cache_prune NAME — keeps the newest IMAGE_CACHE_KEEP entries of NAME.
+image_cache_prune() {
+  local name="$1" old
+  while read -r old; do
+    [[ -n "$old" ]] && rm -f -- "$old" && echo "image: pruned old cache entry $old"
+  done < <(ls -1t -- "$IMAGE_CACHE/$name"-*.tar 2>/dev/null | tail -n +$((IMAGE_CACHE_KEEP + 1)))
+}
+
 # image_done NAME — the closing summary.
 image_done() {
   local name="$1" size
   size="$(du -h --apparent-size -- "$OUT" | cut -f1)"
   STEP="done"
-  echo "image: built ${name} in $((SECONDS - IMAGE_T0))s"
+  echo "image: ${IMAGE_VERB:-built} ${name} in $((SECONDS - IMAGE_T0))s"
   echo "image: ${OUT} (${size})"
   echo "image: import with: ctr -n NAMESPACE images import ${OUT}"
 }

@@ -1,14 +1,46 @@
-// Command matrx-init is PID 1 of every sandbox: it reaps orphaned processes
-// and exits on SIGTERM/SIGINT, which takes the sandbox's PID namespace (and
-// every process in it) down with it.
+// Command matrx-init is the static binary every sandbox has at
+// /.matrx/init (bind-mounted read-only). It is a multi-call binary:
 //
-// It is a static binary bind-mounted read-only at /.matrx/init, so it works
-// with any image (no tini or shell needed inside it) and runs as nobody with
-// no capabilities. Why our own rather than tini: the image may not ship one,
-// and tini's model ("run one child, exit when it exits") does not fit a
-// sandbox whose work arrives later through exec.
+//   - without arguments it is PID 1 (package runtime/initproc): it reaps
+//     orphaned processes and exits on SIGTERM/SIGINT, which takes the
+//     sandbox's PID namespace (and every process in it) down with it;
+//   - `fs` is the files helper (package runtime/fshelper), which matrxd
+//     execs inside the sandbox for each file operation of the API;
+//   - `sftp` is the SFTP server of the SSH gateway's sftp subsystem
+//     (package runtime/sftpserver), run inside the sandbox as the
+//     session's user.
+//
+// Why our own rather than tini: the image may not ship one, and tini's
+// model ("run one child, exit when it exits") does not fit a sandbox
+// whose work arrives later through exec. Why one binary for the helpers
+// too: it is already in every sandbox, read-only and the daemon's own,
+// whatever the image holds. It is built with CGO_ENABLED=0 and links only
+// the standard library, golang.org/x/sys and, for sftp, github.com/pkg/sftp
+// with what it needs (archtest checks it). Each subcommand lives in its own
+// package; this file only dispatches.
 package main
 
-import "github.com/matrx-dev/matrx/runtime/initproc"
+import (
+	"fmt"
+	"os"
 
-func main() { initproc.Main() }
+	"github.com/matrx-dev/matrx/runtime/fshelper"
+	"github.com/matrx-dev/matrx/runtime/initproc"
+	"github.com/matrx-dev/matrx/runtime/sftpserver"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		initproc.Main()
+		return
+	}
+	switch os.Args[1] {
+	case "fs":
+		os.Exit(fshelper.Main(os.Args[2:]))
+	case "sftp":
+		os.Exit(sftpserver.Main(os.Args[2:]))
+	default:
+		fmt.Fprintf(os.Stderr, "matrx-init: unknown subcommand %q (none: PID 1; fs: the files helper; sftp: the SFTP server)\n", os.Args[1])
+		os.Exit(2)
+	}
+}

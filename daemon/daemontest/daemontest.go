@@ -61,7 +61,8 @@ type Harness struct {
 
 // Start builds the default test configuration (minimal image, 256 MiB and
 // one CPU per sandbox, 2 s shutdown timeout, bolt store, user namespaces
-// and networking as the host allows, checkpoints off), applies opts, starts
+// and networking as the host allows, checkpoints off, the sandbox listener
+// on its default port), applies opts, starts
 // the daemon, waits until it answers, and imports the minimal image.
 func Start(t testing.TB, opts ...Option) *Harness {
 	t.Helper()
@@ -86,8 +87,12 @@ func StartIn(t testing.TB, env *containerdtest.Env, opts ...Option) *Harness {
 		// Overcommit: tests share this machine's disk, and their
 		// sandboxes write little of their 20 GiB quotas.
 		Storage: daemon.StorageConfig{ColdDriver: "auto", CheckpointInterval: time.Hour, DiskOvercommit: 8},
+		LockDir: filepath.Join(env.Dir, "locks"),
 		UserNS:  daemon.UserNSConfig{Mode: "auto", Base: 1_000_000},
 		Network: Network(t),
+		// Each harness has its own bridge, so its own gateway address:
+		// the default port does not collide between harnesses.
+		SandboxAPIPort: daemon.DefaultSandboxAPIPort,
 	}
 	for _, o := range opts {
 		o(&h.Config)
@@ -141,11 +146,17 @@ func UninstallNetworkAtEnd(t testing.TB, stateDir string, nc daemon.NetworkConfi
 }
 
 // BuildMatrxd builds the real matrxd binary into dir, for tests that must
-// kill -9 a daemon process or run it the way systemd does.
-func BuildMatrxd(t testing.TB, dir string) string {
+// kill -9 a daemon process or run it the way systemd does. Build tags
+// select test-only code (matrxfault: the crash-injection points).
+func BuildMatrxd(t testing.TB, dir string, tags ...string) string {
 	t.Helper()
 	bin := filepath.Join(dir, "matrxd")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/matrxd")
+	args := []string{"build", "-o", bin}
+	if len(tags) > 0 {
+		bin += "-" + strings.Join(tags, "-")
+		args = []string{"build", "-tags", strings.Join(tags, ","), "-o", bin}
+	}
+	build := exec.Command("go", append(args, "./cmd/matrxd")...)
 	build.Dir = containerdtest.RepoRoot()
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build matrxd: %v\n%s", err, out)
@@ -249,12 +260,36 @@ func (h *Harness) Exec(id, cmd string) *apitype.ExecResponse {
 // CLI runs the matrx CLI against this daemon and returns stdout, stderr and
 // the exit code.
 func (h *Harness) CLI(args ...string) (string, string, int) {
+	// The test binary's own stdin (a terminal, or a pipe in CI) is not
+	// the command's: it reads /dev/null, like a script with < /dev/null.
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		h.T.Fatal(err)
+	}
+	defer null.Close()
+	return h.CLIWithStdin(null, args...)
+}
+
+// CLITimeout bounds one CLI call: a command that would wait forever (an
+// attach or a follow whose process never ends) fails the test with what
+// it printed instead of hanging the suite until go test's own timeout.
+const CLITimeout = 3 * time.Minute
+
+// CLIWithStdin is CLI with the command reading stdin.
+func (h *Harness) CLIWithStdin(stdin *os.File, args ...string) (string, string, int) {
+	h.T.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), CLITimeout)
+	defer cancel()
 	var out, errOut bytes.Buffer
 	app := ctl.App()
 	app.Writer, app.ErrWriter = &out, &errOut
+	app.Reader = stdin
 	code := 0
 	app.ExitErrHandler = func(*cli.Context, error) {}
-	err := ctl.Run(app, append([]string{"matrx", "--socket", h.Config.Socket}, args...))
+	err := ctl.RunContext(ctx, app, append([]string{"matrx", "--socket", h.Config.Socket}, args...))
+	if ctx.Err() != nil {
+		h.T.Errorf("matrx %s: still running after %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), CLITimeout, &out, &errOut)
+	}
 	if ec, ok := err.(interface{ ExitCode() int }); ok {
 		code = ec.ExitCode()
 	} else if err != nil {

@@ -4,11 +4,12 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/matrx-dev/matrx/ids"
 )
 
 // Driver names, as accepted by Select.
@@ -39,7 +40,7 @@ type Mount interface {
 // Request describes one user's mount.
 type Request struct {
 	// UserID selects the prefix users/UserID/cold/. Required.
-	UserID string
+	UserID ids.UserID
 	// Mountpoint is an existing directory below a shared mount (see the
 	// package comment). Required.
 	Mountpoint string
@@ -91,38 +92,17 @@ func (c S3Config) validate() error {
 	return nil
 }
 
-// userIDPattern is the user_id rule of the API (ORIGINAL.md).
-var userIDPattern = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,255}$`)
-
-// ValidateUserID accepts the API's user ids that are also safe as one path
-// element and one S3 key segment: "." and ".." match the API's pattern but
-// would escape the user's directory, so they are refused.
-func ValidateUserID(userID string) error {
-	if !userIDPattern.MatchString(userID) || userID == "." || userID == ".." {
-		return fmt.Errorf("cold: invalid user id %q: %w", userID, errdefs.ErrInvalidArgument)
-	}
-	return nil
-}
-
 // Prefix is the S3 key prefix of a user's cold files: "users/USER/cold/".
-func Prefix(userID string) (string, error) {
-	if err := ValidateUserID(userID); err != nil {
-		return "", err
-	}
-	return "users/" + userID + "/cold/", nil
-}
+func Prefix(userID ids.UserID) string { return userID.KeyPrefix("cold") }
 
 // userPath joins base with the user's directory and then elems, and refuses
 // any result that is not strictly below base/users/USER (for elems) or equal
 // to it. elems are fixed names chosen by this package, never input.
-func userPath(base, userID string, elems ...string) (string, error) {
-	if err := ValidateUserID(userID); err != nil {
-		return "", err
-	}
+func userPath(base string, userID ids.UserID, elems ...string) (string, error) {
 	if !filepath.IsAbs(base) {
 		return "", fmt.Errorf("cold: base directory %q is not absolute: %w", base, errdefs.ErrInvalidArgument)
 	}
-	userDir := filepath.Join(base, "users", userID)
+	userDir := filepath.Join(base, "users", userID.String())
 	p := filepath.Join(append([]string{userDir}, elems...)...)
 	if p != userDir && !strings.HasPrefix(p, userDir+string(filepath.Separator)) {
 		return "", fmt.Errorf("cold: path %q escapes %q: %w", p, userDir, errdefs.ErrInvalidArgument)

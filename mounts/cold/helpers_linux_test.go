@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/testenv"
 	"golang.org/x/sys/unix"
 )
@@ -239,7 +240,7 @@ func topFSType(t *testing.T, path string) string {
 	return st[len(st)-1].FSType
 }
 
-func fuseMountOf(t *testing.T, m *Manager, userID string) *FUSEMount {
+func fuseMountOf(t *testing.T, m *Manager, userID ids.UserID) *FUSEMount {
 	t.Helper()
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 	"golang.org/x/sys/unix"
 )
 
@@ -17,7 +18,7 @@ import (
 type BindMount struct {
 	src, mp string
 	d       *Local
-	userID  string
+	userID  ids.UserID
 
 	once sync.Once
 	err  error

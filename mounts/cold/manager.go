@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 )
 
 // ManagerConfig holds the Manager's required dependencies.
@@ -35,7 +36,7 @@ func WithOwner(uid, gid uint32) ManagerOption {
 
 // WithRemountHook calls fn after each successful remount of a user's mount
 // (for a metrics counter). fn must not block.
-func WithRemountHook(fn func(userID string)) ManagerOption {
+func WithRemountHook(fn func(userID ids.UserID)) ManagerOption {
 	return func(m *Manager) { m.onRemount = fn }
 }
 
@@ -44,7 +45,7 @@ type Manager struct {
 	driver    Driver
 	log       *slog.Logger
 	uid, gid  uint32
-	onRemount func(userID string)
+	onRemount func(userID ids.UserID)
 
 	dir     string // resolved Dir
 	root    string // Dir/mnt, shared
@@ -57,7 +58,7 @@ type Manager struct {
 	remounts atomic.Uint64
 
 	mu     sync.Mutex
-	users  map[string]*entry
+	users  map[ids.UserID]*entry
 	closed bool
 }
 
@@ -82,7 +83,7 @@ func (m *Manager) Remounts() uint64 { return m.remounts.Load() }
 
 // Mountpoint returns the directory Acquire returns for userID
 // (Dir/mnt/users/USER/cold), without mounting anything.
-func (m *Manager) Mountpoint(userID string) (string, error) {
+func (m *Manager) Mountpoint(userID ids.UserID) (string, error) {
 	return userPath(m.root, userID, "cold")
 }
 
@@ -91,7 +92,7 @@ func (m *Manager) Mountpoint(userID string) (string, error) {
 // (with rbind,rslave). Every successful Acquire must be paired with one
 // Release. Concurrent Acquires of one user share one mount; an Acquire that
 // overlaps the unmount after the last Release waits for it, then mounts anew.
-func (m *Manager) Acquire(ctx context.Context, userID string) (string, error) {
+func (m *Manager) Acquire(ctx context.Context, userID ids.UserID) (string, error) {
 	mp, err := m.Mountpoint(userID)
 	if err != nil {
 		return "", err
@@ -150,10 +151,7 @@ func (m *Manager) Acquire(ctx context.Context, userID string) (string, error) {
 // Release drops a reference taken by Acquire; the last one unmounts the
 // user's mount and removes its directories. Releasing a user without a
 // reference fails with errdefs.ErrFailedPrecondition.
-func (m *Manager) Release(ctx context.Context, userID string) error {
-	if err := ValidateUserID(userID); err != nil {
-		return err
-	}
+func (m *Manager) Release(ctx context.Context, userID ids.UserID) error {
 	m.mu.Lock()
 	e := m.users[userID]
 	if e == nil || e.releasing {
@@ -172,7 +170,7 @@ func (m *Manager) Release(ctx context.Context, userID string) error {
 
 // drop removes one reference from e and tears the mount down when it was
 // the last.
-func (m *Manager) drop(ctx context.Context, userID string, e *entry) error {
+func (m *Manager) drop(ctx context.Context, userID ids.UserID, e *entry) error {
 	m.mu.Lock()
 	if m.users[userID] != e {
 		m.mu.Unlock()
@@ -200,7 +198,7 @@ func (m *Manager) drop(ctx context.Context, userID string, e *entry) error {
 
 // mount creates the user's directories and mounts; on failure it removes
 // what it created.
-func (m *Manager) mount(ctx context.Context, userID, mp string) (_ Mount, retErr error) {
+func (m *Manager) mount(ctx context.Context, userID ids.UserID, mp string) (_ Mount, retErr error) {
 	stage, err := userPath(m.stage, userID)
 	if err != nil {
 		return nil, err
@@ -265,14 +263,14 @@ func (m *Manager) mount(ctx context.Context, userID, mp string) (_ Mount, retErr
 
 // teardown unmounts and removes the user's directories (only once nothing
 // is mounted on them).
-func (m *Manager) teardown(ctx context.Context, userID string, mnt Mount) error {
+func (m *Manager) teardown(ctx context.Context, userID ids.UserID, mnt Mount) error {
 	if err := mnt.Unmount(ctx); err != nil {
 		return err
 	}
 	return m.removeUserDirs(userID)
 }
 
-func (m *Manager) removeUserDirs(userID string) error {
+func (m *Manager) removeUserDirs(userID ids.UserID) error {
 	mp, err := m.Mountpoint(userID)
 	if err != nil {
 		return err
@@ -301,7 +299,7 @@ func (m *Manager) removeUserDirs(userID string) error {
 func (m *Manager) Close(ctx context.Context) error {
 	m.mu.Lock()
 	m.closed = true
-	users := make(map[string]*entry, len(m.users))
+	users := make(map[ids.UserID]*entry, len(m.users))
 	for u, e := range m.users {
 		users[u] = e
 	}

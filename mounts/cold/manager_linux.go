@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 	"golang.org/x/sys/unix"
 )
 
@@ -43,7 +45,7 @@ func NewManager(ctx context.Context, cfg ManagerConfig, opts ...ManagerOption) (
 		stage:   filepath.Join(dir, "stage"),
 		cache:   filepath.Join(dir, "cache"),
 		secrets: filepath.Join(dir, "secrets"),
-		users:   make(map[string]*entry),
+		users:   make(map[ids.UserID]*entry),
 	}
 	for _, opt := range opts {
 		opt(m)
@@ -92,20 +94,23 @@ func (m *Manager) cleanStage() error {
 }
 
 // SweepStale removes mounts below Root that no live Acquire holds (left by a
-// previous daemon) and their directories. Call it once the sandboxes that
-// survived a restart have re-acquired their users' mounts.
-func (m *Manager) SweepStale(ctx context.Context) error {
+// previous daemon) and their directories, and returns the users whose
+// mounts it removed. Call it once the sandboxes that survived a restart
+// have re-acquired their users' mounts.
+func (m *Manager) SweepStale(ctx context.Context) ([]ids.UserID, error) {
 	mounts, err := readMountinfo()
 	if err != nil {
-		return err
+		return nil, err
 	}
+	var swept []ids.UserID
 	usersDir := filepath.Join(m.root, "users")
 	seen := make(map[string]bool)
 	var errs []error
 	for _, mi := range below(mounts, usersDir) {
 		rel := strings.TrimPrefix(mi.Mountpoint, usersDir+"/")
-		userID, rest, _ := strings.Cut(rel, "/")
-		if seen[mi.Mountpoint] || ValidateUserID(userID) != nil {
+		name, rest, _ := strings.Cut(rel, "/")
+		userID, err := ids.ParseUserID(name)
+		if seen[mi.Mountpoint] || err != nil {
 			continue
 		}
 		seen[mi.Mountpoint] = true
@@ -120,13 +125,16 @@ func (m *Manager) SweepStale(ctx context.Context) error {
 			errs = append(errs, err)
 			continue
 		}
+		if !slices.Contains(swept, userID) {
+			swept = append(swept, userID)
+		}
 		if rest == "cold" {
 			if err := m.removeUserDirs(userID); err != nil {
 				errs = append(errs, err)
 			}
 		}
 	}
-	return errors.Join(errs...)
+	return swept, errors.Join(errs...)
 }
 
 // unbindIfEmpty unmounts the bind mounts of Dir/stage and Dir/mnt that this

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 	"golang.org/x/sys/unix"
 )
 
@@ -91,7 +92,7 @@ func TestRestartStacksOnStaleMounts(t *testing.T) {
 	}
 	sandbox := filepath.Join(dir, "sandbox")
 	bindLikeContainer(t, mp, sandbox)
-	for _, u := range []string{"alice", "carol"} { // the crash
+	for _, u := range []ids.UserID{"alice", "carol"} { // the crash
 		fm := fuseMountOf(t, m1, u)
 		fm.cancel()
 		<-fm.done
@@ -117,7 +118,7 @@ func TestRestartStacksOnStaleMounts(t *testing.T) {
 		t.Fatalf("%d mounts on %s, want the dead one and the new one", n, mp)
 	}
 
-	if err := m2.SweepStale(ctx); err != nil {
+	if _, err := m2.SweepStale(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(stackAt(mustMountinfo(t), carol)); n != 0 {

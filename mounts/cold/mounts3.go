@@ -89,10 +89,7 @@ func (d *MountS3) command(req Request, mountpoint string) (*Command, error) {
 }
 
 func (d *MountS3) args(req Request, mountpoint string) ([]string, error) {
-	prefix, err := Prefix(req.UserID)
-	if err != nil {
-		return nil, err
-	}
+	prefix := Prefix(req.UserID)
 	args := []string{d.s3.Bucket, mountpoint, "--prefix", prefix, "--allow-other"}
 	if req.UID != 0 {
 		args = append(args, "--uid", strconv.FormatUint(uint64(req.UID), 10))

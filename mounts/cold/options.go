@@ -3,6 +3,8 @@ package cold
 import (
 	"os/exec"
 	"time"
+
+	"github.com/matrx-dev/matrx/ids"
 )
 
 // Option tunes a FUSE driver (MountS3, S3FS) or Select.
@@ -17,7 +19,7 @@ type options struct {
 	probeTimeout  time.Duration
 	backoffMin    time.Duration
 	backoffMax    time.Duration
-	wrap          func(userID string, argv []string) []string
+	wrap          func(userID ids.UserID, argv []string) []string
 	lookPath      func(string) (string, error)
 
 	// isMounted decides whether a mountinfo entry is the FUSE daemon's
@@ -87,7 +89,7 @@ func WithBackoff(min, max time.Duration) Option {
 // hosts where systemd is PID 1. The wrapper must exec the daemon in place
 // (systemd-run --scope does), because the supervisor watches the pid it
 // started.
-func WithCommandWrapper(wrap func(userID string, argv []string) []string) Option {
+func WithCommandWrapper(wrap func(userID ids.UserID, argv []string) []string) Option {
 	return func(o *options) { o.wrap = wrap }
 }
 

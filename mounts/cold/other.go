@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 )
 
 // errNotSupported is returned by everything that mounts: FUSE and bind
@@ -26,6 +27,6 @@ func NewManager(context.Context, ManagerConfig, ...ManagerOption) (*Manager, err
 }
 
 // SweepStale is not supported on this OS.
-func (m *Manager) SweepStale(context.Context) error { return errNotSupported }
+func (m *Manager) SweepStale(context.Context) ([]ids.UserID, error) { return nil, errNotSupported }
 
 func (m *Manager) unbindIfEmpty() error { return errNotSupported }

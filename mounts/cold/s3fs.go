@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 )
 
 // S3FS serves cold files with s3fs-fuse (Debian's s3fs, 1.90 here), the
@@ -103,10 +104,7 @@ func (d *S3FS) command(req Request, mountpoint string) (*Command, error) {
 }
 
 func (d *S3FS) args(req Request, mountpoint, passwdFile string) ([]string, error) {
-	prefix, err := Prefix(req.UserID)
-	if err != nil {
-		return nil, err
-	}
+	prefix := Prefix(req.UserID)
 	for _, p := range []string{req.CacheDir, passwdFile} {
 		if strings.Contains(p, ",") {
 			return nil, fmt.Errorf("cold: s3fs option path %q contains ',': %w", p, errdefs.ErrInvalidArgument)
@@ -145,7 +143,7 @@ func (d *S3FS) args(req Request, mountpoint, passwdFile string) ([]string, error
 	// the host: keep it from filling the host's disk for a sandbox writing
 	// a huge file through /data/cold (mount-s3 keeps 5% free by default).
 	o = append(o, "ensure_diskfree="+strconv.Itoa(s3fsDiskFreeMB))
-	o = append(o, "instance_name="+req.UserID, "logfile=/dev/stderr")
+	o = append(o, "instance_name="+req.UserID.String(), "logfile=/dev/stderr")
 	// BUCKET:/PATH takes the prefix without its trailing slash.
 	source := d.s3.Bucket + ":/" + strings.TrimSuffix(prefix, "/")
 	return []string{source, mountpoint, "-f", "-o", strings.Join(o, ",")}, nil
@@ -153,7 +151,7 @@ func (d *S3FS) args(req Request, mountpoint, passwdFile string) ([]string, error
 
 // writePasswdFile writes "ACCESS:SECRET" to a new 0600 file in dir, which must
 // be an existing root-only directory.
-func writePasswdFile(dir, userID, accessKey, secretKey string) (string, error) {
+func writePasswdFile(dir string, userID ids.UserID, accessKey, secretKey string) (string, error) {
 	if dir == "" {
 		return "", fmt.Errorf("cold: s3fs with static credentials needs a secret dir: %w", errdefs.ErrInvalidArgument)
 	}
@@ -164,7 +162,7 @@ func writePasswdFile(dir, userID, accessKey, secretKey string) (string, error) {
 	if !fi.IsDir() || fi.Mode().Perm()&0o077 != 0 {
 		return "", fmt.Errorf("cold: secret dir %s must be a directory with mode 0700: %w", dir, errdefs.ErrFailedPrecondition)
 	}
-	f, err := os.CreateTemp(dir, "s3fs-"+userID+"-*.passwd") // mode 0600
+	f, err := os.CreateTemp(dir, "s3fs-"+userID.String()+"-*.passwd") // mode 0600
 	if err != nil {
 		return "", fmt.Errorf("cold: create passwd file: %w: %w", err, errdefs.ErrUnavailable)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 	"golang.org/x/sys/unix"
 )
 
@@ -44,9 +45,9 @@ func TestSupervisionWithFakeDaemon(t *testing.T) {
 	d, bin := fakeDriver(t, "fake-fuse")
 	var mu sync.Mutex
 	var hooked []string
-	m := newTestManager(t, dir, d, WithRemountHook(func(u string) {
+	m := newTestManager(t, dir, d, WithRemountHook(func(u ids.UserID) {
 		mu.Lock()
-		hooked = append(hooked, u)
+		hooked = append(hooked, u.String())
 		mu.Unlock()
 	}))
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/matrx-dev/matrx/fault"
 	"github.com/matrx-dev/matrx/mounts/objstore"
 )
 
@@ -117,6 +118,9 @@ func (s *Syncer) up(ctx context.Context) (res Result, err error) {
 		mmu.Lock()
 		m.entries[j.key] = e
 		mmu.Unlock()
+		if out == outUploaded {
+			fault.At(ctx, "uploaded-file")
+		}
 		c.do(func(r *Result) {
 			switch out {
 			case outUploaded:
@@ -192,6 +196,7 @@ func (s *Syncer) up(ctx context.Context) (res Result, err error) {
 	if err := m.save(s.manifest); err != nil {
 		c.fail(fmt.Errorf("hotsync up: %w", classify(err)))
 	}
+	fault.At(ctx, "manifest-saved")
 	res, err = c.finish("up")
 	res.Held, res.OverLimit = held, w.limit
 	if err == nil && held != "" {

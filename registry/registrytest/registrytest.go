@@ -11,13 +11,15 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/registry"
 )
 
 // Run exercises a fresh, empty store returned by open.
 func Run(t *testing.T, open func(t *testing.T) registry.Store) {
 	ctx := context.Background()
-	rec := func(id, user string, at time.Time) *registry.Record {
+	rec := func(id string, user ids.UserID, at time.Time) *registry.Record {
 		return &registry.Record{
 			ID: id, UserID: user, Status: registry.StatusCreating, CreatedAt: at,
 			Config: registry.Config{Image: "img", Env: map[string]string{"A": "1"}},
@@ -183,7 +185,7 @@ func Run(t *testing.T, open func(t *testing.T) registry.Store) {
 	})
 	t.Run("ListFilterOrder", func(t *testing.T) {
 		s := open(t)
-		for i, u := range []string{"u2", "u1", "u1"} {
+		for i, u := range []ids.UserID{"u2", "u1", "u1"} {
 			r := rec(fmt.Sprintf("sbx-00000000000%d", 3-i), u, base.Add(time.Duration(i)*time.Minute))
 			if err := s.Create(ctx, r); err != nil {
 				t.Fatal(err)
@@ -194,24 +196,131 @@ func Run(t *testing.T, open func(t *testing.T) registry.Store) {
 		}
 		all, _ := s.List(ctx, registry.Filter{})
 		if len(all) != 3 || all[0].ID != "sbx-000000000003" || all[2].ID != "sbx-000000000001" {
-			t.Fatalf("list order: %v", ids(all))
+			t.Fatalf("list order: %v", recordIDs(all))
 		}
 		u1, _ := s.List(ctx, registry.Filter{UserID: "u1"})
 		if len(u1) != 2 {
-			t.Fatalf("user filter: %v", ids(u1))
+			t.Fatalf("user filter: %v", recordIDs(u1))
 		}
 		ready, _ := s.List(ctx, registry.Filter{UserID: "u1", Statuses: []registry.Status{registry.StatusReady, registry.StatusRunning}})
 		if len(ready) != 1 || ready[0].ID != "sbx-000000000001" {
-			t.Fatalf("status filter: %v", ids(ready))
+			t.Fatalf("status filter: %v", recordIDs(ready))
 		}
 		none, _ := s.List(ctx, registry.Filter{UserID: "nobody"})
 		if len(none) != 0 {
-			t.Fatalf("unknown user: %v", ids(none))
+			t.Fatalf("unknown user: %v", recordIDs(none))
+		}
+	})
+	t.Run("StatusChangesMoveBetweenLiveAndStopped", func(t *testing.T) {
+		s := open(t)
+		for i := 1; i <= 4; i++ {
+			if err := s.Create(ctx, rec(fmt.Sprintf("sbx-00000000000%d", i), "u", base.Add(time.Duration(i)*time.Second))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		stop := func(id string, status registry.Status, at time.Time, pending bool) {
+			t.Helper()
+			if _, err := s.Update(ctx, id, func(r *registry.Record) error {
+				r.Status, r.StoppedAt, r.HotSyncPending = status, &at, pending
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		stop("sbx-000000000001", registry.StatusStopped, base.Add(time.Hour), false)
+		stop("sbx-000000000002", registry.StatusFailed, base.Add(2*time.Hour), true)
+		if _, err := s.Update(ctx, "sbx-000000000003", func(r *registry.Record) error { r.Status = registry.StatusRunning; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		live, err := s.List(ctx, registry.Filter{Statuses: registry.LiveStatuses()})
+		if err != nil || len(live) != 2 || live[0].ID != "sbx-000000000003" || live[1].ID != "sbx-000000000004" {
+			t.Fatalf("live list: %v %v", err, recordIDs(live))
+		}
+		c, err := s.Counts(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[registry.Status]int{registry.StatusStopped: 1, registry.StatusFailed: 1, registry.StatusRunning: 1, registry.StatusCreating: 1}
+		for st, n := range want {
+			if c.ByStatus[st] != n {
+				t.Errorf("count %s = %d, want %d (%v)", st, c.ByStatus[st], n, c.ByStatus)
+			}
+		}
+		if c.TerminalPending != 1 {
+			t.Errorf("terminal pending = %d, want 1", c.TerminalPending)
+		}
+		// A pending sync that later succeeds leaves the count.
+		if _, err := s.Update(ctx, "sbx-000000000002", func(r *registry.Record) error { r.HotSyncPending = false; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if c, _ := s.Counts(ctx); c.TerminalPending != 0 || c.ByStatus[registry.StatusFailed] != 1 {
+			t.Errorf("after the retried sync: %+v", c)
+		}
+	})
+	t.Run("Users", func(t *testing.T) {
+		s := open(t)
+		for i, u := range []ids.UserID{"bob", "alice", "bob"} {
+			if err := s.Create(ctx, rec(fmt.Sprintf("sbx-00000000000%d", i+1), u, base)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if us, err := s.Users(ctx); err != nil || fmt.Sprint(us) != "[alice bob]" {
+			t.Fatalf("users: %v %v", us, err)
+		}
+	})
+	t.Run("Prune", func(t *testing.T) {
+		s := open(t)
+		for i := 1; i <= 3; i++ {
+			r := rec(fmt.Sprintf("sbx-00000000000%d", i), "u", base)
+			r.IdempotencyKey = fmt.Sprintf("k%d", i)
+			if err := s.Create(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i, at := range []time.Time{base.Add(time.Hour), base.Add(3 * time.Hour)} {
+			at := at
+			if _, err := s.Update(ctx, fmt.Sprintf("sbx-00000000000%d", i+1), func(r *registry.Record) error {
+				r.Status, r.StoppedAt = registry.StatusStopped, &at
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		n, err := s.Prune(ctx, base.Add(2*time.Hour))
+		if err != nil || n != 1 {
+			t.Fatalf("prune: %d %v, want 1", n, err)
+		}
+		if _, err := s.Get(ctx, "sbx-000000000001"); !errdefs.IsNotFound(err) {
+			t.Fatalf("pruned record: %v", err)
+		}
+		for _, id := range []string{"sbx-000000000002", "sbx-000000000003"} {
+			if _, err := s.Get(ctx, id); err != nil {
+				t.Fatalf("%s (stopped after the cutoff, or live) was pruned: %v", id, err)
+			}
+		}
+		// The pruned record's idempotency key names no sandbox any more.
+		again := rec("sbx-000000000009", "u", base.Add(time.Minute))
+		again.IdempotencyKey = "k1"
+		if err := s.Create(ctx, again); err != nil {
+			t.Fatalf("key of a pruned record: %v", err)
+		}
+		if _, err := s.Update(ctx, "sbx-000000000003", func(r *registry.Record) error {
+			at := base.Add(4 * time.Hour)
+			r.Status, r.StoppedAt, r.HotSyncPending = registry.StatusFailed, &at, true
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := s.Prune(ctx, base.Add(100*time.Hour)); err != nil || n != 1 {
+			t.Fatalf("second prune: %d %v, want 1 (live records and pending hot files stay)", n, err)
+		}
+		if _, err := s.Get(ctx, "sbx-000000000003"); err != nil {
+			t.Fatalf("a record whose hot files are pending was pruned: %v", err)
 		}
 	})
 }
 
-func ids(rs []*registry.Record) []string {
+func recordIDs(rs []*registry.Record) []string {
 	var out []string
 	for _, r := range rs {
 		out = append(out, r.ID)

@@ -22,6 +22,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -42,8 +43,12 @@ type Env struct {
 	InitPath  string // built matrx-init
 	RelayPath string // built matrx-relay
 	ImageTar  string // minimal image archive
-	cmd       *exec.Cmd
 	namespace []string
+	bin       string // containerd
+	altDir    string // MATRX_TEST_CONTAINERD_DIR
+
+	mu  sync.Mutex
+	cmd *exec.Cmd // nil while killed
 }
 
 // Skip skips t (or fails it under MATRX_REQUIRE_INTEGRATION=1): testenv.Skip.
@@ -98,31 +103,44 @@ func Start(t testing.TB, nsToClean ...string) *Env {
 	if err := os.Chmod(dir, 0o711); err != nil {
 		t.Fatal(err)
 	}
-	e := &Env{Address: filepath.Join(dir, "c.sock"), Dir: dir, ImageTar: tar, namespace: nsToClean}
+	e := &Env{Address: filepath.Join(dir, "c.sock"), Dir: dir, ImageTar: tar, namespace: nsToClean, bin: bin, altDir: altDir}
 	cfg := filepath.Join(dir, "config.toml")
 	conf := fmt.Sprintf("version = 2\nroot = %q\nstate = %q\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = %q\n",
 		filepath.Join(dir, "root"), filepath.Join(dir, "state"), e.Address)
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
+	t.Cleanup(func() { e.stop(t) })
+	e.launch(t)
+	e.InitPath = BuildInit(t, dir)
+	e.RelayPath = BuildStatic(t, dir, "matrx-relay")
+	return e
+}
+
+// launch starts containerd on the Env's config and waits until it answers.
+func (e *Env) launch(t testing.TB) {
+	t.Helper()
+	logf, err := os.OpenFile(filepath.Join(e.Dir, "containerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.cmd = exec.Command(bin, "--config", cfg, "--log-level", "warn")
-	if altDir != "" {
-		e.cmd.Env = append(os.Environ(), "PATH="+altDir+":"+os.Getenv("PATH"))
+	defer logf.Close()
+	cmd := exec.Command(e.bin, "--config", filepath.Join(e.Dir, "config.toml"), "--log-level", "warn")
+	if e.altDir != "" {
+		cmd.Env = append(os.Environ(), "PATH="+e.altDir+":"+os.Getenv("PATH"))
 	}
-	e.cmd.Stdout, e.cmd.Stderr = logf, logf
+	cmd.Stdout, cmd.Stderr = logf, logf
 	// No Pdeathsig: the kernel sends it when the forking OS *thread*
 	// exits, and Go retires threads whenever a goroutine that called
 	// LockOSThread ends (network code does), killing containerd mid-test.
 	// Teardown kills the process group instead.
-	e.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := e.cmd.Start(); err != nil {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
 		t.Fatalf("start containerd: %v", err)
 	}
-	t.Cleanup(func() { e.stop(t) })
+	e.mu.Lock()
+	e.cmd = cmd
+	e.mu.Unlock()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		c, err := containerd.New(e.Address, containerd.WithTimeout(time.Second))
@@ -130,7 +148,7 @@ func Start(t testing.TB, nsToClean ...string) *Env {
 			_, verr := c.Version(context.Background())
 			c.Close()
 			if verr == nil {
-				break
+				return
 			}
 		}
 		if time.Now().After(deadline) {
@@ -139,9 +157,75 @@ func Start(t testing.TB, nsToClean ...string) *Env {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	e.InitPath = BuildInit(t, dir)
-	e.RelayPath = BuildStatic(t, dir, "matrx-relay")
-	return e
+}
+
+// Kill SIGKILLs containerd itself (not its shims, which outlive it by
+// design, as with a crash or an upgrade) and waits for it to be gone.
+func (e *Env) Kill(t testing.TB) {
+	t.Helper()
+	e.mu.Lock()
+	cmd := e.cmd
+	e.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
+		return
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	e.mu.Lock()
+	e.cmd = nil
+	e.mu.Unlock()
+}
+
+// Restart starts containerd again after Kill, on the same root, state and
+// socket, and waits until it answers.
+func (e *Env) Restart(t testing.TB) {
+	t.Helper()
+	e.Kill(t)
+	e.launch(t)
+}
+
+// TaskPID returns the host pid of a container's PID 1.
+func (e *Env) TaskPID(t testing.TB, namespace, id string) int {
+	t.Helper()
+	c, err := containerd.New(e.Address, containerd.WithTimeout(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := namespaces.WithNamespace(context.Background(), namespace)
+	ctr, err := c.LoadContainer(ctx, id)
+	if err != nil {
+		t.Fatalf("container %s: %v", id, err)
+	}
+	task, err := ctr.Task(ctx, nil)
+	if err != nil {
+		t.Fatalf("task %s: %v", id, err)
+	}
+	return int(task.Pid())
+}
+
+// ShimPID returns the pid of the runc shim serving a container of this
+// containerd (0 if there is none).
+func (e *Env) ShimPID(id string) int {
+	ents, _ := os.ReadDir("/proc")
+	for _, ent := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if len(args) == 0 || !strings.Contains(args[0], "containerd-shim") || !strings.Contains(string(b), e.Address) {
+			continue
+		}
+		for i := 0; i+1 < len(args); i++ {
+			if args[i] == "-id" && args[i+1] == id {
+				var pid int
+				fmt.Sscan(ent.Name(), &pid)
+				return pid
+			}
+		}
+	}
+	return 0
 }
 
 // BuildStatic compiles cmd/NAME statically (CGO_ENABLED=0) into dir.
@@ -187,14 +271,17 @@ func (e *Env) stop(t testing.TB) {
 		}
 		c.Close()
 	}
-	if e.cmd.Process != nil {
-		syscall.Kill(-e.cmd.Process.Pid, syscall.SIGTERM)
+	e.mu.Lock()
+	cmd := e.cmd
+	e.mu.Unlock()
+	if cmd != nil && cmd.Process != nil {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 		done := make(chan struct{})
-		go func() { e.cmd.Wait(); close(done) }()
+		go func() { cmd.Wait(); close(done) }()
 		select {
 		case <-done:
 		case <-time.After(10 * time.Second):
-			syscall.Kill(-e.cmd.Process.Pid, syscall.SIGKILL)
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			<-done
 		}
 	}

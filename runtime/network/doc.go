@@ -43,7 +43,10 @@
 //     bridge gateway, 127.0.0.0/8 is unreachable anyway, the public
 //     address, a metadata alias on a dummy interface, the daemon, a local
 //     S3 endpoint...) goes through INPUT and is rejected unless it answers a
-//     connection the host opened;
+//     connection the host opened, or is TCP to Config.GatewayPort on the
+//     gateway address (matrxd's sandbox listener, which tells sandboxes
+//     apart with SandboxAt; that one port, that one address, nothing
+//     else);
 //   - other sandboxes: the bridge subnet is rejected in FORWARD (routed and,
 //     with br_netfilter, bridged frames) and every host-side veth is an
 //     isolated bridge port (IFLA_BRPORT_ISOLATED), so sandboxes cannot even
@@ -78,7 +81,8 @@
 //	         tail: reject (an address without rules gets nothing)
 //	P-BLOCK: reject bridge subnet; accept DNS to resolvers; return for
 //	         AllowInternal; reject always-blocked ranges
-//	P-IN:    ESTABLISHED,RELATED accept; reject
+//	P-IN:    ESTABLISHED,RELATED accept; TCP to GATEWAY:Config.GatewayPort
+//	         accept (when set); reject
 //	ip6 filter FORWARD/INPUT: -i/-o BR -j P-V6 (drop)
 //	nat POSTROUTING: -s SUBNET -j P-NAT
 //	P-NAT:   return for the subnet and multicast; masquerade the rest

@@ -35,7 +35,7 @@ func (m *Manager) installFirewall(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := t.apply(ctx, staticRules(m.chains, m.bridge, m.subnet, m.resolvers, m.allowIntl)); err != nil {
+	if err := t.apply(ctx, staticRules(m.chains, m.bridge, m.subnet, m.gatewayPort(), m.resolvers, m.allowIntl)); err != nil {
 		return err
 	}
 	for _, j := range m.chains.jumps4(m.bridge, m.subnet) {

@@ -38,6 +38,11 @@ type Config struct {
 	// Nameservers replaces the host's upstream resolvers (the non-loopback
 	// IPv4 nameservers of /etc/resolv.conf) in every sandbox's resolv.conf.
 	Nameservers []netip.Addr
+	// GatewayPort, when not 0, is the one TCP port of the host that
+	// sandboxes may reach, and only on the bridge gateway address (matrxd
+	// serves its sandbox listener there). Every other port of the gateway,
+	// and every other host address, stays blocked.
+	GatewayPort uint16
 	Logger      *slog.Logger
 }
 
@@ -204,6 +209,7 @@ type Manager struct {
 	network    string // CNI network name
 	subnet     netip.Prefix
 	gateway    netip.Addr
+	gwPort     uint16
 	netnsDir   string
 	filesDir   string
 	ipamDir    string
@@ -283,6 +289,7 @@ func buildManager(cfg Config, opts []Option) (*Manager, error) {
 		network:     network,
 		subnet:      s.subnet,
 		gateway:     s.subnet.Addr().Next(),
+		gwPort:      cfg.GatewayPort,
 		netnsDir:    netnsDir,
 		filesDir:    filepath.Join(cfg.StateDir, "sandboxes"),
 		ipamDir:     filepath.Join(cfg.StateDir, "ipam"),
@@ -349,6 +356,19 @@ func (m *Manager) Bridge() string { return m.bridge }
 
 // Subnet is the sandboxes' IPv4 subnet.
 func (m *Manager) Subnet() netip.Prefix { return m.subnet }
+
+// Gateway is the bridge's address on the sandbox subnet: the sandboxes'
+// default route, and the address of the host they may reach on
+// Config.GatewayPort.
+func (m *Manager) Gateway() netip.Addr { return m.gateway }
+
+// gatewayPort is the open gateway port as an address (invalid when none).
+func (m *Manager) gatewayPort() netip.AddrPort {
+	if m.gwPort == 0 {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(m.gateway, m.gwPort)
+}
 
 // Nameservers are the resolvers written into every resolv.conf.
 func (m *Manager) Nameservers() []netip.Addr { return append([]netip.Addr(nil), m.resolvers...) }

@@ -28,6 +28,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1080,4 +1081,78 @@ func neighbourMAC(t *testing.T, ns string, ip netip.Addr) string {
 		t.Fatal(err)
 	}
 	return mac
+}
+
+// TestGatewayPort: with Config.GatewayPort set, sandboxes reach exactly
+// that TCP port on the gateway address, seen from their own address (so
+// SandboxAt names them); every other port of the gateway and the same port
+// on every other host address stay blocked.
+func TestGatewayPort(t *testing.T) {
+	e := newEnv(t, true)
+	gw := e.subnet.Addr().Next()
+	// The bridge (and so the gateway address) appears with the first
+	// sandbox: bind before it exists, as matrxd does.
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_FREEBIND, 1) })
+		return errors.Join(err, serr)
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp4", gw.String()+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).AddrPort().Port()
+	gwSrv := &server{addr: netip.AddrPortFrom(gw, port)}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			gwSrv.hits.Add(1)
+			gwSrv.peer.Store(c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
+			_, _ = c.Write([]byte("hello from test host\n"))
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { ln.Close() })
+
+	m := e.manager(t, Config{GatewayPort: port})
+	a := setup(t, m, "sbx-a", Policy{})
+	strict := setup(t, m, "sbx-strict", Policy{Allow: prefixes("203.0.113.0/24")})
+	if m.Gateway() != gw {
+		t.Fatalf("Gateway() = %v, want %v", m.Gateway(), gw)
+	}
+
+	mustReach(t, a.NetNSPath, gwSrv, gwSrv.addr)
+	if got, _ := gwSrv.peer.Load().(netip.Addr); got != a.IPv4 {
+		t.Errorf("the gateway port saw %v, want the sandbox's own %v", got, a.IPv4)
+	}
+	// An allow list does not close the way home (INPUT, not FORWARD).
+	mustReach(t, strict.NetNSPath, gwSrv, gwSrv.addr)
+
+	other := serve(t, "", "0.0.0.0:0")
+	mustReach(t, "", other, other.at(netip.MustParseAddr("127.0.0.1")))
+	mustNotReach(t, a.NetNSPath, other, other.at(gw))
+	samePort := serve(t, "", netip.AddrPortFrom(transitHost, port).String())
+	mustNotReach(t, a.NetNSPath, samePort, samePort.addr)
+	mustNotReach(t, strict.NetNSPath, samePort, samePort.addr)
+
+	for _, c := range []struct {
+		addr netip.Addr
+		want string
+	}{
+		{a.IPv4, "sbx-a"}, {strict.IPv4, "sbx-strict"}, {gw, ""}, {e.subnet.Addr(), ""},
+		{transitHost, ""}, {a.IPv4.Next().Next().Next(), ""},
+	} {
+		if got, ok := m.SandboxAt(c.addr); got != c.want || ok != (c.want != "") {
+			t.Errorf("SandboxAt(%v) = %q %v, want %q", c.addr, got, ok, c.want)
+		}
+	}
+	if err := m.Teardown(context.Background(), "sbx-a"); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := m.SandboxAt(a.IPv4); ok {
+		t.Errorf("SandboxAt names %q after teardown", got)
+	}
 }

@@ -289,7 +289,7 @@ func TestRenderFiles(t *testing.T) {
 
 func TestStaticRules(t *testing.T) {
 	c := chainNames("MATRX")
-	got := staticRules(c, "matrx0", netip.MustParsePrefix("10.213.0.0/16"),
+	got := staticRules(c, "matrx0", netip.MustParsePrefix("10.213.0.0/16"), netip.AddrPort{},
 		[]netip.Addr{netip.MustParseAddr("10.255.255.53")}, prefixes("10.99.0.0/24"))
 	lines := strings.Split(strings.TrimSpace(got), "\n")
 	want := []string{
@@ -315,6 +315,16 @@ func TestStaticRules(t *testing.T) {
 	}
 	if !strings.Contains(got, "-A MATRX-IN -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n-A MATRX-IN -j REJECT --reject-with icmp-admin-prohibited\nCOMMIT\n") {
 		t.Errorf("input chain:\n%s", got)
+	}
+	// The sandbox listener's port: TCP, the gateway address only, before
+	// the reject.
+	withPort := staticRules(c, "matrx0", netip.MustParsePrefix("10.213.0.0/16"), netip.MustParseAddrPort("10.213.0.1:8787"), nil, nil)
+	if !strings.Contains(withPort, "-A MATRX-IN -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"+
+		"-A MATRX-IN -d 10.213.0.1/32 -p tcp -m tcp --dport 8787 -j ACCEPT\n-A MATRX-IN -j REJECT --reject-with icmp-admin-prohibited\n") {
+		t.Errorf("input chain with the gateway port:\n%s", withPort)
+	}
+	if strings.Contains(got, "--dport 8787") {
+		t.Errorf("gateway port open without being configured:\n%s", got)
 	}
 	if !strings.HasSuffix(got, "*nat\n:MATRX-NAT - [0:0]\n-A MATRX-NAT -d 10.213.0.0/16 -j RETURN\n-A MATRX-NAT -d 224.0.0.0/4 -j RETURN\n-A MATRX-NAT -j MASQUERADE\nCOMMIT\n") {
 		t.Errorf("nat chain:\n%s", got)

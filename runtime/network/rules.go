@@ -2,6 +2,7 @@ package network
 
 import (
 	"net/netip"
+	"strconv"
 	"strings"
 )
 
@@ -57,7 +58,10 @@ func (c chains) jumps6(bridge string) []jump {
 // the Manager's shared chains. Declaring a chain flushes it, so this is
 // idempotent and atomic; the per-sandbox chain is not declared here because
 // its rules must survive a daemon restart.
-func staticRules(c chains, bridge string, subnet netip.Prefix, resolvers []netip.Addr, allowInternal []netip.Prefix) string {
+//
+// gatewayPort, when valid, is the one host port sandboxes may reach: TCP to
+// that port of the bridge gateway address (matrxd's sandbox listener).
+func staticRules(c chains, bridge string, subnet netip.Prefix, gatewayPort netip.AddrPort, resolvers []netip.Addr, allowInternal []netip.Prefix) string {
 	var b strings.Builder
 	w := func(parts ...string) { b.WriteString(strings.Join(parts, " ") + "\n") }
 	w("*filter")
@@ -88,8 +92,13 @@ func staticRules(c chains, bridge string, subnet netip.Prefix, resolvers []netip
 	}
 
 	// INPUT: the host is never a destination, except for replies to
-	// connections the host opened.
+	// connections the host opened and, when configured, the one port of
+	// the sandbox listener on the gateway address (not on any other host
+	// address, not UDP).
 	w("-A", c.in, "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+	if gatewayPort.IsValid() {
+		w("-A", c.in, "-d", netip.PrefixFrom(gatewayPort.Addr(), 32).String(), "-p tcp -m tcp --dport", strconv.Itoa(int(gatewayPort.Port())), "-j ACCEPT")
+	}
 	w("-A", c.in, reject)
 	w("COMMIT")
 

@@ -1,0 +1,32 @@
+package sandbox
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/matrx-dev/matrx/registry"
+)
+
+// reacquireCold takes a cold reference again for a sandbox that survived a
+// daemon restart (references are counted in memory, one per sandbox). If
+// the sandbox stopped meanwhile (its stop found no reference to release),
+// the reference goes back at once: a stop claims the record before it
+// releases, so either the stop sees this reference or this sees the stop.
+func (m *Manager) reacquireCold(ctx context.Context, r *registry.Record, log *slog.Logger) {
+	actx, cancel := context.WithTimeout(ctx, coldAcquireBudget)
+	defer cancel()
+	if _, err := m.storage.AcquireCold(actx, r.UserID, r.ID); err != nil {
+		log.Warn("recover: cold mount failed", "error", err)
+		return
+	}
+	if cur, err := m.store.Get(ctx, r.ID); err == nil && cur.Status.AcceptsExec() {
+		return
+	}
+	if err := m.storage.ReleaseCold(context.WithoutCancel(ctx), r.UserID, r.ID); err != nil {
+		log.Warn("recover: cold release failed", "error", err)
+	}
+}
+
+// coldAcquireBudget bounds one cold (re-)mount during recovery.
+const coldAcquireBudget = 30 * time.Second

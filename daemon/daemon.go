@@ -89,16 +89,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 		return err
 	}
 	defer release()
-	var store registry.Store
-	if cfg.Store == "memory" {
-		log.Warn("registry is in memory: sandbox records are lost on restart")
-		store = registry.NewMemory()
-	} else {
-		b, err := registry.OpenBolt(ctx, filepath.Join(cfg.StateDir, "registry.db"), registry.WithLogger(log))
-		if err != nil {
-			return err
-		}
-		store = b
+	store, err := openRegistry(ctx, cfg, log)
+	if err != nil {
+		return err
 	}
 	defer store.Close()
 	mx := daemonMetrics(cfg, store, log)
@@ -252,8 +245,45 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 		defer stopHome(5 * time.Second)
 	}
 
-	var loops sync.WaitGroup
+	loops := startLoops(bg, cfg, mgr, st)
 	defer loops.Wait()
+
+	log.Info("matrxd serving", "socket", l.Addr().String(), "version", version.Version)
+	sddaemon.SdNotify(false, sddaemon.SdNotifyReady)
+	// In-flight execs may run up to the max command timeout; give them that
+	// long to finish before the listener closes hard.
+	err = api.Serve(ctx, httpSrv, l, cfg.Limits.MaxCmdTimeout+5*time.Second)
+	sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
+	log.Info("matrxd stopping; sandboxes keep running")
+	cancelBG()
+	return err
+}
+
+// openSandboxAPI prepares the sandbox listener (nil when it is off): on
+// the gateway address when sandboxes have networking, and per-sandbox
+// sockets under the state dir for those without an address. Its sockets
+// belong to the sandboxes' root and agent group, in host ids.
+
+// openRegistry opens the sandbox records: bbolt under the state dir, or
+// memory (tests; records are lost on restart).
+func openRegistry(ctx context.Context, cfg Config, log *slog.Logger) (registry.Store, error) {
+	if cfg.Store == "memory" {
+		log.Warn("registry is in memory: sandbox records are lost on restart")
+		return registry.NewMemory(), nil
+	}
+	b, err := registry.OpenBolt(ctx, filepath.Join(cfg.StateDir, "registry.db"), registry.WithLogger(log))
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// startLoops starts the manager's periodic work: supervision, TTL expiry,
+// heartbeat and idle deadlines, reconcile, record pruning, the bucket
+// probe, checkpoints and sync retries, and the systemd watchdog. They end
+// when bg does; the caller waits for them.
+func startLoops(bg context.Context, cfg Config, mgr *sandbox.Manager, st *openedStorage) *sync.WaitGroup {
+	var loops sync.WaitGroup
 	loops.Go(func() { mgr.Supervise(bg, 0) })
 	loops.Go(func() { mgr.RunExpiry(bg, cfg.ExpiryInterval) })
 	loops.Go(func() { mgr.RunDeadlines(bg, cfg.ExpiryInterval) })
@@ -282,22 +312,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	}
 	loops.Go(func() { mgr.RunStorageTasks(bg, cfg.Storage.CheckpointInterval, retryEvery) })
 	loops.Go(func() { watchdog(bg) })
-
-	log.Info("matrxd serving", "socket", l.Addr().String(), "version", version.Version)
-	sddaemon.SdNotify(false, sddaemon.SdNotifyReady)
-	// In-flight execs may run up to the max command timeout; give them that
-	// long to finish before the listener closes hard.
-	err = api.Serve(ctx, httpSrv, l, cfg.Limits.MaxCmdTimeout+5*time.Second)
-	sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
-	log.Info("matrxd stopping; sandboxes keep running")
-	cancelBG()
-	return err
+	return &loops
 }
 
-// openSandboxAPI prepares the sandbox listener (nil when it is off): on
-// the gateway address when sandboxes have networking, and per-sandbox
-// sockets under the state dir for those without an address. Its sockets
-// belong to the sandboxes' root and agent group, in host ids.
 func openSandboxAPI(cfg Config, netMgr *network.Manager, ns runtime.UserNS, log *slog.Logger) (*api.SandboxAPI, error) {
 	if cfg.SandboxAPIPort == 0 {
 		log.Info("sandbox listener off: sandboxes cannot call home")

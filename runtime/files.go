@@ -93,7 +93,7 @@ func (r *Runtime) Files(ctx context.Context, id string, user ExecUser, req fshel
 		stderr: &cappedBuffer{limit: 4096}, exited: make(chan struct{}),
 		log: func(msg string, args ...any) { r.log.Debug(msg, append([]any{"sandbox_id", id}, args...)...) },
 	}
-	c.rd = fshelper.NewReader(dio.Stdout, fshelper.KindHeader, fshelper.KindData, fshelper.KindEntry, fshelper.KindResult, fshelper.KindError)
+	c.rd = fshelper.NewReader(dio.Stdout, fshelper.KindHeader, fshelper.KindData, fshelper.KindHole, fshelper.KindEntry, fshelper.KindResult, fshelper.KindError)
 	defer func() {
 		if err != nil {
 			dio.Cancel()

@@ -145,9 +145,8 @@ func TestMountS3Args(t *testing.T) {
 	if strings.Contains(strings.Join(cmd.Args, " "), "SK") {
 		t.Errorf("secret on the command line: %v", cmd.Args)
 	}
-	if _, err := d.command(Request{UserID: ".."}, "/stage"); !errdefs.IsInvalidArgument(err) {
-		t.Errorf("bad user: %v", err)
-	}
+	// An invalid user id cannot reach a driver: Request.UserID is an
+	// ids.UserID, which only ids.ParseUserID makes (archtest).
 }
 
 func TestS3FSArgs(t *testing.T) {
@@ -240,12 +239,6 @@ func TestS3FSPasswdFile(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(open); len(entries) != 0 {
 		t.Errorf("a passwd file was written to a world-readable dir: %v", entries)
-	}
-	if _, err := d.command(Request{UserID: "..", SecretDir: secrets}, "/stage"); !errdefs.IsInvalidArgument(err) {
-		t.Errorf("bad user: %v", err)
-	}
-	if entries, _ := os.ReadDir(secrets); len(entries) != 1 {
-		t.Errorf("a failed command left a passwd file: %v", entries)
 	}
 }
 

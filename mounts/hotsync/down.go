@@ -93,12 +93,37 @@ func (s *Syncer) Down(ctx context.Context) (res Result, err error) {
 	defer root.Close()
 
 	var c collector
-	var jobs []downJob
-	var markers []dirJob
+	jobs, markers, err := s.listDown(ctx, &c)
+	if err != nil {
+		return Result{}, err
+	}
+	realDirs := s.resolveNames(ctx, &c, jobs, markers)
+	jobs, dirs := s.planDown(&c, jobs, realDirs)
+	if err := checkRoom(s.dir, jobs); err != nil {
+		return Result{}, err
+	}
+	m := newManifest(s.prefix, s.sandboxID)
+	s.materialize(ctx, root, &c, m, jobs, dirs, realDirs)
+	// Everything written must be on disk before the manifest says so.
+	if d, err := root.Open("."); err == nil {
+		if err := syncFS(d); err != nil {
+			c.fail(fmt.Errorf("hotsync down: sync %s: %w", s.dir, classify(err)))
+		}
+		d.Close()
+	}
+	if err := m.save(s.manifest); err != nil {
+		c.fail(fmt.Errorf("hotsync down: %w", classify(err)))
+	}
+	return c.finish("down")
+}
+
+// listDown lists the prefix: the objects to download and the directory
+// markers, up to the names cap; invalid keys are rejected into c.
+func (s *Syncer) listDown(ctx context.Context, c *collector) (jobs []downJob, markers []dirJob, err error) {
 	names := 0
 	for obj, err := range s.store.List(ctx, s.prefix) {
 		if err != nil {
-			return Result{}, fmt.Errorf("hotsync down: list %s: %w", s.prefix, err)
+			return nil, nil, fmt.Errorf("hotsync down: list %s: %w", s.prefix, err)
 		}
 		rel := strings.TrimPrefix(obj.Key, s.prefix)
 		switch {
@@ -129,7 +154,14 @@ func (s *Syncer) Down(ctx context.Context) (res Result, err error) {
 		names++
 		jobs = append(jobs, downJob{obj: obj, key: rel, rel: rel})
 	}
+	return jobs, markers, nil
+}
 
+// resolveNames reads what only a HEAD carries (directory markers' metadata,
+// the raw names of keys that may be escaped) and returns the directories
+// that really have markers, under their raw names. A job whose raw name
+// is refused gets rel "" (planDown drops it).
+func (s *Syncer) resolveNames(ctx context.Context, c *collector, jobs []downJob, markers []dirJob) []dirJob {
 	// Markers carry their metadata only in a HEAD; so do the raw names of
 	// keys that may be escaped (they hold a "%").
 	var hmu sync.Mutex
@@ -184,7 +216,12 @@ func (s *Syncer) Down(ctx context.Context) (res Result, err error) {
 		d.rel = raw
 		realDirs = append(realDirs, d)
 	}
+	return realDirs
+}
 
+// planDown applies the excludes and returns the jobs to download and every
+// directory to make (marked, or implied by a job's path).
+func (s *Syncer) planDown(c *collector, jobs []downJob, realDirs []dirJob) ([]downJob, map[string]bool) {
 	// Excludes apply to real paths. A key that is also a directory of
 	// other keys ("a" and "a/b") cannot be materialized: keep the
 	// directory, report the file.
@@ -216,11 +253,13 @@ func (s *Syncer) Down(ctx context.Context) (res Result, err error) {
 		}
 		jobs = append(jobs, j)
 	}
-	if err := checkRoom(s.dir, jobs); err != nil {
-		return Result{}, err
-	}
+	return jobs, dirs
+}
 
-	m := newManifest(s.prefix, s.sandboxID)
+// materialize makes the directories, downloads the files, then makes the
+// symlinks and finishes the directories (deepest first), recording each
+// entry in m and each failure in c.
+func (s *Syncer) materialize(ctx context.Context, root *os.Root, c *collector, m *manifest, jobs []downJob, dirs map[string]bool, realDirs []dirJob) {
 	var (
 		mmu     sync.Mutex
 		madeDir sync.Map // dirs made, relative
@@ -299,18 +338,6 @@ func (s *Syncer) Down(ctx context.Context) (res Result, err error) {
 			c.res.Dirs++
 		}
 	}
-
-	// Everything written must be on disk before the manifest says so.
-	if d, err := root.Open("."); err == nil {
-		if err := syncFS(d); err != nil {
-			c.fail(fmt.Errorf("hotsync down: sync %s: %w", s.dir, classify(err)))
-		}
-		d.Close()
-	}
-	if err := m.save(s.manifest); err != nil {
-		c.fail(fmt.Errorf("hotsync down: %w", classify(err)))
-	}
-	return c.finish("down")
 }
 
 // finishDir gives a directory its owner, mode and mtime (from its marker;

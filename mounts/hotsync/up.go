@@ -106,6 +106,27 @@ func (s *Syncer) up(ctx context.Context) (res Result, err error) {
 	jobs := s.dropAmplifiers(w.jobs, &c)
 
 	var mmu sync.Mutex // guards m.entries
+	s.uploadAll(ctx, root, m, &mmu, &c, jobs)
+	held := s.deletions(ctx, m, &mmu, &c, &w, verified, unverified)
+	if err := ctx.Err(); err != nil {
+		c.fail(fmt.Errorf("hotsync up: %w", err))
+	}
+
+	if err := m.save(s.manifest); err != nil {
+		c.fail(fmt.Errorf("hotsync up: %w", classify(err)))
+	}
+	fault.At(ctx, "manifest-saved")
+	res, err = c.finish("up")
+	res.Held, res.OverLimit = held, w.limit
+	if err == nil && held != "" {
+		err = &HeldError{Reason: held}
+	}
+	return res, err
+}
+
+// uploadAll uploads the walk's jobs, recording each entry in m (under mmu)
+// and each outcome in c.
+func (s *Syncer) uploadAll(ctx context.Context, root *os.Root, m *manifest, mmu *sync.Mutex, c *collector, jobs []upJob) {
 	parallel(ctx, s.concurrency, jobs, func(j upJob) {
 		out, e, err := s.uploadOne(ctx, root, j)
 		if err != nil {
@@ -136,7 +157,11 @@ func (s *Syncer) up(ctx context.Context) (res Result, err error) {
 			}
 		})
 	})
+}
 
+// deletions propagates what the walk no longer saw, or returns why it is
+// held back ("" when nothing was held).
+func (s *Syncer) deletions(ctx context.Context, m *manifest, mmu *sync.Mutex, c *collector, w *walkResult, verified bool, unverified string) string {
 	// Deletions. Never after an incomplete walk (a directory that could
 	// not be read must not look deleted), never over the names cap (names
 	// past it were not looked at), never when Dir cannot be verified, and
@@ -189,20 +214,7 @@ func (s *Syncer) up(ctx context.Context) (res Result, err error) {
 			mmu.Unlock()
 		})
 	}
-	if err := ctx.Err(); err != nil {
-		c.fail(fmt.Errorf("hotsync up: %w", err))
-	}
-
-	if err := m.save(s.manifest); err != nil {
-		c.fail(fmt.Errorf("hotsync up: %w", classify(err)))
-	}
-	fault.At(ctx, "manifest-saved")
-	res, err = c.finish("up")
-	res.Held, res.OverLimit = held, w.limit
-	if err == nil && held != "" {
-		err = &HeldError{Reason: held}
-	}
-	return res, err
+	return held
 }
 
 // entryRel is the real relative path of a manifest entry.

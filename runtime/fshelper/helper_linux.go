@@ -275,8 +275,29 @@ func (h *helper) readPseudo(fd int, info Info) error {
 // copyOut sends exactly n bytes of fd from off as data frames.
 func (h *helper) copyOut(fd int, p string, off, n int64) error {
 	buf := make([]byte, MaxData)
+	dataEnd := off // bytes before dataEnd are known to be data
 	for n > 0 {
-		c, err := unix.Pread(fd, buf[:min(int64(len(buf)), n)], off)
+		if off >= dataEnd {
+			// Where the next data is, and where it ends: what lies
+			// between is a hole, sent as its length (a 10 GB sparse file
+			// costs a few frames, not 10 GB through the pipe).
+			data, hole, ok := nextData(fd, off)
+			switch {
+			case !ok: // no SEEK_DATA here: all data
+				dataEnd = off + n
+			case data > off:
+				z := min(data-off, n)
+				if err := h.out.Hole(z); err != nil {
+					return err
+				}
+				off += z
+				n -= z
+				continue
+			default:
+				dataEnd = hole
+			}
+		}
+		c, err := unix.Pread(fd, buf[:min(int64(len(buf)), n, max(dataEnd-off, 1))], off)
 		if err == unix.EINTR {
 			continue
 		}
@@ -293,6 +314,28 @@ func (h *helper) copyOut(fd int, p string, off, n int64) error {
 		n -= int64(c)
 	}
 	return nil
+}
+
+// nextData returns where the data at or after off starts and where the
+// hole after it starts (SEEK_DATA, SEEK_HOLE); past the last data, data is
+// the end of the file. ok is false where the file system cannot say.
+func nextData(fd int, off int64) (data, hole int64, ok bool) {
+	data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+	if err == unix.ENXIO { // only a hole up to the end
+		end, serr := unix.Seek(fd, 0, io.SeekEnd)
+		if serr != nil {
+			return 0, 0, false
+		}
+		return end, end, true
+	}
+	if err != nil {
+		return 0, 0, false
+	}
+	hole, err = unix.Seek(fd, data, unix.SEEK_HOLE)
+	if err != nil {
+		return 0, 0, false
+	}
+	return data, hole, true
 }
 
 // resolveRange turns an HTTP byte range into an offset and a length.

@@ -3,6 +3,7 @@ package fshelper
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 type reply struct {
 	header  *Header
 	data    []byte
+	wire    int // bytes the helper wrote
 	entries [][]byte
 	result  *Result
 	err     *Error
@@ -54,13 +56,16 @@ func serve(t *testing.T, req Request, body []byte, abort bool) reply {
 		h.out.JSON(KindError, asError(err))
 	}
 	h.out.Flush()
-	return decodeReply(t, &out)
+	wire := out.Len()
+	rep := decodeReply(t, &out)
+	rep.wire = wire
+	return rep
 }
 
 func decodeReply(t *testing.T, out io.Reader) reply {
 	t.Helper()
 	var rep reply
-	rd := NewReader(out, KindHeader, KindData, KindEntry, KindResult, KindError)
+	rd := NewReader(out, KindHeader, KindData, KindHole, KindEntry, KindResult, KindError)
 	for {
 		k, err := rd.Next()
 		if err != nil {
@@ -72,7 +77,7 @@ func decodeReply(t *testing.T, out io.Reader) reply {
 			if err := rd.Decode(rep.header); err != nil {
 				t.Fatal(err)
 			}
-		case KindData:
+		case KindData, KindHole:
 			b, err := io.ReadAll(rd)
 			if err != nil {
 				t.Fatal(err)
@@ -498,5 +503,52 @@ func TestWatchDescriptorBudget(t *testing.T) {
 	r = serve(t, Request{Op: OpWatch, Path: filepath.Join(d, "missing")}, nil, false)
 	if r.err == nil || r.err.Errno != 2 {
 		t.Fatalf("missing path: %+v", r.err)
+	}
+}
+
+// TestReadSparse: a sparse file's holes travel as hole frames, and what
+// the reader gives back is byte for byte the file, ranges included.
+func TestReadSparse(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "sparse")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 64 << 20
+	want := make([]byte, size)
+	for _, at := range []int64{0, 20 << 20, size - 3} {
+		b := []byte("dat")
+		if _, err := f.WriteAt(b, at); err != nil {
+			t.Fatal(err)
+		}
+		copy(want[at:], b)
+	}
+	f.Close()
+	r := mustOK(t, serve(t, Request{Op: OpRead, Path: p}, nil, false))
+	if !bytes.Equal(r.data, want) {
+		t.Fatalf("sparse file read back differs (%d bytes)", len(r.data))
+	}
+	if r.wire > 1<<20 {
+		t.Fatalf("the helper wrote %d bytes for 9 bytes of data: the holes went through as zeros", r.wire)
+	}
+	r = mustOK(t, serve(t, Request{Op: OpRead, Path: p, Range: &Range{Start: 20<<20 - 5, End: 20<<20 + 5}}, nil, false))
+	if !bytes.Equal(r.data, want[20<<20-5:20<<20+6]) {
+		t.Fatalf("range across a hole and data: %q", r.data)
+	}
+}
+
+// A hostile helper's hole frames are bounded like data: zero-length and
+// absurd holes are protocol errors.
+func TestHoleFramesChecked(t *testing.T) {
+	for _, n := range []uint64{0, 1<<62 + 1} {
+		var b bytes.Buffer
+		b.Write([]byte{KindHole, 0, 0, 0, 8})
+		var z [8]byte
+		binary.BigEndian.PutUint64(z[:], n)
+		b.Write(z[:])
+		rd := NewReader(&b, KindHole)
+		if _, err := rd.Next(); !errors.Is(err, ErrProtocol) {
+			t.Errorf("hole of %d: %v", n, err)
+		}
 	}
 }

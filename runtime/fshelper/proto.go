@@ -19,6 +19,12 @@ const (
 	// KindData carries raw bytes: an upload's body (daemon → helper) or a
 	// download's (helper → daemon).
 	KindData byte = 'D'
+	// KindHole (helper → daemon) is a run of zero bytes in a download: its
+	// payload is the run's length, 8 bytes big-endian. The helper sends a
+	// sparse file's holes this way (SEEK_HOLE) instead of pushing their
+	// zeros through the pipe; Read expands them. The daemon's announced
+	// length check bounds them like data.
+	KindHole byte = 'O'
 	// KindEnd (daemon → helper, empty) says the upload's body is complete.
 	// A stdin that ends without it is an aborted upload: nothing is kept.
 	KindEnd byte = 'Z'
@@ -67,6 +73,7 @@ type Reader struct {
 	allowed string // kinds this side may receive
 	kind    byte   // current frame
 	remain  int    // unread payload bytes of a data frame
+	zeros   int64  // unread zero bytes of a hole frame
 	held    bool   // a frame header was read by Read and awaits Next
 	payload []byte // JSON payload of the current frame
 	err     error  // sticky
@@ -95,6 +102,7 @@ func (f *Reader) Next() (byte, error) {
 		}
 		f.remain = 0
 	}
+	f.zeros = 0
 	if err := f.header(); err != nil {
 		return 0, err
 	}
@@ -122,6 +130,20 @@ func (f *Reader) header() error {
 			return f.fail(protocolError("data frame of %d bytes (max %d)", n, MaxData))
 		}
 		f.remain = int(n)
+		f.payload = f.payload[:0]
+	case KindHole:
+		var b [8]byte
+		if n != uint32(len(b)) {
+			return f.fail(protocolError("hole frame of %d bytes (want 8)", n))
+		}
+		if _, err := io.ReadFull(f.r, b[:]); err != nil {
+			return f.fail(protocolError("stream ended inside a hole frame"))
+		}
+		z := binary.BigEndian.Uint64(b[:])
+		if z == 0 || z > 1<<62 {
+			return f.fail(protocolError("hole of %d bytes", z))
+		}
+		f.zeros = int64(z)
 		f.payload = f.payload[:0]
 	case KindEnd:
 		if n != 0 {
@@ -154,7 +176,7 @@ func (f *Reader) Len() int { return len(f.payload) }
 // Decode decodes the current JSON frame into v, strictly: unknown fields
 // and trailing data are protocol errors.
 func (f *Reader) Decode(v any) error {
-	if f.kind == KindData || f.kind == KindEnd || f.kind == 0 {
+	if f.kind == KindData || f.kind == KindHole || f.kind == KindEnd || f.kind == 0 {
 		return protocolError("decode of a %q frame", f.kind)
 	}
 	dec := json.NewDecoder(bytes.NewReader(f.payload))
@@ -168,15 +190,15 @@ func (f *Reader) Decode(v any) error {
 	return nil
 }
 
-// Read reads the payload of the current data frame and of the data frames
-// that follow it. At the first frame of another kind it returns io.EOF and
-// holds that frame for Next.
+// Read reads the payload of the current data (or hole) frame and of the
+// data and hole frames that follow it. At the first frame of another kind
+// it returns io.EOF and holds that frame for Next.
 func (f *Reader) Read(p []byte) (int, error) {
-	for f.remain == 0 {
+	for f.remain == 0 && f.zeros == 0 {
 		if f.err != nil {
 			return 0, f.err
 		}
-		if f.held || f.kind != KindData {
+		if f.held || (f.kind != KindData && f.kind != KindHole) {
 			return 0, io.EOF
 		}
 		if err := f.header(); err != nil {
@@ -186,10 +208,16 @@ func (f *Reader) Read(p []byte) (int, error) {
 			}
 			return 0, err
 		}
-		if f.kind != KindData {
+		if f.kind != KindData && f.kind != KindHole {
 			f.held = true
 			return 0, io.EOF
 		}
+	}
+	if f.zeros > 0 {
+		n := int(min(int64(len(p)), f.zeros))
+		clear(p[:n])
+		f.zeros -= int64(n)
+		return n, nil
 	}
 	if len(p) > f.remain {
 		p = p[:f.remain]
@@ -253,6 +281,20 @@ func (f *Writer) Write(p []byte) (int, error) {
 		p = p[c:]
 	}
 	return n, nil
+}
+
+// Hole writes a run of n zero bytes as hole frames.
+func (f *Writer) Hole(n int64) error {
+	var b [8]byte
+	for n > 0 {
+		c := min(n, 1<<62)
+		binary.BigEndian.PutUint64(b[:], uint64(c))
+		if err := f.frame(KindHole, b[:]); err != nil {
+			return err
+		}
+		n -= c
+	}
+	return nil
 }
 
 // ReadFrom copies r as data frames, MaxData at a time, without an extra

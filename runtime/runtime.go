@@ -33,8 +33,8 @@ import (
 	"github.com/matrx-dev/matrx/fault"
 	"github.com/matrx-dev/matrx/undo"
 	"log/slog"
-	"net/netip"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -584,7 +584,7 @@ type sandboxTask struct {
 	task  containerd.Task
 	shell string
 	ip    netip.Addr // set by Create; unknown for a task loaded after a restart
-	env   []string // PID 1's environment: the base of every exec's
+	env   []string   // PID 1's environment: the base of every exec's
 }
 
 // IPv4 is the bridge address Create gave sandbox id, while this Runtime

@@ -31,6 +31,7 @@ step "install binaries"
 install -D -m 0755 "$BIN/matrxd" /usr/local/bin/matrxd
 install -D -m 0755 "$BIN/matrx" /usr/local/bin/matrx
 install -D -m 0755 "$BIN/matrx-init" /usr/local/lib/matrx/matrx-init
+install -D -m 0755 "$BIN/matrx-relay" /usr/local/lib/matrx/matrx-relay
 getent group matrx >/dev/null || groupadd --system matrx
 
 step "start containerd"

@@ -275,7 +275,7 @@ func (m *Manager) open(ctx context.Context, id, user string, req fshelper.Reques
 		return nil, err
 	}
 	switch k {
-	case fshelper.KindData:
+	case fshelper.KindData, fshelper.KindHole:
 	case fshelper.KindResult:
 		if s.left > 0 {
 			return nil, fmt.Errorf("files helper in sandbox %s sent no data: %w", id, errdefs.ErrUnknown)

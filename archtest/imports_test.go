@@ -24,9 +24,10 @@ var forbidden = map[string][]string{
 	"doctor":     {"api", "sandbox", "daemon", "ctl", "registry"},
 	"errclass":   {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics", "undo"},
 	// The fleet provider speaks to matrxd through api/client only.
-	"fleet": {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics"},
-	"fault": {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics", "undo"},
-	"ids":   {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics", "undo", "errclass", "fault"},
+	"fleet":      {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics"},
+	"fault":      {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics", "undo"},
+	"ids":        {"api", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics", "undo", "errclass", "fault"},
+	"hostconfig": {"api/client", "sandbox", "daemon", "ctl", "runtime", "mounts", "registry", "doctor", "metrics", "undo", "errclass", "fault", "ids"},
 }
 
 func TestImportDirections(t *testing.T) {

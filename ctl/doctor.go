@@ -6,6 +6,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/matrx-dev/matrx/doctor"
+	"github.com/matrx-dev/matrx/hostconfig"
 )
 
 // doctorCommand checks the host without the daemon. Its flags mirror
@@ -23,19 +24,15 @@ disk, the socket and the default image, each PASS/WARN/FAIL with a fix.
 Examples:
    matrx doctor
    matrx doctor --json --s3-bucket my-bucket`,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			jsonFlag(),
-			&cli.StringFlag{Name: "containerd-address", Value: doctor.DefaultContainerdAddress, EnvVars: []string{"MATRX_CONTAINERD_ADDRESS"}},
-			&cli.StringFlag{Name: "containerd-namespace", Value: doctor.DefaultContainerdNamespace, EnvVars: []string{"MATRX_CONTAINERD_NAMESPACE"}},
-			&cli.StringFlag{Name: "state-dir", Value: doctor.DefaultStateDir, EnvVars: []string{"MATRX_STATE_DIR"}},
+			&cli.StringFlag{Name: "containerd-address", Value: hostconfig.ContainerdAddress, EnvVars: []string{"MATRX_CONTAINERD_ADDRESS"}},
+			&cli.StringFlag{Name: "containerd-namespace", Value: hostconfig.ContainerdNamespace, EnvVars: []string{"MATRX_CONTAINERD_NAMESPACE"}},
+			&cli.StringFlag{Name: "state-dir", Value: hostconfig.StateDir, EnvVars: []string{"MATRX_STATE_DIR"}},
 			&cli.StringFlag{Name: "socket", Usage: "matrxd API socket (default: the global --socket)"},
-			&cli.StringFlag{Name: "socket-group", Value: doctor.DefaultSocketGroup, EnvVars: []string{"MATRX_SOCKET_GROUP"}},
-			&cli.StringFlag{Name: "image", Value: doctor.DefaultImage, EnvVars: []string{"MATRX_IMAGE", "MATRX_SANDBOX_IMAGE"}, Usage: "default sandbox image"},
-			&cli.StringFlag{Name: "s3-bucket", EnvVars: []string{"MATRX_S3_BUCKET"}, Usage: "bucket to check (empty: local storage)"},
-			&cli.StringFlag{Name: "s3-region", Value: "us-east-1", EnvVars: []string{"MATRX_S3_REGION"}},
-			&cli.StringFlag{Name: "s3-endpoint", EnvVars: []string{"MATRX_S3_ENDPOINT"}, Usage: "S3-compatible endpoint URL (implies path-style addressing)"},
-			&cli.BoolFlag{Name: "s3-path-style", EnvVars: []string{"MATRX_S3_PATH_STYLE"}, Usage: "path-style addressing (default on when --s3-endpoint is set)"},
-		},
+			&cli.StringFlag{Name: "socket-group", Value: hostconfig.SocketGroup, EnvVars: []string{"MATRX_SOCKET_GROUP"}},
+			&cli.StringFlag{Name: "image", Value: hostconfig.Image, EnvVars: []string{"MATRX_IMAGE", "MATRX_SANDBOX_IMAGE"}, Usage: "default sandbox image"},
+		}, hostconfig.S3Flags("bucket to check (empty: local storage)")...),
 		Action: doctorCmd,
 	}
 }
@@ -52,10 +49,7 @@ func doctorCmd(c *cli.Context) error {
 		Socket:              socket,
 		SocketGroup:         c.String("socket-group"),
 		Image:               c.String("image"),
-		S3: doctor.S3Config{
-			Bucket: c.String("s3-bucket"), Region: c.String("s3-region"), Endpoint: c.String("s3-endpoint"),
-			PathStyle: c.Bool("s3-path-style") || (c.String("s3-endpoint") != "" && !c.IsSet("s3-path-style")),
-		},
+		S3:                  hostconfig.S3FromFlags(c),
 	}
 	rep := doctor.Run(c.Context, cfg)
 	var err error

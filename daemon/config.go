@@ -13,6 +13,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/matrx-dev/matrx/api"
+	"github.com/matrx-dev/matrx/hostconfig"
 	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/runtime"
 	"github.com/matrx-dev/matrx/sandbox"
@@ -95,11 +96,11 @@ const DefaultSandboxAPIPort = 8787
 func flags() []cli.Flag {
 	d := sandbox.DefaultLimits()
 	return append(append(append(storageFlags(), networkFlags()...), registryFlags()...),
-		&cli.StringFlag{Name: "socket", Value: "/run/matrx/matrxd.sock", EnvVars: []string{"MATRX_SOCKET"}, Usage: "API Unix socket (ignored when systemd passes one)"},
-		&cli.StringFlag{Name: "socket-group", Value: "matrx", EnvVars: []string{"MATRX_SOCKET_GROUP"}, Usage: "group allowed to use the socket (name or gid); falls back to root's group if the named group does not exist"},
-		&cli.StringFlag{Name: "containerd-address", Value: "/run/containerd/containerd.sock", EnvVars: []string{"MATRX_CONTAINERD_ADDRESS"}},
-		&cli.StringFlag{Name: "containerd-namespace", Value: "matrx", EnvVars: []string{"MATRX_CONTAINERD_NAMESPACE"}},
-		&cli.StringFlag{Name: "state-dir", Value: "/var/lib/matrx", EnvVars: []string{"MATRX_STATE_DIR"}},
+		&cli.StringFlag{Name: "socket", Value: hostconfig.Socket, EnvVars: []string{"MATRX_SOCKET"}, Usage: "API Unix socket (ignored when systemd passes one)"},
+		&cli.StringFlag{Name: "socket-group", Value: hostconfig.SocketGroup, EnvVars: []string{"MATRX_SOCKET_GROUP"}, Usage: "group allowed to use the socket (name or gid); falls back to root's group if the named group does not exist"},
+		&cli.StringFlag{Name: "containerd-address", Value: hostconfig.ContainerdAddress, EnvVars: []string{"MATRX_CONTAINERD_ADDRESS"}},
+		&cli.StringFlag{Name: "containerd-namespace", Value: hostconfig.ContainerdNamespace, EnvVars: []string{"MATRX_CONTAINERD_NAMESPACE"}},
+		&cli.StringFlag{Name: "state-dir", Value: hostconfig.StateDir, EnvVars: []string{"MATRX_STATE_DIR"}},
 		&cli.StringFlag{Name: "init-path", EnvVars: []string{"MATRX_INIT_PATH"}, Usage: "static matrx-init binary (default: next to matrxd, else /usr/local/lib/matrx/matrx-init)"},
 		&cli.StringFlag{Name: "relay-path", EnvVars: []string{"MATRX_RELAY_PATH"}, Usage: "static matrx-relay binary, the output relay of background processes (default: next to matrxd, else /usr/local/lib/matrx/matrx-relay)"},
 		&cli.IntFlag{Name: "max-processes", Value: d.MaxProcesses, EnvVars: []string{"MATRX_MAX_PROCESSES"}, Usage: "running background processes per sandbox (blocking execs do not count)"},

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/hostconfig"
 	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/mounts"
@@ -91,13 +92,9 @@ func (u UserNSConfig) resolve(log *slog.Logger) (runtime.UserNS, error) {
 }
 
 func storageFlags() []cli.Flag {
-	return []cli.Flag{
+	return append(hostconfig.S3Flags("bucket holding users/<user>/{hot,cold}/ (empty: local storage under the state dir)"), []cli.Flag{
 		&cli.StringFlag{Name: "userns", Value: "auto", EnvVars: []string{"MATRX_USERNS"}, Usage: "run sandboxes in user namespaces: auto (when supported), on, off"},
 		&cli.Uint64Flag{Name: "userns-base", Value: runtime.DefaultUserNSBase, EnvVars: []string{"MATRX_USERNS_BASE"}, Usage: "first host uid/gid of the 65536 ids sandboxes map to"},
-		&cli.StringFlag{Name: "s3-bucket", EnvVars: []string{"MATRX_S3_BUCKET"}, Usage: "bucket holding users/<user>/{hot,cold}/ (empty: local storage under the state dir)"},
-		&cli.StringFlag{Name: "s3-region", Value: "us-east-1", EnvVars: []string{"MATRX_S3_REGION"}},
-		&cli.StringFlag{Name: "s3-endpoint", EnvVars: []string{"MATRX_S3_ENDPOINT"}, Usage: "S3-compatible endpoint URL (implies path-style addressing)"},
-		&cli.BoolFlag{Name: "s3-path-style", EnvVars: []string{"MATRX_S3_PATH_STYLE"}, Usage: "path-style addressing (default on when --s3-endpoint is set)"},
 		&cli.StringFlag{Name: "cold-driver", Value: "auto", EnvVars: []string{"MATRX_COLD_DRIVER"}, Usage: "auto, mount-s3, s3fs or local"},
 		&cli.DurationFlag{Name: "checkpoint-interval", Value: 5 * time.Minute, EnvVars: []string{"MATRX_CHECKPOINT_INTERVAL"}, Usage: "how often running sandboxes' hot files are synced up (0: never; failed final syncs are retried this often, or every 5m)"},
 		&cli.StringFlag{Name: "hot-excludes", EnvVars: []string{"MATRX_HOT_EXCLUDES"}, Usage: "comma-separated patterns never synced (default, the old system's: *.tmp,.DS_Store,__pycache__/)"},
@@ -106,13 +103,13 @@ func storageFlags() []cli.Flag {
 		&cli.Float64Flag{Name: "disk-overcommit", Value: mounts.DefaultDiskOvercommit, EnvVars: []string{"MATRX_DISK_OVERCOMMIT"}, Usage: "how many times the state filesystem's free space the sandbox disks may claim together (1: a create is refused with 507 unless every disk could fill up)"},
 		&cli.Int64Flag{Name: "disk-reserve-mb", Value: mounts.DefaultDiskReserve >> 20, EnvVars: []string{"MATRX_DISK_RESERVE_MB"}, Usage: "free space of the state filesystem no sandbox disk may claim (the registry, manifests, logs)"},
 		&cli.IntFlag{Name: "disk-pool", Value: DefaultDiskPool, EnvVars: []string{"MATRX_DISK_POOL"}, Usage: "freshly formatted default-size disk images kept ready (0: none)"},
-	}
+	}...)
 }
 
 func storageConfigFrom(c *cli.Context) StorageConfig {
+	s3 := hostconfig.S3FromFlags(c)
 	sc := StorageConfig{
-		Bucket: c.String("s3-bucket"), Region: c.String("s3-region"), Endpoint: c.String("s3-endpoint"),
-		PathStyle:  c.Bool("s3-path-style") || (c.String("s3-endpoint") != "" && !c.IsSet("s3-path-style")),
+		Bucket: s3.Bucket, Region: s3.Region, Endpoint: s3.Endpoint, PathStyle: s3.PathStyle,
 		ColdDriver: strings.ToLower(c.String("cold-driver")), CheckpointInterval: c.Duration("checkpoint-interval"),
 		DiskPool: c.Int("disk-pool"), MaxNames: c.Int("hot-max-names"), TrashRetention: c.Duration("hot-trash-retention"),
 		DiskOvercommit: c.Float64("disk-overcommit"), DiskReserveMB: c.Int64("disk-reserve-mb"),

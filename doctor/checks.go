@@ -16,6 +16,7 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/hostconfig"
 )
 
 var versionRe = regexp.MustCompile(`(\d+)\.(\d+)(?:\.(\d+))?`)
@@ -122,7 +123,7 @@ func checkImage(ctx context.Context, e *env) Result {
 				"image %s is not in containerd namespace %q yet: the first create without config.image pulls it", e.cfg.Image, e.cfg.ContainerdNamespace)
 		}
 		fix := "import it: `matrx image import ARCHIVE` with matrxd running"
-		if e.cfg.Image == DefaultImage {
+		if e.cfg.Image == hostconfig.Image {
 			fix = "build and import it: `make image`, then `matrx image import build/images/sandbox.tar` (make up does both)"
 		}
 		return fail(fix, "image %s is not in containerd namespace %q: creates without config.image fail", e.cfg.Image, e.cfg.ContainerdNamespace)

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/matrx-dev/matrx/hostconfig"
 )
 
 // Status is a check's verdict.
@@ -97,20 +98,8 @@ func (r Report) WriteTable(w io.Writer) error {
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
-// Defaults of matrxd that the doctor checks against.
-const (
-	DefaultContainerdAddress   = "/run/containerd/containerd.sock"
-	DefaultContainerdNamespace = "matrx"
-	DefaultStateDir            = "/var/lib/matrx"
-	DefaultSocket              = "/run/matrx/matrxd.sock"
-	DefaultSocketGroup         = "matrx"
-	// DefaultImage is sandbox.DefaultLimits().DefaultImage (a test keeps
-	// them equal; the CLI must not import the lifecycle package).
-	DefaultImage = "localhost/matrx/sandbox:latest"
-)
-
 // Config is what the checks compare the host against: matrxd's settings.
-// Empty fields take matrxd's defaults.
+// Empty fields take matrxd's defaults (package hostconfig).
 type Config struct {
 	ContainerdAddress   string
 	ContainerdNamespace string
@@ -118,17 +107,10 @@ type Config struct {
 	Socket              string
 	SocketGroup         string
 	Image               string
-	S3                  S3Config
-}
-
-// S3Config is the bucket matrxd stores users' files in; no bucket means
-// local storage under the state dir. Credentials come from the standard
-// AWS chain, as for matrxd.
-type S3Config struct {
-	Bucket    string
-	Region    string
-	Endpoint  string
-	PathStyle bool
+	// S3 is the bucket matrxd stores users' files in; no bucket means
+	// local storage under the state dir. Credentials come from the
+	// standard AWS chain, as for matrxd.
+	S3 hostconfig.S3
 }
 
 func (c *Config) defaults() {
@@ -137,12 +119,12 @@ func (c *Config) defaults() {
 			*p = v
 		}
 	}
-	set(&c.ContainerdAddress, DefaultContainerdAddress)
-	set(&c.ContainerdNamespace, DefaultContainerdNamespace)
-	set(&c.StateDir, DefaultStateDir)
-	set(&c.Socket, DefaultSocket)
-	set(&c.SocketGroup, DefaultSocketGroup)
-	set(&c.Image, DefaultImage)
+	set(&c.ContainerdAddress, hostconfig.ContainerdAddress)
+	set(&c.ContainerdNamespace, hostconfig.ContainerdNamespace)
+	set(&c.StateDir, hostconfig.StateDir)
+	set(&c.Socket, hostconfig.Socket)
+	set(&c.SocketGroup, hostconfig.SocketGroup)
+	set(&c.Image, hostconfig.Image)
 }
 
 // Host is where the checks look. Tests replace it with a fake tree.

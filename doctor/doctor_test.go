@@ -13,7 +13,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/matrx-dev/matrx/sandbox"
+	"github.com/matrx-dev/matrx/hostconfig"
 	"github.com/matrx-dev/matrx/sshgate"
 )
 
@@ -195,7 +195,7 @@ func TestDiskQuotaCheck(t *testing.T) {
 }
 
 func TestFUSE(t *testing.T) {
-	s3 := Config{S3: S3Config{Bucket: "matrx-data"}}
+	s3 := Config{S3: hostconfig.S3{Bucket: "matrx-data"}}
 	cases := []struct {
 		name     string
 		device   string // "char", "file" or "" (absent)
@@ -283,7 +283,7 @@ func TestS3Unset(t *testing.T) {
 	if r.Status != Pass || !strings.Contains(r.Detail, "local storage under /srv/matrx/storage") {
 		t.Fatalf("%+v", r)
 	}
-	r = newFakeHost(t).run(checkS3, Config{S3: S3Config{Bucket: "Not_A_Bucket"}})
+	r = newFakeHost(t).run(checkS3, Config{S3: hostconfig.S3{Bucket: "Not_A_Bucket"}})
 	if r.Status != Fail || r.Fix == "" {
 		t.Fatalf("invalid bucket name: %+v", r)
 	}
@@ -388,12 +388,6 @@ func TestMajorMinor(t *testing.T) {
 		if major != c.major || minor != c.minor || ok != c.ok {
 			t.Errorf("%q: %d.%d %v", c.in, major, minor, ok)
 		}
-	}
-}
-
-func TestDefaultImageMatchesDaemon(t *testing.T) {
-	if want := sandbox.DefaultLimits().DefaultImage; DefaultImage != want {
-		t.Fatalf("doctor.DefaultImage = %q, matrxd's default is %q", DefaultImage, want)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/matrx-dev/matrx/doctor"
+	"github.com/matrx-dev/matrx/hostconfig"
 	"github.com/matrx-dev/matrx/mounts/s3test"
 	"github.com/matrx-dev/matrx/runtime"
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
@@ -126,7 +127,7 @@ func TestS3(t *testing.T) {
 			t.Setenv("AWS_SECRET_ACCESS_KEY", c.secret)
 			rep := doctor.Run(context.Background(), doctor.Config{
 				ContainerdAddress: filepath.Join(t.TempDir(), "none.sock"), StateDir: t.TempDir(),
-				S3: doctor.S3Config{Bucket: c.bucket, Region: srv.Region, Endpoint: c.endpoint, PathStyle: true},
+				S3: hostconfig.S3{Bucket: c.bucket, Region: srv.Region, Endpoint: c.endpoint, PathStyle: true},
 			}, doctor.WithTimeout(10*time.Second))
 			r, _ := rep.Result("s3-bucket")
 			if r.Status != c.status || !strings.Contains(r.Detail, c.detail) || !strings.Contains(r.Fix, c.fix) {

@@ -43,6 +43,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/hostconfig"
 	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/metrics"
 	"github.com/matrx-dev/matrx/mounts"
@@ -201,7 +202,7 @@ func (l Limits) ProcessOutputBound() int64 {
 // DefaultLimits are ORIGINAL.md's defaults.
 func DefaultLimits() Limits {
 	return Limits{
-		DefaultImage: "localhost/matrx/sandbox:latest",
+		DefaultImage: hostconfig.Image,
 		DefaultCPU:   2, MaxCPU: 8,
 		DefaultMemoryMB: 4096, MaxMemoryMB: 32768,
 		DefaultPids: 1024, MaxPids: 32768,

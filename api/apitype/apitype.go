@@ -12,6 +12,9 @@ package apitype
 
 import "time"
 
+// DefaultSocket is where matrxd serves its API unless told otherwise.
+const DefaultSocket = "/run/matrx/matrxd.sock"
+
 // Header names.
 const (
 	// APIKeyHeader carries the API key on the optional TCP listener.

@@ -28,7 +28,7 @@ import (
 )
 
 // DefaultSocket is where matrxd listens by default.
-const DefaultSocket = "/run/matrx/matrxd.sock"
+const DefaultSocket = apitype.DefaultSocket
 
 // Client talks to one matrxd.
 type Client struct {

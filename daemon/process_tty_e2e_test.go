@@ -119,3 +119,22 @@ func TestExecInteractiveTerminal(t *testing.T) {
 		t.Fatal("matrx exec -it did not exit after the shell did")
 	}
 }
+
+// TestExecTerminalEndsWithItsInput: `matrx exec -it ID` whose stdin is not
+// a terminal and already at its end (a script's `< /dev/null`, a CI job)
+// ends: the login shell gets end-of-input the terminal way. A single ^D
+// sent while the shell was still setting up its terminal used to be lost
+// and the command waited forever (it hung CI); the CLI repeats it until
+// the shell ends. Five in a row, each bounded by the harness's CLI timeout.
+func TestExecTerminalEndsWithItsInput(t *testing.T) {
+	h := daemontest.Start(t)
+	id := h.Create("eve", nil).SandboxID
+	for i := 0; i < 5; i++ {
+		start := time.Now()
+		out, errOut, code := h.CLI("exec", "-it", id)
+		if code != 0 {
+			t.Fatalf("run %d: exit %d\nstdout: %q\nstderr: %q", i, code, out, errOut)
+		}
+		t.Logf("run %d ended after %v", i, time.Since(start).Round(time.Millisecond))
+	}
+}

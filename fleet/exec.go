@@ -89,7 +89,7 @@ func (p *Provider) relay(ctx context.Context, id, proc string, streams vkapi.Att
 		return p.attach(ctx, id, proc, 0, streams)
 	}
 	if in := streams.Stdin(); in != nil {
-		go p.pumpStdin(ctx, id, proc, in, time.Now())
+		go p.pumpStdin(ctx, id, proc, in)
 	}
 	events, err := p.mx.ProcessOutput(ctx, id, proc, 0, true)
 	if err != nil {
@@ -116,17 +116,10 @@ func (p *Provider) relay(ctx context.Context, id, proc string, streams vkapi.Att
 	}
 }
 
-// stdinCloseAfter is how long after its start a process's input is
-// closed at the earliest. matrxd loses the input of a process (which then
-// waits for it forever) when it is closed before the process opened it:
-// the data sits in a FIFO that no one holds any more (found here, reported
-// for the processes issue). A second covers the shell's start.
-const stdinCloseAfter = time.Second
-
 // pumpStdin writes a client's input to a process until the client closes
 // it, then closes the process's input (so that `kubectl exec -i ... cat`
 // ends).
-func (p *Provider) pumpStdin(ctx context.Context, id, proc string, in io.Reader, started time.Time) {
+func (p *Provider) pumpStdin(ctx context.Context, id, proc string, in io.Reader) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := in.Read(buf)
@@ -137,11 +130,8 @@ func (p *Provider) pumpStdin(ctx context.Context, id, proc string, in io.Reader,
 			}
 		}
 		if err != nil {
-			select {
-			case <-time.After(time.Until(started.Add(stdinCloseAfter))):
-			case <-ctx.Done():
-				return
-			}
+			// matrxd keeps input written before the process opened its
+			// end, and closing waits for that (runtime.CloseStdin).
 			if werr := p.mx.WriteStdin(ctx, id, proc, nil, true); werr != nil && ctx.Err() == nil {
 				p.log.Warn("closing a process's input failed", "sandbox_id", id, "process_id", proc, "error", werr)
 			}

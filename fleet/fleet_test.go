@@ -312,9 +312,15 @@ func TestFleet(t *testing.T) {
 			t.Fatalf("node %s: capacity %v allocatable %v labels %v annotations %v taints %v images %v",
 				h.name, n.Status.Capacity, n.Status.Allocatable, n.Labels, n.Annotations, n.Spec.Taints, n.Status.Images)
 		}
-		if _, err := cp.Admin.CoordinationV1().Leases(corev1.NamespaceNodeLease).Get(ctx, h.name, metav1.GetOptions{}); err != nil {
-			t.Fatalf("node %s has no lease: %v", h.name, err)
-		}
+		// Virtual Kubelet creates the Lease on its first heartbeat, which
+		// may come after the node reads Ready.
+		waitFor(t, h.name+"'s lease", 30*time.Second, func() (bool, string) {
+			_, err := cp.Admin.CoordinationV1().Leases(corev1.NamespaceNodeLease).Get(ctx, h.name, metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			return true, ""
+		})
 	}
 
 	if !t.Run("rejections", func(t *testing.T) { testRejections(t, cp) }) {

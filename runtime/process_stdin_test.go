@@ -30,4 +30,19 @@ func TestStdinClosedAtOnce(t *testing.T) {
 			t.Fatalf("exit %d", info.ExitCode)
 		}
 	}
+	// Input written and closed before the process even opened it (the
+	// fleet's kubectl exec -i with a short input): nothing is lost.
+	for range 10 {
+		p := startProc(t, rt, id, runtime.ProcessSpec{Command: "cat; echo after-eof", Stdin: true})
+		if err := p.WriteStdin(ctx, []byte("line one\nline two\n")); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.CloseStdin(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if out := collect(t, p, "", 10*time.Second); out != "line one\nline two\nafter-eof\n" {
+			t.Fatalf("output %q", out)
+		}
+		waitExit(t, p)
+	}
 }

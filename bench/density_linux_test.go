@@ -1,0 +1,140 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	goruntime "runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/matrx-dev/matrx/api/apitype"
+	"github.com/matrx-dev/matrx/api/client"
+	"github.com/matrx-dev/matrx/daemon"
+	"github.com/matrx-dev/matrx/daemon/daemontest"
+	"github.com/matrx-dev/matrx/runtime/containerdtest"
+)
+
+// BenchmarkDensity is issue 16's density guard: it starts N idle sandboxes
+// (200, or MATRX_BENCH_DENSITY) of the production image (the minimal one
+// when build/images/sandbox.tar is missing), each with a 64 MiB disk, and
+// prints the host memory each costs (MemAvailable before and after, over
+// N: shims, loop devices and their page cache, kernel objects) and the
+// daemon's RSS (in-process here: this test process, whose own part is a
+// client). Targets: ≤ 4 MiB per sandbox, ≤ 80 MiB matrxd.
+func BenchmarkDensity(b *testing.B) {
+	n := 200
+	if v, err := strconv.Atoi(os.Getenv("MATRX_BENCH_DENSITY")); err == nil && v > 0 {
+		n = v
+	}
+	h := daemontest.Start(b, func(c *daemon.Config) {
+		c.ExpiryInterval = time.Minute
+		c.Storage.DiskOvercommit = 100 // idle sandboxes write nothing
+	})
+	ctx := context.Background()
+	c := h.UnvalidatedClient(client.WithRetries(50), client.WithBackoff(20*time.Millisecond))
+	defer c.Close()
+	image := containerdtest.MinimalImage
+	if prod := filepath.Join(containerdtest.RepoRoot(), "build", "images", "sandbox.tar"); fileExists(prod) {
+		f, err := os.Open(prod)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.ImportImage(ctx, f); err != nil {
+			b.Fatal(err)
+		}
+		f.Close()
+		image = "localhost/matrx/sandbox:latest"
+	}
+	settle := func() {
+		goruntime.GC()
+		time.Sleep(3 * time.Second)
+	}
+	settle()
+	memBefore, rssBefore := memAvailableKiB(), selfRSSKiB()
+	start := time.Now()
+	ids := make([]string, n)
+	work := make(chan int)
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		failed   int
+		firstErr error
+	)
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				s, err := c.Create(ctx, fmt.Sprintf("dense%d", i%20), &apitype.SandboxConfig{Image: image, CPU: 0.1, MemoryMB: 128, DiskMB: 64})
+				if err != nil {
+					// A limit of the host is a finding, not a failed
+					// benchmark: it is printed with the table.
+					mu.Lock()
+					if failed++; firstErr == nil {
+						firstErr = fmt.Errorf("create %d: %w", i, err)
+					}
+					mu.Unlock()
+					continue
+				}
+				ids[i] = s.SandboxID
+			}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	took := time.Since(start)
+	settle()
+	memAfter, rssAfter := memAvailableKiB(), selfRSSKiB()
+	up := 0
+	for _, id := range ids {
+		if id != "" {
+			up++
+		}
+	}
+	fmt.Printf("\ndensity: %d idle sandboxes of %s (64 MiB disks), started in %.1f s (8 at a time)\n", up, image, took.Seconds())
+	fmt.Printf("%-34s %10s %10s\n", "", "measured", "target")
+	fmt.Printf("%-34s %10.1f %10s\n", "host memory per sandbox (MiB)", float64(memBefore-memAfter)/1024/float64(max(up, 1)), "≤ 4")
+	fmt.Printf("%-34s %10.0f %10s\n", "matrxd RSS with them (MiB)", float64(rssAfter)/1024, "≤ 80")
+	fmt.Printf("%-34s %10.0f %10s\n", "matrxd RSS before (MiB)", float64(rssBefore)/1024, "")
+	if failed > 0 {
+		fmt.Printf("%d of %d creates failed; the first: %v\n", failed, n, firstErr)
+	}
+	for _, id := range ids {
+		if id != "" {
+			c.Delete(ctx, id, false)
+		}
+	}
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// memAvailableKiB is /proc/meminfo's MemAvailable.
+func memAvailableKiB() int64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "MemAvailable:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+func selfRSSKiB() int64 {
+	rss, _ := procStatus(os.Getpid())
+	return rss
+}

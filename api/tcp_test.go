@@ -113,14 +113,14 @@ func TestListenTCP(t *testing.T) {
 	}
 }
 
-// tcpServer is a Server with a stub route behind TCPHandler, on a real
+// tcpServer is a Server with a stub of a documented route behind TCPHandler, on a real
 // loopback listener.
 func tcpServer(t *testing.T, key string) (*httptest.Server, *metrics.Metrics, *strings.Builder) {
 	t.Helper()
 	logs := &strings.Builder{}
 	m := metrics.New()
 	s := &Server{log: slog.New(slog.NewTextHandler(logs, nil)), metrics: m, mux: http.NewServeMux()}
-	s.mux.HandleFunc("GET /ping", func(w http.ResponseWriter, r *http.Request) {
+	s.mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"pong": "yes"})
 	})
 	s.mux.Handle("GET /metrics", m.Handler())
@@ -160,7 +160,7 @@ func TestTCPHandlerRequiresKey(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			req, _ := http.NewRequest(http.MethodGet, srv.URL+"/ping", nil)
+			req, _ := http.NewRequest(http.MethodGet, srv.URL+"/health", nil)
 			for _, h := range c.headers {
 				req.Header.Add("X-Api-Key", h)
 			}
@@ -196,7 +196,7 @@ func TestTCPHandlerRequiresKey(t *testing.T) {
 func TestTCPHandlerCountsRequests(t *testing.T) {
 	srv, m, _ := tcpServer(t, "k")
 	for _, key := range []string{"", "k", "k"} {
-		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/ping", nil)
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/health", nil)
 		if key != "" {
 			req.Header.Set(apitype.APIKeyHeader, key)
 		}
@@ -210,7 +210,7 @@ func TestTCPHandlerCountsRequests(t *testing.T) {
 	m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	out := rec.Body.String()
 	for _, want := range []string{
-		`matrx_http_requests_total{code="200",route="GET /ping"} 2`,
+		`matrx_http_requests_total{code="200",route="GET /health"} 2`,
 		`matrx_http_requests_total{code="401",route="unmatched"} 1`,
 	} {
 		if !strings.Contains(out, want) {
@@ -226,13 +226,14 @@ func TestTCPHandlerNeedsKey(t *testing.T) {
 	}
 }
 
-// hygieneServer is tcpServer with routes that read a body, work slowly
-// after reading it, and an admin route, and a short body timeout.
+// hygieneServer is tcpServer with stubs of documented routes: one that
+// reads a body (an upload), one that works slowly after reading it (an
+// exec), and an admin route, and a short body timeout.
 func hygieneServer(t *testing.T, key string, body time.Duration) (*httptest.Server, *lockedWriter) {
 	t.Helper()
 	logs := &lockedWriter{}
 	s := &Server{log: slog.New(slog.NewTextHandler(logs, nil)), mux: http.NewServeMux(), tcpBodyTimeout: body}
-	s.mux.HandleFunc("POST /echo", func(w http.ResponseWriter, r *http.Request) {
+	s.mux.HandleFunc("PUT /sandboxes/{id}/files", func(w http.ResponseWriter, r *http.Request) {
 		b, err := io.ReadAll(r.Body)
 		if err != nil {
 			writeJSON(w, http.StatusBadRequest, apitype.ErrorResponse{Detail: err.Error()})
@@ -240,7 +241,7 @@ func hygieneServer(t *testing.T, key string, body time.Duration) (*httptest.Serv
 		}
 		w.Write(b)
 	})
-	s.mux.HandleFunc("POST /slow", func(w http.ResponseWriter, r *http.Request) {
+	s.mux.HandleFunc("POST /sandboxes/{id}/exec", func(w http.ResponseWriter, r *http.Request) {
 		io.ReadAll(r.Body)
 		select { // an exec: minutes of work after a small body
 		case <-time.After(3 * body):
@@ -295,7 +296,7 @@ func TestTCPListenerHygiene(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	fmt.Fprintf(c, "POST /echo HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\nContent-Length: 100\r\n\r\n0123456789", key)
+	fmt.Fprintf(c, "PUT /sandboxes/sbx-0123456789ab/files HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\nContent-Length: 100\r\n\r\n0123456789", key)
 	start := time.Now()
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
@@ -321,10 +322,10 @@ func TestTCPListenerHygiene(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	if code, body := do("POST", "/slow", `{"command":"sleep 600"}`); code != 200 || body != "done" {
+	if code, body := do("POST", "/sandboxes/sbx-0123456789ab/exec", `{"command":"sleep 600"}`); code != 200 || body != "done" {
 		t.Errorf("work after the body was cut by the body deadline: %d %q", code, body)
 	}
-	if code, body := do("POST", "/echo", "whole"); code != 200 || body != "whole" {
+	if code, body := do("PUT", "/sandboxes/sbx-0123456789ab/files", "whole"); code != 200 || body != "whole" {
 		t.Errorf("a prompt body: %d %q", code, body)
 	}
 	if code, body := do("GET", "/admin/quarantine", ""); code != http.StatusForbidden || strings.Contains(body, "secret") {

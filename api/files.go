@@ -64,6 +64,22 @@ func fileQuery(q url.Values, known ...string) error {
 	return nil
 }
 
+// fileRequest reads what every files route starts with: the sandbox id
+// and the query, which may hold only the known parameters. When it
+// reports false it has answered the client.
+func (s *Server) fileRequest(w http.ResponseWriter, r *http.Request, known ...string) (string, url.Values, bool) {
+	id, ok := s.sandboxID(w, r)
+	if !ok {
+		return "", nil, false
+	}
+	q := r.URL.Query()
+	if err := fileQuery(q, known...); err != nil {
+		s.fail(w, r, err)
+		return "", nil, false
+	}
+	return id, q, true
+}
+
 // intParam reads an optional whole-number query parameter (0 if absent).
 func intParam(q url.Values, name string) (int, error) {
 	v := q.Get(name)
@@ -144,13 +160,8 @@ func (s *Server) abort(r *http.Request, err error) {
 }
 
 func (s *Server) readFile(w http.ResponseWriter, r *http.Request) {
-	id, ok := s.sandboxID(w, r)
+	id, q, ok := s.fileRequest(w, r, "path", "user")
 	if !ok {
-		return
-	}
-	q := r.URL.Query()
-	if err := fileQuery(q, "path", "user"); err != nil {
-		s.fail(w, r, err)
 		return
 	}
 	if acceptsTar(r) {
@@ -240,13 +251,8 @@ func (b *limitedBody) err() error {
 }
 
 func (s *Server) writeFile(w http.ResponseWriter, r *http.Request) {
-	id, ok := s.sandboxID(w, r)
+	id, q, ok := s.fileRequest(w, r, "path", "user", "mode", "parents")
 	if !ok {
-		return
-	}
-	q := r.URL.Query()
-	if err := fileQuery(q, "path", "user", "mode", "parents"); err != nil {
-		s.fail(w, r, err)
 		return
 	}
 	o := sandbox.WriteOptions{MaxBytes: s.maxUpload}
@@ -284,13 +290,8 @@ func (s *Server) writeFile(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) deleteFile(w http.ResponseWriter, r *http.Request) {
-	id, ok := s.sandboxID(w, r)
+	id, q, ok := s.fileRequest(w, r, "path", "user", "recursive")
 	if !ok {
-		return
-	}
-	q := r.URL.Query()
-	if err := fileQuery(q, "path", "user", "recursive"); err != nil {
-		s.fail(w, r, err)
 		return
 	}
 	recursive, err := boolParam(q, "recursive", false)
@@ -306,13 +307,8 @@ func (s *Server) deleteFile(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) statFile(w http.ResponseWriter, r *http.Request) {
-	id, ok := s.sandboxID(w, r)
+	id, q, ok := s.fileRequest(w, r, "path", "user")
 	if !ok {
-		return
-	}
-	q := r.URL.Query()
-	if err := fileQuery(q, "path", "user"); err != nil {
-		s.fail(w, r, err)
 		return
 	}
 	info, err := s.mgr.StatFile(r.Context(), id, q.Get("user"), q.Get("path"))
@@ -324,13 +320,8 @@ func (s *Server) statFile(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listFiles(w http.ResponseWriter, r *http.Request) {
-	id, ok := s.sandboxID(w, r)
+	id, q, ok := s.fileRequest(w, r, "path", "user", "depth", "limit", "cursor")
 	if !ok {
-		return
-	}
-	q := r.URL.Query()
-	if err := fileQuery(q, "path", "user", "depth", "limit", "cursor"); err != nil {
-		s.fail(w, r, err)
 		return
 	}
 	o := sandbox.ListOptions{Cursor: q.Get("cursor")}
@@ -351,13 +342,8 @@ func (s *Server) listFiles(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) mkdirFile(w http.ResponseWriter, r *http.Request) {
-	id, ok := s.sandboxID(w, r)
+	id, q, ok := s.fileRequest(w, r, "user")
 	if !ok {
-		return
-	}
-	q := r.URL.Query()
-	if err := fileQuery(q, "user"); err != nil {
-		s.fail(w, r, err)
 		return
 	}
 	var req apitype.MkdirRequest
@@ -383,13 +369,8 @@ func (s *Server) mkdirFile(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) moveFile(w http.ResponseWriter, r *http.Request) {
-	id, ok := s.sandboxID(w, r)
+	id, q, ok := s.fileRequest(w, r, "user")
 	if !ok {
-		return
-	}
-	q := r.URL.Query()
-	if err := fileQuery(q, "user"); err != nil {
-		s.fail(w, r, err)
 		return
 	}
 	var req apitype.MoveRequest
@@ -410,13 +391,8 @@ func (s *Server) moveFile(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) findFiles(w http.ResponseWriter, r *http.Request) {
-	id, ok := s.sandboxID(w, r)
+	id, q, ok := s.fileRequest(w, r, "path", "user", "glob", "limit")
 	if !ok {
-		return
-	}
-	q := r.URL.Query()
-	if err := fileQuery(q, "path", "user", "glob", "limit"); err != nil {
-		s.fail(w, r, err)
 		return
 	}
 	limit, err := intParam(q, "limit")
@@ -433,13 +409,8 @@ func (s *Server) findFiles(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) grepFiles(w http.ResponseWriter, r *http.Request) {
-	id, ok := s.sandboxID(w, r)
+	id, q, ok := s.fileRequest(w, r, "path", "user", "pattern", "glob", "limit")
 	if !ok {
-		return
-	}
-	q := r.URL.Query()
-	if err := fileQuery(q, "path", "user", "pattern", "glob", "limit"); err != nil {
-		s.fail(w, r, err)
 		return
 	}
 	limit, err := intParam(q, "limit")
@@ -462,13 +433,8 @@ func (s *Server) grepFiles(w http.ResponseWriter, r *http.Request) {
 // watchFiles streams events as NDJSON until the client goes away, the
 // watched path is removed, or the daemon shuts down.
 func (s *Server) watchFiles(w http.ResponseWriter, r *http.Request) {
-	id, ok := s.sandboxID(w, r)
+	id, q, ok := s.fileRequest(w, r, "path", "user", "recursive")
 	if !ok {
-		return
-	}
-	q := r.URL.Query()
-	if err := fileQuery(q, "path", "user", "recursive"); err != nil {
-		s.fail(w, r, err)
 		return
 	}
 	recursive, err := boolParam(q, "recursive", false)

@@ -79,11 +79,9 @@ func (s *Server) revokeAccess(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	for k := range q {
-		if k != "fingerprint" {
-			s.fail(w, r, fmt.Errorf("unknown query parameter %q (known: fingerprint): %w", k, errdefs.ErrInvalidArgument))
-			return
-		}
+	if err := knownParams(q, "fingerprint"); err != nil {
+		s.fail(w, r, err)
+		return
 	}
 	n, err := s.mgr.RevokeAccess(r.Context(), id, q.Get("fingerprint"))
 	if err != nil {

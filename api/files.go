@@ -50,20 +50,6 @@ func fileListJSON(l *sandbox.FileList) apitype.FileList {
 	return out
 }
 
-// fileQuery checks that q holds only known parameters.
-func fileQuery(q url.Values, known ...string) error {
-	for k := range q {
-		found := false
-		for _, n := range known {
-			found = found || k == n
-		}
-		if !found {
-			return fmt.Errorf("unknown query parameter %q (known: %s): %w", k, strings.Join(known, ", "), errdefs.ErrInvalidArgument)
-		}
-	}
-	return nil
-}
-
 // fileRequest reads what every files route starts with: the sandbox id
 // and the query, which may hold only the known parameters. When it
 // reports false it has answered the client.
@@ -73,7 +59,7 @@ func (s *Server) fileRequest(w http.ResponseWriter, r *http.Request, known ...st
 		return "", nil, false
 	}
 	q := r.URL.Query()
-	if err := fileQuery(q, known...); err != nil {
+	if err := knownParams(q, known...); err != nil {
 		s.fail(w, r, err)
 		return "", nil, false
 	}

@@ -145,20 +145,6 @@ func (s *Server) getProcess(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// onlyParams rejects query parameters other than names.
-func onlyParams(r *http.Request, names ...string) error {
-	for k := range r.URL.Query() {
-		found := false
-		for _, n := range names {
-			found = found || k == n
-		}
-		if !found {
-			return fmt.Errorf("unknown query parameter %q: %w", k, errdefs.ErrInvalidArgument)
-		}
-	}
-	return nil
-}
-
 func offsetParam(r *http.Request) (int64, bool, error) {
 	v := r.URL.Query().Get("offset")
 	if v == "" {
@@ -222,7 +208,7 @@ func (n *ndjson) send(ev apitype.OutputEvent) error {
 }
 
 func (s *Server) processOutput(w http.ResponseWriter, r *http.Request) {
-	if err := onlyParams(r, "offset", "follow"); err != nil {
+	if err := knownParams(r.URL.Query(), "offset", "follow"); err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -286,7 +272,7 @@ func nextWithin(ctx context.Context, out *runtime.Output, d time.Duration) (rela
 }
 
 func (s *Server) processStdin(w http.ResponseWriter, r *http.Request) {
-	if err := onlyParams(r, "eof"); err != nil {
+	if err := knownParams(r.URL.Query(), "eof"); err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -397,7 +383,7 @@ func (s *Server) processResize(w http.ResponseWriter, r *http.Request) {
 // control: {"type":"resize","rows","cols"} from the client, and
 // {"type":"end","exit_code","timed_out"} from the server before it closes.
 func (s *Server) processAttach(w http.ResponseWriter, r *http.Request) {
-	if err := onlyParams(r, "offset"); err != nil {
+	if err := knownParams(r.URL.Query(), "offset"); err != nil {
 		s.fail(w, r, err)
 		return
 	}

@@ -25,6 +25,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -550,11 +551,9 @@ const keyedCreateTimeout = 30 * time.Minute
 
 func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	for k := range q {
-		if k != "user_id" && k != "all" && k != "limit" && k != "cursor" {
-			s.fail(w, r, fmt.Errorf("unknown query parameter %q (known: user_id, all, limit, cursor): %w", k, errdefs.ErrInvalidArgument))
-			return
-		}
+	if err := knownParams(q, "user_id", "all", "limit", "cursor"); err != nil {
+		s.fail(w, r, err)
+		return
 	}
 	req := sandbox.PageRequest{UserID: q.Get("user_id"), Cursor: q.Get("cursor")}
 	var err error
@@ -617,6 +616,19 @@ func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// knownParams refuses query parameters other than known, naming them.
+func knownParams(q url.Values, known ...string) error {
+	for k := range q {
+		if !slices.Contains(known, k) {
+			if len(known) == 0 {
+				return fmt.Errorf("unknown query parameter %q (this route takes none): %w", k, errdefs.ErrInvalidArgument)
+			}
+			return fmt.Errorf("unknown query parameter %q (known: %s): %w", k, strings.Join(known, ", "), errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
 }
 
 // sandboxID reads the {id} path value and answers 404 for anything that is

@@ -90,11 +90,9 @@ func parseSince(v string, now time.Time) (time.Time, error) {
 // daemon keeps the last 4096, in memory), then new ones as they happen.
 func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	for k := range q {
-		if k != "since" {
-			s.fail(w, r, fmt.Errorf("unknown query parameter %q (known: since): %w", k, errdefs.ErrInvalidArgument))
-			return
-		}
+	if err := knownParams(q, "since"); err != nil {
+		s.fail(w, r, err)
+		return
 	}
 	since, err := parseSince(q.Get("since"), time.Now())
 	if err != nil {

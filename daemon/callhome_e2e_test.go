@@ -121,22 +121,7 @@ func TestCallHome(t *testing.T) {
 		}
 	})
 	t.Run("other host ports stay closed", func(t *testing.T) {
-		l, err := net.Listen("tcp", "0.0.0.0:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				c.Write([]byte("host secret\n"))
-				c.Close()
-			}
-		}()
-		port := l.Addr().(*net.TCPAddr).Port
+		port := hostSecretPort(t)
 		for _, to := range []string{
 			fmt.Sprintf("%s %d", gw, port), fmt.Sprintf("%s %d", gw, daemon.DefaultSandboxAPIPort+1),
 			fmt.Sprintf("%s 22", gw), fmt.Sprintf("127.0.0.1 %d", daemon.DefaultSandboxAPIPort),

@@ -5,7 +5,6 @@ package daemon_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -61,22 +60,7 @@ func TestHostileSandbox(t *testing.T) {
 	gateway := h.Config.Network.Subnet.Addr().Next().String()
 
 	// A host-only service the sandbox must not reach, on every host address.
-	l, err := net.Listen("tcp", "0.0.0.0:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte("host secret\n"))
-			c.Close()
-		}
-	}()
-	hostPort := l.Addr().(*net.TCPAddr).Port
+	hostPort := hostSecretPort(t)
 
 	healthy := func(t *testing.T) {
 		t.Helper()

@@ -2,6 +2,7 @@ package daemon_test
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -88,4 +89,26 @@ func metadataHost(t *testing.T) {
 	sh(t, "ip", "link", "set", a, "up")
 	sh(t, "ip", "link", "set", b, "up")
 	httpServer(t, "", "169.254.169.254:80", "ami-id: secret\n")
+}
+
+// hostSecretPort serves "host secret" on every host address, on a port of
+// its own until the test ends: a host-only service no sandbox may reach.
+func hostSecretPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("host secret\n"))
+			c.Close()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).Port
 }

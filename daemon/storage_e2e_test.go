@@ -307,18 +307,7 @@ func TestFailedFinalSyncIsRetried(t *testing.T) {
 	h.Start()
 	// Recovery syncs in the background, right after the daemon serves.
 	waitObject(t, srv, bucket, "users/dana/hot/keep.txt", "unsynced\n")
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		got, _ = h.Client().Get(ctx, s.SandboxID)
-		_, statErr := os.Stat(filepath.Join(h.Config.StateDir, "hot", s.SandboxID))
-		if !got.HotSyncPending && got.HotSyncedAt != nil && os.IsNotExist(statErr) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the retry at restart: record %+v, hot dir: %v", got, statErr)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitRetried(t, h, s.SandboxID, "after the retry at restart")
 }
 
 // TestFailedFinalSyncIsRetriedWhileRunning: after a failed final sync the
@@ -353,19 +342,26 @@ func TestFailedFinalSyncIsRetriedWhileRunning(t *testing.T) {
 	}
 	bucketBack()
 	waitObject(t, srv, bucket, "users/erin/hot/keep.txt", "unsynced\n")
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		got, _ = h.Client().Get(ctx, s.SandboxID)
-		_, statErr := os.Stat(filepath.Join(h.Config.StateDir, "hot", s.SandboxID))
-		if !got.HotSyncPending && got.HotSyncedAt != nil && os.IsNotExist(statErr) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the retry: record %+v, hot dir: %v", got, statErr)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitRetried(t, h, s.SandboxID, "after the retry")
 	if n := pending(); n != 0 {
 		t.Errorf("matrx_hotsync_pending_sandboxes = %v after the retry, want 0", n)
+	}
+}
+
+// waitRetried waits (30 s at most) until a stopped sandbox's pending final
+// sync went through: the record says synced and its hot dir is gone.
+func waitRetried(t *testing.T, h *daemontest.Harness, id, what string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, _ := h.Client().Get(context.Background(), id)
+		_, statErr := os.Stat(filepath.Join(h.Config.StateDir, "hot", id))
+		if got != nil && !got.HotSyncPending && got.HotSyncedAt != nil && os.IsNotExist(statErr) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: record %+v, hot dir: %v", what, got, statErr)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -198,19 +198,11 @@ func (h *helper) stat() error {
 // holds before reading anything: what is checked is what is read.
 func (h *helper) read() error {
 	p := h.req.Path
-	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	fd, st, info, err := openForReading(p, "a regular file")
 	if err != nil {
-		if err == unix.ENXIO { // a socket, or a device with nothing behind it
-			return errorf(CodeNotRegular, "%s is not a regular file", p)
-		}
-		return pathErr("open", p, err)
+		return err
 	}
 	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return pathErr("fstat", p, err)
-	}
-	info := infoOf(p, &st)
 	switch {
 	case info.Type == TypeDir:
 		return errorf(CodeIsDir, "%s is a directory", p)
@@ -231,6 +223,27 @@ func (h *helper) read() error {
 		return err
 	}
 	return h.out.JSON(KindResult, Result{})
+}
+
+// openForReading opens p to read it without blocking or taking a terminal
+// (O_NONBLOCK: a FIFO's open does not wait for a writer; O_NOCTTY) and
+// fstats the descriptor it holds: what is checked is what is read. want
+// names what the caller reads, for the error about a socket or a device
+// with nothing behind it (ENXIO).
+func openForReading(p, want string) (int, unix.Stat_t, Info, error) {
+	var st unix.Stat_t
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if err == unix.ENXIO {
+			return -1, st, Info{}, errorf(CodeNotRegular, "%s is not %s", p, want)
+		}
+		return -1, st, Info{}, pathErr("open", p, err)
+	}
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, st, Info{}, pathErr("fstat", p, err)
+	}
+	return fd, st, infoOf(p, &st), nil
 }
 
 // maxPseudo bounds what is read of a file that reports size 0 (/proc and

@@ -32,19 +32,11 @@ type tarOut struct {
 
 func (h *helper) readTar() error {
 	p := h.req.Path
-	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	fd, st, info, err := openForReading(p, "a regular file or a directory")
 	if err != nil {
-		if err == unix.ENXIO {
-			return errorf(CodeNotRegular, "%s is not a regular file or a directory", p)
-		}
-		return pathErr("open", p, err)
+		return err
 	}
 	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return pathErr("fstat", p, err)
-	}
-	info := infoOf(p, &st)
 	if info.Type != TypeFile && info.Type != TypeDir {
 		return errorf(CodeNotRegular, "%s is a %s, not a regular file or a directory", p, strings.ReplaceAll(info.Kind, "_", " "))
 	}

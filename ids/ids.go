@@ -68,8 +68,14 @@ func NewSandboxID() string {
 }
 
 // UnmarshalText parses, so that a record holding an invalid user id fails
-// to decode (and is quarantined) instead of reaching a path or a key.
+// to decode (and is quarantined) instead of reaching a path or a key. The
+// empty text is the zero UserID (a warm-pool sandbox's record has no user;
+// every use of a user id checks for it, and ParseUserID refuses it).
 func (u *UserID) UnmarshalText(b []byte) error {
+	if len(b) == 0 {
+		*u = ""
+		return nil
+	}
 	p, err := ParseUserID(string(b))
 	if err != nil {
 		return err

@@ -75,8 +75,10 @@ var migrations = []migration{
 				bad = append(bad, [2][]byte{bytes.Clone(k), bytes.Clone(v)})
 				return nil
 			}
-			if err := tx.Bucket(bucketUsers).Put([]byte(r.UserID), nil); err != nil {
-				return err
+			if r.UserID != "" {
+				if err := tx.Bucket(bucketUsers).Put([]byte(r.UserID), nil); err != nil {
+					return err
+				}
 			}
 			return putIndex(tx, &r)
 		})
@@ -208,8 +210,10 @@ func (b *Bolt) Create(_ context.Context, r *Record) error {
 		if err := putIndex(tx, c); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketUsers).Put([]byte(c.UserID), nil); err != nil {
-			return err
+		if c.UserID != "" { // a pooled record has no user yet
+			if err := tx.Bucket(bucketUsers).Put([]byte(c.UserID), nil); err != nil {
+				return err
+			}
 		}
 		return put(bkt, c)
 	})
@@ -242,11 +246,30 @@ func (b *Bolt) Update(ctx context.Context, id string, fn func(*Record) error) (*
 		if err := deleteIndex(tx, r); err != nil {
 			return err
 		}
+		old := r.Clone()
 		if err := fn(r); err != nil {
 			return err
 		}
-		if r.ID != id {
-			return fmt.Errorf("update may not change the sandbox id: %w", errdefs.ErrInvalidArgument)
+		if err := checkUpdate(old, r); err != nil {
+			return err
+		}
+		if k := r.IdempotencyKey; k != old.IdempotencyKey {
+			// A pooled sandbox's claim: the key is taken now, as
+			// Create would take it.
+			idem := tx.Bucket(bucketIdem)
+			if prev := idem.Get([]byte(k)); prev != nil && string(prev) != id {
+				if o, err := get(bkt, string(prev)); err == nil && r.CreatedAt.Sub(o.CreatedAt) < IdempotencyWindow {
+					return &IdempotencyConflict{Key: k, SandboxID: o.ID}
+				}
+			}
+			if err := idem.Put([]byte(k), []byte(id)); err != nil {
+				return err
+			}
+		}
+		if r.UserID != old.UserID {
+			if err := tx.Bucket(bucketUsers).Put([]byte(r.UserID), nil); err != nil {
+				return err
+			}
 		}
 		r.UpdatedAt = b.now().UTC()
 		out = r.Clone()

@@ -71,8 +71,14 @@ func (m *Memory) Update(_ context.Context, id string, fn func(*Record) error) (*
 	if err := fn(c); err != nil {
 		return nil, err
 	}
-	if c.ID != id {
-		return nil, fmt.Errorf("update may not change the sandbox id: %w", errdefs.ErrInvalidArgument)
+	if err := checkUpdate(r, c); err != nil {
+		return nil, err
+	}
+	if k := c.IdempotencyKey; k != r.IdempotencyKey {
+		if old, ok := m.records[m.idem[k]]; ok && old.ID != id && c.CreatedAt.Sub(old.CreatedAt) < IdempotencyWindow {
+			return nil, &IdempotencyConflict{Key: k, SandboxID: old.ID}
+		}
+		m.idem[k] = id
 	}
 	c.UpdatedAt = m.now().UTC()
 	m.records[id] = c
@@ -139,7 +145,7 @@ func (m *Memory) Users(context.Context) ([]ids.UserID, error) {
 	seen := map[ids.UserID]bool{}
 	var out []ids.UserID
 	for _, r := range m.records {
-		if !seen[r.UserID] {
+		if r.UserID != "" && !seen[r.UserID] {
 			seen[r.UserID] = true
 			out = append(out, r.UserID)
 		}
@@ -163,12 +169,31 @@ func sortRecords(rs []*Record) {
 	})
 }
 
+// checkUpdate refuses what an Update may not do: change the id, or give a
+// record that has a user another one (only a pooled record, which has
+// none, is given one: its claim).
+func checkUpdate(old, r *Record) error {
+	if r.ID != old.ID {
+		return fmt.Errorf("update may not change the sandbox id: %w", errdefs.ErrInvalidArgument)
+	}
+	if old.UserID != "" && r.UserID != old.UserID {
+		return fmt.Errorf("update may not change the user of sandbox %s: %w", r.ID, errdefs.ErrInvalidArgument)
+	}
+	if old.IdempotencyKey != "" && r.IdempotencyKey != old.IdempotencyKey {
+		return fmt.Errorf("update may not change the idempotency key of sandbox %s: %w", r.ID, errdefs.ErrInvalidArgument)
+	}
+	return validateRecord(r)
+}
+
 func validateRecord(r *Record) error {
 	if r == nil || r.ID == "" {
 		return fmt.Errorf("record needs an id: %w", errdefs.ErrInvalidArgument)
 	}
-	if r.UserID == "" {
+	if r.UserID == "" && r.Status != StatusPooled {
 		return fmt.Errorf("record %q needs a user id: %w", r.ID, errdefs.ErrInvalidArgument)
+	}
+	if r.UserID != "" && r.Status == StatusPooled {
+		return fmt.Errorf("record %q is pooled and so has no user, but names %q: %w", r.ID, r.UserID, errdefs.ErrInvalidArgument)
 	}
 	if r.Status == "" {
 		return fmt.Errorf("record %q needs a status: %w", r.ID, errdefs.ErrInvalidArgument)

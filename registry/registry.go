@@ -63,14 +63,20 @@ const (
 	StatusStopped      Status = "stopped"
 	StatusFailed       Status = "failed"
 	StatusExpired      Status = "expired"
+	// StatusPooled is a warm-pool sandbox (package sandbox, pool.go): made
+	// ahead of any request, owned by no user, hidden from the sandbox list
+	// and the live count. A claim moves it to creating with its user.
+	StatusPooled Status = "pooled"
 )
 
 // Statuses lists every status, in lifecycle order.
 func Statuses() []Status {
-	return []Status{StatusCreating, StatusStarting, StatusReady, StatusRunning, StatusShuttingDown, StatusStopped, StatusFailed, StatusExpired}
+	return []Status{StatusPooled, StatusCreating, StatusStarting, StatusReady, StatusRunning, StatusShuttingDown, StatusStopped, StatusFailed, StatusExpired}
 }
 
-// LiveStatuses are the statuses that are not terminal.
+// LiveStatuses are the statuses of sandboxes a user has: not terminal and
+// not pooled (a pooled sandbox is not terminal either: its container
+// exists, see Terminal).
 func LiveStatuses() []Status {
 	return []Status{StatusCreating, StatusStarting, StatusReady, StatusRunning, StatusShuttingDown}
 }

@@ -268,6 +268,57 @@ func Run(t *testing.T, open func(t *testing.T) registry.Store) {
 			t.Fatalf("users: %v %v", us, err)
 		}
 	})
+	t.Run("PooledClaim", func(t *testing.T) {
+		s := open(t)
+		pooled := &registry.Record{ID: "sbx-000000000001", Status: registry.StatusPooled, CreatedAt: base}
+		if err := s.Create(ctx, pooled); err != nil {
+			t.Fatalf("a pooled record has no user: %v", err)
+		}
+		if err := s.Create(ctx, &registry.Record{ID: "sbx-000000000009", UserID: "u1", Status: registry.StatusPooled, CreatedAt: base}); !errdefs.IsInvalidArgument(err) {
+			t.Fatalf("pooled record with a user: got %v, want InvalidArgument", err)
+		}
+		if us, _ := s.Users(ctx); len(us) != 0 {
+			t.Fatalf("a pooled record made a user: %v", us)
+		}
+		if rs, _ := s.List(ctx, registry.Filter{Statuses: registry.LiveStatuses()}); len(rs) != 0 {
+			t.Fatalf("a pooled record is listed as live: %v", recordIDs(rs))
+		}
+		if rs, _ := s.List(ctx, registry.Filter{Statuses: []registry.Status{registry.StatusPooled}}); len(rs) != 1 {
+			t.Fatalf("pooled records: %v", recordIDs(rs))
+		}
+		holder := rec("sbx-000000000002", "u2", base)
+		holder.IdempotencyKey = "held"
+		if err := s.Create(ctx, holder); err != nil {
+			t.Fatal(err)
+		}
+		claim := func(user ids.UserID, key string) (*registry.Record, error) {
+			return s.Update(ctx, pooled.ID, func(r *registry.Record) error {
+				r.Status, r.UserID, r.IdempotencyKey = registry.StatusCreating, user, key
+				return nil
+			})
+		}
+		var ic *registry.IdempotencyConflict
+		if _, err := claim("u1", "held"); !errors.As(err, &ic) || ic.SandboxID != holder.ID {
+			t.Fatalf("claim with a key another sandbox holds: got %v, want IdempotencyConflict naming %s", err, holder.ID)
+		}
+		if r, _ := s.Get(ctx, pooled.ID); r.Status != registry.StatusPooled || r.UserID != "" {
+			t.Fatalf("a refused claim changed the record: %+v", r)
+		}
+		if _, err := claim("u1", "mine"); err != nil {
+			t.Fatal(err)
+		}
+		again := rec("sbx-000000000003", "u1", base)
+		again.IdempotencyKey = "mine"
+		if err := s.Create(ctx, again); !errors.As(err, &ic) || ic.SandboxID != pooled.ID {
+			t.Fatalf("create with the claimed key: got %v, want IdempotencyConflict naming %s", err, pooled.ID)
+		}
+		if us, _ := s.Users(ctx); fmt.Sprint(us) != "[u1 u2]" {
+			t.Fatalf("users after the claim: %v", us)
+		}
+		if _, err := s.Update(ctx, pooled.ID, func(r *registry.Record) error { r.UserID = "u3"; return nil }); !errdefs.IsInvalidArgument(err) {
+			t.Fatalf("changing a sandbox's user: got %v, want InvalidArgument", err)
+		}
+	})
 	t.Run("Prune", func(t *testing.T) {
 		s := open(t)
 		for i := 1; i <= 3; i++ {

@@ -104,6 +104,44 @@ func (m *Manager) installSandboxRules(ctx context.Context, id string, ip netip.A
 	return m.platform.ipt4.apply(ctx, insertRules("filter", m.chains.sbx, sandboxRules(m.chains, id, ip, p)))
 }
 
+// SetPolicy replaces the rules of a sandbox that is set up (at address ip)
+// with those of p, in one iptables-restore transaction: no packet is ever
+// judged by a mix of the two, nor by neither. It is how a warm-pool
+// sandbox, set up Closed, is opened for the user who claimed it.
+func (m *Manager) SetPolicy(ctx context.Context, id string, ip netip.Addr, p Policy) error {
+	if err := validateID(id); err != nil {
+		return err
+	}
+	if !ip.IsValid() || !m.subnet.Contains(ip) {
+		return fmt.Errorf("sandbox %s: address %v is not in the sandbox subnet %s: %w", id, ip, m.subnet, errdefs.ErrInvalidArgument)
+	}
+	if p.Mode == ModeNone {
+		return fmt.Errorf("sandbox %s is attached to the bridge; mode %q needs a sandbox without an attachment: %w", id, ModeNone, errdefs.ErrInvalidArgument)
+	}
+	if err := m.CheckPolicy(p); err != nil {
+		return err
+	}
+	unlock := m.locks.lock(id)
+	defer unlock()
+	old, ok := m.recordedRules(id)
+	if !ok {
+		return fmt.Errorf("sandbox %s has no recorded firewall rules to replace: %w", id, errdefs.ErrFailedPrecondition)
+	}
+	for _, l := range old {
+		if !strings.Contains(l, "-s "+netip.PrefixFrom(ip, 32).String()+" ") {
+			return fmt.Errorf("sandbox %s's recorded rules are not for address %s: %w", id, ip, errdefs.ErrFailedPrecondition)
+		}
+	}
+	next := ip4Rules(m.chains, id, ip, p)
+	m.firewallMu.Lock()
+	err := m.platform.ipt4.apply(ctx, replaceRules("filter", m.chains.sbx, old, sandboxRules(m.chains, id, ip, p)))
+	m.firewallMu.Unlock()
+	if err != nil {
+		return fmt.Errorf("set firewall rules of %s: %w", id, err)
+	}
+	return m.recordRules(id, next)
+}
+
 // ip4Rules are the "-A CHAIN ..." lines Setup installed for a sandbox
 // (none without an address).
 func ip4Rules(c chains, id string, ip netip.Addr, p Policy) []string {

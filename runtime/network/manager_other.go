@@ -5,6 +5,7 @@ package network
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"runtime"
 
 	"github.com/containerd/errdefs"
@@ -43,3 +44,8 @@ func (m *Manager) Files(id string) (string, string) { return "", "" }
 
 // PrepareFiles is not supported on this OS.
 func (m *Manager) PrepareFiles(id string, p Policy) error { return errNotSupported() }
+
+// SetPolicy is not supported on this platform.
+func (m *Manager) SetPolicy(ctx context.Context, id string, ip netip.Addr, p Policy) error {
+	return errNotSupported()
+}

@@ -103,6 +103,11 @@ type Policy struct {
 	// these IPv4 prefixes. The always-blocked ranges stay blocked unless the
 	// operator's Config.AllowInternal lists them.
 	Allow []netip.Prefix
+	// Closed attaches the sandbox (address, bridge port, resolv.conf) but
+	// lets nothing it sends through: it has no rules, so the per-sandbox
+	// chain's tail rejects every packet, until SetPolicy gives it its
+	// real policy. A warm-pool sandbox is closed until it is claimed.
+	Closed bool
 }
 
 // Validate checks what can be checked without a Manager: the mode and the

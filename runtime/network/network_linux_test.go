@@ -538,6 +538,56 @@ func TestAllowList(t *testing.T) {
 	mustNotReach(t, wide.NetNSPath, inside, inside.at(att.IPv4))
 }
 
+// TestClosedThenOpened: a sandbox set up Closed (a warm-pool sandbox)
+// reaches nothing, not even DNS, until SetPolicy gives it a policy, which
+// then holds exactly; a policy for another address or mode none is
+// refused and changes nothing.
+func TestClosedThenOpened(t *testing.T) {
+	e := newEnv(t, true)
+	m := e.manager(t, Config{})
+	att := setup(t, m, "sbx-pooled", Policy{Closed: true})
+	out := serve(t, e.outside, "0.0.0.0:0")
+	dns := serve(t, e.outside, resolver.String()+":53")
+	mustNotReach(t, att.NetNSPath, out, out.at(inetA))
+	mustNotReach(t, att.NetNSPath, dns, dns.addr)
+
+	ctx := context.Background()
+	other := netip.AddrFrom4([4]byte{1, 2, 3, 4})
+	if err := m.SetPolicy(ctx, "sbx-pooled", other, Policy{}); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("SetPolicy with an address outside the subnet: %v, want InvalidArgument", err)
+	}
+	if err := m.SetPolicy(ctx, "sbx-pooled", att.IPv4, Policy{Mode: ModeNone}); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("SetPolicy to mode none: %v, want InvalidArgument", err)
+	}
+	mustNotReach(t, att.NetNSPath, out, out.at(inetA))
+
+	if err := m.SetPolicy(ctx, "sbx-pooled", att.IPv4, Policy{Allow: prefixes("203.0.113.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	mustReach(t, att.NetNSPath, out, out.at(inetA))
+	mustNotReach(t, att.NetNSPath, out, out.at(inetB))
+	mustNotReach(t, att.NetNSPath, out, out.at(privHost))
+	mustReach(t, att.NetNSPath, dns, dns.addr)
+	// Changed again, the old rules are gone, not stacked.
+	if err := m.SetPolicy(ctx, "sbx-pooled", att.IPv4, Policy{}); err != nil {
+		t.Fatal(err)
+	}
+	mustReach(t, att.NetNSPath, out, out.at(inetB))
+	mustNotReach(t, att.NetNSPath, out, out.at(privHost))
+	if lines, ok := m.recordedRules("sbx-pooled"); !ok || len(lines) != 2 {
+		t.Fatalf("recorded rules after two changes: %v %v, want the default policy's 2", lines, ok)
+	}
+	if err := m.Teardown(ctx, "sbx-pooled"); err != nil {
+		t.Fatal(err)
+	}
+	lines, _ := m.sandboxRuleLines(ctx)
+	for _, l := range lines {
+		if id, ok := sandboxOfRule(l); ok && id == "sbx-pooled" {
+			t.Fatalf("rule left after teardown: %s", l)
+		}
+	}
+}
+
 // TestSourceGuard: a sandbox must not get its neighbour's policy by
 // sending with the neighbour's address. Unprivileged, the kernel already
 // refuses to route from a non-local source (IP_FREEBIND binds, but sending

@@ -133,6 +133,9 @@ func sandboxRules(c chains, id string, ip netip.Addr, p Policy) [][]string {
 		out = append(out, "-m", "comment", "--comment", sandboxComment(id))
 		return append(out, "-j", target)
 	}
+	if p.Closed {
+		return nil
+	}
 	rules := [][]string{rule(c.block)}
 	if len(p.Allow) == 0 {
 		return append(rules, rule("ACCEPT"))
@@ -165,6 +168,14 @@ func deleteRules(table string, saved []string) string {
 	}
 	b.WriteString("COMMIT\n")
 	return b.String()
+}
+
+// replaceRules is iptables-restore input (for --noflush) that deletes the
+// saved rules and puts rules at the top of chain, in one transaction.
+func replaceRules(table, chain string, saved []string, rules [][]string) string {
+	del := strings.TrimSuffix(deleteRules(table, saved), "COMMIT\n")
+	ins := strings.TrimPrefix(insertRules(table, chain, rules), "*"+table+"\n")
+	return del + ins
 }
 
 // joinArgs quotes arguments for iptables-restore where needed.

@@ -137,12 +137,15 @@ type SpecInput struct {
 	ResolvConf, Hosts string
 }
 
+// cpuPeriod is the CFS period of every sandbox; cpuQuota(cpus) its quota.
+const cpuPeriod = uint64(100000)
+
+func cpuQuota(cpus float64) int64 { return int64(cpus * float64(cpuPeriod)) }
+
 // specOpts returns the hardened spec for a sandbox, as containerd SpecOpts.
 // Order matters: the seccomp profile is computed from the capabilities, so it
 // comes after them.
 func specOpts(in SpecInput) []oci.SpecOpts {
-	cpuPeriod := uint64(100000)
-	cpuQuota := int64(in.Resources.CPU * float64(cpuPeriod))
 	mem := in.Resources.MemoryBytes
 	opts := []oci.SpecOpts{
 		// containerd's defaults: new pid/ipc/uts/mount/network namespaces
@@ -161,7 +164,7 @@ func specOpts(in SpecInput) []oci.SpecOpts {
 		withRlimits,
 		withOOMScoreAdj,
 		oci.WithCgroup(path.Join("/matrx", in.ID)),
-		oci.WithCPUCFS(cpuQuota, cpuPeriod),
+		oci.WithCPUCFS(cpuQuota(in.Resources.CPU), cpuPeriod),
 		oci.WithMemoryLimit(uint64(mem)),
 		oci.WithPidsLimit(in.Resources.Pids),
 		withPingGroupRange(in.UserNS),

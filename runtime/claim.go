@@ -1,0 +1,104 @@
+package runtime
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/matrx-dev/matrx/runtime/network"
+)
+
+// ClaimRequest gives a running sandbox that was made without a user (a
+// warm-pool sandbox, see package sandbox) the user, environment, limits and
+// network policy a create asked for.
+type ClaimRequest struct {
+	ID     string
+	UserID string
+	// Env is applied on top of the environment the sandbox was created
+	// with (keys it names are replaced, others kept), for every exec and
+	// process from now on. PID 1 (matrx-init) keeps its own: it runs
+	// nothing of the user's.
+	Env map[string]string
+	// Resources replace the sandbox's cgroup limits on the live cgroup.
+	Resources Resources
+	// Network replaces the sandbox's (closed) egress policy; IPv4 is the
+	// address Create gave it, as the caller recorded it. Ignored for a
+	// sandbox without an attachment (its policy can only be mode none).
+	Network network.Policy
+	IPv4    netip.Addr
+}
+
+// Claim applies req to a running sandbox, in the order that keeps a
+// half-done claim harmless: limits first (a sandbox never runs the user's
+// work with more than it asked for), then the record containerd keeps
+// (user label and environment, what a restarted daemon reads back), and
+// the network last (until then it reaches nothing). The caller destroys the
+// sandbox when Claim fails: a claimed sandbox is never returned to a pool.
+func (r *Runtime) Claim(ctx context.Context, req ClaimRequest) error {
+	ctx = r.nsCtx(ctx)
+	st, err := r.sandbox(ctx, req.ID)
+	if err != nil {
+		return err
+	}
+	if err := st.task.Update(ctx, containerd.WithResources(linuxResources(req.Resources, r.swap))); err != nil {
+		return fmt.Errorf("update the limits of %s: %v: %w", req.ID, err, errdefs.ErrUnavailable)
+	}
+	container, err := r.client.LoadContainer(ctx, req.ID)
+	if err != nil {
+		return fmt.Errorf("load container %s: %w", req.ID, err)
+	}
+	spec, err := container.Spec(ctx)
+	if err != nil {
+		return fmt.Errorf("load spec of %s: %w", req.ID, err)
+	}
+	if spec.Process == nil {
+		return fmt.Errorf("spec of %s has no process: %w", req.ID, errdefs.ErrFailedPrecondition)
+	}
+	env := mergeEnv(spec.Process.Env, envList(req.Env))
+	spec.Process.Env = env
+	err = container.Update(ctx, func(ctx context.Context, c *containerd.Client, rec *containers.Container) error {
+		if rec.Labels == nil {
+			rec.Labels = map[string]string{}
+		}
+		rec.Labels[LabelUserID] = req.UserID
+		return containerd.WithSpec(spec)(ctx, c, rec)
+	})
+	if err != nil {
+		return fmt.Errorf("record the claim of %s: %w", req.ID, err)
+	}
+	r.mu.Lock()
+	if cur := r.tasks[req.ID]; cur != nil {
+		cur.env = slices.Clone(env)
+	}
+	r.mu.Unlock()
+	if r.net != nil && req.Network.Mode != network.ModeNone {
+		if err := r.net.SetPolicy(ctx, req.ID, req.IPv4, req.Network); err != nil {
+			return fmt.Errorf("network of %s: %w", req.ID, err)
+		}
+	}
+	return nil
+}
+
+// linuxResources are the cgroup limits specOpts sets, for a live update.
+func linuxResources(res Resources, swap bool) *specs.LinuxResources {
+	s := &oci.Spec{Linux: &specs.Linux{}}
+	opts := []oci.SpecOpts{
+		oci.WithCPUCFS(cpuQuota(res.CPU), cpuPeriod),
+		oci.WithMemoryLimit(uint64(res.MemoryBytes)),
+		oci.WithPidsLimit(res.Pids),
+	}
+	if swap {
+		opts = append(opts, oci.WithMemorySwap(res.MemoryBytes))
+	}
+	for _, o := range opts {
+		_ = o(context.Background(), nil, nil, s) // these only set fields
+	}
+	return s.Linux.Resources
+}

@@ -473,6 +473,12 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h := apitype.Health{Status: "healthy", ActiveSandboxes: n, UptimeSeconds: time.Since(s.started).Seconds(), Version: s.version, ContainerdStatus: "ok"}
+	if len(s.mgr.Pools()) > 0 {
+		if h.PooledSandboxes, err = s.mgr.PooledCount(r.Context()); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+	}
 	var details []string
 	for _, c := range s.mgr.Conditions() {
 		h.Status = "degraded"
@@ -551,13 +557,17 @@ const keyedCreateTimeout = 30 * time.Minute
 
 func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	if err := knownParams(q, "user_id", "all", "limit", "cursor"); err != nil {
+	if err := knownParams(q, "user_id", "all", "limit", "cursor", "pooled"); err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	req := sandbox.PageRequest{UserID: q.Get("user_id"), Cursor: q.Get("cursor")}
 	var err error
 	if req.All, err = boolParam(q, "all", false); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if req.Pooled, err = boolParam(q, "pooled", false); err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -766,6 +776,7 @@ func (s *Server) importImage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("images imported", "images", names)
+	s.mgr.ImagesChanged()
 	writeJSON(w, http.StatusOK, apitype.ImportResponse{Images: names})
 }
 

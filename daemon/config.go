@@ -50,10 +50,13 @@ type Config struct {
 	// TCPMaxConns caps the TCP listener's connections (0: 128).
 	TCPMaxConns int
 	Limits      sandbox.Limits
-	Storage     StorageConfig
-	UserNS      UserNSConfig
-	Network     NetworkConfig
-	Registry    RegistryConfig
+	// Pools are the warm pools (sandbox package, pool.go): --warm-pool N
+	// for the default image, --warm-pool-image IMAGE=N for others.
+	Pools    []sandbox.PoolSpec
+	Storage  StorageConfig
+	UserNS   UserNSConfig
+	Network  NetworkConfig
+	Registry RegistryConfig
 
 	// MetricsAddress, when set, is a loopback HOST:PORT where a second
 	// listener serves only GET /metrics, for a scraper that cannot use the
@@ -130,6 +133,8 @@ func flags() []cli.Flag {
 		&cli.Int64Flag{Name: "max-upload-mb", Value: 1024, EnvVars: []string{"MATRX_MAX_UPLOAD_MB"}, Usage: "largest file upload body (PUT /sandboxes/{id}/files, a tar's unpacked size too); larger ones get 413"},
 		&cli.Int64Flag{Name: "output-limit", Value: d.OutputLimit, EnvVars: []string{"MATRX_OUTPUT_LIMIT"}, Usage: "bytes kept of each of stdout and stderr per exec"},
 		&cli.IntFlag{Name: "max-sandboxes", Value: d.MaxSandboxes, EnvVars: []string{"MATRX_MAX_SANDBOXES"}, Usage: "the host's sandbox slots: creates beyond this many live sandboxes answer 429 (0: no limit); a fleet node's capacity"},
+		&cli.IntFlag{Name: "warm-pool", EnvVars: []string{"MATRX_WARM_POOL"}, Usage: "sandboxes of the default image kept started ahead of any request, claimed by creates that fit (default disk, at most the default cpu/memory/pids); 0: off"},
+		&cli.StringSliceFlag{Name: "warm-pool-image", EnvVars: []string{"MATRX_WARM_POOL_IMAGE"}, Usage: "IMAGE=N: a warm pool of N sandboxes of IMAGE (repeatable)"},
 		&cli.DurationFlag{Name: "expiry-interval", Value: 10 * time.Second, EnvVars: []string{"MATRX_EXPIRY_INTERVAL"}, Usage: "how often TTLs, heartbeat and idle timeouts are checked"},
 		&cli.DurationFlag{Name: "reconcile-interval", Value: 30 * time.Second, EnvVars: []string{"MATRX_RECONCILE_INTERVAL"}, Usage: "how often the registry is compared with containerd, mounts, networks and disks (and differences repaired)"},
 		&cli.DurationFlag{Name: "record-retention", EnvVars: []string{"MATRX_RECORD_RETENTION"}, Usage: "prune stopped sandbox records older than this, e.g. 720h (default 0: keep every record)"},
@@ -203,7 +208,16 @@ func configFrom(c *cli.Context) (Config, error) {
 		},
 		Storage:  storageConfigFrom(c),
 		Registry: registryConfigFrom(c),
+		Pools:    []sandbox.PoolSpec{{Size: c.Int("warm-pool")}},
 		UserNS:   UserNSConfig{Mode: strings.ToLower(c.String("userns")), Base: uint32(c.Uint64("userns-base"))},
+	}
+	cfg.Pools[0].Image = cfg.Limits.DefaultImage
+	for _, v := range c.StringSlice("warm-pool-image") {
+		p, err := parsePoolFlag(v)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Pools = append(cfg.Pools, p)
 	}
 	nc, err := networkConfigFrom(c)
 	if err != nil {
@@ -277,7 +291,23 @@ func (c Config) Validate() error {
 	if err := c.validateListeners(); err != nil {
 		return err
 	}
-	return c.Limits.Validate()
+	if err := c.Limits.Validate(); err != nil {
+		return err
+	}
+	return sandbox.ValidatePools(c.Pools)
+}
+
+// parsePoolFlag parses one --warm-pool-image value, IMAGE=N.
+func parsePoolFlag(v string) (sandbox.PoolSpec, error) {
+	i := strings.LastIndexByte(v, '=')
+	if i <= 0 {
+		return sandbox.PoolSpec{}, fmt.Errorf("--warm-pool-image %q: want IMAGE=N: %w", v, errdefs.ErrInvalidArgument)
+	}
+	n, err := strconv.Atoi(v[i+1:])
+	if err != nil || n < 0 || n > sandbox.MaxPoolSize {
+		return sandbox.PoolSpec{}, fmt.Errorf("--warm-pool-image %q: N must be a whole number in [0, %d]: %w", v, sandbox.MaxPoolSize, errdefs.ErrInvalidArgument)
+	}
+	return sandbox.PoolSpec{Image: v[:i], Size: n}, nil
 }
 
 func (c Config) reconcileInterval() time.Duration {

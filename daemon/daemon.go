@@ -147,7 +147,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 		return err
 	}
 	mcfg := sandbox.Config{Store: store, Runtime: rt, Storage: st.storage, Limits: cfg.Limits, Logger: log, Metrics: mx,
-		PinnedImages: cfg.Registry.PinnedImages}
+		PinnedImages: cfg.Registry.PinnedImages, Pools: cfg.Pools}
 	if home != nil {
 		mcfg.Home = home
 	}
@@ -311,6 +311,7 @@ func startLoops(bg context.Context, cfg Config, mgr *sandbox.Manager, st *opened
 		retryEvery = 5 * time.Minute
 	}
 	loops.Go(func() { mgr.RunStorageTasks(bg, cfg.Storage.CheckpointInterval, retryEvery) })
+	loops.Go(func() { mgr.RunPool(bg) })
 	loops.Go(func() { watchdog(bg) })
 	return &loops
 }

@@ -139,6 +139,7 @@ func NewStorage(cfg StorageConfig) (*Storage, error) {
 // Files of a sandbox's hot dir besides home/ and manifest.json.
 const (
 	ownerFile    = "user"     // the owning user id
+	pooledFile   = "pooled"   // instead of ownerFile: a warm-pool sandbox's, no user yet (ClaimHot)
 	sentinelFile = "sentinel" // the token written on home (hotsync.WriteSentinel)
 	diskFile     = "disk"     // present when home is a disk image
 	removingFile = "removing" // RemoveHot has begun: nothing may sync or mount here again
@@ -165,7 +166,7 @@ func (s *Storage) sandboxDir(sandboxID string) (string, error) {
 }
 
 // PrepareHot creates the sandbox's empty hot directory and records its
-// owner, and returns the directory to bind at /home/agent. With diskBytes
+// owner (none for a warm-pool sandbox: userID "", see ClaimHot), and returns the directory to bind at /home/agent. With diskBytes
 // > 0 the directory is a loop-mounted ext4 image of that size (the
 // sandbox's disk quota). Fill it with SyncDown.
 func (s *Storage) PrepareHot(sandboxID string, userID ids.UserID, diskBytes int64) (_ string, err error) {
@@ -200,7 +201,11 @@ func (s *Storage) PrepareHot(sandboxID string, userID ids.UserID, diskBytes int6
 	if err := os.Chown(home, s.uid, s.gid); err != nil {
 		return "", fmt.Errorf("chown hot home: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(d, ownerFile), []byte(userID), 0o600); err != nil {
+	owner, content := ownerFile, []byte(userID)
+	if userID == "" {
+		owner, content = pooledFile, nil
+	}
+	if err := os.WriteFile(filepath.Join(d, owner), content, 0o600); err != nil {
 		return "", fmt.Errorf("record hot dir owner: %w", err)
 	}
 	if diskBytes > 0 {
@@ -232,7 +237,51 @@ func (s *Storage) PrepareHot(sandboxID string, userID ids.UserID, diskBytes int6
 	return home, nil
 }
 
+// ClaimHot gives the hot directory of a warm-pool sandbox (prepared with no
+// user) its owner, before its first SyncDown. A directory that already has
+// an owner is refused: a hot directory is only ever one user's.
+func (s *Storage) ClaimHot(sandboxID string, userID ids.UserID) error {
+	d, err := s.sandboxDir(sandboxID)
+	if err != nil {
+		return err
+	}
+	if userID == "" {
+		return fmt.Errorf("claim of hot dir %s needs a user: %w", sandboxID, errdefs.ErrInvalidArgument)
+	}
+	if !fileExists(filepath.Join(d, pooledFile)) || fileExists(filepath.Join(d, ownerFile)) {
+		return fmt.Errorf("hot dir of %s is not an unclaimed pool dir: %w", sandboxID, errdefs.ErrFailedPrecondition)
+	}
+	if err := writeFileSync(filepath.Join(d, ownerFile), []byte(userID)); err != nil {
+		return fmt.Errorf("record hot dir owner: %w", err)
+	}
+	if err := os.Remove(filepath.Join(d, pooledFile)); err != nil {
+		return fmt.Errorf("hot dir of %s: %w", sandboxID, err)
+	}
+	return nil
+}
+
+// writeFileSync writes a new 0600 file and flushes it: an owner record
+// must be on disk before anything of the user's is.
+func writeFileSync(p string, data []byte) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
 func (s *Storage) syncer(sandboxID string, userID ids.UserID) (*hotsync.Syncer, error) {
+	if userID == "" {
+		return nil, fmt.Errorf("hot dir of %s has no user to sync for: %w", sandboxID, errdefs.ErrFailedPrecondition)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if sy, ok := s.syncers[sandboxID]; ok {
@@ -389,7 +438,9 @@ func (s *Storage) HasHot(sandboxID string) bool {
 	return err == nil
 }
 
-// PendingHot is a hot directory found on disk.
+// PendingHot is a hot directory found on disk. UserID is empty for the
+// directory of a warm-pool sandbox that was never claimed (it holds no
+// one's files).
 type PendingHot struct {
 	SandboxID string
 	UserID    ids.UserID
@@ -406,7 +457,11 @@ func (s *Storage) Pending() ([]PendingHot, error) {
 		if !e.IsDir() {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(s.dir, e.Name(), "user"))
+		b, err := os.ReadFile(filepath.Join(s.dir, e.Name(), ownerFile))
+		if errors.Is(err, fs.ErrNotExist) && fileExists(filepath.Join(s.dir, e.Name(), pooledFile)) {
+			out = append(out, PendingHot{SandboxID: e.Name()}) // a pool dir: nobody's files
+			continue
+		}
 		if err != nil {
 			s.log.Warn("hot dir without owner record; leaving it alone", "dir", filepath.Join(s.dir, e.Name()))
 			continue
@@ -445,10 +500,59 @@ func (s *Storage) AcquireCold(ctx context.Context, userID ids.UserID, sandboxID 
 	return p, nil
 }
 
+// ColdSlot makes the empty slot a warm-pool sandbox binds at /data/cold
+// (see package cold, "Slots"), for AcquireColdSlot to fill at its claim.
+func (s *Storage) ColdSlot(sandboxID string) (string, error) {
+	return s.cold.MakeSlot(sandboxID)
+}
+
+// AcquireColdSlot is AcquireCold for a sandbox that bound its slot: the
+// user's cold storage is mounted (or shared) and bound into the slot,
+// which propagates into the running sandbox. Again (after a daemon
+// restart) it binds only what is not bound.
+func (s *Storage) AcquireColdSlot(ctx context.Context, userID ids.UserID, sandboxID string) error {
+	if _, err := s.AcquireCold(ctx, userID, sandboxID); err != nil {
+		return err
+	}
+	if s.cold.SlotBound(sandboxID) {
+		return nil
+	}
+	if err := s.cold.BindSlot(userID, sandboxID); err != nil {
+		return errors.Join(err, s.ReleaseCold(context.WithoutCancel(ctx), userID, sandboxID))
+	}
+	return nil
+}
+
+// SweepColdSlots removes the slots of sandboxes keep does not know (a
+// crash between a pooled sandbox's end and its slot's removal).
+func (s *Storage) SweepColdSlots(keep func(sandboxID string) bool) ([]string, error) {
+	slots, err := s.cold.Slots()
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	var errs []error
+	for _, id := range slots {
+		if keep(id) {
+			continue
+		}
+		if err := s.cold.RemoveSlot(id); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, id)
+	}
+	return removed, errors.Join(errs...)
+}
+
 // ReleaseCold drops the sandbox's reference to its user's cold mount, if
 // it holds one: a sandbox whose acquire failed (at recovery, say) releases
-// nothing, so it can never take another sandbox's mount away.
+// nothing, so it can never take another sandbox's mount away. The
+// sandbox's slot, if it has one, goes first (its container is gone).
 func (s *Storage) ReleaseCold(ctx context.Context, userID ids.UserID, sandboxID string) error {
+	if err := s.cold.RemoveSlot(sandboxID); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	held, ok := s.coldHeld[sandboxID]
 	if ok && held == userID {

@@ -189,7 +189,10 @@ func validateRecord(r *Record) error {
 	if r == nil || r.ID == "" {
 		return fmt.Errorf("record needs an id: %w", errdefs.ErrInvalidArgument)
 	}
-	if r.UserID == "" && r.Status != StatusPooled {
+	// Only a warm-pool sandbox has no user: pooled, then shutting_down
+	// and terminal when it is retired unclaimed. A user's sandbox always
+	// has one.
+	if r.UserID == "" && (r.Status == StatusCreating || r.Status == StatusStarting || r.Status.AcceptsExec()) {
 		return fmt.Errorf("record %q needs a user id: %w", r.ID, errdefs.ErrInvalidArgument)
 	}
 	if r.UserID != "" && r.Status == StatusPooled {

@@ -155,6 +155,9 @@ type Record struct {
 	// made this sandbox. Within IdempotencyWindow of CreatedAt, Create
 	// refuses a second record with the same key (IdempotencyConflict).
 	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	// FromPool is set on a sandbox a create claimed from the warm pool:
+	// its cold storage is bound through its slot (package cold).
+	FromPool bool `json:"from_pool,omitempty"`
 	// HotSyncOverLimit says, when the sandbox's home holds more names than
 	// the daemon's cap, how many and what is synced (the rest stays on
 	// the host, no deletions propagate).

@@ -104,6 +104,9 @@ func (m *Manager) GrantAccess(ctx context.Context, id string, req AccessRequest)
 	now := m.now().UTC()
 	grant.ExpiresAt = now.Add(ttl).Truncate(time.Second)
 	rec, err := m.store.Update(ctx, id, func(r *registry.Record) error {
+		if r.UserID == "" {
+			return errPooled(id)
+		}
 		if !r.Status.AcceptsExec() {
 			return fmt.Errorf("sandbox %s is %s, not running: %w", id, r.Status, errdefs.ErrFailedPrecondition)
 		}
@@ -184,6 +187,9 @@ func (m *Manager) RevokeAccess(ctx context.Context, id, fingerprint string) (int
 	}
 	n := 0
 	rec, err := m.store.Update(ctx, id, func(r *registry.Record) error {
+		if r.UserID == "" {
+			return errPooled(id)
+		}
 		before := len(r.AccessKeys)
 		r.AccessKeys = slices.DeleteFunc(r.AccessKeys, func(k registry.AccessKey) bool {
 			return fingerprint == "" || k.Fingerprint == fingerprint

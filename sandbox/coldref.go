@@ -16,7 +16,11 @@ import (
 func (m *Manager) reacquireCold(ctx context.Context, r *registry.Record, log *slog.Logger) {
 	actx, cancel := context.WithTimeout(ctx, coldAcquireBudget)
 	defer cancel()
-	if _, err := m.storage.AcquireCold(actx, r.UserID, r.ID); err != nil {
+	acquire := func() error { _, err := m.storage.AcquireCold(actx, r.UserID, r.ID); return err }
+	if r.FromPool {
+		acquire = func() error { return m.storage.AcquireColdSlot(actx, r.UserID, r.ID) }
+	}
+	if err := acquire(); err != nil {
 		log.Warn("recover: cold mount failed", "error", err)
 		return
 	}

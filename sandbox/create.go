@@ -156,6 +156,10 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 	if err := m.refuseWhileDegraded("create", ConditionContainerd, ConditionS3); err != nil {
 		return nil, err
 	}
+	defer m.pool.begin()()
+	if out, ok, err := m.claimPooled(ctx, userID, cfg, req.IdempotencyKey); ok {
+		return out, err
+	}
 	now := m.now().UTC()
 	rec := &registry.Record{
 		ID: ids.NewSandboxID(), UserID: userID, Status: registry.StatusCreating,
@@ -189,23 +193,9 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 	// if the caller went away.
 	var rollback undo.Stack
 	defer func() {
-		if err == nil {
-			return
+		if err != nil {
+			m.createFailed(ctx, rec, err, &rollback, log, start)
 		}
-		rollback.Run(ctx, log)
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		stopped := m.now().UTC()
-		m.store.Update(cctx, rec.ID, func(r *registry.Record) error {
-			r.Status = registry.StatusFailed
-			r.Error = err.Error()
-			r.StoppedAt = &stopped
-			r.StopReason = ReasonError
-			return nil
-		})
-		m.emit(Event{Type: EventStopped, SandboxID: rec.ID, UserID: userID, Status: string(registry.StatusFailed), Reason: ReasonError, Detail: err.Error()})
-		log.Error("sandbox create failed", "error", err)
-		m.metrics.ObserveCreate(time.Since(start), false)
 	}()
 
 	// The image first: a create that cannot have it does no storage work.
@@ -285,6 +275,32 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 	}
 	phase["sync_down"] = down.took
 	fault.At(ctx, "create/synced-down")
+	return m.markReady(ctx, rec, &rollback, log, start, phase, []string{"image", "ensure_user", "prepare_hot", "cold", "container", "sync_down"})
+}
+
+// createFailed undoes a create (or a claim) that failed after its record
+// was stored, and records the failure even if the caller went away.
+func (m *Manager) createFailed(ctx context.Context, rec *registry.Record, err error, rollback *undo.Stack, log *slog.Logger, start time.Time) {
+	rollback.Run(ctx, log)
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	stopped := m.now().UTC()
+	m.store.Update(cctx, rec.ID, func(r *registry.Record) error {
+		r.Status = registry.StatusFailed
+		r.Error = err.Error()
+		r.StoppedAt = &stopped
+		r.StopReason = ReasonError
+		return nil
+	})
+	m.emit(Event{Type: EventStopped, SandboxID: rec.ID, UserID: rec.UserID, Status: string(registry.StatusFailed), Reason: ReasonError, Detail: err.Error()})
+	log.Error("sandbox create failed", "error", err)
+	m.metrics.ObserveCreate(time.Since(start), false)
+}
+
+// markReady is the end of a create or a claim: the sandbox's files are
+// down, so it is ready (and its live state exists). The phase timings go
+// on the "sandbox ready" line, in the order given.
+func (m *Manager) markReady(ctx context.Context, rec *registry.Record, rollback *undo.Stack, log *slog.Logger, start time.Time, phase map[string]time.Duration, order []string) (*registry.Record, error) {
 	syncedAt := m.now().UTC()
 	m.mu.Lock()
 	m.live[rec.ID] = &liveState{cwd: HotPath, activity: syncedAt, saved: syncedAt}
@@ -304,10 +320,10 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 	if err != nil {
 		return nil, err
 	}
-	m.emit(Event{Type: EventReady, SandboxID: rec.ID, UserID: userID, Status: string(registry.StatusReady)})
+	m.emit(Event{Type: EventReady, SandboxID: rec.ID, UserID: rec.UserID, Status: string(registry.StatusReady)})
 	fault.At(ctx, "create/ready")
 	args := []any{"total_ms", ms(time.Since(start))}
-	for _, k := range []string{"image", "ensure_user", "prepare_hot", "cold", "container", "sync_down"} {
+	for _, k := range order {
 		args = append(args, k+"_ms", ms(phase[k]))
 	}
 	log.Info("sandbox ready", args...)

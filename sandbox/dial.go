@@ -20,7 +20,7 @@ func (m *Manager) Dial(ctx context.Context, id string, port int) (net.Conn, erro
 	if port < 1 || port > 65535 {
 		return nil, invalid("port %d is out of range [1, 65535]", port)
 	}
-	rec, err := m.store.Get(ctx, id)
+	rec, err := m.userRecord(ctx, id)
 	if err != nil {
 		return nil, err
 	}

@@ -63,7 +63,7 @@ func (m *Manager) Exec(ctx context.Context, id string, in ExecInput) (*runtime.E
 	if err := validateEnv(in.Env, "env"); err != nil {
 		return nil, err
 	}
-	rec, err := m.store.Get(ctx, id)
+	rec, err := m.userRecord(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -163,6 +163,9 @@ func (m *Manager) Heartbeat(ctx context.Context, id string) (*registry.Record, e
 	}
 	now := m.now().UTC()
 	rec, err := m.store.Update(ctx, id, func(r *registry.Record) error {
+		if r.UserID == "" {
+			return errPooled(id)
+		}
 		if !r.Status.AcceptsExec() {
 			return fmt.Errorf("sandbox %s is %s: %w", id, r.Status, errdefs.ErrFailedPrecondition)
 		}

@@ -79,7 +79,7 @@ func (m *Manager) filesCall(ctx context.Context, id, user string, req fshelper.R
 			return nil, err
 		}
 	}
-	rec, err := m.store.Get(ctx, id)
+	rec, err := m.userRecord(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -525,7 +525,7 @@ func (m *Manager) WatchFiles(ctx context.Context, id, user, path string, recursi
 		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
 	// Only a running sandbox gets a slot (filesCall checks again).
-	if rec, err := m.store.Get(ctx, id); err != nil {
+	if rec, err := m.userRecord(ctx, id); err != nil {
 		return nil, err
 	} else if !rec.Status.AcceptsExec() {
 		return nil, fmt.Errorf("sandbox %s is %s, not running: %w", id, rec.Status, errdefs.ErrFailedPrecondition)

@@ -218,7 +218,11 @@ func (m *Manager) PullImage(ctx context.Context, req runtime.PullRequest) (runti
 		return runtime.ImageInfo{}, err
 	}
 	req.Ref = name
-	return m.rt.Pull(ctx, req)
+	info, err := m.rt.Pull(ctx, req)
+	if err == nil {
+		m.ImagesChanged()
+	}
+	return info, err
 }
 
 // DeleteImage removes an image no sandbox uses (409 naming the users

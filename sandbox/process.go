@@ -262,7 +262,7 @@ func execUser(u string) (runtime.ExecUser, error) {
 
 // liveRecord returns the record of a sandbox that accepts work.
 func (m *Manager) liveRecord(ctx context.Context, id string) (*registry.Record, error) {
-	rec, err := m.store.Get(ctx, id)
+	rec, err := m.userRecord(ctx, id)
 	if err != nil {
 		return nil, err
 	}

@@ -60,6 +60,13 @@ func (m *Manager) Reconcile(ctx context.Context) {
 		if err != nil {
 			m.log.Warn("reconcile: cold mount sweep failed", "error", err)
 		}
+		slots, err := m.storage.SweepColdSlots(m.HasContainer)
+		for _, id := range slots {
+			m.repaired(RepairColdMount, id, "", "removed the cold slot of a sandbox with no live record")
+		}
+		if err != nil {
+			m.log.Warn("reconcile: cold slot sweep failed", "error", err)
+		}
 	default:
 	}
 	m.forgetGone(ctx)
@@ -79,6 +86,17 @@ func (m *Manager) reconcileRuntime(ctx context.Context) {
 		if m.stopAsync(ctx, r.ID, stopCause{reason: ReasonRuntimeLost, final: registry.StatusFailed,
 			message: "its container is gone (removed outside matrxd?)"}) {
 			m.repaired(RepairRecord, r.ID, r.UserID, "record said "+string(r.Status)+" but the container is gone")
+		}
+	}
+	pooled, err := m.pooled(ctx)
+	if err != nil {
+		m.log.Warn("reconcile: warm pool scan failed", "error", err)
+	}
+	for _, r := range pooled {
+		if st, err := m.rt.TaskState(ctx, r.ID); err == nil && !st.Running {
+			if m.retirePooled(ctx, r.ID, "its task is not running") {
+				m.repaired(RepairRecord, r.ID, "", "a pooled sandbox's task was not running")
+			}
 		}
 	}
 	left, err := m.rt.GC(ctx, runtime.GCPolicy{IsSandbox: ids.ValidSandboxID, Keep: m.HasContainer})

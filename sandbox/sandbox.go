@@ -96,6 +96,7 @@ const (
 // Runtime is what the lifecycle needs from the container runtime.
 type Runtime interface {
 	Create(ctx context.Context, req runtime.CreateRequest) error
+	Claim(ctx context.Context, req runtime.ClaimRequest) error
 	Destroy(ctx context.Context, id string, grace time.Duration) error
 	Exec(ctx context.Context, id string, req runtime.ExecRequest) (*runtime.ExecResult, error)
 	Files(ctx context.Context, id string, user runtime.ExecUser, req fshelper.Request, body io.Reader) (*runtime.FilesCall, error)
@@ -128,6 +129,9 @@ type Runtime interface {
 type Storage interface {
 	EnsureUser(ctx context.Context, userID ids.UserID) error
 	PrepareHot(sandboxID string, userID ids.UserID, diskBytes int64) (string, error)
+	// ClaimHot gives a warm-pool sandbox's hot dir (prepared with no
+	// user) its owner.
+	ClaimHot(sandboxID string, userID ids.UserID) error
 	SyncDown(ctx context.Context, sandboxID string, userID ids.UserID) (hotsync.Result, error)
 	SyncUp(ctx context.Context, sandboxID string, userID ids.UserID) (hotsync.Result, error)
 	FinishHot(ctx context.Context, sandboxID string, userID ids.UserID) (hotsync.Result, error)
@@ -138,6 +142,13 @@ type Storage interface {
 	// release by a sandbox that holds none (its acquire failed) is a no-op.
 	AcquireCold(ctx context.Context, userID ids.UserID, sandboxID string) (string, error)
 	ReleaseCold(ctx context.Context, userID ids.UserID, sandboxID string) error
+	// ColdSlot makes a warm-pool sandbox's empty cold slot (to bind at
+	// ColdPath); AcquireColdSlot binds the user's cold storage into it
+	// at the claim; ReleaseCold removes it; SweepColdSlots removes the
+	// slots of sandboxes keep does not know.
+	ColdSlot(sandboxID string) (string, error)
+	AcquireColdSlot(ctx context.Context, userID ids.UserID, sandboxID string) error
+	SweepColdSlots(keep func(sandboxID string) bool) ([]string, error)
 	// SweepCold unmounts cold mounts no reference holds (a previous
 	// daemon's), returning their users.
 	SweepCold(ctx context.Context) ([]ids.UserID, error)
@@ -277,6 +288,8 @@ type Config struct {
 	// PinnedImages are kept by PruneImages even when no sandbox uses
 	// them (the default image always is).
 	PinnedImages []string
+	// Pools are the warm pools to keep full (pool.go); RunPool fills them.
+	Pools []PoolSpec
 }
 
 // Manager runs sandbox lifecycles.
@@ -307,6 +320,7 @@ type Manager struct {
 	recovered   chan struct{} // closed once startup recovery finished
 	pins        []string      // normalized PinnedImages
 	images      imageState    // pulls in flight, images of starting sandboxes
+	pool        *pool         // warm pools (pool.go)
 
 }
 
@@ -348,7 +362,12 @@ func New(cfg Config) (*Manager, error) {
 		}
 		pins = append(pins, n)
 	}
+	wp, err := newPool(cfg.Pools)
+	if err != nil {
+		return nil, err
+	}
 	return &Manager{
+		pool:  wp,
 		store: cfg.Store, rt: cfg.Runtime, storage: cfg.Storage, metrics: cfg.Metrics, home: cfg.Home, limits: cfg.Limits,
 		log: cfg.Logger, now: time.Now, live: map[string]*liveState{},
 		hotBusy: map[string]bool{}, stopSem: make(chan struct{}, maxBackgroundStops), recovered: make(chan struct{}),
@@ -365,8 +384,18 @@ func (m *Manager) Get(ctx context.Context, id string) (*registry.Record, error) 
 	if !ids.ValidSandboxID(id) {
 		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
-	r, err := m.store.Get(ctx, id)
+	r, err := m.userRecord(ctx, id)
 	return m.withActivity(r), err
+}
+
+// userRecord is a sandbox's record for a user's request: a pooled sandbox
+// (which has no user yet) is not found.
+func (m *Manager) userRecord(ctx context.Context, id string) (*registry.Record, error) {
+	r, err := m.store.Get(ctx, id)
+	if err == nil && r.UserID == "" {
+		return nil, errPooled(id)
+	}
+	return r, err
 }
 
 // List returns a user's sandboxes (all users when userID is empty); only
@@ -384,10 +413,18 @@ func (m *Manager) List(ctx context.Context, userID string, all bool) ([]*registr
 		f.Statuses = registry.LiveStatuses()
 	}
 	rs, err := m.store.List(ctx, f)
+	// Pooled sandboxes (and retired ones, which never had a user) are
+	// nobody's: ListPooled shows them.
+	rs = slices.DeleteFunc(rs, func(r *registry.Record) bool { return r.UserID == "" })
 	for _, r := range rs {
 		m.withActivity(r)
 	}
 	return rs, err
+}
+
+// ListPooled returns the sandboxes waiting in the warm pools.
+func (m *Manager) ListPooled(ctx context.Context) ([]*registry.Record, error) {
+	return m.pooled(ctx)
 }
 
 // MaxPageSize bounds one page of GET /sandboxes.
@@ -397,6 +434,9 @@ const MaxPageSize = 1000
 type PageRequest struct {
 	UserID string
 	All    bool // stopped ones too
+	// Pooled lists the warm pools' sandboxes instead (with neither
+	// UserID nor All: they have no user and are never stopped).
+	Pooled bool
 	// Limit is the page size; 0 means every match (the original API's
 	// behaviour, for clients that do not page).
 	Limit int
@@ -427,7 +467,14 @@ func (m *Manager) ListPage(ctx context.Context, req PageRequest) (*Page, error) 
 		}
 		after = &c
 	}
-	rs, err := m.List(ctx, req.UserID, req.All)
+	if req.Pooled && (req.UserID != "" || req.All) {
+		return nil, invalid("pooled sandboxes have no user and are never stopped: pooled=true goes with neither user_id nor all")
+	}
+	list := func() ([]*registry.Record, error) { return m.List(ctx, req.UserID, req.All) }
+	if req.Pooled {
+		list = func() ([]*registry.Record, error) { return m.ListPooled(ctx) }
+	}
+	rs, err := list()
 	if err != nil {
 		return nil, err
 	}

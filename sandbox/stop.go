@@ -84,6 +84,8 @@ func (m *Manager) beginShutdown(ctx context.Context, id, errMsg string) (*regist
 	started := false
 	rec, err := m.store.Update(ctx, id, func(r *registry.Record) error {
 		switch {
+		case r.Status == registry.StatusPooled:
+			return errPooled(id)
 		case r.Status == registry.StatusCreating || r.Status == registry.StatusStarting:
 			return fmt.Errorf("sandbox %s is still being created; retry once it is ready: %w", id, errdefs.ErrFailedPrecondition)
 		case !r.Status.AcceptsExec():
@@ -282,6 +284,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 		d.rec = rec
 		dead = append(dead, d)
 	}
+	m.adoptPooled(ctx, m.log)
 	m.bg.Go(func() { m.recoverStorage(ctx, survivors, dead) })
 	return nil
 }
@@ -420,6 +423,9 @@ func (m *Manager) retryPending(ctx context.Context, orphans bool, budget time.Du
 		return err
 	}
 	for _, p := range pending {
+		if m.pool.isFilling(p.SandboxID) {
+			continue // a pool fill is making it; its record comes last
+		}
 		rec, err := m.store.Get(ctx, p.SandboxID)
 		switch {
 		case err == nil && !rec.Status.Terminal():
@@ -428,6 +434,14 @@ func (m *Manager) retryPending(ctx context.Context, orphans bool, budget time.Du
 			continue
 		}
 		if !m.tryHot(p.SandboxID) {
+			continue
+		}
+		if p.UserID == "" {
+			// A warm-pool dir with no live record: nobody's files.
+			if m.discardHot(ctx, p.SandboxID, m.log.With("sandbox_id", p.SandboxID)) == nil {
+				m.repaired(RepairHotDir, p.SandboxID, "", "removed the hot dir of a pooled sandbox that is gone")
+			}
+			m.doneHot(p.SandboxID)
 			continue
 		}
 		m.retryOne(ctx, p.SandboxID, p.UserID, rec, budget)
@@ -520,6 +534,9 @@ func (m *Manager) Wait() { m.bg.Wait() }
 // exist: it is not in a terminal state (for garbage collection of host
 // resources after a crash).
 func (m *Manager) HasContainer(id string) bool {
+	if m.pool.isFilling(id) {
+		return true // a pool fill made it; its record comes last
+	}
 	r, err := m.store.Get(context.Background(), id)
 	return err == nil && !r.Status.Terminal()
 }

@@ -196,7 +196,10 @@ func (m *Manager) onTaskEvent(ctx context.Context, ev runtime.TaskEvent) {
 			c.reason = ReasonExited
 			c.message = fmt.Sprintf("PID 1 exited with status %d", ev.ExitStatus)
 		}
-		m.stopAsync(ctx, id, c)
+		if !m.stopAsync(ctx, id, c) {
+			// A pooled sandbox that died is never handed out.
+			m.bg.Go(func() { m.retirePooled(ctx, id, c.message) })
+		}
 	}
 }
 
@@ -464,6 +467,9 @@ func (m *Manager) SetTTL(ctx context.Context, id string, ttl time.Duration) (*re
 	}
 	now := m.now().UTC()
 	rec, err := m.store.Update(ctx, id, func(r *registry.Record) error {
+		if r.UserID == "" {
+			return errPooled(id)
+		}
 		if !r.Status.AcceptsExec() {
 			return fmt.Errorf("sandbox %s is %s: only a ready or running sandbox's lifetime can change: %w", id, r.Status, errdefs.ErrFailedPrecondition)
 		}

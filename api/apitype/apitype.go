@@ -42,6 +42,7 @@ type ErrorResponse struct {
 type Health struct {
 	Status           string   `json:"status"`
 	ActiveSandboxes  int      `json:"active_sandboxes"`
+	PooledSandboxes  int      `json:"pooled_sandboxes,omitempty"`
 	UptimeSeconds    float64  `json:"uptime_seconds"`
 	Version          string   `json:"version,omitempty"`
 	ContainerdStatus string   `json:"containerd,omitempty"`

@@ -354,6 +354,9 @@ type ListOptions struct {
 	All    bool
 	Limit  int    // 0: every match in one answer
 	Cursor string // a previous page's NextCursor
+	// Pooled lists the warm pools' sandboxes instead (neither UserID
+	// nor All may be set with it).
+	Pooled bool
 }
 
 // ListPage calls GET /sandboxes once.
@@ -364,6 +367,9 @@ func (c *Client) ListPage(ctx context.Context, o ListOptions) (*apitype.SandboxL
 	}
 	if o.All {
 		q.Set("all", "true")
+	}
+	if o.Pooled {
+		q.Set("pooled", "true")
 	}
 	if o.Limit > 0 {
 		q.Set("limit", strconv.Itoa(o.Limit))

@@ -30,3 +30,21 @@ func NewManager(context.Context, ManagerConfig, ...ManagerOption) (*Manager, err
 func (m *Manager) SweepStale(context.Context) ([]ids.UserID, error) { return nil, errNotSupported }
 
 func (m *Manager) unbindIfEmpty() error { return errNotSupported }
+
+// SlotPath is not supported on this OS.
+func (m *Manager) SlotPath(string) (string, error) { return "", errNotSupported }
+
+// MakeSlot is not supported on this OS.
+func (m *Manager) MakeSlot(string) (string, error) { return "", errNotSupported }
+
+// BindSlot is not supported on this OS.
+func (m *Manager) BindSlot(ids.UserID, string) error { return errNotSupported }
+
+// SlotBound is not supported on this OS.
+func (m *Manager) SlotBound(string) bool { return false }
+
+// RemoveSlot is not supported on this OS.
+func (m *Manager) RemoveSlot(string) error { return errNotSupported }
+
+// Slots is not supported on this OS.
+func (m *Manager) Slots() ([]string, error) { return nil, errNotSupported }

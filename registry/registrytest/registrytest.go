@@ -99,7 +99,7 @@ func Run(t *testing.T, open func(t *testing.T) registry.Store) {
 	})
 	t.Run("Invalid", func(t *testing.T) {
 		s := open(t)
-		for _, r := range []*registry.Record{nil, {}, {ID: "x"}, {ID: "x", UserID: "u"}} {
+		for _, r := range []*registry.Record{nil, {}, {ID: "x"}, {ID: "x", UserID: "u"}, {ID: "x", Status: registry.StatusReady}} {
 			if err := s.Create(ctx, r); !errdefs.IsInvalidArgument(err) {
 				t.Fatalf("create %+v: got %v, want InvalidArgument", r, err)
 			}

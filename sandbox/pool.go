@@ -270,13 +270,20 @@ func (m *Manager) finishClaim(ctx context.Context, rec *registry.Record, start t
 	if err := m.storage.ClaimHot(rec.ID, userID); err != nil {
 		return nil, err
 	}
+	// The hot files download and the cold storage mounts while the
+	// runtime applies the claim: the three touch nothing in common. Each
+	// must have ended before any undo step runs.
 	down := m.startSyncDown(ctx, rec.ID, userID, log)
 	rollback.Push("wait for hot sync-down", func(context.Context) error { down.wait(); return nil })
-	t0 = time.Now()
-	if err := m.storage.AcquireColdSlot(ctx, userID, rec.ID); err != nil {
-		return nil, err
-	}
-	mark("cold", t0)
+	coldDone := make(chan error, 1)
+	var coldTook time.Duration // read after coldDone
+	go func(t0 time.Time) {
+		err := m.storage.AcquireColdSlot(ctx, userID, rec.ID)
+		coldTook = time.Since(t0)
+		coldDone <- err
+	}(time.Now())
+	waitCold := sync.OnceValue(func() error { return <-coldDone })
+	rollback.Push("wait for cold storage", func(context.Context) error { waitCold(); return nil })
 	if _, err := m.setStatus(ctx, rec.ID, registry.StatusStarting); err != nil {
 		return nil, err
 	}
@@ -292,6 +299,10 @@ func (m *Manager) finishClaim(ctx context.Context, rec *registry.Record, start t
 		return nil, err
 	}
 	mark("claim", t0)
+	if err := waitCold(); err != nil {
+		return nil, err
+	}
+	phase["cold"] = coldTook
 	if err := down.wait(); err != nil {
 		return nil, m.syncDownError(userID, cfg, err)
 	}

@@ -398,16 +398,20 @@ func Start(t testing.TB) *Server {
 }
 
 // Main runs the tests and then stops the shared server, if one was started.
-// Call it from TestMain.
-func Main(m *testing.M) {
-	os.Exit(run(m))
+// Call it from TestMain. Each after runs once the tests have (a summary
+// table, say), before the server stops.
+func Main(m *testing.M, after ...func()) {
+	os.Exit(run(m, after))
 }
 
-func run(m *testing.M) int {
+func run(m *testing.M, after []func()) int {
 	shared.mu.Lock()
 	shared.managed = true
 	shared.mu.Unlock()
 	code := m.Run()
+	for _, f := range after {
+		f()
+	}
 	shared.mu.Lock()
 	defer shared.mu.Unlock()
 	if shared.srv != nil {

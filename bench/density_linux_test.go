@@ -94,6 +94,10 @@ func BenchmarkDensity(b *testing.B) {
 	took := time.Since(start)
 	settle()
 	memAfter, rssAfter := memAvailableKiB(), selfRSSKiB()
+	shims, shimPSS := pssOf(func(cmdline string) bool {
+		return strings.Contains(cmdline, "containerd-shim") && strings.Contains(cmdline, h.Env.Address)
+	})
+	inits, initPSS := pssOf(func(cmdline string) bool { return strings.HasPrefix(cmdline, "/.matrx/init") })
 	up := 0
 	for _, id := range ids {
 		if id != "" {
@@ -105,6 +109,11 @@ func BenchmarkDensity(b *testing.B) {
 	fmt.Printf("%-34s %10.1f %10s\n", "host memory per sandbox (MiB)", float64(memBefore-memAfter)/1024/float64(max(up, 1)), "≤ 4")
 	fmt.Printf("%-34s %10.0f %10s\n", "matrxd RSS with them (MiB)", float64(rssAfter)/1024, "≤ 80")
 	fmt.Printf("%-34s %10.0f %10s\n", "matrxd RSS before (MiB)", float64(rssBefore)/1024, "")
+	fmt.Printf("%-34s %10.1f %10s\n", fmt.Sprintf("of which shims, PSS (%d shims)", shims), float64(shimPSS)/1024/float64(max(up, 1)), "")
+	fmt.Printf("%-34s %10.1f %10s\n", fmt.Sprintf("of which PID 1s, PSS (%d)", inits), float64(initPSS)/1024/float64(max(up, 1)), "")
+	perSandbox := float64(memBefore-memAfter) / 1024 / float64(max(up, 1))
+	target(fmt.Sprintf("host memory per idle sandbox (%d)", up), fmt.Sprintf("%.1f MiB", perSandbox), "≤ 4 MiB", perSandbox <= 4 && up == n)
+	target("matrxd RSS with them", fmt.Sprintf("%.0f MiB", float64(rssAfter)/1024), "≤ 80 MiB", rssAfter <= 80*1024)
 	if failed > 0 {
 		fmt.Printf("%d of %d creates failed; the first: %v\n", failed, n, firstErr)
 	}
@@ -137,4 +146,32 @@ func memAvailableKiB() int64 {
 func selfRSSKiB() int64 {
 	rss, _ := procStatus(os.Getpid())
 	return rss
+}
+
+// pssOf sums the proportional set size of the processes whose command line
+// match selects (each process's share of pages it shares with others).
+func pssOf(match func(cmdline string) bool) (procs int, kib int64) {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || !match(strings.ReplaceAll(string(cmd), "\x00", " ")) {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "Pss:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				kib += n
+				procs++
+			}
+		}
+	}
+	return procs, kib
 }

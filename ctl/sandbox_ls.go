@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -18,9 +19,10 @@ func lsCommand() *cli.Command {
 		Name:      "ls",
 		Aliases:   []string{"list"},
 		Usage:     "list sandboxes, newest first",
-		UsageText: "matrx ls [--user USER] [--all] [--json]",
+		UsageText: "matrx ls [--user USER] [--all] [--json] | matrx ls --pooled",
 		Description: `Lists live sandboxes (or, with --all, stopped, failed and expired ones too),
-following the API's pages to the end.
+following the API's pages to the end. --pooled lists the sandboxes waiting in
+the warm pools instead (matrxd --warm-pool).
 
 Examples:
    matrx ls
@@ -28,24 +30,33 @@ Examples:
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "user", Usage: "only this user's sandboxes"},
 			&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "include stopped sandboxes"},
+			&cli.BoolFlag{Name: "pooled", Usage: "the warm pools' sandboxes instead (no user yet)"},
 			jsonFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			if err := exactArgs(c, 0, "no positional arguments (use --user USER)"); err != nil {
 				return err
 			}
-			return runList(c.Context, newClient(c), listOptions{user: c.String("user"), all: c.Bool("all"), json: c.Bool("json")}, c.App.Writer)
+			o := listOptions{user: c.String("user"), all: c.Bool("all"), pooled: c.Bool("pooled"), json: c.Bool("json")}
+			if o.pooled && (o.user != "" || o.all) {
+				return usageError(c, errors.New("--pooled lists sandboxes that have no user and never stopped: it goes with neither --user nor --all"), false)
+			}
+			return runList(c.Context, newClient(c), o, c.App.Writer)
 		},
 	}
 }
 
 type listOptions struct {
-	user      string
-	all, json bool
+	user              string
+	all, pooled, json bool
 }
 
 func runList(ctx context.Context, cl *client.Client, o listOptions, w io.Writer) error {
-	l, err := cl.List(ctx, o.user, o.all)
+	list := func() (*apitype.SandboxList, error) { return cl.List(ctx, o.user, o.all) }
+	if o.pooled {
+		list = func() (*apitype.SandboxList, error) { return cl.ListPage(ctx, client.ListOptions{Pooled: true}) }
+	}
+	l, err := list()
 	if err != nil {
 		return err
 	}
@@ -55,8 +66,11 @@ func runList(ctx context.Context, cl *client.Client, o listOptions, w io.Writer)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SANDBOX ID\tUSER\tSTATUS\tIMAGE\tCREATED\tEXPIRES")
 	for _, s := range l.Sandboxes {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.SandboxID, s.UserID, statusText(s), s.Image,
-			ago(s.CreatedAt), s.ExpiresAt.Local().Format(time.DateTime))
+		user, expires := s.UserID, s.ExpiresAt.Local().Format(time.DateTime)
+		if s.Status == "pooled" {
+			user, expires = "-", "-" // nobody's yet; its TTL starts at the claim
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.SandboxID, user, statusText(s), s.Image, ago(s.CreatedAt), expires)
 	}
 	return tw.Flush()
 }

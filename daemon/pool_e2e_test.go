@@ -110,6 +110,15 @@ func TestWarmPool(t *testing.T) {
 	if _, err := c.ListPage(ctx, client.ListOptions{Pooled: true, All: true}); !errdefs.IsInvalidArgument(err) {
 		t.Fatalf("pooled=true&all=true: %v, want 400", err)
 	}
+	if out, _, code := h.CLI("ls", "--pooled"); code != 0 || !strings.Contains(out, pool[0]) || !strings.Contains(out, pool[1]) || !strings.Contains(out, "pooled") {
+		t.Fatalf("matrx ls --pooled: %d %q", code, out)
+	}
+	if out, _, code := h.CLI("ls"); code != 0 || strings.Contains(out, pool[0]) {
+		t.Fatalf("matrx ls shows a pooled sandbox: %d %q", code, out)
+	}
+	if _, errOut, code := h.CLI("ls", "--pooled", "--all"); code == 0 || !strings.Contains(errOut, "--pooled") {
+		t.Fatalf("matrx ls --pooled --all: exit %d %q, want a usage error", code, errOut)
+	}
 
 	// A claim: the user's files, cold storage, environment and limits.
 	a := h.Create("alice", &apitype.SandboxConfig{MemoryMB: 128, Env: map[string]string{"ALICE_SECRET": "a1"}})

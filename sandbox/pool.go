@@ -106,10 +106,20 @@ func newPool(specs []PoolSpec) (*pool, error) {
 func (m *Manager) ImagesChanged() { m.pool.wake() }
 
 // Pools returns the warm pools the manager keeps.
-func (m *Manager) Pools() []PoolSpec { return slices.Clone(m.pool.specs) }
+func (m *Manager) Pools() []PoolSpec { return m.pool.all() }
+
+// The pool's methods accept a nil pool (a Manager built without New, in
+// tests): it has no specs and nothing in flight.
+
+func (p *pool) all() []PoolSpec {
+	if p == nil {
+		return nil
+	}
+	return slices.Clone(p.specs)
+}
 
 func (p *pool) size(image string) int {
-	for _, s := range p.specs {
+	for _, s := range p.all() {
 		if s.Image == image {
 			return s.Size
 		}
@@ -118,6 +128,9 @@ func (p *pool) size(image string) int {
 }
 
 func (p *pool) wake() {
+	if p == nil {
+		return
+	}
 	select {
 	case p.kick <- struct{}{}:
 	default:
@@ -127,6 +140,9 @@ func (p *pool) wake() {
 // filling reports whether a fill is making sandbox id right now (its
 // resources exist before its record does).
 func (p *pool) isFilling(id string) bool {
+	if p == nil {
+		return false
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	_, ok := p.filling[id]
@@ -135,6 +151,9 @@ func (p *pool) isFilling(id string) bool {
 
 // begin and end bracket a create or claim, so refills wait for them.
 func (p *pool) begin() func() {
+	if p == nil {
+		return func() {}
+	}
 	p.mu.Lock()
 	p.creating++
 	p.mu.Unlock()
@@ -147,6 +166,9 @@ func (p *pool) begin() func() {
 }
 
 func (p *pool) busy() bool {
+	if p == nil {
+		return false
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.creating > 0
@@ -193,7 +215,7 @@ var errTaken = errors.New("pooled sandbox already taken")
 // once the sandbox is ready; on failure the sandbox is destroyed and its
 // record failed, like a create's.
 func (m *Manager) claimPooled(ctx context.Context, userID ids.UserID, cfg registry.Config, key string) (_ *registry.Record, ok bool, err error) {
-	if len(m.pool.specs) == 0 {
+	if len(m.pool.all()) == 0 {
 		return nil, false, nil
 	}
 	cands, err := m.pooled(ctx)
@@ -314,7 +336,7 @@ func (m *Manager) finishClaim(ctx context.Context, rec *registry.Record, start t
 // only while no create or claim is in flight, the host has a free slot and
 // nothing is degraded. It starts once startup recovery has finished.
 func (m *Manager) RunPool(ctx context.Context) {
-	if len(m.pool.specs) == 0 {
+	if len(m.pool.all()) == 0 {
 		return
 	}
 	select {
@@ -365,7 +387,7 @@ func (m *Manager) nextFill(ctx context.Context) (string, error) {
 		}
 	}
 	best, bestGap := "", 0
-	for _, s := range m.pool.specs {
+	for _, s := range m.pool.all() {
 		have := 0
 		for _, r := range recs {
 			if r.Config.Image == s.Image {

@@ -120,7 +120,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	if err != nil {
 		return err
 	}
-	rtOpts := []runtime.Option{runtime.WithUserNS(ns), runtime.WithRegistries(regs)}
+	rtOpts := []runtime.Option{runtime.WithUserNS(ns), runtime.WithRegistries(regs), runtime.WithShimGroupSize(cfg.ShimGroupSize)}
 	if netMgr != nil {
 		rtOpts = append(rtOpts, runtime.WithNetwork(netMgr))
 	}

@@ -92,6 +92,8 @@ type Runtime struct {
 	mu    sync.Mutex
 	tasks map[string]*sandboxTask // live handles, rebuilt lazily after a restart
 
+	groups shimGroups // opt-in shim grouping (shimgroup.go)
+
 	relayPath string
 	watcher   *relay.Watcher // nil: followers poll
 	pmu       sync.Mutex
@@ -328,6 +330,15 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 		LabelUserID:    req.UserID,
 		LabelCreatedAt: req.CreatedAt.UTC().Format(time.RFC3339Nano),
 	}
+	if r.groups.enabled() {
+		group, err := r.groups.take(ctx, r, req.ID)
+		if err != nil {
+			return err
+		}
+		rollback.Push("leave shim group", func(context.Context) error { r.groups.release(req.ID); return nil })
+		labels[LabelShimGroup] = group
+		in.ShimGroup = group
+	}
 	snapshot := containerd.WithNewSnapshot(req.ID, img)
 	switch {
 	case r.userns.Enabled() && r.idmapped:
@@ -439,6 +450,7 @@ func mergeEnv(base, over []string) []string {
 func (r *Runtime) Destroy(ctx context.Context, id string, grace time.Duration) error {
 	ctx = r.nsCtx(ctx)
 	r.forget(id)
+	defer r.groups.release(id)
 	// Background processes die with the task; their supervisors must not
 	// record that as their exit, and their directories go with the sandbox.
 	r.cancelProcesses(id)

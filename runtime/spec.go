@@ -127,6 +127,9 @@ type SpecInput struct {
 	InitHostPath string
 	// ControlHostPath is the per-sandbox control directory on the host.
 	ControlHostPath string
+	// ShimGroup, when set, is the runc shim group the sandbox joins
+	// (WithShimGroupSize).
+	ShimGroup string
 	// SwapAccounting is true when the host's memory cgroup can limit swap
 	// (memory.memsw.* exists on cgroup v1, or cgroup v2).
 	SwapAccounting bool
@@ -176,6 +179,9 @@ func specOpts(in SpecInput) []oci.SpecOpts {
 	}
 	if in.UserNS.Enabled() {
 		opts = append(opts, oci.WithUserNamespace(in.UserNS.mappings(), in.UserNS.mappings()))
+	}
+	if in.ShimGroup != "" {
+		opts = append(opts, oci.WithAnnotations(map[string]string{shimGroupAnnotation: in.ShimGroup}))
 	}
 	if in.SwapAccounting {
 		// swap limit == memory limit: no swap at all.

@@ -61,7 +61,9 @@ func (g *shimGroups) take(ctx context.Context, r *Runtime, id string) (string, e
 	for n := range g.members {
 		names = append(names, n)
 	}
-	sort.Slice(names, func(i, j int) bool { return len(g.members[names[i]]) > len(g.members[names[j]]) || len(g.members[names[i]]) == len(g.members[names[j]]) && names[i] < names[j] })
+	sort.Slice(names, func(i, j int) bool {
+		return len(g.members[names[i]]) > len(g.members[names[j]]) || len(g.members[names[i]]) == len(g.members[names[j]]) && names[i] < names[j]
+	})
 	group := ""
 	for _, n := range names {
 		if len(g.members[n]) < g.size {

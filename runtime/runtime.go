@@ -84,7 +84,9 @@ type Runtime struct {
 	tmpfs       TmpfsSizes
 	swap        bool
 	userns      UserNS
-	idmapped    bool // the snapshotter maps ids itself (idmapped mounts)
+	idmapped    bool   // the snapshotter maps ids itself (idmapped mounts)
+	ociRuntime  string // runc or crun (ociruntime.go)
+	ociBinary   string // the shim's BinaryName: "" means runc on containerd's PATH
 	net         *network.Manager
 	registries  RegistryConfig
 	regClient   *http.Client
@@ -156,20 +158,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Runtime, error) {
 	if !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
 		return nil, fmt.Errorf("sandbox init binary %s is not an executable file: %w", cfg.InitPath, errdefs.ErrFailedPrecondition)
 	}
-	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
-		return nil, fmt.Errorf("create runtime state dir: %w", err)
-	}
-	if _, err := os.Stat(cfg.Address); err != nil {
-		return nil, fmt.Errorf("containerd socket %s: %v: %w", cfg.Address, err, errdefs.ErrUnavailable)
-	}
-	client, err := containerd.New(cfg.Address,
-		containerd.WithDefaultNamespace(cfg.Namespace),
-		containerd.WithTimeout(5*time.Second))
-	if err != nil {
-		return nil, fmt.Errorf("connect to containerd at %s: %v: %w", cfg.Address, err, errdefs.ErrUnavailable)
-	}
 	r := &Runtime{
-		client:      client,
 		ns:          cfg.Namespace,
 		stateDir:    cfg.StateDir,
 		initPath:    cfg.InitPath,
@@ -188,13 +177,29 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Runtime, error) {
 		}
 		r.relayPath = cfg.RelayPath
 	}
+	for _, o := range opts {
+		o(r)
+	}
+	if err := r.resolveOCIRuntime(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
+		return nil, fmt.Errorf("create runtime state dir: %w", err)
+	}
+	if _, err := os.Stat(cfg.Address); err != nil {
+		return nil, fmt.Errorf("containerd socket %s: %v: %w", cfg.Address, err, errdefs.ErrUnavailable)
+	}
+	client, err := containerd.New(cfg.Address,
+		containerd.WithDefaultNamespace(cfg.Namespace),
+		containerd.WithTimeout(5*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("connect to containerd at %s: %v: %w", cfg.Address, err, errdefs.ErrUnavailable)
+	}
+	r.client = client
 	if w, err := relay.NewWatcher(); err == nil {
 		r.watcher = w
 	} else {
 		r.log.Warn("no inotify: process output followers poll", "error", err)
-	}
-	for _, o := range opts {
-		o(r)
 	}
 	vctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -356,8 +361,8 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 		containerd.WithImage(img),
 		containerd.WithSnapshotter(r.snapshotter),
 		snapshot,
-		containerd.WithRuntime("io.containerd.runc.v2", nil),
-		containerd.WithNewSpec(specOpts(in)...),
+		r.withShimOptions(),
+		containerd.WithNewSpec(append(specOpts(in), r.withSpecVersion())...),
 	)
 	if err != nil {
 		if errdefs.IsAlreadyExists(err) {

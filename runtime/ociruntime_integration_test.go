@@ -68,7 +68,9 @@ func TestOCIRuntime(t *testing.T) {
 // one host uid their root maps to (the 198th sandbox failed to start).
 // The sandbox's range is its own here, so /proc/key-users, which counts
 // keys per host uid, counts only this test's keys: runc and crun without
-// NoNewKeyring charge one keyring ("_ses.<id>") to sandbox root's host uid.
+// NoNewKeyring charge one keyring ("_ses.<id>") to sandbox root's host uid,
+// crun joins one named after the sandbox as host root (charged to root,
+// visible to root in /proc/keys): both checks fail without the option.
 func TestNoSessionKeyring(t *testing.T) {
 	testenv.BothContainerds(t)
 	if ok, why := runtime.DetectUserNS(); !ok {
@@ -89,6 +91,9 @@ func TestNoSessionKeyring(t *testing.T) {
 	}
 	if n := keysOfRange(t, base, base+65536); n != 0 {
 		t.Fatalf("host uids %d..%d own %d keys: the sandbox got a session keyring", base, base+65535, n)
+	}
+	if k := keyringNamed(t, id, "_ses."+id); k != "" {
+		t.Fatalf("a keyring was made for the sandbox: %s", k)
 	}
 	// That the sandbox cannot use the keyring it inherits instead (the
 	// seccomp profile refuses the key syscalls): TestSpecRefusesKeySyscalls.
@@ -117,6 +122,29 @@ func keysOfRange(t *testing.T, lo, hi uint32) int {
 		}
 	}
 	return total
+}
+
+// keyringNamed returns the /proc/keys line of a keyring described by one
+// of names that the caller (host root) can view ("" if none).
+func keyringNamed(t *testing.T, names ...string) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/keys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		// "<serial> <flags> <usage> <expiry> <perm> <uid> <gid> <type> <description>: <summary>"
+		f := strings.Fields(line)
+		if len(f) < 9 || f[7] != "keyring" {
+			continue
+		}
+		for _, n := range names {
+			if strings.TrimSuffix(f[8], ":") == n {
+				return line
+			}
+		}
+	}
+	return ""
 }
 
 // shimOptions reads the runc shim options from containerd's container

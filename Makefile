@@ -66,10 +66,10 @@ test: deps tools image-minimal image lint
 	MATRX_REQUIRE_INTEGRATION=1 MATRX_TEST_CONTAINERD_DIR=$(CURDIR)/build/tools/containerd2 MATRX_TEST_EXPECT_IDMAP=1 \
 		$(GO) test -race -count=1 -timeout 15m $(CONTAINERD2_PACKAGES) 2>&1 | tee -a build/test.log; exit $${PIPESTATUS[0]}
 	@# The crun pass: the runtime package's integration tests and the
-	@# daemon's hostile suites with MATRX_TEST_OCI_RUNTIME=crun, on
-	@# containerd 1.6 then 2 (bootstrap/lib/crun-pass.sh); only what proves
-	@# crun runs everything the runtime does (the packages above runtime do
-	@# not depend on the OCI runtime). Budget: 5 minutes in all. It runs in
+	@# daemon's hostile suites with MATRX_TEST_OCI_RUNTIME=crun
+	@# (bootstrap/lib/crun-pass.sh says which on which containerd); only
+	@# what proves crun runs everything the runtime does (the packages above
+	@# runtime do not depend on the OCI runtime). Budget: 3 minutes. It runs in
 	@# a mount namespace without the hybrid cgroup2 mount, which crun
 	@# refuses when it holds controllers
 	@# (bootstrap/lib/without-cgroup2-controllers.sh).

@@ -19,6 +19,10 @@
 //     matrx-relay, the shim's binary logger (package runtime/relay), so
 //     they, their output, stdin and terminal outlive matrxd; the runtime
 //     adopts them again after a restart.
+//   - The runc shim runs every sandbox; the OCI runtime binary it calls is
+//     runc (the default) or crun (--oci-runtime), with no session keyring
+//     per sandbox either way (ociruntime.go says why runc stays the
+//     default and why no keyring).
 //   - Supervision (watch.go) reads containerd's task events and polls task
 //     status (events are not replayed after a reconnect) and tells the
 //     caller, never deciding what a death means for a record; GC (gc.go)

@@ -69,7 +69,7 @@ test: deps tools image-minimal image lint
 	@# daemon's hostile suites with MATRX_TEST_OCI_RUNTIME=crun
 	@# (bootstrap/lib/crun-pass.sh says which on which containerd); only
 	@# what proves crun runs everything the runtime does (the packages above
-	@# runtime do not depend on the OCI runtime). Budget: 3 minutes. It runs in
+	@# runtime do not depend on the OCI runtime). Budget: 3.5 minutes. It runs in
 	@# a mount namespace without the hybrid cgroup2 mount, which crun
 	@# refuses when it holds controllers
 	@# (bootstrap/lib/without-cgroup2-controllers.sh).

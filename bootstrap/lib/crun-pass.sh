@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # crun-pass.sh: the crun pass of `make test` (MATRX_TEST_OCI_RUNTIME=crun),
-# run through without-cgroup2-controllers.sh. Budget: about 3 minutes.
+# run through without-cgroup2-controllers.sh. Budget: about 3.5 minutes.
 #   containerd 2 (CONTAINERD2_DIR, idmapped mounts): the runtime package's
 #     integration tests (~30 s) and the daemon's hostile suites (~90 s).
 #   containerd 1.6 (chowned image copies): the runtime package's

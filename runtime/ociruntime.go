@@ -47,6 +47,9 @@ import (
 // effective state (seccomp mode, capabilities, no_new_privs, uid map,
 // cgroup limits) inside the sandbox, not the document.
 //
+// Create returns only once PID 1 runs matrx-init (waitInitExeced): crun's
+// exec fails when it races the runtime's own init on its way there.
+//
 // Both runtimes get NoNewKeyring: by default runc and crun give each
 // container a new session keyring ("_ses.<id>"), charged to the key quota
 // of the host uid of sandbox root. With user namespaces all sandboxes map

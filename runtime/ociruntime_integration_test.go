@@ -192,3 +192,25 @@ func TestOCIRuntimeValidation(t *testing.T) {
 		}
 	}
 }
+
+// TestExecRightAfterCreate: an exec the moment Create returns runs. With
+// crun it failed ("fail startup") when it came before PID 1 had exec'd
+// matrx-init; Create now returns only after that (waitInitExeced).
+func TestExecRightAfterCreate(t *testing.T) {
+	testenv.BothContainerds(t)
+	u, err := runtime.NewUserNS(runtime.DefaultUserNSBase)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, env := newRuntime(t, runtime.WithUserNS(u))
+	for i := 0; i < 12; i++ {
+		id := startSandbox(t, rt, env, runtime.Resources{})
+		res, err := rt.Exec(context.Background(), id, runtime.ExecRequest{Command: "true", User: runtime.UserAgent, Cwd: "/home/agent", Timeout: 10 * time.Second})
+		if err != nil || res.ExitCode != 0 {
+			t.Fatalf("round %d: exec right after create: %v %+v", i, err, res)
+		}
+		if err := rt.Destroy(context.Background(), id, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

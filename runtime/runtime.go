@@ -401,6 +401,9 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 	if err := task.Start(ctx); err != nil {
 		return fmt.Errorf("start task for %s: %v: %w", req.ID, err, errdefs.ErrUnavailable)
 	}
+	if err := waitInitExeced(ctx, int(task.Pid()), r.initPath); err != nil {
+		return fmt.Errorf("start task for %s: %w", req.ID, err)
+	}
 	fault.At(ctx, "create/started")
 	st := &sandboxTask{task: task, shell: detectShell(int(task.Pid())), ip: ip, env: in.Env}
 	r.mu.Lock()

@@ -196,6 +196,21 @@ func BenchmarkLifecycle(b *testing.B) {
 		row("exec (crun)", cExec, bExec, hExec)
 		row("destroy (crun)", cDestroy, bDestroy, hDestroy)
 	}
+	ratio := func(m, bb series) float64 { return float64(m.pct(.5)) / float64(bb.pct(.5)) }
+	vsBare := func(name string, m series, want float64) {
+		r := ratio(m, bExec)
+		target(name, fmt.Sprintf("%.2f× (%s vs %s ms)", r, ms(m.pct(.5)), ms(bExec.pct(.5))), fmt.Sprintf("≤ %.1f× bare", want), r <= want)
+	}
+	vsBare("exec `true` p50 vs bare, matrxd with runc", mExec, 1.0)
+	if cc != nil {
+		vsBare("exec `true` p50 vs bare, matrxd with crun", cExec, 1.0)
+	}
+	target("create→ready p50 vs bare (runc)", fmt.Sprintf("%.2f×", ratio(mCreate, bCreate)), "(reported)", true)
+	target("destroy p50 vs bare (runc)", fmt.Sprintf("%.2f×", ratio(mDestroy, bDestroy)), "≤ 1.5× bare", ratio(mDestroy, bDestroy) <= 1.5)
+	if cc != nil {
+		target("create→ready p50 vs bare (crun)", fmt.Sprintf("%.2f×", ratio(cCreate, bCreate)), "(reported)", true)
+		target("destroy p50 vs bare (crun)", fmt.Sprintf("%.2f×", ratio(cDestroy, bDestroy)), "≤ 1.5× bare", ratio(cDestroy, bDestroy) <= 1.5)
+	}
 }
 
 // crunUnavailable says why matrxd cannot run sandboxes with crun here (""

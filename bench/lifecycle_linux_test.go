@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -25,6 +28,7 @@ import (
 
 const (
 	nsBare = "bench-bare"
+	nsCrun = "bench-crun"
 	rounds = 20
 	execs  = 100
 )
@@ -42,9 +46,12 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d.Microseco
 // BenchmarkLifecycle runs create→ready, exec of `true` and destroy through
 // matrxd's API and the bare containerd equivalents (container+task create
 // and start; task exec; task kill+delete and container delete) against one
-// private containerd, interleaved, and prints p50/p90 of each.
+// private containerd, interleaved, and prints p50/p90 of each. A second
+// matrxd on the same containerd runs its sandboxes with crun
+// (--oci-runtime crun) when this host can run crun; "bare" is runc with the
+// default spec either way.
 func BenchmarkLifecycle(b *testing.B) {
-	env := containerdtest.Start(b, daemontest.Namespace, nsBare)
+	env := containerdtest.Start(b, daemontest.Namespace, nsBare, nsCrun)
 	ctx := context.Background()
 	// Production defaults: user namespaces and networking on (on a
 	// bench-only bridge, removed afterwards), checkpoints off.
@@ -55,6 +62,23 @@ func BenchmarkLifecycle(b *testing.B) {
 	})
 	c := h.UnvalidatedClient(client.WithRetries(50), client.WithBackoff(20*time.Millisecond))
 	defer c.Close()
+	var cc *client.Client
+	if why := crunUnavailable(); why != "" {
+		fmt.Printf("crun rows skipped: %s\n", why)
+	} else {
+		hc := daemontest.StartIn(b, env, func(c *daemon.Config) {
+			c.Limits.DefaultMemoryMB = 512
+			c.ExpiryInterval = time.Minute
+			c.UserNS = daemon.UserNSConfig{Mode: "auto", Base: runtime.DefaultUserNSBase}
+			c.OCIRuntime = runtime.OCIRuntimeCrun
+			c.ContainerdNamespace = nsCrun
+			c.Socket = filepath.Join(env.Dir, "crun.sock")
+			c.StateDir = filepath.Join(env.Dir, "crun-state")
+			c.LockDir = filepath.Join(env.Dir, "crun-locks")
+		})
+		cc = hc.UnvalidatedClient(client.WithRetries(50), client.WithBackoff(20*time.Millisecond))
+		defer cc.Close()
+	}
 
 	bare, err := containerd.New(env.Address)
 	if err != nil {
@@ -73,7 +97,7 @@ func BenchmarkLifecycle(b *testing.B) {
 		b.Fatal(err)
 	}
 
-	var mCreate, mExec, mDestroy, bCreate, bExec, bDestroy, hCreate, hExec, hDestroy series
+	var cCreate, cExec, cDestroy, mCreate, mExec, mDestroy, bCreate, bExec, bDestroy, hCreate, hExec, hDestroy series
 	// bareRound creates a container with the given spec options, runs
 	// execs of /bin/true in it, and destroys it, timing each step.
 	bareRound := func(id string, opts []oci.SpecOpts, create, execd, destroy *series) {
@@ -123,33 +147,41 @@ func BenchmarkLifecycle(b *testing.B) {
 	hardened := []oci.SpecOpts{oci.WithRootFSReadonly(), oci.WithNoNewPrivileges, oci.WithUIDGID(1000, 1000),
 		oci.WithCapabilities(nil), seccomp.WithDefaultProfile()}
 
-	for i := 0; i < b.N*rounds; i++ {
+	// matrxRound creates a sandbox through one daemon's API, runs execs
+	// of `true` in it and destroys it, timing each step.
+	matrxRound := func(c *client.Client, create, execd, destroy *series) {
 		t0 := time.Now()
 		s, err := c.Create(ctx, "bench", nil)
 		if err != nil {
 			b.Fatal(err)
 		}
-		mCreate = append(mCreate, time.Since(t0))
+		*create = append(*create, time.Since(t0))
 		for j := 0; j < execs/rounds; j++ {
 			t0 = time.Now()
 			r, err := c.Exec(ctx, s.SandboxID, apitype.ExecRequest{Command: "true"})
 			if err != nil || r.ExitCode != 0 {
 				b.Fatalf("exec: %v %+v", err, r)
 			}
-			mExec = append(mExec, time.Since(t0))
+			*execd = append(*execd, time.Since(t0))
 		}
 		t0 = time.Now()
 		if err := c.Delete(ctx, s.SandboxID, false); err != nil {
 			b.Fatal(err)
 		}
-		mDestroy = append(mDestroy, time.Since(t0))
+		*destroy = append(*destroy, time.Since(t0))
+	}
 
+	for i := 0; i < b.N*rounds; i++ {
+		matrxRound(c, &mCreate, &mExec, &mDestroy)
+		if cc != nil {
+			matrxRound(cc, &cCreate, &cExec, &cDestroy)
+		}
 		bareRound(fmt.Sprintf("bare-%d", i), nil, &bCreate, &bExec, &bDestroy)
 		bareRound(fmt.Sprintf("hard-%d", i), hardened, &hCreate, &hExec, &hDestroy)
 	}
 	b.StopTimer()
 	fmt.Printf("\nmatrxd vs bare containerd (%d sandboxes, %d execs; minimal image; ms)\n", len(mCreate), len(mExec))
-	fmt.Println("matrx: through the API, with user namespace, network, disk quota and storage sync;")
+	fmt.Println("matrx: through the API, with user namespace, network, disk quota and storage sync (runc; \"crun\" rows: matrxd --oci-runtime crun);")
 	fmt.Println("bare: containerd client, default spec; bare+hardening: bare with matrx's seccomp, no_new_privs, uid, read-only root")
 	fmt.Printf("%-14s %9s %9s %9s %9s %9s %9s %8s %8s\n", "operation", "matrx p50", "matrx p90", "bare p50", "bare p90", "hard p50", "hard p90", "x bare", "x hard")
 	row := func(name string, m, bb, hh series) {
@@ -159,4 +191,38 @@ func BenchmarkLifecycle(b *testing.B) {
 	row("create→ready", mCreate, bCreate, hCreate)
 	row("exec true", mExec, bExec, hExec)
 	row("destroy", mDestroy, bDestroy, hDestroy)
+	if cc != nil {
+		row("create (crun)", cCreate, bCreate, hCreate)
+		row("exec (crun)", cExec, bExec, hExec)
+		row("destroy (crun)", cDestroy, bDestroy, hDestroy)
+	}
+	ratio := func(m, bb series) float64 { return float64(m.pct(.5)) / float64(bb.pct(.5)) }
+	vsBare := func(name string, m series, want float64) {
+		r := ratio(m, bExec)
+		target(name, fmt.Sprintf("%.2f× (%s vs %s ms)", r, ms(m.pct(.5)), ms(bExec.pct(.5))), fmt.Sprintf("≤ %.1f× bare", want), r <= want)
+	}
+	vsBare("exec `true` p50 vs bare, matrxd with runc", mExec, 1.0)
+	if cc != nil {
+		vsBare("exec `true` p50 vs bare, matrxd with crun", cExec, 1.0)
+	}
+	target("create→ready p50 vs bare (runc)", fmt.Sprintf("%.2f×", ratio(mCreate, bCreate)), "(reported)", true)
+	target("destroy p50 vs bare (runc)", fmt.Sprintf("%.2f×", ratio(mDestroy, bDestroy)), "≤ 1.5× bare", ratio(mDestroy, bDestroy) <= 1.5)
+	if cc != nil {
+		target("create→ready p50 vs bare (crun)", fmt.Sprintf("%.2f×", ratio(cCreate, bCreate)), "(reported)", true)
+		target("destroy p50 vs bare (crun)", fmt.Sprintf("%.2f×", ratio(cDestroy, bDestroy)), "≤ 1.5× bare", ratio(cDestroy, bDestroy) <= 1.5)
+	}
+}
+
+// crunUnavailable says why matrxd cannot run sandboxes with crun here (""
+// when it can): not installed, or a hybrid cgroup host whose cgroup2 holds
+// controllers, which crun refuses (run the bench as make bench does, in a
+// mount namespace without /sys/fs/cgroup/unified).
+func crunUnavailable() string {
+	if _, err := exec.LookPath("crun"); err != nil {
+		return "crun is not installed"
+	}
+	if b, err := os.ReadFile("/sys/fs/cgroup/unified/cgroup.controllers"); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return "hybrid cgroup host with cgroup2 controllers (" + strings.TrimSpace(string(b)) + "); run in `unshare -m` without /sys/fs/cgroup/unified"
+	}
+	return ""
 }

@@ -137,7 +137,8 @@ case "$OS_ID" in
 esac
 echo "bootstrap: ${OS_NAME} (${PKG})"
 
-# Packages: runtime (containerd, runc), init for sandboxes is our own static
+# Packages: runtime (containerd, runc; crun, the other OCI runtime matrxd
+# can run sandboxes with, `matrxd --oci-runtime crun`), init for sandboxes is our own static
 # binary, image build (busybox-static, mmdebstrap), storage (fuse3, s3fs;
 # e2fsprogs for the per-sandbox ext4 disk images),
 # networking (CNI plugins, iptables), test tooling (awscli for the bench,
@@ -146,7 +147,7 @@ echo "bootstrap: ${OS_NAME} (${PKG})"
 # with a warning otherwise.
 if [[ "$PKG" == apt ]]; then
   PACKAGES=(
-    containerd runc
+    containerd runc crun
     busybox-static mmdebstrap
     fuse3 s3fs
     e2fsprogs
@@ -180,7 +181,7 @@ else
     ca-certificates curl make tar
     systemd
   )
-  OPTIONAL=(containernetworking-plugins s3fs-fuse awscli-2)
+  OPTIONAL=(containernetworking-plugins s3fs-fuse awscli-2 crun)
   # No vagrant package on AL2023; `vagrant validate` tests skip there.
   TEST_PACKAGES=(openssh-clients)
   PKG_TOOL=dnf

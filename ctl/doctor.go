@@ -31,6 +31,7 @@ Examples:
 			&cli.StringFlag{Name: "state-dir", Value: hostconfig.StateDir, EnvVars: []string{"MATRX_STATE_DIR"}},
 			&cli.StringFlag{Name: "socket", Usage: "matrxd API socket (default: the global --socket)"},
 			&cli.StringFlag{Name: "socket-group", Value: hostconfig.SocketGroup, EnvVars: []string{"MATRX_SOCKET_GROUP"}},
+			&cli.StringFlag{Name: "oci-runtime", Value: "runc", EnvVars: []string{"MATRX_OCI_RUNTIME"}, Usage: "matrxd's OCI runtime: runc or crun"},
 			&cli.StringFlag{Name: "image", Value: hostconfig.Image, EnvVars: []string{"MATRX_IMAGE", "MATRX_SANDBOX_IMAGE"}, Usage: "default sandbox image"},
 		}, hostconfig.S3Flags("bucket to check (empty: local storage)")...),
 		Action: doctorCmd,
@@ -49,6 +50,7 @@ func doctorCmd(c *cli.Context) error {
 		Socket:              socket,
 		SocketGroup:         c.String("socket-group"),
 		Image:               c.String("image"),
+		OCIRuntime:          c.String("oci-runtime"),
 		S3:                  hostconfig.S3FromFlags(c),
 	}
 	rep := doctor.Run(c.Context, cfg)

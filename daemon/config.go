@@ -61,6 +61,10 @@ type Config struct {
 	Network       NetworkConfig
 	Registry      RegistryConfig
 
+	// OCIRuntime is the binary the runc shim runs sandboxes with: runc
+	// (the default when empty) or crun (see package runtime).
+	OCIRuntime string
+
 	// MetricsAddress, when set, is a loopback HOST:PORT where a second
 	// listener serves only GET /metrics, for a scraper that cannot use the
 	// socket. The socket always serves /metrics.
@@ -105,6 +109,7 @@ func flags() []cli.Flag {
 		&cli.StringFlag{Name: "socket", Value: hostconfig.Socket, EnvVars: []string{"MATRX_SOCKET"}, Usage: "API Unix socket (ignored when systemd passes one)"},
 		&cli.StringFlag{Name: "socket-group", Value: hostconfig.SocketGroup, EnvVars: []string{"MATRX_SOCKET_GROUP"}, Usage: "group allowed to use the socket (name or gid); falls back to root's group if the named group does not exist"},
 		&cli.StringFlag{Name: "containerd-address", Value: hostconfig.ContainerdAddress, EnvVars: []string{"MATRX_CONTAINERD_ADDRESS"}},
+		&cli.StringFlag{Name: "oci-runtime", Value: runtime.OCIRuntimeRunc, EnvVars: []string{"MATRX_OCI_RUNTIME"}, Usage: "OCI runtime the containerd runc shim runs sandboxes with: runc or crun (must be installed); existing sandboxes keep the one they were created with"},
 		&cli.StringFlag{Name: "containerd-namespace", Value: hostconfig.ContainerdNamespace, EnvVars: []string{"MATRX_CONTAINERD_NAMESPACE"}},
 		&cli.StringFlag{Name: "state-dir", Value: hostconfig.StateDir, EnvVars: []string{"MATRX_STATE_DIR"}},
 		&cli.StringFlag{Name: "init-path", EnvVars: []string{"MATRX_INIT_PATH"}, Usage: "static matrx-init binary (default: next to matrxd, else /usr/local/lib/matrx/matrx-init)"},
@@ -216,6 +221,7 @@ func configFrom(c *cli.Context) (Config, error) {
 		ShimGroupSize: c.Int("shim-group-size"),
 		UserNS:        UserNSConfig{Mode: strings.ToLower(c.String("userns")), Base: uint32(c.Uint64("userns-base"))},
 	}
+	cfg.OCIRuntime = c.String("oci-runtime")
 	cfg.Pools[0].Image = cfg.Limits.DefaultImage
 	for _, v := range c.StringSlice("warm-pool-image") {
 		p, err := parsePoolFlag(v)
@@ -280,6 +286,11 @@ func (c Config) Validate() error {
 	case "", "auto", "on", "off":
 	default:
 		return fmt.Errorf("userns %q: want auto, on or off: %w", c.UserNS.Mode, errdefs.ErrInvalidArgument)
+	}
+	if c.OCIRuntime != "" {
+		if err := runtime.CheckOCIRuntime(c.OCIRuntime); err != nil {
+			return err
+		}
 	}
 	if c.UserNS.Mode != "off" && c.UserNS.Mode != "" {
 		if _, err := runtime.NewUserNS(c.UserNS.Base); err != nil {

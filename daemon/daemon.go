@@ -120,7 +120,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	if err != nil {
 		return err
 	}
-	rtOpts := []runtime.Option{runtime.WithUserNS(ns), runtime.WithRegistries(regs), runtime.WithShimGroupSize(cfg.ShimGroupSize)}
+	rtOpts := []runtime.Option{runtime.WithUserNS(ns), runtime.WithRegistries(regs), runtime.WithShimGroupSize(cfg.ShimGroupSize),
+		runtime.WithOCIRuntime(cfg.OCIRuntime)}
 	if netMgr != nil {
 		rtOpts = append(rtOpts, runtime.WithNetwork(netMgr))
 	}
@@ -133,7 +134,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	}
 	defer rt.Close()
 	ctrdVersion, _ := rt.Version(ctx)
-	log.Info("connected to containerd", "address", cfg.ContainerdAddress, "namespace", cfg.ContainerdNamespace, "containerd_version", ctrdVersion)
+	log.Info("connected to containerd", "address", cfg.ContainerdAddress, "namespace", cfg.ContainerdNamespace, "containerd_version", ctrdVersion, "oci_runtime", rt.OCIRuntime())
 
 	st, err := openStorage(ctx, cfg, ns, mx, log)
 	if err != nil {

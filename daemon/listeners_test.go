@@ -81,3 +81,19 @@ func TestRunRefusesReadableKeyFile(t *testing.T) {
 		t.Fatalf("state dir created before the key file was checked: %v", serr)
 	}
 }
+
+// An unknown --oci-runtime is refused before anything starts, naming the
+// flag.
+func TestValidateOCIRuntime(t *testing.T) {
+	for name, want := range map[string]string{"": "", "runc": "", "crun": "", "kata": "--oci-runtime", "RUNC": "--oci-runtime"} {
+		cfg := validConfig(t)
+		cfg.OCIRuntime = name
+		err := cfg.Validate()
+		if want == "" && err != nil {
+			t.Errorf("%q: unexpected error %v", name, err)
+		}
+		if want != "" && (!errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), want)) {
+			t.Errorf("%q: got %v, want InvalidArgument naming %s", name, err, want)
+		}
+	}
+}

@@ -160,6 +160,37 @@ func checkRunc(ctx context.Context, e *env) Result {
 	return pass("runc %s at %s", v, p)
 }
 
+// checkOCIRuntime checks the OCI runtime matrxd is configured with
+// (--oci-runtime): runc needs nothing beyond the runc check; crun must be
+// installed and, on a hybrid cgroup host, find no controller in cgroup2,
+// which crun refuses ("cgroups in hybrid mode not supported") and matrxd
+// refuses at startup.
+func checkOCIRuntime(ctx context.Context, e *env) Result {
+	name := e.cfg.OCIRuntime
+	switch name {
+	case "", "runc":
+		return pass("runc (the default; see the runc check)")
+	case "crun":
+	default:
+		return fail("set --oci-runtime (MATRX_OCI_RUNTIME) to runc or crun", "oci runtime %q is not one matrxd knows", name)
+	}
+	const fix = "install crun (Debian: apt-get install crun; bootstrap/install.sh does it), or use --oci-runtime runc"
+	p, err := e.host.lookPath("crun")
+	if err != nil {
+		return fail(fix, "crun not found in %s", e.host.Path)
+	}
+	line, err := firstLineOf(ctx, e.timeout, p, "--version")
+	if err != nil {
+		return fail(fix, "%s does not run: %v", p, err)
+	}
+	ctrls, err := os.ReadFile(e.host.sys("fs/cgroup/unified/cgroup.controllers"))
+	if err == nil && strings.TrimSpace(string(ctrls)) != "" {
+		return fail("mount those controllers as cgroup v1 hierarchies (as systemd's hybrid layout does), boot with cgroup v2 only, or use --oci-runtime runc",
+			"%s at %s refuses this hybrid cgroup host: its cgroup2 (/sys/fs/cgroup/unified) holds controllers (%s)", line, p, strings.TrimSpace(string(ctrls)))
+	}
+	return pass("%s at %s", line, p)
+}
+
 // cgroupControllersV1 are the controllers matrx uses: cpu quota, memory,
 // pids limits, and freezer (v1) to kill an exec's whole process tree.
 func cgroupControllersV1() []string { return []string{"cpu", "memory", "pids", "freezer"} }

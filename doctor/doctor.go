@@ -1,4 +1,5 @@
-// Package doctor checks that a host can run matrxd: containerd and runc,
+// Package doctor checks that a host can run matrxd: containerd and runc
+// (and crun when matrxd is configured with it),
 // cgroups, overlayfs, loop devices and mkfs.ext4 for disk quotas, FUSE and
 // its S3 drivers, CNI plugins, kernel knobs,
 // the S3 bucket, disk space, the API socket, the SSH gateway's host key
@@ -107,6 +108,8 @@ type Config struct {
 	Socket              string
 	SocketGroup         string
 	Image               string
+	// OCIRuntime is matrxd's --oci-runtime (runc when empty).
+	OCIRuntime string
 	// S3 is the bucket matrxd stores users' files in; no bucket means
 	// local storage under the state dir. Credentials come from the
 	// standard AWS chain, as for matrxd.
@@ -180,6 +183,7 @@ func checks() []check {
 	return []check{
 		{"containerd", checkContainerd},
 		{"runc", checkRunc},
+		{"oci-runtime", checkOCIRuntime},
 		{"cgroups", checkCgroups},
 		{"overlayfs", checkOverlay},
 		{"disk-quota", checkDiskQuota},

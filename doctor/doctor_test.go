@@ -261,6 +261,36 @@ func TestRunc(t *testing.T) {
 	}
 }
 
+func TestOCIRuntime(t *testing.T) {
+	cases := []struct {
+		name, runtime, crun, controllers string
+		status                           Status
+		detail                           string
+	}{
+		{"runc default", "", "", "", Pass, "runc (the default"},
+		{"unknown", "kata", "", "", Fail, `oci runtime "kata"`},
+		{"crun", "crun", "crun version 1.8.1", "", Pass, "crun version 1.8.1 at "},
+		{"crun on a systemd hybrid host", "crun", "crun version 1.8.1", "\n", Pass, "crun version 1.8.1 at "},
+		{"crun missing", "crun", "", "", Fail, "crun not found"},
+		{"crun on a hybrid host with cgroup2 controllers", "crun", "crun version 1.8.1", "hugetlb\n", Fail, "holds controllers (hugetlb)"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFakeHost(t)
+			if c.crun != "" {
+				f.binary("crun", c.crun)
+			}
+			if c.controllers != "" {
+				f.write(f.Host.Sys, "fs/cgroup/unified/cgroup.controllers", c.controllers)
+			}
+			r := f.run(checkOCIRuntime, Config{OCIRuntime: c.runtime})
+			if r.Status != c.status || !strings.Contains(r.Detail, c.detail) || (r.Status != Pass && r.Fix == "") {
+				t.Fatalf("got %+v, want %s containing %q", r, c.status, c.detail)
+			}
+		})
+	}
+}
+
 func TestCNI(t *testing.T) {
 	f := newFakeHost(t)
 	for i, p := range cniPlugins() {

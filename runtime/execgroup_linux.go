@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -230,4 +231,37 @@ func removeControlDir(dir string) error {
 		return fmt.Errorf("unmount control dir: %w", err)
 	}
 	return os.RemoveAll(dir)
+}
+
+// waitInitExeced waits until pid, a sandbox's PID 1 after task start, runs
+// matrx-init (the host's initPath, bind-mounted at InitPath): "ready" means
+// the OCI runtime's own init is gone. Between start and that execve, PID 1
+// is the runtime's process after its setuid to nobody, not dumpable and
+// with an mm of the host's user namespace, and crun's exec, which joins
+// the sandbox's user namespace before the others (setns with a pidfd),
+// fails then with "fail startup" (the first exec after a create, about 1
+// in 15 here under load). runc's exec opens every namespace first and is
+// not affected; it waits here as well, a few microseconds.
+func waitInitExeced(ctx context.Context, pid int, initPath string) error {
+	want, err := os.Stat(initPath)
+	if err != nil {
+		return fmt.Errorf("stat init binary: %w", err)
+	}
+	exe := fmt.Sprintf("/proc/%d/exe", pid)
+	deadline := time.Now().Add(10 * time.Second)
+	for delay := 100 * time.Microsecond; ; delay = min(2*delay, 10*time.Millisecond) {
+		if got, err := os.Stat(exe); err == nil && os.SameFile(got, want) {
+			return nil
+		} else if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("sandbox init (pid %d) exited at start: %w", pid, errdefs.ErrUnavailable)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("sandbox init (pid %d) did not start matrx-init within 10s: %w", pid, errdefs.ErrUnavailable)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+	}
 }

@@ -3,6 +3,7 @@
 package runtime
 
 import (
+	"context"
 	"fmt"
 	"syscall"
 
@@ -22,6 +23,10 @@ func (*execGroup) kill() error                 { return nil }
 func (*execGroup) signal(syscall.Signal) error { return nil }
 func (*execGroup) remove()                     {}
 func detectShell(int) string                   { return "/bin/sh" }
+
+func waitInitExeced(context.Context, int, string) error {
+	return fmt.Errorf("sandboxes need Linux: not supported on this OS: %w", errdefs.ErrNotImplemented)
+}
 
 func mountControlDir(string) error {
 	return fmt.Errorf("sandboxes need Linux: not supported on this OS: %w", errdefs.ErrNotImplemented)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/matrx-dev/matrx/runtime"
+	"github.com/matrx-dev/matrx/runtime/containerdtest"
 	"github.com/matrx-dev/matrx/runtime/relay"
 )
 
@@ -198,7 +199,8 @@ func TestProcesses(t *testing.T) {
 		collect(t, running, "started", 10*time.Second)
 		waitExit(t, ended)
 		rt2, err := runtime.New(ctx, runtime.Config{Address: env.Address, Namespace: testNS,
-			StateDir: filepath.Join(env.Dir, "matrx"), InitPath: env.InitPath, RelayPath: env.RelayPath})
+			StateDir: filepath.Join(env.Dir, "matrx"), InitPath: env.InitPath, RelayPath: env.RelayPath},
+			runtime.WithOCIRuntime(containerdtest.OCIRuntime()))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -19,6 +19,10 @@
 //     matrx-relay, the shim's binary logger (package runtime/relay), so
 //     they, their output, stdin and terminal outlive matrxd; the runtime
 //     adopts them again after a restart.
+//   - The runc shim runs every sandbox; the OCI runtime binary it calls is
+//     runc (the default) or crun (--oci-runtime), with no session keyring
+//     per sandbox either way (ociruntime.go says why runc stays the
+//     default and why no keyring).
 //   - Supervision (watch.go) reads containerd's task events and polls task
 //     status (events are not replayed after a reconnect) and tells the
 //     caller, never deciding what a death means for a record; GC (gc.go)
@@ -84,7 +88,9 @@ type Runtime struct {
 	tmpfs       TmpfsSizes
 	swap        bool
 	userns      UserNS
-	idmapped    bool // the snapshotter maps ids itself (idmapped mounts)
+	idmapped    bool   // the snapshotter maps ids itself (idmapped mounts)
+	ociRuntime  string // runc or crun (ociruntime.go)
+	ociBinary   string // the shim's BinaryName: "" means runc on containerd's PATH
 	net         *network.Manager
 	registries  RegistryConfig
 	regClient   *http.Client
@@ -156,20 +162,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Runtime, error) {
 	if !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
 		return nil, fmt.Errorf("sandbox init binary %s is not an executable file: %w", cfg.InitPath, errdefs.ErrFailedPrecondition)
 	}
-	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
-		return nil, fmt.Errorf("create runtime state dir: %w", err)
-	}
-	if _, err := os.Stat(cfg.Address); err != nil {
-		return nil, fmt.Errorf("containerd socket %s: %v: %w", cfg.Address, err, errdefs.ErrUnavailable)
-	}
-	client, err := containerd.New(cfg.Address,
-		containerd.WithDefaultNamespace(cfg.Namespace),
-		containerd.WithTimeout(5*time.Second))
-	if err != nil {
-		return nil, fmt.Errorf("connect to containerd at %s: %v: %w", cfg.Address, err, errdefs.ErrUnavailable)
-	}
 	r := &Runtime{
-		client:      client,
 		ns:          cfg.Namespace,
 		stateDir:    cfg.StateDir,
 		initPath:    cfg.InitPath,
@@ -188,13 +181,29 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Runtime, error) {
 		}
 		r.relayPath = cfg.RelayPath
 	}
+	for _, o := range opts {
+		o(r)
+	}
+	if err := r.resolveOCIRuntime(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
+		return nil, fmt.Errorf("create runtime state dir: %w", err)
+	}
+	if _, err := os.Stat(cfg.Address); err != nil {
+		return nil, fmt.Errorf("containerd socket %s: %v: %w", cfg.Address, err, errdefs.ErrUnavailable)
+	}
+	client, err := containerd.New(cfg.Address,
+		containerd.WithDefaultNamespace(cfg.Namespace),
+		containerd.WithTimeout(5*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("connect to containerd at %s: %v: %w", cfg.Address, err, errdefs.ErrUnavailable)
+	}
+	r.client = client
 	if w, err := relay.NewWatcher(); err == nil {
 		r.watcher = w
 	} else {
 		r.log.Warn("no inotify: process output followers poll", "error", err)
-	}
-	for _, o := range opts {
-		o(r)
 	}
 	vctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -356,8 +365,8 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 		containerd.WithImage(img),
 		containerd.WithSnapshotter(r.snapshotter),
 		snapshot,
-		containerd.WithRuntime("io.containerd.runc.v2", nil),
-		containerd.WithNewSpec(specOpts(in)...),
+		r.withShimOptions(),
+		containerd.WithNewSpec(append(specOpts(in), r.withSpecVersion())...),
 	)
 	if err != nil {
 		if errdefs.IsAlreadyExists(err) {
@@ -391,6 +400,9 @@ func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 	}
 	if err := task.Start(ctx); err != nil {
 		return fmt.Errorf("start task for %s: %v: %w", req.ID, err, errdefs.ErrUnavailable)
+	}
+	if err := waitInitExeced(ctx, int(task.Pid()), r.initPath); err != nil {
+		return fmt.Errorf("start task for %s: %w", req.ID, err)
 	}
 	fault.At(ctx, "create/started")
 	st := &sandboxTask{task: task, shell: detectShell(int(task.Pid())), ip: ip, env: in.Env}

@@ -28,7 +28,7 @@ func newRuntime(t *testing.T, opts ...runtime.Option) (*runtime.Runtime, *contai
 	rt, err := runtime.New(ctx, runtime.Config{
 		Address: env.Address, Namespace: testNS,
 		StateDir: filepath.Join(env.Dir, "matrx"), InitPath: env.InitPath, RelayPath: env.RelayPath,
-	}, opts...)
+	}, append([]runtime.Option{runtime.WithOCIRuntime(containerdtest.OCIRuntime())}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -242,3 +242,29 @@ func TestSnapshotterRemaps(t *testing.T) {
 		}
 	}
 }
+
+// TestSpecRefusesKeySyscalls: sandboxes share the shim's session keyring
+// (the runc shim's NoNewKeyring, ociruntime.go), which is safe only because
+// the seccomp profile refuses every syscall of the key API, whatever the
+// user namespace setting: no rule allows keyctl, add_key or request_key,
+// and what no rule allows gets the default errno action.
+func TestSpecRefusesKeySyscalls(t *testing.T) {
+	for _, userns := range []UserNS{{}, {Base: DefaultUserNSBase, Size: 65536}} {
+		s := buildSpec(t, SpecInput{ID: "sbx-0123456789ab", InitHostPath: "/x/init", ControlHostPath: "/x/ctl", UserNS: userns,
+			Resources: Resources{CPU: 1, MemoryBytes: 256 << 20, Pids: 64}})
+		sc := s.Linux.Seccomp
+		if sc == nil || sc.DefaultAction != specs.ActErrno {
+			t.Fatalf("userns %v: seccomp %+v, want default action errno", userns.Enabled(), sc)
+		}
+		for _, rule := range sc.Syscalls {
+			if rule.Action == specs.ActErrno || rule.Action == specs.ActKill || rule.Action == specs.ActKillProcess || rule.Action == specs.ActKillThread {
+				continue
+			}
+			for _, name := range rule.Names {
+				if name == "keyctl" || name == "add_key" || name == "request_key" {
+					t.Errorf("userns %v: seccomp rule %v allows %s", userns.Enabled(), rule.Action, name)
+				}
+			}
+		}
+	}
+}

@@ -86,10 +86,11 @@ func StartIn(t testing.TB, env *containerdtest.Env, opts ...Option) *Harness {
 		Store: "bolt", LogFormat: "json", ExpiryInterval: time.Second, Limits: limits,
 		// Overcommit: tests share this machine's disk, and their
 		// sandboxes write little of their 20 GiB quotas.
-		Storage: daemon.StorageConfig{ColdDriver: "auto", CheckpointInterval: time.Hour, DiskOvercommit: 8},
-		LockDir: filepath.Join(env.Dir, "locks"),
-		UserNS:  daemon.UserNSConfig{Mode: "auto", Base: 1_000_000},
-		Network: Network(t),
+		Storage:    daemon.StorageConfig{ColdDriver: "auto", CheckpointInterval: time.Hour, DiskOvercommit: 8},
+		LockDir:    filepath.Join(env.Dir, "locks"),
+		UserNS:     daemon.UserNSConfig{Mode: "auto", Base: 1_000_000},
+		OCIRuntime: containerdtest.OCIRuntime(),
+		Network:    Network(t),
 		// Each harness has its own bridge, so its own gateway address:
 		// the default port does not collide between harnesses.
 		SandboxAPIPort: daemon.DefaultSandboxAPIPort,

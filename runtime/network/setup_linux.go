@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/matrx-dev/matrx/undo"
 
@@ -119,6 +120,7 @@ func (m *Manager) setup(ctx context.Context, id string, p Policy, nsSrc string) 
 	rcPath, hostsPath := m.Files(id)
 	att := &Attachment{NetNSPath: nsPath, ResolvConf: rcPath, Hosts: hostsPath}
 	var nameservers []netip.Addr
+	var cniTook, rulesTook time.Duration // for the log line
 	if p.Mode != ModeNone {
 		// The source guard does not depend on the address, so it goes in
 		// while the plugin runs (an iptables-restore in a fresh namespace
@@ -130,9 +132,11 @@ func (m *Manager) setup(ctx context.Context, id string, p Policy, nsSrc string) 
 		// The plugin may fail half-way (a veth made, no address left), so
 		// the undo step comes first.
 		rollback.Push("CNI delete", func(ctx context.Context) error { return m.detach(ctx, id, nsPath) })
+		t0 := time.Now()
 		m.cniMu.Lock()
 		res, err := m.platform.cni.Setup(ctx, id, nsPath)
 		m.cniMu.Unlock()
+		cniTook = time.Since(t0)
 		if err != nil {
 			return nil, fmt.Errorf("attach sandbox %s to bridge %s: %v: %w", id, m.bridge, err, errdefs.ErrUnavailable)
 		}
@@ -148,9 +152,11 @@ func (m *Manager) setup(ctx context.Context, id string, p Policy, nsSrc string) 
 			return nil, err
 		}
 		rollback.Push("remove firewall rules", func(ctx context.Context) error { return m.removeSandboxRules(ctx, id) })
+		t0 = time.Now()
 		if err := m.installSandboxRules(ctx, id, ip, p); err != nil {
 			return nil, err
 		}
+		rulesTook = time.Since(t0)
 		nameservers = m.resolvers
 	}
 	if err := m.recordRules(id, ip4Rules(m.chains, id, att.IPv4, p)); err != nil {
@@ -168,7 +174,8 @@ func (m *Manager) setup(ctx context.Context, id string, p Policy, nsSrc string) 
 	if mode == "" {
 		mode = ModeDefault
 	}
-	log.Info("sandbox network set up", "mode", string(mode), "ip", att.IPv4.String(), "allow", fmt.Sprint(p.Allow))
+	log.Info("sandbox network set up", "mode", string(mode), "ip", att.IPv4.String(), "allow", fmt.Sprint(p.Allow),
+		"cni_ms", float64(cniTook.Microseconds()/100)/10, "rules_ms", float64(rulesTook.Microseconds()/100)/10)
 	return att, nil
 }
 

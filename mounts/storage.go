@@ -104,7 +104,12 @@ type Storage struct {
 	mu       sync.Mutex
 	syncers  map[string]*hotsync.Syncer
 	coldHeld map[string]ids.UserID // sandbox id -> user id, for each cold reference held
-	admit    sync.Mutex            // one disk admission at a time
+	// admit makes one disk admission decision at a time; reserved holds
+	// what each admitted disk still being made (PrepareHot under way)
+	// counts, by sandbox id, in place of its directory and image, so that
+	// formatting and mounting a disk need not hold admit.
+	admit    sync.Mutex
+	reserved map[string]int64
 }
 
 // NewStorage checks cfg and creates the hot root (mode 0700: manifests and
@@ -175,11 +180,14 @@ func (s *Storage) PrepareHot(sandboxID string, userID ids.UserID, diskBytes int6
 		return "", err
 	}
 	if diskBytes > 0 {
-		s.admit.Lock()
-		defer s.admit.Unlock()
-		if err := s.admitDisk(diskBytes); err != nil {
+		release, err := s.reserveDisk(sandboxID, diskBytes)
+		if err != nil {
 			return "", err
 		}
+		// Released once the image exists and is mounted (or never will
+		// be): until then the reservation stands for it, after that the
+		// image itself.
+		defer release()
 	}
 	if err := os.Mkdir(d, 0o700); err != nil {
 		if errors.Is(err, os.ErrExist) {
@@ -599,6 +607,28 @@ func (s *Storage) Clean(ctx context.Context, userID ids.UserID, tier string) (in
 	return objstore.DeletePrefix(ctx, s.store, userID.KeyPrefix(tier))
 }
 
+// reserveDisk admits a disk of size bytes for a sandbox (admitDisk) and
+// holds its place until release.
+func (s *Storage) reserveDisk(sandboxID string, size int64) (release func(), err error) {
+	s.admit.Lock()
+	defer s.admit.Unlock()
+	if _, ok := s.reserved[sandboxID]; ok {
+		return nil, fmt.Errorf("hot dir of %s already exists: %w", sandboxID, errdefs.ErrAlreadyExists)
+	}
+	if err := s.admitDisk(size); err != nil {
+		return nil, err
+	}
+	if s.reserved == nil {
+		s.reserved = map[string]int64{}
+	}
+	s.reserved[sandboxID] = size + s.perSandbox
+	return func() {
+		s.admit.Lock()
+		delete(s.reserved, sandboxID)
+		s.admit.Unlock()
+	}, nil
+}
+
 // admitDisk refuses a new disk of size bytes unless it fits: what every
 // sandbox disk on the host may still grow by (its size less what it
 // already holds), plus size, must not exceed the state filesystem's free
@@ -606,8 +636,9 @@ func (s *Storage) Clean(ctx context.Context, userID ids.UserID, tier string) (in
 // its whole quota then never fills the filesystem the registry, the
 // manifests and every other tenant's disk live on. Every sandbox (the new
 // one included) also counts HostBytesPerSandbox, the most its background
-// processes' retained output may take on the same filesystem. Callers hold
-// s.admit.
+// processes' retained output may take on the same filesystem. A sandbox
+// whose disk is still being made counts its reservation instead of what
+// its directory shows so far. Callers hold s.admit.
 func (s *Storage) admitDisk(size int64) error {
 	total, free, ok := fsFree(s.dir)
 	if !ok {
@@ -615,7 +646,13 @@ func (s *Storage) admitDisk(size int64) error {
 	}
 	var growth int64
 	ents, _ := os.ReadDir(s.dir)
+	for _, held := range s.reserved {
+		growth += held
+	}
 	for _, e := range ents {
+		if _, ok := s.reserved[e.Name()]; ok {
+			continue
+		}
 		if apparent, allocated, ok := fileSpace(filepath.Join(s.dir, e.Name(), imageFile)); ok && apparent > allocated {
 			growth += apparent - allocated
 		}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -327,6 +328,48 @@ func TestDiskAdmission(t *testing.T) {
 	}
 	if _, err := s.PrepareHot("sbx-00000000d003", "u6", big); err != nil {
 		t.Fatalf("after the first was removed: %v", err)
+	}
+}
+
+// TestDiskAdmissionOfConcurrentCreates: disks are made outside the
+// admission lock (creates in a burst format and mount theirs at once), so
+// what concurrent admissions see of each other is their reservations:
+// of eight creates at once, each asking for 3/10 of the room, exactly
+// three get a disk.
+func TestDiskAdmissionOfConcurrentCreates(t *testing.T) {
+	e := newStorageEnv(t)
+	s := e.storage(t)
+	var st unix.Statfs_t
+	if err := unix.Statfs(e.dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	free := int64(st.Bavail) * st.Bsize
+	size := (free - mounts.DefaultDiskReserve) * 3 / 10 &^ (1<<20 - 1)
+	var (
+		wg            sync.WaitGroup
+		mu            sync.Mutex
+		made, refused int
+	)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := s.PrepareHot(fmt.Sprintf("sbx-00000000f%03d", i), "u8", size)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				made++
+			case errclass.IsInsufficientStorage(err):
+				refused++
+			default:
+				t.Errorf("create %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if made != 3 || refused != 5 {
+		t.Fatalf("%d disks made, %d refused: want 3 and 5", made, refused)
 	}
 }
 

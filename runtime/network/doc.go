@@ -101,7 +101,12 @@
 // of an existing installation needs Uninstall first (the bridge keeps its
 // old gateway address). The upstream resolvers are read once, in New.
 //
-// go-cni calls are serialized: under -race go-cni swaps its RWMutex for
-// go-deadlock's, which on this Go version cannot tell goroutines apart and
-// kills the process on two concurrent read locks.
+// CNI calls of different sandboxes run at once (a burst of creates queued
+// behind one lock here: ~1 s of a 3.6 s create with 50 at once), except
+// while the bridge is missing or lacks its gateway address, when one setup
+// runs alone so that concurrent bridge plugins do not race to make it
+// (cniLock). Under -race go-cni swaps its RWMutex for go-deadlock's, whose
+// lock-order check cannot tell goroutines apart on this Go version; a
+// race-only init turns that check off (deadlock_race.go), so the tests run
+// CNI concurrently as production does.
 package network

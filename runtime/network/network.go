@@ -227,10 +227,9 @@ type Manager struct {
 	platform   platformState
 	locks      idLocks
 	firewallMu sync.Mutex // serializes our own iptables invocations
-	// cniMu serializes go-cni calls. go-cni swaps its RWMutex for
-	// go-deadlock's under -race, which cannot tell goroutines apart on
-	// recent Go versions and exits the process on concurrent RLocks.
-	cniMu       sync.Mutex
+	// cniMu is held shared by CNI calls once the bridge is up, and alone
+	// by a setup that finds it missing (see cniLock).
+	cniMu       sync.RWMutex
 	resolvFiles []string
 }
 

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -133,9 +134,9 @@ func (m *Manager) setup(ctx context.Context, id string, p Policy, nsSrc string) 
 		// the undo step comes first.
 		rollback.Push("CNI delete", func(ctx context.Context) error { return m.detach(ctx, id, nsPath) })
 		t0 := time.Now()
-		m.cniMu.Lock()
+		unlock := m.cniLock()
 		res, err := m.platform.cni.Setup(ctx, id, nsPath)
-		m.cniMu.Unlock()
+		unlock()
 		cniTook = time.Since(t0)
 		if err != nil {
 			return nil, fmt.Errorf("attach sandbox %s to bridge %s: %v: %w", id, m.bridge, err, errdefs.ErrUnavailable)
@@ -177,6 +178,41 @@ func (m *Manager) setup(ctx context.Context, id string, p Policy, nsSrc string) 
 	log.Info("sandbox network set up", "mode", string(mode), "ip", att.IPv4.String(), "allow", fmt.Sprint(p.Allow),
 		"cni_ms", float64(cniTook.Microseconds()/100)/10, "rules_ms", float64(rulesTook.Microseconds()/100)/10)
 	return att, nil
+}
+
+// cniLock lets CNI ADDs of different sandboxes run at once (each is two
+// plugin processes, bridge and host-local, whose IPAM leases are taken
+// under host-local's own file lock) once the bridge exists with its
+// gateway address. Until then, on the first setup or after the bridge was
+// removed, one ADD runs alone: concurrent bridge plugins would race to
+// create the bridge and to add its address, and the loser would fail its
+// create.
+func (m *Manager) cniLock() (unlock func()) {
+	if m.bridgeReady() {
+		m.cniMu.RLock()
+		return m.cniMu.RUnlock
+	}
+	m.cniMu.Lock()
+	return m.cniMu.Unlock
+}
+
+// bridgeReady reports whether the bridge exists and holds the gateway
+// address.
+func (m *Manager) bridgeReady() bool {
+	br, err := net.InterfaceByName(m.bridge)
+	if err != nil {
+		return false
+	}
+	addrs, err := br.Addrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr() == m.gateway {
+			return true
+		}
+	}
+	return false
 }
 
 // writeInPlace replaces a file's content without replacing the file, so a

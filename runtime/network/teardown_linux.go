@@ -21,9 +21,9 @@ func (m *Manager) detach(ctx context.Context, id, nsPath string) error {
 	if isNetNS(nsPath) {
 		path = nsPath
 	}
-	m.cniMu.Lock()
+	m.cniMu.RLock() // DEL never makes the bridge
 	err := m.platform.cni.Remove(ctx, id, path)
-	m.cniMu.Unlock()
+	m.cniMu.RUnlock()
 	if err != nil {
 		return fmt.Errorf("CNI delete for sandbox %s: %v: %w", id, err, errdefs.ErrUnavailable)
 	}

@@ -210,6 +210,7 @@ type cpuSample struct {
 type procCPU struct {
 	comm           string
 	ppid           int
+	start          int64 // starttime: tells a reused pid apart
 	self, children int64 // utime+stime; cutime+cstime (reaped children)
 }
 
@@ -247,12 +248,13 @@ func readProcStat(pid int) (procCPU, bool) {
 		return procCPU{}, false
 	}
 	f := strings.Fields(string(b[end+1:]))
-	if len(f) < 15 {
+	if len(f) < 20 {
 		return procCPU{}, false
 	}
 	num := func(i int) int64 { n, _ := strconv.ParseInt(f[i], 10, 64); return n }
-	// f[0] is field 3 (state): utime is field 14, so f[11].
-	return procCPU{comm: string(b[open+1 : end]), ppid: int(num(1)), self: num(11) + num(12), children: num(13) + num(14)}, true
+	// f[0] is field 3 (state): utime is field 14, so f[11]; starttime 22.
+	return procCPU{comm: string(b[open+1 : end]), ppid: int(num(1)), start: num(19),
+		self: num(11) + num(12), children: num(13) + num(14)}, true
 }
 
 // printCPU attributes the CPU time spent between two samples: processes
@@ -283,7 +285,7 @@ func printCPU(before, after cpuSample, wall time.Duration) {
 	var named, rest float64
 	for pid, p := range after.procs {
 		q := before.procs[pid]
-		if q.comm != "" && q.comm != p.comm && !strings.HasPrefix(q.comm, "runc") { // pid reused
+		if q.start != p.start { // a new process (the pid may be reused)
 			q = procCPU{}
 		}
 		d, dc := float64(p.self-q.self)/tick, float64(p.children-q.children)/tick

@@ -561,25 +561,36 @@ func (l *Local) Put(ctx context.Context, key string, body io.Reader, size int64,
 		return ObjectInfo{}, fmt.Errorf("%s: close: %w", l.op("put", key), classifyFS(err))
 	}
 
+	if err := l.commit(key, p, tmp, cond); err != nil {
+		return ObjectInfo{}, err
+	}
+	committed = true
+	// The rename's durability needs no lock: a burst of creates (each
+	// putting two prefix markers) queued behind this fsync.
+	l.syncDir(filepath.Dir(p))
+	return ObjectInfo{Key: key, Size: size, ETag: etag, LastModified: fi.ModTime(), Meta: meta}, nil
+}
+
+// commit renames a complete temp file to p if cond holds, atomically
+// under l.mu.
+func (l *Local) commit(key, p, tmp string, cond Cond) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err := l.checkCond(key, cond); err != nil {
-		return ObjectInfo{}, err
+		return err
 	}
 	if dir := filepath.Dir(p); dir != "." {
 		if err := l.root.MkdirAll(dir, 0o755); err != nil {
-			return ObjectInfo{}, fmt.Errorf("%s: create parent directories: %w", l.op("put", key), classifyFS(err))
+			return fmt.Errorf("%s: create parent directories: %w", l.op("put", key), classifyFS(err))
 		}
 	}
 	if st, err := l.root.Lstat(p); err == nil && st.IsDir() {
-		return ObjectInfo{}, fmt.Errorf("%s: a directory of that name holds other keys: %w", l.op("put", key), errdefs.ErrConflict)
+		return fmt.Errorf("%s: a directory of that name holds other keys: %w", l.op("put", key), errdefs.ErrConflict)
 	}
 	if err := l.root.Rename(tmp, p); err != nil {
-		return ObjectInfo{}, fmt.Errorf("%s: rename into place: %w", l.op("put", key), classifyFS(err))
+		return fmt.Errorf("%s: rename into place: %w", l.op("put", key), classifyFS(err))
 	}
-	committed = true
-	l.syncDir(filepath.Dir(p))
-	return ObjectInfo{Key: key, Size: size, ETag: etag, LastModified: fi.ModTime(), Meta: meta}, nil
+	return nil
 }
 
 // Copy implements Store: the source is read (pinned to srcIfMatch when

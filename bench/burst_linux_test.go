@@ -121,7 +121,7 @@ func BenchmarkBurst(b *testing.B) {
 		fmt.Printf("%-28s %10s\n", "create latency p50 (ms)", ms(lat.pct(.5)))
 		fmt.Printf("%-28s %10s\n", "create latency p95 (ms)", ms(lat.pct(.95)))
 		printPhases(h.Logs(), sbx)
-		printCPU(before, after, took)
+		printCPU(before, after, took, ok)
 
 		var dw sync.WaitGroup
 		for _, id := range sbx {
@@ -263,7 +263,7 @@ func readProcStat(pid int) (procCPU, bool) {
 // iptables-restore and mkfs under the daemon), and the rest of the
 // machine (other work on a shared host, and processes that came and went
 // under a parent that did not reap them).
-func printCPU(before, after cpuSample, wall time.Duration) {
+func printCPU(before, after cpuSample, wall time.Duration, creates int) {
 	tick := float64(100) // USER_HZ on Linux
 	self := os.Getpid()
 	group := func(pid int, p procCPU) string {
@@ -318,6 +318,9 @@ func printCPU(before, after cpuSample, wall time.Duration) {
 	fmt.Printf("  %-40s %8.2f\n", "other processes, all", rest)
 	fmt.Printf("  %-40s %8.2f\n", "not in any live process (exited unreaped, kernel)", total-named-rest)
 	fmt.Printf("  %-40s %8.2f\n", "machine total (/proc/stat)", total)
+	// Other processes are the shared machine's other work: the creates'
+	// own CPU is what the burst's throughput is bounded by.
+	fmt.Printf("CPU per create (ms; all but other processes): %.0f\n", (total-rest)*1000/float64(max(creates, 1)))
 }
 
 // profiles are the optional profiles of one burst.

@@ -1,4 +1,50 @@
 // Package bench measures matrxd against bare containerd on this machine and
 // prints a table (`make bench`). It asserts nothing about speed: numbers are
 // for reading and comparing, never for failing a build.
+//
+// # Where a burst of creates goes (issue 16, part 2)
+//
+// BenchmarkBurst fires 50 creates at once with no warm pool (production
+// image, user namespace, network, 20 GiB disk, disk pool of 2, local
+// storage). Profiled on the 2-vCPU development VM with perf(1) (system
+// wide, MATRX_BENCH_PROFILE) and Go's CPU, block and mutex profiles of the
+// in-process daemon.
+//
+// Before (main at 47fa2a4): 10.2 creates/s, p50 4.25 s, p95 4.85 s. Each
+// create waited in three queues: the disk admission lock, held while the
+// disk was formatted and mounted (prepare_hot 1.0–1.3 s, 1.2 s of lock wait
+// per create in the mutex profile); the network-wide lock around go-cni
+// (1.05 s per create: CNI ADDs ran one at a time); and, for new users on
+// the local store, its lock held across a directory fsync (up to 0.9 s
+// once the other two were gone). bbolt's single writer cost 0.08–0.3 s.
+// Those are gone (mounts: an admitted disk is a reservation until it
+// exists; network: ADDs run at once once the bridge is up; objstore: the
+// fsync after the lock).
+//
+// But the burst is CPU-bound, before and after: the two CPUs are 90–100 %
+// busy, and a create costs 120–170 ms of CPU (the table's "CPU per
+// create", which leaves out the shared machine's other work), so 2 CPUs
+// cap it at 12–16 creates/s whatever the queues; removing them turned
+// waiting into CPU contention at the same throughput (8.8/s beside the
+// team's builds, 13/s on a quiet machine). Where that CPU goes (perf,
+// share of the burst's samples, ≈175 ms of busy CPU per create before):
+//
+//	runc (create, start, state: Go start-up, mountinfo)      16.5 %  31 ms
+//	runc:[2:INIT] (the container's init before exec;
+//	  libseccomp compiling the filter is 5.4 % of it)        15.9 %  30 ms
+//	containerd-shim-runc-v2 (start, daemon, one per sandbox)  13.4 %  25 ms
+//	matrxd + the client (files on the root ext4, gRPC, JSON)  12.1 %  23 ms
+//	containerd                                                 7.2 %  14 ms
+//	mkfs.ext4 (every disk past the pool's two)                 6.3 %  12 ms
+//	CNI bridge + host-local plugins                            7.6 %  14 ms
+//	iptables-restore (source guard, sandbox rules)             2.2 %   4 ms
+//	runc:[0:PARENT], [1:CHILD], matrx-init                     3.2 %   6 ms
+//	idle                                                       8.3 %
+//
+// 25 creates/s needs ≤ 80 ms of CPU per create. runc's processes alone
+// take ≈ 60 ms (plus the shim's 25), so that needs the OCI runtime to
+// change (crun, issue 16 part 3), then CNI done in-process with netlink
+// (≈ 14 ms) and fewer shims (grouping; its failure coupling is a design
+// decision). The pool's mkfs only moves: refilling during a burst costs
+// what formatting in line does.
 package bench

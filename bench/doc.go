@@ -21,13 +21,16 @@
 // exists; network: ADDs run at once once the bridge is up; objstore: the
 // fsync after the lock).
 //
-// But the burst is CPU-bound, before and after: the two CPUs are 90–100 %
-// busy, and a create costs 120–170 ms of CPU (the table's "CPU per
-// create", which leaves out the shared machine's other work), so 2 CPUs
-// cap it at 12–16 creates/s whatever the queues; removing them turned
-// waiting into CPU contention at the same throughput (8.8/s beside the
-// team's builds, 13/s on a quiet machine). Where that CPU goes (perf,
-// share of the burst's samples, ≈175 ms of busy CPU per create before):
+// After, one run each beside the same amount of other work on the shared
+// machine (≈3.4 s of other processes' CPU during the burst): 8.8 → 13.5
+// creates/s, p50 4.8 → 2.9 s, p95 5.6 → 3.7 s (prepare_hot 1.2 s →
+// 81 ms, CNI 1.0 s → 0.19 s). With the team's heavier builds beside
+// (≈6 s), both run at ≈7/s: the burst is CPU-bound. The two CPUs are
+// 90–100 % busy and a create costs 110–165 ms of CPU (the table's "CPU
+// per create": matrxd, containerd, shims, runc, sandbox init), so two
+// CPUs cap it near 15 creates/s whatever the queues. Where that CPU goes
+// (perf, share of the burst's samples, ≈175 ms of busy CPU per create,
+// before):
 //
 //	runc (create, start, state: Go start-up, mountinfo)      16.5 %  31 ms
 //	runc:[2:INIT] (the container's init before exec;

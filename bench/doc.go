@@ -45,9 +45,12 @@
 //	idle                                                       8.3 %
 //
 // 25 creates/s needs ≤ 80 ms of CPU per create. runc's processes alone
-// take ≈ 60 ms (plus the shim's 25), so that needs the OCI runtime to
-// change (crun, issue 16 part 3), then CNI done in-process with netlink
-// (≈ 14 ms) and fewer shims (grouping; its failure coupling is a design
-// decision). The pool's mkfs only moves: refilling during a burst costs
+// take ≈ 60 ms, so that needs the OCI runtime to change (--oci-runtime
+// crun; MATRX_BENCH_OCI_RUNTIME=crun, which this VM's hybrid cgroup
+// layout refused when last tried), then CNI done in-process with netlink
+// (≈ 14 ms). Shim groups (MATRX_BENCH_SHIM_GROUP=8) save memory, not
+// CPU: 106 against 107 ms per create, 10.6 against 10.1 creates/s, so
+// the shim's cost is its per-create work (runc, I/O, events), not its
+// start. The disk pool's mkfs only moves: refilling during a burst costs
 // what formatting in line does.
 package bench

@@ -14,8 +14,11 @@ import (
 // one inotify instance for the whole daemon: the kernel's default limit is
 // 128 instances per user, far fewer than followers.
 type Watcher struct {
-	f      *os.File
+	f  *os.File
+	fd int // f's descriptor, for inotify calls: used only under mu while open
+
 	mu     sync.Mutex
+	closed bool // Close ran: fd may now be another file's
 	byWD   map[int32]*watch
 	byPath map[string]*watch
 }
@@ -39,7 +42,7 @@ func NewWatcher() (*Watcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &Watcher{f: os.NewFile(uintptr(fd), "inotify"), byWD: map[int32]*watch{}, byPath: map[string]*watch{}}
+	w := &Watcher{f: os.NewFile(uintptr(fd), "inotify"), fd: fd, byWD: map[int32]*watch{}, byPath: map[string]*watch{}}
 	go w.loop()
 	return w, nil
 }
@@ -50,9 +53,12 @@ const watchMask = unix.IN_MODIFY | unix.IN_CREATE | unix.IN_DELETE | unix.IN_MOV
 func (w *Watcher) Watch(dir string) (*Sub, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.closed {
+		return nil, os.ErrClosed
+	}
 	wt := w.byPath[dir]
 	if wt == nil {
-		wd, err := unix.InotifyAddWatch(int(w.f.Fd()), dir, watchMask)
+		wd, err := unix.InotifyAddWatch(w.fd, dir, watchMask)
 		if err != nil {
 			return nil, err
 		}
@@ -76,7 +82,9 @@ func (s *Sub) Close() {
 	defer w.mu.Unlock()
 	delete(s.wt.subs, s)
 	if len(s.wt.subs) == 0 && w.byWD[s.wt.wd] == s.wt {
-		unix.InotifyRmWatch(int(w.f.Fd()), uint32(s.wt.wd))
+		if !w.closed {
+			unix.InotifyRmWatch(w.fd, uint32(s.wt.wd))
+		}
 		delete(w.byWD, s.wt.wd)
 		for p, wt := range w.byPath {
 			if wt == s.wt {
@@ -86,8 +94,14 @@ func (s *Sub) Close() {
 	}
 }
 
-// Close stops the watcher.
-func (w *Watcher) Close() error { return w.f.Close() }
+// Close stops the watcher. Subscriptions closed after it (an attach ending
+// as the daemon stops) touch no descriptor.
+func (w *Watcher) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.closed = true
+	return w.f.Close()
+}
 
 func (w *Watcher) loop() {
 	buf := make([]byte, 64<<10)

@@ -53,8 +53,9 @@ type process struct {
 	out     *tailBuffer
 	started time.Time
 	exited  chan struct{}
-	err     error // cmd.Wait's result; read after exited is closed
-	mountID int   // the mount this generation put on the mountpoint
+	outDone chan struct{} // closed once its output pipe reached EOF
+	err     error         // cmd.Wait's result; read after exited is closed
+	mountID int           // the mount this generation put on the mountpoint
 }
 
 func startFUSE(ctx context.Context, d fuseDriver, req Request) (Mount, error) {
@@ -252,10 +253,12 @@ func (m *FUSEMount) startProcess(argv, env []string) (*process, error) {
 		out:     newTailBuffer(4096, func(line string) { log.Debug("fuse daemon output", "line", line) }),
 		started: time.Now(),
 		exited:  make(chan struct{}),
+		outDone: make(chan struct{}),
 	}
 	go func() {
 		_, _ = io.Copy(p.out, r)
 		r.Close()
+		close(p.outDone)
 	}()
 	go func() {
 		p.err = cmd.Wait()
@@ -281,6 +284,12 @@ func (m *FUSEMount) waitStaged(ctx context.Context, p *process) error {
 		}
 		select {
 		case <-p.exited:
+			// Its last lines (why it gave up) may still be in the pipe:
+			// let them arrive, unless a child it forked holds the pipe.
+			select {
+			case <-p.outDone:
+			case <-time.After(time.Second):
+			}
 			return fmt.Errorf("cold: %s exited before mounting (%s); output: %s: %w",
 				m.d.name, p.status(), p.out, errdefs.ErrUnavailable)
 		case <-ctx.Done():

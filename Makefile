@@ -89,8 +89,8 @@ down:
 
 # The Go benchmarks run in a mount namespace without a hybrid host's cgroup2
 # mount, so the lifecycle table can have crun rows (see the test target).
-bench: deps tools build image-minimal
-	MATRX_REQUIRE_INTEGRATION=1 bash bootstrap/lib/without-cgroup2-controllers.sh $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/ ./fleet/
+bench: deps tools build image-minimal image
+	MATRX_REQUIRE_INTEGRATION=1 bash bootstrap/lib/without-cgroup2-controllers.sh $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/ ./fleet/
 	$(GO) run ./mounts/hotsync/cmd/hotbench
 	@echo "hot sync again, small case, plain directories on the host's root filesystem:"
 	$(GO) run ./mounts/hotsync/cmd/hotbench -cases small -disk=false

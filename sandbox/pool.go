@@ -71,6 +71,7 @@ type pool struct {
 
 	mu       sync.Mutex
 	filling  map[string]string // sandbox id -> image, fills in flight
+	claiming map[string]bool   // pooled ids a claim is updating right now
 	creating int               // creates and claims in flight (refills wait for none)
 }
 
@@ -82,7 +83,7 @@ func ValidatePools(specs []PoolSpec) error {
 }
 
 func newPool(specs []PoolSpec) (*pool, error) {
-	p := &pool{kick: make(chan struct{}, 1), filling: map[string]string{}}
+	p := &pool{kick: make(chan struct{}, 1), filling: map[string]string{}, claiming: map[string]bool{}}
 	for _, s := range specs {
 		img, err := normalizeImage("warm pool image", s.Image)
 		if err != nil {
@@ -165,6 +166,25 @@ func (p *pool) begin() func() {
 	}
 }
 
+// reserve marks a pooled id as being claimed, so that concurrent claims
+// each try a different sandbox instead of all queueing on the registry's
+// writer for the oldest one; false if another claim has it.
+func (p *pool) reserve(id string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.claiming[id] {
+		return false
+	}
+	p.claiming[id] = true
+	return true
+}
+
+func (p *pool) unreserve(id string) {
+	p.mu.Lock()
+	delete(p.claiming, id)
+	p.mu.Unlock()
+}
+
 func (p *pool) busy() bool {
 	if p == nil {
 		return false
@@ -225,11 +245,12 @@ func (m *Manager) claimPooled(ctx context.Context, userID ids.UserID, cfg regist
 	start := time.Now()
 	var rec *registry.Record
 	for _, c := range cands {
-		if !fits(c.Config, cfg) {
+		if !fits(c.Config, cfg) || !m.pool.reserve(c.ID) {
 			continue
 		}
 		admitted, err := m.admit(ctx, key)
 		if err != nil {
+			m.pool.unreserve(c.ID)
 			return nil, true, err
 		}
 		now := m.now().UTC()
@@ -242,6 +263,7 @@ func (m *Manager) claimPooled(ctx context.Context, userID ids.UserID, cfg regist
 			return nil
 		})
 		admitted()
+		m.pool.unreserve(c.ID)
 		if errors.Is(err, errTaken) {
 			continue
 		}

@@ -18,6 +18,9 @@ const (
 	LeftoverSnapshot   = "snapshot"
 	LeftoverControlDir = "control_dir"
 	LeftoverNetwork    = "network"
+	// LeftoverProcesses: processes containerd no longer knew, killed in
+	// the sandbox's cgroup (cgroupgc_linux.go).
+	LeftoverProcesses = "processes"
 )
 
 // Leftover is one thing of a sandbox that GC removed.
@@ -66,6 +69,9 @@ func (r *Runtime) GC(ctx context.Context, policy GCPolicy) ([]Leftover, error) {
 		}
 		out = append(out, Leftover{SandboxID: c.ID(), Kind: LeftoverContainer})
 	}
+	procs, err := orphanCgroups(orphan, r.ownShim)
+	errs = append(errs, err)
+	out = append(out, procs...)
 	snaps, err := r.orphanSnapshots(nctx, containers, orphan)
 	errs = append(errs, err)
 	out = append(out, snaps...)

@@ -81,6 +81,7 @@ type Config struct {
 type Runtime struct {
 	client      *containerd.Client
 	ns          string
+	address     string // containerd's socket (whose shims GC may clean up after)
 	stateDir    string
 	initPath    string
 	log         *slog.Logger
@@ -164,6 +165,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Runtime, error) {
 	}
 	r := &Runtime{
 		ns:          cfg.Namespace,
+		address:     cfg.Address,
 		stateDir:    cfg.StateDir,
 		initPath:    cfg.InitPath,
 		log:         cfg.Logger,

@@ -20,7 +20,7 @@ const (
 
 // RepairKinds lists every kind of repair.
 func RepairKinds() []string {
-	return []string{RepairRecord, runtime.LeftoverContainer, runtime.LeftoverSnapshot, runtime.LeftoverControlDir,
+	return []string{RepairRecord, runtime.LeftoverContainer, runtime.LeftoverProcesses, runtime.LeftoverSnapshot, runtime.LeftoverControlDir,
 		runtime.LeftoverNetwork, RepairHotDir, RepairColdMount}
 }
 

@@ -583,7 +583,8 @@ func (m *Manager) adoptPooled(ctx context.Context, log *slog.Logger) {
 	}
 }
 
-// errPoolOnly refuses operations on a pooled sandbox through the user API.
+// errPooled answers a user request about a pooled sandbox: not found, as
+// it is nobody's yet.
 func errPooled(id string) error {
 	return fmt.Errorf("sandbox %s is in the warm pool: %w", id, errdefs.ErrNotFound)
 }

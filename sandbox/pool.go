@@ -138,7 +138,7 @@ func (p *pool) wake() {
 	}
 }
 
-// filling reports whether a fill is making sandbox id right now (its
+// isFilling reports whether a fill is making sandbox id right now (its
 // resources exist before its record does).
 func (p *pool) isFilling(id string) bool {
 	if p == nil {

@@ -108,7 +108,21 @@ type Runtime struct {
 	ploadMu   sync.Mutex               // one adoption at a time
 	connMu    sync.Mutex
 	connErr   error // containerd's reachability as Watch last saw it
+
+	// changing holds the sandboxes a Create or Destroy is working on: their
+	// container may exist without a task for a while (before NewTask, after
+	// task.Delete), which is not a lost task (see watcher.reportLost).
+	// destroyed holds the ones Destroy removed in the last destroyedMemory,
+	// for a poll that listed a container just before it went.
+	changingMu sync.Mutex
+	changing   map[string]int
+	destroyed  map[string]time.Time
 }
+
+// destroyedMemory is how long a sandbox this runtime destroyed is not
+// reported by the watcher (a poll lists every container, then asks about
+// each: far less than this).
+const destroyedMemory = time.Minute
 
 // Option configures optional runtime knobs.
 type Option func(*Runtime)
@@ -274,6 +288,8 @@ type CreateRequest struct {
 // On any failure everything it made is removed again.
 func (r *Runtime) Create(ctx context.Context, req CreateRequest) (err error) {
 	ctx = r.nsCtx(ctx)
+	done := r.markChanging(req.ID)
+	defer func() { done(err != nil) }()
 	var rollback undo.Stack
 	defer func() {
 		if err != nil {
@@ -471,7 +487,29 @@ func mergeEnv(base, over []string) []string {
 // out; with zero grace it is SIGKILL at once. A sandbox that is already gone
 // is not an error.
 func (r *Runtime) Destroy(ctx context.Context, id string, grace time.Duration) error {
+	return r.DestroyThen(ctx, id, grace, nil)
+}
+
+// DestroyThen is Destroy, calling stopped as soon as no process of the
+// sandbox is left (PID 1 exited, and with it the whole PID namespace; or
+// there was no task), on a goroutine of its own, while the rest of the
+// teardown (task, network, container, snapshot) goes on: work that only
+// needs the sandbox's files to be quiescent (the final sync) overlaps it
+// instead of following it. It returns once both are done. On a nil error
+// stopped has run exactly once; on an error it ran only if every process
+// was gone before the failure.
+func (r *Runtime) DestroyThen(ctx context.Context, id string, grace time.Duration, stopped func()) (err error) {
 	ctx = r.nsCtx(ctx)
+	done := r.markChanging(id)
+	defer func() { done(err == nil) }()
+	var quiet sync.WaitGroup
+	defer quiet.Wait()
+	quiescent := func() {
+		if stopped != nil {
+			quiet.Go(stopped)
+			stopped = nil
+		}
+	}
 	r.forget(id)
 	defer r.groups.release(id)
 	// Background processes die with the task; their supervisors must not
@@ -481,6 +519,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string, grace time.Duration) e
 	defer removeControlDir(r.controlDir(id))
 	container, err := r.client.LoadContainer(ctx, id)
 	if errdefs.IsNotFound(err) {
+		quiescent()
 		return r.teardownNetwork(ctx, id)
 	}
 	if err != nil {
@@ -489,6 +528,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string, grace time.Duration) e
 	task, err := container.Task(ctx, nil)
 	switch {
 	case errdefs.IsNotFound(err):
+		quiescent()
 	case err != nil:
 		return fmt.Errorf("load task %s: %w", id, err)
 	default:
@@ -496,6 +536,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string, grace time.Duration) e
 			return fmt.Errorf("stop task %s: %w", id, err)
 		}
 		fault.At(ctx, "task-killed")
+		quiescent()
 		// Every process is gone (PID 1 exited, so the kernel killed the
 		// rest of the PID namespace): the network goes while containerd
 		// reaps the shim. Both take ~25-50 ms and touch nothing in common.
@@ -517,6 +558,44 @@ func (r *Runtime) Destroy(ctx context.Context, id string, grace time.Duration) e
 		return fmt.Errorf("delete container %s: %w", id, err)
 	}
 	return r.teardownNetwork(ctx, id)
+}
+
+// markChanging records that a Create or Destroy of id is under way, until
+// the returned function is called (with destroyed: the sandbox is gone).
+func (r *Runtime) markChanging(id string) func(destroyed bool) {
+	r.changingMu.Lock()
+	if r.changing == nil {
+		r.changing, r.destroyed = map[string]int{}, map[string]time.Time{}
+	}
+	r.changing[id]++
+	r.changingMu.Unlock()
+	return func(destroyed bool) {
+		r.changingMu.Lock()
+		defer r.changingMu.Unlock()
+		if r.changing[id]--; r.changing[id] <= 0 {
+			delete(r.changing, id)
+		}
+		if !destroyed {
+			return
+		}
+		now := time.Now()
+		for d, at := range r.destroyed {
+			if now.Sub(at) > destroyedMemory {
+				delete(r.destroyed, d)
+			}
+		}
+		r.destroyed[id] = now
+	}
+}
+
+// ownChange reports whether this runtime is creating or destroying id, or
+// destroyed it within destroyedMemory: what the watcher would see of it
+// then is this runtime's own doing.
+func (r *Runtime) ownChange(id string) bool {
+	r.changingMu.Lock()
+	defer r.changingMu.Unlock()
+	at, gone := r.destroyed[id]
+	return r.changing[id] > 0 || gone && time.Since(at) <= destroyedMemory
 }
 
 func (r *Runtime) teardownNetwork(ctx context.Context, id string) error {

@@ -4,11 +4,14 @@ package runtime_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -409,5 +412,84 @@ func TestCreateUnknownImageLeavesNothing(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(env.Dir, "matrx", "sandboxes", "sbx-0000000000ff")); err == nil {
 		t.Fatal("control dir left behind")
+	}
+}
+
+// TestExecGateUnderLoad: many execs at once, each of which must run its
+// command (not sit in the stdin gate until its timeout). The gate's line
+// was once lost about once in 1,000 execs: CloseIO could close the shim's
+// stdin writer before the shim's reader had opened the FIFO (stdinGate
+// says how); three sandboxes exec'ing side by side widen that window.
+func TestExecGateUnderLoad(t *testing.T) {
+	rt, env := newRuntime(t)
+	const sandboxes, each = 3, 150
+	var wg sync.WaitGroup
+	for range sandboxes {
+		id := startSandbox(t, rt, env, runtime.Resources{})
+		wg.Go(func() {
+			for i := range each {
+				res, err := rt.Exec(context.Background(), id, runtime.ExecRequest{
+					Command: "echo ok", User: runtime.UserAgent, Cwd: "/home/agent",
+					Timeout: 10 * time.Second, OutputLimit: 1024,
+				})
+				if err != nil {
+					t.Errorf("exec %d in %s: %v", i, id, err)
+					return
+				}
+				if res.TimedOut || string(res.Stdout) != "ok\n" {
+					t.Errorf("exec %d in %s: timed out %v after %v, stdout %q", i, id, res.TimedOut, res.Duration, res.Stdout)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// TestDestroyThen: stopped runs once every process of the sandbox is gone
+// (a writer that never stops has stopped writing, PID 1 does not exist),
+// exactly once, and DestroyThen returns only after it did; a sandbox
+// already gone still gets its call (nothing runs there either).
+func TestDestroyThen(t *testing.T) {
+	rt, env := newRuntime(t)
+	ctx := context.Background()
+	id := startSandbox(t, rt, env, runtime.Resources{})
+	home := filepath.Join(env.Dir, "homes", id)
+	run(t, rt, id, runtime.ExecRequest{Command: "(while :; do echo x >> /home/agent/tick; done) > /dev/null 2>&1 &"})
+	pid := env.TaskPID(t, testNS, id)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if b, _ := os.ReadFile(filepath.Join(home, "tick")); len(b) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the writer never wrote")
+		}
+	}
+	var calls atomic.Int32
+	var finished atomic.Bool
+	err := rt.DestroyThen(ctx, id, 0, func() {
+		calls.Add(1)
+		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("PID 1 (%d) still exists when stopped runs: %v", pid, err)
+		}
+		a, _ := os.ReadFile(filepath.Join(home, "tick"))
+		time.Sleep(100 * time.Millisecond)
+		b, _ := os.ReadFile(filepath.Join(home, "tick"))
+		if len(a) == 0 || len(a) != len(b) {
+			t.Errorf("the sandbox's writer still writes when stopped runs: %d bytes, then %d", len(a), len(b))
+		}
+		finished.Store(true)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if calls.Load() != 1 || !finished.Load() {
+		t.Fatalf("stopped ran %d times, finished %v, before DestroyThen returned", calls.Load(), finished.Load())
+	}
+	if err := rt.DestroyThen(ctx, id, 0, func() { calls.Add(1) }); err != nil {
+		t.Fatal(err)
+	}
+	if calls.Load() != 2 {
+		t.Fatalf("a destroyed sandbox's DestroyThen did not call stopped")
 	}
 }

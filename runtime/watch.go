@@ -218,7 +218,18 @@ func (w *watcher) classifyExit(ctx context.Context, id string, status *uint32) {
 	}
 }
 
+// reportLost reports a task gone without its exit seen. Neither it nor
+// reportExit reports a sandbox this runtime is creating or destroying, or
+// has just destroyed: its container exists without a task by design for a
+// moment (seen: a poll between a Create's container and its task reported
+// a healthy sandbox lost), a poll may ask about a container it listed just
+// before a Destroy removed it, and a Destroy's kill is no news to its
+// caller. A sandbox that really died or was lost after a Create is
+// reported by the next poll.
 func (w *watcher) reportLost(id string, status *uint32) {
+	if w.r.ownChange(id) {
+		return
+	}
 	ev := TaskEvent{SandboxID: id, Kind: TaskLost, At: time.Now()}
 	if status != nil {
 		ev.ExitStatus, ev.HasStatus = *status, true
@@ -229,6 +240,9 @@ func (w *watcher) reportLost(id string, status *uint32) {
 // reportExit reports PID 1's exit; a SIGKILL exit waits briefly for the
 // OOM event that may explain it.
 func (w *watcher) reportExit(ctx context.Context, id string, status uint32) {
+	if w.r.ownChange(id) {
+		return
+	}
 	ev := TaskEvent{SandboxID: id, Kind: TaskExited, ExitStatus: status, HasStatus: true, At: time.Now()}
 	if status == 128+uint32(syscall.SIGKILL) {
 		deadline := time.Now().Add(oomWindow / 2)

@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+
 	"github.com/matrx-dev/matrx/runtime"
 	"github.com/matrx-dev/matrx/testenv"
 )
@@ -180,4 +183,48 @@ func TestWatchSurvivesContainerdRestart(t *testing.T) {
 	if r := run(t, rt, keep, runtime.ExecRequest{Command: "echo ok"}); string(r.Stdout) != "ok\n" {
 		t.Fatalf("exec after containerd restart: %+v", r)
 	}
+}
+
+// TestWatchQuietWhileCreatingAndDestroying: a sandbox's container exists
+// without a task for a moment in every Create (before its task) and
+// Destroy (after it): a poll that lands there must not report the sandbox
+// lost (seen once in CI: a healthy sandbox reported lost by a poll that
+// ran while it was being created). The poll runs every 5 ms, well inside
+// those windows (tens of ms each), across ten creates and destroys; a
+// container that really has no task is still reported.
+func TestWatchQuietWhileCreatingAndDestroying(t *testing.T) {
+	rt, env := newRuntime(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var ev events
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		rt.Watch(ctx, runtime.WatchConfig{Poll: 5 * time.Millisecond, OnEvent: ev.add})
+	}()
+	defer func() { cancel(); <-done }()
+	var made []string
+	for range 10 {
+		id := startSandbox(t, rt, env, runtime.Resources{})
+		made = append(made, id)
+		if err := rt.Destroy(context.Background(), id, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	for _, id := range made {
+		ev.none(t, id)
+	}
+	// Not created by this runtime, and without a task: that is lost.
+	orphan := "sbx-" + strconv.FormatInt(time.Now().UnixNano()%1e12, 16)
+	c, err := containerd.New(env.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	nctx := namespaces.WithNamespace(context.Background(), testNS)
+	if _, err := c.NewContainer(nctx, orphan, containerd.WithNewSpec()); err != nil {
+		t.Fatal(err)
+	}
+	defer c.ContainerService().Delete(nctx, orphan)
+	ev.wait(t, orphan, runtime.TaskLost, 5*time.Second)
 }

@@ -98,6 +98,7 @@ type Runtime interface {
 	Create(ctx context.Context, req runtime.CreateRequest) error
 	Claim(ctx context.Context, req runtime.ClaimRequest) error
 	Destroy(ctx context.Context, id string, grace time.Duration) error
+	DestroyThen(ctx context.Context, id string, grace time.Duration, stopped func()) error
 	Exec(ctx context.Context, id string, req runtime.ExecRequest) (*runtime.ExecResult, error)
 	Files(ctx context.Context, id string, user runtime.ExecUser, req fshelper.Request, body io.Reader) (*runtime.FilesCall, error)
 	Running(ctx context.Context, id string) (bool, error)

@@ -117,17 +117,19 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 	dctx = fault.With(dctx, "stop")
 	fault.At(dctx, "stop/shutting-down")
 	t0 := time.Now()
-	derr = m.rt.Destroy(dctx, rec.ID, grace)
-	m.forget(rec.ID)
-	destroyTook := time.Since(t0)
-	t0 = time.Now()
-	// The processes are gone, so the hot files are quiescent: sync them up.
-	// The directory is removed only if the sync succeeded; otherwise it
-	// stays, the record says so, and RetryPending (on the checkpoint tick
-	// and at the next daemon start) retries.
+	// Once the processes are gone the hot files are quiescent: they are
+	// synced up while the runtime removes the task, network and container
+	// (DestroyThen runs this beside that teardown and waits for both). The
+	// directory is removed only if the sync succeeded; otherwise it stays,
+	// the record says so, and RetryPending (on the checkpoint tick and at
+	// the next daemon start) retries.
 	var serr error
 	var rep syncReport
-	if derr == nil {
+	var storageTook time.Duration
+	quiesced := false
+	derr = m.rt.DestroyThen(dctx, rec.ID, grace, func() {
+		s0 := time.Now()
+		quiesced = true
 		m.closeHome(rec.ID)
 		rep, serr = m.finalSync(dctx, rec.ID, rec.UserID, m.shutdownSyncBudget(), log)
 		fault.At(dctx, "stop/synced")
@@ -135,7 +137,11 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 			log.Warn("cold release failed", "error", err)
 		}
 		fault.At(dctx, "stop/cold-released")
-	} else {
+		storageTook = time.Since(s0)
+	})
+	m.forget(rec.ID)
+	destroyTook := time.Since(t0)
+	if derr != nil && !quiesced {
 		// The container may still be running and writing: save what is
 		// there, keep the directory and the mount, and let recovery finish.
 		var res hotsync.Result
@@ -167,7 +173,7 @@ func (m *Manager) finishShutdown(ctx context.Context, rec *registry.Record, grac
 		return out, derr
 	}
 	log.Info("sandbox stopped", "reason", reason, "total_ms", ms(time.Since(start)),
-		"container_ms", ms(destroyTook), "storage_ms", ms(time.Since(t0)))
+		"teardown_ms", ms(destroyTook), "storage_ms", ms(storageTook))
 	return out, err
 }
 

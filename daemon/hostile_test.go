@@ -91,7 +91,11 @@ func hostileSuite(t *testing.T, pooled bool) {
 	offline := h.Create("olga", &apitype.SandboxConfig{Image: "localhost/matrx/sandbox:latest", Network: &apitype.NetworkConfig{Mode: "none"}})
 	// The neighbour serves HTTP on its sandbox address.
 	h.Exec(neighbour.SandboxID, "mkdir -p /tmp/www && echo neighbour secret > /tmp/www/index.html && (httpd -p 8080 -h /tmp/www &)")
-	neighbourIP := strings.Fields(h.Exec(neighbour.SandboxID, "grep "+neighbour.SandboxID+" /etc/hosts").Stdout)[0]
+	hosts := h.Exec(neighbour.SandboxID, "grep "+neighbour.SandboxID+" /etc/hosts")
+	if len(strings.Fields(hosts.Stdout)) == 0 {
+		t.Fatalf("the neighbour's /etc/hosts has no line for it: %+v", hosts)
+	}
+	neighbourIP := strings.Fields(hosts.Stdout)[0]
 	gateway := h.Config.Network.Subnet.Addr().Next().String()
 
 	// A host-only service the sandbox must not reach, on every host address.

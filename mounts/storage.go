@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/sync/errgroup"
+
 	"github.com/matrx-dev/matrx/errclass"
 	"github.com/matrx-dev/matrx/fault"
 	"github.com/matrx-dev/matrx/ids"
@@ -153,12 +155,18 @@ const (
 
 // EnsureUser makes sure users/<user>/hot/ and cold/ exist in the bucket.
 func (s *Storage) EnsureUser(ctx context.Context, userID ids.UserID) error {
+	// Both tiers at once: for a new user each is a list and a put, on a
+	// create's path.
+	var g errgroup.Group
 	for _, tier := range []string{"hot", "cold"} {
-		if err := objstore.EnsurePrefix(ctx, s.store, userID.KeyPrefix(tier)); err != nil {
-			return fmt.Errorf("ensure %s prefix of %q: %w", tier, userID, err)
-		}
+		g.Go(func() error {
+			if err := objstore.EnsurePrefix(ctx, s.store, userID.KeyPrefix(tier)); err != nil {
+				return fmt.Errorf("ensure %s prefix of %q: %w", tier, userID, err)
+			}
+			return nil
+		})
 	}
-	return nil
+	return g.Wait()
 }
 
 // sandboxDir is the sandbox's hot directory, refusing any id that is not

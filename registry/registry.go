@@ -158,6 +158,11 @@ type Record struct {
 	// FromPool is set on a sandbox a create claimed from the warm pool:
 	// its cold storage is bound through its slot (package cold).
 	FromPool bool `json:"from_pool,omitempty"`
+	// ColdSlot is set on a sandbox whose cold storage is bound through
+	// its slot although it was not pooled: a create binds the empty slot
+	// in its container and mounts the user's cold storage into it beside
+	// the container's start, instead of before it (package cold, "Slots").
+	ColdSlot bool `json:"cold_slot,omitempty"`
 	// HotSyncOverLimit says, when the sandbox's home holds more names than
 	// the daemon's cap, how many and what is synced (the rest stays on
 	// the host, no deletions propagate).

@@ -73,11 +73,27 @@ type ExecResult struct {
 // from. Positional parameters: $1 cwd file, $2 cwd, $3 fallback cwd, $4 the
 // command. It first waits for one line on stdin: the daemon sends it once
 // the shell has been moved into its exec cgroup, so no child can escape the
-// timeout kill by forking early. The final directory is written to the cwd
-// file by an EXIT trap, out of band: stdout stays byte-exact.
+// timeout kill by forking early. Then stdin becomes /dev/null: the command
+// reads EOF at once. The final directory is written to the cwd file by an
+// EXIT trap, out of band: stdout stays byte-exact.
+//
+// Why /dev/null and not the shim's CloseIO (which this once used to give
+// the command EOF): about one exec in 6,000 then lost the gate line and
+// its EOF and sat until its timeout. The stdin FIFO opens lazily on both
+// sides, and CloseIO closes a shim writer that has not opened yet by
+// opening the FIFO for reading and closing it again; when that came before
+// the shim's own reader had opened, our writer could open against that
+// momentary reader, write the line into a FIFO about to have no reader,
+// and leave the shim's reader blocked in open(2) with no writer left
+// (reasoned from containerd's fifo package and runc shim; gone in 9,600
+// execs once CloseIO was no longer sent right after the gate). Waiting for
+// the line to reach the FIFO before CloseIO hung CloseIO under 100
+// concurrent execs on containerd 1.6 instead. So: no CloseIO; the shim's
+// end of the FIFO closes when the exec is deleted, right after it ends.
 const execWrapper = `__matrx_f=$1; __matrx_d=$2; __matrx_b=$3; __matrx_c=$4; shift 4
 IFS= read -r __matrx_g
 unset __matrx_g
+exec 0</dev/null
 if ! cd -- "$__matrx_d" 2>/dev/null; then
   if [ -z "$__matrx_b" ] || ! cd -- "$__matrx_b" 2>/dev/null; then
     printf '!nocwd' >"$__matrx_f"; exit 125
@@ -169,12 +185,12 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 	if req.Stderr != nil {
 		errW = req.Stderr
 	}
-	gate := newStdinGate()
-	defer gate.abandon()
+	gateR, gateW := io.Pipe()
+	defer gateW.Close()
 	// No separate "is it running" check first: the exec request itself is
 	// that check, atomically. Only when it fails is the task's state asked,
 	// to tell "not running" (409) from a runtime failure.
-	proc, err := st.task.Exec(ctx, execID, pspec, cio.NewCreator(cio.WithStreams(gate, outW, errW)))
+	proc, err := st.task.Exec(ctx, execID, pspec, cio.NewCreator(cio.WithStreams(gateR, outW, errW)))
 	if err != nil {
 		return nil, r.execError(ctx, id, st, "exec in", err)
 	}
@@ -202,24 +218,13 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 		return nil, fmt.Errorf("track exec in %s: %w", id, err)
 	}
 	release.Push("exec cgroup", func(context.Context) error { group.remove(); return nil })
+	// Release the gate: the shell is in its cgroup now.
+	gateW.Write([]byte("\n"))
+	gateW.Close()
+	fault.At(ctx, "exec/started")
+
 	timer := time.NewTimer(req.Timeout)
 	defer timer.Stop()
-	// Release the gate: the shell is in its cgroup now. Only once the line
-	// is in the stdin FIFO may the shim's writer be closed (see stdinGate).
-	gate.open()
-	select {
-	case <-gate.delivered:
-	case <-timer.C:
-		timer.Reset(0)
-	case <-ctx.Done():
-	}
-	fault.At(ctx, "exec/started")
-	// The shim keeps the stdin FIFO open until told: close it so the command
-	// sees EOF on stdin instead of waiting for input that never comes.
-	if err := proc.CloseIO(ctx, containerd.WithStdinCloser); err != nil {
-		r.log.Debug("close exec stdin", "sandbox_id", id, "error", err)
-	}
-
 	res := &ExecResult{}
 	var exit containerd.ExitStatus
 	select {
@@ -353,68 +358,4 @@ func newExecID() string {
 	var b [12]byte
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
-}
-
-// stdinGate is an exec's stdin as containerd's client copies it into the
-// stdin FIFO: one line, once opened, then EOF. delivered is closed when the
-// copy asks for more after the line, that is once the line was written to
-// the FIFO (or the write failed), or when the gate is abandoned.
-//
-// Why the wait matters (seen about once in 6,000 execs under load, the
-// shell then stuck in poll(2) on its stdin until the exec's timeout, with
-// neither the line nor EOF; the mechanism below is read from containerd's
-// fifo package and runc shim, and the stall did not come back in 8,400
-// execs after the change): the FIFO opens lazily on both
-// sides, and the shim's CloseIO closes its own writer with a trick for a
-// writer not opened yet: it opens the FIFO for reading and closes it again.
-// If that happens before the shim's reader has opened, the trick's
-// momentary reader lets our writer open, our line is written to a FIFO
-// whose only reader is already gone (EPIPE, the line is lost), and the
-// shim's reader then blocks forever in open(2) with no writer left: the
-// shell never reads the line nor EOF. Our writer opening at all before
-// CloseIO means the shim's reader is open (it is the only reader there
-// is), and the line written means it will read it.
-type stdinGate struct {
-	release   chan struct{}
-	delivered chan struct{}
-	once      sync.Once
-	state     int // 0: line not yet read, 1: line read, 2: EOF given
-}
-
-func newStdinGate() *stdinGate {
-	return &stdinGate{release: make(chan struct{}), delivered: make(chan struct{})}
-}
-
-// open lets the line through.
-func (g *stdinGate) open() { close(g.release) }
-
-// abandon ends the gate whatever its state: the copy sees EOF.
-func (g *stdinGate) abandon() {
-	g.once.Do(func() { close(g.delivered) })
-	select {
-	case <-g.release:
-	default:
-		close(g.release)
-	}
-}
-
-// Read is called by one goroutine only (the client's stdin copy).
-func (g *stdinGate) Read(p []byte) (int, error) {
-	switch g.state {
-	case 0:
-		<-g.release
-		select {
-		case <-g.delivered:
-			// Abandoned before it opened: nothing to let through.
-			g.state = 2
-			return 0, io.EOF
-		default:
-		}
-		g.state = 1
-		return copy(p, "\n"), nil
-	default:
-		g.state = 2
-		g.once.Do(func() { close(g.delivered) })
-		return 0, io.EOF
-	}
 }

@@ -130,16 +130,7 @@ func (r *Runtime) Files(ctx context.Context, id string, user ExecUser, req fshel
 	setPipeSize(dio.Stdout)
 	setPipeSize(dio.Stdin)
 	// The shim holds the stdin FIFO open until told: without this, the
-	// helper would not see the end of stdin when the feeder closes it. Not
-	// before our writer is open, though: a CloseIO racing the shim's reader
-	// open loses the stdin for good (see stdinGate).
-	if err := waitFIFOOpen(ctx, dio.Stdin); err != nil {
-		kctx, cancel := context.WithTimeout(bg, 10*time.Second)
-		proc.Kill(kctx, syscall.SIGKILL)
-		cancel()
-		<-exited
-		return nil, fmt.Errorf("files helper stdin in %s: %w", id, err)
-	}
+	// helper would not see the end of stdin when the feeder closes it.
 	if err := proc.CloseIO(ctx, containerd.WithStdinCloser); err != nil {
 		r.log.Debug("close files helper stdin", "sandbox_id", id, "error", err)
 	}
@@ -394,26 +385,5 @@ func (c *FilesCall) release(ctx context.Context) {
 	defer cancel()
 	for i := len(c.cleanup) - 1; i >= 0; i-- {
 		c.cleanup[i](ctx)
-	}
-}
-
-// fifoOpenTimeout bounds the wait for the shim to open an exec's stdin FIFO
-// (it does so while starting the process, so this is a broken shim).
-const fifoOpenTimeout = 10 * time.Second
-
-// waitFIFOOpen waits until w, a FIFO writer containerd's fifo package
-// opens in the background, is open: a write of nothing waits for exactly
-// that (and writes nothing: a zero-length write(2) to a pipe returns at
-// once).
-func waitFIFOOpen(ctx context.Context, w io.Writer) error {
-	done := make(chan error, 1)
-	go func() { _, err := w.Write(nil); done <- err }()
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(fifoOpenTimeout):
-		return fmt.Errorf("the shim did not open the stdin FIFO in %v: %w", fifoOpenTimeout, errdefs.ErrUnavailable)
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }

@@ -3,8 +3,10 @@ package sandbox
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/registry"
 )
 
@@ -17,7 +19,7 @@ func (m *Manager) reacquireCold(ctx context.Context, r *registry.Record, log *sl
 	actx, cancel := context.WithTimeout(ctx, coldAcquireBudget)
 	defer cancel()
 	acquire := func() error { _, err := m.storage.AcquireCold(actx, r.UserID, r.ID); return err }
-	if r.FromPool {
+	if r.FromPool || r.ColdSlot {
 		acquire = func() error { return m.storage.AcquireColdSlot(actx, r.UserID, r.ID) }
 	}
 	if err := acquire(); err != nil {
@@ -30,6 +32,24 @@ func (m *Manager) reacquireCold(ctx context.Context, r *registry.Record, log *sl
 	if err := m.storage.ReleaseCold(context.WithoutCancel(ctx), r.UserID, r.ID); err != nil {
 		log.Warn("recover: cold release failed", "error", err)
 	}
+}
+
+// startColdSlot mounts the user's cold storage into the sandbox's slot
+// (AcquireColdSlot) on a goroutine of its own, beside whatever the caller
+// does next. The returned wait blocks until that has ended and returns
+// its error and how long it took, the same each time it is called.
+func (m *Manager) startColdSlot(ctx context.Context, userID ids.UserID, id string) (wait func() (time.Duration, error)) {
+	type result struct {
+		took time.Duration
+		err  error
+	}
+	done := make(chan result, 1)
+	go func(t0 time.Time) {
+		err := m.storage.AcquireColdSlot(ctx, userID, id)
+		done <- result{time.Since(t0), err}
+	}(time.Now())
+	get := sync.OnceValue(func() result { return <-done })
+	return func() (time.Duration, error) { r := get(); return r.took, r.err }
 }
 
 // coldAcquireBudget bounds one cold (re-)mount during recovery.

@@ -319,14 +319,7 @@ func (m *Manager) finishClaim(ctx context.Context, rec *registry.Record, start t
 	// must have ended before any undo step runs.
 	down := m.startSyncDown(ctx, rec.ID, userID, log)
 	rollback.Push("wait for hot sync-down", func(context.Context) error { down.wait(); return nil })
-	coldDone := make(chan error, 1)
-	var coldTook time.Duration // read after coldDone
-	go func(t0 time.Time) {
-		err := m.storage.AcquireColdSlot(ctx, userID, rec.ID)
-		coldTook = time.Since(t0)
-		coldDone <- err
-	}(time.Now())
-	waitCold := sync.OnceValue(func() error { return <-coldDone })
+	waitCold := m.startColdSlot(ctx, userID, rec.ID)
 	rollback.Push("wait for cold storage", func(context.Context) error { waitCold(); return nil })
 	if _, err := m.setStatus(ctx, rec.ID, registry.StatusStarting); err != nil {
 		return nil, err
@@ -343,10 +336,9 @@ func (m *Manager) finishClaim(ctx context.Context, rec *registry.Record, start t
 		return nil, err
 	}
 	mark("claim", t0)
-	if err := waitCold(); err != nil {
+	if phase["cold"], err = waitCold(); err != nil {
 		return nil, err
 	}
-	phase["cold"] = coldTook
 	if err := down.wait(); err != nil {
 		return nil, m.syncDownError(userID, cfg, err)
 	}

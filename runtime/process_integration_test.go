@@ -149,7 +149,7 @@ func TestProcesses(t *testing.T) {
 
 	t.Run("terminal: tty, size, resize, ctrl-c, EOF", func(t *testing.T) {
 		p := startProc(t, rt, id, runtime.ProcessSpec{
-			PTY:     &runtime.WinSize{Rows: 30, Cols: 100},
+			PTY: &runtime.WinSize{Rows: 30, Cols: 100},
 			// A ^C may land before `read y` starts or interrupt it (a
 			// shell's read returns >128 then): the loop reads y again
 			// either way, so the next line is y's and ^D is z's.

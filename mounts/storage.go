@@ -516,8 +516,9 @@ func (s *Storage) AcquireCold(ctx context.Context, userID ids.UserID, sandboxID 
 	return p, nil
 }
 
-// ColdSlot makes the empty slot a warm-pool sandbox binds at /data/cold
-// (see package cold, "Slots"), for AcquireColdSlot to fill at its claim.
+// ColdSlot makes the empty slot a sandbox binds at /data/cold (see package
+// cold, "Slots"), for AcquireColdSlot to fill at a pool claim or beside a
+// create's container start.
 func (s *Storage) ColdSlot(sandboxID string) (string, error) {
 	return s.cold.MakeSlot(sandboxID)
 }

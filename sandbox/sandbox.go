@@ -143,10 +143,10 @@ type Storage interface {
 	// release by a sandbox that holds none (its acquire failed) is a no-op.
 	AcquireCold(ctx context.Context, userID ids.UserID, sandboxID string) (string, error)
 	ReleaseCold(ctx context.Context, userID ids.UserID, sandboxID string) error
-	// ColdSlot makes a warm-pool sandbox's empty cold slot (to bind at
-	// ColdPath); AcquireColdSlot binds the user's cold storage into it
-	// at the claim; ReleaseCold removes it; SweepColdSlots removes the
-	// slots of sandboxes keep does not know.
+	// ColdSlot makes a sandbox's empty cold slot (to bind at ColdPath);
+	// AcquireColdSlot binds the user's cold storage into it (at a pool
+	// claim, or beside a create's container start); ReleaseCold removes
+	// it; SweepColdSlots removes the slots of sandboxes keep does not know.
 	ColdSlot(sandboxID string) (string, error)
 	AcquireColdSlot(ctx context.Context, userID ids.UserID, sandboxID string) error
 	SweepColdSlots(keep func(sandboxID string) bool) ([]string, error)

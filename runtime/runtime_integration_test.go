@@ -417,9 +417,11 @@ func TestCreateUnknownImageLeavesNothing(t *testing.T) {
 
 // TestExecGateUnderLoad: many execs at once, each of which must run its
 // command (not sit in the stdin gate until its timeout). The gate's line
-// was once lost about once in 1,000 execs: CloseIO could close the shim's
-// stdin writer before the shim's reader had opened the FIFO (stdinGate
-// says how); three sandboxes exec'ing side by side widen that window.
+// was once lost about once in 6,000 execs, when the shim's CloseIO raced
+// its own reader's open of the stdin FIFO (execWrapper says how; execs no
+// longer send CloseIO). A stress test of a rare race: it catches a
+// regression only sometimes, three sandboxes exec'ing side by side widen
+// the window.
 func TestExecGateUnderLoad(t *testing.T) {
 	rt, env := newRuntime(t)
 	const sandboxes, each = 3, 150

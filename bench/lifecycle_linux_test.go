@@ -27,10 +27,11 @@ import (
 )
 
 const (
-	nsBare = "bench-bare"
-	nsCrun = "bench-crun"
-	rounds = 20
-	execs  = 100
+	nsBare    = "bench-bare"
+	nsCrun    = "bench-crun"
+	nsNoAgent = "bench-noagent"
+	rounds    = 20
+	execs     = 100
 )
 
 type series []time.Duration
@@ -62,6 +63,20 @@ func BenchmarkLifecycle(b *testing.B) {
 	})
 	c := h.UnvalidatedClient(client.WithRetries(50), client.WithBackoff(20*time.Millisecond))
 	defer c.Close()
+	// The same daemon with every exec through runc (--exec-agent=false):
+	// the OCI runtime's exec path beside the agent's.
+	hr := daemontest.StartIn(b, env, func(c *daemon.Config) {
+		c.Limits.DefaultMemoryMB = 512
+		c.ExpiryInterval = time.Minute
+		c.UserNS = daemon.UserNSConfig{Mode: "auto", Base: runtime.DefaultUserNSBase}
+		c.NoExecAgent = true
+		c.ContainerdNamespace = nsNoAgent
+		c.Socket = filepath.Join(env.Dir, "noagent.sock")
+		c.StateDir = filepath.Join(env.Dir, "noagent-state")
+		c.LockDir = filepath.Join(env.Dir, "noagent-locks")
+	})
+	rc := hr.UnvalidatedClient(client.WithRetries(50), client.WithBackoff(20*time.Millisecond))
+	defer rc.Close()
 	var cc *client.Client
 	if why := crunUnavailable(); why != "" {
 		fmt.Printf("crun rows skipped: %s\n", why)
@@ -71,6 +86,7 @@ func BenchmarkLifecycle(b *testing.B) {
 			c.ExpiryInterval = time.Minute
 			c.UserNS = daemon.UserNSConfig{Mode: "auto", Base: runtime.DefaultUserNSBase}
 			c.OCIRuntime = runtime.OCIRuntimeCrun
+			c.NoExecAgent = true // the rows measure crun's own exec
 			c.ContainerdNamespace = nsCrun
 			c.Socket = filepath.Join(env.Dir, "crun.sock")
 			c.StateDir = filepath.Join(env.Dir, "crun-state")
@@ -97,7 +113,7 @@ func BenchmarkLifecycle(b *testing.B) {
 		b.Fatal(err)
 	}
 
-	var cCreate, cExec, cDestroy, mCreate, mExec, mDestroy, bCreate, bExec, bDestroy, hCreate, hExec, hDestroy series
+	var rCreate, rExec, rDestroy, cCreate, cExec, cDestroy, mCreate, mExec, mDestroy, bCreate, bExec, bDestroy, hCreate, hExec, hDestroy series
 	// bareRound creates a container with the given spec options, runs
 	// execs of /bin/true in it, and destroys it, timing each step.
 	bareRound := func(id string, opts []oci.SpecOpts, create, execd, destroy *series) {
@@ -173,6 +189,7 @@ func BenchmarkLifecycle(b *testing.B) {
 
 	for i := 0; i < b.N*rounds; i++ {
 		matrxRound(c, &mCreate, &mExec, &mDestroy)
+		matrxRound(rc, &rCreate, &rExec, &rDestroy)
 		if cc != nil {
 			matrxRound(cc, &cCreate, &cExec, &cDestroy)
 		}
@@ -181,7 +198,9 @@ func BenchmarkLifecycle(b *testing.B) {
 	}
 	b.StopTimer()
 	fmt.Printf("\nmatrxd vs bare containerd (%d sandboxes, %d execs; minimal image; ms)\n", len(mCreate), len(mExec))
-	fmt.Println("matrx: through the API, with user namespace, network, disk quota and storage sync (runc; \"crun\" rows: matrxd --oci-runtime crun);")
+	fmt.Println("matrx: through the API, with user namespace, network, disk quota and storage sync (runc, execs through the exec agent;")
+	fmt.Println("  \"runc path\" rows: matrxd --exec-agent=false; \"crun\" rows: matrxd --oci-runtime crun --exec-agent=false);")
+	fmt.Println("  each sandbox's first exec takes the OCI runtime path while its agent starts")
 	fmt.Println("bare: containerd client, default spec; bare+hardening: bare with matrx's seccomp, no_new_privs, uid, read-only root")
 	fmt.Printf("%-14s %9s %9s %9s %9s %9s %9s %8s %8s\n", "operation", "matrx p50", "matrx p90", "bare p50", "bare p90", "hard p50", "hard p90", "x bare", "x hard")
 	row := func(name string, m, bb, hh series) {
@@ -191,6 +210,7 @@ func BenchmarkLifecycle(b *testing.B) {
 	row("create→ready", mCreate, bCreate, hCreate)
 	row("exec true", mExec, bExec, hExec)
 	row("destroy", mDestroy, bDestroy, hDestroy)
+	row("exec (runc path)", rExec, bExec, hExec)
 	if cc != nil {
 		row("create (crun)", cCreate, bCreate, hCreate)
 		row("exec (crun)", cExec, bExec, hExec)
@@ -201,9 +221,10 @@ func BenchmarkLifecycle(b *testing.B) {
 		r := ratio(m, bExec)
 		target(name, fmt.Sprintf("%.2f× (%s vs %s ms)", r, ms(m.pct(.5)), ms(bExec.pct(.5))), fmt.Sprintf("≤ %.1f× bare", want), r <= want)
 	}
-	vsBare("exec `true` p50 vs bare, matrxd with runc", mExec, 1.0)
+	vsBare("exec `true` p50 vs bare, matrxd (exec agent, runc)", mExec, 1.0)
+	vsBare("exec `true` p50 vs bare, runc path (--exec-agent=false)", rExec, 1.0)
 	if cc != nil {
-		vsBare("exec `true` p50 vs bare, matrxd with crun", cExec, 1.0)
+		vsBare("exec `true` p50 vs bare, crun path (--exec-agent=false)", cExec, 1.0)
 	}
 	target("create→ready p50 vs bare (runc)", fmt.Sprintf("%.2f×", ratio(mCreate, bCreate)), "(reported)", true)
 	target("destroy p50 vs bare (runc)", fmt.Sprintf("%.2f×", ratio(mDestroy, bDestroy)), "≤ 1.5× bare", ratio(mDestroy, bDestroy) <= 1.5)

@@ -64,6 +64,10 @@ type Config struct {
 	// OCIRuntime is the binary the runc shim runs sandboxes with: runc
 	// (the default when empty) or crun (see package runtime).
 	OCIRuntime string
+	// NoExecAgent runs every exec through the OCI runtime instead of the
+	// sandbox's exec agent (package runtime/execagent): for comparing the
+	// two, or as a way out should the agent misbehave.
+	NoExecAgent bool
 
 	// MetricsAddress, when set, is a loopback HOST:PORT where a second
 	// listener serves only GET /metrics, for a scraper that cannot use the
@@ -109,6 +113,7 @@ func flags() []cli.Flag {
 		&cli.StringFlag{Name: "socket", Value: hostconfig.Socket, EnvVars: []string{"MATRX_SOCKET"}, Usage: "API Unix socket (ignored when systemd passes one)"},
 		&cli.StringFlag{Name: "socket-group", Value: hostconfig.SocketGroup, EnvVars: []string{"MATRX_SOCKET_GROUP"}, Usage: "group allowed to use the socket (name or gid); falls back to root's group if the named group does not exist"},
 		&cli.StringFlag{Name: "containerd-address", Value: hostconfig.ContainerdAddress, EnvVars: []string{"MATRX_CONTAINERD_ADDRESS"}},
+		&cli.BoolFlag{Name: "exec-agent", Value: true, EnvVars: []string{"MATRX_EXEC_AGENT"}, Usage: "start the agent user's execs through an exec agent inside each sandbox instead of the OCI runtime (faster; same privileges, see docs/security.md); --exec-agent=false uses the OCI runtime for every exec"},
 		&cli.StringFlag{Name: "oci-runtime", Value: runtime.OCIRuntimeRunc, EnvVars: []string{"MATRX_OCI_RUNTIME"}, Usage: "OCI runtime the containerd runc shim runs sandboxes with: runc or crun (must be installed); existing sandboxes keep the one they were created with"},
 		&cli.StringFlag{Name: "containerd-namespace", Value: hostconfig.ContainerdNamespace, EnvVars: []string{"MATRX_CONTAINERD_NAMESPACE"}},
 		&cli.StringFlag{Name: "state-dir", Value: hostconfig.StateDir, EnvVars: []string{"MATRX_STATE_DIR"}},
@@ -222,6 +227,7 @@ func configFrom(c *cli.Context) (Config, error) {
 		UserNS:        UserNSConfig{Mode: strings.ToLower(c.String("userns")), Base: uint32(c.Uint64("userns-base"))},
 	}
 	cfg.OCIRuntime = c.String("oci-runtime")
+	cfg.NoExecAgent = !c.Bool("exec-agent")
 	cfg.Pools[0].Image = cfg.Limits.DefaultImage
 	for _, v := range c.StringSlice("warm-pool-image") {
 		p, err := parsePoolFlag(v)

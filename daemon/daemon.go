@@ -122,6 +122,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 	}
 	rtOpts := []runtime.Option{runtime.WithUserNS(ns), runtime.WithRegistries(regs), runtime.WithShimGroupSize(cfg.ShimGroupSize),
 		runtime.WithOCIRuntime(cfg.OCIRuntime)}
+	if cfg.NoExecAgent {
+		rtOpts = append(rtOpts, runtime.WithoutExecAgent())
+	}
 	if netMgr != nil {
 		rtOpts = append(rtOpts, runtime.WithNetwork(netMgr))
 	}

@@ -19,9 +19,11 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/matrx-dev/matrx/fault"
+	"github.com/matrx-dev/matrx/runtime/execagent"
 	"github.com/matrx-dev/matrx/undo"
 )
 
@@ -67,13 +69,17 @@ type ExecResult struct {
 	// if it could not be learned (the command replaced the shell, say).
 	Cwd      string
 	Duration time.Duration
+
+	viaAgent bool // run by the sandbox's exec agent (agentexec.go)
 }
 
 // The wrapper runs the user's command in the shell that the cwd is learned
 // from. Positional parameters: $1 cwd file, $2 cwd, $3 fallback cwd, $4 the
 // command. It first waits for one line on stdin: the daemon sends it once
 // the shell has been moved into its exec cgroup, so no child can escape the
-// timeout kill by forking early. Then stdin becomes /dev/null: the command
+// timeout kill by forking early; without the line (the daemon gave up on
+// the exec before releasing it) the shell exits without running anything.
+// Then stdin becomes /dev/null: the command
 // reads EOF at once. The final directory is written to the cwd file by an
 // EXIT trap, out of band: stdout stays byte-exact.
 //
@@ -91,7 +97,7 @@ type ExecResult struct {
 // concurrent execs on containerd 1.6 instead. So: no CloseIO; the shim's
 // end of the FIFO closes when the exec is deleted, right after it ends.
 const execWrapper = `__matrx_f=$1; __matrx_d=$2; __matrx_b=$3; __matrx_c=$4; shift 4
-IFS= read -r __matrx_g
+IFS= read -r __matrx_g || exit 125
 unset __matrx_g
 exec 0</dev/null
 if ! cd -- "$__matrx_d" 2>/dev/null; then
@@ -185,6 +191,48 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 	if req.Stderr != nil {
 		errW = req.Stderr
 	}
+	res := &ExecResult{}
+	var out execOutcome
+	if req.User == UserAgent {
+		if a := r.agentFor(st); a != nil {
+			out, err = r.execViaAgent(ctx, id, a, execID, args, env, req.Timeout, outW, errW, &release)
+			switch {
+			case err == nil:
+				res.viaAgent = true
+			case !errors.Is(err, execagent.ErrNotStarted):
+				return nil, err
+			default:
+				r.log.Debug("exec agent did not run the command; using the OCI runtime", "sandbox_id", id, "error", err)
+			}
+		}
+	}
+	if !res.viaAgent {
+		if out, err = r.execViaRuntime(ctx, id, st, execID, pspec, req.Timeout, outW, errW, &release); err != nil {
+			return nil, err
+		}
+		if req.User == UserAgent {
+			r.startAgentSoon(id, st)
+		}
+	}
+	res.ExitCode, res.TimedOut = out.code, out.timedOut
+	res.Stdout, res.StdoutTruncated = stdout.result()
+	res.Stderr, res.StderrTruncated = stderr.result()
+	cwd, cwdErr := readCwdFile(hostCwdFile)
+	if cwdErr == nil && cwd == "!nocwd" {
+		return nil, fmt.Errorf("working directory %q does not exist in sandbox %s: %w", req.Cwd, id, errdefs.ErrInvalidArgument)
+	}
+	if cwdErr == nil && strings.HasPrefix(cwd, "/") {
+		res.Cwd = cwd
+	}
+	res.Duration = time.Since(start)
+	return res, nil
+}
+
+// execViaRuntime runs the wrapper as a containerd exec (the OCI runtime's
+// exec: the path for root, and for the agent user when the sandbox's exec
+// agent is not there).
+func (r *Runtime) execViaRuntime(ctx context.Context, id string, st *sandboxTask, execID string, pspec *specs.Process, timeout time.Duration, outW, errW io.Writer, release *undo.Stack) (execOutcome, error) {
+	var out execOutcome
 	gateR, gateW := io.Pipe()
 	defer gateW.Close()
 	// No separate "is it running" check first: the exec request itself is
@@ -192,7 +240,7 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 	// to tell "not running" (409) from a runtime failure.
 	proc, err := st.task.Exec(ctx, execID, pspec, cio.NewCreator(cio.WithStreams(gateR, outW, errW)))
 	if err != nil {
-		return nil, r.execError(ctx, id, st, "exec in", err)
+		return out, r.execError(ctx, id, st, "exec in", err)
 	}
 	cleanupCtx := func() (context.Context, context.CancelFunc) {
 		return context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -203,10 +251,10 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 	})
 	exited, err := proc.Wait(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("wait exec in %s: %w", id, err)
+		return out, fmt.Errorf("wait exec in %s: %w", id, err)
 	}
 	if err := proc.Start(ctx); err != nil {
-		return nil, r.execError(ctx, id, st, "start exec in", err)
+		return out, r.execError(ctx, id, st, "start exec in", err)
 	}
 	group, err := newExecGroup(int(proc.Pid()), "exec-"+execID)
 	if err != nil {
@@ -215,7 +263,7 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 		c, cancel := cleanupCtx()
 		proc.Kill(c, syscall.SIGKILL)
 		cancel()
-		return nil, fmt.Errorf("track exec in %s: %w", id, err)
+		return out, fmt.Errorf("track exec in %s: %w", id, err)
 	}
 	release.Push("exec cgroup", func(context.Context) error { group.remove(); return nil })
 	// Release the gate: the shell is in its cgroup now.
@@ -223,18 +271,17 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 	gateW.Close()
 	fault.At(ctx, "exec/started")
 
-	timer := time.NewTimer(req.Timeout)
+	timer := time.NewTimer(timeout)
 	defer timer.Stop()
-	res := &ExecResult{}
 	var exit containerd.ExitStatus
 	select {
 	case exit = <-exited:
 	case <-timer.C:
-		res.TimedOut = true
+		out.timedOut = true
 	case <-ctx.Done():
-		res.TimedOut = true
+		out.timedOut = true
 	}
-	if res.TimedOut {
+	if out.timedOut {
 		if err := group.kill(); err != nil {
 			r.log.Warn("exec timeout kill failed", "sandbox_id", id, "error", err)
 		}
@@ -248,7 +295,7 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 		}
 	}
 	if err := exit.Error(); err != nil {
-		return nil, fmt.Errorf("exec in %s: %w", id, err)
+		return out, fmt.Errorf("exec in %s: %w", id, err)
 	}
 	fault.At(ctx, "exec/exited")
 	// Let the output reach EOF, but not forever (see ioDrainGrace).
@@ -261,21 +308,11 @@ func (r *Runtime) Exec(ctx context.Context, id string, req ExecRequest) (*ExecRe
 		<-drained
 	}
 
-	res.ExitCode = int(exit.ExitCode())
-	if res.TimedOut {
-		res.ExitCode = ExitTimedOut
+	out.code = int(exit.ExitCode())
+	if out.timedOut {
+		out.code = ExitTimedOut
 	}
-	res.Stdout, res.StdoutTruncated = stdout.result()
-	res.Stderr, res.StderrTruncated = stderr.result()
-	cwd, cwdErr := readCwdFile(hostCwdFile)
-	if cwdErr == nil && cwd == "!nocwd" {
-		return nil, fmt.Errorf("working directory %q does not exist in sandbox %s: %w", req.Cwd, id, errdefs.ErrInvalidArgument)
-	}
-	if cwdErr == nil && strings.HasPrefix(cwd, "/") {
-		res.Cwd = cwd
-	}
-	res.Duration = time.Since(start)
-	return res, nil
+	return out, nil
 }
 
 // execError classifies a failed exec: a task that is gone or not running

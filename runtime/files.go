@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/matrx-dev/matrx/errclass"
+	"github.com/matrx-dev/matrx/runtime/execagent"
 	"github.com/matrx-dev/matrx/runtime/fshelper"
 )
 
@@ -46,17 +48,18 @@ type FilesCall struct {
 	id      string
 	bg      context.Context // the call's context without its cancellation
 	log     func(msg string, args ...any)
-	proc    containerd.Process
 	group   *execGroup
 	rd      *fshelper.Reader
-	dio     *cio.DirectIO
+	stdin   io.WriteCloser // the helper's stdin (a FIFO or, via the agent, a pipe)
+	stdout  io.ReadCloser
 	stderr  *cappedBuffer
 	exited  chan struct{}
-	status  containerd.ExitStatus
+	status  int // the helper's exit status, once exited is closed
 	cleanup []func(context.Context)
 	stopCtx func() bool
 
-	hasBody bool // an upload: on Close it gets filesStopGrace to clean up
+	hasBody  bool // an upload: on Close it gets filesStopGrace to clean up
+	viaAgent bool // started by the sandbox's exec agent
 
 	mu      sync.Mutex
 	bodyErr error // reading the caller's body failed: the real cause
@@ -80,6 +83,16 @@ func (r *Runtime) Files(ctx context.Context, id string, user ExecUser, req fshel
 	}
 	bg := context.WithoutCancel(ctx)
 	execID := newExecID()
+	if user == UserAgent {
+		if a := r.agentFor(st); a != nil {
+			c, err := r.filesViaAgent(ctx, id, a, execID, req, body)
+			if err == nil || !errors.Is(err, execagent.ErrNotStarted) {
+				return c, err
+			}
+			r.log.Debug("exec agent did not start the files helper; using the OCI runtime", "sandbox_id", id, "error", err)
+		}
+		defer r.startAgentSoon(id, st)
+	}
 	fifos, err := cio.NewFIFOSetInDir(defaults.DefaultFIFODir, "files-"+execID, false)
 	if err != nil {
 		return nil, fmt.Errorf("files helper fifos: %w", err)
@@ -89,7 +102,7 @@ func (r *Runtime) Files(ctx context.Context, id string, user ExecUser, req fshel
 		return nil, fmt.Errorf("files helper fifos: %w", err)
 	}
 	c := &FilesCall{
-		id: id, bg: bg, dio: dio, hasBody: body != nil,
+		id: id, bg: bg, stdin: dio.Stdin, stdout: dio.Stdout, hasBody: body != nil,
 		stderr: &cappedBuffer{limit: 4096}, exited: make(chan struct{}),
 		log: func(msg string, args ...any) { r.log.Debug(msg, append([]any{"sandbox_id", id}, args...)...) },
 	}
@@ -105,7 +118,6 @@ func (r *Runtime) Files(ctx context.Context, id string, user ExecUser, req fshel
 	if err != nil {
 		return nil, r.execError(ctx, id, st, "files helper exec in", err)
 	}
-	c.proc = proc
 	c.cleanup = append(c.cleanup, func(ctx context.Context) { proc.Delete(ctx, containerd.WithProcessKill) })
 	go io.Copy(c.stderr, dio.Stderr)
 	exited, err := proc.Wait(bg)
@@ -135,7 +147,8 @@ func (r *Runtime) Files(ctx context.Context, id string, user ExecUser, req fshel
 		r.log.Debug("close files helper stdin", "sandbox_id", id, "error", err)
 	}
 	go func() {
-		c.status = <-exited
+		st := <-exited
+		c.status = int(st.ExitCode())
 		// A helper that exited reads no more: unblock the feeder.
 		dio.Stdin.Close()
 		close(c.exited)
@@ -152,7 +165,7 @@ func (r *Runtime) Files(ctx context.Context, id string, user ExecUser, req fshel
 // closes). A body that fails to read ends stdin without the end frame:
 // the helper discards what it got.
 func (c *FilesCall) feed(req fshelper.Request, body io.Reader) {
-	stdin := c.dio.Stdin
+	stdin := c.stdin
 	w := fshelper.NewWriter(stdin)
 	if err := w.JSON(fshelper.KindRequest, req); err != nil {
 		stdin.Close()
@@ -249,7 +262,7 @@ func (c *FilesCall) broken(err error) error {
 	detail := ""
 	select {
 	case <-c.exited:
-		detail = fmt.Sprintf(" (exit status %d)", c.status.ExitCode())
+		detail = fmt.Sprintf(" (exit status %d)", c.status)
 	default:
 	}
 	if b, _ := c.stderr.result(); len(b) > 0 {
@@ -348,7 +361,7 @@ func (c *FilesCall) Close() error {
 	}
 	c.mu.Unlock()
 	c.stopCtx()
-	c.dio.Stdin.Close()
+	c.stdin.Close()
 	select {
 	case <-c.exited:
 	case <-time.After(grace):
@@ -363,7 +376,7 @@ func (c *FilesCall) Close() error {
 	}
 	// Whatever the helper still had in flight is not wanted; the FIFOs go
 	// with the exec (Delete closes its IO).
-	c.dio.Stdout.Close()
+	c.stdout.Close()
 	go c.release(c.bg)
 	return nil
 }
@@ -386,4 +399,101 @@ func (c *FilesCall) release(ctx context.Context) {
 	for i := len(c.cleanup) - 1; i >= 0; i-- {
 		c.cleanup[i](ctx)
 	}
+}
+
+// filesViaAgent starts the files helper through the sandbox's exec agent
+// (agentexec.go): the same helper as the same user with the same
+// hardening, without a runtime exec. Its stdio are pipes matrxd made. As on
+// the runtime path the helper is in its cgroup before the request goes
+// out, and it does nothing until the request arrives. An error wrapping
+// execagent.ErrNotStarted means no helper runs: the caller may take the
+// runtime path.
+func (r *Runtime) filesViaAgent(ctx context.Context, id string, a *execagent.Agent, execID string, req fshelper.Request, body io.Reader) (*FilesCall, error) {
+	var files []*os.File
+	closeAll := func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	pipe := func() (*os.File, *os.File) {
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			return nil, nil
+		}
+		files = append(files, pr, pw)
+		return pr, pw
+	}
+	inR, inW := pipe()
+	outR, outW := pipe()
+	errR, errW := pipe()
+	if errR == nil || outR == nil || inR == nil {
+		closeAll()
+		return nil, fmt.Errorf("%w: pipes", execagent.ErrNotStarted)
+	}
+	setPipeSize(outW)
+	setPipeSize(inW)
+	cmd, err := a.Start(execagent.Request{Argv: []string{InitPath, "fs"}, Env: []string{}}, inR, outW, errW)
+	inR.Close()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	hostPid, err := a.ChildHostPid(cmd.NsPid)
+	var child *childWatch
+	if err == nil {
+		child, err = watchChild(hostPid)
+	}
+	var group *execGroup
+	if err == nil {
+		group, err = newExecGroup(hostPid, "files-"+execID)
+		if err != nil {
+			child.close()
+		}
+	}
+	if err != nil {
+		// Its stdin ends before a request: the helper exits, having done
+		// nothing.
+		cmd.Close()
+		closeAll()
+		return nil, fmt.Errorf("%w: %v", execagent.ErrNotStarted, err)
+	}
+	bg := context.WithoutCancel(ctx)
+	c := &FilesCall{
+		id: id, bg: bg, stdin: inW, stdout: outR, hasBody: body != nil, group: group, viaAgent: true,
+		stderr: &cappedBuffer{limit: 4096}, exited: make(chan struct{}),
+		log: func(msg string, args ...any) { r.log.Debug(msg, append([]any{"sandbox_id", id}, args...)...) },
+	}
+	c.rd = fshelper.NewReader(outR, fshelper.KindHeader, fshelper.KindData, fshelper.KindHole, fshelper.KindEntry, fshelper.KindResult, fshelper.KindError)
+	c.cleanup = append(c.cleanup, func(context.Context) { group.remove(); child.close(); cmd.Close(); errR.Close() })
+	go io.Copy(c.stderr, errR)
+	go func() {
+		// The agent's word on the exit status; the kernel's (pidfd) when the
+		// agent is gone or does not say.
+		select {
+		case ex := <-cmd.Exited():
+			if ex.Err != nil {
+				<-child.exited
+				ex = child.status()
+			}
+			c.status = ex.Code
+		case <-child.exited:
+			select {
+			case ex := <-cmd.Exited():
+				if ex.Err != nil {
+					ex = child.status()
+				}
+				c.status = ex.Code
+			case <-time.After(100 * time.Millisecond):
+				c.status = child.status().Code
+			}
+		}
+		// A helper that exited reads no more: unblock the feeder.
+		inW.Close()
+		close(c.exited)
+	}()
+	go c.feed(req, body)
+	c.stopCtx = context.AfterFunc(ctx, func() { inW.Close() })
+	return c, nil
 }

@@ -68,6 +68,20 @@ func TestFilesHelperHardening(t *testing.T) {
 	}
 	rt, env := newRuntime(t, opts...)
 	id := startSandbox(t, rt, env, runtime.Resources{})
+	for _, path := range []string{"runtime", "agent"} {
+		t.Run(path, func(t *testing.T) {
+			rt.SetExecAgent(path == "agent")
+			if path == "agent" {
+				if err := rt.WarmExecAgent(context.Background(), id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			testFilesHelperHardening(t, rt, id, path == "agent")
+		})
+	}
+}
+
+func testFilesHelperHardening(t *testing.T, rt *runtime.Runtime, id string, viaAgent bool) {
 	field := func(status []byte, name string) string {
 		for _, l := range strings.Split(string(status), "\n") {
 			if v, ok := strings.CutPrefix(l, name+":"); ok {
@@ -83,6 +97,15 @@ func TestFilesHelperHardening(t *testing.T) {
 		{runtime.UserAgent, "1000 1000 1000 1000", "0000000000000000", "0000000000000000"},
 		{runtime.UserRoot, "0 0 0 0", "00000000000004eb", "00000000000004eb"},
 	} {
+		// Only the agent user's helper can come from the agent.
+		fc, err := rt.Files(context.Background(), id, c.user, fshelper.Request{Op: fshelper.OpStat, Path: "/"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := runtime.FilesViaAgent(fc); got != (viaAgent && c.user == runtime.UserAgent) {
+			t.Errorf("%s helper via agent %v", c.user, got)
+		}
+		fc.Close()
 		st, err := readFile(t, rt, id, c.user, "/proc/self/status")
 		if err != nil {
 			t.Fatalf("%s: %v", c.user, err)
@@ -104,8 +127,9 @@ func TestFilesHelperHardening(t *testing.T) {
 	}
 }
 
-// TestFilesHelperStreams moves 64 MiB in and out byte-exact, and a
-// stopped sandbox answers FailedPrecondition.
+// TestFilesHelperStreams moves 64 MiB in and out byte-exact, through the
+// runtime and through the exec agent, and a stopped sandbox answers
+// FailedPrecondition.
 func TestFilesHelperStreams(t *testing.T) {
 	rt, env := newRuntime(t)
 	id := startSandbox(t, rt, env, runtime.Resources{})
@@ -114,14 +138,40 @@ func TestFilesHelperStreams(t *testing.T) {
 	for i := range data {
 		data[i] = byte(i*7 + i>>13)
 	}
+	for _, path := range []string{"runtime", "agent"} {
+		t.Run(path, func(t *testing.T) {
+			rt.SetExecAgent(path == "agent")
+			if path == "agent" {
+				if err := rt.WarmExecAgent(ctx, id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			testFilesStream(t, rt, id, data, path == "agent")
+		})
+	}
+	if err := rt.Destroy(ctx, id, 0); err != nil {
+		t.Fatal(err)
+	}
+	_, err := rt.Files(ctx, id, runtime.UserAgent, fshelper.Request{Op: fshelper.OpStat, Path: "/"}, nil)
+	if !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("stopped sandbox: %v", err)
+	}
+	_ = containerdtest.MinimalImage
+}
+
+func testFilesStream(t *testing.T, rt *runtime.Runtime, id string, data []byte, viaAgent bool) {
+	ctx := context.Background()
 	start := time.Now()
 	c, err := rt.Files(ctx, id, runtime.UserAgent, fshelper.Request{Op: fshelper.OpWrite, Path: "/home/agent/big"}, bytes.NewReader(data))
 	if err != nil {
 		t.Fatal(err)
 	}
+	if runtime.FilesViaAgent(c) != viaAgent {
+		t.Fatalf("via agent %v, want %v", runtime.FilesViaAgent(c), viaAgent)
+	}
 	res, err := c.Result()
 	c.Close()
-	if err != nil || !res.Created || res.Info.Size != int64(len(data)) || res.Info.UID != runtime.AgentUID {
+	if err != nil || (!res.Created && !viaAgent) || res.Info.Size != int64(len(data)) || res.Info.UID != runtime.AgentUID {
 		t.Fatalf("write: %v %+v", err, res)
 	}
 	up := time.Since(start)
@@ -140,12 +190,4 @@ func TestFilesHelperStreams(t *testing.T) {
 	if _, err := readFile(t, rt, id, runtime.UserAgent, "/etc/shadow"); err == nil {
 		t.Log("(the minimal image's /etc/shadow is readable)")
 	}
-	if err := rt.Destroy(ctx, id, 0); err != nil {
-		t.Fatal(err)
-	}
-	_, err = rt.Files(ctx, id, runtime.UserAgent, fshelper.Request{Op: fshelper.OpStat, Path: "/"}, nil)
-	if !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
-		t.Fatalf("stopped sandbox: %v", err)
-	}
-	_ = containerdtest.MinimalImage
 }

@@ -43,6 +43,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -89,9 +90,10 @@ type Runtime struct {
 	tmpfs       TmpfsSizes
 	swap        bool
 	userns      UserNS
-	idmapped    bool   // the snapshotter maps ids itself (idmapped mounts)
-	ociRuntime  string // runc or crun (ociruntime.go)
-	ociBinary   string // the shim's BinaryName: "" means runc on containerd's PATH
+	idmapped    bool        // the snapshotter maps ids itself (idmapped mounts)
+	ociRuntime  string      // runc or crun (ociruntime.go)
+	ociBinary   string      // the shim's BinaryName: "" means runc on containerd's PATH
+	noAgent     atomic.Bool // every exec through the OCI runtime (agentexec.go)
 	net         *network.Manager
 	registries  RegistryConfig
 	regClient   *http.Client
@@ -700,6 +702,7 @@ type sandboxTask struct {
 	shell string
 	ip    netip.Addr // set by Create; unknown for a task loaded after a restart
 	env   []string   // PID 1's environment: the base of every exec's
+	agent agentState // the exec agent (agentexec.go)
 }
 
 // IPv4 is the bridge address Create gave sandbox id, while this Runtime
@@ -755,8 +758,12 @@ func (r *Runtime) sandbox(ctx context.Context, id string) (*sandboxTask, error) 
 // forget drops in-memory state of a sandbox (the old system leaked it).
 func (r *Runtime) forget(id string) {
 	r.mu.Lock()
+	st := r.tasks[id]
 	delete(r.tasks, id)
 	r.mu.Unlock()
+	if st != nil {
+		st.agent.close()
+	}
 }
 
 func (r *Runtime) controlDir(id string) string {

@@ -253,11 +253,34 @@ func TestMemoryLimitOOMKills(t *testing.T) {
 	}
 }
 
+// TestExecSemantics runs every case twice: through the OCI runtime and
+// through the sandbox's exec agent, which must behave the same.
 func TestExecSemantics(t *testing.T) {
 	testenv.BothContainerds(t)
 	rt, env := newRuntime(t)
 	id := startSandbox(t, rt, env, runtime.Resources{})
+	for _, path := range []string{"runtime", "agent"} {
+		t.Run(path, func(t *testing.T) {
+			rt.SetExecAgent(path == "agent")
+			if path == "agent" {
+				if err := rt.WarmExecAgent(context.Background(), id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			testExecSemantics(t, rt, id, path == "agent")
+		})
+	}
+}
 
+func testExecSemantics(t *testing.T, rt *runtime.Runtime, id string, viaAgent bool) {
+	run := func(t *testing.T, rt *runtime.Runtime, id string, req runtime.ExecRequest) *runtime.ExecResult {
+		t.Helper()
+		res := run(t, rt, id, req)
+		if req.User != runtime.UserRoot && runtime.ViaAgent(res) != viaAgent {
+			t.Fatalf("exec %q: via agent %v, want %v", req.Command, runtime.ViaAgent(res), viaAgent)
+		}
+		return res
+	}
 	t.Run("byte exact without trailing newline", func(t *testing.T) {
 		res := run(t, rt, id, runtime.ExecRequest{Command: `printf 'no newline'; printf 'err' >&2`})
 		if string(res.Stdout) != "no newline" || string(res.Stderr) != "err" {

@@ -476,6 +476,11 @@ func (m *Manager) fillOne(ctx context.Context, image string) (err error) {
 		return err
 	}
 	rollback.Push("destroy container", func(c context.Context) error { return m.rt.Destroy(c, id, 0) })
+	// The claim's first exec then skips the OCI runtime. Not fatal: without
+	// an agent, execs take the runtime path.
+	if err := m.rt.WarmExecAgent(ctx, id); err != nil {
+		log.Warn("warm pool sandbox has no exec agent; its execs use the OCI runtime", "error", err)
+	}
 	if ip := m.rt.IPv4(id); ip.IsValid() {
 		rec.IPAddress = ip.String()
 	}

@@ -100,6 +100,9 @@ type Runtime interface {
 	Destroy(ctx context.Context, id string, grace time.Duration) error
 	DestroyThen(ctx context.Context, id string, grace time.Duration, stopped func()) error
 	Exec(ctx context.Context, id string, req runtime.ExecRequest) (*runtime.ExecResult, error)
+	// WarmExecAgent starts a sandbox's exec agent ahead of its first exec
+	// (the warm pool's sandboxes; others start theirs at their first exec).
+	WarmExecAgent(ctx context.Context, id string) error
 	Files(ctx context.Context, id string, user runtime.ExecUser, req fshelper.Request, body io.Reader) (*runtime.FilesCall, error)
 	Running(ctx context.Context, id string) (bool, error)
 	StartProcess(ctx context.Context, id string, spec runtime.ProcessSpec) (*runtime.Process, error)

@@ -8,7 +8,10 @@
 //     execs inside the sandbox for each file operation of the API;
 //   - `sftp` is the SFTP server of the SSH gateway's sftp subsystem
 //     (package runtime/sftpserver), run inside the sandbox as the
-//     session's user.
+//     session's user;
+//   - `exec-agent` is the exec agent (package runtime/execagent), which
+//     matrxd starts once per sandbox as the agent user and which then
+//     starts the agent user's execs without the OCI runtime.
 //
 // Why our own rather than tini: the image may not ship one, and tini's
 // model ("run one child, exit when it exits") does not fit a sandbox
@@ -24,6 +27,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/matrx-dev/matrx/runtime/execagent"
 	"github.com/matrx-dev/matrx/runtime/fshelper"
 	"github.com/matrx-dev/matrx/runtime/initproc"
 	"github.com/matrx-dev/matrx/runtime/sftpserver"
@@ -39,8 +43,10 @@ func main() {
 		os.Exit(fshelper.Main(os.Args[2:]))
 	case "sftp":
 		os.Exit(sftpserver.Main(os.Args[2:]))
+	case "exec-agent":
+		os.Exit(execagent.Main(os.Args[2:]))
 	default:
-		fmt.Fprintf(os.Stderr, "matrx-init: unknown subcommand %q (none: PID 1; fs: the files helper; sftp: the SFTP server)\n", os.Args[1])
+		fmt.Fprintf(os.Stderr, "matrx-init: unknown subcommand %q (none: PID 1; fs: the files helper; sftp: the SFTP server; exec-agent: the exec agent)\n", os.Args[1])
 		os.Exit(2)
 	}
 }

@@ -176,6 +176,32 @@ func hostileSuite(t *testing.T, pooled bool) {
 			func(r *apitype.ExecResponse) bool {
 				return strings.Contains(r.Stdout, "-1 ") && strings.Contains(r.Stdout, "PermissionError")
 			}},
+		// The exec agent (runtime/execagent) runs as the agent user: the
+		// sandbox may reach its socket, but it serves only matrxd.
+		{"ask the exec agent to run a command", "agent", 10, `cat > /tmp/ask.py <<'EOF'
+import json, socket, struct
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect("\0matrx-exec-agent")
+req = json.dumps({"argv": ["/bin/sh", "-c", "touch /tmp/agent-pwned"], "env": []}).encode()
+try:
+    socket.send_fds(s, [struct.pack(">I", len(req))], [0, 1, 2])
+    s.sendall(req)
+    print("reply", repr(s.recv(100)))
+except OSError as e:
+    print("refused", e)
+EOF
+python3 /tmp/ask.py 2>&1; sleep 0.5; test -e /tmp/agent-pwned && echo PWNED; true`,
+			func(r *apitype.ExecResponse) bool {
+				return !strings.Contains(r.Stdout, "PWNED") && (strings.Contains(r.Stdout, "refused") || strings.Contains(r.Stdout, "reply b''"))
+			}},
+		// Same uid, but it is not dumpable: no ptrace, and not even the
+		// read-mode /proc files (its fds, where its socket is).
+		{"ptrace the exec agent", "agent", 10, `pid=$(for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^/.matrx/init exec-agent' && basename $p; done | head -1); export pid; echo "agent=$pid"; ls /proc/$pid/fd >/dev/null 2>&1 && echo FDS; cat /proc/$pid/environ >/dev/null 2>&1 && echo ENVIRON; ` +
+			py(`import ctypes, os; pid = int(os.environ["pid"]); libc = ctypes.CDLL(None, use_errno=True); print(libc.ptrace(16, pid, 0, 0), ctypes.get_errno()); open("/proc/%d/mem" % pid, "rb")`) + " 2>&1",
+			func(r *apitype.ExecResponse) bool {
+				return !strings.Contains(r.Stdout, "agent=\n") && !strings.Contains(r.Stdout, "FDS") && !strings.Contains(r.Stdout, "ENVIRON") &&
+					strings.Contains(r.Stdout, "-1 ") && strings.Contains(r.Stdout, "PermissionError")
+			}},
 		{"raw socket", "root", 10, py(`import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); print("raw ok")`) + " 2>&1",
 			func(r *apitype.ExecResponse) bool {
 				return !strings.Contains(r.Stdout, "raw ok") && strings.Contains(r.Stdout, "PermissionError")

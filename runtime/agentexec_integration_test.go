@@ -166,6 +166,17 @@ while True:
 			return rt.WarmExecAgent(ctx, id) == nil && runtime.ViaAgent(run(t, rt, id, runtime.ExecRequest{Command: "true"}))
 		})
 	})
+
+	t.Run("root's SIGTERM to PID 1 still ends the sandbox", func(t *testing.T) {
+		// PID 1 waits for every workload before it exits, but not for the
+		// agent, which it could not signal.
+		warm(t)
+		rt.Exec(ctx, id, runtime.ExecRequest{Command: "kill -TERM 1", User: runtime.UserRoot, Cwd: "/", Timeout: 10 * time.Second, OutputLimit: 100})
+		waitFor(t, func() bool {
+			st, err := rt.TaskState(ctx, id)
+			return err == nil && st.Stopped
+		})
+	})
 }
 
 func waitGone(t *testing.T, pid int) {

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -61,7 +62,12 @@ func reap() {
 	}
 }
 
-// alone reports whether PID 1 is the only process left in its namespace.
+// alone reports whether PID 1 is the only process left in its namespace,
+// not counting the exec agent (package runtime/execagent): it is no
+// workload of the sandbox, and PID 1 cannot signal it (it runs as the
+// agent user), so waiting for it would keep a sandbox whose root sent
+// PID 1 SIGTERM alive for good. When PID 1 exits, the agent goes with the
+// PID namespace.
 func alone() bool {
 	d, err := os.Open("/proc")
 	if err != nil {
@@ -73,9 +79,33 @@ func alone() bool {
 		return true
 	}
 	for _, n := range names {
-		if pid, err := strconv.Atoi(n); err == nil && pid != 1 {
+		if pid, err := strconv.Atoi(n); err == nil && pid != 1 && !isExecAgent(pid) {
 			return false
 		}
 	}
 	return true
+}
+
+// isExecAgent reports whether pid is the sandbox's exec agent: started from
+// outside the sandbox (parent pid 0 as seen here: no process of the sandbox
+// can make one) with the agent's command line. A process that matrxd
+// started and that rewrote its own command line to look like the agent
+// could only make PID 1 stop without waiting for it, which ends it too.
+func isExecAgent(pid int) bool {
+	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil || string(cmdline) != "/.matrx/init\x00exec-agent\x00" {
+		return false
+	}
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// The fields after the command's name (which may hold spaces and
+	// parentheses): state, then the parent pid.
+	i := strings.LastIndexByte(string(stat), ')')
+	if i < 0 {
+		return false
+	}
+	f := strings.Fields(string(stat[i+1:]))
+	return len(f) > 1 && f[1] == "0"
 }

@@ -90,7 +90,7 @@ func (c *canary) check(t *testing.T) {
 func TestFilesHostile(t *testing.T) {
 	t.Parallel() // see TestMain (storage_e2e_test.go)
 	prod := productionImage(t)
-	h := daemontest.Start(t)
+	h := daemontest.StartProduction(t)
 	importImage(t, h, prod)
 	t.Run("symlinks in every position", func(t *testing.T) { testHostileSymlinks(t, h) })
 	t.Run("symlink swapped in a loop", func(t *testing.T) { testSymlinkRace(t, h) })

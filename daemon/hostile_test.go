@@ -61,7 +61,7 @@ func hostileSuite(t *testing.T, pooled bool) {
 			c.Pools = []sandbox.PoolSpec{{Image: prodImage, Size: 1}}
 		})
 	}
-	h := daemontest.Start(t, opts...)
+	h := daemontest.StartProduction(t, opts...)
 	ctx := context.Background()
 	f, err := os.Open(prod)
 	if err != nil {

@@ -51,7 +51,7 @@ func importProduction(t *testing.T, h *daemontest.Harness) string {
 func TestRoundTripKeepsAUsersFilesAsLeft(t *testing.T) {
 	t.Parallel() // see TestMain (storage_e2e_test.go)
 	srv, bucket := s3Env(t)
-	h := daemontest.Start(t, withS3(srv, bucket))
+	h := daemontest.StartProduction(t, withS3(srv, bucket))
 	image := importProduction(t, h)
 	ctx := context.Background()
 	cfg := &apitype.SandboxConfig{Image: image, MemoryMB: 512, DiskMB: 256}

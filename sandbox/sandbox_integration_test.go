@@ -43,6 +43,10 @@ func newManagerWithStorage(t *testing.T) (*Manager, *runtime.Runtime, *mounts.St
 	l := DefaultLimits()
 	l.DefaultImage = containerdtest.MinimalImage
 	l.DefaultMemoryMB = 128
+	// Small disks: admission counts every disk at its full size against
+	// the host's free space, and these tests write almost nothing (20 GiB
+	// each made two parallel tests fail on a host with 40 GiB free).
+	l.DefaultDiskMB = 256
 	l.ShutdownTimeout = time.Second
 	storage, bucket := localStorage(t, env.Dir)
 	m, err := New(Config{Store: registry.NewMemory(), Runtime: rt, Storage: storage, Limits: l})

@@ -318,3 +318,56 @@ func (l *LogBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.buf.String()
 }
+
+// ProductionImage is the name of the image in build/images/sandbox.tar.
+const ProductionImage = "localhost/matrx/sandbox:latest"
+
+// ProductionArchive is build/images/sandbox.tar (make image); it skips t
+// (or fails it under MATRX_REQUIRE_INTEGRATION) when the archive is missing.
+func ProductionArchive(t testing.TB) string {
+	t.Helper()
+	prod := filepath.Join(containerdtest.RepoRoot(), "build", "images", "sandbox.tar")
+	if _, err := os.Stat(prod); err != nil {
+		containerdtest.Skip(t, "production image %s missing (run make image)", prod)
+	}
+	return prod
+}
+
+// StartProduction is Start for a test of the production image: its
+// containerd starts from a seed that already holds the image imported and,
+// on containerd 1.6, its user-namespace copy (containerdtest.Seed says why
+// and why this changes nothing a test checks). The test still imports the
+// image itself (ImportProduction), which then takes a second or two
+// instead of about 80.
+func StartProduction(t testing.TB, opts ...Option) *Harness {
+	t.Helper()
+	prod := ProductionArchive(t)
+	env := containerdtest.StartSeeded(t, containerdtest.Seed{
+		Name: "production-image", Inputs: []string{prod}, Namespaces: []string{Namespace},
+		Prepare: func(t testing.TB, e *containerdtest.Env) {
+			h := StartIn(t, e)
+			h.ImportProduction()
+			// A sandbox of it makes the user-namespace copy (containerd 1.6).
+			s := h.Create("seed", &apitype.SandboxConfig{Image: ProductionImage})
+			if err := h.Client().Delete(context.Background(), s.SandboxID, false); err != nil {
+				t.Fatal(err)
+			}
+			h.Stop()
+		},
+	}, Namespace)
+	return StartIn(t, env, opts...)
+}
+
+// ImportProduction imports build/images/sandbox.tar through the API.
+func (h *Harness) ImportProduction() {
+	h.T.Helper()
+	f, err := os.Open(ProductionArchive(h.T))
+	if err != nil {
+		h.T.Fatal(err)
+	}
+	defer f.Close()
+	res, err := h.c.ImportImage(context.Background(), f)
+	if err != nil || len(res.Images) != 1 || res.Images[0] != ProductionImage {
+		h.T.Fatalf("import the production image: %v %+v", err, res)
+	}
+}

@@ -68,6 +68,15 @@ func RepoRoot() string {
 // containerd and its shims, and unmounts everything under the temp dir.
 func Start(t testing.TB, nsToClean ...string) *Env {
 	t.Helper()
+	tar, bin, altDir := prerequisites(t)
+	return start(t, tar, bin, altDir, nil, nsToClean)
+}
+
+// prerequisites skips t unless everything a private containerd needs is
+// here, and returns the test image archive, containerd binary and
+// MATRX_TEST_CONTAINERD_DIR.
+func prerequisites(t testing.TB) (tar, bin, altDir string) {
+	t.Helper()
 	testenv.SkipUnlessSelected(t)
 	if os.Geteuid() != 0 {
 		Skip(t, "needs root")
@@ -75,7 +84,7 @@ func Start(t testing.TB, nsToClean ...string) *Env {
 	// MATRX_TEST_CONTAINERD_DIR runs another containerd build (with its
 	// shim and runc in that dir, found first on containerd's PATH), e.g. a
 	// containerd 2 for the idmapped-mount path.
-	altDir := os.Getenv("MATRX_TEST_CONTAINERD_DIR")
+	altDir = os.Getenv("MATRX_TEST_CONTAINERD_DIR")
 	bin, err := exec.LookPath("containerd")
 	if altDir != "" {
 		bin, err = filepath.Join(altDir, "containerd"), nil
@@ -99,13 +108,20 @@ func Start(t testing.TB, nsToClean ...string) *Env {
 				rt, strings.TrimSpace(string(b)))
 		}
 	}
-	tar := os.Getenv("MATRX_TEST_IMAGE_ARCHIVE")
+	tar = os.Getenv("MATRX_TEST_IMAGE_ARCHIVE")
 	if tar == "" {
 		tar = filepath.Join(RepoRoot(), "build", "images", "minimal.tar")
 	}
 	if _, err := os.Stat(tar); err != nil {
 		Skip(t, "test image %s missing (run make image-minimal)", tar)
 	}
+	return tar, bin, altDir
+}
+
+// start makes the Env's directory, fills containerd's root with seed when
+// given (seed.go), and launches containerd.
+func start(t testing.TB, tar, bin, altDir string, seed func(root string) error, nsToClean []string) *Env {
+	t.Helper()
 	// Short paths: unix socket paths are limited to 108 bytes.
 	dir, err := os.MkdirTemp("", "mtx-ctrd-")
 	if err != nil {
@@ -124,6 +140,11 @@ func Start(t testing.TB, nsToClean ...string) *Env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.stop(t) })
+	if seed != nil {
+		if err := seed(filepath.Join(dir, "root")); err != nil {
+			t.Fatalf("seed containerd's root: %v", err)
+		}
+	}
 	e.launch(t)
 	e.InitPath = BuildInit(t, dir)
 	e.RelayPath = BuildStatic(t, dir, "matrx-relay")

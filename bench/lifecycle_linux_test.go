@@ -200,7 +200,7 @@ func BenchmarkLifecycle(b *testing.B) {
 	fmt.Printf("\nmatrxd vs bare containerd (%d sandboxes, %d execs; minimal image; ms)\n", len(mCreate), len(mExec))
 	fmt.Println("matrx: through the API, with user namespace, network, disk quota and storage sync (runc, execs through the exec agent;")
 	fmt.Println("  \"runc path\" rows: matrxd --exec-agent=false; \"crun\" rows: matrxd --oci-runtime crun --exec-agent=false);")
-	fmt.Println("  each sandbox's first exec takes the OCI runtime path while its agent starts")
+	fmt.Println("  each sandbox's first two execs take the OCI runtime path, then its agent starts")
 	fmt.Println("bare: containerd client, default spec; bare+hardening: bare with matrx's seccomp, no_new_privs, uid, read-only root")
 	fmt.Printf("%-14s %9s %9s %9s %9s %9s %9s %8s %8s\n", "operation", "matrx p50", "matrx p90", "bare p50", "bare p90", "hard p50", "hard p90", "x bare", "x hard")
 	row := func(name string, m, bb, hh series) {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -59,6 +60,36 @@ func TestExecAgent(t *testing.T) {
 		if a != b || !strings.Contains(a, "exec-X") || !strings.Contains(a, "CapBnd:\t0000000000000000") {
 			t.Fatalf("the agent's command differs from the runtime's:\nruntime:\n%s\nagent:\n%s", a, b)
 		}
+	})
+
+	t.Run("waiting commands cost the agent no threads", func(t *testing.T) {
+		// Threads count against the sandbox's pids limit: 40 commands in
+		// flight must not mean 40 of the agent's threads.
+		var wg sync.WaitGroup
+		for i := 0; i < 40; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if res := run(t, rt, id, runtime.ExecRequest{Command: "sleep 1; echo ok"}); string(res.Stdout) != "ok\n" || !runtime.ViaAgent(res) {
+					t.Errorf("exec: %q via agent %v", res.Stdout, runtime.ViaAgent(res))
+				}
+			}()
+		}
+		most := 0
+		for deadline := time.Now().Add(900 * time.Millisecond); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", agentPid))
+			for _, l := range strings.Split(string(b), "\n") {
+				var n int
+				if _, err := fmt.Sscanf(l, "Threads: %d", &n); err == nil && n > most {
+					most = n
+				}
+			}
+		}
+		wg.Wait()
+		if most == 0 || most >= 20 {
+			t.Fatalf("the agent had %d threads with 40 commands in flight", most)
+		}
+		t.Logf("agent threads with 40 commands in flight: %d", most)
 	})
 
 	t.Run("a process of the sandbox is refused", func(t *testing.T) {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -43,6 +45,7 @@ func serve() error {
 	if err := unix.Listen(fd, 128); err != nil {
 		return err
 	}
+	r := startReaper()
 	for {
 		c, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
 		if err != nil {
@@ -51,12 +54,12 @@ func serve() error {
 			}
 			return fmt.Errorf("accept: %w", err)
 		}
-		go handle(c)
+		go handle(c, r)
 	}
 }
 
 // handle serves one connection: one command.
-func handle(fd int) {
+func handle(fd int, r *reaper) {
 	conn := os.NewFile(uintptr(fd), "exec-agent-conn")
 	defer conn.Close()
 	// Only matrxd, which is outside the sandbox's PID namespace (pid 0 as
@@ -70,10 +73,22 @@ func handle(fd int) {
 		reply(conn, Reply{Error: err.Error()})
 		return
 	}
-	proc, err := os.StartProcess(req.Argv[0], req.Argv, &os.ProcAttr{
-		Dir: "/", Env: req.Env, Files: files,
+	stdio := make([]uintptr, len(files))
+	for i, f := range files {
+		stdio[i] = f.Fd()
+	}
+	// The reaper's lock is held across the fork so that the child's exit
+	// cannot be reaped before its waiter is registered.
+	r.mu.Lock()
+	pid, err := syscall.ForkExec(req.Argv[0], req.Argv, &syscall.ProcAttr{
+		Dir: "/", Env: req.Env, Files: stdio,
 		Sys: &syscall.SysProcAttr{Setsid: true},
 	})
+	var exited chan syscall.WaitStatus
+	if err == nil {
+		exited = r.register(pid)
+	}
+	r.mu.Unlock()
 	for _, f := range files {
 		f.Close()
 	}
@@ -81,22 +96,63 @@ func handle(fd int) {
 		reply(conn, Reply{Error: "start: " + err.Error()})
 		return
 	}
-	if !reply(conn, Reply{Pid: proc.Pid}) {
+	if !reply(conn, Reply{Pid: pid}) {
 		// matrxd is gone: the child never gets its gate line and exits
 		// without running the command (see the package doc).
-		proc.Wait()
+		<-exited
 		return
 	}
-	state, err := proc.Wait()
-	if err != nil {
-		reply(conn, Reply{Error: "wait: " + err.Error()})
-		return
-	}
-	code := state.ExitCode()
-	if ws, ok := state.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+	ws := <-exited
+	code := ws.ExitStatus()
+	if ws.Signaled() {
 		code = 128 + int(ws.Signal())
 	}
 	reply(conn, Reply{Exit: &code})
+}
+
+// reaper collects every child's exit with one SIGCHLD-driven loop, so a
+// waiting command costs the agent a goroutine, not an OS thread (threads
+// count against the sandbox's pids limit, which a command in a fork bomb
+// has just exhausted).
+type reaper struct {
+	mu      sync.Mutex
+	waiting map[int]chan syscall.WaitStatus
+}
+
+func startReaper() *reaper {
+	r := &reaper{waiting: map[int]chan syscall.WaitStatus{}}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGCHLD)
+	go func() {
+		for range sig {
+			r.reap()
+		}
+	}()
+	return r
+}
+
+// register makes the channel pid's status arrives on (r.mu held).
+func (r *reaper) register(pid int) chan syscall.WaitStatus {
+	c := make(chan syscall.WaitStatus, 1)
+	r.waiting[pid] = c
+	return c
+}
+
+func (r *reaper) reap() {
+	for {
+		r.mu.Lock()
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+		if pid <= 0 || err != nil {
+			r.mu.Unlock()
+			return
+		}
+		if c := r.waiting[pid]; c != nil {
+			c <- ws
+			delete(r.waiting, pid)
+		}
+		r.mu.Unlock()
+	}
 }
 
 // readRequest reads the framed request and the three descriptors sent

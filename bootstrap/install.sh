@@ -167,8 +167,10 @@ if [[ "$PKG" == apt ]]; then
   # openssh-client (ssh, scp, sftp) for the SSH gateway's end-to-end tests.
   # A real image registry for the pull tests: docker-registry (distribution
   # 2.8), htpasswd (apache2-utils) for its basic auth, skopeo to push our
-  # own OCI archives to it.
-  TEST_PACKAGES=(vagrant libseccomp-dev pkg-config openssh-client docker-registry apache2-utils skopeo)
+  # own OCI archives to it. python3 for the exec agent tests' clients that
+  # talk to the agent from inside a sandbox's namespaces (nsenter/unshare
+  # come with util-linux, which Debian always has).
+  TEST_PACKAGES=(vagrant libseccomp-dev pkg-config openssh-client docker-registry apache2-utils skopeo python3)
   PKG_TOOL=apt-get
 else
   # Amazon Linux 2023 names. The image-build tools (busybox-static,
@@ -183,7 +185,7 @@ else
   )
   OPTIONAL=(containernetworking-plugins s3fs-fuse awscli-2 crun)
   # No vagrant package on AL2023; `vagrant validate` tests skip there.
-  TEST_PACKAGES=(openssh-clients)
+  TEST_PACKAGES=(openssh-clients python3)
   PKG_TOOL=dnf
 fi
 if ((TEST_TOOLS)); then

@@ -21,14 +21,15 @@ import (
 // Why: a test of the production image (~520 MB, ~1.5 GB unpacked) spends
 // about 80 s importing and unpacking it into its fresh containerd and, on
 // containerd 1.6 with user namespaces, chowning a copy of it; its own
-// checks take a few seconds. Six such tests per `make test` pass made a
-// third of the run. A seed is that containerd root after the import, made
+// checks take a few seconds. Four such tests in the first pass of `make
+// test` and the hostile suites again in the later passes made a third of
+// the run. A seed is that containerd root after the import, made
 // by the first test that needs it and kept outside the clone (like the
 // built tools), keyed by everything that shapes it: the seed's name and
-// version, the containerd binary and the input files
-// (size, mtime, inode); not the OCI runtime, which a root does not depend
-// on. A later test starts its containerd on a copy of
-// it and still runs every step itself (its import finds the content and
+// version, the containerd binary (its content) and the input files (size
+// and mtime); not the OCI runtime, which a root does not depend on. A
+// later test starts its containerd on a copy of it and still runs every
+// step itself (its import finds the content and
 // snapshots there and is quick), so a seed changes only how long a test
 // takes, never what it checks.
 //
@@ -39,7 +40,7 @@ import (
 // seed's; what a test writes lands in its own new snapshots.
 
 // seedVersion changes whenever what a seed holds or how it is copied does.
-const seedVersion = "1"
+const seedVersion = "2"
 
 // Seed describes a root to make once.
 type Seed struct {
@@ -86,11 +87,15 @@ func StartSeeded(t testing.TB, seed Seed, nsToClean ...string) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "complete")); err != nil {
+	complete := filepath.Join(dir, "complete")
+	if _, err := os.Stat(complete); err != nil {
 		start := time.Now()
 		makeSeed(t, seed, tar, bin, altDir, dir)
 		t.Logf("made containerd seed %s in %v", filepath.Base(dir), time.Since(start).Round(time.Millisecond))
 	}
+	// Its mtime says when it was last used (see makeSeed's cleanup).
+	now := time.Now()
+	os.Chtimes(complete, now, now)
 	unlock()
 	return start(t, tar, bin, altDir, func(root string) error { return cloneRoot(filepath.Join(dir, "root"), root) }, nsToClean)
 }
@@ -99,32 +104,33 @@ func seedKey(seed Seed) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00%s\x00", seed.Name, seedVersion)
 	for _, f := range seed.Inputs {
-		id, err := identity(f)
+		// Size and mtime, not the path or inode: every clone of the
+		// repository has its own build/images, linked or copied from the
+		// same image cache, and must find the same seed.
+		st, err := os.Stat(f)
 		if err != nil {
 			return "", err
 		}
-		fmt.Fprintf(h, "%s\x00", id)
+		fmt.Fprintf(h, "%d\x00%d\x00", st.Size(), st.ModTime().UnixNano())
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
-// identity names a file's current version: path, size, mtime, inode.
+// identity names a binary by its content (each clone builds or links its
+// own copy of the same containerd).
 func identity(f string) (string, error) {
-	st, err := os.Stat(f)
+	b, err := os.ReadFile(f)
 	if err != nil {
 		return "", err
 	}
-	var ino uint64
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-		ino = sys.Ino
-	}
-	sum := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%d\x00%d\x00%d", f, st.Size(), st.ModTime().UnixNano(), ino)))
+	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:]), nil
 }
 
 // makeSeed runs Prepare on a fresh containerd, stops it and copies its
-// root into dir. Older seeds of the same name go (they are keyed by
-// inputs that no longer exist).
+// root into dir. Older seeds of the same name and containerd build go
+// (they are keyed by inputs that no longer exist), and so do those of
+// other builds unused for a week.
 func makeSeed(t testing.TB, seed Seed, tar, bin, altDir, dir string) {
 	t.Helper()
 	e := start(t, tar, bin, altDir, nil, seed.Namespaces)
@@ -132,8 +138,14 @@ func makeSeed(t testing.TB, seed Seed, tar, bin, altDir, dir string) {
 	e.halt()
 	prefix := strings.TrimSuffix(filepath.Base(dir), filepath.Base(dir)[strings.LastIndexByte(filepath.Base(dir), '-'):])
 	old, _ := filepath.Glob(filepath.Join(seedCache(), prefix+"-*"))
+	all, _ := filepath.Glob(filepath.Join(seedCache(), seed.Name+"-*"))
+	for _, o := range all {
+		if st, err := os.Stat(filepath.Join(o, "complete")); err == nil && time.Since(st.ModTime()) > 7*24*time.Hour {
+			old = append(old, o)
+		}
+	}
 	for _, o := range old {
-		if o != dir && !strings.HasSuffix(o, ".lock") {
+		if o != dir && !strings.HasSuffix(o, ".lock") && !strings.HasSuffix(o, ".making") {
 			os.RemoveAll(o)
 			os.Remove(o + ".lock")
 		}

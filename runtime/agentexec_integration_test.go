@@ -63,10 +63,13 @@ func TestExecAgent(t *testing.T) {
 	})
 
 	t.Run("waiting commands cost the agent no threads", func(t *testing.T) {
-		// Threads count against the sandbox's pids limit: 40 commands in
-		// flight must not mean 40 of the agent's threads.
+		// Threads count against the sandbox's pids limit: 80 commands in
+		// flight must not mean 80 of the agent's threads (a Wait per
+		// command held one each: 43 for 40). What the agent has instead
+		// varies with the Go scheduler and the load (9-25 seen), not with
+		// the number of commands.
 		var wg sync.WaitGroup
-		for i := 0; i < 40; i++ {
+		for i := 0; i < 80; i++ {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -86,10 +89,10 @@ func TestExecAgent(t *testing.T) {
 			}
 		}
 		wg.Wait()
-		if most == 0 || most >= 20 {
-			t.Fatalf("the agent had %d threads with 40 commands in flight", most)
+		if most == 0 || most >= 40 {
+			t.Fatalf("the agent had %d threads with 80 commands in flight", most)
 		}
-		t.Logf("agent threads with 40 commands in flight: %d", most)
+		t.Logf("agent threads with 80 commands in flight: %d", most)
 	})
 
 	t.Run("a process of the sandbox is refused", func(t *testing.T) {

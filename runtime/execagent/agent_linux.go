@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"sync"
@@ -45,30 +46,42 @@ func serve() error {
 	if err := unix.Listen(fd, 128); err != nil {
 		return err
 	}
+	// Through the runtime's poller, like every connection below: a
+	// connection waiting for its bytes holds no OS thread (threads count
+	// against the sandbox's pids limit).
+	lf := os.NewFile(uintptr(fd), "exec-agent")
+	ln, err := net.FileListener(lf)
+	lf.Close()
+	if err != nil {
+		return err
+	}
 	r := startReaper()
 	for {
-		c, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
+		c, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.ECONNABORTED) {
 				continue
 			}
 			return fmt.Errorf("accept: %w", err)
 		}
-		go handle(c, r)
+		uc, ok := c.(*net.UnixConn)
+		if !ok {
+			c.Close()
+			continue
+		}
+		go handle(uc, r)
 	}
 }
 
 // handle serves one connection: one command.
-func handle(fd int, r *reaper) {
-	conn := os.NewFile(uintptr(fd), "exec-agent-conn")
+func handle(conn *net.UnixConn, r *reaper) {
 	defer conn.Close()
 	// Only matrxd, which is outside the sandbox's PID namespace (pid 0 as
 	// seen from here), may ask: see the package doc.
-	cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
-	if err != nil || cred.Pid != 0 {
+	if pid, err := peerPid(conn); err != nil || pid != 0 {
 		return
 	}
-	req, files, err := readRequest(fd, conn)
+	req, files, err := readRequest(conn)
 	if err != nil {
 		reply(conn, Reply{Error: err.Error()})
 		return
@@ -155,12 +168,31 @@ func (r *reaper) reap() {
 	}
 }
 
+// peerPid is the connecting process's pid as this PID namespace sees it.
+func peerPid(conn *net.UnixConn) (int32, error) {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return 0, err
+	}
+	if cerr != nil {
+		return 0, cerr
+	}
+	return cred.Pid, nil
+}
+
 // readRequest reads the framed request and the three descriptors sent
-// with its first byte.
-func readRequest(fd int, conn *os.File) (Request, []*os.File, error) {
+// with its first byte (received close-on-exec: ReadMsgUnix asks for it).
+func readRequest(conn *net.UnixConn) (Request, []*os.File, error) {
 	var head [4]byte
 	oob := make([]byte, unix.CmsgSpace(3*4))
-	n, oobn, _, _, err := unix.Recvmsg(fd, head[:], oob, unix.MSG_CMSG_CLOEXEC)
+	n, oobn, _, _, err := conn.ReadMsgUnix(head[:], oob)
 	if err != nil {
 		return Request{}, nil, fmt.Errorf("read request: %w", err)
 	}
@@ -219,7 +251,7 @@ func parseRights(oob []byte) ([]*os.File, error) {
 }
 
 // reply writes one line; false if the connection is gone.
-func reply(conn *os.File, r Reply) bool {
+func reply(conn io.Writer, r Reply) bool {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return false

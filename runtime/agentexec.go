@@ -2,10 +2,9 @@ package runtime
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"os"
+	"log/slog"
 	"sync"
 	"syscall"
 	"time"
@@ -213,122 +212,74 @@ type execOutcome struct {
 // wrapping execagent.ErrNotStarted means the command did not and will not
 // run: the caller takes the runtime path.
 func (r *Runtime) execViaAgent(ctx context.Context, id string, a *execagent.Agent, execID string, args, env []string, timeout time.Duration, outW, errW io.Writer, release *undo.Stack) (execOutcome, error) {
-	var out execOutcome
-	var files []*os.File
-	closeAll := func() {
-		for _, f := range files {
-			f.Close()
-		}
-	}
-	pipe := func() (*os.File, *os.File, error) {
-		pr, pw, err := os.Pipe()
-		if err == nil {
-			files = append(files, pr, pw)
-		}
-		return pr, pw, err
-	}
-	inR, inW, err1 := pipe()
-	outR, outPW, err2 := pipe()
-	errR, errPW, err3 := pipe()
-	if err := errors.Join(err1, err2, err3); err != nil {
-		closeAll()
-		return out, fmt.Errorf("%w: pipes: %v", execagent.ErrNotStarted, err)
-	}
-	defer closeAll()
-	cmd, err := a.Start(execagent.Request{Argv: args, Env: env}, inR, outPW, errPW)
-	// The child holds its own copies now (or there is no child).
-	inR.Close()
-	outPW.Close()
-	errPW.Close()
+	c, err := startAgentChild(a, execagent.Request{Argv: args, Env: env}, "exec-"+execID, false)
 	if err != nil {
-		return out, err
+		return execOutcome{}, err
 	}
-	defer cmd.Close()
+	defer c.close()
+	release.Push("exec cgroup", func(context.Context) error { c.group.remove(); return nil })
 	var copies sync.WaitGroup
 	copies.Add(2)
-	go func() { defer copies.Done(); io.Copy(outW, outR) }()
-	go func() { defer copies.Done(); io.Copy(errW, errR) }()
-	stopCopies := func() {
-		outR.Close()
-		errR.Close()
-		copies.Wait()
-	}
-	hostPid, err := a.ChildHostPid(cmd.NsPid)
-	var group *execGroup
-	var child *childWatch
-	if err == nil {
-		child, err = watchChild(hostPid)
-	}
-	if err == nil {
-		group, err = newExecGroup(hostPid, "exec-"+execID)
-		if err != nil {
-			child.close()
-		}
-	}
-	if err != nil {
-		// The gate closes without its line: the wrapper exits without
-		// running the command.
-		inW.Close()
-		stopCopies()
-		return out, fmt.Errorf("%w: %v", execagent.ErrNotStarted, err)
-	}
-	defer child.close()
-	release.Push("exec cgroup", func(context.Context) error { group.remove(); return nil })
-	inW.Write([]byte("\n"))
-	inW.Close()
+	go func() { defer copies.Done(); io.Copy(outW, c.stdout) }()
+	go func() { defer copies.Done(); io.Copy(errW, c.stderr) }()
+	// Release the gate: the shell is in its cgroup now.
+	c.stdin.Write([]byte("\n"))
+	c.stdin.Close()
 	fault.At(ctx, "exec/started")
 
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	var ex execagent.ExitResult
-	exited := false
-	select {
-	case ex = <-cmd.Exited():
-		exited = true
-	case <-timer.C:
-		out.timedOut = true
-	case <-ctx.Done():
-		out.timedOut = true
-	}
-	if exited && ex.Err != nil {
-		// The agent went away (the command may have killed it: it is the
-		// agent user's): the command itself may still run. Its end, and
-		// its status, come from the host's own handle on it.
-		select {
-		case <-child.exited:
-			ex = child.status()
-		case <-timer.C:
-			out.timedOut = true
-		case <-ctx.Done():
-			out.timedOut = true
-		}
-	}
-	if out.timedOut {
-		if err := group.kill(); err != nil {
-			r.log.Warn("exec timeout kill failed", "sandbox_id", id, "error", err)
-		}
-		select {
-		case <-child.exited:
-		case <-time.After(2 * time.Second):
-			syscall.Kill(hostPid, syscall.SIGKILL)
-		}
-	}
-	if !out.timedOut && ex.Err != nil {
-		stopCopies()
-		return out, fmt.Errorf("exec in %s: %v: %w", id, ex.Err, errdefs.ErrUnavailable)
+	exited := make(chan execagent.ExitResult, 1)
+	go func() { ex, _ := c.wait(nil); exited <- ex }()
+	ex, timedOut := awaitExec(ctx, r.log, id, timeout, exited, c.group, func() { syscall.Kill(c.hostPid, syscall.SIGKILL) })
+	if !timedOut && ex.Err != nil {
+		c.stdout.Close()
+		c.stderr.Close()
+		copies.Wait()
+		return execOutcome{}, fmt.Errorf("exec in %s: %v: %w", id, ex.Err, errdefs.ErrUnavailable)
 	}
 	fault.At(ctx, "exec/exited")
-	// Let the output reach EOF, but not forever (see ioDrainGrace).
-	drained := make(chan struct{})
-	go func() { copies.Wait(); close(drained) }()
-	select {
-	case <-drained:
-	case <-time.After(ioDrainGrace):
-		stopCopies()
-	}
-	out.code = ex.Code
-	if out.timedOut {
+	drainOutput(copies.Wait, func() { c.stdout.Close(); c.stderr.Close() })
+	out := execOutcome{code: ex.Code, timedOut: timedOut}
+	if timedOut {
 		out.code = ExitTimedOut
 	}
 	return out, nil
+}
+
+// awaitExec waits for an exec's end (exited), its timeout or ctx. On a
+// timeout or cancel it kills the exec's cgroup, gives it 2 s, then calls
+// hardKill (SIGKILL to the shell itself), and still waits for its end, so
+// the caller never returns while the command runs.
+func awaitExec[T any](ctx context.Context, log *slog.Logger, id string, timeout time.Duration, exited <-chan T, group *execGroup, hardKill func()) (T, bool) {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case ex := <-exited:
+		return ex, false
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	if err := group.kill(); err != nil {
+		log.Warn("exec timeout kill failed", "sandbox_id", id, "error", err)
+	}
+	select {
+	case ex := <-exited:
+		return ex, true
+	case <-time.After(2 * time.Second):
+		hardKill()
+		return <-exited, true
+	}
+}
+
+// drainOutput lets an exec's output reach EOF after its end, but not
+// forever (see ioDrainGrace): then cancel stops the copies, and wait still
+// returns before drainOutput does.
+func drainOutput(wait, cancel func()) {
+	drained := make(chan struct{})
+	go func() { wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(ioDrainGrace):
+		cancel()
+		<-drained
+	}
 }

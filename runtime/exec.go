@@ -271,42 +271,17 @@ func (r *Runtime) execViaRuntime(ctx context.Context, id string, st *sandboxTask
 	gateW.Close()
 	fault.At(ctx, "exec/started")
 
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	var exit containerd.ExitStatus
-	select {
-	case exit = <-exited:
-	case <-timer.C:
-		out.timedOut = true
-	case <-ctx.Done():
-		out.timedOut = true
-	}
-	if out.timedOut {
-		if err := group.kill(); err != nil {
-			r.log.Warn("exec timeout kill failed", "sandbox_id", id, "error", err)
-		}
-		select {
-		case exit = <-exited:
-		case <-time.After(2 * time.Second):
-			c, cancel := cleanupCtx()
-			proc.Kill(c, syscall.SIGKILL)
-			cancel()
-			exit = <-exited
-		}
-	}
+	exit, timedOut := awaitExec(ctx, r.log, id, timeout, exited, group, func() {
+		c, cancel := cleanupCtx()
+		proc.Kill(c, syscall.SIGKILL)
+		cancel()
+	})
+	out.timedOut = timedOut
 	if err := exit.Error(); err != nil {
 		return out, fmt.Errorf("exec in %s: %w", id, err)
 	}
 	fault.At(ctx, "exec/exited")
-	// Let the output reach EOF, but not forever (see ioDrainGrace).
-	drained := make(chan struct{})
-	go func() { proc.IO().Wait(); close(drained) }()
-	select {
-	case <-drained:
-	case <-time.After(ioDrainGrace):
-		proc.IO().Cancel()
-		<-drained
-	}
+	drainOutput(func() { proc.IO().Wait() }, proc.IO().Cancel)
 
 	out.code = int(exit.ExitCode())
 	if out.timedOut {

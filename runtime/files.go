@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -409,91 +408,27 @@ func (c *FilesCall) release(ctx context.Context) {
 // execagent.ErrNotStarted means no helper runs: the caller may take the
 // runtime path.
 func (r *Runtime) filesViaAgent(ctx context.Context, id string, a *execagent.Agent, execID string, req fshelper.Request, body io.Reader) (*FilesCall, error) {
-	var files []*os.File
-	closeAll := func() {
-		for _, f := range files {
-			f.Close()
-		}
-	}
-	pipe := func() (*os.File, *os.File) {
-		pr, pw, err := os.Pipe()
-		if err != nil {
-			return nil, nil
-		}
-		files = append(files, pr, pw)
-		return pr, pw
-	}
-	inR, inW := pipe()
-	outR, outW := pipe()
-	errR, errW := pipe()
-	if errR == nil || outR == nil || inR == nil {
-		closeAll()
-		return nil, fmt.Errorf("%w: pipes", execagent.ErrNotStarted)
-	}
-	setPipeSize(outW)
-	setPipeSize(inW)
-	cmd, err := a.Start(execagent.Request{Argv: []string{InitPath, "fs"}, Env: []string{}}, inR, outW, errW)
-	inR.Close()
-	outW.Close()
-	errW.Close()
+	ch, err := startAgentChild(a, execagent.Request{Argv: []string{InitPath, "fs"}, Env: []string{}}, "files-"+execID, true)
 	if err != nil {
-		closeAll()
 		return nil, err
-	}
-	hostPid, err := a.ChildHostPid(cmd.NsPid)
-	var child *childWatch
-	if err == nil {
-		child, err = watchChild(hostPid)
-	}
-	var group *execGroup
-	if err == nil {
-		group, err = newExecGroup(hostPid, "files-"+execID)
-		if err != nil {
-			child.close()
-		}
-	}
-	if err != nil {
-		// Its stdin ends before a request: the helper exits, having done
-		// nothing.
-		cmd.Close()
-		closeAll()
-		return nil, fmt.Errorf("%w: %v", execagent.ErrNotStarted, err)
 	}
 	bg := context.WithoutCancel(ctx)
 	c := &FilesCall{
-		id: id, bg: bg, stdin: inW, stdout: outR, hasBody: body != nil, group: group, viaAgent: true,
+		id: id, bg: bg, stdin: ch.stdin, stdout: ch.stdout, hasBody: body != nil, group: ch.group, viaAgent: true,
 		stderr: &cappedBuffer{limit: 4096}, exited: make(chan struct{}),
 		log: func(msg string, args ...any) { r.log.Debug(msg, append([]any{"sandbox_id", id}, args...)...) },
 	}
-	c.rd = fshelper.NewReader(outR, fshelper.KindHeader, fshelper.KindData, fshelper.KindHole, fshelper.KindEntry, fshelper.KindResult, fshelper.KindError)
-	c.cleanup = append(c.cleanup, func(context.Context) { group.remove(); child.close(); cmd.Close(); errR.Close() })
-	go io.Copy(c.stderr, errR)
+	c.rd = fshelper.NewReader(ch.stdout, fshelper.KindHeader, fshelper.KindData, fshelper.KindHole, fshelper.KindEntry, fshelper.KindResult, fshelper.KindError)
+	c.cleanup = append(c.cleanup, func(context.Context) { ch.group.remove(); ch.close() })
+	go io.Copy(c.stderr, ch.stderr)
 	go func() {
-		// The agent's word on the exit status; the kernel's (pidfd) when the
-		// agent is gone or does not say.
-		select {
-		case ex := <-cmd.Exited():
-			if ex.Err != nil {
-				<-child.exited
-				ex = child.status()
-			}
-			c.status = ex.Code
-		case <-child.exited:
-			select {
-			case ex := <-cmd.Exited():
-				if ex.Err != nil {
-					ex = child.status()
-				}
-				c.status = ex.Code
-			case <-time.After(100 * time.Millisecond):
-				c.status = child.status().Code
-			}
-		}
+		ex, _ := ch.wait(nil)
+		c.status = ex.Code
 		// A helper that exited reads no more: unblock the feeder.
-		inW.Close()
+		ch.stdin.Close()
 		close(c.exited)
 	}()
 	go c.feed(req, body)
-	c.stopCtx = context.AfterFunc(ctx, func() { inW.Close() })
+	c.stopCtx = context.AfterFunc(ctx, func() { ch.stdin.Close() })
 	return c, nil
 }

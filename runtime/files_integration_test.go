@@ -68,17 +68,7 @@ func TestFilesHelperHardening(t *testing.T) {
 	}
 	rt, env := newRuntime(t, opts...)
 	id := startSandbox(t, rt, env, runtime.Resources{})
-	for _, path := range []string{"runtime", "agent"} {
-		t.Run(path, func(t *testing.T) {
-			rt.SetExecAgent(path == "agent")
-			if path == "agent" {
-				if err := rt.WarmExecAgent(context.Background(), id); err != nil {
-					t.Fatal(err)
-				}
-			}
-			testFilesHelperHardening(t, rt, id, path == "agent")
-		})
-	}
+	bothPaths(t, rt, id, func(t *testing.T, viaAgent bool) { testFilesHelperHardening(t, rt, id, viaAgent) })
 }
 
 func testFilesHelperHardening(t *testing.T, rt *runtime.Runtime, id string, viaAgent bool) {
@@ -138,17 +128,7 @@ func TestFilesHelperStreams(t *testing.T) {
 	for i := range data {
 		data[i] = byte(i*7 + i>>13)
 	}
-	for _, path := range []string{"runtime", "agent"} {
-		t.Run(path, func(t *testing.T) {
-			rt.SetExecAgent(path == "agent")
-			if path == "agent" {
-				if err := rt.WarmExecAgent(ctx, id); err != nil {
-					t.Fatal(err)
-				}
-			}
-			testFilesStream(t, rt, id, data, path == "agent")
-		})
-	}
+	bothPaths(t, rt, id, func(t *testing.T, viaAgent bool) { testFilesStream(t, rt, id, data, viaAgent) })
 	if err := rt.Destroy(ctx, id, 0); err != nil {
 		t.Fatal(err)
 	}

@@ -83,6 +83,24 @@ func startSandbox(t *testing.T, rt *runtime.Runtime, env *containerdtest.Env, re
 	return id
 }
 
+// bothPaths runs fn as two subtests on sandbox id: "runtime" with every
+// exec through the OCI runtime, then "agent" with the sandbox's exec agent
+// up. viaAgent says which one runs.
+func bothPaths(t *testing.T, rt *runtime.Runtime, id string, fn func(t *testing.T, viaAgent bool)) {
+	t.Helper()
+	for _, path := range []string{"runtime", "agent"} {
+		t.Run(path, func(t *testing.T) {
+			rt.SetExecAgent(path == "agent")
+			if path == "agent" {
+				if err := rt.WarmExecAgent(context.Background(), id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fn(t, path == "agent")
+		})
+	}
+}
+
 func run(t *testing.T, rt *runtime.Runtime, id string, req runtime.ExecRequest) *runtime.ExecResult {
 	t.Helper()
 	if req.User == "" {
@@ -259,17 +277,7 @@ func TestExecSemantics(t *testing.T) {
 	testenv.BothContainerds(t)
 	rt, env := newRuntime(t)
 	id := startSandbox(t, rt, env, runtime.Resources{})
-	for _, path := range []string{"runtime", "agent"} {
-		t.Run(path, func(t *testing.T) {
-			rt.SetExecAgent(path == "agent")
-			if path == "agent" {
-				if err := rt.WarmExecAgent(context.Background(), id); err != nil {
-					t.Fatal(err)
-				}
-			}
-			testExecSemantics(t, rt, id, path == "agent")
-		})
-	}
+	bothPaths(t, rt, id, func(t *testing.T, viaAgent bool) { testExecSemantics(t, rt, id, viaAgent) })
 }
 
 func testExecSemantics(t *testing.T, rt *runtime.Runtime, id string, viaAgent bool) {

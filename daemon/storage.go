@@ -29,11 +29,16 @@ import (
 // S3 (credentials from the standard AWS chain: the instance role in
 // production).
 type StorageConfig struct {
-	Bucket             string
-	Region             string
-	Endpoint           string
-	PathStyle          bool
-	ColdDriver         string // auto | mount-s3 | s3fs | local
+	Bucket     string
+	Region     string
+	Endpoint   string
+	PathStyle  bool
+	ColdDriver string // auto | mount-s3 | s3fs | local
+	// ColdShared serves every user's cold storage from one FUSE daemon
+	// (cold.WithSharedMount): a new user's first sandbox skips a daemon
+	// start, at the price of one daemon's fate and throughput shared by
+	// all users (docs/security.md). Needs a bucket and a FUSE driver.
+	ColdShared         bool
 	CheckpointInterval time.Duration
 	Excludes           []string // nil: hotsync defaults
 	// DiskPool is how many freshly formatted default-size disk images are
@@ -96,6 +101,7 @@ func storageFlags() []cli.Flag {
 		&cli.StringFlag{Name: "userns", Value: "auto", EnvVars: []string{"MATRX_USERNS"}, Usage: "run sandboxes in user namespaces: auto (when supported), on, off"},
 		&cli.Uint64Flag{Name: "userns-base", Value: runtime.DefaultUserNSBase, EnvVars: []string{"MATRX_USERNS_BASE"}, Usage: "first host uid/gid of the 65536 ids sandboxes map to"},
 		&cli.StringFlag{Name: "cold-driver", Value: "auto", EnvVars: []string{"MATRX_COLD_DRIVER"}, Usage: "auto, mount-s3, s3fs or local"},
+		&cli.BoolFlag{Name: "cold-shared", EnvVars: []string{"MATRX_COLD_SHARED"}, Usage: "one FUSE daemon for every user's cold storage (binds per user) instead of one per user: faster first sandboxes, shared fate and throughput (needs a bucket)"},
 		&cli.DurationFlag{Name: "checkpoint-interval", Value: 5 * time.Minute, EnvVars: []string{"MATRX_CHECKPOINT_INTERVAL"}, Usage: "how often running sandboxes' hot files are synced up (0: never; failed final syncs are retried this often, or every 5m)"},
 		&cli.StringFlag{Name: "hot-excludes", EnvVars: []string{"MATRX_HOT_EXCLUDES"}, Usage: "comma-separated patterns never synced (default, the old system's: *.tmp,.DS_Store,__pycache__/)"},
 		&cli.IntFlag{Name: "hot-max-names", Value: hotsync.DefaultMaxNames, EnvVars: []string{"MATRX_HOT_MAX_NAMES"}, Usage: "files, directories and symlinks one sandbox's hot tier syncs (hard links count); over it nothing is deleted and the record says so; disks get as many inodes"},
@@ -110,7 +116,7 @@ func storageConfigFrom(c *cli.Context) StorageConfig {
 	s3 := hostconfig.S3FromFlags(c)
 	sc := StorageConfig{
 		Bucket: s3.Bucket, Region: s3.Region, Endpoint: s3.Endpoint, PathStyle: s3.PathStyle,
-		ColdDriver: strings.ToLower(c.String("cold-driver")), CheckpointInterval: c.Duration("checkpoint-interval"),
+		ColdDriver: strings.ToLower(c.String("cold-driver")), ColdShared: c.Bool("cold-shared"), CheckpointInterval: c.Duration("checkpoint-interval"),
 		DiskPool: c.Int("disk-pool"), MaxNames: c.Int("hot-max-names"), TrashRetention: c.Duration("hot-trash-retention"),
 		DiskOvercommit: c.Float64("disk-overcommit"), DiskReserveMB: c.Int64("disk-reserve-mb"),
 	}
@@ -135,6 +141,9 @@ func (s StorageConfig) Validate() error {
 	case "", "auto", "mount-s3", "s3fs", "local":
 	default:
 		return fmt.Errorf("cold driver %q: want auto, mount-s3, s3fs or local: %w", s.ColdDriver, errdefs.ErrInvalidArgument)
+	}
+	if s.ColdShared && (s.Bucket == "" || s.ColdDriver == "local") {
+		return fmt.Errorf("cold shared mount needs a bucket and a FUSE cold driver (mount-s3 or s3fs), not local storage: %w", errdefs.ErrInvalidArgument)
 	}
 	if s.CheckpointInterval != 0 && s.CheckpointInterval < time.Second {
 		return fmt.Errorf("checkpoint interval %v is too short (min 1s): %w", s.CheckpointInterval, errdefs.ErrInvalidArgument)
@@ -227,9 +236,14 @@ func openStorage(ctx context.Context, cfg Config, ns runtime.UserNS, mx *metrics
 		closeFn()
 		return nil, err
 	}
-	cm, err := cold.NewManager(ctx, cold.ManagerConfig{Dir: filepath.Join(cfg.StateDir, "cold"), Driver: drv, Logger: log},
+	copts := []cold.ManagerOption{
 		cold.WithOwner(uint32(uid), uint32(gid)),
-		cold.WithRemountHook(func(ids.UserID) { mx.IncFUSERemount(drv.Name()) }))
+		cold.WithRemountHook(func(ids.UserID) { mx.IncFUSERemount(drv.Name()) }),
+	}
+	if sc.ColdShared {
+		copts = append(copts, cold.WithSharedMount())
+	}
+	cm, err := cold.NewManager(ctx, cold.ManagerConfig{Dir: filepath.Join(cfg.StateDir, "cold"), Driver: drv, Logger: log}, copts...)
 	if err != nil {
 		closeFn()
 		return nil, err

@@ -46,6 +46,9 @@ func TestStorageConfigValidate(t *testing.T) {
 		{StorageConfig{DiskPool: -1}, true},
 		{StorageConfig{DiskPool: 16}, true},
 		{StorageConfig{DiskPool: 17}, false},
+		{StorageConfig{Bucket: "my-bucket", ColdDriver: "s3fs", ColdShared: true}, true},
+		{StorageConfig{ColdShared: true}, false},
+		{StorageConfig{Bucket: "my-bucket", ColdDriver: "local", ColdShared: true}, false},
 	}
 	for _, c := range cases {
 		if err := c.c.Validate(); (err == nil) != c.ok {

@@ -265,3 +265,14 @@ func waitInitExeced(ctx context.Context, pid int, initPath string) error {
 		}
 	}
 }
+
+// setPipeSize raises a FIFO's buffer to 1 MiB (the unprivileged maximum).
+func setPipeSize(f any) {
+	sc, ok := f.(syscall.Conn)
+	if !ok {
+		return
+	}
+	if rc, err := sc.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.FcntlInt(fd, unix.F_SETPIPE_SZ, 1<<20) })
+	}
+}

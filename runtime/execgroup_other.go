@@ -32,3 +32,6 @@ func mountControlDir(string) error {
 	return fmt.Errorf("sandboxes need Linux: not supported on this OS: %w", errdefs.ErrNotImplemented)
 }
 func removeControlDir(dir string) error { return nil }
+
+// setPipeSize is a no-op where pipes cannot be resized.
+func setPipeSize(any) {}

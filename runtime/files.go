@@ -380,17 +380,6 @@ func (c *FilesCall) Close() error {
 	return nil
 }
 
-// setPipeSize raises a FIFO's buffer to 1 MiB (the unprivileged maximum).
-func setPipeSize(f any) {
-	sc, ok := f.(syscall.Conn)
-	if !ok {
-		return
-	}
-	if rc, err := sc.SyscallConn(); err == nil {
-		rc.Control(func(fd uintptr) { unix.FcntlInt(fd, unix.F_SETPIPE_SZ, 1<<20) })
-	}
-}
-
 // release frees the exec's containerd entry and cgroup.
 func (c *FilesCall) release(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)

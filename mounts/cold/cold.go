@@ -39,8 +39,12 @@ type Mount interface {
 
 // Request describes one user's mount.
 type Request struct {
-	// UserID selects the prefix users/UserID/cold/. Required.
+	// UserID selects the prefix users/UserID/cold/ and names the daemon
+	// (logs, systemd unit, credential file). Required.
 	UserID ids.UserID
+	// Prefix, when set, is the S3 prefix to serve instead of UserID's (the
+	// shared mount serves "users/"). It ends in "/".
+	Prefix string
 	// Mountpoint is an existing directory below a shared mount (see the
 	// package comment). Required.
 	Mountpoint string
@@ -59,6 +63,10 @@ type Request struct {
 	UID, GID uint32
 	// OnRemount, when set, is called after each successful remount.
 	OnRemount func()
+	// Private says the mountpoint is below a private mount on purpose (the
+	// shared mount: its remounts reach sandboxes through the manager's
+	// rebinds, not through propagation), so its start does not warn.
+	Private bool
 }
 
 // S3Config says where cold files live in S3 and how to reach it.
@@ -94,6 +102,14 @@ func (c S3Config) validate() error {
 
 // Prefix is the S3 key prefix of a user's cold files: "users/USER/cold/".
 func Prefix(userID ids.UserID) string { return userID.KeyPrefix("cold") }
+
+// prefix is the S3 prefix req serves.
+func (req Request) prefix() string {
+	if req.Prefix != "" {
+		return req.Prefix
+	}
+	return Prefix(req.UserID)
+}
 
 // userPath joins base with the user's directory and then elems, and refuses
 // any result that is not strictly below base/users/USER (for elems) or equal

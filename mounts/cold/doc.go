@@ -35,12 +35,16 @@
 //	  cache/users/USER/       FUSE data cache, 0700 (unencrypted content)
 //	  secrets/                s3fs passwd files, 0700; each file 0600,
 //	                          removed as soon as its mount answers
+//	  all/users               with WithSharedMount only: the one daemon's
+//	                          mountpoint (all/ is 0700 and a private bind
+//	                          of itself); mnt/users/USER/cold are binds of
+//	                          its USER/cold (see "One mount for all users")
 //
 // Directories on the path to a mountpoint are 0711 so that a runtime in a
 // user namespace can still reach the bind source; nothing else is readable
 // by anyone but root. Only mnt/users/USER/cold is ever bound into a sandbox.
 //
-// # One mount per user, refcounted
+// # One mount per user, refcounted (the default)
 //
 // Concurrent sandboxes of one user share one mount: Acquire increments a
 // per-user count and mounts on the first reference, Release unmounts on the

@@ -89,7 +89,7 @@ func startFUSE(ctx context.Context, d fuseDriver, req Request) (Mount, error) {
 		log:   d.log.With("user_id", req.UserID, "driver", d.name, "mountpoint", mp),
 		done:  make(chan struct{}),
 	}
-	if pm, ok := containingMount(mounts, filepath.Dir(mp)); ok && !pm.Shared() {
+	if pm, ok := containingMount(mounts, filepath.Dir(mp)); ok && !pm.Shared() && !req.Private {
 		m.log.Warn("cold mountpoint is not below a shared mount: remounts will not reach running sandboxes")
 	}
 	p, err := m.launch(ctx)

@@ -52,8 +52,12 @@ type Manager struct {
 	stage   string // Dir/stage, private
 	cache   string // Dir/cache
 	secrets string // Dir/secrets
+	allDir  string // Dir/all, with WithSharedMount
 
-	boundRoot, boundStage bool // this manager made the bind mounts
+	boundRoot, boundStage, boundAll bool // this manager made the bind mounts
+
+	shared bool        // WithSharedMount
+	all    sharedState // the shared daemon, guarded by mu
 
 	remounts atomic.Uint64
 
@@ -199,6 +203,9 @@ func (m *Manager) drop(ctx context.Context, userID ids.UserID, e *entry) error {
 // mount creates the user's directories and mounts; on failure it removes
 // what it created.
 func (m *Manager) mount(ctx context.Context, userID ids.UserID, mp string) (_ Mount, retErr error) {
+	if m.shared {
+		return m.mountUserBind(ctx, userID, mp)
+	}
 	stage, err := userPath(m.stage, userID)
 	if err != nil {
 		return nil, err
@@ -326,6 +333,9 @@ func (m *Manager) Close(ctx context.Context) error {
 		delete(m.users, u)
 		close(e.gone)
 		m.mu.Unlock()
+	}
+	if err := m.closeShared(ctx); err != nil {
+		errs = append(errs, err)
 	}
 	if err := m.unbindIfEmpty(); err != nil {
 		errs = append(errs, err)

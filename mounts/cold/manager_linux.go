@@ -50,6 +50,12 @@ func NewManager(ctx context.Context, cfg ManagerConfig, opts ...ManagerOption) (
 	for _, opt := range opts {
 		opt(m)
 	}
+	if m.shared {
+		if _, ok := m.driver.(*Local); ok {
+			return nil, fmt.Errorf("cold: a shared mount needs a FUSE driver (mount-s3 or s3fs), not %q: %w", DriverLocal, errdefs.ErrInvalidArgument)
+		}
+		m.allDir = filepath.Join(dir, "all")
+	}
 	for _, d := range []struct {
 		path string
 		mode os.FileMode
@@ -66,6 +72,17 @@ func NewManager(ctx context.Context, cfg ManagerConfig, opts ...ManagerOption) (
 	}
 	if m.boundStage, err = bindSelf(m.stage, unix.MS_PRIVATE); err != nil {
 		return nil, errors.Join(err, m.unbindIfEmpty())
+	}
+	if m.shared {
+		if err := ensureDir(m.allDir, 0o700); err != nil {
+			return nil, errors.Join(err, m.unbindIfEmpty())
+		}
+		if err := os.Chmod(m.allDir, 0o700); err != nil {
+			return nil, errors.Join(fmt.Errorf("cold: chmod %s: %w: %w", m.allDir, err, errdefs.ErrUnavailable), m.unbindIfEmpty())
+		}
+		if m.boundAll, err = bindSelf(m.allDir, unix.MS_PRIVATE); err != nil {
+			return nil, errors.Join(err, m.unbindIfEmpty())
+		}
 	}
 	if err := m.cleanStage(); err != nil {
 		return nil, errors.Join(err, m.unbindIfEmpty())
@@ -134,6 +151,9 @@ func (m *Manager) SweepStale(ctx context.Context) ([]ids.UserID, error) {
 			}
 		}
 	}
+	if err := m.sweepShared(); err != nil {
+		errs = append(errs, err)
+	}
 	return swept, errors.Join(errs...)
 }
 
@@ -149,7 +169,7 @@ func (m *Manager) unbindIfEmpty() error {
 	for _, b := range []struct {
 		dir   string
 		bound *bool
-	}{{m.stage, &m.boundStage}, {m.root, &m.boundRoot}} {
+	}{{m.allDir, &m.boundAll}, {m.stage, &m.boundStage}, {m.root, &m.boundRoot}} {
 		if !*b.bound {
 			continue
 		}

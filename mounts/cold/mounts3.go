@@ -89,7 +89,7 @@ func (d *MountS3) command(req Request, mountpoint string) (*Command, error) {
 }
 
 func (d *MountS3) args(req Request, mountpoint string) ([]string, error) {
-	prefix := Prefix(req.UserID)
+	prefix := req.prefix()
 	args := []string{d.s3.Bucket, mountpoint, "--prefix", prefix, "--allow-other"}
 	if req.UID != 0 {
 		args = append(args, "--uid", strconv.FormatUint(uint64(req.UID), 10))

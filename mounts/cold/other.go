@@ -48,3 +48,6 @@ func (m *Manager) RemoveSlot(string) error { return errNotSupported }
 
 // Slots is not supported on this OS.
 func (m *Manager) Slots() ([]string, error) { return nil, errNotSupported }
+
+func bindBeneath(string, ids.UserID, string) error { return errNotSupported }
+func unmountStack(string) error                    { return errNotSupported }

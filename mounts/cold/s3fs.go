@@ -104,7 +104,7 @@ func (d *S3FS) command(req Request, mountpoint string) (*Command, error) {
 }
 
 func (d *S3FS) args(req Request, mountpoint, passwdFile string) ([]string, error) {
-	prefix := Prefix(req.UserID)
+	prefix := req.prefix()
 	for _, p := range []string{req.CacheDir, passwdFile} {
 		if strings.Contains(p, ",") {
 			return nil, fmt.Errorf("cold: s3fs option path %q contains ',': %w", p, errdefs.ErrInvalidArgument)

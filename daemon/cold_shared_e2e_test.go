@@ -1,0 +1,104 @@
+package daemon_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/matrx-dev/matrx/daemon"
+	"github.com/matrx-dev/matrx/daemon/daemontest"
+)
+
+// TestSharedColdMount runs matrxd with --cold-shared on a real S3 server
+// (s3fs): pooled and unpooled sandboxes of three users get their cold
+// files through one FUSE daemon, each sees only their own and writes land
+// under their own prefix; the mounts survive a daemon restart; deletes
+// leave no per-user mount. Budget: ~40 s.
+func TestSharedColdMount(t *testing.T) {
+	t.Parallel() // see TestMain (storage_e2e_test.go)
+	srv, bucket := s3Env(t)
+	put(t, srv, bucket, "users/alice/cold/c.txt", "alice cold")
+	put(t, srv, bucket, "users/bob/cold/c.txt", "bob cold")
+	h := daemontest.Start(t, withS3(srv, bucket), withPool(1), func(c *daemon.Config) { c.Storage.ColdShared = true })
+	waitPooled(t, h, 1, 60*time.Second)
+	alice := h.Create("alice", nil) // from the pool
+	bob := h.Create("bob", nil)     // made (the pool refills behind)
+	carol := h.Create("carol", nil) // a new user: nothing in S3 yet
+	stateDir, err := filepath.EvalSymlinks(h.Config.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, c := range []struct{ id, want string }{{alice.SandboxID, "alice cold"}, {bob.SandboxID, "bob cold"}} {
+		if r := h.Exec(c.id, "cat /data/cold/c.txt; ls -A /data/cold"); r.ExitCode != 0 || r.Stdout != c.want+"c.txt\n" {
+			t.Fatalf("cold files in %s: %+v, want %q and only c.txt", c.id, r, c.want)
+		}
+	}
+	if r := h.Exec(carol.SandboxID, "ls -A /data/cold; echo carol > /data/cold/new.txt && id -u && stat -c %u /data/cold/new.txt"); r.ExitCode != 0 || r.Stdout != ".keep\n1000\n1000\n" {
+		t.Fatalf("carol's new cold dir (only the prefix marker) and her write: %+v", r)
+	}
+	if got, ok := get(t, srv, bucket, "users/carol/cold/new.txt"); !ok || got != "carol\n" {
+		t.Fatalf("carol's write in S3: %q %v", got, ok)
+	}
+	if r := h.Exec(alice.SandboxID, "ls -A /data/cold"); r.Stdout != "c.txt\n" {
+		t.Fatalf("alice sees another user's write: %+v", r)
+	}
+	if n := fuseDaemonsOf(t, stateDir); n != 1 {
+		t.Fatalf("%d s3fs daemons for three users, want 1", n)
+	}
+
+	// A restart keeps every running sandbox's view (the next daemon
+	// stacks its own shared mount and binds), and new objects show up.
+	h.Stop()
+	h.Start()
+	put(t, srv, bucket, "users/bob/cold/after.txt", "after")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		r := h.Exec(bob.SandboxID, "cat /data/cold/after.txt")
+		if r.ExitCode == 0 && r.Stdout == "after" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bob's new cold file after the restart: %+v", r)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if r := h.Exec(alice.SandboxID, "cat /data/cold/c.txt"); r.Stdout != "alice cold" {
+		t.Fatalf("alice's cold file after the restart: %+v", r)
+	}
+
+	for _, s := range []string{alice.SandboxID, bob.SandboxID, carol.SandboxID} {
+		if err := h.Client().Delete(t.Context(), s, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	users, _ := os.ReadDir(filepath.Join(stateDir, "cold", "mnt", "users"))
+	for _, u := range users {
+		if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), filepath.Join(stateDir, "cold", "mnt", "users", u.Name())+"/") {
+			t.Errorf("a cold mount of %s is left after its sandboxes were deleted", u.Name())
+		}
+	}
+}
+
+// fuseDaemonsOf counts the s3fs processes serving mounts below stateDir.
+func fuseDaemonsOf(t *testing.T, stateDir string) int {
+	t.Helper()
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, p := range procs {
+		b, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if len(args) > 1 && filepath.Base(args[0]) == "s3fs" && strings.Contains(string(b), stateDir+"/") {
+			n++
+		}
+	}
+	return n
+}

@@ -311,8 +311,9 @@ func (m *FUSEMount) waitStaged(ctx context.Context, p *process) error {
 
 // mountWaiter wakes when this process's mount table changes: an open
 // mountinfo polls POLLPRI once for each change since the last poll of it
-// (or since the open), see proc(5), /proc/[pid]/mounts; a change between
-// a look at the table and the poll is not missed. Without the file it
+// (or since the open), see proc(5), /proc/[pid]/mounts. Not every change
+// wakes it on every kernel (TestMountWaiterWakesOnMount), so callers wait
+// with a short timeout and look at the table again. Without the file it
 // just sleeps.
 type mountWaiter struct{ f *os.File }
 

@@ -188,6 +188,29 @@ func BenchmarkTTI(b *testing.B) {
 	full()
 	poolBurst, poolBurstTook := burst(benchN(50), "p")
 
+	// The same pool with --cold-shared: one FUSE daemon for every user, so
+	// a claim binds a directory instead of starting a daemon.
+	c.Close()
+	h.Stop()
+	h.Config.Storage.ColdShared = true
+	h.Start()
+	c = newClient()
+	full()
+	sharedSeq := seq(benchN(20), fresh("sh"), full)
+	if os.Getenv("MATRX_BENCH_PHASES") != "" {
+		for _, l := range strings.Split(h.Logs(), "\n") {
+			if strings.Contains(l, `"sandbox ready"`) && strings.Contains(l, `"tti-sh-`) || strings.Contains(l, `"sandbox claimed"`) {
+				fmt.Println(l)
+			}
+		}
+		if p := os.Getenv("MATRX_BENCH_LOG"); p != "" {
+			os.WriteFile(p, []byte(h.Logs()), 0o600)
+		}
+	}
+	full()
+	sharedBurst, sharedBurstTook := burst(benchN(50), "sh")
+	h.Config.Storage.ColdShared = false
+
 	// The same, with crun as the OCI runtime (its exec skips runc's
 	// per-exec seccomp compile and re-exec), when this host can run it.
 	var crunSeq series
@@ -218,6 +241,8 @@ func BenchmarkTTI(b *testing.B) {
 	row("sequential, new user, pool of 50 (20)", poolSeq, 0)
 	row(fmt.Sprintf("sequential, %d hot files, pool of 50 (5)", heavyFiles), poolHeavy, 0)
 	row("burst of 50, pool of 50", poolBurst, poolBurstTook)
+	row("sequential, new user, pool, cold shared (20)", sharedSeq, 0)
+	row("burst of 50, pool of 50, cold shared", sharedBurst, sharedBurstTook)
 	if crunSeq != nil {
 		row("sequential, new user, pool of 50, crun (20)", crunSeq, 0)
 	} else {
@@ -236,6 +261,8 @@ func BenchmarkTTI(b *testing.B) {
 	target("TTI sequential p50, no pool (new user)", msf(noSeq.pct(.5)), "(reported)", true)
 	target(fmt.Sprintf("TTI sequential p50, pool (%d hot files)", heavyFiles), msf(poolHeavy.pct(.5)), "(reported)", true)
 	target("TTI burst of 50 p50, pool of 50", msf(poolBurst.pct(.5)), "≤ 300 ms", poolBurst.pct(.5) <= 300*time.Millisecond)
+	target("TTI sequential p50, pool, --cold-shared", msf(sharedSeq.pct(.5)), "≤ 25 ms", sharedSeq.pct(.5) <= 25*time.Millisecond)
+	target("TTI burst of 50 p50, pool, --cold-shared", msf(sharedBurst.pct(.5)), "≤ 300 ms", sharedBurst.pct(.5) <= 300*time.Millisecond)
 	target("TTI burst of 50 p50, no pool", msf(noBurst.pct(.5)), "(reported)", true)
 	rate := 50 / noBurstTook.Seconds()
 	target("creates/s, burst of 50, no pool (to node -v)", fmt.Sprintf("%.1f/s", rate), "≥ 25/s", rate >= 25)

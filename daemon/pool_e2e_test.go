@@ -283,4 +283,10 @@ func TestWarmPoolRestart(t *testing.T) {
 	if r := h.Exec(s.SandboxID, `echo "$USER_ID $(hostname)"`); r.Stdout != "erin "+s.SandboxID+"\n" {
 		t.Fatalf("claimed adopted sandbox: %+v", r)
 	}
+	// Its first exec already went through the exec agent this daemon
+	// adopted (the runc path's shell has no parent in the sandbox).
+	const chain = `p=$$; while [ "$p" -gt 1 ]; do tr '\0' ' ' < /proc/$p/cmdline; echo; p=$(sed -n 's/^PPid:[[:space:]]*//p' /proc/$p/status); done`
+	if r := h.Exec(s.SandboxID, chain); !strings.Contains(r.Stdout, "exec-agent") {
+		t.Fatalf("an exec in the claimed adopted sandbox did not go through its exec agent; its ancestors: %+v", r)
+	}
 }

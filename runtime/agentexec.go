@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	tasks "github.com/containerd/containerd/api/services/tasks/v1"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/errdefs"
@@ -164,9 +165,14 @@ func (r *Runtime) launchAgent(ctx context.Context, st *sandboxTask) (*execagent.
 	// An agent this daemon did not start (before a restart) is adopted if it
 	// runs; a dead one's exec entry is removed so its id can be used again.
 	if p, err := st.task.LoadProcess(ctx, agentExecID, nil); err == nil {
-		if s, serr := p.Status(ctx); serr == nil && s.Status == containerd.Running {
-			if a, err := execagent.Open(int(p.Pid())); err == nil {
-				return a, nil
+		// A loaded process does not know its pid (p.Pid() is 0): ask the
+		// task service, which does.
+		got, gerr := r.client.TaskService().Get(ctx, &tasks.GetRequest{ContainerID: st.task.ID(), ExecID: agentExecID})
+		if gerr == nil && got.Process != nil && got.Process.Pid > 0 {
+			if s, serr := p.Status(ctx); serr == nil && s.Status == containerd.Running {
+				if a, err := execagent.Open(int(got.Process.Pid)); err == nil {
+					return a, nil
+				}
 			}
 		}
 		// Kill it and wait for its exit before the entry can go.

@@ -201,6 +201,29 @@ while True:
 		})
 	})
 
+	t.Run("a restarted daemon adopts the running agent", func(t *testing.T) {
+		pid := warm(t)
+		rt2, err := runtime.New(ctx, runtime.Config{
+			Address: env.Address, Namespace: testNS, StateDir: env.Dir + "/matrx", InitPath: env.InitPath,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rt2.Close()
+		if err := rt2.WarmExecAgent(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if got := rt2.ExecAgentPid(id); got != pid {
+			t.Fatalf("the new runtime's agent is pid %d, want the running one, %d", got, pid)
+		}
+		if res := run(t, rt2, id, runtime.ExecRequest{Command: "echo hi"}); string(res.Stdout) != "hi\n" || !runtime.ViaAgent(res) {
+			t.Fatalf("exec through the adopted agent: %q via agent %v", res.Stdout, runtime.ViaAgent(res))
+		}
+		if st, err := rt2.TaskState(ctx, id); err != nil || !st.Running {
+			t.Fatalf("sandbox after the adoption: %+v %v", st, err)
+		}
+	})
+
 	t.Run("root's SIGTERM to PID 1 still ends the sandbox", func(t *testing.T) {
 		// PID 1 waits for every workload before it exits, but not for the
 		// agent, which it could not signal.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
@@ -47,9 +48,11 @@ func (r *Runtime) Claim(ctx context.Context, req ClaimRequest) error {
 	if err != nil {
 		return err
 	}
-	if err := st.task.Update(ctx, containerd.WithResources(linuxResources(req.Resources, r.swap))); err != nil {
-		return fmt.Errorf("update the limits of %s: %v: %w", req.ID, err, errdefs.ErrUnavailable)
-	}
+	t0 := time.Now()
+	var tUpdate, tRecord time.Duration
+	defer func() {
+		r.log.Debug("sandbox claimed", "sandbox_id", req.ID, "update_ms", ms(tUpdate), "record_ms", ms(tRecord), "total_ms", ms(time.Since(t0)))
+	}()
 	container, err := r.client.LoadContainer(ctx, req.ID)
 	if err != nil {
 		return fmt.Errorf("load container %s: %w", req.ID, err)
@@ -58,9 +61,23 @@ func (r *Runtime) Claim(ctx context.Context, req ClaimRequest) error {
 	if err != nil {
 		return fmt.Errorf("load spec of %s: %w", req.ID, err)
 	}
-	if spec.Process == nil {
+	if spec.Process == nil || spec.Linux == nil {
 		return fmt.Errorf("spec of %s has no process: %w", req.ID, errdefs.ErrFailedPrecondition)
 	}
+	// A claim that asks for the pool's own limits (the usual one: both are
+	// the defaults) leaves the live cgroup as it is: an update is a runc
+	// process, 12-15 ms of a claim's ~22 in one run.
+	want := linuxResources(req.Resources, r.swap)
+	if !sameLimits(spec.Linux.Resources, want) {
+		if err := st.task.Update(ctx, containerd.WithResources(want)); err != nil {
+			return fmt.Errorf("update the limits of %s: %v: %w", req.ID, err, errdefs.ErrUnavailable)
+		}
+		if spec.Linux.Resources == nil {
+			spec.Linux.Resources = &specs.LinuxResources{}
+		}
+		spec.Linux.Resources.CPU, spec.Linux.Resources.Memory, spec.Linux.Resources.Pids = want.CPU, want.Memory, want.Pids
+	}
+	tUpdate = time.Since(t0)
 	env := mergeEnv(spec.Process.Env, envList(req.Env))
 	spec.Process.Env = env
 	err = container.Update(ctx, func(ctx context.Context, c *containerd.Client, rec *containers.Container) error {
@@ -73,6 +90,7 @@ func (r *Runtime) Claim(ctx context.Context, req ClaimRequest) error {
 	if err != nil {
 		return fmt.Errorf("record the claim of %s: %w", req.ID, err)
 	}
+	tRecord = time.Since(t0) - tUpdate
 	r.mu.Lock()
 	if cur := r.tasks[req.ID]; cur != nil {
 		cur.env = slices.Clone(env)
@@ -84,6 +102,19 @@ func (r *Runtime) Claim(ctx context.Context, req ClaimRequest) error {
 		}
 	}
 	return nil
+}
+
+// sameLimits reports whether have (a spec's) sets exactly the CPU, memory
+// and pids limits of want (linuxResources').
+func sameLimits(have, want *specs.LinuxResources) bool {
+	if have == nil || have.CPU == nil || have.Memory == nil || have.Pids == nil {
+		return false
+	}
+	eq := func(a, b *int64) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
+	equ := func(a, b *uint64) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
+	return eq(have.CPU.Quota, want.CPU.Quota) && equ(have.CPU.Period, want.CPU.Period) &&
+		eq(have.Memory.Limit, want.Memory.Limit) && eq(have.Memory.Swap, want.Memory.Swap) &&
+		eq(have.Pids.Limit, want.Pids.Limit)
 }
 
 // linuxResources are the cgroup limits specOpts sets, for a live update.

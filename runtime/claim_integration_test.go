@@ -60,6 +60,23 @@ func TestClaim(t *testing.T) {
 			t.Fatalf("container label user = %q, want u2", in.UserID)
 		}
 	}
+	// A claim that asks for the limits the sandbox already has skips the
+	// live update; one that asks for the sandbox's first limits again must
+	// not be mistaken for that (the record holds what the claim set).
+	for _, c := range []struct {
+		res  runtime.Resources
+		want string
+	}{
+		{runtime.Resources{CPU: 0.5, MemoryBytes: 128 << 20, Pids: 64}, "134217728 64 50000"},
+		{runtime.Resources{CPU: 2, MemoryBytes: 512 << 20, Pids: 512}, "536870912 512 200000"},
+	} {
+		if err := rt.Claim(context.Background(), runtime.ClaimRequest{ID: id, UserID: "u2", Resources: c.res}); err != nil {
+			t.Fatal(err)
+		}
+		if got := cgroupLimits(t, id); got != c.want {
+			t.Fatalf("limits after a claim of %+v: %s, want %s", c.res, got, c.want)
+		}
+	}
 	if err := rt.Claim(context.Background(), runtime.ClaimRequest{ID: "sbx-0000deadbeef", Resources: runtime.Resources{CPU: 1, MemoryBytes: 64 << 20, Pids: 16}}); err == nil {
 		t.Fatal("claim of a sandbox that does not exist succeeded")
 	}

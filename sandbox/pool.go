@@ -560,6 +560,23 @@ func (m *Manager) adoptPooled(ctx context.Context, log *slog.Logger) {
 		log.Warn("recover: warm pool scan failed", "error", err)
 		return
 	}
+	var adopted []string
+	defer func() {
+		// Their exec agents too (the previous daemon's, still running, or
+		// a new one), in the background: without this a claimed adopted
+		// sandbox's first execs take the OCI runtime path (~100 ms of a
+		// TTI in one run).
+		m.bg.Go(func() {
+			for _, id := range adopted {
+				if ctx.Err() != nil {
+					return
+				}
+				if err := m.rt.WarmExecAgent(ctx, id); err != nil {
+					log.Warn("recover: pooled sandbox has no exec agent; its execs use the OCI runtime", "sandbox_id", id, "error", err)
+				}
+			}
+		})
+	}()
 	for _, r := range recs {
 		st, err := m.rt.TaskState(ctx, r.ID)
 		if err != nil {
@@ -577,6 +594,7 @@ func (m *Manager) adoptPooled(ctx context.Context, log *slog.Logger) {
 			}
 		}
 		log.Info("recover: adopted pooled sandbox", "sandbox_id", r.ID, "image", r.Config.Image)
+		adopted = append(adopted, r.ID)
 	}
 }
 

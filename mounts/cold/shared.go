@@ -53,7 +53,7 @@ import (
 // after a user (logs, s3fs instance name, credential file, systemd unit).
 // A real user of that name cannot collide with it: with a shared mount no
 // user has a daemon of their own.
-const sharedLabel = ids.UserID("all-users")
+var sharedLabel = ids.MustParseUserID("all-users")
 
 // WithSharedMount serves every user's cold storage from one FUSE daemon on
 // the bucket's users/ prefix, with a bind mount of the user's directory

@@ -96,7 +96,17 @@ func killCgroupTree(dir string, ours func(ppid int) bool) (int, error) {
 		return 0, nil
 	}
 	n := 0
+	id := filepath.Base(dir)
 	for _, pid := range pids {
+		// Only a process whose own cgroup file puts it in this sandbox's
+		// cgroups and no other's: on a hybrid host a cgroup2 cgroup.procs
+		// of a dead sandbox was once seen listing a live pooled sandbox's
+		// PID 1 (its /proc/PID/cgroup: the other sandbox in every v1
+		// hierarchy, the cgroup2 root), and the GC killed it.
+		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cgroup"))
+		if err != nil || !onlyInSandboxCgroup(string(b), id) {
+			continue
+		}
 		if syscall.Kill(pid, syscall.SIGKILL) == nil {
 			n++
 		}
@@ -116,6 +126,28 @@ func killCgroupTree(dir string, ours func(ppid int) bool) (int, error) {
 		err = nil
 	}
 	return n, err
+}
+
+// onlyInSandboxCgroup reports whether a /proc/PID/cgroup file places the
+// process in sandbox id's cgroup (/matrx/ID or below) in at least one
+// hierarchy and in no other sandbox's cgroup in any.
+func onlyInSandboxCgroup(procCgroup, id string) bool {
+	in := false
+	for _, line := range strings.Split(procCgroup, "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		rest, ok := strings.CutPrefix(parts[2], "/matrx/")
+		if !ok {
+			continue
+		}
+		if sid, _, _ := strings.Cut(rest, "/"); sid != id {
+			return false
+		}
+		in = true
+	}
+	return in
 }
 
 // parentOf is a process's parent pid (0 if it is gone).

@@ -71,3 +71,26 @@ func TestOrphanCgroupsKillsWhatContainerdForgot(t *testing.T) {
 		t.Fatalf("a kept sandbox's process was killed: %v", err)
 	}
 }
+
+// onlyInSandboxCgroup decides from a process's own cgroup file; the first
+// case is the live pooled sandbox's PID 1 a dead sandbox's cgroup2
+// cgroup.procs listed on the development VM (which the GC then killed).
+func TestOnlyInSandboxCgroup(t *testing.T) {
+	const other = "9:name=systemd:/matrx/sbx-629925229f22\n8:pids:/matrx/sbx-629925229f22\n4:memory:/matrx/sbx-629925229f22\n1:cpu:/matrx/sbx-629925229f22\n0::/\n"
+	const own = "9:name=systemd:/matrx/sbx-15d12c7d755c\n8:pids:/matrx/sbx-15d12c7d755c/exec-1\n0::/matrx/sbx-15d12c7d755c\n"
+	for _, c := range []struct {
+		content, id string
+		want        bool
+	}{
+		{other, "sbx-15d12c7d755c", false},
+		{other, "sbx-629925229f22", true},
+		{own, "sbx-15d12c7d755c", true},
+		{"8:pids:/matrx/sbx-15d12c7d755c\n4:memory:/matrx/sbx-aaaaaaaaaaaa\n", "sbx-15d12c7d755c", false},
+		{"0::/user.slice\n1:cpu:/\n", "sbx-15d12c7d755c", false},
+		{"", "sbx-15d12c7d755c", false},
+	} {
+		if got := onlyInSandboxCgroup(c.content, c.id); got != c.want {
+			t.Errorf("onlyInSandboxCgroup(%q, %s) = %v, want %v", c.content, c.id, got, c.want)
+		}
+	}
+}

@@ -80,6 +80,18 @@ func TestSharedColdMount(t *testing.T) {
 			t.Errorf("a cold mount of %s is left after its sandboxes were deleted", u.Name())
 		}
 	}
+	// With no sandbox left using it, the shared mount ends with the daemon.
+	h.Stop()
+	// (The first daemon's s3fs, left under the second's mount by the
+	// restart, exits once its mount is gone.)
+	for start := time.Now(); fuseDaemonsOf(t, stateDir) != 0; time.Sleep(50 * time.Millisecond) {
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("%d s3fs daemons left 10 s after a stop with no sandbox", fuseDaemonsOf(t, stateDir))
+		}
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), filepath.Join(stateDir, "cold", "all")+"/") {
+		t.Error("the shared cold mount is left after a stop with no sandbox")
+	}
 }
 
 // fuseDaemonsOf counts the s3fs processes serving mounts below stateDir.

@@ -248,6 +248,17 @@ func openStorage(ctx context.Context, cfg Config, ns runtime.UserNS, mx *metrics
 		closeFn()
 		return nil, err
 	}
+	{
+		// A shared cold mount no sandbox uses ends with the daemon (one that
+		// sandboxes use outlives it, like every cold mount).
+		prev := closeFn
+		closeFn = func() {
+			if err := cm.CloseIdle(context.Background()); err != nil {
+				log.Warn("storage: unmount the idle shared cold mount", "error", err)
+			}
+			prev()
+		}
+	}
 	var pool *disk.Pool
 	if n := sc.DiskPool; n >= 0 && cfg.Limits.DefaultDiskMB > 0 {
 		if n == 0 {

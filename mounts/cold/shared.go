@@ -231,6 +231,22 @@ func (m *Manager) closeShared(ctx context.Context) error {
 	return errors.Join(err, unmountStack(filepath.Join(m.allDir, "users")))
 }
 
+// CloseIdle unmounts the shared mount when no user holds a reference (a
+// daemon stopping with no sandbox that uses cold storage). Without
+// WithSharedMount, or while any user is held, it does nothing.
+func (m *Manager) CloseIdle(ctx context.Context) error {
+	if !m.shared {
+		return nil
+	}
+	m.mu.Lock()
+	idle := len(m.users) == 0 && m.all.starting == nil
+	m.mu.Unlock()
+	if !idle {
+		return nil
+	}
+	return m.closeShared(ctx)
+}
+
 // sweepShared removes a shared mount a previous daemon left when this one
 // has none (no sandbox that survived the restart needed it).
 func (m *Manager) sweepShared() error {

@@ -41,6 +41,7 @@ type agentState struct {
 	mu       sync.Mutex
 	agent    *execagent.Agent
 	starting bool
+	started  chan struct{} // closed when the start in progress ended
 	tried    time.Time
 	slow     int // execs that took the runtime path (startAgentSoon)
 }
@@ -96,7 +97,7 @@ func (r *Runtime) startAgentSoon(id string, st *sandboxTask) {
 	if s.slow < 2 || s.starting || (s.agent != nil && s.agent.Alive()) || time.Since(s.tried) < agentRetry {
 		return
 	}
-	s.starting, s.tried = true, time.Now()
+	s.beginStart()
 	go func() {
 		ctx, cancel := context.WithTimeout(r.nsCtx(context.Background()), 30*time.Second)
 		defer cancel()
@@ -120,13 +121,33 @@ func (r *Runtime) WarmExecAgent(ctx context.Context, id string) error {
 	}
 	s := &st.agent
 	s.mu.Lock()
-	if s.starting || (s.agent != nil && s.agent.Alive()) {
+	if s.agent != nil && s.agent.Alive() {
 		s.mu.Unlock()
 		return nil
 	}
-	s.starting, s.tried = true, time.Now()
+	if s.starting {
+		// Another start is under way (startAgentSoon's): its outcome is
+		// this call's.
+		done := s.started
+		s.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if r.agentFor(st) == nil {
+			return fmt.Errorf("exec agent of %s did not start", id)
+		}
+		return nil
+	}
+	s.beginStart()
 	s.mu.Unlock()
 	return r.startAgent(ctx, id, st)
+}
+
+// beginStart marks a start as under way (s.mu held).
+func (s *agentState) beginStart() {
+	s.starting, s.tried, s.started = true, time.Now(), make(chan struct{})
 }
 
 // startAgent starts (or, after a daemon restart, adopts) the agent and
@@ -139,6 +160,10 @@ func (r *Runtime) startAgent(ctx context.Context, id string, st *sandboxTask) (e
 		s.starting = false
 		if err == nil {
 			s.agent = a
+		}
+		if s.started != nil {
+			close(s.started)
+			s.started = nil
 		}
 		s.mu.Unlock()
 	}()

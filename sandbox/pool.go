@@ -73,7 +73,15 @@ type pool struct {
 	filling  map[string]string // sandbox id -> image, fills in flight
 	claiming map[string]bool   // pooled ids a claim is updating right now
 	creating int               // creates and claims in flight (refills wait for none)
+	lastEnd  time.Time         // when the last create or claim ended
+	quiet    time.Duration     // refills wait this long after one (refillQuiet)
 }
+
+// refillQuiet is how long a refill waits after a create or claim ended: a
+// new sandbox's first command usually follows its create at once, and a
+// refill (runc, a shim, mkfs: ~200 ms of CPU) started beside it slowed
+// that command on two vCPUs.
+const refillQuiet = 300 * time.Millisecond
 
 // ValidatePools checks warm pool specs (config values are validated at
 // startup, not at first use).
@@ -83,7 +91,7 @@ func ValidatePools(specs []PoolSpec) error {
 }
 
 func newPool(specs []PoolSpec) (*pool, error) {
-	p := &pool{kick: make(chan struct{}, 1), filling: map[string]string{}, claiming: map[string]bool{}}
+	p := &pool{kick: make(chan struct{}, 1), filling: map[string]string{}, claiming: map[string]bool{}, quiet: refillQuiet}
 	for _, s := range specs {
 		img, err := normalizeImage("warm pool image", s.Image)
 		if err != nil {
@@ -161,6 +169,7 @@ func (p *pool) begin() func() {
 	return func() {
 		p.mu.Lock()
 		p.creating--
+		p.lastEnd = time.Now()
 		p.mu.Unlock()
 		p.wake()
 	}
@@ -185,13 +194,27 @@ func (p *pool) unreserve(id string) {
 	p.mu.Unlock()
 }
 
+// busy reports whether a refill should wait: a create or claim is in
+// flight, or one ended less than the quiet time ago (then quietLeft says
+// how long is left).
 func (p *pool) busy() bool {
 	if p == nil {
 		return false
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.creating > 0
+	return p.creating > 0 || time.Since(p.lastEnd) < p.quiet
+}
+
+// quietLeft is how much of the quiet time after the last create or claim
+// is left (0 when none is).
+func (p *pool) quietLeft() time.Duration {
+	if p == nil {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return max(p.quiet-time.Since(p.lastEnd), 0)
 }
 
 // poolConfig is what every sandbox of a pool is made with.
@@ -372,6 +395,8 @@ func (m *Manager) RunPool(ctx context.Context) {
 		if err != nil {
 			m.log.Warn("warm pool refill failed; retrying", "error", err, "retry_in", backoff.String())
 			wait, backoff = backoff, min(backoff*2, time.Minute)
+		} else if left := m.pool.quietLeft(); left > 0 {
+			wait = left
 		}
 		select {
 		case <-ctx.Done():

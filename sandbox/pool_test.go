@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 
@@ -56,5 +57,30 @@ func TestPoolSpecsValidated(t *testing.T) {
 		if tc.ok && err != nil || !tc.ok && !errdefs.IsInvalidArgument(err) {
 			t.Errorf("%s: %v", tc.name, err)
 		}
+	}
+}
+
+// A refill waits while a create or claim runs and for the quiet time
+// after the last one ended.
+func TestPoolRefillWaitsForQuiet(t *testing.T) {
+	p, err := newPool([]PoolSpec{{Image: "localhost/img:1", Size: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.busy() || p.quietLeft() != 0 {
+		t.Fatal("a pool nothing ran on is busy")
+	}
+	p.quiet = time.Hour
+	end := p.begin()
+	if !p.busy() {
+		t.Fatal("not busy during a create")
+	}
+	end()
+	if !p.busy() || p.quietLeft() <= 59*time.Minute {
+		t.Fatalf("right after a create: busy %v, quiet left %v", p.busy(), p.quietLeft())
+	}
+	p.quiet = 0
+	if p.busy() || p.quietLeft() != 0 {
+		t.Fatal("busy with no quiet time and nothing in flight")
 	}
 }

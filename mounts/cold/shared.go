@@ -68,7 +68,7 @@ type sharedState struct {
 	starting chan struct{} // closed when a start in progress ended
 }
 
-// sharedRoot returns the shared mount's root (Dir/mnt/all/users), starting
+// sharedRoot returns the shared mount's root (Dir/all/users), starting
 // the daemon on first use. A failed start is retried by the next caller.
 func (m *Manager) sharedRoot(ctx context.Context) (string, error) {
 	mp := filepath.Join(m.allDir, "users")
@@ -112,9 +112,9 @@ func (m *Manager) startShared(ctx context.Context, mp string) (Mount, error) {
 	cache := filepath.Join(m.cache, "all")
 	for _, d := range []struct {
 		path string
-		mode uint32
+		mode os.FileMode
 	}{{mp, 0o755}, {stage, 0o700}, {cache, 0o700}} {
-		if err := ensureDir(d.path, os.FileMode(d.mode)); err != nil {
+		if err := ensureDir(d.path, d.mode); err != nil {
 			return nil, err
 		}
 	}

@@ -101,6 +101,23 @@ func (m *Manager) Exec(ctx context.Context, id string, in ExecInput) (*runtime.E
 		// to home instead of failing the call.
 		req.FallbackCwd = HotPath
 	}
+	if rec.Status == registry.StatusReady {
+		// The first exec marks the sandbox running. The registry write (an
+		// fsync) runs beside the command instead of after it: it was on
+		// every new sandbox's first answer, so on its time to first
+		// command. The call still returns only once it is stored.
+		flipped := make(chan struct{})
+		go func() {
+			defer close(flipped)
+			m.store.Update(context.WithoutCancel(ctx), id, func(r *registry.Record) error {
+				if r.Status == registry.StatusReady {
+					r.Status = registry.StatusRunning
+				}
+				return nil
+			})
+		}()
+		defer func() { <-flipped }()
+	}
 	res, err := m.rt.Exec(ctx, id, req)
 	if errdefs.IsNotFound(err) {
 		return nil, fmt.Errorf("sandbox %s is not running: %w", id, errdefs.ErrFailedPrecondition)
@@ -119,14 +136,6 @@ func (m *Manager) Exec(ctx context.Context, id string, in ExecInput) (*runtime.E
 	m.metrics.ObserveExec(res.Duration, res.TimedOut)
 	if res.TimedOut {
 		m.log.Warn("exec timed out", "sandbox_id", id, "user_id", rec.UserID, "timeout", in.Timeout)
-	}
-	if rec.Status == registry.StatusReady {
-		m.store.Update(ctx, id, func(r *registry.Record) error {
-			if r.Status == registry.StatusReady {
-				r.Status = registry.StatusRunning
-			}
-			return nil
-		})
 	}
 	return res, nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -110,3 +111,20 @@ func TestPanicBecomesJSON500(t *testing.T) {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// limitBody passes up to its limit and then fails with *http.MaxBytesError
+// (what decode maps to its "exceeds" answer), without http.MaxBytesReader's
+// connection close.
+func TestLimitBody(t *testing.T) {
+	for _, c := range []struct {
+		body  string
+		limit int64
+		ok    bool
+	}{{"12345", 5, true}, {"123456", 5, false}, {"", 0, true}, {"1", 0, false}} {
+		got, err := io.ReadAll(limitBody(io.NopCloser(strings.NewReader(c.body)), c.limit))
+		var mbe *http.MaxBytesError
+		if c.ok && (err != nil || string(got) != c.body) || !c.ok && (!errors.As(err, &mbe) || int64(len(got)) != c.limit) {
+			t.Errorf("%q with limit %d: %q, %v", c.body, c.limit, got, err)
+		}
+	}
+}

@@ -391,7 +391,7 @@ func (s *Server) sandboxHandler(h *SandboxAPI) http.Handler {
 				s.fail(w, r, fmt.Errorf("sandbox %s may only speak about itself: %w", caller, errdefs.ErrPermissionDenied))
 				return
 			}
-			r.Body = http.MaxBytesReader(w, r.Body, sandboxMaxBody)
+			r.Body = limitBody(r.Body, sandboxMaxBody)
 			next(w, r)
 		})
 	}

@@ -391,10 +391,44 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	writeJSON(w, code, apitype.ErrorResponse{Detail: detail})
 }
 
+// bodyLimit is http.MaxBytesReader without its connection close: past the
+// limit it fails with *http.MaxBytesError, but net/http still reads away
+// (up to 256 KiB) what the client goes on sending before it answers, so a
+// client that writes a too-large body gets its 400 instead of a reset
+// (TestCallHome's "bad input" saw "Connection reset by peer" once).
+type bodyLimit struct {
+	r           io.ReadCloser
+	left, limit int64
+	err         error
+}
+
+func limitBody(r io.ReadCloser, limit int64) io.ReadCloser {
+	return &bodyLimit{r: r, left: limit, limit: limit}
+}
+
+func (b *bodyLimit) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	if int64(len(p)) > b.left+1 {
+		p = p[:b.left+1]
+	}
+	n, err := b.r.Read(p)
+	if int64(n) <= b.left {
+		b.left -= int64(n)
+		return n, err
+	}
+	n, b.left = int(b.left), 0
+	b.err = &http.MaxBytesError{Limit: b.limit}
+	return n, b.err
+}
+
+func (b *bodyLimit) Close() error { return b.r.Close() }
+
 // decode reads a size-limited JSON body into v, rejecting unknown fields and
 // trailing data. An empty body decodes as {} when allowEmpty is set.
 func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any, allowEmpty bool) error {
-	body := http.MaxBytesReader(w, r.Body, s.maxBody)
+	body := limitBody(r.Body, s.maxBody)
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

@@ -390,15 +390,7 @@ func unmountUnder(dir string) {
 // would fight over the same address and port. It blocks until the lock is
 // free and returns the function that releases it.
 func LockHostNetwork() (func(), error) {
-	f, err := os.OpenFile(filepath.Join(os.TempDir(), "matrx-test-hostnet.lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+	return lockFile(filepath.Join(os.TempDir(), "matrx-test-hostnet.lock"))
 }
 
 // subnetClaims holds one file per /24 that a running test process uses for

@@ -102,12 +102,22 @@ type watcher struct {
 	mu        sync.Mutex
 	oom       map[string]time.Time // last OOM event per sandbox
 	connected bool
+	connAt    time.Time      // when the call behind the last recorded reachability began
 	wg        sync.WaitGroup // the poll loop and exit classifications
 }
 
-// setConn records containerd's reachability and reports changes.
-func (w *watcher) setConn(err error) {
+// setConn records containerd's reachability, as learnt by a call that
+// began at began, and reports changes. The poll loop and the event stream
+// both observe it, so an observation older than the one recorded is
+// dropped: a poll that began while containerd was away must not undo the
+// reconnection the stream reported while that poll was still waiting.
+func (w *watcher) setConn(err error, began time.Time) {
 	w.mu.Lock()
+	if began.Before(w.connAt) {
+		w.mu.Unlock()
+		return
+	}
+	w.connAt = began
 	changed := (err == nil) != w.connected
 	w.connected = err == nil
 	w.mu.Unlock()
@@ -130,12 +140,13 @@ func (w *watcher) streamLoop(ctx context.Context) {
 		evs, errs := w.r.client.Subscribe(sctx, filters...)
 		// The subscription is live once containerd answers a call made
 		// after it (Subscribe itself returns before the stream exists).
+		began := time.Now()
 		vctx, vcancel := context.WithTimeout(ctx, 2*time.Second)
 		_, err := w.r.client.Version(vctx)
 		vcancel()
 		if err != nil {
 			cancel()
-			w.setConn(unavailable(err))
+			w.setConn(unavailable(err), began)
 			if !sleepCtx(ctx, backoff) {
 				return
 			}
@@ -146,7 +157,7 @@ func (w *watcher) streamLoop(ctx context.Context) {
 		// Events were not delivered while the stream was down: look at
 		// every task now, then say containerd is back.
 		w.poll(ctx)
-		w.setConn(nil)
+		w.setConn(nil, began)
 	recv:
 		for {
 			select {
@@ -161,7 +172,7 @@ func (w *watcher) streamLoop(ctx context.Context) {
 			case err := <-errs:
 				if err != nil && ctx.Err() == nil {
 					w.r.log.Warn("containerd event stream broke; reconnecting", "error", err)
-					w.setConn(unavailable(err))
+					w.setConn(unavailable(err), time.Now())
 				}
 				break recv
 			}
@@ -273,7 +284,8 @@ func (w *watcher) pollLoop(ctx context.Context) {
 			// A poll that answers also ends an outage: the stream is
 			// resubscribed on its own backoff, and the poll covers the
 			// events it misses meanwhile.
-			w.setConn(w.poll(ctx))
+			began := time.Now()
+			w.setConn(w.poll(ctx), began)
 		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/matrx-dev/matrx/errclass"
 	"github.com/matrx-dev/matrx/fault"
@@ -152,6 +153,10 @@ const (
 	removingFile = "removing" // RemoveHot has begun: nothing may sync or mount here again
 	imageFile    = "home.img"
 )
+
+// removedPrefix names a hot dir removeHot moved aside to delete it (no
+// sandbox id starts with a dot).
+const removedPrefix = ".removed-"
 
 // EnsureUser makes sure users/<user>/hot/ and cold/ exist in the bucket.
 func (s *Storage) EnsureUser(ctx context.Context, userID ids.UserID) error {
@@ -299,15 +304,27 @@ func (s *Storage) syncer(sandboxID string, userID ids.UserID) (*hotsync.Syncer, 
 		return nil, fmt.Errorf("hot dir of %s has no user to sync for: %w", sandboxID, errdefs.ErrFailedPrecondition)
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if sy, ok := s.syncers[sandboxID]; ok {
+	sy, ok := s.syncers[sandboxID]
+	s.mu.Unlock()
+	if ok {
 		return sy, nil
 	}
 	d, err := s.sandboxDir(sandboxID)
 	if err != nil {
 		return nil, err
 	}
+	unlock, err := lockDir(d)
+	if err != nil {
+		return nil, fmt.Errorf("hot dir of %s: %v: %w", sandboxID, err, errdefs.ErrNotFound)
+	}
+	defer unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sy, ok := s.syncers[sandboxID]; ok {
+		return sy, nil
+	}
 	if _, err := os.Lstat(d); err != nil {
+		// Removed while this waited for the lock.
 		return nil, fmt.Errorf("hot dir of %s: %w", sandboxID, errdefs.ErrNotFound)
 	}
 	if fileExists(filepath.Join(d, removingFile)) {
@@ -348,7 +365,7 @@ func (s *Storage) syncer(sandboxID string, userID ids.UserID) (*hotsync.Syncer, 
 	if s.retention > 0 {
 		cfg.TrashPrefix = userID.KeyPrefix("trash")
 	}
-	sy, err := hotsync.New(cfg)
+	sy, err = hotsync.New(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -413,6 +430,17 @@ func (s *Storage) removeHot(sandboxID string) error {
 	if err != nil {
 		return err
 	}
+	// Under the dir's lock, so that no syncer() (of this Storage or
+	// another on the same state dir) checks for the tombstone before it is
+	// written and then mounts the image back while it is being removed.
+	unlock, err := lockDir(d)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // already gone
+	}
+	if err != nil {
+		return fmt.Errorf("lock hot dir of %s: %w", sandboxID, err)
+	}
+	defer unlock()
 	// First the tombstone: from here on no syncer is made for this dir
 	// and its image is never mounted again, by this process or the next.
 	s.mu.Lock()
@@ -433,10 +461,52 @@ func (s *Storage) removeHot(sandboxID string) error {
 	if disk.IsMounted(home) {
 		return fmt.Errorf("hot home of %s is still mounted: %w", sandboxID, errdefs.ErrFailedPrecondition)
 	}
-	if err := os.RemoveAll(d); err != nil {
-		return fmt.Errorf("remove hot dir of %s: %w", sandboxID, err)
+	// Out of the way in one step, then removed: a RemoveAll of d itself
+	// that is cut short (a crash, or a file another writer adds) could
+	// have deleted the tombstone or the owner record and left a dir no
+	// retry finishes. What a cut-short removal leaves is removedPrefix
+	// trash, which Pending sweeps.
+	trash := filepath.Join(s.dir, removedPrefix+sandboxID+"-"+rand.Text()[:8])
+	if err := os.Rename(d, trash); err != nil {
+		return fmt.Errorf("move hot dir of %s out of the way: %w", sandboxID, err)
+	}
+	if err := os.RemoveAll(trash); err != nil {
+		s.log.Warn("removed hot dir not deleted; the next start sweeps it", "sandbox_id", sandboxID, "dir", trash, "error", err)
 	}
 	return nil
+}
+
+// sweepRemoved deletes what cut-short removals left (removeHot's trash).
+// Nothing can be mounted there (removeHot checked before the rename, and
+// only a sandbox's own dir is ever mounted), but a mount would make
+// RemoveAll walk into it, so each home is unmounted first all the same.
+func (s *Storage) sweepRemoved(name string) {
+	trash := filepath.Join(s.dir, name)
+	if home := filepath.Join(trash, "home"); disk.IsMounted(home) {
+		if err := disk.Unmount(home); err != nil || disk.IsMounted(home) {
+			s.log.Warn("removed hot dir still has a mount; leaving it", "dir", trash, "error", err)
+			return
+		}
+	}
+	if err := os.RemoveAll(trash); err != nil {
+		s.log.Warn("removed hot dir not deleted", "dir", trash, "error", err)
+	}
+}
+
+// lockDir takes an exclusive flock(2) on a sandbox's hot dir, released by
+// the returned func. It orders syncer()'s "no tombstone, so mount the image
+// if it is not" against removeHot's "tombstone, unmount, remove"; lock
+// order: the dir's lock, then s.mu.
+func lockDir(d string) (func(), error) {
+	f, err := os.Open(d)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { f.Close() }, nil
 }
 
 func fileExists(p string) bool {
@@ -462,7 +532,8 @@ type PendingHot struct {
 	UserID    ids.UserID
 }
 
-// Pending lists the hot directories on the host, oldest first by name.
+// Pending lists the hot directories on the host, oldest first by name,
+// and deletes what cut-short removals left (removedPrefix).
 func (s *Storage) Pending() ([]PendingHot, error) {
 	ents, err := os.ReadDir(s.dir)
 	if err != nil {
@@ -471,6 +542,10 @@ func (s *Storage) Pending() ([]PendingHot, error) {
 	var out []PendingHot
 	for _, e := range ents {
 		if !e.IsDir() {
+			continue
+		}
+		if strings.HasPrefix(e.Name(), removedPrefix) {
+			s.sweepRemoved(e.Name())
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join(s.dir, e.Name(), ownerFile))

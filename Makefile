@@ -7,6 +7,10 @@ SHELL := /bin/bash
 GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/matrx-dev/matrx/version.Version=$(VERSION)
+# matrx-init's idle PID 1 runs without the Go runtime on amd64: its entry
+# point is initproc.EntrySymbol (runtime/initproc/pid1_linux_amd64.s).
+# Deferred (=): on a fresh machine Go is installed after this is parsed.
+INIT_LDFLAGS = $(if $(filter amd64,$(shell $(GO) env GOARCH)),-E matrx_pid1_entry)
 BIN := build/bin
 IMAGES := build/images
 
@@ -23,7 +27,7 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/matrxd ./cmd/matrxd
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/matrx ./cmd/matrx
-	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/matrx-init ./cmd/matrx-init
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS) $(INIT_LDFLAGS)' -o $(BIN)/matrx-init ./cmd/matrx-init
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/matrx-relay ./cmd/matrx-relay
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/matrx-vk ./cmd/matrx-vk
 

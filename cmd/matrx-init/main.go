@@ -3,7 +3,9 @@
 //
 //   - without arguments it is PID 1 (package runtime/initproc): it reaps
 //     orphaned processes and exits on SIGTERM/SIGINT, which takes the
-//     sandbox's PID namespace (and every process in it) down with it;
+//     sandbox's PID namespace (and every process in it) down with it (on
+//     linux/amd64 the waiting runs without the Go runtime and re-executes
+//     with `pid1-stopping` to stop: initproc's "Idle PID 1");
 //   - `fs` is the files helper (package runtime/fshelper), which matrxd
 //     execs inside the sandbox for each file operation of the API;
 //   - `sftp` is the SFTP server of the SSH gateway's sftp subsystem
@@ -45,6 +47,8 @@ func main() {
 		os.Exit(sftpserver.Main(os.Args[2:]))
 	case "exec-agent":
 		os.Exit(execagent.Main(os.Args[2:]))
+	case initproc.StoppingArg:
+		initproc.Stopping()
 	default:
 		fmt.Fprintf(os.Stderr, "matrx-init: unknown subcommand %q (none: PID 1; fs: the files helper; sftp: the SFTP server; exec-agent: the exec agent)\n", os.Args[1])
 		os.Exit(2)

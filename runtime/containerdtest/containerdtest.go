@@ -29,6 +29,7 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/matrx-dev/matrx/runtime/initproc"
 	"github.com/matrx-dev/matrx/testenv"
 	"golang.org/x/sys/unix"
 )
@@ -286,11 +287,16 @@ func BuildStatic(t testing.TB, dir, name string) string {
 	return out
 }
 
-// BuildInit compiles cmd/matrx-init statically into dir.
+// BuildInit compiles cmd/matrx-init statically into dir, as the Makefile
+// does: on amd64 with the idle PID 1's entry point (initproc.EntrySymbol).
 func BuildInit(t testing.TB, dir string) string {
 	t.Helper()
 	out := filepath.Join(dir, "matrx-init")
-	cmd := exec.Command("go", "build", "-o", out, "./cmd/matrx-init")
+	args := []string{"build", "-o", out}
+	if runtime.GOARCH == "amd64" {
+		args = append(args, "-ldflags=-E="+initproc.EntrySymbol)
+	}
+	cmd := exec.Command("go", append(args, "./cmd/matrx-init")...)
 	cmd.Dir = RepoRoot()
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {

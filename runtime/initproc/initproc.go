@@ -47,15 +47,18 @@ const StoppingArg = "pid1-stopping"
 
 // Stopping is PID 1 after SIGTERM or SIGINT reached the idle PID 1: it
 // reaps and exits once it is the last process of its namespace. Further
-// stop signals change nothing (the runtime's SIGKILL ends the wait).
+// stop signals change nothing (the runtime's SIGKILL ends the wait). The
+// runtime signalled every process at once, and most exit within
+// milliseconds, so it looks again after 1 ms, doubling to 50 ms: a
+// graceful stop ends about when the last process does.
 func Stopping() {
 	signal.Ignore(syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	for {
+	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
 		reap()
 		if alone() {
 			os.Exit(0)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(delay)
 	}
 }
 

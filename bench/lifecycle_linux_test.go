@@ -206,6 +206,17 @@ func BenchmarkLifecycle(b *testing.B) {
 		bareRound(fmt.Sprintf("hard-%d", i), hardened, &hCreate, &hExec, &hDestroy)
 	}
 	b.StopTimer()
+	if os.Getenv("MATRX_BENCH_PHASES") != "" {
+		// Where a destroy goes (runtime's "sandbox torn down", sandbox's
+		// "sandbox stopped"), for the default daemon.
+		for name, d := range map[string]*daemontest.Harness{"exec agent": h, "runc path": hr} {
+			for _, l := range strings.Split(d.Logs(), "\n") {
+				if strings.Contains(l, `"sandbox torn down"`) || strings.Contains(l, `"sandbox stopped"`) {
+					fmt.Println(name+":", l)
+				}
+			}
+		}
+	}
 	fmt.Printf("\nmatrxd vs bare containerd (%d sandboxes, %d execs; minimal image; ms)\n", len(mCreate), len(mExec))
 	fmt.Println("matrx: through the API, with user namespace, network, disk quota and storage sync (runc, execs through the exec agent;")
 	fmt.Println("  \"runc path\" rows: matrxd --exec-agent=false; \"crun\" rows: matrxd --oci-runtime crun --exec-agent=false);")

@@ -92,9 +92,11 @@
 // State on disk (under Config.StateDir): cni/<network>.conflist (written by
 // New and loaded from there), ipam/<network>/ (host-local leases), netns/<id>
 // (bind-mounted namespaces; the directory is a shared mount so that unmounts
-// propagate), sandboxes/<id>/{resolv.conf,hosts}. libcni keeps its result
+// propagate), sandboxes/<id>/{resolv.conf,hosts,rules,veth}. libcni keeps its result
 // cache in /var/lib/cni/results (go-cni offers no way to move it); Teardown
-// and GC remove this network's entries there too.
+// and GC remove this network's entries there too. Teardown detaches a
+// sandbox whose host veth is recorded (veth) without the plugins, through
+// netlink (detach_linux.go), and takes CNI DEL otherwise.
 //
 // New enables net.ipv4.ip_forward (and logs it) because egress is routed
 // through the host; it never turns it off again. Changing the bridge subnet

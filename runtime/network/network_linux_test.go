@@ -17,6 +17,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	gocni "github.com/containerd/go-cni"
 	"io"
 	"log/slog"
 	"net"
@@ -25,6 +26,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1205,4 +1207,92 @@ func TestGatewayPort(t *testing.T) {
 	if got, ok := m.SandboxAt(a.IPv4); ok {
 		t.Errorf("SandboxAt names %q after teardown", got)
 	}
+}
+
+// TestTeardownDirect: a sandbox attached by this version is detached
+// without the CNI plugins (its recorded host veth deleted through
+// netlink), which removes the pair even while something still holds its
+// namespace; a missing or stale record takes CNI DEL, and a record whose
+// index does not match never deletes the link it names.
+func TestTeardownDirect(t *testing.T) {
+	e := newEnv(t, true)
+	m := e.manager(t, Config{})
+	veth := func(id string) (string, string) {
+		t.Helper()
+		b, err := os.ReadFile(m.vethPath(id))
+		if err != nil {
+			t.Fatalf("veth record of %s: %v", id, err)
+		}
+		name, idx, _ := strings.Cut(strings.TrimSpace(string(b)), " ")
+		return name, idx
+	}
+	port := func(name string) bool { return slices.Contains(bridgePorts(e.bridge), name) }
+
+	att := setup(t, m, "sbx-direct", Policy{})
+	name, idx := veth("sbx-direct")
+	if got, _ := os.ReadFile(filepath.Join("/sys/class/net", name, "ifindex")); strings.TrimSpace(string(got)) != idx || !port(name) {
+		t.Fatalf("record %s %s does not name a port of %s (ifindex %q)", name, idx, e.bridge, got)
+	}
+	// Something still holds the namespace (a process stuck in the kernel,
+	// say): the pair must go all the same.
+	hold, err := os.Open(att.NetNSPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Close()
+	// And the plugins are out of reach, so only the direct delete can
+	// remove it.
+	withPlugins := m.platform.cni
+	noPlugins, err := gocni.New(gocni.WithMinNetworkCount(1), gocni.WithPluginDir([]string{t.TempDir()}), gocni.WithInterfacePrefix("eth"))
+	if err == nil {
+		err = noPlugins.Load(gocni.WithConfListFile(m.confPath))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.platform.cni = noPlugins
+	err = m.Teardown(context.Background(), "sbx-direct")
+	m.platform.cni = withPlugins
+	if err != nil {
+		t.Fatal(err)
+	}
+	if port(name) {
+		t.Fatalf("host veth %s still on the bridge after a direct detach", name)
+	}
+
+	// No record (attached by an older version): CNI DEL.
+	setup(t, m, "sbx-legacy", Policy{})
+	legacy, _ := veth("sbx-legacy")
+	if err := os.Remove(m.vethPath("sbx-legacy")); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Teardown(context.Background(), "sbx-legacy"); err != nil {
+		t.Fatal(err)
+	}
+	if port(legacy) {
+		t.Fatalf("host veth %s of a sandbox without a record left", legacy)
+	}
+
+	// A record naming a neighbour's veth with another index deletes
+	// nothing of the neighbour's.
+	setup(t, m, "sbx-stale", Policy{})
+	setup(t, m, "sbx-other", Policy{})
+	other, otherIdx := veth("sbx-other")
+	n, _ := strconv.Atoi(otherIdx)
+	if err := os.WriteFile(m.vethPath("sbx-stale"), []byte(fmt.Sprintf("%s %d\n", other, n+1000)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Teardown(context.Background(), "sbx-stale"); err != nil {
+		t.Fatal(err)
+	}
+	if !port(other) {
+		t.Fatalf("a stale record took the neighbour's veth %s", other)
+	}
+	if got := bridgePorts(e.bridge); len(got) != 1 {
+		t.Fatalf("bridge ports after the stale sandbox's teardown: %v, want only %s", got, other)
+	}
+	if err := m.Teardown(context.Background(), "sbx-other"); err != nil {
+		t.Fatal(err)
+	}
+	e.assertClean(t, m)
 }

@@ -149,6 +149,9 @@ func (m *Manager) setup(ctx context.Context, id string, p Policy, nsSrc string) 
 		if err := m.isolatePort(hostVeth); err != nil {
 			return nil, err
 		}
+		if err := m.recordVeth(id, hostVeth); err != nil {
+			return nil, err
+		}
 		if err := waitGuard(); err != nil {
 			return nil, err
 		}

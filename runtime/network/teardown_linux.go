@@ -47,8 +47,10 @@ func (m *Manager) Teardown(ctx context.Context, id string) error {
 	if err := m.removeSandboxRules(ctx, id); err != nil {
 		errs = append(errs, err)
 	}
-	if err := m.detach(ctx, id, nsPath); err != nil {
-		log.Warn("CNI delete failed; removing its leftovers directly", "error", err)
+	if !m.detachDirect(id) {
+		if err := m.detach(ctx, id, nsPath); err != nil {
+			log.Warn("CNI delete failed; removing its leftovers directly", "error", err)
+		}
 	}
 	if !recorded { // made by an earlier matrxd, or never fully set up
 		if err := m.sweepNAT(ctx, id); err != nil {

@@ -247,10 +247,9 @@ func waitInitExeced(ctx context.Context, pid int, initPath string) error {
 	if err != nil {
 		return fmt.Errorf("stat init binary: %w", err)
 	}
-	exe := fmt.Sprintf("/proc/%d/exe", pid)
 	deadline := time.Now().Add(10 * time.Second)
 	for delay := 100 * time.Microsecond; ; delay = min(2*delay, 10*time.Millisecond) {
-		if got, err := os.Stat(exe); err == nil && os.SameFile(got, want) {
+		if ok, err := runsFile(pid, want); ok {
 			return nil
 		} else if errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("sandbox init (pid %d) exited at start: %w", pid, errdefs.ErrUnavailable)
@@ -264,6 +263,14 @@ func waitInitExeced(ctx context.Context, pid int, initPath string) error {
 		case <-time.After(delay):
 		}
 	}
+}
+
+// runsFile reports whether process pid executes the file want (its
+// /proc/PID/exe is that file); the error is the stat's (ErrNotExist: no
+// such process).
+func runsFile(pid int, want os.FileInfo) (bool, error) {
+	got, err := os.Stat(fmt.Sprintf("/proc/%d/exe", pid))
+	return err == nil && os.SameFile(got, want), err
 }
 
 // setPipeSize raises a FIFO's buffer to 1 MiB (the unprivileged maximum).

@@ -1,7 +1,6 @@
 package runtime
 
 import (
-	"fmt"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -29,9 +28,12 @@ func openInit(pid uint32, initPath string) *initHandle {
 	if err != nil {
 		return nil
 	}
-	want, err1 := os.Stat(initPath)
-	got, err2 := os.Stat(fmt.Sprintf("/proc/%d/exe", pid))
-	if err1 != nil || err2 != nil || !os.SameFile(want, got) {
+	want, err := os.Stat(initPath)
+	if err != nil {
+		unix.Close(fd)
+		return nil
+	}
+	if ok, _ := runsFile(int(pid), want); !ok {
 		unix.Close(fd)
 		return nil
 	}

@@ -66,7 +66,7 @@ func (m *Manager) detachDirect(id string) bool {
 	if err != nil || strings.TrimSpace(string(got)) != strconv.Itoa(index) {
 		return false
 	}
-	if master, err := os.Readlink(filepath.Join(dir, "master")); err != nil || filepath.Base(master) != m.bridge {
+	if !m.isPort(name) {
 		return false
 	}
 	if err := deleteLink(index); err != nil {

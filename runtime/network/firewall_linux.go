@@ -62,14 +62,20 @@ func (m *Manager) installFirewall(ctx context.Context) error {
 // sandboxes are separated at layer 2 whether or not br_netfilter passes
 // bridged traffic to iptables.
 func (m *Manager) isolatePort(veth string) error {
-	master, err := os.Readlink(filepath.Join("/sys/class/net", veth, "master"))
-	if err != nil || filepath.Base(master) != m.bridge {
+	if !m.isPort(veth) {
 		return fmt.Errorf("host veth %s is not a port of bridge %s: %w", veth, m.bridge, errdefs.ErrUnavailable)
 	}
 	if err := os.WriteFile(filepath.Join("/sys/class/net", veth, "brport", "isolated"), []byte("1"), 0o644); err != nil {
 		return fmt.Errorf("isolate bridge port %s: %v: %w", veth, err, errdefs.ErrUnavailable)
 	}
 	return nil
+}
+
+// isPort reports whether the host interface veth is a port of this
+// manager's bridge.
+func (m *Manager) isPort(veth string) bool {
+	master, err := os.Readlink(filepath.Join("/sys/class/net", veth, "master"))
+	return err == nil && filepath.Base(master) == m.bridge
 }
 
 // installSourceGuard drops, inside the sandbox's namespace, every packet

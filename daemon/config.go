@@ -68,6 +68,11 @@ type Config struct {
 	// sandbox's exec agent (package runtime/execagent): for comparing the
 	// two, or as a way out should the agent misbehave.
 	NoExecAgent bool
+	// KeepCgroupLocking leaves the host's cgroup2 mount as it is instead
+	// of turning on favordynmods at startup (runtime.FavorCgroupDynMods
+	// says what that buys and costs: a sandbox's first exec waited 4-14 ms
+	// for an RCU grace period without it).
+	KeepCgroupLocking bool
 
 	// MetricsAddress, when set, is a loopback HOST:PORT where a second
 	// listener serves only GET /metrics, for a scraper that cannot use the
@@ -114,6 +119,7 @@ func flags() []cli.Flag {
 		&cli.StringFlag{Name: "socket-group", Value: hostconfig.SocketGroup, EnvVars: []string{"MATRX_SOCKET_GROUP"}, Usage: "group allowed to use the socket (name or gid); falls back to root's group if the named group does not exist"},
 		&cli.StringFlag{Name: "containerd-address", Value: hostconfig.ContainerdAddress, EnvVars: []string{"MATRX_CONTAINERD_ADDRESS"}},
 		&cli.BoolFlag{Name: "exec-agent", Value: true, EnvVars: []string{"MATRX_EXEC_AGENT"}, Usage: "start the agent user's execs through an exec agent inside each sandbox instead of the OCI runtime (faster; same privileges, see docs/security.md); --exec-agent=false uses the OCI runtime for every exec"},
+		&cli.BoolFlag{Name: "cgroup-favordynmods", Value: true, EnvVars: []string{"MATRX_CGROUP_FAVORDYNMODS"}, Usage: "turn on the favordynmods option of the host's cgroup2 mount at startup (moving a process into a cgroup, as every create and exec does, then no longer waits for an RCU grace period; forks and exits host-wide take a slightly slower lock path); --cgroup-favordynmods=false leaves the mount alone"},
 		&cli.StringFlag{Name: "oci-runtime", Value: runtime.OCIRuntimeRunc, EnvVars: []string{"MATRX_OCI_RUNTIME"}, Usage: "OCI runtime the containerd runc shim runs sandboxes with: runc or crun (must be installed); existing sandboxes keep the one they were created with"},
 		&cli.StringFlag{Name: "containerd-namespace", Value: hostconfig.ContainerdNamespace, EnvVars: []string{"MATRX_CONTAINERD_NAMESPACE"}},
 		&cli.StringFlag{Name: "state-dir", Value: hostconfig.StateDir, EnvVars: []string{"MATRX_STATE_DIR"}},
@@ -228,6 +234,7 @@ func configFrom(c *cli.Context) (Config, error) {
 	}
 	cfg.OCIRuntime = c.String("oci-runtime")
 	cfg.NoExecAgent = !c.Bool("exec-agent")
+	cfg.KeepCgroupLocking = !c.Bool("cgroup-favordynmods")
 	cfg.Pools[0].Image = cfg.Limits.DefaultImage
 	for _, v := range c.StringSlice("warm-pool-image") {
 		p, err := parsePoolFlag(v)

@@ -112,6 +112,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (err error) {
 			log.Warn("made directory traversable (o+x) for user-namespaced sandboxes", "dir", d)
 		}
 	}
+	if !cfg.KeepCgroupLocking {
+		favorCgroupDynMods(log)
+	}
 	netMgr, err := openNetwork(ctx, cfg, log)
 	if err != nil {
 		return err

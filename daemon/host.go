@@ -9,7 +9,23 @@ import (
 	"strconv"
 
 	"github.com/matrx-dev/matrx/api"
+	"github.com/matrx-dev/matrx/runtime"
 )
+
+// favorCgroupDynMods turns on the host cgroup2 mount's favordynmods (see
+// runtime.FavorCgroupDynMods). Its failure costs latency, not function:
+// it is logged and startup goes on.
+func favorCgroupDynMods(log *slog.Logger) {
+	point, changed, err := runtime.FavorCgroupDynMods()
+	switch {
+	case err != nil:
+		log.Warn("cgroup favordynmods not set: a sandbox's first exec may wait for an RCU grace period (4-14 ms)", "error", err)
+	case changed:
+		log.Info("cgroup favordynmods on: moving processes into cgroups no longer waits for an RCU grace period", "mount", point)
+	default:
+		log.Debug("cgroup favordynmods already on", "mount", point)
+	}
+}
 
 // hostCapacity is what this host offers sandboxes, read once at startup:
 // the CPUs this process may run on and the memory in /proc/meminfo. Both

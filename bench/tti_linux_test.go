@@ -215,12 +215,19 @@ func BenchmarkTTI(b *testing.B) {
 				fmt.Println(l)
 			}
 		}
+	}
+	full()
+	sharedBurst, sharedBurstTook := burst(benchN(50), "sh")
+	if os.Getenv("MATRX_BENCH_PHASES") != "" {
+		for _, l := range strings.Split(h.Logs(), "\n") {
+			if strings.Contains(l, `"sandbox ready"`) && strings.Contains(l, `"burst-sh-`) {
+				fmt.Println(l)
+			}
+		}
 		if p := os.Getenv("MATRX_BENCH_LOG"); p != "" {
 			os.WriteFile(p, []byte(h.Logs()), 0o600)
 		}
 	}
-	full()
-	sharedBurst, sharedBurstTook := burst(benchN(50), "sh")
 	h.Config.Storage.ColdShared = false
 
 	// The same, with crun as the OCI runtime (its exec skips runc's

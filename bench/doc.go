@@ -53,4 +53,23 @@
 // the shim's cost is its per-create work (runc, I/O, events), not its
 // start. The disk pool's mkfs only moves: refilling during a burst costs
 // what formatting in line does.
+//
+// # Where a burst of pooled claims goes
+//
+// BenchmarkTTI's burst of 50 with a pool of 50 and --cold-shared (2026-12-02,
+// p50 519–547 ms against a target of 300): the 50 claims and their first
+// `node -v` cost ≈1.06 s of CPU over 450–700 ms of wall time on two CPUs,
+// so this burst is CPU-bound too. Per process (Go CPU profile of the
+// in-process daemon, /proc accounting for the rest): matrxd 580 ms (≈11 ms
+// a claim: syscalls 58 %, the AWS SDK's middleware stack for the user's
+// prefix checks, JSON, container filter matching, mountinfo scanning),
+// the S3 server 240 ms, iptables-restore and the other children 70 ms,
+// s3fs 60 ms, containerd 40 ms. The claim's phases (p50 of the "sandbox
+// ready" lines, MATRX_BENCH_PHASES=1): ensure the user 88 ms, bind the
+// cold directory 212, apply the claim 271 (the live cgroup update when the
+// limits change, the network policy through iptables-restore), download
+// the hot files 64: all of them waiting for CPU, none for a lock. The
+// next cuts are per-claim CPU in matrxd (one user-prefix round trip
+// instead of several, no mountinfo scan per bind) and the policy's
+// iptables-restore (one process per claim).
 package bench

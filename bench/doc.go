@@ -68,8 +68,19 @@
 // ready" lines, MATRX_BENCH_PHASES=1): ensure the user 88 ms, bind the
 // cold directory 212, apply the claim 271 (the live cgroup update when the
 // limits change, the network policy through iptables-restore), download
-// the hot files 64: all of them waiting for CPU, none for a lock. The
-// next cuts are per-claim CPU in matrxd (one user-prefix round trip
-// instead of several, no mountinfo scan per bind) and the policy's
-// iptables-restore (one process per claim).
+// the hot files 64: all of them waiting for CPU, except the network
+// policy, whose iptables-restore runs queued one per claim.
+//
+// Cut since (on a slower VM; its shared burst went 1075 → 855 ms, median
+// of 7 rounds each): a claim checked its cold slot and its user's mount
+// against a fresh parse of /proc/self/mountinfo, which with 50 pooled
+// sandboxes was 32 % of matrxd's CPU in the burst (150 of 470 ms); the
+// check is now one openat2 lookup (mounts/cold mountedAt), and a new
+// user's FUSE wait reads the table only once something is on its stage.
+// Policy changes waiting at once share one iptables-restore transaction
+// (runtime/network/batch.go: 13 changes in 2 runs in TestPoliciesAtOnce),
+// and the runtime's claim runs beside the user's storage steps. What is
+// left is mostly the cold bind (200–430 ms in a burst: two mkdirs and two
+// lookups through s3fs for a new user, each a few S3 requests to a server
+// that shares the two CPUs) and the first `node -v` of 50 sandboxes.
 package bench

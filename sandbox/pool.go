@@ -31,7 +31,12 @@ import (
 // into the sandbox's disk, the user's cold storage is bound into the slot
 // (propagating into the running sandbox, see package cold), the limits are
 // lowered on the live cgroup, the environment is set for every exec, the
-// network policy replaces the closed one, and the TTL starts. The pool
+// network policy replaces the closed one, and the TTL starts. The
+// runtime's part (limits, environment, policy) touches none of the user's
+// storage and runs beside the storage steps (ensuring the user's prefixes,
+// then the hot files and the cold bind side by side): nothing of the user
+// runs in the sandbox before the claim is ready, and a claim that fails at
+// any step is destroyed whole. The pool
 // refills behind it, one sandbox at a time and only while no create is in
 // flight (low priority: a refill never competes with a request).
 //
@@ -307,6 +312,30 @@ func (m *Manager) claimPooled(ctx context.Context, userID ids.UserID, cfg regist
 	return out, true, err
 }
 
+// startClaim has the runtime make a pooled sandbox rec's in the background
+// (runtime.Runtime.Claim); wait returns how long that took and its error,
+// and may be called more than once.
+func (m *Manager) startClaim(ctx context.Context, rec *registry.Record, cfg registry.Config) (wait func() (time.Duration, error)) {
+	policy, _ := networkPolicy(cfg.Network) // validated by resolve
+	ip, _ := netip.ParseAddr(rec.IPAddress)
+	req := runtime.ClaimRequest{
+		ID: rec.ID, UserID: rec.UserID.String(), Env: m.sandboxEnv(rec),
+		Resources: runtime.Resources{CPU: cfg.CPU, MemoryBytes: cfg.MemoryMB << 20, Pids: cfg.Pids},
+		Network:   policy, IPv4: ip,
+	}
+	type result struct {
+		took time.Duration
+		err  error
+	}
+	done := make(chan result, 1)
+	go func(t0 time.Time) {
+		err := m.rt.Claim(ctx, req)
+		done <- result{time.Since(t0), err}
+	}(time.Now())
+	get := sync.OnceValue(func() result { return <-done })
+	return func() (time.Duration, error) { r := get(); return r.took, r.err }
+}
+
 // finishClaim makes a claimed pooled sandbox its user's (see the pool's
 // comment for the order and why).
 func (m *Manager) finishClaim(ctx context.Context, rec *registry.Record, start time.Time) (_ *registry.Record, err error) {
@@ -328,37 +357,32 @@ func (m *Manager) finishClaim(ctx context.Context, rec *registry.Record, start t
 		}
 	}()
 	phase := map[string]time.Duration{}
-	mark := func(name string, since time.Time) { phase[name] = time.Since(since) }
+	if err := m.storage.ClaimHot(rec.ID, userID); err != nil {
+		return nil, err
+	}
+	if _, err := m.setStatus(ctx, rec.ID, registry.StatusStarting); err != nil {
+		return nil, err
+	}
+	// The runtime applies the claim (limits, environment, network policy)
+	// while the user's prefixes are ensured and then the hot files
+	// download and the cold storage mounts: the runtime's part touches
+	// nothing of the user's storage, and nothing of the user runs in the
+	// sandbox before it is ready. Each must have ended before any undo
+	// step runs.
+	waitClaim := m.startClaim(ctx, rec, cfg)
+	rollback.Push("wait for the runtime's claim", func(context.Context) error { waitClaim(); return nil })
 	t0 := time.Now()
 	if err := m.storage.EnsureUser(ctx, userID); err != nil {
 		return nil, err
 	}
-	mark("ensure_user", t0)
-	if err := m.storage.ClaimHot(rec.ID, userID); err != nil {
-		return nil, err
-	}
-	// The hot files download and the cold storage mounts while the
-	// runtime applies the claim: the three touch nothing in common. Each
-	// must have ended before any undo step runs.
+	phase["ensure_user"] = time.Since(t0)
 	down := m.startSyncDown(ctx, rec.ID, userID, log)
 	rollback.Push("wait for hot sync-down", func(context.Context) error { down.wait(); return nil })
 	waitCold := m.startColdSlot(ctx, userID, rec.ID)
 	rollback.Push("wait for cold storage", func(context.Context) error { waitCold(); return nil })
-	if _, err := m.setStatus(ctx, rec.ID, registry.StatusStarting); err != nil {
+	if phase["claim"], err = waitClaim(); err != nil {
 		return nil, err
 	}
-	policy, _ := networkPolicy(cfg.Network) // validated by resolve
-	ip, _ := netip.ParseAddr(rec.IPAddress)
-	t0 = time.Now()
-	err = m.rt.Claim(ctx, runtime.ClaimRequest{
-		ID: rec.ID, UserID: userID.String(), Env: m.sandboxEnv(rec),
-		Resources: runtime.Resources{CPU: cfg.CPU, MemoryBytes: cfg.MemoryMB << 20, Pids: cfg.Pids},
-		Network:   policy, IPv4: ip,
-	})
-	if err != nil {
-		return nil, err
-	}
-	mark("claim", t0)
 	if phase["cold"], err = waitCold(); err != nil {
 		return nil, err
 	}

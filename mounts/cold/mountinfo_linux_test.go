@@ -1,11 +1,16 @@
 package cold
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 )
 
 const sampleMountinfo = `22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
@@ -82,4 +87,83 @@ func FuzzParseMountinfo(f *testing.F) {
 		}
 		_ = stackAt(ms, "/")
 	})
+}
+
+// TestMountedAt checks the one-lookup mount check against the mount table,
+// and that a FUSE mount whose daemon never answers (not even its INIT)
+// does not stall it: the check must not call into the file system.
+func TestMountedAt(t *testing.T) {
+	requireFUSE(t)
+	dir := testDir(t)
+	plain, bound, tmpfs, hung := filepath.Join(dir, "plain"), filepath.Join(dir, "bound"), filepath.Join(dir, "tmpfs"), filepath.Join(dir, "hung")
+	for _, d := range []string{plain, bound, tmpfs, hung} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Mount(plain, bound, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", tmpfs, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	inside := filepath.Join(tmpfs, "inside")
+	if err := os.Mkdir(inside, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fuse, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fuse.Close() // aborts the connection once the test detached it
+	opts := fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0", fuse.Fd())
+	if err := unix.Mount("hung", hung, "fuse.hung", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(hung, unix.MNT_DETACH)
+
+	table, err := readMountinfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		path string
+		want bool
+	}{{plain, false}, {bound, true}, {tmpfs, true}, {inside, false}, {hung, true}, {dir, false}} {
+		if inTable := len(stackAt(table, c.path)) > 0; inTable != c.want {
+			t.Fatalf("mount table says %s mounted=%v, the test made it %v", c.path, inTable, c.want)
+		}
+		got := make(chan bool, 1)
+		go func() {
+			m, ok := mountedByLookup(c.path)
+			if !ok {
+				t.Errorf("the lookup could not tell for %s", c.path)
+			}
+			got <- m
+		}()
+		select {
+		case m := <-got:
+			if m != c.want {
+				t.Errorf("mountedByLookup(%s) = %v, want %v", c.path, m, c.want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("mountedByLookup(%s) did not return: it called into the file system", c.path)
+		}
+		if m, err := mountedAt(c.path); err != nil || m != c.want {
+			t.Errorf("mountedAt(%s) = %v, %v; want %v", c.path, m, err, c.want)
+		}
+	}
+	// What the lookup cannot tell goes to the table.
+	for _, p := range []string{"relative", dir + "/../" + filepath.Base(dir), filepath.Join(dir, "missing", "x")} {
+		if _, ok := mountedByLookup(p); ok {
+			t.Errorf("mountedByLookup(%q) claimed to tell", p)
+		}
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(bound, link); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := mountedAt(link); err != nil || m {
+		t.Errorf("mountedAt(symlink to a mount) = %v, %v; want false (the symlink itself is no mount point)", m, err)
+	}
 }

@@ -68,14 +68,16 @@ func (m *Manager) BindSlot(userID ids.UserID, sandboxID string) error {
 	if err != nil {
 		return err
 	}
-	mounts, err := readMountinfo()
-	if err != nil {
+	switch bound, err := mountedAt(p); {
+	case err != nil:
 		return err
-	}
-	if len(stackAt(mounts, p)) > 0 {
+	case bound:
 		return fmt.Errorf("cold: slot of %s is already bound: %w", sandboxID, errdefs.ErrAlreadyExists)
 	}
-	if len(stackAt(mounts, mp)) == 0 {
+	switch mounted, err := mountedAt(mp); {
+	case err != nil:
+		return err
+	case !mounted:
 		return fmt.Errorf("cold: %s's cold storage is not mounted: %w", userID, errdefs.ErrFailedPrecondition)
 	}
 	if err := unix.Mount(mp, p, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
@@ -97,8 +99,8 @@ func (m *Manager) SlotBound(sandboxID string) bool {
 	if err != nil {
 		return false
 	}
-	mounts, err := readMountinfo()
-	return err == nil && len(stackAt(mounts, p)) > 0
+	bound, err := mountedAt(p)
+	return err == nil && bound
 }
 
 // RemoveSlot unbinds whatever is on a sandbox's slot and removes it (a

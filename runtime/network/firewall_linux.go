@@ -105,9 +105,7 @@ func (m *Manager) installSourceGuard(ctx context.Context, nsPath string) error {
 }
 
 func (m *Manager) installSandboxRules(ctx context.Context, id string, ip netip.Addr, p Policy) error {
-	m.firewallMu.Lock()
-	defer m.firewallMu.Unlock()
-	return m.platform.ipt4.apply(ctx, insertRules("filter", m.chains.sbx, sandboxRules(m.chains, id, ip, p)))
+	return m.platform.filter4.apply(ctx, insertRules("filter", m.chains.sbx, sandboxRules(m.chains, id, ip, p)))
 }
 
 // SetPolicy replaces the rules of a sandbox that is set up (at address ip)
@@ -139,9 +137,7 @@ func (m *Manager) SetPolicy(ctx context.Context, id string, ip netip.Addr, p Pol
 		}
 	}
 	next := ip4Rules(m.chains, id, ip, p)
-	m.firewallMu.Lock()
-	err := m.platform.ipt4.apply(ctx, replaceRules("filter", m.chains.sbx, old, sandboxRules(m.chains, id, ip, p)))
-	m.firewallMu.Unlock()
+	err := m.platform.filter4.apply(ctx, replaceRules("filter", m.chains.sbx, old, sandboxRules(m.chains, id, ip, p)))
 	if err != nil {
 		return fmt.Errorf("set firewall rules of %s: %w", id, err)
 	}
@@ -203,16 +199,16 @@ func (m *Manager) recordedRules(id string) (lines []string, ok bool) {
 // listing costs 5-10 ms), or, without a usable record or if a recorded
 // rule is already gone, by listing the chain.
 func (m *Manager) removeSandboxRules(ctx context.Context, id string) error {
-	m.firewallMu.Lock()
-	defer m.firewallMu.Unlock()
 	if lines, ok := m.recordedRules(id); ok {
 		if len(lines) == 0 {
 			return nil
 		}
-		if err := m.platform.ipt4.apply(ctx, deleteRules("filter", lines)); err == nil {
+		if err := m.platform.filter4.apply(ctx, deleteRules("filter", lines)); err == nil {
 			return nil
 		}
 	}
+	m.firewallMu.Lock()
+	defer m.firewallMu.Unlock()
 	lines, err := m.sandboxRuleLines(ctx)
 	if err != nil {
 		return err

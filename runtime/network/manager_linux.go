@@ -24,6 +24,9 @@ type platformState struct {
 	ipt4  iptables
 	ipt6  iptables
 	have6 bool
+	// filter4 merges the per-sandbox rule changes of ipt4's filter table
+	// that wait at once into one transaction (batch.go).
+	filter4 *ruleBatch
 }
 
 // New prepares the host for sandbox networking: state directories, the CNI
@@ -48,6 +51,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Manager, error) {
 	if m.platform.ipt4, err = lookIPTables("4"); err != nil {
 		return nil, err
 	}
+	m.platform.filter4 = &ruleBatch{table: "filter", run: m.platform.ipt4.apply, lock: &m.firewallMu}
 	if m.platform.ipt6, err = lookIPTables("6"); err != nil {
 		m.log.Warn("ip6tables not found: relying on IPv6 being disabled inside every sandbox", "error", err)
 	} else {

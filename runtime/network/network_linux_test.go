@@ -590,6 +590,114 @@ func TestClosedThenOpened(t *testing.T) {
 	}
 }
 
+// TestPoliciesAtOnce: pooled sandboxes opened at the same moment (a burst
+// of claims, whose rule changes share iptables-restore runs) each get
+// exactly their own policy; one whose recorded rules no longer match the
+// table fails alone and keeps what it had.
+func TestPoliciesAtOnce(t *testing.T) {
+	e := newEnv(t, true)
+	m := e.manager(t, Config{})
+	ctx := context.Background()
+	var runs atomic.Int32
+	run := m.platform.filter4.run
+	m.platform.filter4.run = func(ctx context.Context, script string) error {
+		runs.Add(1)
+		return run(ctx, script)
+	}
+	const n = 12
+	atts := make([]*Attachment, n)
+	for i := range n {
+		atts[i] = setup(t, m, fmt.Sprintf("sbx-burst-%02d", i), Policy{Closed: true})
+	}
+	// The broken one: opened, then one of its rules deleted behind the
+	// manager's back, so replacing its recorded rules fails.
+	broken := setup(t, m, "sbx-burst-broken", Policy{})
+	recorded, ok := m.recordedRules("sbx-burst-broken")
+	if !ok || len(recorded) != 2 {
+		t.Fatalf("recorded rules of the broken sandbox: %v %v", recorded, ok)
+	}
+	args := splitRule(recorded[1])
+	args[0] = "-D"
+	if _, err := m.platform.ipt4.run(ctx, args...); err != nil {
+		t.Fatal(err)
+	}
+	runs.Store(0)
+	policy := func(i int) Policy {
+		if i%2 == 1 {
+			return Policy{Allow: prefixes("203.0.113.0/24")}
+		}
+		return Policy{}
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	var brokenErr error
+	start := make(chan struct{})
+	for i := range n {
+		wg.Go(func() { <-start; errs[i] = m.SetPolicy(ctx, fmt.Sprintf("sbx-burst-%02d", i), atts[i].IPv4, policy(i)) })
+	}
+	wg.Go(func() {
+		<-start
+		brokenErr = m.SetPolicy(ctx, "sbx-burst-broken", broken.IPv4, Policy{Allow: prefixes("203.0.113.0/24")})
+	})
+	close(start)
+	wg.Wait()
+	t.Logf("%d policy changes in %d iptables-restore runs", n+1, runs.Load())
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("SetPolicy of sandbox %d: %v", i, err)
+		}
+	}
+	if brokenErr == nil {
+		t.Errorf("SetPolicy of the sandbox whose rules were changed behind the manager's back succeeded")
+	}
+	lines, err := m.sandboxRuleLines(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]string{}
+	for _, l := range lines {
+		if id, ok := sandboxOfRule(l); ok {
+			got[id] = append(got[id], l)
+		}
+	}
+	for i := range n {
+		id := fmt.Sprintf("sbx-burst-%02d", i)
+		want := ip4Rules(m.chains, id, atts[i].IPv4, policy(i))
+		if words(got[id]) != words(want) {
+			t.Errorf("rules of %s:\n%q\nwant\n%q", id, got[id], want)
+		}
+		if rec, _ := m.recordedRules(id); fmt.Sprint(rec) != fmt.Sprint(want) {
+			t.Errorf("recorded rules of %s: %q, want %q", id, rec, want)
+		}
+	}
+	if words(got["sbx-burst-broken"]) != words(recorded[:1]) {
+		t.Errorf("the broken sandbox's rules changed: %q, want %q", got["sbx-burst-broken"], recorded[:1])
+	}
+	out := serve(t, e.outside, "0.0.0.0:0")
+	mustReach(t, atts[0].NetNSPath, out, out.at(inetB))
+	mustReach(t, atts[1].NetNSPath, out, out.at(inetA))
+	mustNotReach(t, atts[1].NetNSPath, out, out.at(inetB))
+	for i := range n {
+		if err := m.Teardown(ctx, fmt.Sprintf("sbx-burst-%02d", i)); err != nil {
+			t.Error(err)
+		}
+	}
+	if err := m.Teardown(ctx, "sbx-burst-broken"); err != nil {
+		t.Error(err)
+	}
+	e.assertClean(t, m)
+}
+
+// words compares rule lines by their arguments (iptables -S quotes some
+// that the recorded lines do not).
+func words(lines []string) string {
+	var out [][]string
+	for _, l := range lines {
+		out = append(out, splitRule(l))
+	}
+	return fmt.Sprintf("%q", out)
+}
+
 // TestSourceGuard: a sandbox must not get its neighbour's policy by
 // sending with the neighbour's address. Unprivileged, the kernel already
 // refuses to route from a non-local source (IP_FREEBIND binds, but sending

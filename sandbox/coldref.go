@@ -3,7 +3,6 @@ package sandbox
 import (
 	"context"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/matrx-dev/matrx/ids"
@@ -35,21 +34,9 @@ func (m *Manager) reacquireCold(ctx context.Context, r *registry.Record, log *sl
 }
 
 // startColdSlot mounts the user's cold storage into the sandbox's slot
-// (AcquireColdSlot) on a goroutine of its own, beside whatever the caller
-// does next. The returned wait blocks until that has ended and returns
-// its error and how long it took, the same each time it is called.
+// (AcquireColdSlot) in the background (inBackground).
 func (m *Manager) startColdSlot(ctx context.Context, userID ids.UserID, id string) (wait func() (time.Duration, error)) {
-	type result struct {
-		took time.Duration
-		err  error
-	}
-	done := make(chan result, 1)
-	go func(t0 time.Time) {
-		err := m.storage.AcquireColdSlot(ctx, userID, id)
-		done <- result{time.Since(t0), err}
-	}(time.Now())
-	get := sync.OnceValue(func() result { return <-done })
-	return func() (time.Duration, error) { r := get(); return r.took, r.err }
+	return inBackground(func() error { return m.storage.AcquireColdSlot(ctx, userID, id) })
 }
 
 // coldAcquireBudget bounds one cold (re-)mount during recovery.

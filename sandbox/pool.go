@@ -312,9 +312,8 @@ func (m *Manager) claimPooled(ctx context.Context, userID ids.UserID, cfg regist
 	return out, true, err
 }
 
-// startClaim has the runtime make a pooled sandbox rec's in the background
-// (runtime.Runtime.Claim); wait returns how long that took and its error,
-// and may be called more than once.
+// startClaim has the runtime make a pooled sandbox rec's
+// (runtime.Runtime.Claim) in the background (inBackground).
 func (m *Manager) startClaim(ctx context.Context, rec *registry.Record, cfg registry.Config) (wait func() (time.Duration, error)) {
 	policy, _ := networkPolicy(cfg.Network) // validated by resolve
 	ip, _ := netip.ParseAddr(rec.IPAddress)
@@ -323,17 +322,7 @@ func (m *Manager) startClaim(ctx context.Context, rec *registry.Record, cfg regi
 		Resources: runtime.Resources{CPU: cfg.CPU, MemoryBytes: cfg.MemoryMB << 20, Pids: cfg.Pids},
 		Network:   policy, IPv4: ip,
 	}
-	type result struct {
-		took time.Duration
-		err  error
-	}
-	done := make(chan result, 1)
-	go func(t0 time.Time) {
-		err := m.rt.Claim(ctx, req)
-		done <- result{time.Since(t0), err}
-	}(time.Now())
-	get := sync.OnceValue(func() result { return <-done })
-	return func() (time.Duration, error) { r := get(); return r.took, r.err }
+	return inBackground(func() error { return m.rt.Claim(ctx, req) })
 }
 
 // finishClaim makes a claimed pooled sandbox its user's (see the pool's

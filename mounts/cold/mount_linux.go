@@ -139,7 +139,7 @@ func ensureDir(dir string, mode os.FileMode) error {
 // mount table: with a warm pool the table holds several mounts per
 // sandbox, and each claim checked its slot and its user's mount against
 // a fresh read and parse of all of it (2026-12-02, a burst of 50 pooled
-// claims: parsing mountinfo was a fifth of matrxd's CPU). Opening the last
+// claims: parsing mountinfo was 32 % of matrxd's CPU). Opening the last
 // element with RESOLVE_NO_XDEV fails with EXDEV exactly when a mount sits
 // on it; as an O_PATH open of a name in its parent it never calls into a
 // FUSE daemon mounted there (a stat would), so a hung or dead daemon

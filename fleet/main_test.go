@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/sasha-s/go-deadlock"
+
+	"github.com/matrx-dev/matrx/testenv"
 )
 
 // TestMain turns off the lock-order check that go-cni compiles in under
@@ -18,5 +20,6 @@ import (
 // stays on.
 func TestMain(m *testing.M) {
 	deadlock.Opts.DisableLockOrderDetection = true
+	testenv.ReportHangs()
 	os.Exit(m.Run())
 }

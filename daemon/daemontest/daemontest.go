@@ -38,6 +38,7 @@ import (
 	"github.com/matrx-dev/matrx/runtime/containerdtest"
 	"github.com/matrx-dev/matrx/runtime/network"
 	"github.com/matrx-dev/matrx/sandbox"
+	"github.com/matrx-dev/matrx/testenv"
 )
 
 // Namespace is the containerd namespace of harness daemons.
@@ -189,6 +190,10 @@ func (h *Harness) Start() {
 	h.T.Cleanup(h.Stop)
 }
 
+// stopBudget bounds a daemon's shutdown in Stop (a stop waits for the
+// operations in flight, each bounded far below this).
+const stopBudget = 3 * time.Minute
+
 // Stop stops the daemon (sandboxes keep running, as in production) and,
 // if the test failed, prints the daemon's last log lines.
 func (h *Harness) Stop() {
@@ -197,8 +202,15 @@ func (h *Harness) Stop() {
 	}
 	h.cancel()
 	h.cancel = nil
-	if err := <-h.done; err != nil {
-		h.T.Errorf("daemon exited with %v", err)
+	select {
+	case err := <-h.done:
+		if err != nil {
+			h.T.Errorf("daemon exited with %v", err)
+		}
+	case <-time.After(stopBudget):
+		// A daemon that does not stop is a defect (systemd would kill
+		// it); say where it waits instead of hanging the test binary.
+		h.T.Errorf("daemon did not stop within %v of its context ending:\n%s", stopBudget, testenv.HangSummary(1))
 	}
 	h.c.Close()
 	if h.T.Failed() {

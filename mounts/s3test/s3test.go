@@ -405,6 +405,7 @@ func Main(m *testing.M, after ...func()) {
 }
 
 func run(m *testing.M, after []func()) int {
+	testenv.ReportHangs()
 	shared.mu.Lock()
 	shared.managed = true
 	shared.mu.Unlock()

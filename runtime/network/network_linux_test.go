@@ -57,6 +57,7 @@ var (
 // these tests put fixed TEST-NET and metadata addresses on the host, as the
 // daemon's hostile-sandbox test does.
 func TestMain(m *testing.M) {
+	testenv.ReportHangs()
 	unlock, err := containerdtest.LockHostNetwork()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "host network lock:", err)

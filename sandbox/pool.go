@@ -34,7 +34,8 @@ import (
 // network policy replaces the closed one, and the TTL starts. The
 // runtime's part (limits, environment, policy) touches none of the user's
 // storage and runs beside the storage steps (ensuring the user's prefixes,
-// then the hot files and the cold bind side by side): nothing of the user
+// the hot files and the cold bind, side by side as far as the cold driver
+// allows: ensureUserBeside): nothing of the user
 // runs in the sandbox before the claim is ready, and a claim that fails at
 // any step is destroyed whole. The pool
 // refills behind it, one sandbox at a time and only while no create is in
@@ -353,22 +354,27 @@ func (m *Manager) finishClaim(ctx context.Context, rec *registry.Record, start t
 		return nil, err
 	}
 	// The runtime applies the claim (limits, environment, network policy)
-	// while the user's prefixes are ensured and then the hot files
-	// download and the cold storage mounts: the runtime's part touches
-	// nothing of the user's storage, and nothing of the user runs in the
-	// sandbox before it is ready. Each must have ended before any undo
-	// step runs.
+	// while the user's prefixes are ensured, the hot files download and
+	// the cold storage mounts: the runtime's part touches nothing of the
+	// user's storage, and nothing of the user runs in the sandbox before
+	// it is ready. The storage steps run side by side as far as the cold
+	// driver allows (ensureUserBeside). Each must have ended before any
+	// undo step runs.
 	waitClaim := m.startClaim(ctx, rec, cfg)
 	rollback.Push("wait for the runtime's claim", func(context.Context) error { waitClaim(); return nil })
-	t0 := time.Now()
-	if err := m.storage.EnsureUser(ctx, userID); err != nil {
-		return nil, err
-	}
-	phase["ensure_user"] = time.Since(t0)
+	waitEnsured := m.ensureUserBeside(ctx, userID, &rollback)
 	down := m.startSyncDown(ctx, rec.ID, userID, log)
 	rollback.Push("wait for hot sync-down", func(context.Context) error { down.wait(); return nil })
+	if m.storage.ColdNeedsPrefix() {
+		if phase["ensure_user"], err = waitEnsured(); err != nil {
+			return nil, err
+		}
+	}
 	waitCold := m.startColdSlot(ctx, userID, rec.ID)
 	rollback.Push("wait for cold storage", func(context.Context) error { waitCold(); return nil })
+	if phase["ensure_user"], err = waitEnsured(); err != nil {
+		return nil, err
+	}
 	if phase["claim"], err = waitClaim(); err != nil {
 		return nil, err
 	}

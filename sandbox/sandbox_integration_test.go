@@ -27,6 +27,12 @@ func newManager(t *testing.T) (*Manager, *runtime.Runtime) {
 // newManagerWithStorage is newManager that also returns its host storage
 // and the local bucket behind it.
 func newManagerWithStorage(t *testing.T) (*Manager, *runtime.Runtime, *mounts.Storage, *objstore.Local) {
+	return newManagerWrapped(t, func(s *mounts.Storage) Storage { return s })
+}
+
+// newManagerWrapped is newManagerWithStorage with the manager's storage
+// wrapped (to watch or delay what the lifecycle asks of it).
+func newManagerWrapped(t *testing.T, wrap func(*mounts.Storage) Storage) (*Manager, *runtime.Runtime, *mounts.Storage, *objstore.Local) {
 	env := containerdtest.Start(t, "matrx-sbx-test")
 	ctx := context.Background()
 	rt, err := runtime.New(ctx, runtime.Config{Address: env.Address, Namespace: "matrx-sbx-test",
@@ -49,7 +55,7 @@ func newManagerWithStorage(t *testing.T) (*Manager, *runtime.Runtime, *mounts.St
 	l.DefaultDiskMB = 256
 	l.ShutdownTimeout = time.Second
 	storage, bucket := localStorage(t, env.Dir)
-	m, err := New(Config{Store: registry.NewMemory(), Runtime: rt, Storage: storage, Limits: l})
+	m, err := New(Config{Store: registry.NewMemory(), Runtime: rt, Storage: wrap(storage), Limits: l})
 	if err != nil {
 		t.Fatal(err)
 	}

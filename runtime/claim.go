@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
 	"github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/matrx-dev/matrx/runtime/network"
@@ -38,10 +40,12 @@ type ClaimRequest struct {
 
 // Claim applies req to a running sandbox, in the order that keeps a
 // half-done claim harmless: limits first (a sandbox never runs the user's
-// work with more than it asked for), then the record containerd keeps
-// (user label and environment, what a restarted daemon reads back), and
-// the network last (until then it reaches nothing). The caller destroys the
-// sandbox when Claim fails: a claimed sandbox is never returned to a pool.
+// work with more than it asked for), then, side by side, the record
+// containerd keeps (user label and environment, what a restarted daemon
+// reads back) and the network policy (the sandbox runs nothing of the
+// user's until the claim has succeeded, so an open policy beside a failed
+// record reaches nothing). The caller destroys the sandbox when Claim
+// fails: a claimed sandbox is never returned to a pool.
 func (r *Runtime) Claim(ctx context.Context, req ClaimRequest) error {
 	ctx = r.nsCtx(ctx)
 	st, err := r.sandbox(ctx, req.ID)
@@ -53,12 +57,24 @@ func (r *Runtime) Claim(ctx context.Context, req ClaimRequest) error {
 	defer func() {
 		r.log.Debug("sandbox claimed", "sandbox_id", req.ID, "update_ms", ms(tUpdate), "record_ms", ms(tRecord), "total_ms", ms(time.Since(t0)))
 	}()
+	// One read of the container record (LoadContainer's; the record is
+	// not read again for the spec) and one field-masked write of the two
+	// fields a claim changes: the client's container.Spec and
+	// container.Update would each read it again (four round trips to
+	// containerd, 5-9 ms of a sequential claim's ~13, 2026-12-02).
 	container, err := r.client.LoadContainer(ctx, req.ID)
 	if err != nil {
 		return fmt.Errorf("load container %s: %w", req.ID, err)
 	}
-	spec, err := container.Spec(ctx)
+	info, err := container.Info(ctx, containerd.WithoutRefreshedMetadata)
 	if err != nil {
+		return fmt.Errorf("load container %s: %w", req.ID, err)
+	}
+	var spec oci.Spec
+	if info.Spec == nil {
+		return fmt.Errorf("container %s has no spec: %w", req.ID, errdefs.ErrFailedPrecondition)
+	}
+	if err := json.Unmarshal(info.Spec.GetValue(), &spec); err != nil {
 		return fmt.Errorf("load spec of %s: %w", req.ID, err)
 	}
 	if spec.Process == nil || spec.Linux == nil {
@@ -80,15 +96,24 @@ func (r *Runtime) Claim(ctx context.Context, req ClaimRequest) error {
 	tUpdate = time.Since(t0)
 	env := mergeEnv(spec.Process.Env, envList(req.Env))
 	spec.Process.Env = env
-	err = container.Update(ctx, func(ctx context.Context, c *containerd.Client, rec *containers.Container) error {
-		if rec.Labels == nil {
-			rec.Labels = map[string]string{}
+	// The record and the network policy side by side: they touch nothing
+	// in common, and both come after the limits. A policy applied before
+	// a record that then fails opens nothing anyone uses: the sandbox
+	// runs nothing of the user's yet and the caller destroys it.
+	var policyErr error
+	policyDone := make(chan struct{})
+	go func() {
+		defer close(policyDone)
+		if r.net != nil && req.Network.Mode != network.ModeNone {
+			if err := r.net.SetPolicy(ctx, req.ID, req.IPv4, req.Network); err != nil {
+				policyErr = fmt.Errorf("network of %s: %w", req.ID, err)
+			}
 		}
-		rec.Labels[LabelUserID] = req.UserID
-		return containerd.WithSpec(spec)(ctx, c, rec)
-	})
+	}()
+	err = r.recordClaim(ctx, req.ID, req.UserID, &spec)
+	<-policyDone
 	if err != nil {
-		return fmt.Errorf("record the claim of %s: %w", req.ID, err)
+		return err
 	}
 	tRecord = time.Since(t0) - tUpdate
 	r.mu.Lock()
@@ -96,10 +121,22 @@ func (r *Runtime) Claim(ctx context.Context, req ClaimRequest) error {
 		cur.env = slices.Clone(env)
 	}
 	r.mu.Unlock()
-	if r.net != nil && req.Network.Mode != network.ModeNone {
-		if err := r.net.SetPolicy(ctx, req.ID, req.IPv4, req.Network); err != nil {
-			return fmt.Errorf("network of %s: %w", req.ID, err)
-		}
+	return policyErr
+}
+
+// recordClaim writes what a restarted daemon reads back of a claim into
+// the container record, in one write masked to exactly those fields: the
+// user label and the spec (its environment and limits).
+func (r *Runtime) recordClaim(ctx context.Context, id, userID string, spec *oci.Spec) error {
+	specAny, err := typeurl.MarshalAny(spec)
+	if err != nil {
+		return fmt.Errorf("record the claim of %s: %w", id, err)
+	}
+	_, err = r.client.ContainerService().Update(ctx, containers.Container{
+		ID: id, Labels: map[string]string{LabelUserID: userID}, Spec: specAny,
+	}, "labels."+LabelUserID, "spec")
+	if err != nil {
+		return fmt.Errorf("record the claim of %s: %w", id, err)
 	}
 	return nil
 }

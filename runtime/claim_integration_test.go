@@ -55,10 +55,23 @@ func TestClaim(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	found := false
 	for _, in := range infos {
-		if in.ID == id && in.UserID != "u2" {
+		if in.ID != id {
+			continue
+		}
+		found = true
+		if in.UserID != "u2" {
 			t.Fatalf("container label user = %q, want u2", in.UserID)
 		}
+		// The claim's write is masked to the user label and the spec: the
+		// record's other labels stay.
+		if in.CreatedAt.IsZero() {
+			t.Fatal("the claim dropped the container's created-at label")
+		}
+	}
+	if !found {
+		t.Fatalf("sandbox %s not listed after the claim", id)
 	}
 	// A claim that asks for the limits the sandbox already has skips the
 	// live update; one that asks for the sandbox's first limits again must

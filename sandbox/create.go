@@ -237,12 +237,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 		return nil, err
 	}
 	rollback.Push("release cold mount", func(c context.Context) error { return m.storage.ReleaseCold(c, userID, rec.ID) })
-	if m.storage.ColdNeedsPrefix() {
-		if phase["ensure_user"], err = waitEnsured(); err != nil {
-			return nil, err
-		}
-	}
-	waitCold := m.startColdSlot(ctx, userID, rec.ID)
+	waitCold := m.startColdSlot(ctx, userID, rec.ID, waitEnsured)
 	rollback.Push("wait for cold storage", func(context.Context) error { waitCold(); return nil })
 	if _, err := m.setStatus(ctx, rec.ID, registry.StatusStarting); err != nil {
 		return nil, err
@@ -418,8 +413,9 @@ func (d *syncDown) wait() error {
 // and a put per tier for a new user) in the background, so that it is off
 // a create's critical path: in a burst of 50 pooled claims it took 80-230
 // ms before anything else could start (2026-12-02). What may run beside
-// it: the hot sync-down always, the cold mount where the driver allows
-// (Storage.ColdNeedsPrefix), the container and the runtime's claim. A
+// it: the hot sync-down, the container or the runtime's claim, and the
+// cold mount where the driver allows (startColdSlot waits for it where
+// Storage.ColdNeedsPrefix says the driver does not). A
 // create waits for it before it is ready. Waiting for it is pushed on
 // rollback.
 func (m *Manager) ensureUserBeside(ctx context.Context, userID ids.UserID, rollback *undo.Stack) (wait func() (time.Duration, error)) {

@@ -277,11 +277,14 @@ func TestCrashRecoverySyncsHotFiles(t *testing.T) {
 func stopWhileBucketAway(t *testing.T, h *daemontest.Harness, srv *s3test.Server, bucket, user string) (*apitype.Sandbox, func()) {
 	t.Helper()
 	s := h.Create(user, nil)
-	h.Exec(s.SandboxID, "echo unsynced > keep.txt")
+	// The bucket goes before the file is written: a checkpoint tick between
+	// the write and the bucket's going would upload it, and the final sync
+	// would then rightly succeed (seen in CI with a 1 s checkpoint interval).
 	bucketDir := filepath.Join(srv.Dir, bucket)
 	if err := os.Rename(bucketDir, bucketDir+".away"); err != nil {
 		t.Fatal(err)
 	}
+	h.Exec(s.SandboxID, "echo unsynced > keep.txt")
 	if err := h.Client().Delete(context.Background(), s.SandboxID, false); err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,10 @@
 // Package network owns the network of every sandbox: one network namespace
-// per sandbox, attached through CNI (go-cni and the Debian
-// containernetworking plugins: bridge with ipMasq, host-local IPAM) to a
-// dedicated Linux bridge, and the iptables rules that decide where a sandbox
+// per sandbox, attached to a dedicated Linux bridge (the first one on a new
+// bridge through CNI: go-cni and the Debian containernetworking plugins,
+// bridge and host-local IPAM, which make the bridge; every later one
+// directly through netlink and host-local's lease directory, the same
+// result without two plugin processes per create: attach_linux.go), and
+// the iptables rules that decide where a sandbox
 // may send traffic. It also writes each sandbox's resolv.conf and hosts
 // files. It must not talk to containerd, build OCI specs, know about users,
 // HTTP or the registry, touch /etc/cni or /var/lib/cni/networks, or change
@@ -103,7 +106,7 @@
 // of an existing installation needs Uninstall first (the bridge keeps its
 // old gateway address). The upstream resolvers are read once, in New.
 //
-// CNI calls of different sandboxes run at once (a burst of creates queued
+// Attaches (CNI or direct) of different sandboxes run at once (a burst of creates queued
 // behind one lock here: ~1 s of a 3.6 s create with 50 at once), except
 // while the bridge is missing or lacks its gateway address, when one setup
 // runs alone so that concurrent bridge plugins do not race to make it

@@ -55,12 +55,19 @@ type settings struct {
 	netnsDir       string
 	pluginDirs     []string
 	hostResolvConf []string
+	cniOnly        bool
 }
 
 // WithBridge names the Linux bridge (default matrx0). A bridge other than
 // the default also gets its own iptables chains ("MATRX-<bridge>-...") and
 // CNI network name, so several Managers (tests) can share one host.
 func WithBridge(name string) Option { return func(s *settings) { s.bridge = name } }
+
+// WithCNIAttach makes every Setup attach through the CNI plugins, as the
+// first one after the bridge's creation does, instead of attaching
+// directly (attach_linux.go). For tests of the plugin path and for
+// comparing the two.
+func WithCNIAttach() Option { return func(s *settings) { s.cniOnly = true } }
 
 // WithSubnet sets the bridge's IPv4 subnet (default 10.213.0.0/16).
 func WithSubnet(p netip.Prefix) Option { return func(s *settings) { s.subnet = p } }
@@ -231,6 +238,7 @@ type Manager struct {
 	// by a setup that finds it missing (see cniLock).
 	cniMu       sync.RWMutex
 	resolvFiles []string
+	cniOnly     bool // WithCNIAttach
 }
 
 // buildManager validates the configuration and fills in everything that
@@ -303,6 +311,7 @@ func buildManager(cfg Config, opts []Option) (*Manager, error) {
 		resolvers:   append([]netip.Addr(nil), cfg.Nameservers...),
 		chains:      chainNames(prefix),
 		resolvFiles: s.hostResolvConf,
+		cniOnly:     s.cniOnly,
 	}
 	m.locks.m = map[string]*idLock{}
 	return m, nil

@@ -122,6 +122,7 @@ func (m *Manager) setup(ctx context.Context, id string, p Policy, nsSrc string) 
 	att := &Attachment{NetNSPath: nsPath, ResolvConf: rcPath, Hosts: hostsPath}
 	var nameservers []netip.Addr
 	var cniTook, rulesTook time.Duration // for the log line
+	attachedBy := ""
 	if p.Mode != ModeNone {
 		// The source guard does not depend on the address, so it goes in
 		// while the plugin runs (an iptables-restore in a fresh namespace
@@ -134,14 +135,9 @@ func (m *Manager) setup(ctx context.Context, id string, p Policy, nsSrc string) 
 		// the undo step comes first.
 		rollback.Push("CNI delete", func(ctx context.Context) error { return m.detach(ctx, id, nsPath) })
 		t0 := time.Now()
-		unlock := m.cniLock()
-		res, err := m.platform.cni.Setup(ctx, id, nsPath)
-		unlock()
+		ip, hostVeth, how, err := m.attach(ctx, id, nsPath)
 		cniTook = time.Since(t0)
-		if err != nil {
-			return nil, fmt.Errorf("attach sandbox %s to bridge %s: %v: %w", id, m.bridge, err, errdefs.ErrUnavailable)
-		}
-		ip, hostVeth, err := m.parseResult(res)
+		attachedBy = how
 		if err != nil {
 			return nil, err
 		}
@@ -179,8 +175,26 @@ func (m *Manager) setup(ctx context.Context, id string, p Policy, nsSrc string) 
 		mode = ModeDefault
 	}
 	log.Info("sandbox network set up", "mode", string(mode), "ip", att.IPv4.String(), "allow", fmt.Sprint(p.Allow),
-		"cni_ms", float64(cniTook.Microseconds()/100)/10, "rules_ms", float64(rulesTook.Microseconds()/100)/10)
+		"attach", attachedBy, "cni_ms", float64(cniTook.Microseconds()/100)/10, "rules_ms", float64(rulesTook.Microseconds()/100)/10)
 	return att, nil
+}
+
+// attach attaches the namespace to the bridge: directly (attach_linux.go)
+// once the bridge is ready, through the CNI plugins to make it. how says
+// which ("direct" or "cni"), for the log.
+func (m *Manager) attach(ctx context.Context, id, nsPath string) (ip netip.Addr, hostVeth, how string, err error) {
+	unlock, ready := m.cniLock()
+	defer unlock()
+	if ready && !m.cniOnly {
+		ip, hostVeth, err = m.attachDirect(id, nsPath)
+		return ip, hostVeth, "direct", err
+	}
+	res, err := m.platform.cni.Setup(ctx, id, nsPath)
+	if err != nil {
+		return netip.Addr{}, "", "cni", fmt.Errorf("attach sandbox %s to bridge %s: %v: %w", id, m.bridge, err, errdefs.ErrUnavailable)
+	}
+	ip, hostVeth, err = m.parseResult(res)
+	return ip, hostVeth, "cni", err
 }
 
 // cniLock lets CNI ADDs of different sandboxes run at once (each is two
@@ -189,14 +203,15 @@ func (m *Manager) setup(ctx context.Context, id string, p Policy, nsSrc string) 
 // gateway address. Until then, on the first setup or after the bridge was
 // removed, one ADD runs alone: concurrent bridge plugins would race to
 // create the bridge and to add its address, and the loser would fail its
-// create.
-func (m *Manager) cniLock() (unlock func()) {
+// create. ready reports that the bridge was ready (and the lock is
+// shared).
+func (m *Manager) cniLock() (unlock func(), ready bool) {
 	if m.bridgeReady() {
 		m.cniMu.RLock()
-		return m.cniMu.RUnlock
+		return m.cniMu.RUnlock, true
 	}
 	m.cniMu.Lock()
-	return m.cniMu.Unlock
+	return m.cniMu.Unlock, false
 }
 
 // bridgeReady reports whether the bridge exists and holds the gateway

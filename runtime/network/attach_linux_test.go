@@ -2,11 +2,16 @@ package network
 
 import (
 	"context"
+	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/containerd/errdefs"
 )
 
 // ifaceShape is what of `ip -o link show` must be the same whichever path
@@ -123,4 +128,59 @@ func TestDirectAttach(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.assertClean(t, mc)
+}
+
+// TestReserveAddr: the direct path's IPAM, on host-local's lease directory
+// alone (no root needed): the search starts after the last address given,
+// wraps around, skips the gateway and addresses leased by anyone (a file
+// host-local made is as taken as one of ours), and a full subnet is a
+// clear error that changes nothing.
+func TestReserveAddr(t *testing.T) {
+	m, err := buildManager(Config{StateDir: t.TempDir()}, []Option{WithSubnet(netip.MustParsePrefix("10.9.8.0/29"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := m.leaseDir()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// host-local already gave .3 to another sandbox.
+	if err := os.WriteFile(filepath.Join(dir, "10.9.8.3"), []byte("sbx-plugin\r\neth0"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for i := range 4 {
+		a, err := m.reserveAddr(fmt.Sprintf("sbx-%d", i))
+		if err != nil {
+			t.Fatalf("reserve %d: %v", i, err)
+		}
+		got = append(got, a.String())
+	}
+	if want := "10.9.8.2 10.9.8.4 10.9.8.5 10.9.8.6"; strings.Join(got, " ") != want {
+		t.Fatalf("addresses %v, want %s (not the network .0, gateway .1, leased .3 or broadcast .7)", got, want)
+	}
+	if b := readFile(t, filepath.Join(dir, "10.9.8.4")); b != "sbx-1\r\neth0" {
+		t.Errorf("lease file %q, want host-local's format", b)
+	}
+	before := dirNames(dir)
+	if _, err := m.reserveAddr("sbx-overflow"); !errdefs.IsResourceExhausted(err) || !strings.Contains(err.Error(), "no address left in sandbox subnet 10.9.8.0/29") {
+		t.Fatalf("full subnet: %v", err)
+	}
+	if after := dirNames(dir); !slices.Equal(before, after) {
+		t.Errorf("a failed reservation changed the lease dir: %v -> %v", before, after)
+	}
+	// A release frees only its own lease; the next search wraps around
+	// from the last address given (.6) to the freed one.
+	if err := m.releaseAddr("sbx-someone-else", netip.MustParseAddr("10.9.8.4")); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.releaseAddr("sbx-1", netip.MustParseAddr("10.9.8.4")); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := m.reserveAddr("sbx-again"); err != nil || a.String() != "10.9.8.4" {
+		t.Fatalf("after the release: %v, %v; want 10.9.8.4", a, err)
+	}
+	if a := lastAddr(netip.MustParsePrefix("10.213.0.0/16")); a.String() != "10.213.255.255" {
+		t.Errorf("lastAddr of a /16: %s", a)
+	}
 }

@@ -126,7 +126,7 @@ func createVeth(master, ns int) (*netlink.Veth, error) {
 		}
 		return v, nil
 	}
-	return nil, fmt.Errorf("create veth pair: three random names were taken: %w", errdefs.ErrUnavailable)
+	return nil, fmt.Errorf("create veth pair: a name was taken three times (a host interface of the random name, or %s already in the sandbox's namespace): %w", sandboxIfName, errdefs.ErrUnavailable)
 }
 
 // configureSandboxIf runs inside the sandbox's namespace: eth0 announces

@@ -40,7 +40,8 @@ func Format(img string, size int64, uid, gid, inodes int) error {
 		os.Remove(img)
 		return fmt.Errorf("size disk image: %w", err)
 	}
-	args := []string{"-q", "-F", "-m", "0",
+	// No resize_inode (see the package doc: "What mkfs writes").
+	args := []string{"-q", "-F", "-m", "0", "-O", "^resize_inode",
 		"-E", fmt.Sprintf("lazy_itable_init=1,lazy_journal_init=1,root_owner=%d:%d", uid, gid)}
 	if inodes > 0 {
 		args = append(args, "-N", fmt.Sprint(inodes))

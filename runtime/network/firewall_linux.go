@@ -65,7 +65,7 @@ func (m *Manager) isolatePort(veth string) error {
 	if !m.isPort(veth) {
 		return fmt.Errorf("host veth %s is not a port of bridge %s: %w", veth, m.bridge, errdefs.ErrUnavailable)
 	}
-	if err := os.WriteFile(filepath.Join("/sys/class/net", veth, "brport", "isolated"), []byte("1"), 0o644); err != nil {
+	if err := writeRTNLSysctl(filepath.Join("/sys/class/net", veth, "brport", "isolated"), "1"); err != nil {
 		return fmt.Errorf("isolate bridge port %s: %v: %w", veth, err, errdefs.ErrUnavailable)
 	}
 	return nil

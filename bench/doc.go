@@ -54,6 +54,39 @@
 // start. The disk pool's mkfs only moves: refilling during a burst costs
 // what formatting in line does.
 //
+// Cut since (2026-12-03, one VM, runs of the code before and after
+// interleaved): 13.4 / 13.9 → 16.7 / 16.8 creates/s, CPU per create 106 /
+// 107 → 80 / 81 ms, in three steps:
+//
+//   - the CNI plugins: a sandbox is attached to a ready bridge through
+//     netlink and host-local's lease directory in-process
+//     (runtime/network/attach_linux.go); the daemon's reaped children
+//     (plugins, iptables-restore, mkfs) 1.57 / 1.46 → 0.97 / 0.86 s of CPU
+//     per burst, 14.6 / 14.5 creates/s;
+//   - mkfs.ext4, 10.2 % of the burst's perf samples, most of it the page
+//     cache of the 4.4 MiB of reserved GDT blocks resize_inode writes into
+//     every 20 GiB image: images have no resize_inode now (328 KiB of
+//     metadata; mounts/disk doc), 2.4 % of the samples;
+//   - with those gone, matrxd's Go profile showed its own CPU as 56 %
+//     (530 of 950 ms) one write: disable_ipv6 in each new namespace, whose
+//     kernel handler takes RTNL with rtnl_trylock and restarts the write
+//     at once while it is held, so fifty creates' writes spun on both CPUs
+//     against the netlink calls that held it. One such write at a time
+//     (network.writeRTNLSysctl): 40 ms, 16.7 creates/s.
+//
+// "CPU per create" counts matrxd, its containerd, the shims, runc and the
+// sandboxes' inits; the machine's whole busy time per create is more
+// (5.71 s for 50: 114 ms, the rest kernel work no live process is charged
+// with), which is why 80 ms does not give the 25/s the line above
+// predicted. Where the burst's CPU goes now (perf, share of samples): runc:[2:INIT]
+// 22 %, runc 21 %, containerd-shim 18 %, matrxd and the client 13 %, idle
+// 8 %, containerd 7 %, iptables-restore 3 %, mkfs 2.5 %. The OCI runtime
+// and the shim are 61 % of it; the opt-in knobs for them measured in the
+// same session: --oci-runtime crun 22.8 creates/s (55 ms per create),
+// --shim-group-size 16 with runc 20.0/s, both 27.2 / 25.4/s (58 / 64 ms),
+// which meets the 25/s target. Neither is the default (runtime/ociruntime.go,
+// docs/security.md say why).
+//
 // # Where a burst of pooled claims goes
 //
 // BenchmarkTTI's burst of 50 with a pool of 50 and --cold-shared (2026-12-02,

@@ -170,7 +170,7 @@ func BenchmarkTTI(b *testing.B) {
 	poolSeq := seq(benchN(20), fresh("p"), full)
 	if os.Getenv("MATRX_BENCH_PHASES") != "" {
 		for _, l := range strings.Split(h.Logs(), "\n") {
-			if strings.Contains(l, `"sandbox ready"`) {
+			if strings.Contains(l, `"sandbox ready"`) || strings.Contains(l, `"cold mount ready"`) {
 				fmt.Println(l)
 			}
 		}

@@ -11,7 +11,7 @@ import (
 // A mount made while waitStaged's waiter waits can wake it before its
 // timeout. On the development VM's kernel (6.18) a Go process's poll
 // misses many changes (2-6 of 10 mounts woke it early in five runs; a
-// Python loop doing the same woke 10 of 10), which waitStaged's 25 ms cap
+// Python loop doing the same woke 10 of 10), which waitStaged's 5 ms cap
 // bounds; so this asks for one early wake in ten mounts: a waiter that
 // never wakes early (a wrong poll event, say) fails it.
 func TestMountWaiterWakesOnMount(t *testing.T) {

@@ -251,7 +251,7 @@ func (m *Manager) releaseAddr(id string, ip netip.Addr) error {
 	if err != nil {
 		return fmt.Errorf("read IPAM lease %s: %w", ip, err)
 	}
-	if owner, _, _ := strings.Cut(string(b), "\n"); strings.TrimSpace(owner) != id {
+	if leaseOwner(b) != id {
 		return nil
 	}
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {

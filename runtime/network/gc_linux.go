@@ -30,10 +30,16 @@ func (m *Manager) leaseIDs() map[string]string {
 		if err != nil {
 			continue
 		}
-		owner, _, _ := strings.Cut(string(data), "\n")
-		out[filepath.Join(dir, e.Name())] = strings.TrimSpace(owner)
+		out[filepath.Join(dir, e.Name())] = leaseOwner(data)
 	}
 	return out
+}
+
+// leaseOwner is the sandbox id a host-local lease file names (its first
+// line; "ID\r\neth0").
+func leaseOwner(data []byte) string {
+	owner, _, _ := strings.Cut(string(data), "\n")
+	return strings.TrimSpace(owner)
 }
 
 func (m *Manager) sweepLeases(id string) error {

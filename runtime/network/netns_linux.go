@@ -179,7 +179,7 @@ var rtnlSysctlMu sync.Mutex
 // burst of creates on two CPUs, many writers spinning at once starved the
 // very netlink calls (veths, addresses, namespace setup) that held RTNL:
 // the disable_ipv6 write was 56 % of matrxd's CPU in a burst of 50 (530 of
-// 950 ms; 40 ms with this lock), the burst's CPU per create 97 -> 90 ms.
+// 950 ms; 40 ms with this lock), the burst's CPU per create 97 -> 80 ms.
 // One writer at a time spins against RTNL's holder, never against the
 // other writers, and those that wait sleep.
 func writeRTNLSysctl(path, value string) error {

@@ -23,6 +23,10 @@ import (
 //	            the process stays alive (the mount then answers ENOTCONN).
 //	fake-fail   writes an error to stderr and exits 3 without mounting.
 //	fake-hang   writes a line to stderr and never mounts.
+//	fake-gated  mounts like fake-fuse but holds the kernel's INIT until
+//	            the file DIR/gate exists; if DIR/fail exists then, it exits
+//	            without answering (as s3fs does when its bucket check
+//	            fails), else it serves like fake-fuse.
 //
 // Every run writes its pid to DIR/pid-BUCKET-PID, DIR being the symlink's
 // directory, so tests can check no process is left.
@@ -47,7 +51,26 @@ func fakeMountS3(args []string) int {
 		<-term
 		return 0
 	case "fake-fuse":
-		return serveFakeFUSE(mountpoint, uint32(pid), term)
+		return serveFakeFUSE(mountpoint, uint32(pid), term, nil)
+	case "fake-gated":
+		dir := filepath.Dir(os.Args[0])
+		return serveFakeFUSE(mountpoint, uint32(pid), term, func() bool {
+			for {
+				if _, err := os.Stat(filepath.Join(dir, "gate")); err == nil {
+					break
+				}
+				select {
+				case <-term:
+					return false
+				case <-time.After(5 * time.Millisecond):
+				}
+			}
+			if _, err := os.Stat(filepath.Join(dir, "fail")); err == nil {
+				fmt.Fprintln(os.Stderr, "fake mount-s3: bucket check failed")
+				return false
+			}
+			return true
+		})
 	}
 	fmt.Fprintf(os.Stderr, "fake mount-s3: unknown bucket %q\n", bucket)
 	return 2
@@ -65,7 +88,9 @@ const (
 	fuseInHeaderLen = 40
 )
 
-func serveFakeFUSE(mountpoint string, pid uint32, term chan os.Signal) int {
+// serveFakeFUSE serves the fake file system on mountpoint. beforeInit, when
+// set, runs before INIT is answered; false ends the daemon unanswered.
+func serveFakeFUSE(mountpoint string, pid uint32, term chan os.Signal, beforeInit func() bool) int {
 	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "fake mount-s3: open /dev/fuse:", err)
@@ -117,6 +142,10 @@ func serveFakeFUSE(mountpoint string, pid uint32, term chan os.Signal) int {
 		case fuseForget, fuseBatchForget, fuseInterrupt:
 			// no reply
 		case fuseInit:
+			if beforeInit != nil && !beforeInit() {
+				_ = unix.Close(fd)
+				return 1
+			}
 			out := make([]byte, 64)
 			binary.LittleEndian.PutUint32(out[0:], 7)      // major
 			binary.LittleEndian.PutUint32(out[4:], 31)     // minor

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // Command is one FUSE daemon invocation built by a driver.
@@ -16,7 +17,8 @@ type Command struct {
 	// Env is added to the daemon's minimal environment (PATH only).
 	Env []string
 	// Secrets are files written for this start only (credentials); they are
-	// removed once the mount answers or the start failed.
+	// removed once the daemon's mount is in place (both daemons read their
+	// credentials before they mount) or the start failed.
 	Secrets []string
 }
 
@@ -27,6 +29,10 @@ type fuseDriver struct {
 	build func(req Request, mountpoint string) (*Command, error)
 	log   *slog.Logger
 	o     options
+	// proven is the driver's: set once one of its mounts answered, cleared
+	// when a first generation that was not waited for did not (see
+	// "Answered later").
+	proven *atomic.Bool
 }
 
 // tailBuffer keeps the last max bytes written to it, for error messages, and

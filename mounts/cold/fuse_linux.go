@@ -96,17 +96,30 @@ func startFUSE(ctx context.Context, d fuseDriver, req Request) (Mount, error) {
 	if pm, ok := containingMount(mounts, filepath.Dir(mp)); ok && !pm.Shared() && !req.Private {
 		m.log.Warn("cold mountpoint is not below a shared mount: remounts will not reach running sandboxes")
 	}
-	p, err := m.launch(ctx)
+	// Wait for the first answer only until one of this driver's mounts
+	// has answered (see "Answered later").
+	waitAnswer := !d.proven.Load()
+	p, err := m.launch(ctx, waitAnswer)
 	if err != nil {
 		return nil, err
 	}
 	m.proc = p
-	m.log.Info("cold mount ready", "pid", p.pid,
-		"staged_ms", float64(p.stagedIn.Microseconds()/100)/10, "moved_ms", float64(p.movedIn.Microseconds()/100)/10, "answered_ms", float64(p.answeredIn.Microseconds()/100)/10)
+	var unconfirmed *process
+	if waitAnswer {
+		m.logReady(p)
+	} else {
+		unconfirmed = p
+	}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	m.cancel = cancel
-	go m.supervise(sctx)
+	go m.supervise(sctx, unconfirmed)
 	return m, nil
+}
+
+// logReady logs a generation that answered, with how long its start took.
+func (m *FUSEMount) logReady(p *process) {
+	m.log.Info("cold mount ready", "pid", p.pid,
+		"staged_ms", float64(p.stagedIn.Microseconds()/100)/10, "moved_ms", float64(p.movedIn.Microseconds()/100)/10, "answered_ms", float64(p.answeredIn.Microseconds()/100)/10)
 }
 
 // Path returns the mountpoint.
@@ -159,9 +172,11 @@ func (m *FUSEMount) Unmount(ctx context.Context) error {
 }
 
 // launch starts one generation and returns once its mount is on the
-// mountpoint and answers. On failure nothing of it is left: no process, no
-// mount on the stage, no new layer on the mountpoint, no secret file.
-func (m *FUSEMount) launch(ctx context.Context) (_ *process, retErr error) {
+// mountpoint and, with waitAnswer, answers a stat there (without, the
+// supervisor confirms it: see "Answered later"). On failure nothing of it
+// is left: no process, no mount on the stage, no new layer on the
+// mountpoint, no secret file.
+func (m *FUSEMount) launch(ctx context.Context, waitAnswer bool) (_ *process, retErr error) {
 	if err := unmountStack(m.stage); err != nil {
 		return nil, err
 	}
@@ -206,21 +221,62 @@ func (m *FUSEMount) launch(ctx context.Context) (_ *process, retErr error) {
 	// which is long with many sandboxes and waits for the namespace's
 	// mount lock while other sandboxes mount.
 	p.mountID = staged
-	if err := statWithin(ctx, m.mp); err != nil {
+	if !waitAnswer {
+		return p, nil
+	}
+	if err := m.answers(ctx, p); err != nil {
 		// Take our layer off again; the ones below are untouched.
 		_ = unix.Unmount(m.mp, unix.MNT_DETACH)
-		return nil, fmt.Errorf("cold: %s mount of %s does not answer: %w; %s output: %s: %w",
+		return nil, err
+	}
+	return p, nil
+}
+
+// answers stats the mountpoint, which the kernel holds until the daemon
+// has answered its FUSE INIT (s3fs checks the bucket and the user's
+// prefix before it answers), and checks the daemon is still there after.
+// It records when the mount answered.
+func (m *FUSEMount) answers(ctx context.Context, p *process) error {
+	if err := statWithin(ctx, m.mp); err != nil {
+		// A daemon that gave up (s3fs after a failed bucket check) says
+		// why on its way out: wait a moment for its last lines.
+		select {
+		case <-p.exited:
+			p.awaitOutput()
+		case <-time.After(time.Second):
+		}
+		return fmt.Errorf("cold: %s mount of %s does not answer: %w; %s output: %s: %w",
 			m.d.name, m.mp, err, m.d.name, p.out, errdefs.ErrUnavailable)
 	}
 	p.answeredIn = time.Since(p.started)
 	select {
 	case <-p.exited:
-		_ = unix.Unmount(m.mp, unix.MNT_DETACH)
-		return nil, fmt.Errorf("cold: %s exited right after mounting (%s); output: %s: %w",
+		return fmt.Errorf("cold: %s exited right after mounting (%s); output: %s: %w",
 			m.d.name, p.status(), p.out, errdefs.ErrUnavailable)
 	default:
 	}
-	return p, nil
+	m.d.proven.Store(true)
+	return nil
+}
+
+// confirm waits for the first answer of a generation that startFUSE
+// returned without waiting for it, and returns why the generation is
+// broken, or "" when it answered (or ctx ended). A generation that does
+// not answer makes the driver wait for the answer again at its next start.
+func (m *FUSEMount) confirm(ctx context.Context, p *process) string {
+	actx, cancel := context.WithTimeout(ctx, m.d.o.startTimeout)
+	defer cancel()
+	err := m.answers(actx, p)
+	switch {
+	case err == nil:
+		m.logReady(p)
+		return ""
+	case ctx.Err() != nil:
+		return ""
+	}
+	m.d.proven.Store(false)
+	m.log.Error("cold mount did not answer after its start returned", "error", err)
+	return "first answer failed: " + err.Error()
 }
 
 // startProcess runs argv in its own process group with a minimal environment,
@@ -299,12 +355,7 @@ func (m *FUSEMount) waitStaged(ctx context.Context, p *process) (mountID int, _ 
 		}
 		select {
 		case <-p.exited:
-			// Its last lines (why it gave up) may still be in the pipe:
-			// let them arrive, unless a child it forked holds the pipe.
-			select {
-			case <-p.outDone:
-			case <-time.After(time.Second):
-			}
+			p.awaitOutput()
 			return 0, fmt.Errorf("cold: %s exited before mounting (%s); output: %s: %w",
 				m.d.name, p.status(), p.out, errdefs.ErrUnavailable)
 		case <-ctx.Done():
@@ -363,8 +414,9 @@ func (w mountWaiter) close() {
 }
 
 // supervise watches the serving generation and remounts when it breaks,
-// until ctx is cancelled.
-func (m *FUSEMount) supervise(ctx context.Context) {
+// until ctx is cancelled. It first confirms unconfirmed, the generation
+// startFUSE returned without waiting for its answer, when there is one.
+func (m *FUSEMount) supervise(ctx context.Context, unconfirmed *process) {
 	defer close(m.done)
 	tick := time.NewTicker(m.d.o.probeInterval)
 	defer tick.Stop()
@@ -374,14 +426,19 @@ func (m *FUSEMount) supervise(ctx context.Context) {
 		p := m.proc
 		m.mu.Unlock()
 		var reason string
-		select {
-		case <-ctx.Done():
-			return
-		case <-p.exited:
-			reason = "fuse daemon exited"
-		case <-tick.C:
-			if reason = m.probe(p); reason == "" {
-				continue
+		if unconfirmed != nil {
+			reason, unconfirmed = m.confirm(ctx, p), nil
+		}
+		if reason == "" {
+			select {
+			case <-ctx.Done():
+				return
+			case <-p.exited:
+				reason = "fuse daemon exited"
+			case <-tick.C:
+				if reason = m.probe(p); reason == "" {
+					continue
+				}
 			}
 		}
 		if ctx.Err() != nil {
@@ -408,7 +465,7 @@ func (m *FUSEMount) supervise(ctx context.Context) {
 // remount launches generations until one serves or ctx is cancelled.
 func (m *FUSEMount) remount(ctx context.Context, delay *time.Duration) bool {
 	for attempt := 1; ; attempt++ {
-		p, err := m.launch(ctx)
+		p, err := m.launch(ctx, true)
 		if err == nil {
 			m.mu.Lock()
 			m.proc = p
@@ -474,6 +531,16 @@ func (m *FUSEMount) probe(p *process) string {
 	default:
 		m.log.Warn("cold mount probe", "error", err)
 		return ""
+	}
+}
+
+// awaitOutput lets an exited daemon's last lines (why it gave up), which
+// may still be in the pipe, arrive: unless a child it forked holds the
+// pipe, they do at once.
+func (p *process) awaitOutput() {
+	select {
+	case <-p.outDone:
+	case <-time.After(time.Second):
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/containerd/errdefs"
 )
@@ -49,9 +50,10 @@ func (c FUSEConfig) validate() error {
 // from S3Config are passed as AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the
 // daemon's environment, which only root can read (/proc/PID/environ).
 type MountS3 struct {
-	s3  S3Config
-	log *slog.Logger
-	o   options
+	s3     S3Config
+	log    *slog.Logger
+	o      options
+	proven atomic.Bool // one of its mounts answered (fuseDriver.proven)
 }
 
 // NewMountS3 returns the mount-s3 driver.
@@ -71,7 +73,7 @@ func (d *MountS3) Name() string { return DriverMountS3 }
 
 // Mount starts and supervises a mount-s3 daemon for req; see FUSEMount.
 func (d *MountS3) Mount(ctx context.Context, req Request) (Mount, error) {
-	return startFUSE(ctx, fuseDriver{name: DriverMountS3, build: d.command, log: d.log, o: d.o}, req)
+	return startFUSE(ctx, fuseDriver{name: DriverMountS3, build: d.command, log: d.log, o: d.o, proven: &d.proven}, req)
 }
 
 // command builds the daemon invocation that mounts on mountpoint (the stage

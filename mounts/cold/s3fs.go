@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/containerd/errdefs"
 	"github.com/matrx-dev/matrx/ids"
@@ -51,9 +52,10 @@ const s3fsDiskFreeMB = 2048
 // "invalid credentials" or similar on stderr) before or right after
 // mounting; the start then fails with that output in the error.
 type S3FS struct {
-	s3  S3Config
-	log *slog.Logger
-	o   options
+	s3     S3Config
+	log    *slog.Logger
+	o      options
+	proven atomic.Bool // one of its mounts answered (fuseDriver.proven)
 }
 
 // NewS3FS returns the s3fs driver.
@@ -76,7 +78,7 @@ func (d *S3FS) Name() string { return DriverS3FS }
 
 // Mount starts and supervises an s3fs daemon for req; see FUSEMount.
 func (d *S3FS) Mount(ctx context.Context, req Request) (Mount, error) {
-	return startFUSE(ctx, fuseDriver{name: DriverS3FS, build: d.command, log: d.log, o: d.o}, req)
+	return startFUSE(ctx, fuseDriver{name: DriverS3FS, build: d.command, log: d.log, o: d.o, proven: &d.proven}, req)
 }
 
 // command writes the passwd file (static credentials only) and builds the

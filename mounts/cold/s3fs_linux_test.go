@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/containerd/errdefs"
+	"github.com/matrx-dev/matrx/ids"
 	"github.com/matrx-dev/matrx/mounts/s3test"
 	"golang.org/x/sys/unix"
 )
@@ -231,4 +232,59 @@ func TestS3FSBadCredentials(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertNoLeftovers(t, dir)
+}
+
+// TestS3FSAnsweredLater runs "Answered later" with the real s3fs: once a
+// mount answered, a new user's start returns before s3fs has checked the
+// bucket and its files read through at once; with credentials S3 refuses
+// (the driver counting as proven, as if they had been revoked since), the
+// start returns, the supervisor sees s3fs give up, and the next start
+// waits for the answer and fails with s3fs's words.
+func TestS3FSAnsweredLater(t *testing.T) {
+	ctx := context.Background()
+	t.Run("serves", func(t *testing.T) {
+		d, srv, bucket := s3fsSetup(t, "")
+		m := newTestManager(t, testDir(t), d)
+		defer m.Close(ctx)
+		if _, err := m.Acquire(ctx, "alice"); err != nil {
+			t.Fatal(err)
+		}
+		if !d.proven.Load() {
+			t.Fatal("driver not proven after a mount answered")
+		}
+		putObject(t, srv.Client(), bucket, "users/bob/cold/notes.txt", "bob's notes")
+		mp, err := m.Acquire(ctx, "bob")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := readFile(t, filepath.Join(mp, "notes.txt")); got != "bob's notes" {
+			t.Fatalf("notes.txt = %q", got)
+		}
+		for _, u := range []string{"alice", "bob"} {
+			if err := m.Release(ctx, ids.UserID(u)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	t.Run("refused", func(t *testing.T) {
+		d, _, _ := s3fsSetup(t, "not-the-secret")
+		dir := testDir(t)
+		m := newTestManager(t, dir, d)
+		d.proven.Store(true)
+		if _, err := m.Acquire(ctx, "alice"); err != nil {
+			t.Fatalf("Acquire with a proven driver = %v, want the mount in place", err)
+		}
+		eventually(t, 20*time.Second, "the driver no longer proven", func() bool { return !d.proven.Load() })
+		_, err := m.Acquire(ctx, "bob")
+		if !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "invalid credentials") {
+			t.Fatalf("Acquire once unproven = %v, want Unavailable with s3fs's output", err)
+		}
+		if err := m.Release(ctx, "alice"); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		assertNoLeftovers(t, dir)
+	})
 }

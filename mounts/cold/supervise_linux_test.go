@@ -305,3 +305,102 @@ func TestStageMustBePrivate(t *testing.T) {
 		t.Fatalf("Mount with a shared stage = %v, want FailedPrecondition naming the private mount", err)
 	}
 }
+
+// TestAnsweredLater: until one of a driver's mounts has answered, a start
+// waits for the daemon's INIT answer; after that it returns with the mount
+// in place and INIT still unanswered, the kernel holding requests on the
+// mount until the answer. A generation that then does not answer is
+// remounted, and the driver waits for the answer again at its next start
+// (see "Answered later"). The fake daemon holds INIT until its gate file
+// exists and, if a fail file exists by then, exits unanswered.
+func TestAnsweredLater(t *testing.T) {
+	requireFUSE(t)
+	ctx := context.Background()
+	dir := testDir(t)
+	d, bin := fakeDriver(t, "fake-gated", WithStartTimeout(5*time.Second))
+	gate, fail := filepath.Join(filepath.Dir(bin), "gate"), filepath.Join(filepath.Dir(bin), "fail")
+	touch := func(p string) {
+		t.Helper()
+		if err := os.WriteFile(p, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := newTestManager(t, dir, d)
+	defer m.Close(ctx)
+
+	// Nothing proven yet: the start waits for the answer.
+	if d.proven.Load() {
+		t.Fatal("a new driver counts as proven")
+	}
+	touch(gate)
+	if _, err := m.Acquire(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if !d.proven.Load() {
+		t.Fatal("driver not proven after a mount answered")
+	}
+
+	// Proven: bob's start returns while his daemon holds INIT.
+	if err := os.Remove(gate); err != nil {
+		t.Fatal(err)
+	}
+	actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	bobMP, err := m.Acquire(actx, "bob")
+	cancel()
+	if err != nil {
+		t.Fatalf("Acquire with INIT unanswered = %v, want the mount in place", err)
+	}
+	if got := topFSType(t, bobMP); got != "fuse.fakefs" {
+		t.Fatalf("top mount on %s is %q, want fuse.fakefs", bobMP, got)
+	}
+	statted := make(chan error, 1)
+	go func() {
+		var st unix.Stat_t
+		statted <- unix.Stat(bobMP, &st)
+	}()
+	select {
+	case err := <-statted:
+		t.Fatalf("stat of a mount whose INIT is unanswered returned (%v) instead of waiting", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	touch(gate)
+	select {
+	case err := <-statted:
+		if err != nil {
+			t.Fatalf("stat once the daemon answered: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("stat still waits after the daemon answered")
+	}
+
+	// A daemon that mounts and then fails its check: carol's start
+	// returns, the supervisor sees the failure and remounts (failing while
+	// the check fails), and the next start waits for the answer again.
+	touch(fail)
+	if _, err := m.Acquire(ctx, "carol"); err != nil {
+		t.Fatalf("Acquire with a proven driver = %v", err)
+	}
+	eventually(t, 10*time.Second, "the driver no longer proven", func() bool { return !d.proven.Load() })
+	_, err = m.Acquire(ctx, "dave")
+	if !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "bucket check failed") {
+		t.Fatalf("Acquire once unproven with a failing daemon = %v, want Unavailable with its output", err)
+	}
+	if err := os.Remove(fail); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "carol's mount remounted", func() bool { return m.Remounts() > 0 })
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(dir, "cold", "mnt", "users", "carol", "cold"), &st); err != nil {
+		t.Fatalf("carol's mount after the remount: %v", err)
+	}
+	for _, u := range []ids.UserID{"alice", "bob", "carol"} {
+		if err := m.Release(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := m.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	assertNoLeftovers(t, dir)
+}
+

@@ -174,15 +174,6 @@ func (s *Storage) EnsureUser(ctx context.Context, userID ids.UserID) error {
 	return g.Wait()
 }
 
-// ColdNeedsPrefix reports whether a user's cold storage can be mounted
-// only once EnsureUser has made their cold prefix: with a FUSE daemon per
-// user, which mounts that prefix. The shared mount
-// (cold.WithSharedMount) makes the user's directories itself as it binds
-// them, so a create may mount it beside EnsureUser. (A hot sync-down never
-// needs the prefix: it lists it, and the marker EnsureUser writes is
-// skipped.)
-func (s *Storage) ColdNeedsPrefix() bool { return !s.cold.Shared() }
-
 // sandboxDir is the sandbox's hot directory, refusing any id that is not
 // a single plain path element (".", "..", separators, NUL, empty).
 func (s *Storage) sandboxDir(sandboxID string) (string, error) {

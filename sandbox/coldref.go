@@ -34,18 +34,15 @@ func (m *Manager) reacquireCold(ctx context.Context, r *registry.Record, log *sl
 }
 
 // startColdSlot mounts the user's cold storage into the sandbox's slot
-// (AcquireColdSlot) in the background (inBackground), once ensured (the
-// user's prefixes, ensureUserBeside) has ended where the cold driver needs
-// them (Storage.ColdNeedsPrefix); its error is then the mount's.
-func (m *Manager) startColdSlot(ctx context.Context, userID ids.UserID, id string, ensured func() (time.Duration, error)) (wait func() (time.Duration, error)) {
-	return inBackground(func() error {
-		if m.storage.ColdNeedsPrefix() {
-			if _, err := ensured(); err != nil {
-				return err
-			}
-		}
-		return m.storage.AcquireColdSlot(ctx, userID, id)
-	})
+// (AcquireColdSlot) in the background (inBackground), beside EnsureUser
+// (ensureUserBeside): no cold driver needs the user's prefix to exist. S3
+// has no directories, so a FUSE daemon serves a prefix without objects as
+// an empty directory (s3fs 1.90's start-up check of the prefix stats its
+// mount root, which it answers from the mountpoint without asking S3), and
+// the shared mount and the local driver make the user's directories
+// themselves.
+func (m *Manager) startColdSlot(ctx context.Context, userID ids.UserID, id string) (wait func() (time.Duration, error)) {
+	return inBackground(func() error { return m.storage.AcquireColdSlot(ctx, userID, id) })
 }
 
 // coldAcquireBudget bounds one cold (re-)mount during recovery.

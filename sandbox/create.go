@@ -237,7 +237,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 		return nil, err
 	}
 	rollback.Push("release cold mount", func(c context.Context) error { return m.storage.ReleaseCold(c, userID, rec.ID) })
-	waitCold := m.startColdSlot(ctx, userID, rec.ID, waitEnsured)
+	waitCold := m.startColdSlot(ctx, userID, rec.ID)
 	rollback.Push("wait for cold storage", func(context.Context) error { waitCold(); return nil })
 	if _, err := m.setStatus(ctx, rec.ID, registry.StatusStarting); err != nil {
 		return nil, err
@@ -412,12 +412,10 @@ func (d *syncDown) wait() error {
 // ensureUserBeside starts EnsureUser (the user's bucket prefixes: a list
 // and a put per tier for a new user) in the background, so that it is off
 // a create's critical path: in a burst of 50 pooled claims it took 80-230
-// ms before anything else could start (2026-12-02). What may run beside
-// it: the hot sync-down, the container or the runtime's claim, and the
-// cold mount where the driver allows (startColdSlot waits for it where
-// Storage.ColdNeedsPrefix says the driver does not). A
-// create waits for it before it is ready. Waiting for it is pushed on
-// rollback.
+// ms before anything else could start (2026-12-02). What runs beside it:
+// the hot sync-down, the container or the runtime's claim, and the cold
+// mount (startColdSlot). A create waits for it before it is ready.
+// Waiting for it is pushed on rollback.
 func (m *Manager) ensureUserBeside(ctx context.Context, userID ids.UserID, rollback *undo.Stack) (wait func() (time.Duration, error)) {
 	wait = inBackground(func() error { return m.storage.EnsureUser(ctx, userID) })
 	rollback.Push("wait for the user's prefixes", func(context.Context) error { wait(); return nil })

@@ -19,8 +19,7 @@ import (
 // cold mount has started or make it fail.
 type orderedStorage struct {
 	*mounts.Storage
-	needsPrefix bool
-	ensureErr   error
+	ensureErr error
 
 	mu          sync.Mutex
 	ensured     bool
@@ -29,16 +28,12 @@ type orderedStorage struct {
 	startOnce   sync.Once
 }
 
-func (s *orderedStorage) ColdNeedsPrefix() bool { return s.needsPrefix }
-
 func (s *orderedStorage) EnsureUser(ctx context.Context, userID ids.UserID) error {
-	if !s.needsPrefix {
-		// Beside the cold mount: it must start while this waits.
-		select {
-		case <-s.coldStarted:
-		case <-time.After(20 * time.Second):
-			return errors.New("test: the cold mount did not start while EnsureUser ran")
-		}
+	// Beside the cold mount: it must start while this waits.
+	select {
+	case <-s.coldStarted:
+	case <-time.After(20 * time.Second):
+		return errors.New("test: the cold mount did not start while EnsureUser ran")
 	}
 	if s.ensureErr != nil {
 		return s.ensureErr
@@ -61,24 +56,20 @@ func (s *orderedStorage) AcquireColdSlot(ctx context.Context, userID ids.UserID,
 }
 
 // TestEnsureUserBesideCold: a create runs EnsureUser beside the cold mount
-// when the driver allows it (a shared mount), after it otherwise (a
-// per-user daemon mounts the prefix), and a failed EnsureUser still fails
-// the create and leaves nothing behind.
+// (no driver needs the user's prefix, see startColdSlot), and a failed
+// EnsureUser still fails the create and leaves nothing behind.
 func TestEnsureUserBesideCold(t *testing.T) {
 	for _, c := range []struct {
-		name        string
-		needsPrefix bool
-		ensureErr   error
+		name      string
+		ensureErr error
 	}{
-		{"cold beside EnsureUser", false, nil},
-		{"cold after EnsureUser", true, nil},
-		{"EnsureUser fails beside cold", false, errors.New("test: bucket refused the prefix")},
-		{"EnsureUser fails before cold", true, errors.New("test: bucket refused the prefix")},
+		{"cold beside EnsureUser", nil},
+		{"EnsureUser fails beside cold", errors.New("test: bucket refused the prefix")},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var st *orderedStorage
 			m, rt, storage, bucket := newManagerWrapped(t, func(s *mounts.Storage) Storage {
-				st = &orderedStorage{Storage: s, needsPrefix: c.needsPrefix, ensureErr: c.ensureErr, coldStarted: make(chan struct{})}
+				st = &orderedStorage{Storage: s, ensureErr: c.ensureErr, coldStarted: make(chan struct{})}
 				return st
 			})
 			ctx := context.Background()
@@ -108,8 +99,8 @@ func TestEnsureUserBesideCold(t *testing.T) {
 			st.mu.Lock()
 			before := st.coldBefore
 			st.mu.Unlock()
-			if before != !c.needsPrefix {
-				t.Fatalf("cold mount started before EnsureUser ended: %v; want %v", before, !c.needsPrefix)
+			if !before {
+				t.Fatal("the cold mount waited for EnsureUser")
 			}
 			// EnsureUser really ran: the user's prefixes exist.
 			for _, tier := range []string{"hot", "cold"} {

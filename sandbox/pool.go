@@ -365,7 +365,7 @@ func (m *Manager) finishClaim(ctx context.Context, rec *registry.Record, start t
 	waitEnsured := m.ensureUserBeside(ctx, userID, &rollback)
 	down := m.startSyncDown(ctx, rec.ID, userID, log)
 	rollback.Push("wait for hot sync-down", func(context.Context) error { down.wait(); return nil })
-	waitCold := m.startColdSlot(ctx, userID, rec.ID, waitEnsured)
+	waitCold := m.startColdSlot(ctx, userID, rec.ID)
 	rollback.Push("wait for cold storage", func(context.Context) error { waitCold(); return nil })
 	if phase["ensure_user"], err = waitEnsured(); err != nil {
 		return nil, err

@@ -132,8 +132,6 @@ type Runtime interface {
 // per-user cold mounts.
 type Storage interface {
 	EnsureUser(ctx context.Context, userID ids.UserID) error
-	// ColdNeedsPrefix: the cold mount must wait for EnsureUser.
-	ColdNeedsPrefix() bool
 	PrepareHot(sandboxID string, userID ids.UserID, diskBytes int64) (string, error)
 	// ClaimHot gives a warm-pool sandbox's hot dir (prepared with no
 	// user) its owner.

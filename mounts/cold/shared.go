@@ -62,12 +62,6 @@ var sharedLabel = ids.MustParseUserID("all-users")
 // are binds already.
 func WithSharedMount() ManagerOption { return func(m *Manager) { m.shared = true } }
 
-// Shared reports whether the manager serves every user from one shared
-// mount (WithSharedMount). A shared mount creates a user's directories
-// itself when it binds them; a per-user daemon mounts the user's prefix,
-// which must exist first (mounts.Storage.EnsureUser).
-func (m *Manager) Shared() bool { return m.shared }
-
 // sharedState is the shared daemon's mount while the manager has one.
 type sharedState struct {
 	mount    Mount

@@ -403,4 +403,3 @@ func TestAnsweredLater(t *testing.T) {
 	}
 	assertNoLeftovers(t, dir)
 }
-

@@ -107,7 +107,9 @@ func BenchmarkTTI(b *testing.B) {
 		}
 		return out
 	}
-	burst := func(n int, tag string) (series, time.Duration) {
+	// burst runs n creates at once; timed, when set, is called once they
+	// have all answered, before the untimed deletes.
+	burst := func(n int, tag string, timed func()) (series, time.Duration) {
 		var (
 			wg  sync.WaitGroup
 			mu  sync.Mutex
@@ -125,6 +127,9 @@ func BenchmarkTTI(b *testing.B) {
 		}
 		wg.Wait()
 		took := time.Since(t0)
+		if timed != nil {
+			timed()
+		}
 		for _, id := range ids {
 			c.Delete(ctx, id, false)
 		}
@@ -141,7 +146,7 @@ func BenchmarkTTI(b *testing.B) {
 	seq(1, fresh("warmup"), nil)
 	noSeq := seq(benchN(20), fresh("np"), nil)
 	noHeavy := seq(benchN(5), heavy, nil)
-	noBurst, noBurstTook := burst(benchN(50), "np")
+	noBurst, noBurstTook := burst(benchN(50), "np", nil)
 
 	// The same daemon state, restarted with a pool of 50.
 	const poolSize = 50
@@ -197,7 +202,7 @@ func BenchmarkTTI(b *testing.B) {
 	}
 	c.Delete(ctx, s.SandboxID, false)
 	full()
-	poolBurst, poolBurstTook := burst(benchN(50), "p")
+	poolBurst, poolBurstTook := burst(benchN(50), "p", nil)
 
 	// The same pool with --cold-shared: one FUSE daemon for every user, so
 	// a claim binds a directory instead of starting a daemon.
@@ -217,7 +222,9 @@ func BenchmarkTTI(b *testing.B) {
 		}
 	}
 	full()
-	sharedBurst, sharedBurstTook := burst(benchN(50), "sh")
+	// MATRX_BENCH_PROFILE=DIR: perf and Go profiles of this burst.
+	prof := startProfiles(b, os.Getenv("MATRX_BENCH_PROFILE"))
+	sharedBurst, sharedBurstTook := burst(benchN(50), "sh", prof.stop)
 	if os.Getenv("MATRX_BENCH_PHASES") != "" {
 		for _, l := range strings.Split(h.Logs(), "\n") {
 			if strings.Contains(l, `"sandbox ready"`) && strings.Contains(l, `"burst-sh-`) {

@@ -77,13 +77,22 @@ func startFUSE(ctx context.Context, d fuseDriver, req Request) (Mount, error) {
 	if mp == stage {
 		return nil, fmt.Errorf("cold: stage dir and mountpoint are both %s: %w", mp, errdefs.ErrInvalidArgument)
 	}
-	mounts, err := readMountinfo()
-	if err != nil {
-		return nil, err
-	}
-	if pm, ok := containingMount(mounts, filepath.Dir(stage)); !ok || pm.Shared() {
-		return nil, fmt.Errorf("cold: stage dir %s must be below a private mount (the kernel refuses to move a mount out of a shared parent): %w",
-			stage, errdefs.ErrFailedPrecondition)
+	// Wait for the first answer only until one of this driver's mounts
+	// has answered (see "Answered later"); until then also check where
+	// the stage and the mountpoint are. After that the checks have
+	// passed for a working mount and are left to the kernel (a move out
+	// of a shared stage fails, with the same hint): the mount table is
+	// hundreds of lines with many sandboxes, 2-7 ms of a create to read.
+	waitAnswer := !d.proven.Load()
+	var mounts []mountInfo
+	if waitAnswer {
+		if mounts, err = readMountinfo(); err != nil {
+			return nil, err
+		}
+		if pm, ok := containingMount(mounts, filepath.Dir(stage)); !ok || pm.Shared() {
+			return nil, fmt.Errorf("cold: stage dir %s must be below a private mount (the kernel refuses to move a mount out of a shared parent): %w",
+				stage, errdefs.ErrFailedPrecondition)
+		}
 	}
 	m := &FUSEMount{
 		d:     d,
@@ -96,9 +105,6 @@ func startFUSE(ctx context.Context, d fuseDriver, req Request) (Mount, error) {
 	if pm, ok := containingMount(mounts, filepath.Dir(mp)); ok && !pm.Shared() && !req.Private {
 		m.log.Warn("cold mountpoint is not below a shared mount: remounts will not reach running sandboxes")
 	}
-	// Wait for the first answer only until one of this driver's mounts
-	// has answered (see "Answered later").
-	waitAnswer := !d.proven.Load()
 	p, err := m.launch(ctx, waitAnswer)
 	if err != nil {
 		return nil, err

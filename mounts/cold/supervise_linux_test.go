@@ -297,12 +297,27 @@ func TestStageMustBePrivate(t *testing.T) {
 	if _, err := bindSelf(shared, unix.MS_SHARED); err != nil {
 		t.Fatal(err)
 	}
-	d, _ := fakeDriver(t, "fake-fuse")
-	_, err := d.Mount(context.Background(), Request{
-		UserID: "alice", Mountpoint: filepath.Join(shared, "mp"), StageDir: filepath.Join(shared, "stage"),
-	})
-	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "private") {
-		t.Fatalf("Mount with a shared stage = %v, want FailedPrecondition naming the private mount", err)
+	d, bin := fakeDriver(t, "fake-fuse")
+	// Checked before the daemon starts, and, once the driver is proven
+	// (see "Answered later"), by the kernel refusing the move.
+	for _, proven := range []bool{false, true} {
+		d.proven.Store(proven)
+		_, err := d.Mount(context.Background(), Request{
+			UserID: "alice", Mountpoint: filepath.Join(shared, "mp"), StageDir: filepath.Join(shared, "stage"),
+		})
+		if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "private") {
+			t.Fatalf("Mount with a shared stage (proven %v) = %v, want FailedPrecondition naming the private mount", proven, err)
+		}
+	}
+	for _, p := range fakePIDs(t, bin) {
+		if alive(p) {
+			t.Errorf("daemon %d alive after the refused start", p)
+		}
+	}
+	for _, p := range []string{"stage", "mp"} {
+		if mounted, err := mountedAt(filepath.Join(shared, p)); err != nil || mounted {
+			t.Errorf("%s mounted after the refused start: %v %v", p, mounted, err)
+		}
 	}
 }
 

@@ -495,47 +495,42 @@ func (m *FUSEMount) remount(ctx context.Context, delay *time.Duration) bool {
 }
 
 // probe returns why the generation's mount is broken, or "" when it serves
-// (or cannot be judged right now).
+// (or cannot be judged right now). One statx of the mountpoint tells both
+// whether the mount answers and whether it is still the one on top (its
+// mount id): the mount table, which every user's probe read every
+// interval before, is hundreds of lines with many sandboxes.
 func (m *FUSEMount) probe(p *process) string {
 	if !m.probing.CompareAndSwap(false, true) {
 		return "" // the last stat still hangs; already logged
 	}
-	mounts, err := readMountinfo()
-	if err != nil {
-		m.probing.Store(false)
-		m.log.Warn("cold mount probe", "error", err)
-		return ""
+	type answer struct {
+		err     error
+		mountID uint64
+		known   bool
 	}
-	found := false
-	for _, mi := range mounts {
-		if mi.ID == p.mountID && mi.Mountpoint == m.mp {
-			found = true
-			break
-		}
-	}
-	if !found {
-		m.probing.Store(false)
-		return "mount disappeared from mountinfo"
-	}
-	errc := make(chan error, 1)
+	ac := make(chan answer, 1)
 	go func() {
 		defer m.probing.Store(false)
-		var st unix.Stat_t
-		errc <- unix.Stat(m.mp, &st)
+		var stx unix.Statx_t
+		err := unix.Statx(unix.AT_FDCWD, m.mp, unix.AT_STATX_SYNC_AS_STAT, unix.STATX_BASIC_STATS|unix.STATX_MNT_ID, &stx)
+		ac <- answer{err, stx.Mnt_id, stx.Mask&unix.STATX_MNT_ID != 0}
 	}()
+	var a answer
 	select {
-	case err = <-errc:
+	case a = <-ac:
 	case <-time.After(m.d.o.probeTimeout):
 		m.log.Warn("cold mount slow to answer stat", "timeout", m.d.o.probeTimeout)
 		return ""
 	}
 	switch {
-	case err == nil:
+	case a.err == nil && a.known && a.mountID != uint64(p.mountID):
+		return "mount disappeared from the mountpoint"
+	case a.err == nil:
 		return ""
-	case isDisconnected(err):
-		return "mount not connected: " + err.Error()
+	case isDisconnected(a.err):
+		return "mount not connected: " + a.err.Error()
 	default:
-		m.log.Warn("cold mount probe", "error", err)
+		m.log.Warn("cold mount probe", "error", a.err)
 		return ""
 	}
 }

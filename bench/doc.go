@@ -116,4 +116,18 @@
 // left is mostly the cold bind (200–430 ms in a burst: two mkdirs and two
 // lookups through s3fs for a new user, each a few S3 requests to a server
 // that shares the two CPUs) and the first `node -v` of 50 sandboxes.
+//
+// 2026-12-03, a slower VM again (MATRX_BENCH_PROFILE=DIR profiles this
+// burst, its deletes excluded): 790 ms wall, perf counts 1.67 s of CPU on
+// the two CPUs (17 % idle), 33 ms per claim and first `node -v`: the
+// benchmark process (matrxd and its client) 11.5 ms, versitygw 6.3, node
+// 4.6, bash 2.9, containerd 2.1, s3fs 1.9, iptables-restore 1.4,
+// matrx-init (the exec agent) 1.2. In matrxd's Go profile (9.4 ms a
+// claim): the hot sync-down 17 % (its manifest save a third of that), the
+// cold bind's mkdirs through s3fs 11 %, the AWS SDK's request path for the
+// user's prefixes 9 %, decoding the pooled records each claim lists to
+// pick one 9 %. With per-user cold mounts the same burst took 1.5-2.5 s:
+// each new user's s3fs lists 1,000 keys of the bucket at start-up (the
+// versitygw share grows accordingly), now after its create has answered
+// (mounts/cold, "Answered later").
 package bench

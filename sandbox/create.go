@@ -229,7 +229,8 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 	rollback.Push("wait for hot sync-down", func(context.Context) error { down.wait(); return nil })
 	// The container binds the sandbox's empty cold slot, and the user's
 	// cold storage is mounted into it while the container comes up (a new
-	// user's FUSE mount takes 50-90 ms here: as long as the container).
+	// user's FUSE mount takes 15-30 ms here to be in place, see cold's
+	// "Answered later").
 	// Nothing of the agent runs before both are done (the record becomes
 	// ready only then), so no command ever sees the slot empty.
 	slot, err := m.storage.ColdSlot(rec.ID)

@@ -25,8 +25,10 @@ type Driver interface {
 	// Name is the driver's configuration name ("mount-s3", "s3fs", "local").
 	Name() string
 	// Mount makes req.Mountpoint show the user's cold files and returns once
-	// it answers. The caller owns req.Mountpoint exclusively until it calls
-	// Unmount on the result.
+	// it answers, or, for a FUSE driver whose mounts have answered before,
+	// once the mount is in place (the kernel holds requests on it until the
+	// daemon answers; see "Answered later"). The caller owns req.Mountpoint
+	// exclusively until it calls Unmount on the result.
 	Mount(ctx context.Context, req Request) (Mount, error)
 }
 

@@ -16,7 +16,8 @@ import (
 // # One mount for all users (WithSharedMount, opt-in)
 //
 // By default every user gets a FUSE daemon of their own, started at their
-// first sandbox: 50-90 ms on a create's path, and fifty of them at once in
+// first sandbox: 15-30 ms on a create's path (its start; its bucket
+// check is answered later), and fifty of them at once in
 // a burst of new users. With WithSharedMount the manager instead runs one
 // daemon for the whole bucket's users/ prefix, at Dir/all/users (Dir/all
 // is 0700, so only root reaches it, and a private bind of itself, so

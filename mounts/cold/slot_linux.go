@@ -16,7 +16,7 @@ import (
 //
 // A warm-pool sandbox starts before anyone owns it, so no user's mountpoint
 // can be bound at its /data/cold; and a normal create does not wait for a
-// new user's FUSE daemon (50-90 ms) before starting its container, but
+// new user's FUSE daemon (15-30 ms) before starting its container, but
 // mounts it while the container starts. Either binds its own empty slot,
 // Dir/mnt/slots/SANDBOX (rbind,rslave like a mountpoint: the slot is a
 // directory of the shared Dir/mnt mount, so the container's copy is a

@@ -116,8 +116,10 @@
 // timeout. A generation that then does not answer is handled like one
 // that broke later (remounted, with backoff; a sandbox's request in
 // between fails with ENOTCONN instead of the create failing), and the
-// driver waits for the answer again at its next start (TestAnsweredLater,
-// TestS3FSAnsweredLater). The credentials and the bucket are those the
+// driver waits for the answer again at its next start, as it does after
+// any failed start (TestAnsweredLater, TestS3FSAnsweredLater; s3fs that
+// refuses the credentials sometimes exits before its mount is seen, and
+// that start fails as before). The credentials and the bucket are those the
 // daemon's own S3 client uses, so after one answer a later failure means
 // S3 itself failed, which the create sees in its other S3 calls. Remounts
 // always wait for the answer: they are off any create's path, and the

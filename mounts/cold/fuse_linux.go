@@ -107,6 +107,8 @@ func startFUSE(ctx context.Context, d fuseDriver, req Request) (Mount, error) {
 	}
 	p, err := m.launch(ctx, waitAnswer)
 	if err != nil {
+		// Whatever failed, the next start proves the driver again.
+		d.proven.Store(false)
 		return nil, err
 	}
 	m.proc = p

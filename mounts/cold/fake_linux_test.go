@@ -66,6 +66,9 @@ func fakeMountS3(args []string) int {
 				}
 			}
 			if _, err := os.Stat(filepath.Join(dir, "fail")); err == nil {
+				// As long as s3fs's check takes at the least (a round
+				// trip), so the start has seen the mount by then.
+				time.Sleep(100 * time.Millisecond)
 				fmt.Fprintln(os.Stderr, "fake mount-s3: bucket check failed")
 				return false
 			}

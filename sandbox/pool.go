@@ -34,8 +34,8 @@ import (
 // network policy replaces the closed one, and the TTL starts. The
 // runtime's part (limits, environment, policy) touches none of the user's
 // storage and runs beside the storage steps (ensuring the user's prefixes,
-// the hot files and the cold bind, side by side as far as the cold driver
-// allows: ensureUserBeside): nothing of the user
+// the hot files and the cold bind, all side by side: ensureUserBeside,
+// startColdSlot): nothing of the user
 // runs in the sandbox before the claim is ready, and a claim that fails at
 // any step is destroyed whole. The pool
 // refills behind it, one sandbox at a time and only while no create is in
@@ -357,8 +357,8 @@ func (m *Manager) finishClaim(ctx context.Context, rec *registry.Record, start t
 	// while the user's prefixes are ensured, the hot files download and
 	// the cold storage mounts: the runtime's part touches nothing of the
 	// user's storage, and nothing of the user runs in the sandbox before
-	// it is ready. The storage steps run side by side as far as the cold
-	// driver allows (ensureUserBeside). Each must have ended before any
+	// it is ready. The storage steps run side by side too
+	// (ensureUserBeside, startColdSlot). Each must have ended before any
 	// undo step runs.
 	waitClaim := m.startClaim(ctx, rec, cfg)
 	rollback.Push("wait for the runtime's claim", func(context.Context) error { waitClaim(); return nil })

@@ -102,6 +102,15 @@ func (s *Syncer) Down(ctx context.Context) (res Result, err error) {
 	if err := checkRoom(s.dir, jobs); err != nil {
 		return Result{}, err
 	}
+	if len(jobs) == 0 && len(dirs) == 0 && len(realDirs) == 0 && manifestMissing(s.manifest) {
+		// Nothing to bring down (a new user) and no manifest yet: the
+		// missing manifest already says what an empty one would (Up
+		// counts every file as new and has nothing to delete), so the
+		// sync and the manifest's two fsyncs are skipped. A manifest
+		// that is there is always rewritten: left alone, its entries
+		// would read as files the user deleted.
+		return c.finish("down")
+	}
 	m := newManifest(s.prefix, s.sandboxID)
 	s.materialize(ctx, root, &c, m, jobs, dirs, realDirs)
 	// Everything written must be on disk before the manifest says so.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -775,4 +776,42 @@ func TestLargeFilesAreBoundedInFlight(t *testing.T) {
 	if st.peak > hotsync.LargeInFlight || st.peak < 2 {
 		t.Fatalf("%d large downloads at once, want 2 to %d", st.peak, hotsync.LargeInFlight)
 	}
+}
+
+// A new user's Down writes no manifest (nothing came down, and a missing
+// manifest means what an empty one would); Up then counts every file as
+// new. A Down that finds the prefix empty while a manifest is there
+// rewrites it: its old entries must not read as files deleted here.
+func TestEmptyDownAndTheManifest(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st hotsync.Store) {
+		sb := newSandbox(t, st, "sb-empty")
+		if res := sb.down(t); len(res.Downloaded) != 0 || res.Dirs != 0 {
+			t.Fatalf("down of an empty prefix: %+v", res)
+		}
+		if _, err := os.Lstat(sb.manifest); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("an empty down left a manifest (or cannot tell): %v", err)
+		}
+		sb.write(t, "a", []byte("one"))
+		if res := sb.up(t); !slices.Equal(res.Uploaded, []string{"a"}) {
+			t.Fatalf("up after an empty down uploaded %v, want [a]", res.Uploaded)
+		}
+
+		// sb2 has a as synced; then a is deleted from the bucket elsewhere.
+		sb2 := newSandbox(t, st, "sb-two")
+		if res := sb2.down(t); !slices.Equal(res.Downloaded, []string{"a"}) {
+			t.Fatalf("down: %v, want [a]", res.Downloaded)
+		}
+		must(t, os.Remove(filepath.Join(sb.dir, "a")))
+		if res := sb.up(t); !slices.Equal(res.Deleted, []string{"a"}) {
+			t.Fatalf("up after rm deleted %v, want [a]", res.Deleted)
+		}
+		sb2.down(t)
+		raw, err := os.ReadFile(sb2.manifest)
+		if err != nil {
+			t.Fatalf("a down with a manifest there must rewrite it: %v", err)
+		}
+		if n := bytes.Count(raw, []byte("\n")); n != 1 {
+			t.Fatalf("manifest after an empty down has %d lines, want the header alone:\n%s", n, raw)
+		}
+	})
 }

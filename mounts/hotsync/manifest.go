@@ -195,3 +195,10 @@ func (m *manifest) save(path string) error {
 	}
 	return nil
 }
+
+// manifestMissing reports whether no manifest file is at path (any other
+// answer, an error too, counts as there).
+func manifestMissing(path string) bool {
+	_, err := os.Lstat(path)
+	return errors.Is(err, fs.ErrNotExist)
+}

@@ -3,6 +3,8 @@ package runtime
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -44,8 +46,14 @@ const dynModsOption = "favordynmods"
 // hierarchy, the one a host has on pure cgroup v2 and on hybrid ones
 // (cgroup v1 takes the option only when a hierarchy is mounted, never on a
 // reconfigure: a host with no cgroup2 mount answers ErrNotImplemented, as
-// does a kernel without the option). It returns the mount point and
-// whether it changed anything (false when the option was already on).
+// does a kernel without the option). In a mount namespace without the
+// cgroup2 mount (a hybrid host's crun runs, `make bench`: see
+// bootstrap/lib/without-cgroup2-controllers.sh) it reconfigures the host's
+// mount, reached through PID 1's root: the lock the option changes is the
+// kernel's one, so that mount serves as well, and a daemon there would
+// otherwise pay the grace period on every sandbox's first exec. It
+// returns the mount point and whether it changed anything (false when the
+// option was already on).
 func FavorCgroupDynMods() (mountpoint string, changed bool, err error) {
 	m, err := cgroupMount()
 	if err != nil {
@@ -57,7 +65,7 @@ func FavorCgroupDynMods() (mountpoint string, changed bool, err error) {
 	if err := reconfigureCgroup(m, dynModsOption); err != nil {
 		return m.point, false, err
 	}
-	after, err := cgroupMountAt(m.point)
+	after, err := m.reread()
 	if err != nil {
 		return m.point, true, err
 	}
@@ -75,6 +83,9 @@ func FavorCgroupDynMods() (mountpoint string, changed bool, err error) {
 // flags (nosuid, nodev, noexec) are not the file system's and do not
 // change.
 func reconfigureCgroup(m cgroupFSMount, extra ...string) error {
+	if m.viaInit {
+		return applyCgroup2Options(m, extra)
+	}
 	fd, err := unix.Fspick(unix.AT_FDCWD, m.point, unix.FSPICK_CLOEXEC|unix.FSPICK_NO_AUTOMOUNT|unix.FSPICK_SYMLINK_NOFOLLOW)
 	if err != nil {
 		if errors.Is(err, unix.ENOSYS) {
@@ -113,24 +124,100 @@ func reconfigureCgroup(m cgroupFSMount, extra ...string) error {
 	return nil
 }
 
+// applyCgroup2Options gives the host's cgroup2 hierarchy m's options plus
+// extra when m is PID 1's mount (viaInit), which no reconfigure from
+// another mount namespace may pick (fspick through /proc/1/root is
+// refused). Making a cgroup2 file system context does it instead: the
+// kernel has one cgroup2 hierarchy, and creating its superblock applies
+// the context's flags to it (cgroup_get_tree, from the initial cgroup
+// namespace), all of them, hence m's own options again. Nothing is
+// mounted: the context is closed unattached.
+func applyCgroup2Options(m cgroupFSMount, extra []string) error {
+	fd, err := unix.Fsopen("cgroup2", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		if errors.Is(err, unix.ENOSYS) {
+			return fmt.Errorf("fsopen cgroup2: %v: %w", err, errdefs.ErrNotImplemented)
+		}
+		return fmt.Errorf("fsopen cgroup2: %w", err)
+	}
+	defer unix.Close(fd)
+	for _, o := range append(slices.Clone(m.superOptions), extra...) {
+		if o == "" || o == "rw" || o == "ro" {
+			continue
+		}
+		key, value, isKV := strings.Cut(o, "=")
+		if isKV {
+			err = unix.FsconfigSetString(fd, key, value)
+		} else {
+			err = unix.FsconfigSetFlag(fd, o)
+		}
+		if err != nil {
+			if errors.Is(err, unix.EINVAL) && slices.Contains(extra, o) {
+				return fmt.Errorf("this kernel's cgroup2 has no %s option: %w", o, errdefs.ErrNotImplemented)
+			}
+			return fmt.Errorf("cgroup2 option %q: %w", o, err)
+		}
+	}
+	if err := unix.FsconfigCreate(fd); err != nil {
+		return fmt.Errorf("apply cgroup2 options %v + %v: %w", m.superOptions, extra, err)
+	}
+	return nil
+}
+
 // cgroupFSMount is one cgroup file system mount.
 type cgroupFSMount struct {
-	point        string
+	point        string // where this process reaches it
 	superOptions []string
+	// viaInit: the mount is PID 1's (this mount namespace has no cgroup2
+	// mount), and point is below /proc/1/root.
+	viaInit bool
 }
 
 func (m cgroupFSMount) hasOption(opt string) bool { return slices.Contains(m.superOptions, opt) }
 
-// cgroupMount is the first cgroup2 mount of this mount namespace.
+// initRoot is PID 1's root directory as this process reaches it.
+const initRoot = "/proc/1/root"
+
+// cgroupMount is the first cgroup2 mount of this mount namespace or, when
+// it has none, of PID 1's.
 func cgroupMount() (cgroupFSMount, error) {
 	ms, err := mountinfo.GetMounts(mountinfo.FSTypeFilter("cgroup2"))
 	if err != nil {
 		return cgroupFSMount{}, fmt.Errorf("read mountinfo: %w", err)
 	}
-	if len(ms) == 0 {
-		return cgroupFSMount{}, fmt.Errorf("no cgroup2 file system is mounted (cgroup v1 takes %s only at mount time): %w", dynModsOption, errdefs.ErrNotImplemented)
+	if len(ms) > 0 {
+		return cgroupFSMount{point: ms[0].Mountpoint, superOptions: strings.Split(ms[0].VFSOptions, ",")}, nil
 	}
-	return cgroupFSMount{point: ms[0].Mountpoint, superOptions: strings.Split(ms[0].VFSOptions, ",")}, nil
+	if m, err := initCgroupMount(); err == nil {
+		return m, nil
+	}
+	return cgroupFSMount{}, fmt.Errorf("no cgroup2 file system is mounted here or in PID 1's mount namespace (cgroup v1 takes %s only at mount time): %w", dynModsOption, errdefs.ErrNotImplemented)
+}
+
+// initCgroupMount is the first cgroup2 mount of PID 1's mount namespace,
+// its point below initRoot.
+func initCgroupMount() (cgroupFSMount, error) {
+	f, err := os.Open("/proc/1/mountinfo")
+	if err != nil {
+		return cgroupFSMount{}, err
+	}
+	defer f.Close()
+	ms, err := mountinfo.GetMountsFromReader(f, mountinfo.FSTypeFilter("cgroup2"))
+	if err != nil {
+		return cgroupFSMount{}, err
+	}
+	if len(ms) == 0 {
+		return cgroupFSMount{}, fmt.Errorf("PID 1 has no cgroup2 mount: %w", errdefs.ErrNotFound)
+	}
+	return cgroupFSMount{point: filepath.Join(initRoot, ms[0].Mountpoint), superOptions: strings.Split(ms[0].VFSOptions, ","), viaInit: true}, nil
+}
+
+// reread reads m's options again.
+func (m cgroupFSMount) reread() (cgroupFSMount, error) {
+	if m.viaInit {
+		return initCgroupMount()
+	}
+	return cgroupMountAt(m.point)
 }
 
 // cgroupMountAt is the cgroup mount at point (the top one, when several are).

@@ -76,9 +76,10 @@ func TestFavorCgroupDynMods(t *testing.T) {
 	testenv.NeedRoot(t, "reconfigures the host's cgroup mount")
 	m, err := cgroupMount()
 	if errdefs.IsNotImplemented(err) {
-		// A host with cgroup v1 alone (or, in `make test`'s crun pass, a
-		// mount namespace without the cgroup2 mount): matrxd is told so
-		// and logs it; there is nothing to change.
+		// A host with cgroup v1 alone: matrxd is told so and logs it;
+		// there is nothing to change. (In `make test`'s crun pass, a
+		// mount namespace without the cgroup2 mount, the host's is
+		// reached through PID 1's root and tested below.)
 		if _, changed, err := FavorCgroupDynMods(); !errdefs.IsNotImplemented(err) || changed {
 			t.Fatalf("FavorCgroupDynMods without a cgroup2 mount: changed %v, %v; want ErrNotImplemented", changed, err)
 		}
@@ -89,12 +90,13 @@ func TestFavorCgroupDynMods(t *testing.T) {
 		t.Fatal(err)
 	}
 	if m.hasOption(dynModsOption) {
-		off := cgroupFSMount{point: m.point, superOptions: slices.DeleteFunc(slices.Clone(m.superOptions), func(o string) bool { return o == dynModsOption })}
+		off := m
+		off.superOptions = slices.DeleteFunc(slices.Clone(m.superOptions), func(o string) bool { return o == dynModsOption })
 		if err := reconfigureCgroup(off); err != nil {
 			t.Fatalf("turn %s off for the test: %v", dynModsOption, err)
 		}
 		t.Cleanup(func() { FavorCgroupDynMods() })
-		if m, err = cgroupMountAt(m.point); err != nil || m.hasOption(dynModsOption) {
+		if m, err = m.reread(); err != nil || m.hasOption(dynModsOption) {
 			t.Fatalf("%s still on after turning it off: %v %v", dynModsOption, m.superOptions, err)
 		}
 	}
@@ -105,9 +107,12 @@ func TestFavorCgroupDynMods(t *testing.T) {
 	if err != nil || !changed || point != m.point {
 		t.Fatalf("FavorCgroupDynMods: %s changed %v, %v (want %s changed)", point, changed, err, m.point)
 	}
-	after, err := cgroupMountAt(point)
+	after, err := m.reread()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if own, err := mountinfo.GetMounts(mountinfo.FSTypeFilter("cgroup2")); err == nil && len(own) == 0 && !m.viaInit {
+		t.Errorf("no cgroup2 mount in this namespace, yet %s was not reached through PID 1's root", m.point)
 	}
 	for _, o := range append(slices.Clone(m.superOptions), dynModsOption) {
 		if !after.hasOption(o) {

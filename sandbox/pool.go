@@ -277,6 +277,13 @@ func (m *Manager) claimPooled(ctx context.Context, userID ids.UserID, cfg regist
 		return nil, false, nil
 	}
 	start := time.Now()
+	// A burst of claims takes turns (the start gate, gate.go); the wait
+	// counts in the claim's time.
+	leave, err := m.gate.enter(ctx)
+	if err != nil {
+		return nil, true, err
+	}
+	defer leave()
 	var rec *registry.Record
 	// One candidate at a time, skipping undecoded the ones other claims
 	// hold and the ones tried: with a pool of 50, decoding every pooled

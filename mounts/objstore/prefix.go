@@ -42,17 +42,41 @@ func EnsurePrefix(ctx context.Context, s Store, prefix string) error {
 	if err := checkDirPrefix(prefix); err != nil {
 		return err
 	}
-	for _, err := range s.List(ctx, prefix) {
-		if err != nil {
-			return fmt.Errorf("ensure prefix %q: %w", prefix, err)
-		}
-		return nil // not empty
+	empty, err := isEmpty(ctx, s, prefix)
+	if err != nil {
+		return fmt.Errorf("ensure prefix %q: %w", prefix, err)
 	}
-	_, err := s.Put(ctx, prefix+KeepMarker, strings.NewReader(""), 0, IfNoneMatch("*"), nil)
+	if !empty {
+		return nil
+	}
+	_, err = s.Put(ctx, prefix+KeepMarker, strings.NewReader(""), 0, IfNoneMatch("*"), nil)
 	if err != nil && !errdefs.IsFailedPrecondition(err) {
 		return fmt.Errorf("ensure prefix %q: %w", prefix, err)
 	}
 	return nil
+}
+
+// emptiness is implemented by stores that can tell whether a prefix holds
+// anything cheaper than by its first page of keys (S3: a list of one key
+// instead of up to 1,000, which a user with thousands of files paid on
+// every create).
+type emptiness interface {
+	IsEmpty(ctx context.Context, prefix string) (bool, error)
+}
+
+// isEmpty reports whether no object's key starts with prefix.
+func isEmpty(ctx context.Context, s Store, prefix string) (bool, error) {
+	if e, ok := s.(emptiness); ok {
+		return e.IsEmpty(ctx, prefix)
+	}
+	return isEmptyByList(ctx, s, prefix)
+}
+
+func isEmptyByList(ctx context.Context, s Store, prefix string) (bool, error) {
+	for _, err := range s.List(ctx, prefix) {
+		return false, err
+	}
+	return true, nil
 }
 
 // usager is implemented by stores that can size a prefix without listing

@@ -283,6 +283,25 @@ func (s *S3) List(ctx context.Context, prefix string) iter.Seq2[ObjectInfo, erro
 	}
 }
 
+// IsEmpty reports whether no object's key starts with prefix, from a list
+// of at most one key.
+func (s *S3) IsEmpty(ctx context.Context, prefix string) (bool, error) {
+	ctx, cancel := s.deadline(ctx)
+	defer cancel()
+	out, err := s.client.ListObjectsV2(ctx, &s3.ListObjectsV2Input{
+		Bucket: aws.String(s.bucket), Prefix: aws.String(prefix), MaxKeys: aws.Int32(1),
+	})
+	if err != nil {
+		return false, mapErr(fmt.Sprintf("list s3://%s/%s", s.bucket, prefix), err)
+	}
+	if len(out.Contents) == 0 && aws.ToBool(out.IsTruncated) {
+		// S3 may answer a page with fewer keys than asked: then the
+		// whole listing decides.
+		return isEmptyByList(ctx, s, prefix)
+	}
+	return len(out.Contents) == 0, nil
+}
+
 // Head implements Store.
 func (s *S3) Head(ctx context.Context, key string) (ObjectInfo, error) {
 	if err := ValidateKey(key); err != nil {

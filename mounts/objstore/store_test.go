@@ -346,6 +346,16 @@ func TestPrefixHelpers(t *testing.T) {
 		}
 		put(t, s, "users/u1/cold/sub/more.bin", randBytes(24, 3), objstore.Cond{})
 		put(t, s, "users/u2/hot/other", []byte("u2"), objstore.Cond{})
+		// A key that only shares the prefix's letters does not fill it.
+		put(t, s, "users/u3/hot.bak", []byte("u3"), objstore.Cond{})
+		if err := objstore.EnsurePrefix(ctx, s, "users/u3/hot/"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Head(ctx, "users/u3/hot/.keep"); err != nil {
+			t.Fatalf("no .keep in a prefix only a sibling key shares letters with: %v", err)
+		}
+		must(t, s.Delete(ctx, "users/u3/hot/.keep", ""))
+		must(t, s.Delete(ctx, "users/u3/hot.bak", ""))
 
 		u, err := objstore.Stats(ctx, s, "users/u1/")
 		if err != nil || u != (objstore.Usage{Objects: 3, Bytes: 1024}) {

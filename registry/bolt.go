@@ -295,9 +295,6 @@ func (b *Bolt) List(ctx context.Context, f Filter) ([]*Record, error) {
 	err := b.db.View(func(tx *bolt.Tx) error {
 		bkt := tx.Bucket(bucketSandboxes)
 		visit := func(k, v []byte) error {
-			if f.SkipID != nil && f.SkipID(string(k)) {
-				return nil
-			}
 			var r Record
 			if err := json.Unmarshal(v, &r); err != nil {
 				bad = append(bad, string(k))
@@ -305,9 +302,6 @@ func (b *Bolt) List(ctx context.Context, f Filter) ([]*Record, error) {
 			}
 			if f.match(&r) {
 				out = append(out, &r)
-				if f.full(len(out)) {
-					return errListFull
-				}
 			}
 			return nil
 		}
@@ -324,9 +318,6 @@ func (b *Bolt) List(ctx context.Context, f Filter) ([]*Record, error) {
 			return nil
 		})
 	})
-	if errors.Is(err, errListFull) {
-		err = nil
-	}
 	if err != nil {
 		return nil, err
 	}
@@ -338,9 +329,6 @@ func (b *Bolt) List(ctx context.Context, f Filter) ([]*Record, error) {
 	sortRecords(out)
 	return out, nil
 }
-
-// errListFull ends a List's walk once its filter's limit is reached.
-var errListFull = errors.New("list limit reached")
 
 // Counts implements Store.
 func (b *Bolt) Counts(context.Context) (Counts, error) {

@@ -3,7 +3,6 @@ package registry
 import (
 	"context"
 	"fmt"
-	"maps"
 	"slices"
 	"sort"
 	"sync"
@@ -91,14 +90,9 @@ func (m *Memory) List(_ context.Context, f Filter) ([]*Record, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []*Record
-	for _, id := range slices.Sorted(maps.Keys(m.records)) {
-		r := m.records[id]
-		if f.SkipID != nil && f.SkipID(id) || !f.match(r) {
-			continue
-		}
-		out = append(out, r.Clone())
-		if f.full(len(out)) {
-			break
+	for _, r := range m.records {
+		if f.match(r) {
+			out = append(out, r.Clone())
 		}
 	}
 	sortRecords(out)

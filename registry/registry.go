@@ -276,18 +276,7 @@ type Filter struct {
 	UserID ids.UserID
 	// Statuses, when non-empty, keeps only records in one of these statuses.
 	Statuses []Status
-	// SkipID, when set, drops the records whose id it returns true for
-	// before they are read (a warm-pool claim skips the sandboxes other
-	// claims hold without decoding them).
-	SkipID func(id string) bool
-	// Limit, when positive, keeps only the first Limit matches in id
-	// order (then sorted oldest first, like every List): a claim needs
-	// one pooled sandbox, not all of them decoded.
-	Limit int
 }
-
-// full reports whether n matches are all a filter with a limit wants.
-func (f Filter) full(n int) bool { return f.Limit > 0 && n >= f.Limit }
 
 func (f Filter) match(r *Record) bool {
 	if f.UserID != "" && r.UserID != f.UserID {

@@ -194,15 +194,6 @@ func (p *pool) reserve(id string) bool {
 	return true
 }
 
-// reserved reports whether a claim holds id. It runs inside a registry
-// read (claimPooled's SkipID), so nothing may hold p.mu while it waits on
-// the registry.
-func (p *pool) reserved(id string) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.claiming[id]
-}
-
 func (p *pool) unreserve(id string) {
 	p.mu.Lock()
 	delete(p.claiming, id)
@@ -285,18 +276,13 @@ func (m *Manager) claimPooled(ctx context.Context, userID ids.UserID, cfg regist
 	}
 	defer leave()
 	var rec *registry.Record
-	// One candidate at a time, skipping undecoded the ones other claims
-	// hold and the ones tried: with a pool of 50, decoding every pooled
-	// record took about 1 ms of each claim (2026-12-03 profile).
-	tried := map[string]bool{}
-	skip := func(id string) bool { return tried[id] || m.pool.reserved(id) }
-	for {
-		cands, err := m.store.List(ctx, registry.Filter{Statuses: []registry.Status{registry.StatusPooled}, SkipID: skip, Limit: 1})
-		if err != nil || len(cands) == 0 {
-			break // none left: the normal path still works
-		}
-		c := cands[0]
-		tried[c.ID] = true
+	// Oldest first (List's order): the pool turns over, and a sandbox
+	// adopted across a restart goes before newer ones.
+	cands, err := m.pooled(ctx)
+	if err != nil || len(cands) == 0 {
+		return nil, false, nil // the normal path still works
+	}
+	for _, c := range cands {
 		if !fits(c.Config, cfg) || !m.pool.reserve(c.ID) {
 			continue
 		}

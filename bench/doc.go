@@ -129,5 +129,38 @@
 // pick one 9 %. With per-user cold mounts the same burst took 1.5-2.5 s:
 // each new user's s3fs lists 1,000 keys of the bucket at start-up (the
 // versitygw share grows accordingly), now after its create has answered
-// (mounts/cold, "Answered later").
+// (mounts/cold, "Answered later").//
+// 2026-12-04 (another 2-vCPU VM: no pool 168-205 ms, and slower in the
+// last runs: `node -v` in a ready sandbox 6.3 ms early, 9.3-10.1 late).
+// Two changes from that profile and one found by timing a claimed
+// sandbox's first exec:
+//   - The start gate (sandbox/gate.go): claims take turns, 4 per CPU at a
+//     time in arrival order, so they finish spread over the burst instead
+//     of all near its end. Shared burst p50 603-734 -> 402-430 ms (wall
+//     633-827 -> 661-738), per-user 1096-1356 -> 903-1224 ms; the sizes
+//     tried are in gate.go's comment. The two last runs, on the VM
+//     slower by then: 524 and 540 ms (per-user 1.21 and 1.42 s).
+//   - A new user's sync-down writes no manifest (nothing came down: the
+//     missing manifest means the same) and skips the disk's syncfs.
+//   - The first exec of a claimed sandbox took 15-30 ms against 6-9 for
+//     the second: 9-20 ms of it was the exec's move into its cgroup
+//     waiting for an RCU grace period. matrxd turns on favordynmods to
+//     avoid exactly that, but this benchmark (like make test's crun pass)
+//     runs in a mount namespace without the cgroup2 mount, where it could
+//     not, so every run since that change measured without it unless
+//     something outside had set it. It now sets the option on PID 1's
+//     cgroup2 (runtime/dynmods_linux.go). The sequential TTI did not
+//     show it cleanly: pool + --cold-shared 23.8 ms with the option (its
+//     create call 13.3) and 23.1 in a run of the code before with the
+//     option off, against 31-41 ms in the five runs before those; the
+//     wait depends on how long the host went without a cgroup move.
+//
+// perf over the gated shared burst (profiling slows it to ~700 ms): the
+// benchmark process 27 % of the samples, versitygw 16 %, idle 13 %,
+// node 12 %, bash 8 %, containerd 7 %, iptables-restore 5 %, matrx-init
+// 5 %, s3fs 4 %. versitygw's share is 13 requests a new user's claim
+// makes (its access log): two lists of the hot prefix (EnsureUser and
+// the sync-down), a list and a put per tier for the .keep markers, and
+// eight lookups s3fs makes for the user's two directories (HEAD of the
+// name, of name/, of name_$folder$, and a list, each).
 package bench

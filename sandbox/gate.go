@@ -34,10 +34,10 @@ import (
 // A slot frees itself after startGateHold even if its claim has not
 // finished: a claim waiting on I/O (a user with thousands of hot files, a
 // slow S3) must not hold back the ones behind it, and the gate only needs
-// to bound the CPU-heavy part. So the gate never refuses or fails a
-// create, holds none for longer than the claims ahead of it take to
-// finish or to pass the hold, and costs a lone create nothing (its slot
-// is free).
+// to bound the CPU-heavy part. So the gate never refuses a create (it
+// ends one only when its caller gave up waiting), holds none for longer
+// than the claims ahead of it take to finish or to pass the hold, and
+// costs a lone create nothing (its slot is free).
 type startGate struct {
 	slots chan struct{}
 	hold  time.Duration

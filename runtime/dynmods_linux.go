@@ -48,10 +48,11 @@ const dynModsOption = "favordynmods"
 // reconfigure: a host with no cgroup2 mount answers ErrNotImplemented, as
 // does a kernel without the option). In a mount namespace without the
 // cgroup2 mount (a hybrid host's crun runs, `make bench`: see
-// bootstrap/lib/without-cgroup2-controllers.sh) it reconfigures the host's
-// mount, reached through PID 1's root: the lock the option changes is the
-// kernel's one, so that mount serves as well, and a daemon there would
-// otherwise pay the grace period on every sandbox's first exec. It
+// bootstrap/lib/without-cgroup2-controllers.sh) it gives the option to the
+// host's cgroup2 hierarchy, the one PID 1's mount shows, keeping that
+// mount's options (applyCgroup2Options): the lock the option changes is
+// the kernel's one, and a daemon there would otherwise pay the grace
+// period on every sandbox's first exec. It
 // returns the mount point and whether it changed anything (false when the
 // option was already on).
 func FavorCgroupDynMods() (mountpoint string, changed bool, err error) {

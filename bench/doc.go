@@ -134,7 +134,7 @@
 // last runs: `node -v` in a ready sandbox 6.3 ms early, 9.3-10.1 late).
 // Two changes from that profile and one found by timing a claimed
 // sandbox's first exec:
-//   - The start gate (sandbox/gate.go): claims take turns, 4 per CPU at a
+//   - The claim gate (sandbox/gate.go): claims take turns, 4 per CPU at a
 //     time in arrival order, so they finish spread over the burst instead
 //     of all near its end. Shared burst p50 603-734 -> 402-430 ms (wall
 //     633-827 -> 661-738), per-user 1096-1356 -> 903-1224 ms; the sizes

@@ -95,29 +95,8 @@ func reconfigureCgroup(m cgroupFSMount, extra ...string) error {
 		return fmt.Errorf("fspick %s: %w", m.point, err)
 	}
 	defer unix.Close(fd)
-	for _, o := range m.superOptions {
-		key, value, isKV := strings.Cut(o, "=")
-		switch {
-		case o == "" || o == "rw" || o == "ro" || key == "release_agent":
-			// rw/ro are the superblock's flags, not cgroup options; a v1
-			// release agent is kept when not given again.
-			continue
-		case isKV:
-			err = unix.FsconfigSetString(fd, key, value)
-		default:
-			err = unix.FsconfigSetFlag(fd, o)
-		}
-		if err != nil {
-			return fmt.Errorf("keep option %q of %s: %w", o, m.point, err)
-		}
-	}
-	for _, o := range extra {
-		if err := unix.FsconfigSetFlag(fd, o); err != nil {
-			if errors.Is(err, unix.EINVAL) {
-				return fmt.Errorf("this kernel's cgroup has no %s option: %w", o, errdefs.ErrNotImplemented)
-			}
-			return fmt.Errorf("set %s on %s: %w", o, m.point, err)
-		}
+	if err := setCgroupOptions(fd, m, extra); err != nil {
+		return err
 	}
 	if err := unix.FsconfigReconfigure(fd); err != nil {
 		return fmt.Errorf("reconfigure %s (options %v + %v): %w", m.point, m.superOptions, extra, err)
@@ -142,25 +121,42 @@ func applyCgroup2Options(m cgroupFSMount, extra []string) error {
 		return fmt.Errorf("fsopen cgroup2: %w", err)
 	}
 	defer unix.Close(fd)
-	for _, o := range append(slices.Clone(m.superOptions), extra...) {
-		if o == "" || o == "rw" || o == "ro" {
-			continue
-		}
-		key, value, isKV := strings.Cut(o, "=")
-		if isKV {
-			err = unix.FsconfigSetString(fd, key, value)
-		} else {
-			err = unix.FsconfigSetFlag(fd, o)
-		}
-		if err != nil {
-			if errors.Is(err, unix.EINVAL) && slices.Contains(extra, o) {
-				return fmt.Errorf("this kernel's cgroup2 has no %s option: %w", o, errdefs.ErrNotImplemented)
-			}
-			return fmt.Errorf("cgroup2 option %q: %w", o, err)
-		}
+	if err := setCgroupOptions(fd, m, extra); err != nil {
+		return err
 	}
 	if err := unix.FsconfigCreate(fd); err != nil {
 		return fmt.Errorf("apply cgroup2 options %v + %v: %w", m.superOptions, extra, err)
+	}
+	return nil
+}
+
+// setCgroupOptions gives the file system context fd every option m has
+// plus the flags extra (ErrNotImplemented when the kernel lacks one).
+func setCgroupOptions(fd int, m cgroupFSMount, extra []string) error {
+	var err error
+	for _, o := range m.superOptions {
+		key, value, isKV := strings.Cut(o, "=")
+		switch {
+		case o == "" || o == "rw" || o == "ro" || key == "release_agent":
+			// rw/ro are the superblock's flags, not cgroup options; a v1
+			// release agent is kept when not given again.
+			continue
+		case isKV:
+			err = unix.FsconfigSetString(fd, key, value)
+		default:
+			err = unix.FsconfigSetFlag(fd, o)
+		}
+		if err != nil {
+			return fmt.Errorf("keep option %q of %s: %w", o, m.point, err)
+		}
+	}
+	for _, o := range extra {
+		if err := unix.FsconfigSetFlag(fd, o); err != nil {
+			if errors.Is(err, unix.EINVAL) {
+				return fmt.Errorf("this kernel's cgroup has no %s option: %w", o, errdefs.ErrNotImplemented)
+			}
+			return fmt.Errorf("set %s on %s: %w", o, m.point, err)
+		}
 	}
 	return nil
 }

@@ -7,8 +7,8 @@ import (
 	"time"
 )
 
-func TestStartGateBoundsAndFrees(t *testing.T) {
-	g := newStartGate(2, time.Hour)
+func TestClaimGateBoundsAndFrees(t *testing.T) {
+	g := newClaimGate(2, time.Hour)
 	ctx := context.Background()
 	a, err := g.enter(ctx)
 	if err != nil {
@@ -46,8 +46,8 @@ func TestStartGateBoundsAndFrees(t *testing.T) {
 
 // A slot frees itself after the hold, and the late leave of its create
 // then frees nothing else.
-func TestStartGateHoldRunsOut(t *testing.T) {
-	g := newStartGate(1, 10*time.Millisecond)
+func TestClaimGateHoldRunsOut(t *testing.T) {
+	g := newClaimGate(1, 10*time.Millisecond)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	slow, err := g.enter(ctx)

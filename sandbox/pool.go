@@ -268,7 +268,7 @@ func (m *Manager) claimPooled(ctx context.Context, userID ids.UserID, cfg regist
 		return nil, false, nil
 	}
 	start := time.Now()
-	// A burst of claims takes turns (the start gate, gate.go); the wait
+	// A burst of claims takes turns (the claim gate, gate.go); the wait
 	// counts in the claim's time.
 	leave, err := m.gate.enter(ctx)
 	if err != nil {

@@ -325,7 +325,7 @@ type Manager struct {
 	pins        []string      // normalized PinnedImages
 	images      imageState    // pulls in flight, images of starting sandboxes
 	pool        *pool         // warm pools (pool.go)
-	gate        *startGate    // bounds the claims from the pool at once (gate.go)
+	gate        *claimGate    // bounds the claims from the pool at once (gate.go)
 
 }
 
@@ -372,7 +372,7 @@ func New(cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	return &Manager{
-		pool: wp, gate: newStartGate(startGateSize(), startGateHold),
+		pool: wp, gate: newClaimGate(claimGateSize(), claimGateHold),
 		store: cfg.Store, rt: cfg.Runtime, storage: cfg.Storage, metrics: cfg.Metrics, home: cfg.Home, limits: cfg.Limits,
 		log: cfg.Logger, now: time.Now, live: map[string]*liveState{},
 		hotBusy: map[string]bool{}, stopSem: make(chan struct{}, maxBackgroundStops), recovered: make(chan struct{}),

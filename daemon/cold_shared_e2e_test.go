@@ -101,20 +101,5 @@ func TestSharedColdMount(t *testing.T) {
 // fuseDaemonsOf counts the s3fs processes serving mounts below stateDir.
 func fuseDaemonsOf(t *testing.T, stateDir string) int {
 	t.Helper()
-	procs, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, p := range procs {
-		b, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(b), "\x00")
-		if len(args) > 1 && filepath.Base(args[0]) == "s3fs" && strings.Contains(string(b), stateDir+"/") {
-			n++
-		}
-	}
-	return n
+	return len(s3fsDaemons(t, stateDir))
 }

@@ -38,7 +38,13 @@ type StorageConfig struct {
 	// (cold.WithSharedMount): a new user's first sandbox skips a daemon
 	// start, at the price of one daemon's fate and throughput shared by
 	// all users (docs/security.md). Needs a bucket and a FUSE driver.
-	ColdShared         bool
+	ColdShared bool
+	// ColdSpares is how many FUSE daemons are kept started ahead for new
+	// users' first sandboxes (cold.WithSpares): 0 means the default
+	// (DefaultColdSpares, at most the warm pools' total, when a warm pool
+	// is configured; none without one), a negative value none. Only with
+	// a bucket and per-user FUSE mounts (not --cold-shared).
+	ColdSpares         int
 	CheckpointInterval time.Duration
 	Excludes           []string // nil: hotsync defaults
 	// DiskPool is how many freshly formatted default-size disk images are
@@ -67,6 +73,13 @@ const DefaultTrashRetention = 7 * 24 * time.Hour
 // DefaultDiskPool is StorageConfig.DiskPool's default: enough for a burst
 // of two creates; the pool refills in the background (~10 ms per image).
 const DefaultDiskPool = 2
+
+// DefaultColdSpares is StorageConfig.ColdSpares' default with a warm pool:
+// enough that sequential claims for new users never wait for a FUSE
+// daemon start (a spare is started again 300 ms after the last take), for
+// four idle s3fs daemons (~5 MiB each). A burst of new users beyond it
+// starts daemons of their own, as without spares.
+const DefaultColdSpares = 4
 
 // UserNSConfig selects user namespaces for sandboxes.
 type UserNSConfig struct {
@@ -102,6 +115,7 @@ func storageFlags() []cli.Flag {
 		&cli.Uint64Flag{Name: "userns-base", Value: runtime.DefaultUserNSBase, EnvVars: []string{"MATRX_USERNS_BASE"}, Usage: "first host uid/gid of the 65536 ids sandboxes map to"},
 		&cli.StringFlag{Name: "cold-driver", Value: "auto", EnvVars: []string{"MATRX_COLD_DRIVER"}, Usage: "auto, mount-s3, s3fs or local"},
 		&cli.BoolFlag{Name: "cold-shared", EnvVars: []string{"MATRX_COLD_SHARED"}, Usage: "one FUSE daemon for every user's cold storage (binds per user) instead of one per user: faster first sandboxes, shared fate and throughput (needs a bucket)"},
+		&cli.IntFlag{Name: "cold-spares", Value: -1, EnvVars: []string{"MATRX_COLD_SPARES"}, Usage: "FUSE daemons kept started ahead for new users' first sandboxes, each becoming one user's (-1: 4 with a warm pool, none without; 0: none; needs a bucket, not with --cold-shared)"},
 		&cli.DurationFlag{Name: "checkpoint-interval", Value: 5 * time.Minute, EnvVars: []string{"MATRX_CHECKPOINT_INTERVAL"}, Usage: "how often running sandboxes' hot files are synced up (0: never; failed final syncs are retried this often, or every 5m)"},
 		&cli.StringFlag{Name: "hot-excludes", EnvVars: []string{"MATRX_HOT_EXCLUDES"}, Usage: "comma-separated patterns never synced (default, the old system's: *.tmp,.DS_Store,__pycache__/)"},
 		&cli.IntFlag{Name: "hot-max-names", Value: hotsync.DefaultMaxNames, EnvVars: []string{"MATRX_HOT_MAX_NAMES"}, Usage: "files, directories and symlinks one sandbox's hot tier syncs (hard links count); over it nothing is deleted and the record says so; disks get as many inodes"},
@@ -122,6 +136,16 @@ func storageConfigFrom(c *cli.Context) StorageConfig {
 	}
 	if sc.DiskPool == 0 {
 		sc.DiskPool = -1 // the flag says none; the field's zero means the default
+	}
+	switch n := c.Int("cold-spares"); {
+	case n == -1:
+		sc.ColdSpares = 0 // the field's zero is the flag's -1: the default
+	case n == 0:
+		sc.ColdSpares = -1
+	case n < -1:
+		sc.ColdSpares = n - 1 // refused by Validate, which names the flag's value
+	default:
+		sc.ColdSpares = n
 	}
 	if c.IsSet("hot-excludes") {
 		// Set but empty means "exclude nothing", hence non-nil.
@@ -144,6 +168,12 @@ func (s StorageConfig) Validate() error {
 	}
 	if s.ColdShared && (s.Bucket == "" || s.ColdDriver == "local") {
 		return fmt.Errorf("cold shared mount needs a bucket and a FUSE cold driver (mount-s3 or s3fs), not local storage: %w", errdefs.ErrInvalidArgument)
+	}
+	if s.ColdSpares < -1 || s.ColdSpares > coldSparesMax {
+		return fmt.Errorf("cold spares %d: want -1 (default), 0 (none) to %d: %w", coldSparesFlag(s.ColdSpares), coldSparesMax, errdefs.ErrInvalidArgument)
+	}
+	if s.ColdSpares > 0 && (s.Bucket == "" || s.ColdDriver == "local" || s.ColdShared) {
+		return fmt.Errorf("cold spares need a bucket and per-user FUSE cold mounts (not local storage, not --cold-shared): %w", errdefs.ErrInvalidArgument)
 	}
 	if s.CheckpointInterval != 0 && s.CheckpointInterval < time.Second {
 		return fmt.Errorf("checkpoint interval %v is too short (min 1s): %w", s.CheckpointInterval, errdefs.ErrInvalidArgument)
@@ -243,18 +273,21 @@ func openStorage(ctx context.Context, cfg Config, ns runtime.UserNS, mx *metrics
 	if sc.ColdShared {
 		copts = append(copts, cold.WithSharedMount())
 	}
+	if n := coldSpares(cfg, drv); n > 0 {
+		copts = append(copts, cold.WithSpares(n))
+	}
 	cm, err := cold.NewManager(ctx, cold.ManagerConfig{Dir: filepath.Join(cfg.StateDir, "cold"), Driver: drv, Logger: log}, copts...)
 	if err != nil {
 		closeFn()
 		return nil, err
 	}
 	{
-		// A shared cold mount no sandbox uses ends with the daemon (one that
-		// sandboxes use outlives it, like every cold mount).
+		// Cold spares nobody took and a shared cold mount no sandbox uses
+		// end with the daemon (mounts that sandboxes use outlive it).
 		prev := closeFn
 		closeFn = func() {
 			if err := cm.CloseIdle(context.Background()); err != nil {
-				log.Warn("storage: unmount the idle shared cold mount", "error", err)
+				log.Warn("storage: unmount the idle cold spares or shared mount", "error", err)
 			}
 			prev()
 		}
@@ -290,6 +323,40 @@ func openStorage(ctx context.Context, cfg Config, ns runtime.UserNS, mx *metrics
 	}
 	out.storage, out.close = st, closeFn
 	return out, nil
+}
+
+// coldSparesMax bounds --cold-spares (cold.WithSpares' own bound).
+const coldSparesMax = 64
+
+// coldSparesFlag is the --cold-spares value a StorageConfig.ColdSpares
+// stands for (for error messages).
+func coldSparesFlag(field int) int {
+	switch {
+	case field == 0:
+		return -1
+	case field == -1:
+		return 0
+	case field < -1:
+		return field + 1
+	}
+	return field
+}
+
+// coldSpares resolves StorageConfig.ColdSpares against the driver the
+// host got and the warm pools.
+func coldSpares(cfg Config, drv cold.Driver) int {
+	sc := cfg.Storage
+	if sc.ColdSpares < 0 || sc.ColdShared || drv.Name() == cold.DriverLocal {
+		return 0
+	}
+	if sc.ColdSpares > 0 {
+		return sc.ColdSpares
+	}
+	pooled := 0
+	for _, p := range cfg.Pools {
+		pooled += p.Size
+	}
+	return min(DefaultColdSpares, pooled)
 }
 
 // accessKey and secretKey pass static credentials from the environment

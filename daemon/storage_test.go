@@ -1,10 +1,19 @@
 package daemon
 
 import (
+	"context"
+	"errors"
 	"log/slog"
 	"regexp"
 	"slices"
+	"strings"
 	"testing"
+
+	"github.com/containerd/errdefs"
+	"github.com/urfave/cli/v2"
+
+	"github.com/matrx-dev/matrx/mounts/cold"
+	"github.com/matrx-dev/matrx/sandbox"
 )
 
 func TestColdOptions(t *testing.T) {
@@ -48,11 +57,74 @@ func TestStorageConfigValidate(t *testing.T) {
 		{StorageConfig{DiskPool: 17}, false},
 		{StorageConfig{Bucket: "my-bucket", ColdDriver: "s3fs", ColdShared: true}, true},
 		{StorageConfig{ColdShared: true}, false},
+		{StorageConfig{ColdSpares: -1}, true},
+		{StorageConfig{Bucket: "my-bucket", ColdDriver: "s3fs", ColdSpares: 64}, true},
+		{StorageConfig{Bucket: "my-bucket", ColdDriver: "s3fs", ColdSpares: 65}, false},
+		{StorageConfig{Bucket: "my-bucket", ColdDriver: "s3fs", ColdSpares: -2}, false},
+		{StorageConfig{ColdSpares: 2}, false},
+		{StorageConfig{Bucket: "my-bucket", ColdDriver: "local", ColdSpares: 2}, false},
+		{StorageConfig{Bucket: "my-bucket", ColdDriver: "s3fs", ColdShared: true, ColdSpares: 2}, false},
 		{StorageConfig{Bucket: "my-bucket", ColdDriver: "local", ColdShared: true}, false},
 	}
 	for _, c := range cases {
 		if err := c.c.Validate(); (err == nil) != c.ok {
 			t.Errorf("%+v: %v", c.c, err)
 		}
+	}
+}
+
+// namedDriver is a cold driver that is only a name (coldSpares looks at
+// nothing else).
+type namedDriver string
+
+func (d namedDriver) Name() string { return string(d) }
+func (namedDriver) Mount(context.Context, cold.Request) (cold.Mount, error) {
+	return nil, errors.New("namedDriver mounts nothing")
+}
+
+// TestColdSparesFlag: --cold-spares -1 (the default) gives as many spares
+// as the warm pools hold, up to DefaultColdSpares, and none without a pool,
+// a shared mount or a FUSE driver; 0 gives none; N gives N.
+func TestColdSparesFlag(t *testing.T) {
+	parse := func(args ...string) StorageConfig {
+		t.Helper()
+		var sc StorageConfig
+		app := &cli.App{Flags: storageFlags(), Action: func(c *cli.Context) error { sc = storageConfigFrom(c); return nil }}
+		if err := app.Run(append([]string{"matrxd"}, args...)); err != nil {
+			t.Fatal(err)
+		}
+		return sc
+	}
+	pools := func(sizes ...int) []sandbox.PoolSpec {
+		var out []sandbox.PoolSpec
+		for _, n := range sizes {
+			out = append(out, sandbox.PoolSpec{Image: "i", Size: n})
+		}
+		return out
+	}
+	for _, c := range []struct {
+		args   []string
+		shared bool
+		drv    string
+		pools  []sandbox.PoolSpec
+		want   int
+	}{
+		{nil, false, "s3fs", nil, 0},
+		{nil, false, "s3fs", pools(2), 2},
+		{nil, false, "mount-s3", pools(3, 50), DefaultColdSpares},
+		{nil, false, "local", pools(50), 0},
+		{nil, true, "s3fs", pools(50), 0},
+		{[]string{"--cold-spares", "0"}, false, "s3fs", pools(50), 0},
+		{[]string{"--cold-spares", "9"}, false, "s3fs", nil, 9},
+	} {
+		sc := parse(c.args...)
+		sc.Bucket, sc.ColdDriver, sc.ColdShared = "my-bucket", c.drv, c.shared
+		if got := coldSpares(Config{Storage: sc, Pools: c.pools}, namedDriver(c.drv)); got != c.want {
+			t.Errorf("%v, driver %s, shared %v, pools %v: %d spares, want %d", c.args, c.drv, c.shared, c.pools, got, c.want)
+		}
+	}
+	err := parse("--cold-spares", "-3").Validate()
+	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "cold spares -3") {
+		t.Fatalf("--cold-spares -3: %v, want an error naming -3", err)
 	}
 }

@@ -69,6 +69,10 @@ type Request struct {
 	// shared mount: its remounts reach sandboxes through the manager's
 	// rebinds, not through propagation), so its start does not warn.
 	Private bool
+	// WaitAnswer makes the start wait for the daemon's first answer even
+	// once the driver's mounts have answered before (a spare's start,
+	// which is on no create's path: see "Spare daemons").
+	WaitAnswer bool
 }
 
 // S3Config says where cold files live in S3 and how to reach it.

@@ -83,7 +83,7 @@ func startFUSE(ctx context.Context, d fuseDriver, req Request) (Mount, error) {
 	// passed for a working mount and are left to the kernel (a move out
 	// of a shared stage fails, with the same hint): the mount table is
 	// hundreds of lines with many sandboxes, 2-7 ms of a create to read.
-	waitAnswer := !d.proven.Load()
+	waitAnswer := !d.proven.Load() || req.WaitAnswer
 	var mounts []mountInfo
 	if waitAnswer {
 		if mounts, err = readMountinfo(); err != nil {

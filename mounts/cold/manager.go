@@ -54,10 +54,11 @@ type Manager struct {
 	secrets string // Dir/secrets
 	allDir  string // Dir/all, with WithSharedMount
 
-	boundRoot, boundStage, boundAll bool // this manager made the bind mounts
+	boundRoot, boundStage, boundAll, boundSpare bool // this manager made the bind mounts
 
 	shared bool        // WithSharedMount
 	all    sharedState // the shared daemon, guarded by mu
+	spares spareSet    // WithSpares
 
 	remounts atomic.Uint64
 
@@ -206,6 +207,16 @@ func (m *Manager) mount(ctx context.Context, userID ids.UserID, mp string) (_ Mo
 	if m.shared {
 		return m.mountUserBind(ctx, userID, mp)
 	}
+	if sp := m.takeSpare(); sp != nil {
+		mnt, err := m.mountFromSpare(ctx, userID, mp, sp)
+		if err == nil {
+			return mnt, nil
+		}
+		// A name in the bucket the bind refuses (a symlink where the
+		// user's directory should be) is no reason to refuse the user a
+		// daemon of their own, which serves the prefix itself.
+		m.log.Warn("cold spare could not serve the user; starting a daemon of their own", "user_id", userID, "spare", sp.label, "error", err)
+	}
 	stage, err := userPath(m.stage, userID)
 	if err != nil {
 		return nil, err
@@ -299,6 +310,14 @@ func (m *Manager) removeUserDirs(userID ids.UserID) error {
 	return nil
 }
 
+// CloseIdle unmounts what no sandbox uses, for a daemon that stops while
+// sandboxes may keep running: the spares nobody took (and their refill),
+// and the shared mount when no user holds a reference. Every mount a user
+// holds stays; it outlives the daemon.
+func (m *Manager) CloseIdle(ctx context.Context) error {
+	return errors.Join(m.closeSpares(ctx), m.closeIdleShared(ctx))
+}
+
 // Close unmounts every user's mount, whatever its references, and then the
 // manager's own bind mounts when nothing is left below them. Call it after
 // the sandboxes are gone; a daemon that wants running sandboxes to keep
@@ -335,6 +354,9 @@ func (m *Manager) Close(ctx context.Context) error {
 		m.mu.Unlock()
 	}
 	if err := m.closeShared(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	if err := m.closeSpares(ctx); err != nil {
 		errs = append(errs, err)
 	}
 	if err := m.unbindIfEmpty(); err != nil {

@@ -56,6 +56,9 @@ func NewManager(ctx context.Context, cfg ManagerConfig, opts ...ManagerOption) (
 		}
 		m.allDir = filepath.Join(dir, "all")
 	}
+	if err := m.validateSpares(); err != nil {
+		return nil, err
+	}
 	for _, d := range []struct {
 		path string
 		mode os.FileMode
@@ -87,11 +90,78 @@ func NewManager(ctx context.Context, cfg ManagerConfig, opts ...ManagerOption) (
 	if err := m.cleanStage(); err != nil {
 		return nil, errors.Join(err, m.unbindIfEmpty())
 	}
+	if err := m.cleanSpares(); err != nil {
+		return nil, errors.Join(err, m.unbindIfEmpty())
+	}
+	if m.spares.want > 0 {
+		sd := m.spareDir()
+		if err := ensureDir(sd, 0o700); err != nil {
+			return nil, errors.Join(err, m.unbindIfEmpty())
+		}
+		if err := os.Chmod(sd, 0o700); err != nil {
+			return nil, errors.Join(fmt.Errorf("cold: chmod %s: %w: %w", sd, err, errdefs.ErrUnavailable), m.unbindIfEmpty())
+		}
+		if m.boundSpare, err = bindSelf(sd, unix.MS_PRIVATE); err != nil {
+			return nil, errors.Join(err, m.unbindIfEmpty())
+		}
+	}
 	if err := removeDirContents(m.secrets); err != nil {
 		return nil, errors.Join(err, m.unbindIfEmpty())
 	}
-	m.log.Info("cold manager ready", "dir", dir)
+	if m.spares.want > 0 {
+		m.startSpareRefill()
+	}
+	m.log.Info("cold manager ready", "dir", dir, "spares", max(m.spares.want, 0))
 	return m, nil
+}
+
+// validateSpares checks WithSpares against the driver and mode.
+func (m *Manager) validateSpares() error {
+	n := m.spares.want
+	switch {
+	case n < 0 || n > maxSpares:
+		return fmt.Errorf("cold: %d spare daemons: want 0 to %d: %w", n, maxSpares, errdefs.ErrInvalidArgument)
+	case n == 0:
+		return nil
+	case m.shared:
+		return fmt.Errorf("cold: spare daemons are for per-user mounts, not the shared mount (which needs none): %w", errdefs.ErrInvalidArgument)
+	}
+	if _, ok := m.driver.(*Local); ok {
+		return fmt.Errorf("cold: spare daemons need a FUSE driver (mount-s3 or s3fs), not %q: %w", DriverLocal, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// cleanSpares detaches the spares a previous run left and removes their
+// directories (see "Spare daemons": one a user took keeps serving that
+// user's binds). Their stages were detached by cleanStage.
+func (m *Manager) cleanSpares() error {
+	sd := m.spareDir()
+	ents, err := os.ReadDir(sd)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("cold: %w: %w", err, errdefs.ErrUnavailable)
+	}
+	var errs []error
+	for _, e := range ents {
+		p := filepath.Join(sd, e.Name())
+		if err := unmountStack(p); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("cold: remove %s: %w: %w", p, err, errdefs.ErrUnavailable))
+		}
+		if err := os.Remove(filepath.Join(m.stage, "spares", e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("cold: remove a spare's stage: %w: %w", err, errdefs.ErrUnavailable))
+		}
+	}
+	if err := os.RemoveAll(filepath.Join(m.cache, "spares")); err != nil {
+		errs = append(errs, fmt.Errorf("cold: remove the spares' caches: %w: %w", err, errdefs.ErrUnavailable))
+	}
+	return errors.Join(errs...)
 }
 
 // cleanStage detaches every mount below the stage (daemons of a crashed run
@@ -169,7 +239,7 @@ func (m *Manager) unbindIfEmpty() error {
 	for _, b := range []struct {
 		dir   string
 		bound *bool
-	}{{m.allDir, &m.boundAll}, {m.stage, &m.boundStage}, {m.root, &m.boundRoot}} {
+	}{{m.allDir, &m.boundAll}, {m.spareDir(), &m.boundSpare}, {m.stage, &m.boundStage}, {m.root, &m.boundRoot}} {
 		if !*b.bound {
 			continue
 		}

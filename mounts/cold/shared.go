@@ -232,10 +232,9 @@ func (m *Manager) closeShared(ctx context.Context) error {
 	return errors.Join(err, unmountStack(filepath.Join(m.allDir, "users")))
 }
 
-// CloseIdle unmounts the shared mount when no user holds a reference (a
-// daemon stopping with no sandbox that uses cold storage). Without
-// WithSharedMount, or while any user is held, it does nothing.
-func (m *Manager) CloseIdle(ctx context.Context) error {
+// closeIdleShared unmounts the shared mount when no user holds a
+// reference (see CloseIdle).
+func (m *Manager) closeIdleShared(ctx context.Context) error {
 	if !m.shared {
 		return nil
 	}

@@ -36,7 +36,7 @@ func TestSharedColdMount(t *testing.T) {
 			t.Fatalf("cold files in %s: %+v, want %q and only c.txt", c.id, r, c.want)
 		}
 	}
-	// Her directory is empty but for the prefix marker, which EnsureUser
+	// Her directory is empty but for the prefix marker, which EnsureCold
 	// writes only when it lists the prefix before the shared mount's
 	// mkdir of her directory has made its directory object (the two run
 	// side by side).

@@ -45,7 +45,7 @@ func countMentioning(cmds []string, s string) int {
 
 // TestColdSpares runs matrxd with a warm pool and per-user s3fs cold
 // mounts on a real S3 server, with the default spares (as many as the
-// pool, up to four): new users' first sandboxes get their cold files from
+// pool holds): new users' first sandboxes get their cold files from
 // daemons started ahead, each serving one user and only that user's
 // directory; their writes land under their own prefix; a restart keeps
 // the running sandboxes' view; deleting the sandboxes and stopping the

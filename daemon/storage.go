@@ -41,8 +41,8 @@ type StorageConfig struct {
 	ColdShared bool
 	// ColdSpares is how many FUSE daemons are kept started ahead for new
 	// users' first sandboxes (cold.WithSpares): 0 means the default
-	// (DefaultColdSpares, at most the warm pools' total, when a warm pool
-	// is configured; none without one), a negative value none. Only with
+	// (as many as the warm pools hold, at most coldSparesMax; none without
+	// a warm pool), a negative value none. Only with
 	// a bucket and per-user FUSE mounts (not --cold-shared).
 	ColdSpares         int
 	CheckpointInterval time.Duration
@@ -73,13 +73,6 @@ const DefaultTrashRetention = 7 * 24 * time.Hour
 // DefaultDiskPool is StorageConfig.DiskPool's default: enough for a burst
 // of two creates; the pool refills in the background (~10 ms per image).
 const DefaultDiskPool = 2
-
-// DefaultColdSpares is StorageConfig.ColdSpares' default with a warm pool:
-// enough that sequential claims for new users never wait for a FUSE
-// daemon start (a spare is started again 300 ms after the last take), for
-// four idle s3fs daemons (~5 MiB each). A burst of new users beyond it
-// starts daemons of their own, as without spares.
-const DefaultColdSpares = 4
 
 // UserNSConfig selects user namespaces for sandboxes.
 type UserNSConfig struct {
@@ -115,7 +108,7 @@ func storageFlags() []cli.Flag {
 		&cli.Uint64Flag{Name: "userns-base", Value: runtime.DefaultUserNSBase, EnvVars: []string{"MATRX_USERNS_BASE"}, Usage: "first host uid/gid of the 65536 ids sandboxes map to"},
 		&cli.StringFlag{Name: "cold-driver", Value: "auto", EnvVars: []string{"MATRX_COLD_DRIVER"}, Usage: "auto, mount-s3, s3fs or local"},
 		&cli.BoolFlag{Name: "cold-shared", EnvVars: []string{"MATRX_COLD_SHARED"}, Usage: "one FUSE daemon for every user's cold storage (binds per user) instead of one per user: faster first sandboxes, shared fate and throughput (needs a bucket)"},
-		&cli.IntFlag{Name: "cold-spares", Value: -1, EnvVars: []string{"MATRX_COLD_SPARES"}, Usage: "FUSE daemons kept started ahead for new users' first sandboxes, each becoming one user's (-1: 4 with a warm pool, none without; 0: none; needs a bucket, not with --cold-shared)"},
+		&cli.IntFlag{Name: "cold-spares", Value: -1, EnvVars: []string{"MATRX_COLD_SPARES"}, Usage: "FUSE daemons kept started ahead for new users' first sandboxes, each becoming one user's (-1: as many as the warm pools hold, at most 64, none without a pool; 0: none; needs a bucket, not with --cold-shared)"},
 		&cli.DurationFlag{Name: "checkpoint-interval", Value: 5 * time.Minute, EnvVars: []string{"MATRX_CHECKPOINT_INTERVAL"}, Usage: "how often running sandboxes' hot files are synced up (0: never; failed final syncs are retried this often, or every 5m)"},
 		&cli.StringFlag{Name: "hot-excludes", EnvVars: []string{"MATRX_HOT_EXCLUDES"}, Usage: "comma-separated patterns never synced (default, the old system's: *.tmp,.DS_Store,__pycache__/)"},
 		&cli.IntFlag{Name: "hot-max-names", Value: hotsync.DefaultMaxNames, EnvVars: []string{"MATRX_HOT_MAX_NAMES"}, Usage: "files, directories and symlinks one sandbox's hot tier syncs (hard links count); over it nothing is deleted and the record says so; disks get as many inodes"},
@@ -356,7 +349,10 @@ func coldSpares(cfg Config, drv cold.Driver) int {
 	for _, p := range cfg.Pools {
 		pooled += p.Size
 	}
-	return min(DefaultColdSpares, pooled)
+	// One per pooled sandbox: each claim may be a new user's, and an idle
+	// s3fs costs ~2.5 MiB of private memory (its libraries are shared),
+	// half of what the pooled sandbox it pairs with holds.
+	return min(coldSparesMax, pooled)
 }
 
 // accessKey and secretKey pass static credentials from the environment

@@ -83,7 +83,7 @@ func (namedDriver) Mount(context.Context, cold.Request) (cold.Mount, error) {
 }
 
 // TestColdSparesFlag: --cold-spares -1 (the default) gives as many spares
-// as the warm pools hold, up to DefaultColdSpares, and none without a pool,
+// as the warm pools hold, up to 64, and none without a pool,
 // a shared mount or a FUSE driver; 0 gives none; N gives N.
 func TestColdSparesFlag(t *testing.T) {
 	parse := func(args ...string) StorageConfig {
@@ -111,7 +111,8 @@ func TestColdSparesFlag(t *testing.T) {
 	}{
 		{nil, false, "s3fs", nil, 0},
 		{nil, false, "s3fs", pools(2), 2},
-		{nil, false, "mount-s3", pools(3, 50), DefaultColdSpares},
+		{nil, false, "mount-s3", pools(3, 50), 53},
+		{nil, false, "s3fs", pools(50, 50), coldSparesMax},
 		{nil, false, "local", pools(50), 0},
 		{nil, true, "s3fs", pools(50), 0},
 		{[]string{"--cold-spares", "0"}, false, "s3fs", pools(50), 0},

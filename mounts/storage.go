@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/matrx-dev/matrx/errclass"
@@ -158,20 +157,15 @@ const (
 // sandbox id starts with a dot).
 const removedPrefix = ".removed-"
 
-// EnsureUser makes sure users/<user>/hot/ and cold/ exist in the bucket.
-func (s *Storage) EnsureUser(ctx context.Context, userID ids.UserID) error {
-	// Both tiers at once: for a new user each is a list and a put, on a
-	// create's path.
-	var g errgroup.Group
-	for _, tier := range []string{"hot", "cold"} {
-		g.Go(func() error {
-			if err := objstore.EnsurePrefix(ctx, s.store, userID.KeyPrefix(tier)); err != nil {
-				return fmt.Errorf("ensure %s prefix of %q: %w", tier, userID, err)
-			}
-			return nil
-		})
+// EnsureCold makes sure users/<user>/cold/ exists in the bucket (a .keep
+// marker when it is empty, as the old system made for both tiers). The
+// hot prefix gets its marker from SyncDown, whose listing of it says
+// whether it is empty: a create lists it once, not twice.
+func (s *Storage) EnsureCold(ctx context.Context, userID ids.UserID) error {
+	if err := objstore.EnsurePrefix(ctx, s.store, userID.KeyPrefix("cold")); err != nil {
+		return fmt.Errorf("ensure cold prefix of %q: %w", userID, err)
 	}
-	return g.Wait()
+	return nil
 }
 
 // sandboxDir is the sandbox's hot directory, refusing any id that is not
@@ -373,13 +367,18 @@ func (s *Storage) syncer(sandboxID string, userID ids.UserID) (*hotsync.Syncer, 
 	return sy, nil
 }
 
-// SyncDown fills the hot directory from the bucket.
+// SyncDown fills the hot directory from the bucket, and marks the user's
+// hot prefix (.keep) when its listing found it empty (see EnsureCold).
 func (s *Storage) SyncDown(ctx context.Context, sandboxID string, userID ids.UserID) (hotsync.Result, error) {
 	sy, err := s.syncer(sandboxID, userID)
 	if err != nil {
 		return hotsync.Result{}, err
 	}
-	return sy.Down(ctx)
+	res, err := sy.Down(ctx)
+	if err == nil && res.PrefixEmpty {
+		err = objstore.MarkPrefix(ctx, s.store, userID.KeyPrefix("hot"))
+	}
+	return res, err
 }
 
 // SyncUp uploads what changed in the hot directory since the last sync

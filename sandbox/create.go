@@ -410,15 +410,16 @@ func (d *syncDown) wait() error {
 	return d.err
 }
 
-// ensureUserBeside starts EnsureUser (the user's bucket prefixes: a list
-// and a put per tier for a new user) in the background, so that it is off
+// ensureUserBeside starts EnsureCold (the user's cold prefix: a list and,
+// for a new user, a put; the hot one is marked by the sync-down, which
+// lists it anyway) in the background, so that it is off
 // a create's critical path: in a burst of 50 pooled claims it took 80-230
 // ms before anything else could start (2026-12-02). What runs beside it:
 // the hot sync-down, the container or the runtime's claim, and the cold
 // mount (startColdSlot). A create waits for it before it is ready.
 // Waiting for it is pushed on rollback.
 func (m *Manager) ensureUserBeside(ctx context.Context, userID ids.UserID, rollback *undo.Stack) (wait func() (time.Duration, error)) {
-	wait = inBackground(func() error { return m.storage.EnsureUser(ctx, userID) })
+	wait = inBackground(func() error { return m.storage.EnsureCold(ctx, userID) })
 	rollback.Push("wait for the user's prefixes", func(context.Context) error { wait(); return nil })
 	return wait
 }

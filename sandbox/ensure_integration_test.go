@@ -15,7 +15,7 @@ import (
 )
 
 // orderedStorage is the real storage, watched: it says whether the cold
-// mount started before EnsureUser ended, and can hold EnsureUser until the
+// mount started before EnsureCold ended, and can hold EnsureCold until the
 // cold mount has started or make it fail.
 type orderedStorage struct {
 	*mounts.Storage
@@ -23,22 +23,22 @@ type orderedStorage struct {
 
 	mu          sync.Mutex
 	ensured     bool
-	coldBefore  bool // a cold mount started before EnsureUser had ended
+	coldBefore  bool // a cold mount started before EnsureCold had ended
 	coldStarted chan struct{}
 	startOnce   sync.Once
 }
 
-func (s *orderedStorage) EnsureUser(ctx context.Context, userID ids.UserID) error {
+func (s *orderedStorage) EnsureCold(ctx context.Context, userID ids.UserID) error {
 	// Beside the cold mount: it must start while this waits.
 	select {
 	case <-s.coldStarted:
 	case <-time.After(20 * time.Second):
-		return errors.New("test: the cold mount did not start while EnsureUser ran")
+		return errors.New("test: the cold mount did not start while EnsureCold ran")
 	}
 	if s.ensureErr != nil {
 		return s.ensureErr
 	}
-	err := s.Storage.EnsureUser(ctx, userID)
+	err := s.Storage.EnsureCold(ctx, userID)
 	s.mu.Lock()
 	s.ensured = true
 	s.mu.Unlock()
@@ -55,16 +55,16 @@ func (s *orderedStorage) AcquireColdSlot(ctx context.Context, userID ids.UserID,
 	return s.Storage.AcquireColdSlot(ctx, userID, sandboxID)
 }
 
-// TestEnsureUserBesideCold: a create runs EnsureUser beside the cold mount
+// TestEnsureColdBesideCold: a create runs EnsureCold beside the cold mount
 // (no driver needs the user's prefix, see startColdSlot), and a failed
-// EnsureUser still fails the create and leaves nothing behind.
-func TestEnsureUserBesideCold(t *testing.T) {
+// EnsureCold still fails the create and leaves nothing behind.
+func TestEnsureColdBesideCold(t *testing.T) {
 	for _, c := range []struct {
 		name      string
 		ensureErr error
 	}{
-		{"cold beside EnsureUser", nil},
-		{"EnsureUser fails beside cold", errors.New("test: bucket refused the prefix")},
+		{"cold beside EnsureCold", nil},
+		{"EnsureCold fails beside cold", errors.New("test: bucket refused the prefix")},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var st *orderedStorage
@@ -76,7 +76,7 @@ func TestEnsureUserBesideCold(t *testing.T) {
 			rec, err := m.Create(ctx, CreateRequest{UserID: "u1", Config: registry.Config{TTLSeconds: 60}})
 			if c.ensureErr != nil {
 				if !errors.Is(err, c.ensureErr) {
-					t.Fatalf("create with a failing EnsureUser: %v, want %v", err, c.ensureErr)
+					t.Fatalf("create with a failing EnsureCold: %v, want %v", err, c.ensureErr)
 				}
 				all, err := m.List(ctx, "u1", true)
 				if err != nil || len(all) != 1 || all[0].Status != registry.StatusFailed {
@@ -100,9 +100,10 @@ func TestEnsureUserBesideCold(t *testing.T) {
 			before := st.coldBefore
 			st.mu.Unlock()
 			if !before {
-				t.Fatal("the cold mount waited for EnsureUser")
+				t.Fatal("the cold mount waited for EnsureCold")
 			}
-			// EnsureUser really ran: the user's prefixes exist.
+			// EnsureCold really ran, and the sync-down marked the hot
+			// prefix it found empty: the user's prefixes exist.
 			for _, tier := range []string{"hot", "cold"} {
 				n := 0
 				for _, err := range bucket.List(ctx, ids.MustParseUserID("u1").KeyPrefix(tier)) {

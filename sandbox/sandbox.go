@@ -131,7 +131,9 @@ type Runtime interface {
 // (mounts.Storage): per-sandbox hot directories synced with the bucket and
 // per-user cold mounts.
 type Storage interface {
-	EnsureUser(ctx context.Context, userID ids.UserID) error
+	// EnsureCold makes the user's cold prefix; SyncDown marks the hot
+	// one when its listing finds it empty.
+	EnsureCold(ctx context.Context, userID ids.UserID) error
 	PrepareHot(sandboxID string, userID ids.UserID, diskBytes int64) (string, error)
 	// ClaimHot gives a warm-pool sandbox's hot dir (prepared with no
 	// user) its owner.

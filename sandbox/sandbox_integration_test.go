@@ -140,7 +140,7 @@ func TestRecoverMarksLostSandboxes(t *testing.T) {
 func TestRecoverDiscardsHotDirsOfSandboxesNeverReady(t *testing.T) {
 	m, _, storage, bucket := newManagerWithStorage(t)
 	ctx := context.Background()
-	if err := storage.EnsureUser(ctx, "u"); err != nil {
+	if err := storage.EnsureCold(ctx, "u"); err != nil {
 		t.Fatal(err)
 	}
 	put := func(key, body string) {

@@ -39,6 +39,11 @@
 //	                          mountpoint (all/ is 0700 and a private bind
 //	                          of itself); mnt/users/USER/cold are binds of
 //	                          its USER/cold (see "One mount for all users")
+//	  spare/LABEL             with WithSpares: a spare daemon's mountpoint
+//	                          (users/; spare/ is 0700 and a private bind of
+//	                          itself); stage/spares/LABEL and
+//	                          cache/spares/LABEL are its stage and cache
+//	                          (see "Spare daemons")
 //
 // Directories on the path to a mountpoint are 0711 so that a runtime in a
 // user namespace can still reach the bind source; nothing else is readable

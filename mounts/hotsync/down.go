@@ -130,10 +130,12 @@ func (s *Syncer) Down(ctx context.Context) (res Result, err error) {
 // markers, up to the names cap; invalid keys are rejected into c.
 func (s *Syncer) listDown(ctx context.Context, c *collector) (jobs []downJob, markers []dirJob, err error) {
 	names := 0
+	c.res.PrefixEmpty = true
 	for obj, err := range s.store.List(ctx, s.prefix) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("hotsync down: list %s: %w", s.prefix, err)
 		}
+		c.res.PrefixEmpty = false
 		rel := strings.TrimPrefix(obj.Key, s.prefix)
 		switch {
 		case rel == "":

@@ -782,12 +782,22 @@ func TestLargeFilesAreBoundedInFlight(t *testing.T) {
 // manifest means what an empty one would); Up then counts every file as
 // new. A Down that finds the prefix empty while a manifest is there
 // rewrites it: its old entries must not read as files deleted here.
+// Result.PrefixEmpty says whether the listing found any object at all
+// (the .keep marker counts: its caller writes it when the prefix is empty).
 func TestEmptyDownAndTheManifest(t *testing.T) {
 	forEachStore(t, func(t *testing.T, st hotsync.Store) {
 		sb := newSandbox(t, st, "sb-empty")
-		if res := sb.down(t); len(res.Downloaded) != 0 || res.Dirs != 0 {
-			t.Fatalf("down of an empty prefix: %+v", res)
+		if res := sb.down(t); len(res.Downloaded) != 0 || res.Dirs != 0 || !res.PrefixEmpty {
+			t.Fatalf("down of an empty prefix: %+v, want nothing and PrefixEmpty", res)
 		}
+		putObject(t, st, objstore.KeepMarker, nil)
+		if res := sb.down(t); len(res.Downloaded) != 0 || res.PrefixEmpty {
+			t.Fatalf("down of a prefix holding only .keep: %+v, want nothing and not PrefixEmpty", res)
+		}
+		if _, err := os.Lstat(sb.manifest); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("a down of only .keep left a manifest (or cannot tell): %v", err)
+		}
+		must(t, st.Delete(testCtx(t), prefix+objstore.KeepMarker, ""))
 		if _, err := os.Lstat(sb.manifest); !errors.Is(err, fs.ErrNotExist) {
 			t.Fatalf("an empty down left a manifest (or cannot tell): %v", err)
 		}

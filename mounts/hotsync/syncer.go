@@ -133,6 +133,10 @@ type Result struct {
 	// OverLimit is set when Dir holds more names than MaxNames: only the
 	// first MaxNames (in walk order) were synced, and nothing was deleted.
 	OverLimit *Limit
+	// PrefixEmpty (Down) says the listing found no object at all under
+	// the prefix, not even the .keep marker: the caller may write the
+	// marker without listing the prefix again.
+	PrefixEmpty bool
 }
 
 // Limit describes a tree over the names cap.

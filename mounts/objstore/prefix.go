@@ -49,9 +49,19 @@ func EnsurePrefix(ctx context.Context, s Store, prefix string) error {
 	if !empty {
 		return nil
 	}
-	_, err = s.Put(ctx, prefix+KeepMarker, strings.NewReader(""), 0, IfNoneMatch("*"), nil)
+	return MarkPrefix(ctx, s, prefix)
+}
+
+// MarkPrefix writes the zero-byte marker prefix+".keep" unless it exists
+// (create-only): EnsurePrefix's second half, for a caller that has just
+// listed prefix and found it empty.
+func MarkPrefix(ctx context.Context, s Store, prefix string) error {
+	if err := checkDirPrefix(prefix); err != nil {
+		return err
+	}
+	_, err := s.Put(ctx, prefix+KeepMarker, strings.NewReader(""), 0, IfNoneMatch("*"), nil)
 	if err != nil && !errdefs.IsFailedPrecondition(err) {
-		return fmt.Errorf("ensure prefix %q: %w", prefix, err)
+		return fmt.Errorf("mark prefix %q: %w", prefix, err)
 	}
 	return nil
 }

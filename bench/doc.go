@@ -163,4 +163,25 @@
 // the sync-down), a list and a put per tier for the .keep markers, and
 // eight lookups s3fs makes for the user's two directories (HEAD of the
 // name, of name/, of name_$folder$, and a list, each).
+//
+// 2026-12-04, later (same VM; `node -v` 7.1-7.6 ms in a ready sandbox).
+// Per-user cold mounts got spare daemons (mounts/cold "Spare daemons",
+// --cold-spares, by default one per pooled sandbox): s3fs processes
+// started ahead on the bucket's users/ prefix, past their bucket check,
+// each becoming one new user's (a bind of that user's own directory of
+// it, as --cold-shared binds). A claim for a new user no longer starts a
+// FUSE daemon; an idle s3fs holds ~2.5 MiB of private memory (smaps:
+// anonymous 2.2 MiB; its 6 MiB of libraries are shared). And a create
+// lists the user's hot prefix once: the sync-down writes the .keep
+// marker when its listing was empty, instead of a separate EnsurePrefix.
+// TTI runs, p50 (code before → 4 spares → one spare per pooled sandbox):
+//
+//	sequential, pool of 50, new user       39.6 → 23.5 → 23.6 ms
+//	same with crun                         37.4 → 29.8 → 21.5 ms
+//	burst of 50, pool of 50 (per-user)     1186 → 1150 → 482 ms
+//	burst of 50, pool, --cold-shared        587 →  478 → 531 ms
+//
+// So the default (per-user daemons, with a pool) now starts as fast as
+// --cold-shared did, sequentially and in a burst; the burst stays above
+// 300 ms for the reasons above (CPU: the shared burst's profile).
 package bench

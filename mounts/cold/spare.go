@@ -158,7 +158,7 @@ func (m *Manager) startSpare(ctx context.Context) (_ *spare, retErr error) {
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, fmt.Errorf("cold: spare label: %w", err)
 	}
-	label := ids.UserID("spare." + hex.EncodeToString(b[:]))
+	label := ids.MustParseUserID("spare." + hex.EncodeToString(b[:]))
 	sp := &spare{
 		label: label,
 		root:  filepath.Join(m.spareDir(), label.String()),

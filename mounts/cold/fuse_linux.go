@@ -592,15 +592,3 @@ func statWithin(ctx context.Context, path string) error {
 		return fmt.Errorf("stat %s: %w", path, ctx.Err())
 	}
 }
-
-// sleep waits d or until ctx ends; it reports whether ctx is still live.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}

@@ -312,3 +312,15 @@ func (m *Manager) closeSpares(ctx context.Context) error {
 	}
 	return errors.Join(errs...)
 }
+
+// sleep waits d or until ctx ends; it reports whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

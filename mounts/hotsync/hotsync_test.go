@@ -89,6 +89,7 @@ func newSandbox(t *testing.T, st hotsync.Store, id string, mod ...func(*hotsync.
 	// The home as mounts.Storage makes it: a directory carrying the
 	// sentinel Up verifies before it deletes anything.
 	must(t, os.MkdirAll(cfg.Dir, 0o755))
+	must(t, os.MkdirAll(filepath.Dir(cfg.ManifestPath), 0o700))
 	cfg.Sentinel = "sentinel-" + id
 	must(t, hotsync.WriteSentinel(cfg.Dir, cfg.Sentinel))
 	for _, m := range mod {
@@ -822,6 +823,26 @@ func TestEmptyDownAndTheManifest(t *testing.T) {
 		}
 		if n := bytes.Count(raw, []byte("\n")); n != 1 {
 			t.Fatalf("manifest after an empty down has %d lines, want the header alone:\n%s", n, raw)
+		}
+	})
+}
+
+// A sync that ends after the manifest's directory was removed (another
+// writer removing the sandbox's hot dir under a syncer made before) fails
+// and does not bring the directory back: mounts.Storage's removal would
+// otherwise leave a hot dir behind that it had reported gone.
+func TestManifestDirIsNeverMade(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st hotsync.Store) {
+		sb := newSandbox(t, st, "sb-gone")
+		sb.down(t)
+		sb.write(t, "a", []byte("one"))
+		stateDir := filepath.Dir(sb.manifest)
+		must(t, os.RemoveAll(stateDir))
+		if _, err := sb.Up(testCtx(t)); err == nil {
+			t.Fatal("up with its manifest's directory gone succeeded")
+		}
+		if _, err := os.Lstat(stateDir); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("up brought the manifest's directory back: %v", err)
 		}
 	})
 }

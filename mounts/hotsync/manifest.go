@@ -148,9 +148,6 @@ func loadManifest(path, prefix, sandboxID string) (*manifest, bool, error) {
 func (m *manifest) save(path string) error {
 	m.UpdatedAt = time.Now().UTC()
 	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create manifest directory: %w", err)
-	}
 	f, err := os.CreateTemp(dir, ".manifest-*")
 	if err != nil {
 		return fmt.Errorf("write manifest: %w", err)

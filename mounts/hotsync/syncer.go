@@ -71,7 +71,10 @@ type Config struct {
 	// mount point would read as "the agent deleted every file" and Up
 	// would delete the user's objects.
 	DirIsMount bool
-	// ManifestPath is the manifest file; it must be outside Dir.
+	// ManifestPath is the manifest file; it must be outside Dir, in a
+	// directory that exists. The syncer never creates that directory: a
+	// sync that ends after it was removed (the sandbox's hot dir, by
+	// another writer) fails instead of bringing it back.
 	ManifestPath string
 	// Sentinel is the token WriteSentinel put on Dir when the sandbox's
 	// home was made. Up propagates deletions only when the directory it

@@ -49,7 +49,8 @@ func countMentioning(cmds []string, s string) int {
 // daemons started ahead, each serving one user and only that user's
 // directory; their writes land under their own prefix; a restart keeps
 // the running sandboxes' view; deleting the sandboxes and stopping the
-// daemon leaves no s3fs process. Budget: ~40 s.
+// daemon leaves no s3fs process; the metrics count the spares taken.
+// Budget: ~40 s.
 func TestColdSpares(t *testing.T) {
 	t.Parallel() // see TestMain (storage_e2e_test.go)
 	srv, bucket := s3Env(t)
@@ -84,6 +85,10 @@ func TestColdSpares(t *testing.T) {
 		if n := countMentioning(daemons, filepath.Join(stateDir, "cold", "stage", "users", u)); n != 0 {
 			t.Fatalf("%s has a daemon of her own (%q); a spare should serve her", u, daemons)
 		}
+	}
+	mx, err := h.Client().Metrics(t.Context())
+	if err != nil || !strings.Contains(string(mx), "\nmatrx_cold_spares_taken_total 2\n") {
+		t.Fatalf("metrics after two new users took spares (%v): want matrx_cold_spares_taken_total 2 in\n%s", err, mx)
 	}
 	if r := h.Exec(alice.SandboxID, "echo alice > /data/cold/new.txt && ls /data/cold/.. && stat -c %u /data/cold/new.txt"); r.ExitCode != 0 || !strings.HasSuffix(r.Stdout, "1000\n") || strings.Contains(r.Stdout, "bob") {
 		t.Fatalf("alice's write and what is above her cold dir: %+v", r)

@@ -274,6 +274,7 @@ func openStorage(ctx context.Context, cfg Config, ns runtime.UserNS, mx *metrics
 		closeFn()
 		return nil, err
 	}
+	mx.SetColdSpares(cm.SpareStats)
 	{
 		// Cold spares nobody took and a shared cold mount no sandbox uses
 		// end with the daemon (mounts that sandboxes use outlive it).

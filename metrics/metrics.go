@@ -80,6 +80,11 @@ type Snapshot struct {
 	HotSyncPending int
 }
 
+// ColdSparesFunc reports the cold storage's spare daemons: how many are
+// ready now and how many new users have taken one since the daemon
+// started (mounts/cold "Spare daemons").
+type ColdSparesFunc func() (ready int, taken uint64)
+
 // StatusFunc takes a Snapshot. It is called once per scrape with the
 // scrape request's context.
 type StatusFunc func(ctx context.Context) (Snapshot, error)
@@ -99,6 +104,7 @@ type Metrics struct {
 	repairs               *prometheus.CounterVec
 
 	status      atomic.Pointer[StatusFunc]
+	coldSpares  atomic.Pointer[ColdSparesFunc]
 	statusDesc  *prometheus.Desc
 	pendingDesc *prometheus.Desc
 }
@@ -174,9 +180,23 @@ func New(opts ...Option) *Metrics {
 		pendingDesc: prometheus.NewDesc("matrx_hotsync_pending_sandboxes",
 			"Stopped sandboxes whose hot files are only on the host: their final sync failed and is retried. Not yet in S3.", nil, nil),
 	}
+	spares := func() (int, uint64) {
+		if fn := m.coldSpares.Load(); fn != nil {
+			return (*fn)()
+		}
+		return 0, 0
+	}
 	m.reg.MustRegister(
 		m.create, m.exec, m.destroy, m.requests, m.requestDuration,
 		m.syncBytes, m.syncFiles, m.syncConflicts, m.syncErrors, m.fuseRemounts, m.repairs,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "matrx_cold_spares_ready",
+			Help: "FUSE daemons started ahead and waiting for a new user's first sandbox (--cold-spares).",
+		}, func() float64 { n, _ := spares(); return float64(n) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "matrx_cold_spares_taken_total",
+			Help: "New users whose cold storage a spare FUSE daemon served (the others waited for a daemon start).",
+		}, func() float64 { _, n := spares(); return float64(n) }),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -184,6 +204,20 @@ func New(opts ...Option) *Metrics {
 		o(m)
 	}
 	return m
+}
+
+// SetColdSpares sets (or, with nil, removes) the source of
+// matrx_cold_spares_ready and matrx_cold_spares_taken_total, read at
+// scrape time (zero without one).
+func (m *Metrics) SetColdSpares(fn ColdSparesFunc) {
+	if m == nil {
+		return
+	}
+	if fn == nil {
+		m.coldSpares.Store(nil)
+		return
+	}
+	m.coldSpares.Store(&fn)
 }
 
 // SetSandboxStatus sets (or, with nil, removes) the function matrx_sandboxes

@@ -48,6 +48,10 @@ func TestExposition(t *testing.T) {
 	m.ObserveRequest("POST /sandboxes/{id}/exec", 200, 25*time.Millisecond)
 	m.ObserveRequest("", 404, time.Millisecond)
 	m.ObserveRequest("GET /health", 999, time.Millisecond)
+	if out := scrape(t, m.Handler()); !strings.Contains(out, "matrx_cold_spares_ready 0\n") {
+		t.Fatalf("spares without a source: want 0 ready, got:\n%s", out)
+	}
+	m.SetColdSpares(func() (int, uint64) { return 3, 7 })
 
 	out := scrape(t, m.Handler())
 	for _, want := range []string{
@@ -58,6 +62,8 @@ func TestExposition(t *testing.T) {
 		`matrx_sandbox_exec_duration_seconds_bucket{result="ok",le="0.025"} 1`,
 		`matrx_sandbox_destroy_duration_seconds_sum{result="ok"} 2`,
 		`matrx_hotsync_bytes_total{direction="up"} 4096`,
+		"matrx_cold_spares_ready 3\n",
+		"matrx_cold_spares_taken_total 7\n",
 		`matrx_hotsync_files_total{direction="up"} 3`,
 		`matrx_hotsync_conflicts_total{direction="up"} 1`,
 		`matrx_hotsync_errors_total{direction="down"} 2`,
@@ -152,6 +158,7 @@ func TestNilIsANoop(t *testing.T) {
 	m.IncFUSERemount("s3fs")
 	m.ObserveRequest("GET /health", 200, time.Second)
 	m.SetSandboxStatus(func(context.Context) (metrics.Snapshot, error) { return metrics.Snapshot{}, nil })
+	m.SetColdSpares(func() (int, uint64) { return 0, 0 })
 	rec := httptest.NewRecorder()
 	m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	if rec.Code != http.StatusNotFound {

@@ -40,10 +40,10 @@ type StorageConfig struct {
 	// all users (docs/security.md). Needs a bucket and a FUSE driver.
 	ColdShared bool
 	// ColdSpares is how many FUSE daemons are kept started ahead for new
-	// users' first sandboxes (cold.WithSpares): 0 means the default
-	// (as many as the warm pools hold, at most coldSparesMax; none without
-	// a warm pool), a negative value none. Only with
-	// a bucket and per-user FUSE mounts (not --cold-shared).
+	// users' first sandboxes (cold.WithSpares): 0 means the default (as
+	// many as the warm pools hold, at most coldSparesMax; none without a
+	// warm pool), -1 none (the flag's 0). Only with a bucket and per-user
+	// FUSE mounts (not --cold-shared).
 	ColdSpares         int
 	CheckpointInterval time.Duration
 	Excludes           []string // nil: hotsync defaults

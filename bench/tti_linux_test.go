@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -156,15 +157,21 @@ func BenchmarkTTI(b *testing.B) {
 	h.Start()
 	c = newClient()
 	defer c.Close()
+	// full waits for the pool and, with per-user cold mounts, for its cold
+	// spare daemons (one per pooled sandbox by default) to be ready.
 	full := func() {
 		deadline := time.Now().Add(5 * time.Minute)
+		wantSpares := poolSize
+		if h.Config.Storage.ColdShared {
+			wantSpares = 0
+		}
 		for {
 			hl, err := c.Health(ctx)
-			if err == nil && hl.PooledSandboxes >= poolSize {
+			if err == nil && hl.PooledSandboxes >= poolSize && coldSpares(b, c, "ready") >= wantSpares {
 				return
 			}
 			if time.Now().After(deadline) {
-				b.Fatalf("the pool did not fill to %d in 5 min: %v %+v", poolSize, err, hl)
+				b.Fatalf("the pool did not fill to %d (and %d cold spares) in 5 min: %v %+v", poolSize, wantSpares, err, hl)
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -202,7 +209,10 @@ func BenchmarkTTI(b *testing.B) {
 	}
 	c.Delete(ctx, s.SandboxID, false)
 	full()
-	poolBurst, poolBurstTook := burst(benchN(50), "p", nil)
+	takenBefore := coldSpares(b, c, "taken_total")
+	poolBurst, poolBurstTook := burst(benchN(50), "p", func() {
+		fmt.Printf("burst of 50, pool of 50: %d new users' cold storage came from a spare daemon\n", coldSpares(b, c, "taken_total")-takenBefore)
+	})
 
 	// The same pool with --cold-shared: one FUSE daemon for every user, so
 	// a claim binds a directory instead of starting a daemon.
@@ -293,6 +303,27 @@ func BenchmarkTTI(b *testing.B) {
 	target("TTI burst of 50 p50, no pool", msf(noBurst.pct(.5)), "(reported)", true)
 	rate := 50 / noBurstTook.Seconds()
 	target("creates/s, burst of 50, no pool (to node -v)", fmt.Sprintf("%.1f/s", rate), "≥ 25/s", rate >= 25)
+}
+
+// coldSpares reads matrx_cold_spares_<name> ("ready", "taken_total") from
+// the daemon's metrics.
+func coldSpares(b *testing.B, c *client.Client, name string) int {
+	b.Helper()
+	mx, err := c.Metrics(context.Background())
+	if err != nil {
+		b.Fatalf("metrics: %v", err)
+	}
+	for _, l := range strings.Split(string(mx), "\n") {
+		if v, ok := strings.CutPrefix(l, "matrx_cold_spares_"+name+" "); ok {
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				b.Fatalf("metrics line %q: %v", l, err)
+			}
+			return int(n)
+		}
+	}
+	b.Fatalf("no matrx_cold_spares_%s in the metrics", name)
+	return 0
 }
 
 // putHotFiles gives user n small hot files in the bucket.

@@ -58,17 +58,7 @@ func TestSharedColdMount(t *testing.T) {
 	h.Stop()
 	h.Start()
 	put(t, srv, bucket, "users/bob/cold/after.txt", "after")
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		r := h.Exec(bob.SandboxID, "cat /data/cold/after.txt")
-		if r.ExitCode == 0 && r.Stdout == "after" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("bob's new cold file after the restart: %+v", r)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	waitColdFile(t, h, bob.SandboxID, "after.txt", "after")
 	if r := h.Exec(alice.SandboxID, "cat /data/cold/c.txt"); r.Stdout != "alice cold" {
 		t.Fatalf("alice's cold file after the restart: %+v", r)
 	}
@@ -95,6 +85,24 @@ func TestSharedColdMount(t *testing.T) {
 	}
 	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), filepath.Join(stateDir, "cold", "all")+"/") {
 		t.Error("the shared cold mount is left after a stop with no sandbox")
+	}
+}
+
+// waitColdFile waits up to 20 s for a sandbox to read want from
+// /data/cold/name (a new object shows after the metadata TTL, and after a
+// restart once the next daemon's mount is in place).
+func waitColdFile(t *testing.T, h *daemontest.Harness, id, name, want string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		r := h.Exec(id, "cat /data/cold/"+name)
+		if r.ExitCode == 0 && r.Stdout == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s's new cold file %s after the restart: %+v", id, name, r)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 

@@ -106,17 +106,7 @@ func TestColdSpares(t *testing.T) {
 	h.Stop()
 	h.Start()
 	put(t, srv, bucket, "users/bob/cold/after.txt", "after")
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		r := h.Exec(bob.SandboxID, "cat /data/cold/after.txt")
-		if r.ExitCode == 0 && r.Stdout == "after" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("bob's new cold file after the restart: %+v", r)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	waitColdFile(t, h, bob.SandboxID, "after.txt", "after")
 	if r := h.Exec(alice.SandboxID, "cat /data/cold/c.txt"); r.Stdout != "alice cold" {
 		t.Fatalf("alice's cold file after the restart: %+v", r)
 	}

@@ -130,15 +130,13 @@ func storageConfigFrom(c *cli.Context) StorageConfig {
 	if sc.DiskPool == 0 {
 		sc.DiskPool = -1 // the flag says none; the field's zero means the default
 	}
-	switch n := c.Int("cold-spares"); {
-	case n == -1:
+	switch n := c.Int("cold-spares"); n {
+	case -1:
 		sc.ColdSpares = 0 // the field's zero is the flag's -1: the default
-	case n == 0:
+	case 0:
 		sc.ColdSpares = -1
-	case n < -1:
-		sc.ColdSpares = n - 1 // refused by Validate, which names the flag's value
 	default:
-		sc.ColdSpares = n
+		sc.ColdSpares = n // below -1 or above the bound, Validate refuses it by its value
 	}
 	if c.IsSet("hot-excludes") {
 		// Set but empty means "exclude nothing", hence non-nil.
@@ -163,7 +161,7 @@ func (s StorageConfig) Validate() error {
 		return fmt.Errorf("cold shared mount needs a bucket and a FUSE cold driver (mount-s3 or s3fs), not local storage: %w", errdefs.ErrInvalidArgument)
 	}
 	if s.ColdSpares < -1 || s.ColdSpares > coldSparesMax {
-		return fmt.Errorf("cold spares %d: want -1 (default), 0 (none) to %d: %w", coldSparesFlag(s.ColdSpares), coldSparesMax, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("cold spares %d: want -1 (default), 0 (none) to %d: %w", s.ColdSpares, coldSparesMax, errdefs.ErrInvalidArgument)
 	}
 	if s.ColdSpares > 0 && (s.Bucket == "" || s.ColdDriver == "local" || s.ColdShared) {
 		return fmt.Errorf("cold spares need a bucket and per-user FUSE cold mounts (not local storage, not --cold-shared): %w", errdefs.ErrInvalidArgument)
@@ -321,20 +319,6 @@ func openStorage(ctx context.Context, cfg Config, ns runtime.UserNS, mx *metrics
 
 // coldSparesMax bounds --cold-spares (cold.WithSpares' own bound).
 const coldSparesMax = 64
-
-// coldSparesFlag is the --cold-spares value a StorageConfig.ColdSpares
-// stands for (for error messages).
-func coldSparesFlag(field int) int {
-	switch {
-	case field == 0:
-		return -1
-	case field == -1:
-		return 0
-	case field < -1:
-		return field + 1
-	}
-	return field
-}
 
 // coldSpares resolves StorageConfig.ColdSpares against the driver the
 // host got and the warm pools.

@@ -35,7 +35,7 @@ func (m *Manager) reacquireCold(ctx context.Context, r *registry.Record, log *sl
 
 // startColdSlot mounts the user's cold storage into the sandbox's slot
 // (AcquireColdSlot) in the background (inBackground), beside EnsureCold
-// (ensureUserBeside): no cold driver needs the user's prefix to exist. S3
+// (ensureColdPrefixBeside): no cold driver needs the user's prefix to exist. S3
 // has no directories, so a FUSE daemon serves a prefix without objects as
 // an empty directory (s3fs 1.90's start-up check of the prefix stats its
 // mount root, which it answers from the mountpoint without asking S3), and

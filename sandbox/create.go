@@ -212,7 +212,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (_ *registry.Re
 	// Phase timings for the "sandbox ready" line: where create time goes.
 	phase := map[string]time.Duration{"image": time.Since(start)}
 	mark := func(name string, since time.Time) { phase[name] = time.Since(since) }
-	waitEnsured := m.ensureUserBeside(ctx, userID, &rollback)
+	waitEnsured := m.ensureColdPrefixBeside(ctx, userID, &rollback)
 	t0 := time.Now()
 	home, err := m.storage.PrepareHot(rec.ID, userID, cfg.DiskMB<<20)
 	if err != nil {
@@ -410,7 +410,7 @@ func (d *syncDown) wait() error {
 	return d.err
 }
 
-// ensureUserBeside starts EnsureCold (the user's cold prefix: a list and,
+// ensureColdPrefixBeside starts EnsureCold (the user's cold prefix: a list and,
 // for a new user, a put; the hot one is marked by the sync-down, which
 // lists it anyway) in the background, so that it is off
 // a create's critical path: in a burst of 50 pooled claims it took 80-230
@@ -418,7 +418,7 @@ func (d *syncDown) wait() error {
 // the hot sync-down, the container or the runtime's claim, and the cold
 // mount (startColdSlot). A create waits for it before it is ready.
 // Waiting for it is pushed on rollback.
-func (m *Manager) ensureUserBeside(ctx context.Context, userID ids.UserID, rollback *undo.Stack) (wait func() (time.Duration, error)) {
+func (m *Manager) ensureColdPrefixBeside(ctx context.Context, userID ids.UserID, rollback *undo.Stack) (wait func() (time.Duration, error)) {
 	wait = inBackground(func() error { return m.storage.EnsureCold(ctx, userID) })
 	rollback.Push("wait for the user's prefixes", func(context.Context) error { wait(); return nil })
 	return wait

@@ -55,16 +55,16 @@ func (s *orderedStorage) AcquireColdSlot(ctx context.Context, userID ids.UserID,
 	return s.Storage.AcquireColdSlot(ctx, userID, sandboxID)
 }
 
-// TestEnsureColdBesideCold: a create runs EnsureCold beside the cold mount
+// TestColdPrefixBesideColdMount: a create runs EnsureCold beside the cold mount
 // (no driver needs the user's prefix, see startColdSlot), and a failed
 // EnsureCold still fails the create and leaves nothing behind.
-func TestEnsureColdBesideCold(t *testing.T) {
+func TestColdPrefixBesideColdMount(t *testing.T) {
 	for _, c := range []struct {
 		name      string
 		ensureErr error
 	}{
-		{"cold beside EnsureCold", nil},
-		{"EnsureCold fails beside cold", errors.New("test: bucket refused the prefix")},
+		{"the cold prefix beside the cold mount", nil},
+		{"a failing cold prefix beside the cold mount", errors.New("test: bucket refused the prefix")},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var st *orderedStorage

@@ -34,7 +34,7 @@ import (
 // network policy replaces the closed one, and the TTL starts. The
 // runtime's part (limits, environment, policy) touches none of the user's
 // storage and runs beside the storage steps (ensuring the user's prefixes,
-// the hot files and the cold bind, all side by side: ensureUserBeside,
+// the hot files and the cold bind, all side by side: ensureColdPrefixBeside,
 // startColdSlot): nothing of the user
 // runs in the sandbox before the claim is ready, and a claim that fails at
 // any step is destroyed whole. The pool
@@ -367,11 +367,11 @@ func (m *Manager) finishClaim(ctx context.Context, rec *registry.Record, start t
 	// the cold storage mounts: the runtime's part touches nothing of the
 	// user's storage, and nothing of the user runs in the sandbox before
 	// it is ready. The storage steps run side by side too
-	// (ensureUserBeside, startColdSlot). Each must have ended before any
+	// (ensureColdPrefixBeside, startColdSlot). Each must have ended before any
 	// undo step runs.
 	waitClaim := m.startClaim(ctx, rec, cfg)
 	rollback.Push("wait for the runtime's claim", func(context.Context) error { waitClaim(); return nil })
-	waitEnsured := m.ensureUserBeside(ctx, userID, &rollback)
+	waitEnsured := m.ensureColdPrefixBeside(ctx, userID, &rollback)
 	down := m.startSyncDown(ctx, rec.ID, userID, log)
 	rollback.Push("wait for hot sync-down", func(context.Context) error { down.wait(); return nil })
 	waitCold := m.startColdSlot(ctx, userID, rec.ID)

@@ -240,7 +240,8 @@ func topFSType(t *testing.T, path string) string {
 	return st[len(st)-1].FSType
 }
 
-func fuseMountOf(t *testing.T, m *Manager, userID ids.UserID) *FUSEMount {
+// mountOf returns the mount serving userID.
+func mountOf(t *testing.T, m *Manager, userID ids.UserID) Mount {
 	t.Helper()
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -248,9 +249,14 @@ func fuseMountOf(t *testing.T, m *Manager, userID ids.UserID) *FUSEMount {
 	if e == nil {
 		t.Fatalf("no mount for %s", userID)
 	}
-	fm, ok := e.mount.(*FUSEMount)
+	return e.mount
+}
+
+func fuseMountOf(t *testing.T, m *Manager, userID ids.UserID) *FUSEMount {
+	t.Helper()
+	fm, ok := mountOf(t, m, userID).(*FUSEMount)
 	if !ok {
-		t.Fatalf("mount for %s is %T", userID, e.mount)
+		t.Fatalf("mount for %s is %T", userID, mountOf(t, m, userID))
 	}
 	return fm
 }

@@ -279,6 +279,22 @@ func (m *Manager) mount(ctx context.Context, userID ids.UserID, mp string) (_ Mo
 	return mnt, nil
 }
 
+// makeMountpoint creates the user's mountpoint mp (Dir/mnt/users/USER/cold)
+// and the directories above it, 0711 on the way so that a runtime in a
+// user namespace reaches the bind source.
+func makeMountpoint(mp string) error {
+	userDir := filepath.Dir(mp)
+	for _, d := range []struct {
+		path string
+		mode os.FileMode
+	}{{filepath.Dir(userDir), 0o711}, {userDir, 0o711}, {mp, 0o755}} {
+		if err := ensureDir(d.path, d.mode); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // teardown unmounts and removes the user's directories (only once nothing
 // is mounted on them).
 func (m *Manager) teardown(ctx context.Context, userID ids.UserID, mnt Mount) error {

@@ -192,14 +192,8 @@ func (b *userBind) Unmount(context.Context) error {
 
 // mountUserBind makes mp show userID's directory of the shared mount.
 func (m *Manager) mountUserBind(ctx context.Context, userID ids.UserID, mp string) (Mount, error) {
-	userDir := filepath.Dir(mp)
-	for _, d := range []struct {
-		path string
-		mode os.FileMode
-	}{{filepath.Dir(userDir), 0o711}, {userDir, 0o711}, {mp, 0o755}} {
-		if err := ensureDir(d.path, d.mode); err != nil {
-			return nil, err
-		}
+	if err := makeMountpoint(mp); err != nil {
+		return nil, err
 	}
 	root, err := m.sharedRoot(ctx)
 	if err != nil {

@@ -226,15 +226,9 @@ func (m *Manager) takeSpare() *spare {
 // mountFromSpare makes mp show userID's directory of a spare, which is
 // the user's from then on. On failure the spare is removed.
 func (m *Manager) mountFromSpare(ctx context.Context, userID ids.UserID, mp string, sp *spare) (Mount, error) {
-	userDir := filepath.Dir(mp)
-	for _, d := range []struct {
-		path string
-		mode os.FileMode
-	}{{filepath.Dir(userDir), 0o711}, {userDir, 0o711}, {mp, 0o755}} {
-		if err := ensureDir(d.path, d.mode); err != nil {
-			m.removeSpare(ctx, sp)
-			return nil, err
-		}
+	if err := makeMountpoint(mp); err != nil {
+		m.removeSpare(ctx, sp)
+		return nil, err
 	}
 	b := &userBind{userID: userID, root: sp.root, mp: mp}
 	// Set before the first bind, under the bind's lock: a remount in

@@ -19,15 +19,9 @@ import (
 // when a daemon of the user's own serves it).
 func spareOf(t *testing.T, m *Manager, userID ids.UserID) *spare {
 	t.Helper()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	e := m.users[userID]
-	if e == nil {
-		t.Fatalf("no mount for %s", userID)
-	}
-	sm, ok := e.mount.(*spareMount)
+	sm, ok := mountOf(t, m, userID).(*spareMount)
 	if !ok {
-		t.Fatalf("mount for %s is %T, want a spare's", userID, e.mount)
+		t.Fatalf("mount for %s is %T, want a spare's", userID, mountOf(t, m, userID))
 	}
 	return sm.sp
 }
@@ -138,10 +132,7 @@ func TestSpareMounts(t *testing.T) {
 		mp, err := m.Acquire(ctx, "mallory")
 		if err == nil {
 			defer m.Release(ctx, "mallory")
-			m.mu.Lock()
-			_, bySpare := m.users["mallory"].mount.(*spareMount)
-			m.mu.Unlock()
-			if bySpare {
+			if _, bySpare := mountOf(t, m, "mallory").(*spareMount); bySpare {
 				t.Fatal("a spare serves mallory through a symlink")
 			}
 			if _, err := os.Stat(filepath.Join(mp, "passwd")); !errors.Is(err, os.ErrNotExist) {
